@@ -1,0 +1,1 @@
+"""The probemesh agent: receives checks, probes targets, streams results durably."""

@@ -1,0 +1,156 @@
+"""Resolution, connection and TLS helpers shared by the probes.
+
+Every probe resolves afresh and opens a fresh socket: reusing either would
+measure nothing. The helpers record the blackbox resolve metrics and enforce the
+agent's address policy on the resolved address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
+from probemesh.agent.safety import AddressPolicy
+from probemesh.modules import TLSConfig
+
+_TLS_VERSION_NAMES = {"TLSv1": "TLS 1.0", "TLSv1.1": "TLS 1.1", "TLSv1.2": "TLS 1.2", "TLSv1.3": "TLS 1.3"}
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+
+@dataclass(frozen=True)
+class ProbeEnv:
+    """What a probe needs from the agent besides its target and settings."""
+
+    source_address: str = ""
+    policy: AddressPolicy = field(default_factory=AddressPolicy)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved target address."""
+
+    family: socket.AddressFamily
+    address: str
+
+
+async def resolve(
+    host: str, preferred: str, fallback: bool, env: ProbeEnv, result: ProbeResult
+) -> Resolved:
+    """Resolve host like blackbox_exporter: preferred family first, then fallback.
+
+    Records probe_dns_lookup_time_seconds and probe_ip_protocol, then applies
+    the address policy to the chosen address.
+    """
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    want = socket.AF_INET6 if preferred == "ip6" else socket.AF_INET
+    families = [want] + ([socket.AF_INET if want == socket.AF_INET6 else socket.AF_INET6] if fallback else [])
+    chosen: Resolved | None = None
+    last_error: Exception | None = None
+    try:
+        literal = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        literal = None
+    if literal is not None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if family in families:
+            chosen = Resolved(family, host)
+    else:
+        for family in families:
+            try:
+                infos = await loop.getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                last_error = exc
+                continue
+            if infos:
+                chosen = Resolved(family, str(infos[0][4][0]))
+                break
+    result.add("probe_dns_lookup_time_seconds", time.perf_counter() - start)
+    if chosen is None:
+        detail = f": {last_error.strerror}" if isinstance(last_error, socket.gaierror) else ""
+        raise ProbeFailure(Reason.DNS, f"cannot resolve {host!r} as {'/'.join(map(_fam, families))}{detail}")
+    result.add("probe_ip_protocol", 6 if chosen.family == socket.AF_INET6 else 4)
+    refusal = env.policy.refusal(chosen.address)
+    if refusal:
+        raise ProbeFailure(Reason.OTHER, refusal)
+    return chosen
+
+
+def _fam(family: socket.AddressFamily) -> str:
+    return "ip6" if family == socket.AF_INET6 else "ip4"
+
+
+async def connect(target: Resolved, port: int, env: ProbeEnv) -> socket.socket:
+    """Open a fresh non-blocking TCP connection, bound to the source address."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(target.family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if env.source_address:
+            sock.bind((env.source_address, 0))
+        await loop.sock_connect(sock, (target.address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@functools.lru_cache(maxsize=256)
+def client_context(config: TLSConfig) -> ssl.SSLContext:
+    """An SSLContext per tls_config; built once because loading CAs costs milliseconds."""
+    context = ssl.create_default_context(cafile=config.ca_file or None)
+    if config.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if config.cert_file:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    if config.min_version:
+        context.minimum_version = _TLS_VERSIONS[config.min_version]
+    if config.max_version:
+        context.maximum_version = _TLS_VERSIONS[config.max_version]
+    return context
+
+
+def record_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -> None:
+    """Record probe_tls_version_info and the leaf certificate's expiry and identity."""
+    version = _TLS_VERSION_NAMES.get(ssl_object.version() or "")
+    if version:
+        result.add("probe_tls_version_info", 1, version=version)
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return
+    info = ssl_object.getpeercert()
+    not_after = info.get("notAfter") if info else None
+    if isinstance(not_after, str):
+        expiry = ssl.cert_time_to_seconds(not_after)
+        result.add("probe_ssl_earliest_cert_expiry", expiry)
+        result.add("probe_ssl_last_chain_expiry_timestamp_seconds", expiry)
+    fingerprint = hashlib.sha256(der).hexdigest()
+    subject = _dn(info.get("subject", ())) if info else ""
+    issuer = _dn(info.get("issuer", ())) if info else ""
+    result.add(
+        "probe_ssl_last_chain_info", 1, fingerprint_sha256=fingerprint, subject=subject, issuer=issuer
+    )
+
+
+def _dn(rdns: object) -> str:
+    """Render an ssl-module distinguished name like Go's pkix.Name.String()."""
+    parts = []
+    for rdn in rdns:  # type: ignore[attr-defined]
+        for key, value in rdn:
+            short = {"commonName": "CN", "organizationName": "O", "countryName": "C"}.get(key)
+            if short:
+                parts.append(f"{short}={value}")
+    return ",".join(reversed(parts))[:128]
