@@ -15,6 +15,7 @@ HTTP_PHASES = frozenset({"resolve", "connect", "tls", "processing", "transfer"})
 DNS_PHASES = frozenset({"resolve", "connect", "request"})
 ICMP_PHASES = frozenset({"resolve", "setup", "rtt"})
 GRPC_PHASES = frozenset({"resolve", "check"})
+TLS_PHASES = frozenset({"resolve", "connect", "handshake"})
 TLS_VERSIONS = frozenset({"TLS 1.0", "TLS 1.1", "TLS 1.2", "TLS 1.3"})
 SERVING_STATUSES = frozenset({"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"})
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
@@ -43,7 +44,9 @@ class MetricSpec:
 
 
 PROBE_METRICS: dict[str, MetricSpec] = {
-    "probe_dns_lookup_time_seconds": MetricSpec("Returns the time taken for probe dns lookup in seconds"),
+    "probe_dns_lookup_time_seconds": MetricSpec(
+        "Returns the time taken for probe dns lookup in seconds"
+    ),
     "probe_ip_protocol": MetricSpec("Specifies whether probe ip protocol is IP4 or IP6"),
     "probe_failed_due_to_regex": MetricSpec("Indicates if probe failed due to regex"),
     "probe_http_duration_seconds": MetricSpec(
@@ -69,14 +72,18 @@ PROBE_METRICS: dict[str, MetricSpec] = {
     "probe_dns_duration_seconds": MetricSpec(
         "Duration of DNS request by phase", {"phase": DNS_PHASES}
     ),
-    "probe_dns_answer_rrs": MetricSpec("Returns number of entries in the answer resource record list"),
+    "probe_dns_answer_rrs": MetricSpec(
+        "Returns number of entries in the answer resource record list"
+    ),
     "probe_dns_authority_rrs": MetricSpec(
         "Returns number of entries in the authority resource record list"
     ),
     "probe_dns_additional_rrs": MetricSpec(
         "Returns number of entries in the additional resource record list"
     ),
-    "probe_dns_query_succeeded": MetricSpec("Displays whether or not the query was executed successfully"),
+    "probe_dns_query_succeeded": MetricSpec(
+        "Displays whether or not the query was executed successfully"
+    ),
     "probe_dns_serial": MetricSpec("Returns the serial number of the zone"),
     "probe_icmp_duration_seconds": MetricSpec(
         "Duration of icmp request by phase", {"phase": ICMP_PHASES}
@@ -97,4 +104,7 @@ PROBE_METRICS: dict[str, MetricSpec] = {
         "Duration of gRPC request by phase", {"phase": GRPC_PHASES}
     ),
     "probe_grpc_ssl": MetricSpec("Indicates if SSL was used for the connection"),
+    "probe_tls_duration_seconds": MetricSpec(
+        "Duration of the tls probe by phase (probemesh only)", {"phase": TLS_PHASES}
+    ),
 }

@@ -37,5 +37,8 @@ class AddressPolicy:
             return f"target address {ip} is not a unicast address"
         if not self.allow_private and (ip.is_loopback or ip.is_private or ip.is_reserved):
             kind = "loopback" if ip.is_loopback else "private"
-            return f"target address {ip} is {kind}; start the agent with --allow-private-targets to allow it"
+            return (
+                f"target address {ip} is {kind}; "
+                "start the agent with --allow-private-targets to allow it"
+            )
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from probemesh.agent.probes import http, tcp
+from probemesh.agent.probes import dns, grpc, http, icmp, tcp, tls
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.probes.result import ProbeResult
 
@@ -21,4 +21,8 @@ ProbeFn = Callable[[str, Any, ProbeEnv, ProbeResult], Awaitable[None]]
 PROBERS: dict[str, ProbeFn] = {
     "http": http.probe,
     "tcp": tcp.probe,
+    "dns": dns.probe,
+    "icmp": icmp.probe,
+    "grpc": grpc.probe,
+    "tls": tls.probe,
 }

@@ -3,35 +3,47 @@
 A small HTTP/1.1 client on a fresh socket per hop gives exact phase boundaries
 (resolve, connect, tls, processing, transfer) at a fraction of a general-purpose
 client's CPU. HTTP/2 is not spoken; see docs/probes.md.
+
+Blackbox behaviours kept on purpose: every base gauge is emitted even when the
+probe fails early (status code 0 and so on); checks run in blackbox's order
+(status, header regexes, body regexes, body read, HTTP version, SSL); redirects
+follow Go's net/http rules; TLS metrics describe the final response only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import base64
 import time
 import zlib
-from urllib.parse import urljoin, urlsplit
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
 from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
 from probemesh.modules import HTTPSettings
 
 MAX_REDIRECTS = 10
-MAX_BODY_BYTES = 10 * 1024 * 1024
-_REDIRECT_CODES = {301, 302, 303, 307, 308}
+# Memory cap for bodies kept for regex matching; bodies are otherwise counted
+# and dropped as they stream in, whatever their size.
+MAX_KEPT_BODY = 10 * 1024 * 1024
+_READ_SIZE = 1 << 16
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _VERSIONS = {"HTTP/1.0": 1.0, "HTTP/1.1": 1.1}
 USER_AGENT = "probemesh"
 
 
+@dataclass
 class _Response:
     """The parts of a response the checks need."""
 
-    def __init__(self, version: str, status: int, headers: list[tuple[str, str]], body: bytes):
-        self.version = version
-        self.status = status
-        self.headers = headers
-        self.body = body
+    version: str
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    body_length: int = 0
+    tls_samples: list = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -45,86 +57,101 @@ async def probe(target: str, settings: HTTPSettings, env: ProbeEnv, result: Prob
     """Probe target, filling result with blackbox samples and at most one failure reason."""
     phases = dict.fromkeys(("resolve", "connect", "tls", "processing", "transfer"), 0.0)
     url, method, body = target, settings.method, settings.body
+    first_host = urlsplit(target).hostname
     redirects = 0
-    response: _Response | None = None
-    is_tls = False
+    hop: list[_Response] = []  # the current hop's response, once its headers arrived
+    completed = False
     try:
         while True:
-            response, is_tls = await _round_trip(url, method, body, settings, env, result, phases, redirects == 0)
-            location = response.header("location")
-            if response.status in _REDIRECT_CODES and location and settings.follows_redirects:
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise ProbeFailure(Reason.OTHER, f"stopped after {MAX_REDIRECTS} redirects")
-                url = urljoin(url, location)
-                if response.status == 303 or (response.status in (301, 302) and method == "POST"):
-                    method, body = "GET", ""
-                continue
-            break
+            hop.clear()
+            await _round_trip(
+                url, method, body, settings, env, result, phases, first_host, redirects == 0, hop
+            )
+            location = hop[0].header("location")
+            if hop[0].status not in _REDIRECT_CODES or location is None:
+                break
+            # Go's CheckRedirect counts the redirect even when it refuses it.
+            redirects += 1
+            if not settings.follows_redirects or redirects > MAX_REDIRECTS:
+                break
+            url = urljoin(url, location)
+            if hop[0].status in (301, 302, 303):
+                body = ""
+                if method not in ("GET", "HEAD"):
+                    method = "GET"
+        completed = True
     finally:
-        for phase, seconds in phases.items():
-            result.add("probe_http_duration_seconds", seconds, phase=phase)
-        result.add("probe_http_redirects", redirects)
-        if response is not None:
-            _record_response(response, is_tls, result)
-    _validate(response, is_tls, settings, result)
+        _record(hop[0] if hop else None, redirects, phases, result)
+        if not completed:
+            result.add("probe_failed_due_to_regex", 0)
+    _validate(hop[0], settings, result)
 
 
-def _record_response(response: _Response, is_tls: bool, result: ProbeResult) -> None:
+def _record(
+    response: _Response | None, redirects: int, phases: dict[str, float], result: ProbeResult
+) -> None:
+    """Emit the gauges blackbox always registers, with zeros when there was no response."""
+    for phase, seconds in phases.items():
+        result.add("probe_http_duration_seconds", seconds, phase=phase)
+    result.add("probe_http_redirects", redirects)
+    is_tls = bool(response and response.tls_samples)
+    result.add("probe_http_ssl", 1 if is_tls else 0)
+    if response is None:
+        for name in ("status_code", "content_length", "uncompressed_body_length", "version"):
+            result.add(f"probe_http_{name}", 0)
+        return
+    result.samples.extend(response.tls_samples)
     result.add("probe_http_status_code", response.status)
     length = response.header("content-length")
     result.add("probe_http_content_length", int(length) if length and length.isdigit() else -1)
-    result.add("probe_http_uncompressed_body_length", len(response.body))
+    result.add("probe_http_uncompressed_body_length", response.body_length)
     result.add("probe_http_version", _VERSIONS.get(response.version, 0.0))
-    result.add("probe_http_ssl", 1 if is_tls else 0)
 
 
-def _validate(response: _Response | None, is_tls: bool, settings: HTTPSettings, result: ProbeResult) -> None:
+def _validate(response: _Response, settings: HTTPSettings, result: ProbeResult) -> None:
     """Apply blackbox's response checks in its order; the first failure wins."""
-    assert response is not None
+    regex_failure = _regex_failure(response, settings)
+    result.add("probe_failed_due_to_regex", 1 if regex_failure else 0)
     valid = settings.valid_status_codes
     if (response.status not in valid) if valid else not 200 <= response.status < 300:
         result.fail(Reason.HTTP_STATUS, f"HTTP status {response.status} is not valid")
-        return
-    if settings.valid_http_versions:
-        allowed = {v.replace("HTTP/2", "HTTP/2.0").replace("2.0.0", "2.0") for v in settings.valid_http_versions}
-        if response.version not in allowed:
-            result.fail(Reason.VALIDATION, f"HTTP version {response.version} is not valid")
-            return
-    if settings.fail_if_ssl and is_tls:
+    elif regex_failure:
+        result.fail(Reason.VALIDATION, regex_failure)
+    elif settings.valid_http_versions and response.version not in {
+        "HTTP/2.0" if v == "HTTP/2" else v for v in settings.valid_http_versions
+    }:
+        result.fail(Reason.VALIDATION, f"HTTP version {response.version} is not valid")
+    elif settings.fail_if_ssl and response.tls_samples:
         result.fail(Reason.VALIDATION, "final response used TLS and fail_if_ssl is set")
-        return
-    if settings.fail_if_not_ssl and not is_tls:
+    elif settings.fail_if_not_ssl and not response.tls_samples:
         result.fail(Reason.VALIDATION, "final response was not TLS and fail_if_not_ssl is set")
-        return
-    regex_failed = _regex_failure(response, settings)
-    result.add("probe_failed_due_to_regex", 1 if regex_failed else 0)
-    if regex_failed:
-        result.fail(Reason.VALIDATION, regex_failed)
-        return
-    result.success = True
+    else:
+        result.success = True
 
 
 def _regex_failure(response: _Response, settings: HTTPSettings) -> str:
-    """The first failing body/header regex rule, or an empty string."""
-    text = response.body.decode("utf-8", "replace")
-    for pattern in settings.fail_if_body_matches_regexp:
-        if re.search(pattern, text):
-            return f"body matched regexp {pattern!r}"
-    for pattern in settings.fail_if_body_not_matches_regexp:
-        if not re.search(pattern, text):
-            return f"body did not match regexp {pattern!r}"
+    """The first failing header/body regex rule (blackbox order), or an empty string."""
     for rule in settings.fail_if_header_matches:
         value = response.header(rule.header)
-        if value is not None and re.search(rule.regexp, value):
+        if value is not None and rule.pattern.search(value):
             return f"header {rule.header} matched regexp {rule.regexp!r}"
     for rule in settings.fail_if_header_not_matches:
         value = response.header(rule.header)
         if value is None:
             if not rule.allow_missing:
                 return f"header {rule.header} is missing"
-        elif not re.search(rule.regexp, value):
+        elif not rule.pattern.search(value):
             return f"header {rule.header} did not match regexp {rule.regexp!r}"
+    must_not, must = settings.body_patterns
+    if not (must_not or must):
+        return ""
+    text = response.body.decode("utf-8", "replace")
+    for pattern in must_not:
+        if pattern.search(text):
+            return f"body matched regexp {pattern.pattern!r}"
+    for pattern in must:
+        if not pattern.search(text):
+            return f"body did not match regexp {pattern.pattern!r}"
     return ""
 
 
@@ -136,8 +163,10 @@ async def _round_trip(
     env: ProbeEnv,
     result: ProbeResult,
     phases: dict[str, float],
+    first_host: str | None,
     first: bool,
-) -> tuple[_Response, bool]:
+    hop: list[_Response],
+) -> None:
     """One request on a fresh connection; adds this hop's time to each phase."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -146,90 +175,174 @@ async def _round_trip(
     host = parts.hostname
     port = parts.port or (443 if is_tls else 80)
     start = time.perf_counter()
+    # blackbox reports the resolve metrics of the first hop only.
     scratch = result if first else ProbeResult()
-    resolved = await resolve(host, settings.preferred_ip_protocol, settings.ip_protocol_fallback, env, scratch)
+    resolved = await resolve(
+        host, settings.preferred_ip_protocol, settings.ip_protocol_fallback, env, scratch
+    )
     resolved_at = time.perf_counter()
     phases["resolve"] += resolved_at - start
     sock = await connect(resolved, port, env)
     connected_at = time.perf_counter()
     phases["connect"] += connected_at - resolved_at
-    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_SIZE)
     try:
         ready_at = connected_at
+        tls_samples: list = []
         if is_tls:
-            server_name = settings.tls_config.server_name or host
-            await writer.start_tls(client_context(settings.tls_config), server_hostname=server_name)
+            # Like blackbox, server_name applies to the target's host only.
+            name = settings.tls_config.server_name if host == first_host else ""
+            await writer.start_tls(
+                client_context(settings.tls_config), server_hostname=name or host
+            )
             ready_at = time.perf_counter()
             phases["tls"] += ready_at - connected_at
-            ssl_object = writer.get_extra_info("ssl_object")
-            if ssl_object is not None:
-                record_tls(ssl_object, result)
+            sink = ProbeResult()
+            record_tls(writer.get_extra_info("ssl_object"), sink)
+            tls_samples = sink.samples
         writer.write(_request(method, parts, body, settings))
         status_line = await reader.readline()
         first_byte_at = time.perf_counter()
         phases["processing"] += first_byte_at - ready_at
-        response = await _read_response(status_line, reader, method, settings.compression)
+        await _read_response(status_line, reader, method, settings, tls_samples, hop)
         phases["transfer"] += time.perf_counter() - first_byte_at
-        return response, is_tls
     finally:
         writer.transport.abort()
 
 
-def _request(method: str, parts, body: str, settings: HTTPSettings) -> bytes:  # type: ignore[no-untyped-def]
+def _request(method: str, parts: SplitResult, body: str, settings: HTTPSettings) -> bytes:
+    """Serialise the request; user headers replace defaults case-insensitively."""
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": USER_AGENT, "Connection": "close"}
+    headers = {
+        "host": ("Host", parts.netloc.rsplit("@", 1)[-1]),
+        "user-agent": ("User-Agent", USER_AGENT),
+        "connection": ("Connection", "close"),
+    }
     if settings.compression:
-        headers["Accept-Encoding"] = settings.compression
-    headers.update(settings.headers)
+        headers["accept-encoding"] = ("Accept-Encoding", settings.compression)
+    auth = _authorization(settings)
+    if auth:
+        headers["authorization"] = ("Authorization", auth)
+    for key, value in settings.headers.items():
+        headers[key.lower()] = (key, value)
     payload = body.encode()
     if payload or method in ("POST", "PUT", "PATCH"):
-        headers["Content-Length"] = str(len(payload))
-    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        headers["content-length"] = ("Content-Length", str(len(payload)))
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.values())
     return head.encode("latin-1") + b"\r\n" + payload
 
 
+def _authorization(settings: HTTPSettings) -> str:
+    """The Authorization value from basic_auth or bearer_token; files are re-read each probe."""
+    if settings.basic_auth:
+        auth = settings.basic_auth
+        password = auth.password
+        if auth.password_file:
+            password = _read_secret(auth.password_file)
+        pair = f"{auth.username}:{password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+    token = settings.bearer_token
+    if settings.bearer_token_file:
+        token = _read_secret(settings.bearer_token_file)
+    return f"Bearer {token}" if token else ""
+
+
+def _read_secret(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ProbeFailure(Reason.OTHER, f"cannot read {path}: {exc.strerror}") from None
+
+
 async def _read_response(
-    status_line: bytes, reader: asyncio.StreamReader, method: str, compression: str
-) -> _Response:
+    status_line: bytes,
+    reader: asyncio.StreamReader,
+    method: str,
+    settings: HTTPSettings,
+    tls_samples: list,
+    hop: list[_Response],
+) -> None:
+    """Parse the response into hop[0] as soon as its headers are in, then read the body."""
     parts = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        if not status_line:
+            raise ProbeFailure(Reason.CONNECT, "server closed the connection without a response")
         raise ProbeFailure(Reason.OTHER, f"malformed HTTP status line {status_line[:80]!r}")
-    version, status = parts[0], int(parts[1])
-    headers: list[tuple[str, str]] = []
+    response = _Response(parts[0], int(parts[1]), [])
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b"\n", b""):
             break
         name, _, value = line.decode("latin-1").partition(":")
-        headers.append((name.strip(), value.strip()))
-    response = _Response(version, status, headers, b"")
+        response.headers.append((name.strip(), value.strip()))
+    response.tls_samples = tls_samples
+    hop.append(response)
+    status = response.status
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return response
+        return
+    body = _BodySink(response, settings)
     encoding = (response.header("transfer-encoding") or "").lower()
     length = response.header("content-length")
     if "chunked" in encoding:
-        body = await _read_chunked(reader)
+        await _read_chunked(reader, body)
     elif length is not None and length.isdigit():
-        if int(length) > MAX_BODY_BYTES:
-            raise ProbeFailure(Reason.OTHER, f"response body larger than {MAX_BODY_BYTES} bytes")
-        body = await reader.readexactly(int(length))
+        remaining = int(length)
+        while remaining:
+            data = await reader.read(min(remaining, _READ_SIZE))
+            if not data:
+                raise ProbeFailure(Reason.OTHER, "connection closed before the end of the body")
+            remaining -= len(data)
+            body.feed(data)
     else:
-        body = await reader.read(MAX_BODY_BYTES)
-    content_encoding = (response.header("content-encoding") or "").lower()
-    if compression and content_encoding in ("gzip", "deflate"):
-        try:
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS if content_encoding == "gzip" else zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise ProbeFailure(Reason.VALIDATION, f"cannot decompress body: {exc}") from None
-    response.body = body
-    return response
+        while data := await reader.read(_READ_SIZE):
+            body.feed(data)
+    body.finish()
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
+class _BodySink:
+    """Counts (and decompresses) the body as it streams; keeps it only for regexes."""
+
+    def __init__(self, response: _Response, settings: HTTPSettings) -> None:
+        self.response = response
+        self.limit = settings.body_limit
+        must_not, must = settings.body_patterns
+        self.keep = bool(must_not or must)
+        self.chunks: list[bytes] = []
+        content_encoding = (response.header("content-encoding") or "").lower()
+        self.decoder = None
+        if settings.compression and content_encoding in ("gzip", "deflate"):
+            wbits = 16 + zlib.MAX_WBITS if content_encoding == "gzip" else zlib.MAX_WBITS
+            self.decoder = zlib.decompressobj(wbits)
+
+    def feed(self, data: bytes) -> None:
+        if self.decoder is not None:
+            try:
+                data = self.decoder.decompress(data)
+            except zlib.error as exc:
+                raise ProbeFailure(Reason.VALIDATION, f"cannot decompress body: {exc}") from None
+        self.response.body_length += len(data)
+        if self.limit and self.response.body_length > self.limit:
+            raise ProbeFailure(Reason.VALIDATION, f"body exceeds body_size_limit ({self.limit})")
+        if self.keep:
+            if self.response.body_length > MAX_KEPT_BODY:
+                raise ProbeFailure(
+                    Reason.OTHER, f"body larger than {MAX_KEPT_BODY} bytes; cannot match regexps"
+                )
+            self.chunks.append(data)
+
+    def finish(self) -> None:
+        if self.decoder is not None:
+            self.feed(b"")
+            tail = self.decoder.flush()
+            self.decoder = None
+            if tail:
+                self.feed(tail)
+        self.response.body = b"".join(self.chunks)
+
+
+async def _read_chunked(reader: asyncio.StreamReader, body: _BodySink) -> None:
     while True:
         size_line = await reader.readline()
         try:
@@ -237,10 +350,13 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         except ValueError:
             raise ProbeFailure(Reason.OTHER, "malformed chunked encoding") from None
         if size == 0:
-            await reader.readline()
-            return b"".join(chunks)
-        total += size
-        if total > MAX_BODY_BYTES:
-            raise ProbeFailure(Reason.OTHER, f"response body larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(await reader.readexactly(size))
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return
+        while size:
+            data = await reader.read(min(size, _READ_SIZE))
+            if not data:
+                raise ProbeFailure(Reason.OTHER, "connection closed inside a chunk")
+            size -= len(data)
+            body.feed(data)
         await reader.readline()

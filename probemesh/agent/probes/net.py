@@ -19,7 +19,12 @@ from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
 from probemesh.agent.safety import AddressPolicy
 from probemesh.modules import TLSConfig
 
-_TLS_VERSION_NAMES = {"TLSv1": "TLS 1.0", "TLSv1.1": "TLS 1.1", "TLSv1.2": "TLS 1.2", "TLSv1.3": "TLS 1.3"}
+_TLS_VERSION_NAMES = {
+    "TLSv1": "TLS 1.0",
+    "TLSv1.1": "TLS 1.1",
+    "TLSv1.2": "TLS 1.2",
+    "TLSv1.3": "TLS 1.3",
+}
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -55,7 +60,9 @@ async def resolve(
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     want = socket.AF_INET6 if preferred == "ip6" else socket.AF_INET
-    families = [want] + ([socket.AF_INET if want == socket.AF_INET6 else socket.AF_INET6] if fallback else [])
+    families = [want] + (
+        [socket.AF_INET if want == socket.AF_INET6 else socket.AF_INET6] if fallback else []
+    )
     chosen: Resolved | None = None
     last_error: Exception | None = None
     try:
@@ -78,8 +85,11 @@ async def resolve(
                 break
     result.add("probe_dns_lookup_time_seconds", time.perf_counter() - start)
     if chosen is None:
+        result.add("probe_ip_protocol", 0)
         detail = f": {last_error.strerror}" if isinstance(last_error, socket.gaierror) else ""
-        raise ProbeFailure(Reason.DNS, f"cannot resolve {host!r} as {'/'.join(map(_fam, families))}{detail}")
+        raise ProbeFailure(
+            Reason.DNS, f"cannot resolve {host!r} as {'/'.join(map(_fam, families))}{detail}"
+        )
     result.add("probe_ip_protocol", 6 if chosen.family == socket.AF_INET6 else 4)
     refusal = env.policy.refusal(chosen.address)
     if refusal:
@@ -124,25 +134,61 @@ def client_context(config: TLSConfig) -> ssl.SSLContext:
 
 
 def record_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -> None:
-    """Record probe_tls_version_info and the leaf certificate's expiry and identity."""
+    """Record blackbox's TLS metrics for a finished handshake.
+
+    Like blackbox, probe_ssl_earliest_cert_expiry is the earliest notAfter of
+    every certificate the server presented, and
+    probe_ssl_last_chain_expiry_timestamp_seconds the earliest notAfter of the
+    verified chain (up to the trust anchor), only when verification ran.
+    Python 3.11 exposes both chains only on the private ``_sslobj``; when it is
+    missing the leaf alone is used.
+    """
     version = _TLS_VERSION_NAMES.get(ssl_object.version() or "")
     if version:
         result.add("probe_tls_version_info", 1, version=version)
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return
-    info = ssl_object.getpeercert()
-    not_after = info.get("notAfter") if info else None
-    if isinstance(not_after, str):
-        expiry = ssl.cert_time_to_seconds(not_after)
-        result.add("probe_ssl_earliest_cert_expiry", expiry)
-        result.add("probe_ssl_last_chain_expiry_timestamp_seconds", expiry)
-    fingerprint = hashlib.sha256(der).hexdigest()
-    subject = _dn(info.get("subject", ())) if info else ""
-    issuer = _dn(info.get("issuer", ())) if info else ""
+    presented, verified = _chains(ssl_object)
+    leaf = presented[0] if presented else {}
+    expiries = [_not_after(info) for info in presented]
+    known = [e for e in expiries if e is not None]
+    if known:
+        result.add("probe_ssl_earliest_cert_expiry", min(known))
+    chain_expiries = [e for e in (_not_after(info) for info in verified) if e is not None]
+    if chain_expiries:
+        result.add("probe_ssl_last_chain_expiry_timestamp_seconds", min(chain_expiries))
     result.add(
-        "probe_ssl_last_chain_info", 1, fingerprint_sha256=fingerprint, subject=subject, issuer=issuer
+        "probe_ssl_last_chain_info",
+        1,
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        subject=_dn(leaf.get("subject", ())),
+        issuer=_dn(leaf.get("issuer", ())),
     )
+
+
+def _chains(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[list[dict], list[dict]]:
+    """(presented certificates, verified chain) as getpeercert()-style dicts."""
+    raw = getattr(ssl_object, "_sslobj", None)
+    presented: list[dict] = []
+    verified: list[dict] = []
+    try:
+        if raw is not None:
+            presented = [cert.get_info() for cert in raw.get_unverified_chain() or ()]
+            verified = [cert.get_info() for cert in raw.get_verified_chain() or ()]
+    except (AttributeError, ssl.SSLError, ValueError):
+        presented, verified = [], []
+    if not presented:
+        leaf = ssl_object.getpeercert()
+        presented = verified = [leaf] if leaf else []
+    if ssl_object.context.verify_mode == ssl.CERT_NONE:
+        verified = []  # like Go: no verification, no verified chain
+    return presented, verified
+
+
+def _not_after(info: dict) -> float | None:
+    value = info.get("notAfter")
+    return ssl.cert_time_to_seconds(value) if isinstance(value, str) else None
 
 
 def _dn(rdns: object) -> str:

@@ -12,12 +12,12 @@ import errno
 import socket
 import ssl
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import dns.exception
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """The fixed set of failure reasons (DESIGN.md); values are label values."""
 
     DNS = "dns"
