@@ -73,6 +73,9 @@ async def resolve(
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         if family in families:
             chosen = Resolved(family, host)
+    elif host.rstrip(".").lower().endswith(".invalid") or host.lower() == "invalid":
+        # RFC 6761 6.4: never resolvable; answer at once without asking a server.
+        last_error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     else:
         for family in families:
             try:

@@ -1,0 +1,5 @@
+"""python -m probemesh"""
+
+from probemesh.cli import main
+
+main()

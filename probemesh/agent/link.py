@@ -1,0 +1,253 @@
+"""The agent's session with a collector: register, receive checks, stream results.
+
+One bidirectional stream per session. Results are read from the durable queue,
+never from memory, so whatever the link does nothing is lost: a result leaves
+the disk only when an Ack names it. After a reconnect the unacked backlog is
+replayed in order while live results keep flowing: the sender alternates a live
+batch and a backlog batch, so a long backlog never starves fresh data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from probemesh import __version__
+from probemesh.agent.probes import PROBERS
+from probemesh.agent.queue import DurableQueue
+from probemesh.grpc_options import CHANNEL_OPTIONS
+from probemesh.v1 import mesh_pb2 as pb
+from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+
+
+class SessionLost(Exception):
+    """The collector stopped answering (no message within the dead-peer window)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the agent says it is in Hello; must match its token's binding."""
+
+    agent_id: str
+    country: str
+    region: str = ""
+    city: str = ""
+    asn: int = 0
+
+
+@dataclass
+class LinkSettings:
+    """Tunables of the link, with production defaults."""
+
+    batch_size: int = 1000
+    window: int = 8  # batches in flight without an Ack
+    heartbeat_interval: float = 10.0
+    dead_after: float = 30.0  # no message from the collector for this long: reconnect
+    drain_timeout: float = 5.0  # on shutdown, wait this long for Acks
+    credentials: grpc.ChannelCredentials | None = None
+    server_name: str = ""
+
+
+@dataclass
+class _Session:
+    """Per-stream state; reset on every reconnect."""
+
+    call: grpc.aio.StreamStreamCall
+    last_recv: float
+    inflight: dict[int, int] = field(default_factory=dict)
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+    max_batch: int = 1000
+
+
+class CollectorLink:
+    """Keeps a session with one of the collectors alive, failing over in order."""
+
+    def __init__(
+        self,
+        collectors: list[str],
+        identity: Identity,
+        token: str,
+        queue: DurableQueue,
+        new_results: asyncio.Event,
+        on_checks: Callable[[pb.Checks], None],
+        settings: LinkSettings | None = None,
+    ) -> None:
+        self.collectors = collectors
+        self.identity = identity
+        self.token = token
+        self.queue = queue
+        self.new_results = new_results
+        self.on_checks = on_checks
+        self.settings = settings or LinkSettings()
+        self.connected = asyncio.Event()
+        self.current: str | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, stream, reconnect with exponential backoff and full jitter until stop."""
+        attempt = 0
+        index = 0
+        while not stop.is_set():
+            address = self.collectors[index % len(self.collectors)]
+            started = time.monotonic()
+            try:
+                await self._session(address, stop)
+            except grpc.aio.AioRpcError as exc:
+                level = logging.ERROR if exc.code() in _FATALISH else logging.WARNING
+                log.log(level, "collector %s: %s: %s", address, exc.code().name, exc.details())
+            except (SessionLost, ConnectionError, OSError) as exc:
+                log.warning("collector %s: session lost: %s", address, exc)
+            finally:
+                self.connected.clear()
+                self.current = None
+            if stop.is_set():
+                return
+            if time.monotonic() - started > 60:
+                attempt = 0  # a long healthy session resets the backoff
+            index += 1  # fail over to the next collector
+            delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+            attempt += 1
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        options = list(CHANNEL_OPTIONS)
+        if self.settings.credentials is None:
+            return grpc.aio.insecure_channel(address, options=options)
+        if self.settings.server_name:
+            options.append(("grpc.ssl_target_name_override", self.settings.server_name))
+        return grpc.aio.secure_channel(address, self.settings.credentials, options=options)
+
+    async def _session(self, address: str, stop: asyncio.Event) -> None:
+        async with self._channel(address) as channel:
+            method = channel.stream_stream(
+                SERVICE_METHOD,
+                request_serializer=serialize,
+                response_deserializer=pb.CollectorMessage.FromString,
+            )
+            call = method(metadata=(("authorization", f"Bearer {self.token}"),))
+            try:
+                await call.write(self._hello())
+                first = await asyncio.wait_for(call.read(), self.settings.dead_after)
+                if first is grpc.aio.EOF:
+                    await call.code()  # raises the server's status when it closed us
+                    raise SessionLost("collector closed the stream before Welcome")
+                if first.WhichOneof("payload") != "welcome":
+                    raise SessionLost(f"expected Welcome, got {first.WhichOneof('payload')}")
+                welcome = first.welcome
+                session = _Session(call, time.monotonic())
+                session.max_batch = min(self.settings.batch_size, welcome.max_batch_results or 10**9)
+                if welcome.acked_seq:
+                    self.queue.ack(welcome.acked_seq)
+                self.current = address
+                self.connected.set()
+                log.info("connected to collector %s (acked_seq=%d)", address, welcome.acked_seq)
+                reader = asyncio.create_task(self._read(session))
+                try:
+                    await self._send(session, stop, reader)
+                finally:
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+            finally:
+                call.cancel()
+
+    def _hello(self) -> pb.AgentMessage:
+        ident = self.identity
+        return pb.AgentMessage(
+            hello=pb.Hello(
+                agent_id=ident.agent_id,
+                country=ident.country,
+                region=ident.region,
+                city=ident.city,
+                asn=ident.asn,
+                version=__version__,
+                capabilities=sorted(PROBERS),
+                last_seq=self.queue.last_seq,
+            )
+        )
+
+    async def _read(self, session: _Session) -> None:
+        """Apply what the collector sends: checks, acks, heartbeats."""
+        while True:
+            message = await session.call.read()
+            if message is grpc.aio.EOF:
+                return
+            session.last_recv = time.monotonic()
+            kind = message.WhichOneof("payload")
+            if kind == "checks":
+                self.on_checks(message.checks)
+            elif kind == "ack":
+                ack = message.ack
+                self.queue.ack(ack.seq, ack.first_seq, ack.last_seq)
+                session.inflight.pop(ack.first_seq, None)
+                session.acked.set()
+
+    async def _send(self, session: _Session, stop: asyncio.Event, reader: asyncio.Task[None]) -> None:
+        """Alternate live and backlog batches within the in-flight window."""
+        queue = self.queue
+        live_from = queue.last_seq + 1
+        live_after = live_from - 1
+        backlog_after = max(queue.floor_seq - 1, 0)
+        last_sent = time.monotonic()
+        drain_deadline: float | None = None
+        while True:
+            if reader.done():
+                reader.result()  # re-raise the reader's error, if any
+                raise SessionLost("collector ended the stream")
+            now = time.monotonic()
+            if now - session.last_recv > self.settings.dead_after:
+                raise SessionLost(f"no message from collector for {self.settings.dead_after:g}s")
+            if stop.is_set():
+                drain_deadline = drain_deadline or now + self.settings.drain_timeout
+                if (queue.depth == 0 and not session.inflight) or now > drain_deadline:
+                    return
+            # Clear before reading the queue, so a flush in between still wakes us.
+            session.acked.clear()
+            self.new_results.clear()
+            sent = False
+            if len(session.inflight) < self.settings.window:
+                rows = queue.read(live_after, None, session.max_batch)
+                if rows:
+                    await self._write_batch(session, rows)
+                    live_after = rows[-1][0]
+                    sent = True
+            if backlog_after < live_from - 1 and len(session.inflight) < self.settings.window:
+                rows = queue.read(backlog_after, live_from, session.max_batch)
+                if rows:
+                    await self._write_batch(session, rows)
+                    backlog_after = rows[-1][0]
+                    sent = True
+                else:
+                    backlog_after = live_from - 1
+            if sent:
+                last_sent = time.monotonic()
+                continue
+            if now - last_sent >= self.settings.heartbeat_interval:
+                await session.call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time())))
+                last_sent = now
+            waiters = [asyncio.ensure_future(e.wait()) for e in (session.acked, self.new_results, stop)]
+            try:
+                await asyncio.wait([*waiters, reader], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    async def _write_batch(self, session: _Session, rows: list[tuple[int, bytes]]) -> None:
+        first = rows[0][0]
+        session.inflight[first] = len(rows)
+        await session.call.write(encode_batch(first, self.queue.floor_seq, [p for _, p in rows]))
+
+
+_FATALISH = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}

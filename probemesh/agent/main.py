@@ -1,0 +1,135 @@
+"""Wire the agent together: queue, scheduler, collector link, metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from probemesh.agent.link import CollectorLink, Identity, LinkSettings
+from probemesh.agent.metrics import AgentMetrics
+from probemesh.agent.probes.net import ProbeEnv
+from probemesh.agent.queue import DEFAULT_MAX_AGE, DEFAULT_MAX_RESULTS, DurableQueue
+from probemesh.agent.safety import AddressPolicy
+from probemesh.agent.scheduler import Scheduler
+from probemesh.httpserver import metrics_handler, start_site
+from probemesh.v1 import mesh_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentOptions:
+    """Everything the agent needs, already validated by the CLI."""
+
+    collectors: list[str]
+    identity: Identity
+    token: str
+    state_dir: Path
+    metrics_listen: str = ""
+    source_address: str = ""
+    allow_private_targets: bool = False
+    min_interval: float = 5.0
+    max_concurrency: int = 256
+    flush_interval: float = 0.2
+    queue_max_results: int = DEFAULT_MAX_RESULTS
+    queue_max_age: float = DEFAULT_MAX_AGE
+    link: LinkSettings = field(default_factory=LinkSettings)
+
+
+class Agent:
+    """Probes on schedule, persists every result, streams them to a collector."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.queue = DurableQueue(
+            options.state_dir / "results.sqlite3", options.queue_max_results, options.queue_max_age
+        )
+        self.pending: list[tuple[float, bytes]] = []
+        self.new_results = asyncio.Event()
+        env = ProbeEnv(options.source_address, AddressPolicy(options.allow_private_targets))
+        self.scheduler = Scheduler(env, self._on_result, options.min_interval, options.max_concurrency)
+        self.link = CollectorLink(
+            options.collectors,
+            options.identity,
+            options.token,
+            self.queue,
+            self.new_results,
+            self._on_checks,
+            options.link,
+        )
+        self.metrics = AgentMetrics(self.queue, options.identity.agent_id, options.identity.country)
+        self.registry = CollectorRegistry()
+        self.registry.register(self.metrics)
+
+    def _on_result(self, result: pb.Result) -> None:
+        self.pending.append((result.timestamp, result.SerializeToString()))
+        if len(self.pending) >= self.options.link.batch_size:
+            self.flush()
+
+    def _on_checks(self, checks: pb.Checks) -> None:
+        self.scheduler.update(checks.checks)
+        self.metrics.checks = len(checks.checks)
+        log.info("received %d checks (revision %d)", len(checks.checks), checks.revision)
+
+    def flush(self) -> None:
+        """Persist pending results (batched by size and time) and wake the sender."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.queue.append(batch)
+        self.new_results.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.flush_interval)
+            self.flush()
+            self.metrics.connected = self.link.connected.is_set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until stop is set, then flush to disk and drain what the link can send."""
+        runner = None
+        if self.options.metrics_listen:
+            app = web.Application()
+            app.router.add_get("/metrics", metrics_handler(self.registry))
+            runner = await start_site(app, self.options.metrics_listen)
+        flusher = asyncio.create_task(self._flush_loop())
+        link_task = asyncio.create_task(self.link.run(stop))
+        try:
+            await stop.wait()
+            await self.scheduler.stop()
+            flusher.cancel()
+            self.flush()
+            await link_task  # the link drains in-flight results before returning
+        finally:
+            for task in (flusher, link_task):
+                task.cancel()
+            await asyncio.gather(flusher, link_task, return_exceptions=True)
+            self.flush()
+            if runner is not None:
+                await runner.cleanup()
+            self.queue.close()
+        log.info(
+            "agent stopped: produced=%d acked=%d queued=%d",
+            self.queue.counters.produced,
+            self.queue.counters.acked,
+            self.queue.depth,
+        )
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set stop; a second signal is ignored while draining."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_agent(options: AgentOptions) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await Agent(options).run(stop)

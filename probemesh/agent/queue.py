@@ -1,0 +1,174 @@
+"""The agent's durable result queue: SQLite in WAL mode in --state-dir.
+
+A result is persisted here before it is ever sent and deleted only once the
+collector acknowledges it. Sequence numbers are assigned inside the insert
+transaction, so they stay monotonic across restarts. The queue is bounded by
+count and age; overflow deletes the oldest results and counts each one, so loss
+is visible, never silent. See docs/decisions.md for why SQLite over segments.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from probemesh.errors import StateError
+
+DEFAULT_MAX_RESULTS = 1_000_000
+DEFAULT_MAX_AGE = 7 * 86400.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_COUNTERS = ("last_seq", "produced", "acked", "dropped")
+
+
+@dataclass
+class QueueCounters:
+    """Lifetime totals, persisted with the rows they describe."""
+
+    last_seq: int = 0
+    produced: int = 0
+    acked: int = 0
+    dropped: int = 0
+
+
+class DurableQueue:
+    """Append, read in order, acknowledge; all state on disk."""
+
+    def __init__(
+        self,
+        path: Path,
+        max_results: int = DEFAULT_MAX_RESULTS,
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> None:
+        self.max_results = max_results
+        self.max_age = max_age
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a power cut may lose the last commits, a process crash cannot.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateError(f"{path}: cannot open result queue: {exc}") from None
+        self.counters = self._load_counters()
+        self.depth = 0
+        self._floor = 0
+        self._reload_depth()
+
+    def _load_counters(self) -> QueueCounters:
+        values = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return QueueCounters(**{name: int(values.get(name, 0)) for name in _COUNTERS})
+
+    def _save_counters(self) -> None:
+        self._db.executemany(
+            "INSERT INTO counters(name, value) VALUES(?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            [(name, getattr(self.counters, name)) for name in _COUNTERS],
+        )
+
+    @property
+    def last_seq(self) -> int:
+        return self.counters.last_seq
+
+    @property
+    def floor_seq(self) -> int:
+        """Lowest sequence number still held (last_seq + 1 when empty)."""
+        return self._floor if self.depth else self.counters.last_seq + 1
+
+    def append(self, payloads: Sequence[tuple[float, bytes]]) -> tuple[int, int]:
+        """Persist (timestamp, serialized Result) pairs; return their seq range."""
+        if not payloads:
+            return self.last_seq + 1, self.last_seq
+        first = self.counters.last_seq + 1
+        rows = [(first + i, ts, blob) for i, (ts, blob) in enumerate(payloads)]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("INSERT INTO results(seq, ts, payload) VALUES(?, ?, ?)", rows)
+            self.counters.last_seq = rows[-1][0]
+            self.counters.produced += len(rows)
+            if self.depth == 0:
+                self._floor = first
+            self.depth += len(rows)
+            self._enforce_bounds()
+            self._save_counters()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self.counters = self._load_counters()
+            self._reload_depth()
+            raise
+        return first, self.counters.last_seq
+
+    def _enforce_bounds(self) -> None:
+        """Drop the oldest rows beyond the bounds, counting each (inside a transaction)."""
+        dropped = 0
+        if self.depth > self.max_results:
+            cut = self._db.execute(
+                "SELECT seq FROM results ORDER BY seq LIMIT 1 OFFSET ?",
+                (self.depth - self.max_results,),
+            ).fetchone()[0]
+            dropped += self._db.execute("DELETE FROM results WHERE seq < ?", (cut,)).rowcount
+        oldest = time.time() - self.max_age
+        head = self._db.execute("SELECT ts FROM results ORDER BY seq LIMIT 1").fetchone()
+        if head and head[0] < oldest:  # scan only when something has expired
+            dropped += self._db.execute("DELETE FROM results WHERE ts < ?", (oldest,)).rowcount
+        if dropped:
+            self.counters.dropped += dropped
+            self.depth -= dropped
+            self._reload_floor()
+
+    def _reload_depth(self) -> None:
+        """Recount from disk; only after a failed transaction (COUNT is O(n))."""
+        self.depth = self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        self._reload_floor()
+
+    def _reload_floor(self) -> None:
+        row = self._db.execute("SELECT MIN(seq) FROM results").fetchone()
+        self._floor = row[0] or self.counters.last_seq + 1
+
+    def read(self, after: int, before: int | None, limit: int) -> list[tuple[int, bytes]]:
+        """Up to limit contiguous rows with after < seq (< before); stops at a gap."""
+        if before is None:
+            rows = self._db.execute(
+                "SELECT seq, payload FROM results WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT seq, payload FROM results WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (after, before, limit),
+            ).fetchall()
+        for i in range(1, len(rows)):
+            if rows[i][0] != rows[i - 1][0] + 1:
+                return rows[:i]
+        return rows
+
+    def ack(self, upto: int, first: int = 0, last: int = 0) -> int:
+        """Delete seq <= upto and first..last; return how many rows went."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = self._db.execute("DELETE FROM results WHERE seq <= ?", (upto,)).rowcount
+            if last >= first > upto:
+                gone += self._db.execute(
+                    "DELETE FROM results WHERE seq BETWEEN ? AND ?", (first, last)
+                ).rowcount
+            self.counters.acked += gone
+            self._save_counters()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self.counters = self._load_counters()
+            self._reload_depth()
+            raise
+        self.depth -= gone
+        self._reload_floor()
+        return gone
+
+    def close(self) -> None:
+        self._db.close()

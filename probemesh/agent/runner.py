@@ -1,0 +1,93 @@
+"""Run one probe: the runner owns the timeout and the total duration.
+
+Probes never sleep or start timers; the runner wraps them in asyncio.timeout,
+turns any escaped exception into exactly one failure reason, and builds the
+wire Result stamped with the agent's probe start time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from probemesh.agent.probes import PROBERS
+from probemesh.agent.probes.net import ProbeEnv
+from probemesh.agent.probes.result import ProbeResult, Reason, failure_from_exception
+from probemesh.errors import ConfigError
+from probemesh.modules import settings_from_json
+from probemesh.v1 import mesh_pb2 as pb
+
+_REASON_TO_PB = {reason: pb.FailureReason.Value(f"FAILURE_REASON_{reason.name}") for reason in Reason}
+
+
+@dataclass(frozen=True)
+class PreparedCheck:
+    """A check from the collector with its settings parsed once.
+
+    ``refusal`` is set when the agent will not run the check (bad settings,
+    interval below the floor); each round then reports that as reason ``other``.
+    """
+
+    check: pb.Check
+    settings: Any
+    interval: float
+    refusal: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.check.name
+
+
+def prepare(check: pb.Check, min_interval: float) -> PreparedCheck:
+    """Parse a Check's settings; never raises, so one bad check cannot stop the others."""
+    interval = check.interval_seconds
+    if check.prober not in PROBERS:
+        return PreparedCheck(check, None, max(interval, min_interval), f"agent cannot run prober {check.prober!r}")
+    if not interval >= min_interval:
+        return PreparedCheck(
+            check,
+            None,
+            min_interval,
+            f"interval {interval:g}s is below this agent's floor of {min_interval:g}s; check refused",
+        )
+    try:
+        settings = settings_from_json(check.prober, check.settings_json)
+    except ConfigError as exc:
+        return PreparedCheck(check, None, interval, f"invalid settings: {exc}")
+    return PreparedCheck(check, settings, interval)
+
+
+async def run_probe(prepared: PreparedCheck, env: ProbeEnv) -> pb.Result:
+    """Probe once and return the wire result; failures are data, not exceptions."""
+    check = prepared.check
+    started = time.time()
+    t0 = time.perf_counter()
+    result = ProbeResult()
+    if prepared.refusal:
+        result.fail(Reason.OTHER, prepared.refusal)
+    else:
+        try:
+            async with asyncio.timeout(check.timeout_seconds or None):
+                await PROBERS[check.prober](check.target, prepared.settings, env, result)
+        except Exception as exc:  # every escaped error is a failure reason, by design
+            reason, message = failure_from_exception(exc)
+            result.fail(reason, message)
+    duration = time.perf_counter() - t0
+    return to_proto(check, started, duration, result)
+
+
+def to_proto(check: pb.Check, started: float, duration: float, result: ProbeResult) -> pb.Result:
+    """Build the wire Result for one probe."""
+    success = result.success and result.reason is None
+    return pb.Result(
+        check=check.name,
+        target=check.target,
+        timestamp=started,
+        success=success,
+        duration_seconds=duration,
+        reason=pb.FAILURE_REASON_UNSPECIFIED if success else _REASON_TO_PB[result.reason or Reason.OTHER],
+        message="" if success else result.message[:512],
+        samples=[pb.Sample(name=n, labels=labels, value=v) for n, labels, v in result.samples],
+    )

@@ -1,0 +1,1 @@
+"""The probemesh collector: accepts agents, pushes checks, exports, detects outages."""

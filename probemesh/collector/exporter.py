@@ -1,0 +1,198 @@
+"""Prometheus export through one custom Collector.
+
+State lives in plain structures (MeshState, Ingest); collect() snapshots them
+into metric families on every scrape instead of calling labels().set() per
+result. Only series of configured checks and known agents are exported, and a
+probe sample reaches /metrics only if the catalog admits its name and labels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from probemesh.catalog import PROBE_METRICS
+from probemesh.checks import ChecksFile
+from probemesh.collector.ingest import Ingest
+from probemesh.collector.state import DURATION_BUCKETS, Latest, MeshState
+
+BASE_LABELS = ["check", "target", "agent", "country", "region"]
+_BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
+
+
+class MeshExporter(Collector):
+    """Builds every probemesh family from the collector's state at scrape time."""
+
+    def __init__(
+        self,
+        state: MeshState,
+        ingest: Ingest,
+        checks: Callable[[], ChecksFile],
+        active_streams: Callable[[], int],
+        extra: Iterable[Callable[[], Iterable[Metric]]] = (),
+    ) -> None:
+        self.state = state
+        self.ingest = ingest
+        self.checks = checks
+        self.active_streams = active_streams
+        self.extra = list(extra)
+        self.last_render_seconds = 0.0
+        self.rejected_samples: Counter[str] = Counter()
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        yield from self._probe_families()
+        yield from self._counter_families()
+        yield from self._histogram_families()
+        yield from self._agent_families()
+        for source in self.extra:
+            yield from source()
+        yield from self._self_families()
+        self.last_render_seconds = time.perf_counter() - started
+
+    def _validated(self, latest: Latest) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+        """The latest result's samples the catalog admits; computed once per result."""
+        if latest.samples is None:
+            kept = []
+            for sample in latest.result.samples:
+                spec = PROBE_METRICS.get(sample.name)
+                labels = dict(sample.labels)
+                if spec is None or not math.isfinite(sample.value) or not spec.labels_ok(labels):
+                    self.ingest.rejected["invalid_sample"] += 1
+                    continue
+                kept.append((sample.name, tuple(sorted(labels.items())), sample.value))
+            latest.samples = kept
+        return latest.samples
+
+    def _probe_families(self) -> Iterator[Metric]:
+        checks = self.checks().checks
+        success = GaugeMetricFamily("probe_success", "Displays whether or not the probe was a success", labels=BASE_LABELS)
+        duration = GaugeMetricFamily(
+            "probe_duration_seconds", "Returns how long the probe took to complete in seconds", labels=BASE_LABELS
+        )
+        families: dict[str, GaugeMetricFamily] = {}
+        for (check, agent), latest in self.state.latest.items():
+            spec = checks.get(check)
+            if spec is None:
+                continue
+            base = [check, spec.target, agent, latest.country, latest.region]
+            result = latest.result
+            success.add_metric(base, 1.0 if result.success else 0.0, timestamp=None)
+            duration.add_metric(base, result.duration_seconds)
+            for name, labels, value in self._validated(latest):
+                family = families.get(name)
+                if family is None:
+                    keys = [k for k, _ in labels]
+                    family = families[name] = GaugeMetricFamily(
+                        name, PROBE_METRICS[name].help, labels=BASE_LABELS + keys
+                    )
+                family.add_metric(base + [v for _, v in labels], value)
+        yield success
+        yield duration
+        yield from families.values()
+
+    def _counter_families(self) -> Iterator[Metric]:
+        results = CounterMetricFamily(
+            "probemesh_probe_results",
+            "Probe results applied, by outcome; counts every result exactly once, late ones included",
+            labels=["check", "agent", "country", "result"],
+        )
+        failures = CounterMetricFamily(
+            "probemesh_probe_failures",
+            "Failed probe results by failure reason",
+            labels=["check", "agent", "country", "reason"],
+        )
+        checks = self.checks().checks
+        for key, value in self.state.counters.items():
+            if key[1] not in checks:
+                continue
+            (results if key[0] == "results" else failures).add_metric(list(key[1:]), value)
+        yield results
+        yield failures
+
+    def _histogram_families(self) -> Iterator[Metric]:
+        duration = HistogramMetricFamily(
+            "probemesh_probe_duration_seconds",
+            "Total probe duration per check and country, every result counted",
+            labels=["check", "country"],
+        )
+        phase = HistogramMetricFamily(
+            "probemesh_probe_phase_duration_seconds",
+            "HTTP phase durations of successful probes per check and country",
+            labels=["check", "country", "phase"],
+        )
+        checks = self.checks().checks
+        for key, hist in self.state.histograms.items():
+            if key[1] not in checks:
+                continue
+            cumulative, running = [], 0
+            for bound, count in zip(_BUCKET_BOUNDS, hist.counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family = duration if key[0] == "duration" else phase
+            family.add_metric(list(key[1:]), cumulative, hist.total)
+        yield duration
+        yield phase
+
+    def _agent_families(self) -> Iterator[Metric]:
+        labels = ["agent", "country"]
+        connected = GaugeMetricFamily("probemesh_agent_connected", "1 while the agent has a live stream", labels=labels)
+        last_seen = GaugeMetricFamily(
+            "probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything", labels=labels
+        )
+        local = GaugeMetricFamily(
+            "probemesh_agent_local_problem",
+            "1 when the agent fails nearly everything while others see the same targets up",
+            labels=labels,
+        )
+        info = GaugeMetricFamily(
+            "probemesh_agent_info", "Agent metadata (always 1)", labels=[*labels, "region", "version"]
+        )
+        for agent in self.state.agents.values():
+            key = [agent.agent_id, agent.country]
+            connected.add_metric(key, 1.0 if agent.connected else 0.0)
+            last_seen.add_metric(key, agent.last_seen)
+            local.add_metric(key, 1.0 if agent.local_problem else 0.0)
+            info.add_metric([*key, agent.region, agent.version], 1.0)
+        yield from (connected, last_seen, local, info)
+
+    def _self_families(self) -> Iterator[Metric]:
+        ingest = self.ingest
+        yield CounterMetricFamily(
+            "probemesh_ingest_results", "Results applied by this collector process", value=ingest.results_total
+        )
+        yield CounterMetricFamily(
+            "probemesh_ingest_batches", "Result batches applied by this collector process", value=ingest.batches_total
+        )
+        yield CounterMetricFamily(
+            "probemesh_duplicate_results",
+            "Results received again after a reconnect and skipped by dedupe",
+            value=ingest.duplicates_total,
+        )
+        rejected = CounterMetricFamily(
+            "probemesh_ingest_rejected",
+            "Batches, results, samples or streams refused, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(ingest.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield GaugeMetricFamily(
+            "probemesh_ingest_queue_depth", "Batches waiting to be applied", value=ingest.queue.qsize()
+        )
+        yield GaugeMetricFamily("probemesh_active_streams", "Connected agent streams", value=self.active_streams())
+        yield GaugeMetricFamily(
+            "probemesh_scrape_duration_seconds",
+            "Time the previous /metrics render took",
+            value=self.last_render_seconds,
+        )

@@ -1,0 +1,47 @@
+"""The collector's HTTP side: /metrics, health, readiness and the JSON API."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from probemesh.httpserver import metrics_handler
+from probemesh.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from probemesh.collector.main import CollectorApp
+
+
+def build_http_app(app: CollectorApp) -> web.Application:
+    """One aiohttp application for everything the collector serves over HTTP."""
+    http = web.Application()
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if app.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "starting"}, status=503)
+
+    async def agents(_request: web.Request) -> web.Response:
+        rows = [
+            {
+                "agent": agent.agent_id,
+                "country": agent.country,
+                "region": agent.region,
+                "connected": agent.connected,
+                "last_seen": rfc3339(agent.last_seen),
+                "local_problem": agent.local_problem,
+                "version": agent.version,
+            }
+            for agent in sorted(app.state.agents.values(), key=lambda a: a.agent_id)
+        ]
+        return web.json_response({"agents": rows})
+
+    http.router.add_get("/metrics", metrics_handler(app.registry))
+    http.router.add_get("/healthz", healthz)
+    http.router.add_get("/readyz", readyz)
+    http.router.add_get("/api/v1/agents", agents)
+    return http

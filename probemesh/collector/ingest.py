@@ -1,0 +1,154 @@
+"""Ingest: a bounded queue of batches and one applier that makes them durable.
+
+Stream handlers validate a batch's framing and ``await`` a place in the queue;
+when it is full they stop reading, HTTP/2 flow control slows the agent down,
+and the agent keeps buffering on disk. Nothing is dropped in memory. The applier
+takes several batches at a time, applies the results not applied before
+(dedupe by per-agent sequence marks), persists marks, counters and histograms
+in one transaction, and only then sends the Acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from probemesh.collector.marks import AppliedSeqs
+from probemesh.collector.sessions import Session
+from probemesh.collector.state import REASON_NAMES, MeshState
+from probemesh.collector.store import Store
+from probemesh.v1 import mesh_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_FUTURE_SKEW = 300.0  # seconds an agent clock may run ahead
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Bounds on what one batch and the queue may hold."""
+
+    max_batch_results: int = 5_000
+    queue_batches: int = 512
+    group_batches: int = 64  # batches applied per transaction at most
+
+
+@dataclass
+class _Item:
+    session: Session
+    batch: pb.ResultBatch
+
+
+class Ingest:
+    """Owns the ingest queue, the sequence marks and the persistence of counters."""
+
+    def __init__(
+        self,
+        state: MeshState,
+        store: Store,
+        is_http: Callable[[str], bool],
+        limits: IngestLimits | None = None,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.is_http = is_http
+        self.limits = limits or IngestLimits()
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(self.limits.queue_batches)
+        self.marks = {agent: AppliedSeqs(mark, ranges) for agent, (mark, ranges) in store.load_marks().items()}
+        self.rejected: Counter[str] = Counter()
+        self.results_total = 0
+        self.batches_total = 0
+        self.duplicates_total = 0
+        self.accepting = True
+
+    def mark_of(self, agent_id: str) -> int:
+        seqs = self.marks.get(agent_id)
+        return seqs.mark if seqs else 0
+
+    def framing_problem(self, batch: pb.ResultBatch) -> tuple[str, str] | None:
+        """(reject reason, detail) when a batch is malformed or too large."""
+        n = len(batch.results)
+        if n > self.limits.max_batch_results:
+            return "batch_too_large", f"batch of {n} results exceeds the limit of {self.limits.max_batch_results}"
+        if n == 0 or batch.first_seq == 0 or batch.last_seq - batch.first_seq + 1 != n:
+            return "malformed_batch", f"sequence range {batch.first_seq}..{batch.last_seq} does not match {n} results"
+        return None
+
+    async def submit(self, session: Session, batch: pb.ResultBatch) -> None:
+        """Queue a well-framed batch, waiting (backpressure) while the queue is full."""
+        await self.queue.put(_Item(session, batch))
+
+    async def run(self) -> None:
+        """Apply batches until accepting is cleared and the queue is empty.
+
+        Returning (never being cancelled mid-commit) is what makes shutdown
+        safe: everything queued is applied and acked, nothing half-written.
+        """
+        while self.accepting or not self.queue.empty():
+            try:
+                first = await asyncio.wait_for(self.queue.get(), 0.5)
+            except TimeoutError:
+                continue
+            items = [first]
+            while len(items) < self.limits.group_batches and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            await self._apply_group(items)
+
+    async def _apply_group(self, items: list[_Item]) -> None:
+        touched: set[str] = set()
+        for item in items:
+            self._apply_batch(item)
+            touched.add(item.session.agent.agent_id)
+        counters, histograms = self.state.take_dirty()
+        marks = [(agent, self.marks[agent].mark, self.marks[agent].ranges) for agent in touched]
+        await asyncio.to_thread(self.store.commit_applied, marks, counters, histograms)
+        for item in items:
+            seqs = self.marks[item.session.agent.agent_id]
+            item.session.send(
+                pb.CollectorMessage(
+                    ack=pb.Ack(seq=seqs.mark, first_seq=item.batch.first_seq, last_seq=item.batch.last_seq)
+                )
+            )
+
+    def _apply_batch(self, item: _Item) -> None:
+        agent = item.session.agent
+        batch = item.batch
+        seqs = self.marks.get(agent.agent_id)
+        if seqs is None:
+            seqs = self.marks[agent.agent_id] = AppliedSeqs()
+        seqs.raise_floor(batch.floor_seq)
+        self.batches_total += 1
+        allowed = agent.ever_assigned
+        is_http = self.is_http
+        apply = self.state.apply
+        horizon = time.time() + MAX_FUTURE_SKEW
+        whole_batch_new = batch.first_seq > seqs.mark and not seqs.ranges
+        for offset, result in enumerate(batch.results):
+            if not whole_batch_new and seqs.is_applied(batch.first_seq + offset):
+                self.duplicates_total += 1
+                continue
+            problem = _result_problem(result, allowed, horizon)
+            if problem:
+                self.rejected[problem] += 1
+                continue
+            apply(agent, result, is_http(result.check))
+            self.results_total += 1
+        seqs.add(batch.first_seq, batch.last_seq)
+
+
+def _result_problem(result: pb.Result, allowed: set[str], horizon: float) -> str | None:
+    """Why a result must not be applied, or None; each reason is a label value."""
+    if result.check not in allowed:
+        return "unknown_check"
+    if not (math.isfinite(result.duration_seconds) and result.duration_seconds >= 0):
+        return "invalid_value"
+    if not (math.isfinite(result.timestamp) and 0 < result.timestamp <= horizon):
+        return "invalid_timestamp"
+    if result.reason not in REASON_NAMES or (result.success and result.reason != 0):
+        return "invalid_value"
+    return None

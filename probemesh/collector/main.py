@@ -1,0 +1,157 @@
+"""Wire the collector together and run it until SIGTERM/SIGINT; SIGHUP reloads checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from probemesh.checks import ChecksFile, load_checks
+from probemesh.collector.exporter import MeshExporter
+from probemesh.collector.http import build_http_app
+from probemesh.collector.ingest import Ingest, IngestLimits
+from probemesh.collector.service import ProbeMeshService
+from probemesh.collector.sessions import SessionRegistry
+from probemesh.collector.state import Histogram, MeshState
+from probemesh.collector.store import Store
+from probemesh.collector.tokens import TokenStore
+from probemesh.errors import ConfigError, ProbemeshError
+from probemesh.grpc_options import server_options
+from probemesh.httpserver import start_site
+from probemesh.v1 import mesh_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectorOptions:
+    """Everything the collector needs, already validated by the CLI."""
+
+    checks_path: Path
+    grpc_listen: str = "0.0.0.0:7443"
+    http_listen: str = "0.0.0.0:9115"
+    data_dir: Path = Path("probemesh-data")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    series_ttl: float = 900.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    limits: IngestLimits = field(default_factory=IngestLimits)
+
+
+class CollectorApp:
+    """Holds the collector's parts; run() serves gRPC and HTTP until stopped."""
+
+    def __init__(self, options: CollectorOptions) -> None:
+        self.options = options
+        self.checks_file: ChecksFile = load_checks(options.checks_path)
+        self.revision = 1
+        self.store = Store(options.data_dir)
+        self.tokens = TokenStore(self.store.db)
+        self.state = MeshState()
+        self.state.counters.update(self.store.load_counters())
+        self.state.histograms.update({k: Histogram(v) for k, v in self.store.load_histograms().items()})
+        self.ingest = Ingest(self.state, self.store, self._is_http, options.limits)
+        self.sessions = SessionRegistry()
+        self.service = ProbeMeshService(
+            self.state, self.ingest, self.tokens, self.sessions, lambda: self.checks_file, lambda: self.revision
+        )
+        self.exporter = MeshExporter(self.state, self.ingest, lambda: self.checks_file, lambda: len(self.sessions))
+        self.registry = CollectorRegistry()
+        self.registry.register(self.exporter)
+        self.ready = False
+        self.grpc_port = 0
+        self.http_app = build_http_app(self)
+
+    def _is_http(self, check: str) -> bool:
+        spec = self.checks_file.checks.get(check)
+        return spec is not None and spec.module.prober == "http"
+
+    def reload(self) -> bool:
+        """Re-read the checks file; keep the old one if the new one is invalid."""
+        try:
+            new = load_checks(self.options.checks_path)
+        except ProbemeshError as exc:
+            log.error("reload failed, keeping the previous checks: %s", exc)
+            return False
+        if new.digest == self.checks_file.digest:
+            log.info("reload: checks file unchanged")
+            return True
+        self.checks_file = new
+        self.revision += 1
+        self.state.forget_checks(set(new.checks))
+        pushed = self.service.push_checks()
+        log.info("reloaded %d checks (revision %d); pushed to %d agents", len(new.checks), self.revision, pushed)
+        return True
+
+    def _bind_grpc(self, server: grpc.aio.Server) -> int:
+        opts = self.options
+        if opts.tls_cert and opts.tls_key:
+            try:
+                creds = grpc.ssl_server_credentials(
+                    [(opts.tls_key.read_bytes(), opts.tls_cert.read_bytes())],
+                    root_certificates=opts.tls_client_ca.read_bytes() if opts.tls_client_ca else None,
+                    require_client_auth=opts.tls_client_ca is not None,
+                )
+            except OSError as exc:
+                raise ConfigError(f"TLS files: {exc}") from None
+            port = server.add_secure_port(opts.grpc_listen, creds)
+        else:
+            port = server.add_insecure_port(opts.grpc_listen)
+        if not port:
+            raise ConfigError(f"--grpc-listen: cannot listen on {opts.grpc_listen}")
+        return port
+
+    async def run(self, stop: asyncio.Event) -> None:
+        server = grpc.aio.server(options=server_options(self.options.max_message_bytes))
+        mesh_pb2_grpc.add_ProbeMeshServicer_to_server(self.service, server)
+        self.grpc_port = self._bind_grpc(server)
+        await server.start()
+        http_runner = await start_site(self.http_app, self.options.http_listen)
+        applier = asyncio.create_task(self.ingest.run())
+        housekeeping = asyncio.create_task(self._housekeeping())
+        self.ready = True
+        log.info("collector serving gRPC on %s, HTTP on %s", self.options.grpc_listen, self.options.http_listen)
+        try:
+            await stop.wait()
+        finally:
+            self.ready = False
+            self.ingest.accepting = False
+            housekeeping.cancel()
+            await asyncio.gather(housekeeping, return_exceptions=True)
+            await applier  # drains what was queued: ack only what was applied
+            for session in list(self.sessions.by_agent.values()):
+                session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
+            await server.stop(grace=2)
+            await http_runner.cleanup()
+            self.store.close()
+            log.info("collector stopped")
+
+    async def _housekeeping(self) -> None:
+        """Cut revoked tokens' streams and expire agents gone for longer than the TTL."""
+        while True:
+            await asyncio.sleep(1.0)
+            live = {s.token_id for s in self.sessions.by_agent.values()}
+            revoked = {t for t in live if not self.tokens.is_active(t)}
+            if revoked:
+                self.sessions.end_tokens(revoked, "token revoked")
+            horizon = time.time() - self.options.series_ttl
+            for agent in list(self.state.agents.values()):
+                if not agent.connected and agent.last_seen < horizon:
+                    self.state.forget_agent(agent.agent_id)
+
+
+async def run_collector(options: CollectorOptions) -> None:
+    app = CollectorApp(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    await app.run(stop)

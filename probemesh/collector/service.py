@@ -1,0 +1,190 @@
+"""The gRPC servicer: authenticate, register, push checks, feed ingest, ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from probemesh import __version__
+from probemesh.checks import ChecksFile
+from probemesh.collector.ingest import Ingest
+from probemesh.collector.sessions import Session, SessionRegistry
+from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.tokens import TokenStore
+from probemesh.errors import AuthError
+from probemesh.identity import valid_region
+from probemesh.v1 import mesh_pb2 as pb
+from probemesh.v1 import mesh_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0
+HEARTBEAT_INTERVAL = 10.0
+DEAD_AFTER = 30.0
+_VERSION_RE = re.compile(r"^[A-Za-z0-9.+_-]{0,64}$")
+
+
+class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
+    """Implements probemesh.v1.ProbeMesh/Connect."""
+
+    def __init__(
+        self,
+        state: MeshState,
+        ingest: Ingest,
+        tokens: TokenStore,
+        sessions: SessionRegistry,
+        checks: Callable[[], ChecksFile],
+        revision: Callable[[], int],
+    ) -> None:
+        self.state = state
+        self.ingest = ingest
+        self.tokens = tokens
+        self.sessions = sessions
+        self.checks = checks
+        self.revision = revision
+        self.rejected = ingest.rejected
+        self.heartbeat_interval = HEARTBEAT_INTERVAL
+        self.dead_after = DEAD_AFTER
+
+    async def Connect(  # noqa: N802 - name fixed by the generated base class
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.CollectorMessage]:
+        token_id, agent = await self._admit(request_iterator, context)
+        session = Session(agent, token_id)
+        self.sessions.open(session)
+        agent.connected = True
+        pump = asyncio.create_task(self._pump(request_iterator, session))
+        try:
+            yield pb.CollectorMessage(
+                welcome=pb.Welcome(
+                    collector_version=__version__,
+                    acked_seq=self.ingest.mark_of(agent.agent_id),
+                    heartbeat_interval_seconds=int(self.heartbeat_interval),
+                    max_batch_results=self.ingest.limits.max_batch_results,
+                )
+            )
+            yield self.checks_message(session)
+            while True:
+                try:
+                    message = await asyncio.wait_for(session.outbox.get(), self.heartbeat_interval)
+                except TimeoutError:
+                    if time.monotonic() - session.last_recv > self.dead_after:
+                        session.end(grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead")
+                        continue
+                    message = pb.CollectorMessage(heartbeat=pb.Heartbeat(timestamp=time.time()))
+                if message is None:
+                    break
+                yield message
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            self.sessions.close(session)
+        if session.end_code is not None and session.end_code != grpc.StatusCode.OK:
+            await context.abort(session.end_code, session.end_details)
+
+    async def _admit(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext
+    ) -> tuple[str, AgentInfo]:
+        """Check the token and the Hello; abort with the right status otherwise."""
+        metadata = dict(context.invocation_metadata() or ())
+        header = str(metadata.get("authorization", ""))
+        if not header.startswith("Bearer "):
+            self.rejected["unauthenticated"] += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
+        try:
+            binding = self.tokens.verify(header.removeprefix("Bearer ").strip())
+        except AuthError as exc:
+            self.rejected["unauthenticated"] += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message")
+        if first.WhichOneof("payload") != "hello":
+            self.rejected["protocol"] += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message")
+        hello = first.hello
+        if hello.agent_id != binding.agent_id or hello.country != binding.country:
+            self.rejected["identity"] += 1
+            log.warning(
+                "token %s bound to %s/%s was presented as %r/%r",
+                binding.token_id, binding.agent_id, binding.country, hello.agent_id[:64], hello.country[:8],
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"token is bound to agent {binding.agent_id!r} in {binding.country}",
+            )
+        if not valid_region(hello.region) or not valid_region(hello.city) or not _VERSION_RE.match(hello.version):
+            self.rejected["invalid_hello"] += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Hello: invalid region, city or version")
+        self.tokens.touch(binding.token_id)
+        agent = self.state.agents.get(hello.agent_id)
+        if agent is None:
+            agent = self.state.agents[hello.agent_id] = AgentInfo(hello.agent_id, hello.country)
+        agent.region, agent.city, agent.asn, agent.version = hello.region, hello.city, hello.asn, hello.version
+        agent.last_seen = time.time()
+        return binding.token_id, agent
+
+    def checks_message(self, session: Session) -> pb.CollectorMessage:
+        """The full check set for the session's agent; records what was assigned."""
+        agent = session.agent
+        specs = self.checks().for_agent(agent.agent_id, agent.country)
+        agent.assigned = frozenset(spec.name for spec in specs)
+        agent.ever_assigned |= agent.assigned
+        checks = [spec.to_proto() for spec in specs]
+        # The fingerprint leaves the revision out: a reload that changes nothing
+        # for this agent sends it nothing.
+        session.checks_fingerprint = b"".join(c.SerializeToString(deterministic=True) for c in checks)
+        return pb.CollectorMessage(checks=pb.Checks(revision=self.revision(), checks=checks))
+
+    def push_checks(self) -> int:
+        """After a reload: send each agent its new check set if it changed."""
+        pushed = 0
+        for session in list(self.sessions.by_agent.values()):
+            before = session.checks_fingerprint
+            message = self.checks_message(session)
+            if session.checks_fingerprint != before:
+                session.send(message)
+                pushed += 1
+        return pushed
+
+    async def _pump(self, request_iterator: AsyncIterator[pb.AgentMessage], session: Session) -> None:
+        """Read the agent's messages into ingest until the stream ends."""
+        try:
+            async for message in request_iterator:
+                session.last_recv = time.monotonic()
+                session.agent.last_seen = max(session.agent.last_seen, time.time())
+                kind = message.WhichOneof("payload")
+                if kind == "results":
+                    problem = self.ingest.framing_problem(message.results)
+                    if problem:
+                        reason, details = problem
+                        self.rejected[reason] += 1
+                        code = (
+                            grpc.StatusCode.RESOURCE_EXHAUSTED
+                            if reason == "batch_too_large"
+                            else grpc.StatusCode.INVALID_ARGUMENT
+                        )
+                        session.end(code, details)
+                        return
+                    if not self.ingest.accepting:
+                        session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
+                        return
+                    await self.ingest.submit(session, message.results)
+                elif kind == "hello":
+                    self.rejected["protocol"] += 1
+                    session.end(grpc.StatusCode.INVALID_ARGUMENT, "Hello sent twice")
+                    return
+            session.end(None, "")
+        except grpc.aio.AioRpcError:
+            session.end(None, "")
+        except Exception as exc:  # malformed message from the network: end only this stream
+            self.rejected["protocol"] += 1
+            session.end(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read message: {type(exc).__name__}")

@@ -1,0 +1,64 @@
+"""Live agent sessions: one per agent id; a new stream replaces the old one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from probemesh.collector.state import AgentInfo
+from probemesh.v1 import mesh_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    """One agent stream: its outbox and why it ended, if it did."""
+
+    agent: AgentInfo
+    token_id: str
+    outbox: asyncio.Queue[pb.CollectorMessage | None] = field(default_factory=asyncio.Queue)
+    last_recv: float = field(default_factory=time.monotonic)
+    end_code: grpc.StatusCode | None = None
+    end_details: str = ""
+    checks_fingerprint: bytes = b""
+
+    def send(self, message: pb.CollectorMessage) -> None:
+        self.outbox.put_nowait(message)
+
+    def end(self, code: grpc.StatusCode | None, details: str) -> None:
+        """Ask the stream handler to finish (with a status when code is set)."""
+        if self.end_code is None:
+            self.end_code, self.end_details = code, details
+        self.outbox.put_nowait(None)
+
+
+class SessionRegistry:
+    """Maps agent id -> live session."""
+
+    def __init__(self) -> None:
+        self.by_agent: dict[str, Session] = {}
+
+    def open(self, session: Session) -> None:
+        previous = self.by_agent.get(session.agent.agent_id)
+        if previous is not None:
+            log.info("agent %s reconnected; closing its previous stream", session.agent.agent_id)
+            previous.end(grpc.StatusCode.ABORTED, "replaced by a newer stream for this agent")
+        self.by_agent[session.agent.agent_id] = session
+
+    def close(self, session: Session) -> None:
+        if self.by_agent.get(session.agent.agent_id) is session:
+            del self.by_agent[session.agent.agent_id]
+            session.agent.connected = False
+
+    def end_tokens(self, token_ids: set[str], details: str) -> None:
+        for session in list(self.by_agent.values()):
+            if session.token_id in token_ids:
+                session.end(grpc.StatusCode.UNAUTHENTICATED, details)
+
+    def __len__(self) -> int:
+        return len(self.by_agent)

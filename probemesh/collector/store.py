@@ -1,0 +1,107 @@
+"""The collector's SQLite database in --data-dir.
+
+It holds what must survive a restart: agent tokens (hashed), each agent's
+applied-sequence mark (for dedupe) and the result counters and histograms,
+which are written in the same transaction as the mark so that accounting stays
+exact across crashes: a batch is either applied, counted and marked, or not.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from probemesh.errors import StateError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    country TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_used REAL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS marks (
+    agent_id TEXT PRIMARY KEY,
+    mark INTEGER NOT NULL,
+    ranges TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS histograms (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+"""
+
+
+def open_db(data_dir: Path, name: str = "collector.sqlite3") -> sqlite3.Connection:
+    """Open (creating) a WAL-mode database in data_dir; StateError if unusable."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(data_dir / name, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+    except (OSError, sqlite3.Error) as exc:
+        raise StateError(f"{data_dir}: cannot open collector database: {exc}") from None
+    return db
+
+
+class Store:
+    """Typed access to the collector database."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.db = open_db(data_dir)
+
+    def load_marks(self) -> dict[str, tuple[int, list[list[int]]]]:
+        rows = self.db.execute("SELECT agent_id, mark, ranges FROM marks").fetchall()
+        return {agent: (mark, json.loads(ranges)) for agent, mark, ranges in rows}
+
+    def load_counters(self) -> dict[tuple[str, ...], int]:
+        rows = self.db.execute("SELECT key, value FROM counters").fetchall()
+        return {tuple(json.loads(key)): value for key, value in rows}
+
+    def load_histograms(self) -> dict[tuple[str, ...], list[float]]:
+        rows = self.db.execute("SELECT key, state FROM histograms").fetchall()
+        return {tuple(json.loads(key)): json.loads(state) for key, state in rows}
+
+    def commit_applied(
+        self,
+        marks: Iterable[tuple[str, int, list[list[int]]]],
+        counters: Iterable[tuple[tuple[str, ...], int]],
+        histograms: Iterable[tuple[tuple[str, ...], list[float]]],
+    ) -> None:
+        """Write marks, counters and histograms in one transaction."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO marks(agent_id, mark, ranges) VALUES(?, ?, ?) "
+                "ON CONFLICT(agent_id) DO UPDATE SET mark=excluded.mark, ranges=excluded.ranges",
+                [(agent, mark, json.dumps(ranges)) for agent, mark, ranges in marks],
+            )
+            db.executemany(
+                "INSERT INTO counters(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                [(json.dumps(key), value) for key, value in counters],
+            )
+            db.executemany(
+                "INSERT INTO histograms(key, state) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET state=excluded.state",
+                [(json.dumps(key), json.dumps(state)) for key, state in histograms],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,100 @@
+"""Agent tokens: random, shown once, stored only as SHA-256 hashes, revocable.
+
+A token looks like ``pm_<id>_<secret>``. The id (not secret) finds the row; the
+secret's hash is compared in constant time. Each token is bound to one agent id
+and one country at creation, so a stolen token cannot pose as anyone else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from probemesh.errors import AuthError, ConfigError
+from probemesh.identity import agent_id_problem, country_problem
+
+
+@dataclass(frozen=True)
+class TokenBinding:
+    """What a valid token proves."""
+
+    token_id: str
+    agent_id: str
+    country: str
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A row of ``probemesh token list``."""
+
+    token_id: str
+    agent_id: str
+    country: str
+    created_at: float
+    last_used: float | None
+    revoked_at: float | None
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    """Create, verify, list and revoke tokens in the collector database."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def create(self, agent_id: str, country: str) -> str:
+        """Return a new token for agent_id/country; only its hash is kept."""
+        if problem := agent_id_problem(agent_id):
+            raise ConfigError(f"--agent-id: {problem}")
+        if problem := country_problem(country):
+            raise ConfigError(f"--country: {problem}")
+        token_id = secrets.token_hex(4)
+        token = f"pm_{token_id}_{secrets.token_urlsafe(32)}"
+        self.db.execute(
+            "INSERT INTO tokens(token_id, hash, agent_id, country, created_at) VALUES(?, ?, ?, ?, ?)",
+            (token_id, _hash(token), agent_id, country, time.time()),
+        )
+        return token
+
+    def verify(self, token: str) -> TokenBinding:
+        """Return the binding of a valid, unrevoked token; AuthError otherwise."""
+        parts = token.split("_")
+        if len(parts) < 3 or parts[0] != "pm":
+            raise AuthError("malformed token")
+        row = self.db.execute(
+            "SELECT hash, agent_id, country, revoked_at FROM tokens WHERE token_id = ?", (parts[1],)
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row[0], _hash(token)):
+            raise AuthError("unknown token")
+        if row[3] is not None:
+            raise AuthError("token revoked")
+        return TokenBinding(parts[1], row[1], row[2])
+
+    def is_active(self, token_id: str) -> bool:
+        row = self.db.execute("SELECT revoked_at FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
+        return row is not None and row[0] is None
+
+    def touch(self, token_id: str) -> None:
+        self.db.execute("UPDATE tokens SET last_used = ? WHERE token_id = ?", (time.time(), token_id))
+
+    def list(self) -> list[TokenInfo]:
+        rows = self.db.execute(
+            "SELECT token_id, agent_id, country, created_at, last_used, revoked_at FROM tokens "
+            "ORDER BY agent_id, created_at"
+        ).fetchall()
+        return [TokenInfo(*row) for row in rows]
+
+    def revoke(self, selector: str) -> int:
+        """Revoke by token id or agent id; return how many tokens were revoked."""
+        cur = self.db.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE (token_id = ? OR agent_id = ?) AND revoked_at IS NULL",
+            (time.time(), selector, selector),
+        )
+        return cur.rowcount

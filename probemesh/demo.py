@@ -1,0 +1,177 @@
+"""``probemesh demo``: the whole mesh on loopback in one process.
+
+A collector, eight agents (BR PH UG DE ZA LT US JP), each bound to its own
+127.0.0.x source address, and a demo target that recognises each agent by that
+address. About 30 s in, the target starts failing for six countries (HTTP 500
+for some, a hang that times out for others) and then recovers them one by one,
+like a real regional outage. A live table shows per-country reachability.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from probemesh.agent.link import Identity, LinkSettings
+from probemesh.agent.main import Agent, AgentOptions
+from probemesh.collector.main import CollectorApp, CollectorOptions
+from probemesh.collector.state import REASON_NAMES
+from probemesh.httpserver import start_site
+
+COUNTRIES = ("BR", "PH", "UG", "DE", "ZA", "LT", "US", "JP")
+FAILING = {"BR": "500", "PH": "500", "UG": "hang", "DE": "500", "ZA": "hang", "LT": "hang"}
+OUTAGE_START = 30.0
+RECOVERY_START = 60.0
+RECOVERY_STEP = 8.0
+CYCLE = 130.0
+INTERVAL = 2.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration: float | None
+    http_listen: str
+    grpc_listen: str
+    live_table: bool
+
+
+def source_address(index: int) -> str:
+    return f"127.0.0.{11 + index}"
+
+
+class DemoTarget:
+    """An HTTP target whose answer depends on the caller's country and the clock."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.country_of = {source_address(i): cc for i, cc in enumerate(COUNTRIES)}
+
+    def failure(self, country: str) -> str:
+        t = (time.monotonic() - self.started) % CYCLE
+        mode = FAILING.get(country)
+        if mode is None or t < OUTAGE_START:
+            return ""
+        recovered_at = RECOVERY_START + RECOVERY_STEP * list(FAILING).index(country)
+        return mode if t < recovered_at else ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        country = self.country_of.get(request.remote or "", "")
+        mode = self.failure(country)
+        if mode == "500":
+            return web.Response(status=500, text="upstream unavailable\n")
+        if mode == "hang":
+            await asyncio.sleep(INTERVAL * 2)
+        return web.Response(text="social home: ok\n")
+
+
+def reachability_table(app: CollectorApp, urls: list[str], elapsed: float) -> Table:
+    """Per-country view of the demo check from the collector's latest results."""
+    table = Table(title=f"probemesh demo - social-home - {elapsed:5.0f}s", caption="  ".join(urls))
+    for column in ("country", "agents up", "state", "reason", "latency"):
+        table.add_column(column)
+    for cc in COUNTRIES:
+        rows = [v for (check, _), v in app.state.latest.items() if check == "social-home" and v.country == cc]
+        up = sum(1 for v in rows if v.result.success)
+        if not rows:
+            state, style = "unknown", "dim"
+        elif up == len(rows):
+            state, style = "up", "green"
+        elif up:
+            state, style = "degraded", "yellow"
+        else:
+            state, style = "down", "bold red"
+        reasons = {REASON_NAMES[v.result.reason] for v in rows if not v.result.success}
+        latency = max((v.result.duration_seconds for v in rows), default=0.0)
+        table.add_row(cc, f"{up}/{len(rows)}", f"[{style}]{state}[/]", ",".join(sorted(reasons)), f"{latency * 1000:.0f} ms")
+    return table
+
+
+async def run_demo(options: DemoOptions) -> None:
+    console = Console()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with tempfile.TemporaryDirectory(prefix="probemesh-demo-") as tmp:
+        root = Path(tmp)
+        target = DemoTarget()
+        target_app = web.Application()
+        target_app.router.add_get("/", target.handle)
+        target_runner = await start_site(target_app, "127.0.0.1:0")
+        target_port = target_runner.addresses[0][1]
+        checks = {
+            "modules": {
+                "http_2xx": {"prober": "http", "timeout": "1500ms", "http": {"preferred_ip_protocol": "ip4"}},
+                "tcp_connect": {"prober": "tcp", "timeout": "1s", "tcp": {"preferred_ip_protocol": "ip4"}},
+            },
+            "checks": [
+                {"name": "social-home", "target": f"http://127.0.0.1:{target_port}/", "module": "http_2xx",
+                 "interval": f"{INTERVAL:g}s"},
+                {"name": "social-tcp", "target": f"127.0.0.1:{target_port}", "module": "tcp_connect",
+                 "interval": "5s"},
+            ],
+        }
+        checks_path = root / "checks.yaml"
+        checks_path.write_text(yaml.safe_dump(checks))
+        collector = CollectorApp(
+            CollectorOptions(checks_path, options.grpc_listen, options.http_listen, root / "collector")
+        )
+        collector_task = asyncio.create_task(collector.run(stop))
+        while not collector.ready and not collector_task.done():
+            await asyncio.sleep(0.05)
+        if collector_task.done():
+            await collector_task  # re-raise the start-up error (e.g. port in use)
+        agents = []
+        for i, cc in enumerate(COUNTRIES):
+            agent_id = f"demo-{cc.lower()}"
+            agents.append(
+                Agent(
+                    AgentOptions(
+                        collectors=[f"127.0.0.1:{collector.grpc_port}"],
+                        identity=Identity(agent_id, cc),
+                        token=collector.tokens.create(agent_id, cc),
+                        state_dir=root / agent_id,
+                        source_address=source_address(i),
+                        allow_private_targets=True,
+                        min_interval=1.0,
+                        link=LinkSettings(),
+                    )
+                )
+            )
+        agent_tasks = [asyncio.create_task(a.run(stop)) for a in agents]
+        host = options.http_listen.rsplit(":", 1)[0]
+        urls = [f"metrics: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/metrics",
+                f"status page: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/"]
+        for url in urls:
+            console.print(url)
+        console.print("Outage starts ~30 s in for BR PH UG DE ZA LT, then recovers country by country. Ctrl-C stops.")
+        started = time.monotonic()
+        deadline = started + options.duration if options.duration else None
+        with contextlib.ExitStack() as stack:
+            live = stack.enter_context(Live(console=console, auto_refresh=False)) if options.live_table else None
+            while not stop.is_set():
+                if deadline and time.monotonic() >= deadline:
+                    stop.set()
+                    break
+                table = reachability_table(collector, urls, time.monotonic() - started)
+                if live is not None:
+                    live.update(table, refresh=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            if live is None:
+                console.print(reachability_table(collector, urls, time.monotonic() - started))
+        await asyncio.gather(*agent_tasks, return_exceptions=True)
+        await collector_task
+        await target_runner.cleanup()
+    console.print("demo stopped")
