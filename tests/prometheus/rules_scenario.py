@@ -119,8 +119,7 @@ def result_series(agents: Iterable[Agent], steps: int) -> list[dict[str, str]]:
             common |= {"instance": a.instance, "job": "probemesh-collector"}
             series.append(
                 {
-                    "series": "probemesh_probe_results_total"
-                    + labels(**common, result="success"),
+                    "series": "probemesh_probe_results_total" + labels(**common, result="success"),
                     "values": compress(ok),
                 }
             )
@@ -256,9 +255,7 @@ class Case:
             {
                 "expr": expr,
                 "eval_time": f"{minute(at)}m",
-                "exp_samples": [
-                    {"labels": name + k, "value": v} for k, v in samples.items()
-                ],
+                "exp_samples": [{"labels": name + k, "value": v} for k, v in samples.items()],
             }
         )
 
@@ -362,11 +359,11 @@ def global_scenario() -> Case:
     ]
     test = Case("global outage: every country down", end)
     test.input_series = result_series(agents, step(end)) + fleet_gauges(agents, step(end))
-    test.expect("08:15", "ProbeCheckGlobalOutage", alert("ProbeCheckGlobalOutage", 1, check="social-home"))
-    test.expect("08:15", "ProbeCheckRegionalOutage")
-    test.expect_value(
-        "08:15", "check:probemesh_outage_scope:level", {'{check="social-home"}': 2}
+    test.expect(
+        "08:15", "ProbeCheckGlobalOutage", alert("ProbeCheckGlobalOutage", 1, check="social-home")
     )
+    test.expect("08:15", "ProbeCheckRegionalOutage")
+    test.expect_value("08:15", "check:probemesh_outage_scope:level", {'{check="social-home"}': 2})
     return test
 
 
@@ -391,15 +388,12 @@ def local_problem_scenario(flagged: bool) -> Case:
         kv = {"agent": a.agent, "country": a.country, "instance": a.instance}
         kv["job"] = "probemesh-collector"
         test.input_series.append(gauge("probemesh_agent_connected", lambda t: 1, step(end), **kv))
-        lp = flagged and a.agent == "jp-1"
-        test.input_series.append(
-            gauge(
-                "probemesh_agent_local_problem",
-                lambda t, lp=lp: 1 if lp and t >= step(12) else 0,
-                step(end),
-                **kv,
-            )
-        )
+        flag_from = step(12) if flagged and a.agent == "jp-1" else step(end) + 1
+
+        def flag(t: int, since: int = flag_from) -> float:
+            return 1 if t >= since else 0
+
+        test.input_series.append(gauge("probemesh_agent_local_problem", flag, step(end), **kv))
     if flagged:
         for at in ("08:12", "08:20", "08:30"):
             test.expect(at, "ProbeCheckDownInCountry")
@@ -444,7 +438,10 @@ def fleet_scenario() -> Case:
             "probemesh_agent_connected",
             lambda t: (1 if t <= step(10) else 0) if t <= step(20) else None,
             step(end),
-            agent="lt-1", country="LT", instance=a, job=job,
+            agent="lt-1",
+            country="LT",
+            instance=a,
+            job=job,
         )
     )
     s.append(
@@ -452,7 +449,10 @@ def fleet_scenario() -> Case:
             "probemesh_agent_last_seen_timestamp_seconds",
             lambda t: (t * STEP_S if t <= step(10) else 600) if t <= step(20) else None,
             step(end),
-            agent="lt-1", country="LT", instance=a, job=job,
+            agent="lt-1",
+            country="LT",
+            instance=a,
+            job=job,
         )
     )
     # de-1 fails over from collector-a to collector-b at 08:10: no alert.
@@ -461,7 +461,10 @@ def fleet_scenario() -> Case:
             "probemesh_agent_connected",
             lambda t: 1 if t <= step(10) else 0,
             step(end),
-            agent="de-1", country="DE", instance=a, job=job,
+            agent="de-1",
+            country="DE",
+            instance=a,
+            job=job,
         )
     )
     s.append(
@@ -469,7 +472,10 @@ def fleet_scenario() -> Case:
             "probemesh_agent_connected",
             lambda t: None if t <= step(10) else 1,
             step(end),
-            agent="de-1", country="DE", instance=b, job=job,
+            agent="de-1",
+            country="DE",
+            instance=b,
+            job=job,
         )
     )
     for inst in (a, b):
@@ -478,7 +484,10 @@ def fleet_scenario() -> Case:
                 "probemesh_agent_last_seen_timestamp_seconds",
                 lambda t: t * STEP_S,
                 step(end),
-                agent="de-1", country="DE", instance=inst, job=job,
+                agent="de-1",
+                country="DE",
+                instance=inst,
+                job=job,
             )
         )
     # A certificate that expires 10 days after the start, seen by two agents.
@@ -488,8 +497,12 @@ def fleet_scenario() -> Case:
                 "probe_ssl_earliest_cert_expiry",
                 lambda t: 10 * 86400,
                 step(end),
-                check="shop", target="https://shop.example/", agent=agent,
-                country=agent[:2].upper(), instance=a, job=job,
+                check="shop",
+                target="https://shop.example/",
+                agent=agent,
+                country=agent[:2].upper(),
+                instance=a,
+                job=job,
             )
         )
     # collector-b rejects 5 batches per 30s (bad tokens) the whole time.
@@ -498,7 +511,9 @@ def fleet_scenario() -> Case:
             "probemesh_ingest_rejected_total",
             lambda t: 5 * t,
             step(end),
-            reason="unauthenticated", instance=b, job=job,
+            reason="unauthenticated",
+            instance=b,
+            job=job,
         )
     )
     # collector-a (remote-writing as collector="eu-1") drops samples: receiver full.
@@ -507,7 +522,8 @@ def fleet_scenario() -> Case:
             "probemesh_remote_write_dropped_samples_total",
             lambda t: 0 if t <= step(10) else 100 * (t - step(10)),
             step(end),
-            collector="eu-1", reason="queue_full",
+            collector="eu-1",
+            reason="queue_full",
         )
     )
     test = Case("fleet, certificate and collector alerts", end)
