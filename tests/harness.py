@@ -1,0 +1,197 @@
+"""Real processes for end-to-end tests: a collector and agents started through
+the CLI exactly as a user would, on loopback, each with its own directories.
+
+Used by the e2e, durability, security and dashboard tests; nothing here mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def probemesh_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "probemesh", *args]
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(probemesh_cmd(*args), capture_output=True, text=True, check=check, timeout=60)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """Poll predicate until it returns something truthy; fail the test with what otherwise."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing polled may not be up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """name + sorted labels -> value for every sample of a /metrics page."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(http_get(url)):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of every sample called name whose labels include labels."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+@dataclass
+class Proc:
+    """A started probemesh process with its log file."""
+
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen[bytes] | None = None
+    prefix: list[str] = field(default_factory=list)
+
+    def start(self) -> Proc:
+        log = self.log_path.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.popen = subprocess.Popen(
+            [*self.prefix, *probemesh_cmd(*self.args)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush anything."""
+        self.signal(signal.SIGKILL)
+        self.wait(10)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time."""
+        if self.popen is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(5)
+
+    def wait(self, timeout: float) -> int | None:
+        assert self.popen is not None
+        return self.popen.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Mesh:
+    """A collector plus agents in a temporary directory, all via the CLI."""
+
+    root: Path
+    checks_yaml: str
+    grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    collector: Proc | None = None
+    agents: dict[str, Proc] = field(default_factory=dict)
+    collector_args: list[str] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "collector-data"
+
+    @property
+    def checks_path(self) -> Path:
+        return self.root / "checks.yaml"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/metrics"
+
+    def api(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def start_collector(self, *extra: str) -> Proc:
+        self.checks_path.write_text(self.checks_yaml)
+        args = [
+            "collector", "--checks", str(self.checks_path),
+            "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
+            "--http-listen", f"127.0.0.1:{self.http_port}",
+            "--data-dir", str(self.data_dir), *self.collector_args, *extra,
+        ]  # fmt: skip
+        self.collector = Proc(args, self.root / "collector.log").start()
+        wait_for(lambda: http_get(self.api("/readyz")), 20, "collector /readyz")
+        return self.collector
+
+    def token(self, agent_id: str, country: str) -> str:
+        result = run_cli("token", "create", "--data-dir", str(self.data_dir), "--agent-id", agent_id, "--country", country)
+        return result.stdout.strip()
+
+    def start_agent(self, agent_id: str, country: str, *extra: str, token: str | None = None,
+                    collectors: str | None = None, metrics_port: int | None = None) -> Proc:
+        token = token or self.token(agent_id, country)
+        args = [
+            "agent", "--collector", collectors or f"127.0.0.1:{self.grpc_port}",
+            "--agent-id", agent_id, "--country", country,
+            "--state-dir", str(self.root / f"agent-{agent_id}"),
+            "--allow-private-targets", "--min-interval", "100ms", *extra,
+        ]  # fmt: skip
+        if metrics_port:
+            args += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
+        proc = Proc(args, self.root / f"agent-{agent_id}.log", env={"PROBEMESH_TOKEN": token}).start()
+        self.agents[agent_id] = proc
+        return proc
+
+    def metrics(self) -> Samples:
+        return scrape(self.metrics_url)
+
+    def stop(self) -> None:
+        for proc in self.agents.values():
+            proc.stop()
+        if self.collector is not None:
+            self.collector.stop()
