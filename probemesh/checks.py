@@ -7,7 +7,7 @@ reload keeps the previous one in force (the collector logs the error).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -16,6 +16,7 @@ from probemesh.durations import parse_duration
 from probemesh.errors import ConfigError
 from probemesh.identity import CHECK_NAME_RE, agent_id_problem, country_problem
 from probemesh.modules import Module, parse_module
+from probemesh.strict import build
 from probemesh.targets import target_host
 from probemesh.v1 import mesh_pb2 as pb
 
@@ -54,12 +55,45 @@ class CheckSpec:
 
 
 @dataclass(frozen=True)
+class OutageSettings:
+    """The optional top-level ``outage:`` section: thresholds of outage detection.
+
+    See docs/outages.md for what each threshold does.
+    """
+
+    confirm_rounds: int = 2  # consecutive rounds before an agent's up/down verdict changes
+    stale_after_intervals: float = 2.0  # a result older than this many intervals is ignored
+    down_share: float = 0.5  # country down when more than this share of its agents fail
+    global_share: float = 1.0  # global when at least this share of reporting countries is down
+    close_after_rounds: int = 2  # an incident closes after the check is ok this many rounds
+    local_problem_share: float = 0.9  # agent fails at least this share of its checks...
+    local_problem_min_checks: int = 2  # ...and probes at least this many checks
+    evaluate_every: float = 1.0  # seconds between two evaluations
+
+    def validate(self, where: str) -> None:
+        for name in ("confirm_rounds", "close_after_rounds", "local_problem_min_checks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be at least 1")
+        if not 0.0 <= self.down_share < 1.0:
+            raise ConfigError(f"{where}.down_share: must be in [0, 1)")
+        if not 0.0 < self.local_problem_share <= 1.0:
+            raise ConfigError(f"{where}.local_problem_share: must be in (0, 1]")
+        if not 0.0 < self.global_share <= 1.0:
+            raise ConfigError(f"{where}.global_share: must be in (0, 1]")
+        if self.stale_after_intervals < 1.0:
+            raise ConfigError(f"{where}.stale_after_intervals: must be at least 1")
+        if not 0.1 <= self.evaluate_every <= 60.0:
+            raise ConfigError(f"{where}.evaluate_every: must be between 0.1 and 60 seconds")
+
+
+@dataclass(frozen=True)
 class ChecksFile:
     """All modules and checks, plus a digest so reloads can tell what changed."""
 
     modules: dict[str, Module]
     checks: dict[str, CheckSpec]
     digest: str
+    outage: OutageSettings = field(default_factory=OutageSettings)
 
     def for_agent(self, agent_id: str, country: str) -> list[CheckSpec]:
         """The checks assigned to one agent, in name order."""
@@ -116,7 +150,7 @@ def parse_checks(data: object, source: str = "<checks>") -> ChecksFile:
     """Validate a whole checks document (already parsed from YAML)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with 'modules' and 'checks'")
-    unknown = sorted(set(data) - {"modules", "checks"})
+    unknown = sorted(set(data) - {"modules", "checks", "outage"})
     if unknown:
         raise ConfigError(f"{source}: unknown top-level field {unknown[0]!r}")
     raw_modules = data.get("modules") or {}
@@ -132,8 +166,10 @@ def parse_checks(data: object, source: str = "<checks>") -> ChecksFile:
         if spec.name in checks:
             raise ConfigError(f"check {spec.name!r}: duplicate name")
         checks[spec.name] = spec
+    outage = build(OutageSettings, data.get("outage"), f"{source}: outage")
     digest = hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:16]
-    return ChecksFile(modules=modules, checks=dict(sorted(checks.items())), digest=digest)
+    checks = dict(sorted(checks.items()))
+    return ChecksFile(modules=modules, checks=checks, digest=digest, outage=outage)
 
 
 def load_checks(path: str | Path) -> ChecksFile:
