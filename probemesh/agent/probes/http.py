@@ -267,6 +267,13 @@ async def _read_response(
     """Parse the response into hop[0] as soon as its headers are in, then read the body."""
     parts = status_line.decode("latin-1").rstrip("\r\n").split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        if not status_line and tls_samples:
+            # TLS 1.3 servers reject a client certificate after the handshake, by closing.
+            raise ProbeFailure(
+                Reason.TLS,
+                "server closed the TLS connection without a response "
+                "(client certificate rejected?)",
+            )
         if not status_line:
             raise ProbeFailure(Reason.CONNECT, "server closed the connection without a response")
         raise ProbeFailure(Reason.OTHER, f"malformed HTTP status line {status_line[:80]!r}")

@@ -1,0 +1,286 @@
+"""HTTP probe on real loopback servers: phases, redirects, TLS, auth, every failure reason."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import gzip
+import ssl
+import time
+from pathlib import Path
+
+import trustme
+from probe_helpers import (
+    has,
+    read_request,
+    response,
+    run,
+    serve,
+    server_context,
+    value,
+    write_pair,
+)
+
+from probemesh.agent.probes.result import Reason
+
+PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+
+
+async def ok_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(response(200, b"hello probemesh", {"X-Kind": "test"}))
+
+
+async def test_success_emits_blackbox_gauges() -> None:
+    async with serve(ok_handler) as port:
+        result = await run("http", f"http://127.0.0.1:{port}/")
+    assert result.success, result.message
+    assert value(result, "probe_http_status_code") == 200
+    assert value(result, "probe_http_content_length") == 15
+    assert value(result, "probe_http_uncompressed_body_length") == 15
+    assert value(result, "probe_http_version") == 1.1
+    assert value(result, "probe_http_ssl") == 0
+    assert value(result, "probe_http_redirects") == 0
+    assert value(result, "probe_failed_due_to_regex") == 0
+    assert value(result, "probe_ip_protocol") == 4
+    for phase in PHASES:
+        assert value(result, "probe_http_duration_seconds", phase=phase) >= 0
+    assert value(result, "probe_http_duration_seconds", phase="tls") == 0
+
+
+async def test_redirect_chain_sums_phases_and_switches_post_to_get() -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method, path, _ = await read_request(reader)
+        seen.append((method, path))
+        if path == "/a":
+            writer.write(response(302, headers={"Location": "/b"}))
+        elif path == "/b":
+            await asyncio.sleep(0.05)  # processing time on the second hop
+            writer.write(response(301, headers={"Location": f"http://127.0.0.1:{port}/c"}))
+        else:
+            writer.write(response(200, b"done"))
+
+    async with serve(handler) as port:
+        result = await run("http", f"http://127.0.0.1:{port}/a", {"method": "POST", "body": "x"})
+    assert result.success, result.message
+    assert seen == [("POST", "/a"), ("GET", "/b"), ("GET", "/c")]
+    assert value(result, "probe_http_redirects") == 2
+    assert value(result, "probe_http_status_code") == 200
+    assert value(result, "probe_http_duration_seconds", phase="processing") >= 0.05
+
+
+async def test_no_follow_redirects_counts_the_redirect_and_fails_on_status() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response(302, headers={"Location": "/elsewhere"}))
+
+    async with serve(handler) as port:
+        result = await run("http", f"http://127.0.0.1:{port}/", {"no_follow_redirects": True})
+    assert result.reason == Reason.HTTP_STATUS
+    assert value(result, "probe_http_redirects") == 1  # as blackbox's CheckRedirect counts it
+    assert value(result, "probe_http_status_code") == 302
+
+
+async def test_slow_body_lands_in_transfer_phase() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            await writer.drain()
+            await asyncio.sleep(0.06)
+            writer.write(b"5\r\nhello\r\n")
+        writer.write(b"0\r\n\r\n")
+
+    async with serve(handler) as port:
+        result = await run("http", f"http://127.0.0.1:{port}/")
+    assert result.success, result.message
+    transfer = value(result, "probe_http_duration_seconds", phase="transfer")
+    assert 0.18 <= transfer < 0.5
+    assert value(result, "probe_http_duration_seconds", phase="processing") < 0.05
+    assert value(result, "probe_http_uncompressed_body_length") == 15
+    assert value(result, "probe_http_content_length") == -1
+
+
+async def test_status_mismatch_and_explicit_valid_codes() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response(404, b"missing"))
+
+    async with serve(handler) as port:
+        failed = await run("http", f"http://127.0.0.1:{port}/")
+        allowed = await run("http", f"http://127.0.0.1:{port}/", {"valid_status_codes": [404]})
+    assert failed.reason == Reason.HTTP_STATUS and not failed.success
+    assert value(failed, "probe_http_status_code") == 404
+    assert allowed.success, allowed.message
+
+
+async def test_regexes_fail_with_validation() -> None:
+    async with serve(ok_handler) as port:
+        url = f"http://127.0.0.1:{port}/"
+        body_hit = await run("http", url, {"fail_if_body_matches_regexp": ["probe.esh"]})
+        body_miss = await run("http", url, {"fail_if_body_not_matches_regexp": ["^absent"]})
+        header = await run(
+            "http", url, {"fail_if_header_not_matches": [{"header": "X-Kind", "regexp": "prod"}]}
+        )
+        fine = await run("http", url, {"fail_if_body_not_matches_regexp": ["hello"]})
+    for result in (body_hit, body_miss, header):
+        assert result.reason == Reason.VALIDATION, result.message
+        assert value(result, "probe_failed_due_to_regex") == 1
+    assert fine.success and value(fine, "probe_failed_due_to_regex") == 0
+
+
+async def test_refused_dns_and_timeout_reasons() -> None:
+    async with serve(ok_handler) as port:
+        pass  # closed: nothing listens on port any more
+    refused = await run("http", f"http://127.0.0.1:{port}/")
+    assert refused.reason == Reason.REFUSED
+    assert value(refused, "probe_http_status_code") == 0  # blackbox still reports the gauge
+
+    unresolvable = await run("http", "http://nonexistent.invalid/")
+    assert unresolvable.reason == Reason.DNS
+    assert value(unresolvable, "probe_http_status_code") == 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with serve(silent) as port:
+        started = time.perf_counter()
+        timed_out = await run("http", f"http://127.0.0.1:{port}/", module_timeout=0.3)
+    assert timed_out.reason == Reason.TIMEOUT
+    assert time.perf_counter() - started < 1
+    assert value(timed_out, "probe_http_duration_seconds", phase="processing") == 0
+
+
+async def test_tls_success_records_chain_expiry(
+    ca: trustme.CA, ca_file: str, localhost_cert: trustme.LeafCert
+) -> None:
+    async with serve(ok_handler, server_context(localhost_cert)) as port:
+        result = await run(
+            "http", f"https://localhost:{port}/", {"tls_config": {"ca_file": ca_file}}
+        )
+    assert result.success, result.message
+    assert value(result, "probe_http_ssl") == 1
+    assert value(result, "probe_http_duration_seconds", phase="tls") > 0
+    assert has(result, "probe_tls_version_info")
+    expiry = value(result, "probe_ssl_earliest_cert_expiry")
+    assert abs(expiry - datetime.datetime(3000, 1, 1, tzinfo=datetime.UTC).timestamp()) < 86400
+
+
+async def test_earliest_expiry_covers_the_intermediate(ca: trustme.CA, ca_file: str) -> None:
+    """The leaf outlives its intermediate: the earliest expiry must be the intermediate's."""
+    intermediate = ca.create_child_ca()
+    leaf_expiry = datetime.datetime(3100, 1, 1, tzinfo=datetime.UTC)
+    cert = intermediate.issue_cert("localhost", not_after=leaf_expiry)
+    async with serve(ok_handler, server_context(cert)) as port:
+        result = await run(
+            "http", f"https://localhost:{port}/", {"tls_config": {"ca_file": ca_file}}
+        )
+    assert result.success, result.message
+    earliest = value(result, "probe_ssl_earliest_cert_expiry")
+    assert earliest < leaf_expiry.timestamp() - 86400 * 365
+    assert value(result, "probe_ssl_last_chain_expiry_timestamp_seconds") == earliest
+
+
+async def test_expired_and_wrong_host_certificates_fail_with_tls(
+    ca_file: str, expired_cert: trustme.LeafCert, other_host_cert: trustme.LeafCert
+) -> None:
+    settings = {"tls_config": {"ca_file": ca_file}}
+    for cert in (expired_cert, other_host_cert):
+        async with serve(ok_handler, server_context(cert)) as port:
+            result = await run("http", f"https://localhost:{port}/", settings)
+        assert result.reason == Reason.TLS, result.message
+    async with serve(ok_handler, server_context(expired_cert)) as port:
+        skipped = await run(
+            "http",
+            f"https://localhost:{port}/",
+            {"tls_config": {"insecure_skip_verify": True}},
+        )
+    assert skipped.success, skipped.message
+    assert not has(skipped, "probe_ssl_last_chain_expiry_timestamp_seconds")
+
+
+async def test_client_certificate(
+    ca: trustme.CA, ca_file: str, localhost_cert: trustme.LeafCert, tmp_path: Path
+) -> None:
+    client_ca = trustme.CA()
+    cert_file, key_file = write_pair(client_ca.issue_cert("probe@probemesh"), tmp_path)
+    context = server_context(localhost_cert, client_ca=client_ca)
+    async with serve(ok_handler, context) as port:
+        url = f"https://localhost:{port}/"
+        without = await run("http", url, {"tls_config": {"ca_file": ca_file}})
+        with_cert = await run(
+            "http",
+            url,
+            {"tls_config": {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}},
+        )
+    assert without.reason == Reason.TLS, without.message
+    assert with_cert.success, with_cert.message
+
+
+async def test_fail_if_ssl_and_not_ssl() -> None:
+    async with serve(ok_handler) as port:
+        result = await run("http", f"http://127.0.0.1:{port}/", {"fail_if_not_ssl": True})
+    assert result.reason == Reason.VALIDATION
+
+
+async def test_basic_auth_and_bearer_token(tmp_path: Path) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, _, headers = await read_request(reader)
+        good = {"Basic " + base64.b64encode(b"probe:s3cret").decode(), "Bearer tok"}
+        writer.write(response(200 if headers.get("authorization") in good else 401))
+
+    token_file = tmp_path / "token"
+    token_file.write_text("tok\n")
+    async with serve(handler) as port:
+        url = f"http://127.0.0.1:{port}/"
+        basic = await run("http", url, {"basic_auth": {"username": "probe", "password": "s3cret"}})
+        bearer = await run("http", url, {"bearer_token_file": str(token_file)})
+        none = await run("http", url)
+    assert basic.success and bearer.success
+    assert none.reason == Reason.HTTP_STATUS
+
+
+async def test_body_size_limit_and_compression() -> None:
+    payload = b"a" * 5000
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, _, headers = await read_request(reader)
+        if headers.get("accept-encoding") == "gzip":
+            writer.write(response(200, gzip.compress(payload), {"Content-Encoding": "gzip"}))
+        else:
+            writer.write(response(200, payload))
+
+    async with serve(handler) as port:
+        url = f"http://127.0.0.1:{port}/"
+        limited = await run("http", url, {"body_size_limit": "1KB"})
+        compressed = await run("http", url, {"compression": "gzip"})
+    assert limited.reason == Reason.VALIDATION
+    assert compressed.success, compressed.message
+    assert value(compressed, "probe_http_uncompressed_body_length") == 5000
+    assert value(compressed, "probe_http_content_length") < 5000
+
+
+async def test_headers_replace_defaults_case_insensitively() -> None:
+    seen: dict[str, str] = {}
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, _, headers = await read_request(reader)
+        seen.update(headers)
+        writer.write(response(200))
+
+    async with serve(handler) as port:
+        result = await run(
+            "http", f"http://127.0.0.1:{port}/", {"headers": {"host": "example.org", "X-A": "1"}}
+        )
+    assert result.success
+    assert seen["host"] == "example.org" and seen["x-a"] == "1"
+
+
+def test_tls_reason_for_ssl_errors() -> None:
+    from probemesh.agent.probes.result import failure_from_exception
+
+    assert failure_from_exception(ssl.SSLError("boom"))[0] == Reason.TLS
