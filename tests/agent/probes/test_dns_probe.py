@@ -169,8 +169,9 @@ async def test_no_server_times_out_and_dead_tcp_is_refused() -> None:
     async with dns_server(Zone()) as port:
         pass
     udp = await run("dns", f"127.0.0.1:{port}", {"query_name": "example.test"}, module_timeout=0.3)
-    # A closed UDP port answers with ICMP port unreachable, which Linux reports as refused.
-    assert udp.reason == Reason.REFUSED
+    # A closed UDP port answers with ICMP port unreachable (reported as refused), but the
+    # kernel rate-limits those messages, so a silent drop (timeout) is legitimate too.
+    assert udp.reason in (Reason.REFUSED, Reason.TIMEOUT)
     assert value(udp, "probe_dns_query_succeeded") == 0
     tcp = await run(
         "dns", f"127.0.0.1:{port}", {"query_name": "example.test", "transport_protocol": "tcp"}
