@@ -435,7 +435,10 @@ def parse_module(name: str, raw: object) -> Module:
         if key in sections:
             raise ModuleError(f"{where}.{key}: section does not apply to prober {prober!r}")
         raise ModuleError(f"{where}: unknown field {key!r}")
-    timeout = parse_duration(raw.get("timeout", "5s"), f"{where}.timeout")
+    try:
+        timeout = parse_duration(raw.get("timeout", "5s"), f"{where}.timeout")
+    except ConfigError as exc:
+        raise ModuleError(str(exc)) from None
     body = raw.get(section)
     if isinstance(body, dict):
         for key in UNSUPPORTED_FIELDS.get(section, ()):
