@@ -2,80 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import struct
-from collections.abc import AsyncIterator
-
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rrset
 import pytest
-from probe_helpers import run, value
 
 from probemesh.agent.probes.result import Reason
-
-ZONE = {
-    ("example.test.", "A"): ["192.0.2.1", "192.0.2.2"],
-    ("example.test.", "SOA"): ["ns.example.test. admin.example.test. 2024010101 3600 600 86400 60"],
-    ("example.test.", "TXT"): ['"v=spf1 -all"', '"hello"'],
-}
-
-
-class Zone:
-    """Answers from ZONE; remembers the RD flag of the last query."""
-
-    def __init__(self) -> None:
-        self.last_rd: bool | None = None
-
-    def answer(self, wire: bytes) -> bytes:
-        query = dns.message.from_wire(wire)
-        self.last_rd = bool(query.flags & dns.flags.RD)
-        reply = dns.message.make_response(query)
-        question = query.question[0]
-        name, rdtype = question.name.to_text(), dns.rdatatype.to_text(question.rdtype)
-        if (name, rdtype) in ZONE:
-            reply.answer.append(dns.rrset.from_text(name, 300, "IN", rdtype, *ZONE[(name, rdtype)]))
-            reply.additional.append(
-                dns.rrset.from_text("ns.example.test.", 300, "IN", "A", "192.0.2.53")
-            )
-        elif any(key[0] == name for key in ZONE):
-            soa = ZONE[("example.test.", "SOA")]
-            reply.authority.append(dns.rrset.from_text("example.test.", 60, "IN", "SOA", *soa))
-        else:
-            reply.set_rcode(dns.rcode.NXDOMAIN)
-        return reply.to_wire()
-
-
-@contextlib.asynccontextmanager
-async def dns_server(zone: Zone) -> AsyncIterator[int]:
-    """UDP and TCP on the same loopback port."""
-    loop = asyncio.get_running_loop()
-
-    class UDP(asyncio.DatagramProtocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-            self.transport.sendto(zone.answer(data), addr)  # type: ignore[attr-defined]
-
-    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            (length,) = struct.unpack("!H", await reader.readexactly(2))
-            reply = zone.answer(await reader.readexactly(length))
-            writer.write(struct.pack("!H", len(reply)) + reply)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(tcp, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    transport, _ = await loop.create_datagram_endpoint(UDP, local_addr=("127.0.0.1", port))
-    try:
-        yield port
-    finally:
-        transport.close()
-        server.close()
+from tests.agent.probes.probe_helpers import Zone, dns_server, run, value
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import trustme
-from probe_helpers import (
+
+from probemesh.agent.probes.result import Reason
+from tests.agent.probes.probe_helpers import (
     has,
     read_request,
     response,
@@ -21,8 +23,6 @@ from probe_helpers import (
     value,
     write_pair,
 )
-
-from probemesh.agent.probes.result import Reason
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 

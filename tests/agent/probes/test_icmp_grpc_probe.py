@@ -10,9 +10,9 @@ import grpc
 import pytest
 import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from probe_helpers import run, value
 
 from probemesh.agent.probes.result import Reason
+from tests.agent.probes.probe_helpers import run, value
 
 
 def _ping_allowed() -> bool:

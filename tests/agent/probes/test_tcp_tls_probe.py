@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import trustme
-from probe_helpers import has, run, serve, server_context, value
 
 from probemesh.agent.probes.result import Reason
 from probemesh.agent.probes.tcp import expand
+from tests.agent.probes.probe_helpers import has, run, serve, server_context, value
 
 
 async def smtp_like(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
