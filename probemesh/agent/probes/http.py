@@ -110,10 +110,12 @@ def _record(
 
 def _validate(response: _Response, settings: HTTPSettings, result: ProbeResult) -> None:
     """Apply blackbox's response checks in its order; the first failure wins."""
-    regex_failure = _regex_failure(response, settings)
-    result.add("probe_failed_due_to_regex", 1 if regex_failure else 0)
     valid = settings.valid_status_codes
-    if (response.status not in valid) if valid else not 200 <= response.status < 300:
+    status_ok = (response.status in valid) if valid else 200 <= response.status < 300
+    # Like blackbox, regexes are only evaluated once the status passed.
+    regex_failure = _regex_failure(response, settings) if status_ok else ""
+    result.add("probe_failed_due_to_regex", 1 if regex_failure else 0)
+    if not status_ok:
         result.fail(Reason.HTTP_STATUS, f"HTTP status {response.status} is not valid")
     elif regex_failure:
         result.fail(Reason.VALIDATION, regex_failure)

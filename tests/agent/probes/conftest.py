@@ -1,41 +1,9 @@
-"""Fixtures for the probe tests: a private CA and certificates made with trustme."""
+"""Fixtures for the probe tests (defined in cert_fixtures so other suites can import them)."""
 
-from __future__ import annotations
-
-import datetime
-
-import pytest
-import trustme
-
-
-@pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def localhost_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("localhost", "127.0.0.1", "::1")
-
-
-@pytest.fixture(scope="session")
-def expired_cert(ca: trustme.CA) -> trustme.LeafCert:
-    now = datetime.datetime.now(datetime.UTC)
-    return ca.issue_cert(
-        "localhost",
-        "127.0.0.1",
-        not_before=now - datetime.timedelta(days=30),
-        not_after=now - datetime.timedelta(days=1),
-    )
-
-
-@pytest.fixture(scope="session")
-def other_host_cert(ca: trustme.CA) -> trustme.LeafCert:
-    return ca.issue_cert("elsewhere.example")
+from tests.agent.probes.cert_fixtures import (  # noqa: F401 - fixtures
+    ca,
+    ca_file,
+    expired_cert,
+    localhost_cert,
+    other_host_cert,
+)

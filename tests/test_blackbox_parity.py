@@ -1,0 +1,313 @@
+"""Side by side with the real blackbox_exporter: same targets, same modules, same verdicts.
+
+The Debian prometheus-blackbox-exporter binary runs on a loopback port with a
+generated config; every target is a loopback server of this test. For each
+(module, target) pair probe_success and every shared metric must agree;
+timing metrics are left out (they differ run to run). Deliberate differences
+are listed in docs/probes.md and excluded here by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import trustme
+import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.agent.probes import cert_fixtures
+from tests.agent.probes.probe_helpers import (
+    Zone,
+    dns_server,
+    read_request,
+    response,
+    run,
+    serve,
+    server_context,
+)
+
+# The trustme fixtures of the probe tests, made available to this module.
+ca = cert_fixtures.ca
+ca_file = cert_fixtures.ca_file
+localhost_cert = cert_fixtures.localhost_cert
+expired_cert = cert_fixtures.expired_cert
+
+BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+SHARED = (
+    "probe_success",
+    "probe_http_status_code",
+    "probe_http_redirects",
+    "probe_http_ssl",
+    "probe_http_version",
+    "probe_http_content_length",
+    "probe_http_uncompressed_body_length",
+    "probe_failed_due_to_regex",
+    "probe_ip_protocol",
+    "probe_ssl_earliest_cert_expiry",
+    "probe_ssl_last_chain_expiry_timestamp_seconds",
+    "probe_tls_version_info",
+    "probe_dns_answer_rrs",
+    "probe_dns_authority_rrs",
+    "probe_dns_additional_rrs",
+    "probe_dns_serial",
+    "probe_grpc_status_code",
+    "probe_grpc_healthcheck_response",
+)
+
+pytestmark = pytest.mark.skipif(
+    not os.access(BLACKBOX, os.X_OK), reason=f"blackbox_exporter not installed at {BLACKBOX}"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def blackbox(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A running exporter: (config path to fill then reload, base URL)."""
+    config = tmp_path / "blackbox.yml"
+    config.write_text("modules: {}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/-/healthy", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"blackbox_exporter did not start: {proc.stderr}") from None
+                time.sleep(0.05)
+        yield config, base
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def blackbox_probe(base: str, module: str, target: str) -> dict[tuple[str, tuple], float]:
+    query = urllib.parse.urlencode({"module": module, "target": target})
+    text = urllib.request.urlopen(f"{base}/probe?{query}", timeout=10).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def ours(result: Any) -> dict[tuple[str, tuple], float]:
+    samples = {(n, tuple(sorted(labels.items()))): v for n, labels, v in result.samples}
+    samples[("probe_success", ())] = 1.0 if result.success and result.reason is None else 0.0
+    return samples
+
+
+def shared(samples: dict[tuple[str, tuple], float]) -> dict[tuple[str, tuple], float]:
+    return {key: v for key, v in samples.items() if key[0] in SHARED}
+
+
+async def http_routes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    _, path, _ = await read_request(reader)
+    if path == "/ok":
+        writer.write(response(200, b"all good here"))
+    elif path == "/missing":
+        writer.write(response(404, b"nope"))
+    elif path == "/hop1":
+        writer.write(response(302, headers={"Location": "/hop2"}))
+    elif path == "/hop2":
+        writer.write(response(307, headers={"Location": "/ok"}))
+    elif path == "/chunked":
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n")
+    elif path == "/error":
+        writer.write(response(503, b"down for maintenance"))
+    else:
+        writer.write(response(500))
+
+
+async def health_server() -> AsyncIterator[int]:
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await servicer.set("sick", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+
+
+async def test_same_verdicts_and_metrics_as_blackbox(
+    blackbox: tuple[Path, str],
+    ca_file: str,
+    localhost_cert: trustme.LeafCert,
+    expired_cert: trustme.LeafCert,
+) -> None:
+    config, base = blackbox
+    ip4 = {"preferred_ip_protocol": "ip4"}
+    tls = {**ip4, "tls_config": {"ca_file": ca_file}}
+    modules: dict[str, dict[str, Any]] = {
+        "http_2xx": {"prober": "http", "timeout": "2s", "http": ip4},
+        "http_404": {
+            "prober": "http",
+            "timeout": "2s",
+            "http": {**ip4, "valid_status_codes": [404]},
+        },
+        "http_noredir": {
+            "prober": "http",
+            "timeout": "2s",
+            "http": {**ip4, "no_follow_redirects": True},
+        },
+        "http_regex": {
+            "prober": "http",
+            "timeout": "2s",
+            "http": {**ip4, "fail_if_body_not_matches_regexp": ["good"]},
+        },
+        "http_header": {
+            "prober": "http",
+            "timeout": "2s",
+            "http": {
+                **ip4,
+                "fail_if_header_not_matches": [{"header": "Content-Length", "regexp": "^1"}],
+            },
+        },
+        "https": {"prober": "http", "timeout": "2s", "http": tls},
+        "https_notssl": {
+            "prober": "http",
+            "timeout": "2s",
+            "http": {**ip4, "fail_if_not_ssl": True},
+        },
+        "tcp_banner": {
+            "prober": "tcp",
+            "timeout": "2s",
+            "tcp": {**ip4, "query_response": [{"expect": "^220 ready"}]},
+        },
+        "tcp_tls": {"prober": "tcp", "timeout": "2s", "tcp": {**tls, "tls": True}},
+        "dns_a": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {**ip4, "query_name": "example.test", "query_type": "A"},
+        },
+        "dns_tcp_txt": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {
+                **ip4,
+                "query_name": "example.test",
+                "query_type": "TXT",
+                "transport_protocol": "tcp",
+                "validate_answer_rrs": {"fail_if_none_matches_regexp": ["spf1"]},
+            },
+        },
+        "dns_soa": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {**ip4, "query_name": "example.test", "query_type": "SOA"},
+        },
+        "dns_nx": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {**ip4, "query_name": "missing.test", "query_type": "A"},
+        },
+        "dns_all": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {
+                **ip4,
+                "query_name": "example.test",
+                "query_type": "A",
+                "validate_answer_rrs": {"fail_if_all_match_regexp": [r"192\.0\.2\.1$"]},
+            },
+        },
+        "grpc": {"prober": "grpc", "timeout": "2s", "grpc": ip4},
+        "grpc_sick": {"prober": "grpc", "timeout": "2s", "grpc": {**ip4, "service": "sick"}},
+    }
+    if os.geteuid() == 0:
+        modules["icmp"] = {"prober": "icmp", "timeout": "2s", "icmp": ip4}
+    config.write_text(yaml.safe_dump({"modules": modules}))
+    await asyncio.to_thread(
+        urllib.request.urlopen, urllib.request.Request(f"{base}/-/reload", method="POST")
+    )
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ready\r\n")
+        await writer.drain()
+
+    async with (
+        serve(http_routes) as http_port,
+        serve(http_routes, server_context(localhost_cert)) as https_port,
+        serve(http_routes, server_context(expired_cert)) as expired_port,
+        serve(banner) as banner_port,
+        serve(banner, server_context(localhost_cert)) as tls_banner_port,
+        dns_server(Zone()) as dns_port,
+    ):
+        closed_port = free_port()
+        h = f"http://127.0.0.1:{http_port}"
+        cases = [
+            ("http_2xx", f"{h}/ok"),
+            ("http_2xx", f"{h}/missing"),
+            ("http_2xx", f"{h}/hop1"),
+            ("http_2xx", f"{h}/chunked"),
+            ("http_2xx", f"{h}/error"),
+            ("http_2xx", f"http://127.0.0.1:{closed_port}/"),
+            ("http_404", f"{h}/missing"),
+            ("http_noredir", f"{h}/hop1"),
+            ("http_regex", f"{h}/ok"),
+            ("http_regex", f"{h}/error"),
+            ("http_header", f"{h}/ok"),
+            ("http_header", f"{h}/missing"),
+            ("https", f"https://localhost:{https_port}/ok"),
+            ("https", f"https://localhost:{expired_port}/ok"),
+            ("https_notssl", f"{h}/ok"),
+            ("tcp_banner", f"127.0.0.1:{banner_port}"),
+            ("tcp_banner", f"127.0.0.1:{closed_port}"),
+            ("tcp_tls", f"localhost:{tls_banner_port}"),
+            ("dns_a", f"127.0.0.1:{dns_port}"),
+            ("dns_tcp_txt", f"127.0.0.1:{dns_port}"),
+            ("dns_soa", f"127.0.0.1:{dns_port}"),
+            ("dns_nx", f"127.0.0.1:{dns_port}"),
+            ("dns_all", f"127.0.0.1:{dns_port}"),
+        ]
+        if "icmp" in modules:
+            cases.append(("icmp", "127.0.0.1"))
+        mismatches = []
+        for module, target in cases:
+            theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
+            prober = modules[module]["prober"]
+            mine = shared(ours(await run(prober, target, modules[module][prober])))
+            if theirs != mine:
+                diff = {k: (theirs.get(k), mine.get(k)) for k in theirs.keys() | mine.keys()}
+                diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+                mismatches.append(f"{module} {target}: (blackbox, probemesh) {diff}")
+        async for grpc_port in health_server():
+            for module in ("grpc", "grpc_sick"):
+                target = f"127.0.0.1:{grpc_port}"
+                theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
+                # Deliberate: blackbox reports a meaningless expiry of 0 for plaintext gRPC.
+                theirs.pop(("probe_ssl_earliest_cert_expiry", ()), None)
+                mine = shared(ours(await run("grpc", target, modules[module]["grpc"])))
+                if theirs != mine:
+                    mismatches.append(f"{module}: blackbox {theirs} probemesh {mine}")
+    assert not mismatches, "\n".join(mismatches)
