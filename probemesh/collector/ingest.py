@@ -65,6 +65,7 @@ class Ingest:
         self.batches_total = 0
         self.duplicates_total = 0
         self.accepting = True
+        self._dirty_marks: set[str] = set()  # agents whose mark a failed commit left unsaved
 
     def mark_of(self, agent_id: str) -> int:
         seqs = self.marks.get(agent_id)
@@ -97,16 +98,31 @@ class Ingest:
             items = [first]
             while len(items) < self.limits.group_batches and not self.queue.empty():
                 items.append(self.queue.get_nowait())
-            await self._apply_group(items)
+            try:
+                await self._apply_group(items)
+            except Exception:  # the applier must outlive one failed commit
+                log.exception("ingest: could not persist %d batches; they stay unacked", len(items))
+                await asyncio.sleep(0.5)
 
     async def _apply_group(self, items: list[_Item]) -> None:
         touched: set[str] = set()
         for item in items:
             self._apply_batch(item)
             touched.add(item.session.agent.agent_id)
+        touched |= self._dirty_marks
         counters, histograms = self.state.take_dirty()
-        marks = [(agent, self.marks[agent].mark, self.marks[agent].ranges) for agent in touched]
-        await asyncio.to_thread(self.store.commit_applied, marks, counters, histograms)
+        # Snapshot the ranges: the commit runs in a thread while the loop goes on.
+        marks = [(a, self.marks[a].mark, [list(r) for r in self.marks[a].ranges]) for a in touched]
+        try:
+            await asyncio.to_thread(self.store.commit_applied, marks, counters, histograms)
+        except BaseException:
+            # Not durable, so not acked; keep the keys dirty so the next commit
+            # writes them (resent batches are deduped by the in-memory marks).
+            self.state.dirty_counters.update(key for key, _ in counters)
+            self.state.dirty_histograms.update(key for key, _ in histograms)
+            self._dirty_marks.update(touched)
+            raise
+        self._dirty_marks.clear()
         for item in items:
             seqs = self.marks[item.session.agent.agent_id]
             item.session.send(
