@@ -24,16 +24,29 @@ CHANNEL_OPTIONS = [
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Server side: accept the agents' keepalive pings, cap message size."""
+    """Server side: accept the agents' keepalive pings, cap message size.
+
+    gRPC core's receive cap is twice max_message_bytes: the servicer enforces
+    max_message_bytes itself so that it can count the refusal
+    (rejected{reason="message_too_large"}); core cuts anything larger before
+    it is read, answering RESOURCE_EXHAUSTED without our counting it.
+    TLS: gRPC core (BoringSSL) negotiates TLS 1.2 or 1.3 only, on both sides,
+    by default; docs/security.md records how that was checked.
+    """
     return [
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", hard_receive_limit(max_message_bytes)),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+
+
+def hard_receive_limit(max_message_bytes: int) -> int:
+    """gRPC core's receive cap for a configured max_message_bytes."""
+    return min(2 * max_message_bytes, 2**31 - 1)
 
 
 def is_loopback(address: str) -> bool:

@@ -10,7 +10,9 @@ batch and a backlog batch, so a long backlog never starves fresh data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -29,6 +31,22 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
+# Advanced tunables, environment only (not CLI options): faster dead-peer
+# detection and reconnects for tests and for networks that need them.
+ENV_DEAD_AFTER = "PROBEMESH_LINK_DEAD_AFTER"
+ENV_KEEPALIVE = "PROBEMESH_LINK_KEEPALIVE"
+ENV_BACKOFF_CAP = "PROBEMESH_LINK_BACKOFF_CAP"
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """An advanced tunable from the environment (seconds); for tests and odd networks."""
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %g", name, raw, default)
+        return default
+    return value if value > 0 else default
 
 
 class SessionLost(Exception):
@@ -53,7 +71,14 @@ class LinkSettings:
     batch_size: int = 1000
     window: int = 8  # batches in flight without an Ack
     heartbeat_interval: float = 10.0
-    dead_after: float = 30.0  # no message from the collector for this long: reconnect
+    # No Ack for this long while batches are in flight (or no message at all for
+    # max(dead_after, 3 collector heartbeats)): the session is dead, reconnect.
+    # Also bounds the Hello/Welcome handshake. PROBEMESH_LINK_DEAD_AFTER overrides.
+    dead_after: float = field(default_factory=lambda: _env_seconds(ENV_DEAD_AFTER, 30.0))
+    # gRPC keepalive ping interval and timeout; PROBEMESH_LINK_KEEPALIVE overrides.
+    keepalive: float = field(default_factory=lambda: _env_seconds(ENV_KEEPALIVE, 10.0))
+    # Longest reconnect backoff; PROBEMESH_LINK_BACKOFF_CAP overrides.
+    backoff_cap: float = field(default_factory=lambda: _env_seconds(ENV_BACKOFF_CAP, BACKOFF_CAP))
     drain_timeout: float = 5.0  # on shutdown, wait this long for Acks
     credentials: grpc.ChannelCredentials | None = None
     server_name: str = ""
@@ -68,6 +93,7 @@ class _Session:
     inflight: dict[int, int] = field(default_factory=dict)
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     max_batch: int = 1000
+    idle_dead_after: float = 30.0  # no message at all for this long, nothing in flight
 
 
 class CollectorLink:
@@ -99,7 +125,7 @@ class CollectorLink:
         index = 0
         while not stop.is_set():
             address = self.collectors[index % len(self.collectors)]
-            started = time.monotonic()
+            welcomed = False
             try:
                 await self._session(address, stop)
             except grpc.aio.AioRpcError as exc:
@@ -107,23 +133,36 @@ class CollectorLink:
                 log.log(level, "collector %s: %s: %s", address, exc.code().name, exc.details())
             except (SessionLost, ConnectionError, OSError) as exc:
                 log.warning("collector %s: session lost: %s", address, exc)
+            except TimeoutError:
+                log.warning("collector %s: no Welcome in %gs", address, self.settings.dead_after)
+            except Exception:  # a bug must not end the link: results would pile up unsent
+                log.exception("collector %s: unexpected error in the session", address)
             finally:
+                welcomed = self.current is not None
                 self.connected.clear()
                 self.current = None
             if stop.is_set():
                 return
-            if time.monotonic() - started > 60:
-                attempt = 0  # a long healthy session resets the backoff
+            if welcomed:
+                attempt = 0  # the collector was up: come back quickly (jittered)
             index += 1  # fail over to the next collector
-            delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+            # Back off per full round over the collector list, so a dead first
+            # collector costs one fast failure, not a growing wait.
+            exponent = attempt // len(self.collectors)
+            delay = random.uniform(0, min(self.settings.backoff_cap, BACKOFF_BASE * 2**exponent))
             attempt += 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
 
     def _channel(self, address: str) -> grpc.aio.Channel:
-        options = list(CHANNEL_OPTIONS)
+        keepalive_ms = int(self.settings.keepalive * 1000)
+        options: list[tuple[str, int | str]] = [
+            o for o in CHANNEL_OPTIONS if o[0] not in _KEEPALIVE_KEYS
+        ]
+        options += [
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", keepalive_ms),
+        ]
         if self.settings.credentials is None:
             return grpc.aio.insecure_channel(address, options=options)
         if self.settings.server_name:
@@ -139,8 +178,11 @@ class CollectorLink:
             )
             call = method(metadata=(("authorization", f"Bearer {self.token}"),))
             try:
-                await call.write(self._hello())
-                first = await asyncio.wait_for(call.read(), self.settings.dead_after)
+                # The whole handshake is bounded: a dropped SYN would otherwise
+                # hold the write for gRPC's 20 s connect timeout, or longer.
+                async with asyncio.timeout(self.settings.dead_after):
+                    await call.write(self._hello())
+                    first = await call.read()
                 if first is grpc.aio.EOF:
                     await call.code()  # raises the server's status when it closed us
                     raise SessionLost("collector closed the stream before Welcome")
@@ -148,7 +190,12 @@ class CollectorLink:
                     raise SessionLost(f"expected Welcome, got {first.WhichOneof('payload')}")
                 welcome = first.welcome
                 session = _Session(call, time.monotonic())
-                session.max_batch = min(self.settings.batch_size, welcome.max_batch_results or 10**9)
+                session.max_batch = min(
+                    self.settings.batch_size, welcome.max_batch_results or 10**9
+                )
+                session.idle_dead_after = max(
+                    self.settings.dead_after, 3.0 * (welcome.heartbeat_interval_seconds or 10)
+                )
                 if welcome.acked_seq:
                     self.queue.ack(welcome.acked_seq)
                 self.current = address
@@ -194,7 +241,9 @@ class CollectorLink:
                 session.inflight.pop(ack.first_seq, None)
                 session.acked.set()
 
-    async def _send(self, session: _Session, stop: asyncio.Event, reader: asyncio.Task[None]) -> None:
+    async def _send(
+        self, session: _Session, stop: asyncio.Event, reader: asyncio.Task[None]
+    ) -> None:
         """Alternate live and backlog batches within the in-flight window."""
         queue = self.queue
         live_from = queue.last_seq + 1
@@ -207,8 +256,9 @@ class CollectorLink:
                 reader.result()  # re-raise the reader's error, if any
                 raise SessionLost("collector ended the stream")
             now = time.monotonic()
-            if now - session.last_recv > self.settings.dead_after:
-                raise SessionLost(f"no message from collector for {self.settings.dead_after:g}s")
+            silent = now - session.last_recv
+            if silent > (self.settings.dead_after if session.inflight else session.idle_dead_after):
+                raise SessionLost(f"no message from collector for {silent:.1f}s")
             if stop.is_set():
                 drain_deadline = drain_deadline or now + self.settings.drain_timeout
                 if (queue.depth == 0 and not session.inflight) or now > drain_deadline:
@@ -235,19 +285,30 @@ class CollectorLink:
                 last_sent = time.monotonic()
                 continue
             if now - last_sent >= self.settings.heartbeat_interval:
-                await session.call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time())))
+                await session.call.write(
+                    pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time()))
+                )
                 last_sent = now
-            waiters = [asyncio.ensure_future(e.wait()) for e in (session.acked, self.new_results, stop)]
+            waiters = [
+                asyncio.ensure_future(e.wait()) for e in (session.acked, self.new_results, stop)
+            ]
             try:
-                await asyncio.wait([*waiters, reader], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [*waiters, reader], timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for waiter in waiters:
                     waiter.cancel()
 
     async def _write_batch(self, session: _Session, rows: list[tuple[int, bytes]]) -> None:
         first = rows[0][0]
+        if not session.inflight:
+            # Waiting for an Ack starts now, not at the last (possibly old) message.
+            session.last_recv = time.monotonic()
+        self.queue.mark_sent(first, rows[-1][0])
         session.inflight[first] = len(rows)
         await session.call.write(encode_batch(first, self.queue.floor_seq, [p for _, p in rows]))
 
 
+_KEEPALIVE_KEYS = {"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms"}
 _FATALISH = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}

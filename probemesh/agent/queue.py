@@ -4,11 +4,22 @@ A result is persisted here before it is ever sent and deleted only once the
 collector acknowledges it. Sequence numbers are assigned inside the insert
 transaction, so they stay monotonic across restarts. The queue is bounded by
 count and age; overflow deletes the oldest results and counts each one, so loss
-is visible, never silent. See docs/decisions.md for why SQLite over segments.
+is visible, never silent.
+
+Exact accounting needs one more rule: a result that was *sent* but not yet
+acknowledged may already be counted by the collector (it applied the batch, the
+Ack was lost). Dropping it would count it twice, once as applied and once as
+dropped. So the link records each batch's range in the ``sent`` table before
+writing it, and count overflow drops only unsent results; sent ones are only
+dropped past a hard ceiling of twice the bound (logged, and only reachable when
+a collector takes batches but never acknowledges them). The bound thus counts
+results not in flight; the in-flight window adds at most window x batch rows.
+See docs/durability.md.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -17,12 +28,17 @@ from pathlib import Path
 
 from probemesh.errors import StateError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_RESULTS = 1_000_000
 DEFAULT_MAX_AGE = 7 * 86400.0
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    seq INTEGER PRIMARY KEY, ts REAL NOT NULL, payload BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
 """
 _COUNTERS = ("last_seq", "produced", "acked", "dropped")
 
@@ -60,6 +76,7 @@ class DurableQueue:
         self.counters = self._load_counters()
         self.depth = 0
         self._floor = 0
+        self._sent: list[tuple[int, int]] = []
         self._reload_depth()
 
     def _load_counters(self) -> QueueCounters:
@@ -110,11 +127,19 @@ class DurableQueue:
         """Drop the oldest rows beyond the bounds, counting each (inside a transaction)."""
         dropped = 0
         if self.depth > self.max_results:
-            cut = self._db.execute(
-                "SELECT seq FROM results ORDER BY seq LIMIT 1 OFFSET ?",
-                (self.depth - self.max_results,),
-            ).fetchone()[0]
-            dropped += self._db.execute("DELETE FROM results WHERE seq < ?", (cut,)).rowcount
+            # The bound applies to results not in flight; in-flight ones wait
+            # for their Ack (or the hard ceiling below).
+            spans = self._unsent_spans()
+            excess = self.depth - self.max_results - self._count_sent()
+            if excess > 0:
+                dropped += self._drop_oldest(excess, spans)
+            hard = self.depth - dropped - 2 * self.max_results
+            if hard > 0:  # sent but never acknowledged, beyond the ceiling
+                log.warning(
+                    "queue: dropping %d sent, unacknowledged results (a collector may count them)",
+                    hard,
+                )
+                dropped += self._drop_oldest(hard, [(0, 2**62)])
         oldest = time.time() - self.max_age
         head = self._db.execute("SELECT ts FROM results ORDER BY seq LIMIT 1").fetchone()
         if head and head[0] < oldest:  # scan only when something has expired
@@ -124,20 +149,76 @@ class DurableQueue:
             self.depth -= dropped
             self._reload_floor()
 
+    def _unsent_spans(self) -> list[tuple[int, int]]:
+        """Inclusive seq spans outside every sent-but-unacknowledged range, ascending."""
+        spans: list[tuple[int, int]] = []
+        lo = 0
+        for first, last in sorted(self._sent):
+            if first > lo:
+                spans.append((lo, first - 1))
+            lo = max(lo, last + 1)
+        spans.append((lo, 2**62))
+        return spans
+
+    def _count_sent(self) -> int:
+        """Rows on disk inside sent-but-unacknowledged ranges."""
+        count = 0
+        lo = 0
+        for first, last in sorted(self._sent):
+            first = max(first, lo)
+            if last >= first:
+                count += self._db.execute(
+                    "SELECT COUNT(*) FROM results WHERE seq BETWEEN ? AND ?", (first, last)
+                ).fetchone()[0]
+            lo = max(lo, last + 1)
+        return count
+
+    def _drop_oldest(self, count: int, spans: list[tuple[int, int]]) -> int:
+        """Delete up to count of the oldest rows inside spans; return how many went."""
+        dropped = 0
+        for lo, hi in spans:
+            need = count - dropped
+            if need <= 0:
+                break
+            cut = self._db.execute(
+                "SELECT seq FROM results WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT 1 OFFSET ?",
+                (lo, hi, need - 1),
+            ).fetchone()
+            upper = cut[0] if cut else hi
+            dropped += self._db.execute(
+                "DELETE FROM results WHERE seq BETWEEN ? AND ?", (lo, upper)
+            ).rowcount
+        return dropped
+
+    def mark_sent(self, first: int, last: int) -> None:
+        """Record that first..last is about to be written to a collector.
+
+        Must be called before the write: once a batch may have been applied,
+        overflow must not drop (and count) its results as lost.
+        """
+        self._db.execute("INSERT OR REPLACE INTO sent(first, last) VALUES(?, ?)", (first, last))
+        self._sent = sorted([r for r in self._sent if r[0] != first] + [(first, last)])
+
     def _reload_depth(self) -> None:
-        """Recount from disk; only after a failed transaction (COUNT is O(n))."""
+        """Recount from disk; at open and after a failed transaction (COUNT is O(n))."""
         self.depth = self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        rows = self._db.execute("SELECT first, last FROM sent ORDER BY first").fetchall()
+        self._sent = [(int(a), int(b)) for a, b in rows]
         self._reload_floor()
 
     def _reload_floor(self) -> None:
         row = self._db.execute("SELECT MIN(seq) FROM results").fetchone()
         self._floor = row[0] or self.counters.last_seq + 1
+        if self._sent and self._sent[0][1] < self._floor:  # ranges whose rows are all gone
+            self._db.execute("DELETE FROM sent WHERE last < ?", (self._floor,))
+            self._sent = [r for r in self._sent if r[1] >= self._floor]
 
     def read(self, after: int, before: int | None, limit: int) -> list[tuple[int, bytes]]:
         """Up to limit contiguous rows with after < seq (< before); stops at a gap."""
         if before is None:
             rows = self._db.execute(
-                "SELECT seq, payload FROM results WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+                "SELECT seq, payload FROM results WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         else:
             rows = self._db.execute(
@@ -160,6 +241,12 @@ class DurableQueue:
                 ).rowcount
             self.counters.acked += gone
             self._save_counters()
+            if self._sent:
+                self._db.execute("DELETE FROM sent WHERE last <= ?", (upto,))
+                if last >= first:
+                    self._db.execute(
+                        "DELETE FROM sent WHERE first >= ? AND last <= ?", (first, last)
+                    )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -167,6 +254,11 @@ class DurableQueue:
             self._reload_depth()
             raise
         self.depth -= gone
+        if self._sent:
+            batch = (first, last) if last >= first else (1, 0)
+            self._sent = [
+                (a, b) for a, b in self._sent if b > upto and not (a >= batch[0] and b <= batch[1])
+            ]
         self._reload_floor()
         return gone
 

@@ -10,13 +10,37 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-# Never probed, whatever the flags: link-local (cloud metadata lives there) and
-# the AWS IPv6 metadata endpoint.
+# Never probed, whatever the flags: link-local (AWS, GCP, Azure and Oracle
+# metadata live at 169.254.169.254), the AWS IPv6 metadata endpoint and
+# Alibaba Cloud's metadata address.
 ALWAYS_BLOCKED = (
     ipaddress.ip_network("169.254.0.0/16"),
     ipaddress.ip_network("fe80::/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),
+    ipaddress.ip_network("100.100.100.200/32"),
 )
+# Carrier-grade NAT space: not "private" for Python, but never the public internet.
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one reaches through a translator, if any.
+
+    IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64
+    (64:ff9b::a.b.c.d), 6to4 (2002:aabb:ccdd::) and Teredo all end up at an
+    IPv4 address; the policy judges that address.
+    """
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    packed = int(ip)
+    if ip in _NAT64 or (packed >> 32 == 0 and packed > 1):
+        return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    return None
 
 
 @dataclass(frozen=True)
@@ -27,15 +51,17 @@ class AddressPolicy:
 
     def refusal(self, address: str) -> str | None:
         """Why the agent refuses to probe address, or None when it is allowed."""
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            ip = _embedded_ipv4(ip) or ip
         for network in ALWAYS_BLOCKED:
             if ip in network:
                 return f"target address {ip} is link-local/cloud-metadata; agents never probe it"
         if ip.is_unspecified or ip.is_multicast:
             return f"target address {ip} is not a unicast address"
-        if not self.allow_private and (ip.is_loopback or ip.is_private or ip.is_reserved):
+        private = ip.is_loopback or ip.is_private or ip.is_reserved or ip in _SHARED
+        if not self.allow_private and private:
             kind = "loopback" if ip.is_loopback else "private"
             return (
                 f"target address {ip} is {kind}; "

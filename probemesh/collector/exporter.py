@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from probemesh.catalog import PROBE_METRICS
 from probemesh.checks import ChecksFile
 from probemesh.collector.ingest import Ingest
+from probemesh.collector.limits import SecurityLimits, SeriesGuard
 from probemesh.collector.state import DURATION_BUCKETS, Latest, MeshState
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
@@ -40,6 +41,7 @@ class MeshExporter(Collector):
         checks: Callable[[], ChecksFile],
         active_streams: Callable[[], int],
         extra: Iterable[Callable[[], Iterable[Metric]]] = (),
+        limits: SecurityLimits | None = None,
     ) -> None:
         self.state = state
         self.ingest = ingest
@@ -48,6 +50,12 @@ class MeshExporter(Collector):
         self.extra = list(extra)
         self.last_render_seconds = 0.0
         self.rejected_samples: Counter[str] = Counter()
+        self.configure(limits or SecurityLimits())
+
+    def configure(self, limits: SecurityLimits) -> None:
+        """Apply the cardinality limits (series per agent, overall, samples per result)."""
+        self.max_samples = limits.max_samples_per_result
+        self.guard = SeriesGuard(limits, self.ingest.rejected)
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
@@ -61,16 +69,31 @@ class MeshExporter(Collector):
         self.last_render_seconds = time.perf_counter() - started
 
     def _validated(self, latest: Latest) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
-        """The latest result's samples the catalog admits; computed once per result."""
+        """The latest result's samples the catalog admits; computed once per result.
+
+        A repeated name+labels keeps its first value (a duplicate series would
+        spoil the whole exposition) and samples beyond max_samples are dropped
+        as "cardinality".
+        """
         if latest.samples is None:
-            kept = []
+            kept: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
+            seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+            rejected = self.ingest.rejected
             for sample in latest.result.samples:
                 spec = PROBE_METRICS.get(sample.name)
                 labels = dict(sample.labels)
                 if spec is None or not math.isfinite(sample.value) or not spec.labels_ok(labels):
-                    self.ingest.rejected["invalid_sample"] += 1
+                    rejected["invalid_sample"] += 1
                     continue
-                kept.append((sample.name, tuple(sorted(labels.items())), sample.value))
+                key = (sample.name, tuple(sorted(labels.items())))
+                if key in seen:
+                    rejected["duplicate_sample"] += 1
+                    continue
+                if len(kept) >= self.max_samples:
+                    rejected["cardinality"] += 1
+                    continue
+                seen.add(key)
+                kept.append((key[0], key[1], sample.value))
             latest.samples = kept
         return latest.samples
 
@@ -81,15 +104,22 @@ class MeshExporter(Collector):
             "probe_duration_seconds", "Returns how long the probe took to complete in seconds", labels=BASE_LABELS
         )
         families: dict[str, GaugeMetricFamily] = {}
-        for (check, agent), latest in self.state.latest.items():
+        guard = self.guard
+        live: set[tuple[str, str]] = set()
+        for pair, latest in self.state.latest.items():
+            check, agent = pair
             spec = checks.get(check)
             if spec is None:
+                continue
+            live.add(pair)
+            samples = self._validated(latest)
+            if not guard.admit(pair, 2 + len(samples)):
                 continue
             base = [check, spec.target, agent, latest.country, latest.region]
             result = latest.result
             success.add_metric(base, 1.0 if result.success else 0.0, timestamp=None)
             duration.add_metric(base, result.duration_seconds)
-            for name, labels, value in self._validated(latest):
+            for name, labels, value in samples:
                 family = families.get(name)
                 if family is None:
                     keys = [k for k, _ in labels]
@@ -97,6 +127,7 @@ class MeshExporter(Collector):
                         name, PROBE_METRICS[name].help, labels=BASE_LABELS + keys
                     )
                 family.add_metric(base + [v for _, v in labels], value)
+        guard.retain(live)
         yield success
         yield duration
         yield from families.values()
@@ -113,8 +144,9 @@ class MeshExporter(Collector):
             labels=["check", "agent", "country", "reason"],
         )
         checks = self.checks().checks
+        refused = self.guard.refused
         for key, value in self.state.counters.items():
-            if key[1] not in checks:
+            if key[1] not in checks or (refused and (key[1], key[2]) in refused):
                 continue
             (results if key[0] == "results" else failures).add_metric(list(key[1:]), value)
         yield results

@@ -13,10 +13,12 @@ import grpc
 from probemesh import __version__
 from probemesh.checks import ChecksFile
 from probemesh.collector.ingest import Ingest
+from probemesh.collector.limits import RateLimiter, SecurityLimits
 from probemesh.collector.sessions import Session, SessionRegistry
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.tokens import TokenStore
 from probemesh.errors import AuthError
+from probemesh.grpc_options import MAX_MESSAGE_BYTES
 from probemesh.identity import valid_region
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.v1 import mesh_pb2_grpc
@@ -50,6 +52,13 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.rejected = ingest.rejected
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.dead_after = DEAD_AFTER
+        self.configure(SecurityLimits(), MAX_MESSAGE_BYTES)
+
+    def configure(self, limits: SecurityLimits, max_message_bytes: int) -> None:
+        """Apply the security limits: rate limit, message size, certificate identity."""
+        self.limits = limits
+        self.max_message_bytes = max_message_bytes
+        self.limiter = RateLimiter(limits.rate_limit, limits.rate_burst, limits.rate_max_delay)
 
     async def Connect(  # noqa: N802 - name fixed by the generated base class
         self,
@@ -103,9 +112,22 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         except AuthError as exc:
             self.rejected["unauthenticated"] += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if self.limits.require_cert_identity:
+            names = _certificate_names(context)
+            if names is not None and binding.agent_id not in names:
+                self.rejected["cert_identity"] += 1
+                log.warning(
+                    "token %s bound to %s came with a client certificate for %s",
+                    binding.token_id, binding.agent_id, sorted(names)[:4],
+                )
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"client certificate does not name agent {binding.agent_id!r} (CN or SAN)",
+                )
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
         except (TimeoutError, StopAsyncIteration):
+            self.rejected["protocol"] += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message")
         if first.WhichOneof("payload") != "hello":
             self.rejected["protocol"] += 1
@@ -131,6 +153,28 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         agent.region, agent.city, agent.asn, agent.version = hello.region, hello.city, hello.asn, hello.version
         agent.last_seen = time.time()
         return binding.token_id, agent
+
+    async def _within_rate(self, session: Session, n: int) -> bool:
+        """Charge n results to the agent's bucket; wait out a small debt, end the stream on a large one."""
+        wait = self.limiter.take(session.agent.agent_id, n)
+        if wait is None:
+            self.rejected["rate_limited"] += n
+            session.end(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit of {self.limiter.rate:g} results/s per agent exceeded; "
+                "keep the results and retry later",
+            )
+            return False
+        if wait:
+            await asyncio.sleep(wait)  # backpressure: stop reading this stream meanwhile
+        return True
+
+    def _size_problem(self, message: pb.AgentMessage) -> tuple[str, str] | None:
+        """(reason, detail) when a message is larger than max_message_bytes."""
+        size = message.ByteSize()
+        if size > self.max_message_bytes:
+            return "message_too_large", f"message of {size} bytes exceeds {self.max_message_bytes}"
+        return None
 
     def checks_message(self, session: Session) -> pb.CollectorMessage:
         """The full check set for the session's agent; records what was assigned."""
@@ -162,22 +206,28 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 session.last_recv = time.monotonic()
                 session.agent.last_seen = max(session.agent.last_seen, time.time())
                 kind = message.WhichOneof("payload")
-                if kind == "results":
+                problem = self._size_problem(message)
+                if problem is None and kind == "results":
                     problem = self.ingest.framing_problem(message.results)
-                    if problem:
-                        reason, details = problem
-                        self.rejected[reason] += 1
-                        code = (
-                            grpc.StatusCode.RESOURCE_EXHAUSTED
-                            if reason == "batch_too_large"
-                            else grpc.StatusCode.INVALID_ARGUMENT
-                        )
-                        session.end(code, details)
-                        return
+                if problem:
+                    reason, details = problem
+                    self.rejected[reason] += 1
+                    code = (
+                        grpc.StatusCode.RESOURCE_EXHAUSTED
+                        if reason in _EXHAUSTED
+                        else grpc.StatusCode.INVALID_ARGUMENT
+                    )
+                    session.end(code, details)
+                    return
+                if kind == "results":
                     if not self.ingest.accepting:
                         session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
                         return
+                    if not await self._within_rate(session, len(message.results.results)):
+                        return
                     await self.ingest.submit(session, message.results)
+                elif not await self._within_rate(session, 1):  # heartbeats and empty messages
+                    return
                 elif kind == "hello":
                     self.rejected["protocol"] += 1
                     session.end(grpc.StatusCode.INVALID_ARGUMENT, "Hello sent twice")
@@ -188,3 +238,15 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         except Exception as exc:  # malformed message from the network: end only this stream
             self.rejected["protocol"] += 1
             session.end(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read message: {type(exc).__name__}")
+
+
+_EXHAUSTED = {"batch_too_large", "message_too_large"}
+
+
+def _certificate_names(context: grpc.aio.ServicerContext) -> set[str] | None:
+    """CN and SANs of the client certificate, or None without one (no mTLS)."""
+    auth = context.auth_context() or {}
+    if not auth.get("x509_pem_cert"):
+        return None
+    values = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    return {v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values}
