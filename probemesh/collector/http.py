@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from probemesh.collector.httpauth import auth_middleware
 from probemesh.httpserver import metrics_handler
 from probemesh.timefmt import rfc3339
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 def build_http_app(app: CollectorApp) -> web.Application:
     """One aiohttp application for everything the collector serves over HTTP."""
-    http = web.Application()
+    http = web.Application(middlewares=[auth_middleware(app.options.http_auth)])
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

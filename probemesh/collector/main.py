@@ -15,7 +15,9 @@ from prometheus_client import CollectorRegistry
 from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.http import build_http_app
+from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.ingest import Ingest, IngestLimits
+from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
 from probemesh.collector.state import Histogram, MeshState
@@ -43,6 +45,8 @@ class CollectorOptions:
     series_ttl: float = 900.0
     max_message_bytes: int = 4 * 1024 * 1024
     limits: IngestLimits = field(default_factory=IngestLimits)
+    security: SecurityLimits = field(default_factory=SecurityLimits)
+    http_auth: HttpAuth = field(default_factory=HttpAuth)
 
 
 class CollectorApp:
@@ -63,6 +67,8 @@ class CollectorApp:
             self.state, self.ingest, self.tokens, self.sessions, lambda: self.checks_file, lambda: self.revision
         )
         self.exporter = MeshExporter(self.state, self.ingest, lambda: self.checks_file, lambda: len(self.sessions))
+        self.service.configure(options.security, options.max_message_bytes)
+        self.exporter.configure(options.security)
         self.registry = CollectorRegistry()
         self.registry.register(self.exporter)
         self.ready = False
