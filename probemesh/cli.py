@@ -159,10 +159,29 @@ def cli() -> None:
      help="Largest ResultBatch accepted from an agent.")
 @opt("--series-ttl", callback=_duration, default="15m",
      help="Forget the gauges of an agent disconnected for this long.")
+@opt("--max-message-bytes", type=click.IntRange(64 * 1024, 256 * 1024 * 1024), default=4 * 1024 * 1024,
+     help="Largest gRPC message accepted from an agent; larger: RESOURCE_EXHAUSTED.")
+@opt("--rate-limit", type=click.FloatRange(min=0), default=2000.0,
+     help="Results per second per agent (token bucket); above: RESOURCE_EXHAUSTED. 0 disables.")
+@opt("--rate-burst", type=click.FloatRange(min=1), default=20000.0,
+     help="Results an agent may send at once after a quiet period; at least --max-batch-results.")
+@opt("--max-series-per-agent", type=click.IntRange(1, 10**8), default=10_000,
+     help="Probe series (label sets) exported per agent; beyond: rejected{reason=cardinality}.")
+@opt("--max-series", type=click.IntRange(1, 10**9), default=200_000,
+     help="Probe series (label sets) exported over all agents.")
+@opt("--max-samples-per-result", type=click.IntRange(1, 10_000), default=64,
+     help="Blackbox samples kept from one result.")
+@opt("--api-auth", default=None,
+     help="Credentials file (or env:NAME) required for / and /api/*: lines 'bearer TOKEN' or "
+     "'basic USER:PASSWORD'. [default: open]")
+@opt("--metrics-auth", default=None,
+     help="Credentials file (or env:NAME) required for /metrics, same format. [default: open]")
 @LOG_LEVEL
 def collector(**kw: Any) -> None:
     """Accept agents, push checks, export metrics and detect outages."""
+    from probemesh.collector.httpauth import HttpAuth, load_credentials
     from probemesh.collector.ingest import IngestLimits
+    from probemesh.collector.limits import SecurityLimits
     from probemesh.collector.main import CollectorOptions, run_collector
 
     _setup_logging(kw["log_level"])
@@ -176,6 +195,12 @@ def collector(**kw: Any) -> None:
                 f"--grpc-listen {kw['grpc_listen']} is not loopback: give --tls-cert/--tls-key, or --insecure"
             )
         log.warning("serving plaintext gRPC on %s: tokens cross the network unencrypted", kw["grpc_listen"])
+    if kw["rate_limit"] and kw["rate_burst"] < kw["max_batch_results"]:
+        raise ConfigError("--rate-burst must be at least --max-batch-results, or a full batch could never pass")
+    http_auth = HttpAuth(
+        api=load_credentials(kw["api_auth"], "--api-auth") if kw["api_auth"] else None,
+        metrics=load_credentials(kw["metrics_auth"], "--metrics-auth") if kw["metrics_auth"] else None,
+    )
     options = CollectorOptions(
         checks_path=kw["checks_path"],
         grpc_listen=kw["grpc_listen"],
@@ -186,6 +211,15 @@ def collector(**kw: Any) -> None:
         tls_client_ca=kw["tls_client_ca"],
         series_ttl=kw["series_ttl"],
         limits=IngestLimits(max_batch_results=kw["max_batch_results"]),
+        max_message_bytes=kw["max_message_bytes"],
+        security=SecurityLimits(
+            rate_limit=kw["rate_limit"],
+            rate_burst=kw["rate_burst"],
+            max_series_per_agent=kw["max_series_per_agent"],
+            max_series=kw["max_series"],
+            max_samples_per_result=kw["max_samples_per_result"],
+        ),
+        http_auth=http_auth,
     )
     asyncio.run(run_collector(options))
 
