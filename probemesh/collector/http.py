@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from probemesh.collector.api import add_outage_routes
 from probemesh.collector.httpauth import auth_middleware
 from probemesh.httpserver import metrics_handler
 from probemesh.timefmt import rfc3339
@@ -45,4 +46,5 @@ def build_http_app(app: CollectorApp) -> web.Application:
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)
     http.router.add_get("/api/v1/agents", agents)
+    add_outage_routes(http, app.outage, app.state)
     return http

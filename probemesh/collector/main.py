@@ -15,9 +15,8 @@ from prometheus_client import CollectorRegistry
 from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.http import build_http_app
-from probemesh.collector.httpauth import HttpAuth
+from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
-from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
 from probemesh.collector.state import Histogram, MeshState
@@ -45,8 +44,6 @@ class CollectorOptions:
     series_ttl: float = 900.0
     max_message_bytes: int = 4 * 1024 * 1024
     limits: IngestLimits = field(default_factory=IngestLimits)
-    security: SecurityLimits = field(default_factory=SecurityLimits)
-    http_auth: HttpAuth = field(default_factory=HttpAuth)
 
 
 class CollectorApp:
@@ -66,9 +63,11 @@ class CollectorApp:
         self.service = ProbeMeshService(
             self.state, self.ingest, self.tokens, self.sessions, lambda: self.checks_file, lambda: self.revision
         )
-        self.exporter = MeshExporter(self.state, self.ingest, lambda: self.checks_file, lambda: len(self.sessions))
-        self.service.configure(options.security, options.max_message_bytes)
-        self.exporter.configure(options.security)
+        self.outage = OutageMonitor(self.state, lambda: self.checks_file, IncidentBook.open(options.data_dir))
+        self.exporter = MeshExporter(
+            self.state, self.ingest, lambda: self.checks_file, lambda: len(self.sessions),
+            extra=[self.outage.metric_families],
+        )
         self.registry = CollectorRegistry()
         self.registry.register(self.exporter)
         self.ready = False
@@ -122,6 +121,7 @@ class CollectorApp:
         http_runner = await start_site(self.http_app, self.options.http_listen)
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
+        outage = asyncio.create_task(self.outage.run())
         self.ready = True
         log.info("collector serving gRPC on %s, HTTP on %s", self.options.grpc_listen, self.options.http_listen)
         try:
@@ -130,13 +130,15 @@ class CollectorApp:
             self.ready = False
             self.ingest.accepting = False
             housekeeping.cancel()
-            await asyncio.gather(housekeeping, return_exceptions=True)
+            outage.cancel()
+            await asyncio.gather(housekeeping, outage, return_exceptions=True)
             await applier  # drains what was queued: ack only what was applied
             for session in list(self.sessions.by_agent.values()):
                 session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
             await server.stop(grace=2)
             await http_runner.cleanup()
             self.store.close()
+            self.outage.book.close()
             log.info("collector stopped")
 
     async def _housekeeping(self) -> None:

@@ -1,0 +1,101 @@
+"""HTTP routes of the outage view: /api/v1/reachability, /api/v1/incidents, the status page.
+
+- ``GET /api/v1/reachability``: per check, its state and every country's
+  agents, up, ratio and state (DESIGN.md contract; ``reason``/``detail`` and
+  ``excluded`` are additive extras).
+- ``GET /api/v1/incidents[?active=true]``: newest first.
+- ``GET /api/v1/status``: the three views above plus the agents in one
+  document; the status page polls it.
+- ``GET /`` and ``/static/*``: the status page, served from the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from probemesh.collector.incidents import OutageMonitor
+from probemesh.collector.reachability import Snapshot
+from probemesh.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from probemesh.collector.state import MeshState
+
+STATIC_DIR = Path(__file__).parent / "static"
+_NO_CACHE = {"Cache-Control": "no-store"}
+
+
+def reachability_json(snapshot: Snapshot) -> dict[str, Any]:
+    checks = []
+    for name, view in sorted(snapshot.checks.items()):
+        checks.append(
+            {
+                "check": name,
+                "state": view.state,
+                "countries": [
+                    {
+                        "country": c.country,
+                        "agents": c.agents,
+                        "up": c.up,
+                        "ratio": None if c.ratio is None else round(c.ratio, 4),
+                        "state": c.state,
+                        "reason": c.reason or None,
+                        "detail": c.detail or None,
+                        "excluded": c.excluded,
+                    }
+                    for c in view.countries
+                ],
+            }
+        )
+    return {"generated_at": rfc3339(snapshot.at), "checks": checks}
+
+
+def agents_json(state: MeshState) -> list[dict[str, Any]]:
+    return [
+        {
+            "agent": agent.agent_id,
+            "country": agent.country,
+            "region": agent.region,
+            "connected": agent.connected,
+            "last_seen": rfc3339(agent.last_seen),
+            "local_problem": agent.local_problem,
+            "version": agent.version,
+        }
+        for agent in sorted(state.agents.values(), key=lambda a: a.agent_id)
+    ]
+
+
+def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: MeshState) -> None:
+    """Register the outage API and the status page on the collector's HTTP app."""
+
+    async def reachability(_request: web.Request) -> web.Response:
+        return web.json_response(reachability_json(monitor.snapshot), headers=_NO_CACHE)
+
+    def _incidents(request: web.Request) -> list[dict[str, Any]]:
+        active = request.query.get("active", "").lower() in ("1", "true", "yes")
+        return [i.to_json() for i in monitor.book.incidents(active_only=active)]
+
+    async def incidents(request: web.Request) -> web.Response:
+        active = request.query.get("active", "")
+        if active.lower() not in ("", "1", "0", "true", "false", "yes", "no"):
+            return web.json_response({"error": "active must be true or false"}, status=400)
+        return web.json_response({"incidents": _incidents(request)}, headers=_NO_CACHE)
+
+    async def status(_request: web.Request) -> web.Response:
+        body = reachability_json(monitor.snapshot)
+        active = monitor.book.incidents(active_only=True)
+        recent = [i for i in monitor.book.incidents() if not i.active][:10]
+        body["incidents"] = [i.to_json() for i in active + recent]
+        body["agents"] = agents_json(state)
+        return web.json_response(body, headers=_NO_CACHE)
+
+    async def index(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html", headers=_NO_CACHE)
+
+    http.router.add_get("/api/v1/reachability", reachability)
+    http.router.add_get("/api/v1/incidents", incidents)
+    http.router.add_get("/api/v1/status", status)
+    http.router.add_get("/", index)
+    http.router.add_static("/static/", STATIC_DIR, append_version=False)

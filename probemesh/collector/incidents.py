@@ -1,0 +1,421 @@
+"""Incidents: open, track and close outages of a check, persisted in SQLite.
+
+An incident opens when a check leaves ``ok`` (the classifier already damps
+flapping) and closes once the check has been ``ok`` for ``close_after_rounds``
+probe intervals. While open it records a timeline of country transitions, the
+countries affected now and at any point (``peak_countries``), the dominant
+failure reason per country and overall, and a one-line summary.
+
+Incidents live in their own table of the collector database (--data-dir) and
+are written from a worker thread through their own connection, so a restarted
+collector resumes the incidents that were open.
+
+OutageMonitor ties it together: it runs the classifier every
+``evaluate_every`` seconds, applies local-problem flags to the agents, updates
+the incidents and exports ``probemesh_outage`` and
+``probemesh_country_reachability_ratio``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from probemesh.checks import ChecksFile
+from probemesh.collector.reachability import (
+    DOWN,
+    GLOBAL_OUTAGE,
+    REGIONAL_OUTAGE,
+    CheckView,
+    Classifier,
+    Snapshot,
+)
+from probemesh.collector.state import MeshState
+from probemesh.collector.store import open_db
+from probemesh.timefmt import rfc3339
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY,
+    check_name TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_active ON incidents(ended_at);
+"""
+KEEP_CLOSED = 500  # closed incidents kept in memory (all stay in the database)
+SAVE_EVERY = 10.0  # seconds between saves of an open incident's reason counts
+
+
+def hms(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+
+
+@dataclass
+class Event:
+    """One timeline entry: opened, down, recovered, global, regional or closed."""
+
+    at: float
+    event: str
+    countries: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": rfc3339(self.at), "event": self.event, "countries": self.countries}
+
+
+@dataclass
+class Incident:
+    """One outage of one check."""
+
+    id: int
+    check: str
+    started_at: float
+    scope: str  # current scope while open ("regional" | "global")
+    peak_scope: str
+    countries: list[str]  # affected now
+    peak_countries: list[str]  # affected at any point of the incident
+    ended_at: float | None = None
+    timeline: list[Event] = field(default_factory=list)
+    # country -> "reason\tdetail" -> evaluations the country was down for it
+    reasons: dict[str, Counter[str]] = field(default_factory=dict)
+    ok_since: float | None = None
+    saved_at: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
+
+    def country_reasons(self) -> dict[str, tuple[str, str]]:
+        """Dominant (reason, detail) of each country that has one."""
+        out = {}
+        for country, counts in self.reasons.items():
+            if counts:
+                key = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+                reason, _, detail = key.partition("\t")
+                out[country] = (reason, detail or reason)
+        return out
+
+    def overall_reasons(self) -> list[tuple[tuple[str, str], list[str]]]:
+        """[((reason, detail), countries)] by number of countries, most first."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for country, rd in sorted(self.country_reasons().items()):
+            groups.setdefault(rd, []).append(country)
+        return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+
+    def summary(self) -> str:
+        peak = self.peak_countries
+        n = len(peak)
+        noun = "country" if n == 1 else "countries"
+        since = hms(self.started_at)
+        text = f"{self.check} unreachable from {n} {noun} ({', '.join(peak)}) since {since} UTC"
+        groups = self.overall_reasons()
+        if len(groups) == 1:
+            text += f" - {groups[0][0][1]}"
+        elif groups:
+            text += " - " + ", ".join(f"{detail} ({', '.join(cs)})" for (_, detail), cs in groups)
+        if self.peak_scope == "global":
+            text += " (global)"
+        recoveries = [e.at for e in self.timeline if e.event == "recovered"]
+        if not self.countries and recoveries:
+            text += f"; recovered {hms(recoveries[-1])}"
+        elif recoveries and len(self.countries) < n:
+            text += f"; partially recovered {hms(recoveries[-1])} ({n - len(self.countries)}/{n})"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        groups = self.overall_reasons()
+        reason, detail = groups[0][0] if groups else ("", "")
+        return {
+            "id": self.id,
+            "check": self.check,
+            "scope": self.scope,
+            "peak_scope": self.peak_scope,
+            "countries": self.countries,
+            "peak_countries": self.peak_countries,
+            "started_at": rfc3339(self.started_at),
+            "ended_at": rfc3339(self.ended_at),
+            "reason": reason,
+            "reason_detail": detail,
+            "country_reasons": {
+                c: {"reason": r, "detail": d}
+                for c, (r, d) in sorted(self.country_reasons().items())
+            },
+            "summary": self.summary(),
+            "timeline": [e.to_json() for e in self.timeline],
+        }
+
+    def to_row(self) -> tuple[int, str, float, float | None, str]:
+        data = {
+            "scope": self.scope,
+            "peak_scope": self.peak_scope,
+            "countries": self.countries,
+            "peak_countries": self.peak_countries,
+            "timeline": [[e.at, e.event, e.countries] for e in self.timeline],
+            "reasons": {c: dict(v) for c, v in self.reasons.items()},
+            "ok_since": self.ok_since,
+        }
+        return (self.id, self.check, self.started_at, self.ended_at, json.dumps(data))
+
+    @classmethod
+    def from_row(cls, row: tuple[int, str, float, float | None, str]) -> Incident:
+        id_, check, started_at, ended_at, raw = row
+        data = json.loads(raw)
+        return cls(
+            id=id_,
+            check=check,
+            started_at=started_at,
+            scope=data["scope"],
+            peak_scope=data["peak_scope"],
+            countries=list(data["countries"]),
+            peak_countries=list(data["peak_countries"]),
+            ended_at=ended_at,
+            timeline=[Event(at, ev, list(cs)) for at, ev, cs in data["timeline"]],
+            reasons={c: Counter(v) for c, v in data["reasons"].items()},
+            ok_since=data.get("ok_since"),
+        )
+
+
+class IncidentBook:
+    """Open and closed incidents; ``update`` applies one classifier snapshot."""
+
+    def __init__(self, db: sqlite3.Connection | None = None) -> None:
+        self.db = db
+        self.active: dict[str, Incident] = {}
+        self.closed: list[Incident] = []  # oldest first
+        self.next_id = 1
+        if db is not None:
+            db.executescript(_SCHEMA)
+            self._load()
+
+    @classmethod
+    def open(cls, data_dir: Path) -> IncidentBook:
+        return cls(open_db(data_dir))
+
+    def _load(self) -> None:
+        assert self.db is not None
+        rows = self.db.execute(
+            "SELECT id, check_name, started_at, ended_at, data FROM incidents ORDER BY id"
+        ).fetchall()
+        for row in rows:
+            incident = Incident.from_row(row)
+            self.next_id = max(self.next_id, incident.id + 1)
+            if incident.active:
+                previous = self.active.get(incident.check)
+                if previous is not None:  # cannot happen unless the file was edited
+                    previous.ended_at = incident.started_at
+                    self.closed.append(previous)
+                self.active[incident.check] = incident
+            else:
+                self.closed.append(incident)
+        self.closed = self.closed[-KEEP_CLOSED:]
+        if rows:
+            log.info("loaded %d incidents (%d open)", len(rows), len(self.active))
+
+    def incidents(self, active_only: bool = False) -> list[Incident]:
+        """Newest first."""
+        items = list(self.active.values()) + ([] if active_only else self.closed)
+        return sorted(items, key=lambda i: (i.started_at, i.id), reverse=True)
+
+    def update(self, snapshot: Snapshot, checks: ChecksFile) -> list[Incident]:
+        """Apply one evaluation; returns the incidents that must be saved."""
+        now = snapshot.at
+        dirty: list[Incident] = []
+        for name, view in snapshot.checks.items():
+            incident = self.active.get(name)
+            changed = self._update_one(incident, view, now, checks.outage.close_after_rounds)
+            incident = incident or self.active.get(name)
+            if incident is None:
+                continue
+            if changed or now - incident.saved_at >= SAVE_EVERY:
+                dirty.append(incident)
+        for name in [n for n in self.active if n not in snapshot.checks]:
+            incident = self.active[name]
+            if incident.countries:
+                incident.timeline.append(Event(now, "recovered", incident.countries))
+                incident.countries = []
+            self._close(incident, now)
+            dirty.append(incident)
+        for incident in dirty:
+            incident.saved_at = now
+        return dirty
+
+    def _update_one(
+        self, incident: Incident | None, view: CheckView, now: float, rounds: int
+    ) -> bool:
+        if view.state in (REGIONAL_OUTAGE, GLOBAL_OUTAGE):
+            scope = view.scope or "regional"
+            down = sorted(view.down)
+            if incident is None:
+                incident = Incident(self.next_id, view.check, now, scope, scope, down, down)
+                self.next_id += 1
+                incident.timeline.append(Event(now, "opened", down))
+                if scope == "global":
+                    incident.timeline.append(Event(now, "global", down))
+                self.active[view.check] = incident
+                log.warning("incident %d opened: %s", incident.id, incident.summary())
+                changed = True
+            else:
+                changed = self._transition(incident, down, scope, now)
+            incident.ok_since = None
+            for c in view.countries:
+                if c.state == DOWN and c.reason:
+                    incident.reasons.setdefault(c.country, Counter())[
+                        f"{c.reason}\t{c.detail}"
+                    ] += 1
+            return changed
+        if incident is None:
+            return False
+        if view.state != "ok":  # unknown: no verdict, neither worse nor better
+            incident.ok_since = None
+            return False
+        changed = self._transition(incident, [], incident.scope, now)
+        if incident.ok_since is None:
+            incident.ok_since = now
+        if now - incident.ok_since >= rounds * view.interval:
+            self._close(incident, now)
+            changed = True
+        return changed
+
+    @staticmethod
+    def _transition(incident: Incident, down: list[str], scope: str, now: float) -> bool:
+        changed = False
+        newly = sorted(set(down) - set(incident.countries))
+        back = sorted(set(incident.countries) - set(down))
+        if back:
+            incident.timeline.append(Event(now, "recovered", back))
+            changed = True
+        if newly:
+            incident.timeline.append(Event(now, "down", newly))
+            incident.peak_countries = sorted(set(incident.peak_countries) | set(newly))
+            changed = True
+        incident.countries = down
+        if down and scope != incident.scope:
+            incident.timeline.append(Event(now, scope, down))
+            incident.scope = scope
+            if scope == "global":
+                incident.peak_scope = "global"
+            changed = True
+        return changed
+
+    def _close(self, incident: Incident, now: float) -> None:
+        incident.ended_at = now
+        incident.ok_since = None
+        incident.timeline.append(Event(now, "closed", []))
+        del self.active[incident.check]
+        self.closed.append(incident)
+        del self.closed[:-KEEP_CLOSED]
+        log.warning("incident %d closed: %s", incident.id, incident.summary())
+
+    def save(self, rows: list[tuple[int, str, float, float | None, str]]) -> None:
+        """Write incident rows in one transaction (called from a worker thread)."""
+        if self.db is None or not rows:
+            return
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO incidents(id, check_name, started_at, ended_at, data) "
+                "VALUES(?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET ended_at=excluded.ended_at, data=excluded.data",
+                rows,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+class OutageMonitor:
+    """Evaluates the mesh periodically and owns the incidents."""
+
+    def __init__(
+        self,
+        state: MeshState,
+        checks: Callable[[], ChecksFile],
+        book: IncidentBook,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.checks = checks
+        self.book = book
+        self.clock = clock
+        self.classifier = Classifier()
+        self.snapshot = Snapshot(0.0)
+        self.evaluations = 0
+
+    def evaluate(self) -> list[Incident]:
+        """One evaluation: classify, flag local problems, update incidents."""
+        checks = self.checks()
+        snapshot = self.classifier.evaluate(
+            self.state.latest, checks, self.state.agents, self.clock()
+        )
+        for agent in self.state.agents.values():
+            flagged = agent.agent_id in snapshot.local_problems
+            if flagged != agent.local_problem:
+                log.warning(
+                    "agent %s (%s): local problem %s",
+                    agent.agent_id,
+                    agent.country,
+                    "detected" if flagged else "cleared",
+                )
+                agent.local_problem = flagged
+        self.snapshot = snapshot
+        self.evaluations += 1
+        return self.book.update(snapshot, checks)
+
+    async def run(self) -> None:
+        """Evaluate every ``outage.evaluate_every`` seconds until cancelled."""
+        while True:
+            try:
+                dirty = self.evaluate()
+                if dirty:
+                    rows = [i.to_row() for i in dirty]
+                    await asyncio.to_thread(self.book.save, rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop the collector; it is logged
+                log.exception("outage evaluation failed")
+            await asyncio.sleep(self.checks().outage.evaluate_every)
+
+    def metric_families(self) -> Iterator[Metric]:
+        outage = GaugeMetricFamily(
+            "probemesh_outage",
+            "1 while the check has an outage of this scope (regional: some countries down, "
+            "global: every reporting country, or the configured share, down)",
+            labels=["check", "scope"],
+        )
+        ratio = GaugeMetricFamily(
+            "probemesh_country_reachability_ratio",
+            "Share of the country's fresh agents (local problems excluded) "
+            "whose latest probe succeeded",
+            labels=["check", "country"],
+        )
+        configured = self.checks().checks
+        for name, view in self.snapshot.checks.items():
+            if name not in configured:
+                continue
+            outage.add_metric([name, "regional"], 1.0 if view.state == REGIONAL_OUTAGE else 0.0)
+            outage.add_metric([name, "global"], 1.0 if view.state == GLOBAL_OUTAGE else 0.0)
+            for c in view.countries:
+                if c.ratio is not None:
+                    ratio.add_metric([name, c.country], c.ratio)
+        yield outage
+        yield ratio
