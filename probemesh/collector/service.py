@@ -69,6 +69,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         session = Session(agent, token_id)
         self.sessions.open(session)
         agent.connected = True
+        # Assign the checks before anything can be ingested: a batch applied
+        # before ever_assigned is set would be rejected as unknown_check.
+        checks = self.checks_message(session)
         pump = asyncio.create_task(self._pump(request_iterator, session))
         try:
             yield pb.CollectorMessage(
@@ -79,7 +82,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     max_batch_results=self.ingest.limits.max_batch_results,
                 )
             )
-            yield self.checks_message(session)
+            yield checks
             while True:
                 try:
                     message = await asyncio.wait_for(session.outbox.get(), self.heartbeat_interval)
