@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,18 @@ def _collectors(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return addresses
 
 
+def _external_labels(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in value:
+        name, sep, label_value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name) or name.startswith("__"):
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE with a Prometheus label name")
+        labels[name] = label_value
+    return labels
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
@@ -176,6 +189,13 @@ def cli() -> None:
      "'basic USER:PASSWORD'. [default: open]")
 @opt("--metrics-auth", default=None,
      help="Credentials file (or env:NAME) required for /metrics, same format. [default: open]")
+@opt("--remote-write-url", default=None,
+     help="Prometheus remote-write endpoint to push /metrics' samples to. [default: none]")
+@opt("--remote-write-interval", callback=_duration, default="15s",
+     help="How often to snapshot and remote-write the metrics.")
+@opt("--external-label", "external_labels", multiple=True, callback=_external_labels,
+     help="NAME=VALUE added to every remote-written series, e.g. collector=eu-1; repeatable. "
+     "Give each collector a distinct one. [default: none]")
 @LOG_LEVEL
 def collector(**kw: Any) -> None:
     """Accept agents, push checks, export metrics and detect outages."""
@@ -220,6 +240,9 @@ def collector(**kw: Any) -> None:
             max_samples_per_result=kw["max_samples_per_result"],
         ),
         http_auth=http_auth,
+        remote_write_url=kw["remote_write_url"],
+        remote_write_interval=kw["remote_write_interval"],
+        external_labels=kw["external_labels"],
     )
     asyncio.run(run_collector(options))
 

@@ -17,6 +17,7 @@ from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.http import build_http_app
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
+from probemesh.collector.remote_write import RemoteWriter
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
 from probemesh.collector.state import Histogram, MeshState
@@ -44,6 +45,9 @@ class CollectorOptions:
     series_ttl: float = 900.0
     max_message_bytes: int = 4 * 1024 * 1024
     limits: IngestLimits = field(default_factory=IngestLimits)
+    remote_write_url: str | None = None
+    remote_write_interval: float = 15.0
+    external_labels: dict[str, str] = field(default_factory=dict)
 
 
 class CollectorApp:
@@ -70,6 +74,15 @@ class CollectorApp:
         )
         self.registry = CollectorRegistry()
         self.registry.register(self.exporter)
+        self.remote_writer: RemoteWriter | None = None
+        if options.remote_write_url:
+            self.remote_writer = RemoteWriter(
+                self.registry,
+                options.remote_write_url,
+                interval=options.remote_write_interval,
+                external_labels=options.external_labels,
+                metrics_registry=self.registry,
+            )
         self.ready = False
         self.grpc_port = 0
         self.http_app = build_http_app(self)
@@ -122,6 +135,8 @@ class CollectorApp:
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
         outage = asyncio.create_task(self.outage.run())
+        if self.remote_writer is not None:
+            await self.remote_writer.start()
         self.ready = True
         log.info("collector serving gRPC on %s, HTTP on %s", self.options.grpc_listen, self.options.http_listen)
         try:
@@ -133,6 +148,8 @@ class CollectorApp:
             outage.cancel()
             await asyncio.gather(housekeeping, outage, return_exceptions=True)
             await applier  # drains what was queued: ack only what was applied
+            if self.remote_writer is not None:
+                await self.remote_writer.stop()  # a last snapshot after the drain
             for session in list(self.sessions.by_agent.values()):
                 session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
             await server.stop(grace=2)

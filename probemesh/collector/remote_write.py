@@ -292,12 +292,19 @@ class RemoteWriter:
         return len(self._queue) + self._in_flight
 
     async def start(self) -> None:
-        """Open the HTTP session and start the snapshot and send loops."""
+        """Take the first snapshot, open the HTTP session, start the snapshot and send loops."""
         if self._tasks:
             return
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout), headers=HEADERS
         )
+        if not self.external_labels:
+            log.warning(
+                "remote write to %s without external labels: give each collector a distinct "
+                "one (e.g. collector=NAME) or their series collide in the receiver",
+                self.url,
+            )
+        self.snapshot()  # the first snapshot at once, then one per interval
         self._tasks = [
             asyncio.create_task(self._snapshot_loop(), name="remote-write-snapshot"),
             asyncio.create_task(self._send_loop(), name="remote-write-send"),
@@ -368,12 +375,12 @@ class RemoteWriter:
     async def _snapshot_loop(self) -> None:
         next_at = self._clock.monotonic()
         while True:
+            next_at += self.interval
+            await asyncio.sleep(max(0.0, next_at - self._clock.monotonic()))
             try:
                 self.snapshot()
             except Exception:  # a broken collector must not stop remote write
                 log.exception("remote write: snapshot of the registry failed")
-            next_at += self.interval
-            await asyncio.sleep(max(0.0, next_at - self._clock.monotonic()))
 
     async def _send_loop(self) -> None:
         while True:
@@ -385,6 +392,9 @@ class RemoteWriter:
             self._in_flight = 1
             try:
                 await self._deliver(item)
+            except asyncio.CancelledError:
+                self._drop(item, "shutdown")
+                raise
             finally:
                 self._in_flight = 0
 

@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import rules_scenario
 import yaml
-from promserver import PROMTOOL, ROOT, RULE_FILES
+
+from tests.prometheus import rules_scenario
+from tests.prometheus.promserver import PROMTOOL, ROOT, RULE_FILES
 
 pytestmark = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not found (apt-get install prometheus)"

@@ -1,0 +1,324 @@
+"""probemesh.collector.remote_write: encoding, delivery, and real Prometheus receivers.
+
+The unit tests post to a real aiohttp receiver on loopback. The end-to-end tests
+start Prometheus with --web.enable-remote-write-receiver and the shipped rules,
+and two real collectors (CLI processes, --remote-write-url) with disjoint agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from probemesh.collector.remote_write import (
+    HEADERS,
+    RemoteWriter,
+    decode_request,
+    series_from_registry,
+)
+from probemesh.errors import ConfigError
+from tests.prometheus.mesh import Mesh, Targets
+from tests.prometheus.promserver import (
+    MISSING_REASON,
+    PROMETHEUS,
+    RULE_FILES,
+    Prometheus,
+    free_port,
+    run_prometheus,
+)
+
+
+def labels_of(ts: object) -> dict[str, str]:
+    return {label.name: label.value for label in ts.labels}  # type: ignore[attr-defined]
+
+
+class Receiver:
+    """A remote-write receiver on loopback that answers with scripted statuses."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((dict(request.headers), body))
+        status = self.statuses.pop(0) if self.statuses else 204
+        return web.Response(status=status, text="" if status < 300 else "nope")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/write"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rx = Receiver()
+    app = web.Application()
+    app.router.add_post("/api/v1/write", rx.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    rx.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield rx
+    finally:
+        await runner.cleanup()
+
+
+def sample_registry() -> tuple[CollectorRegistry, Gauge]:
+    registry = CollectorRegistry()
+    results = Counter(
+        "probemesh_probe_results",
+        "results",
+        ["check", "agent", "country", "result"],
+        registry=registry,
+    )
+    results.labels("web", "de-1", "DE", "success").inc(3)
+    gauge = Gauge("probe_success", "ok", ["check", "agent", "country", "region"], registry=registry)
+    gauge.labels("web", "de-1", "DE", "").set(1)
+    gauge.labels("web", "us-1", "US", "us-east").set(0)
+    hist = Histogram(
+        "probemesh_probe_duration_seconds", "d", ["check"], buckets=[0.1, 1], registry=registry
+    )
+    hist.labels("web").observe(0.05)
+    return registry, gauge
+
+
+def test_snapshot_labels_names_and_external_labels() -> None:
+    registry, _ = sample_registry()
+    series, metadata = series_from_registry(registry, {"collector": "eu-1", "country": "XX"})
+    by_name: dict[str, list[dict[str, str]]] = {}
+    for key in series:
+        assert list(key) == sorted(key), "labels must be sorted by name"
+        labels = dict(key)
+        by_name.setdefault(labels["__name__"], []).append(labels)
+    assert not [n for n in by_name if n.endswith("_created")]
+    assert by_name["probemesh_probe_results_total"] == [
+        {
+            "__name__": "probemesh_probe_results_total",
+            "check": "web",
+            "agent": "de-1",
+            "country": "DE",  # the series' own label wins over the external one
+            "result": "success",
+            "collector": "eu-1",
+        }
+    ]
+    # An empty label value means "no label".
+    de = next(s for s in by_name["probe_success"] if s["agent"] == "de-1")
+    assert "region" not in de
+    assert {s["le"] for s in by_name["probemesh_probe_duration_seconds_bucket"]} == {
+        "0.1",
+        "1.0",
+        "+Inf",
+    }
+    types = {m.metric_family_name: m.type for m in metadata}
+    assert types["probemesh_probe_results_total"] == 1  # COUNTER
+    assert types["probe_success"] == 2  # GAUGE
+    assert types["probemesh_probe_duration_seconds"] == 3  # HISTOGRAM
+
+
+async def test_posts_snappy_protobuf_with_standard_headers(receiver: Receiver) -> None:
+    registry, _ = sample_registry()
+    writer = RemoteWriter(registry, receiver.url, interval=0.05, external_labels={"collector": "a"})
+    await writer.start()
+    try:
+        for _ in range(100):
+            if writer.stats.sent_requests >= 2:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await writer.stop()
+    assert writer.stats.sent_requests >= 2
+    headers, body = receiver.requests[0]
+    for name, value in HEADERS.items():
+        assert headers[name] == value
+    request = decode_request(body)
+    names = {labels_of(ts)["__name__"] for ts in request.timeseries}
+    assert {"probe_success", "probemesh_probe_results_total"} <= names
+    assert all(labels_of(ts)["collector"] == "a" for ts in request.timeseries)
+    stamps = [decode_request(b).timeseries[0].samples[0].timestamp for _, b in receiver.requests]
+    assert stamps == sorted(set(stamps)), "snapshot timestamps must strictly increase"
+
+
+async def test_vanished_series_get_a_stale_marker(receiver: Receiver) -> None:
+    registry, gauge = sample_registry()
+    writer = RemoteWriter(registry, receiver.url, interval=3600)
+    await writer.start()  # first snapshot at once
+    gauge.remove("web", "us-1", "US", "us-east")
+    await writer.stop()  # last snapshot on stop
+    last = decode_request(receiver.requests[-1][1])
+    stale = [ts for ts in last.timeseries if labels_of(ts).get("agent") == "us-1"]
+    assert len(stale) == 1
+    value = stale[0].samples[0].value
+    assert math.isnan(value)
+    assert struct.pack("<d", value) == struct.pack("<Q", 0x7FF0000000000002)
+
+
+async def test_retries_5xx_and_429_then_delivers(receiver: Receiver) -> None:
+    receiver.statuses = [500, 503, 429]
+    registry, _ = sample_registry()
+    writer = RemoteWriter(registry, receiver.url, interval=3600, min_backoff=0.01)
+    await writer.start()
+    await writer.stop()
+    assert writer.stats.retries == 3
+    assert writer.stats.sent_requests == 2  # the start and stop snapshots
+    assert sum(writer.stats.dropped_requests.values()) == 0
+    assert len(receiver.requests) == 5
+
+
+async def test_drops_4xx_with_a_counter(receiver: Receiver) -> None:
+    receiver.statuses = [400]
+    registry, _ = sample_registry()
+    metrics = CollectorRegistry()
+    writer = RemoteWriter(registry, receiver.url, interval=3600, metrics_registry=metrics)
+    await writer.start()
+    await writer.stop()
+    assert writer.stats.dropped_requests["rejected"] == 1
+    assert writer.stats.sent_requests == 1
+    dropped = metrics.get_sample_value(
+        "probemesh_remote_write_dropped_requests_total", {"reason": "rejected"}
+    )
+    assert dropped == 1
+    assert metrics.get_sample_value(
+        "probemesh_remote_write_dropped_samples_total", {"reason": "rejected"}
+    )
+
+
+async def test_bounded_queue_drops_oldest_when_receiver_is_down() -> None:
+    registry, _ = sample_registry()
+    url = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nothing listens there
+    writer = RemoteWriter(
+        registry,
+        url,
+        interval=3600,
+        max_pending=3,
+        min_backoff=0.01,
+        max_backoff=0.02,
+        stop_timeout=0.2,
+    )
+    await writer.start()
+    for _ in range(10):
+        writer.snapshot()
+    assert writer.pending == 3
+    await asyncio.sleep(0.1)
+    assert writer.stats.retries > 0
+    await writer.stop()
+    dropped = writer.stats.dropped_requests
+    # 12 snapshots (start, 10, stop), 3 pending at most: every one is accounted for.
+    assert dropped["queue_full"] == 9
+    assert dropped["shutdown"] == 3 and writer.pending == 0
+    assert writer.stats.sent_requests == 0
+
+
+def test_bad_settings_are_config_errors() -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(ConfigError, match="http"):
+        RemoteWriter(registry, "ftp://x")
+    with pytest.raises(ConfigError, match="label"):
+        RemoteWriter(registry, "http://127.0.0.1:1/", external_labels={"bad-name": "x"})
+
+
+# --- end to end: two collectors remote-writing into one Prometheus -----------------------
+
+CHECKS = """
+modules:
+  http_2xx: {{prober: http, timeout: 1s}}
+checks:
+  - {{name: site-up, target: "{http}/ok", module: http_2xx, interval: 1s}}
+  - {{name: site-down, target: "{http}/fail", module: http_2xx, interval: 1s}}
+  - {{name: mixed, target: "{http}/mixed", module: http_2xx, interval: 1s}}
+"""
+
+
+@pytest.fixture(scope="module")
+def remote_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, Mesh]]:
+    if PROMETHEUS is None:
+        pytest.skip(MISSING_REASON)
+    root = tmp_path_factory.mktemp("remote-write")
+    # de-2 (source 127.0.0.3, on collector c2) fails "mixed"; everyone else succeeds.
+    targets = Targets(root, failing_sources={"127.0.0.3"})
+    mesh = Mesh(root)
+    try:
+        with run_prometheus(
+            root / "prometheus", rule_files=RULE_FILES, remote_write_receiver=True
+        ) as prom:
+            write = f"{prom.url}/api/v1/write"
+            checks = CHECKS.format(http=targets.http_url)
+            for name, agents in (
+                ("c1", [("de-1", "DE", "127.0.0.2"), ("us-1", "US", "127.0.0.4")]),
+                ("c2", [("de-2", "DE", "127.0.0.3"), ("us-2", "US", "127.0.0.5")]),
+            ):
+                collector = mesh.collector(
+                    name,
+                    checks,
+                    "--remote-write-url", write,
+                    "--remote-write-interval", "1s",
+                    "--external-label", f"collector={name}",
+                )  # fmt: skip
+                for agent_id, country, source in agents:
+                    mesh.agent(collector, agent_id, country, "--source-address", source)
+            yield prom, mesh
+    finally:
+        mesh.close()
+        targets.close()
+
+
+def test_collector_remote_writes_probe_series(remote_mesh: tuple[Prometheus, Mesh]) -> None:
+    prom, mesh = remote_mesh
+    try:
+        got = prom.wait_for('probe_success{check="site-up",agent="de-1"}', timeout=45)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{mesh.logs()}") from None
+    labels = got[0]["metric"]
+    assert labels["collector"] == "c1"
+    assert labels["country"] == "DE"
+    assert labels["target"].endswith("/ok")
+    assert "instance" not in labels and "job" not in labels
+    assert got[0]["value"][1] == "1"
+    down = prom.wait_for('probe_success{check="site-down",agent="us-2"}')
+    assert down[0]["metric"]["collector"] == "c2"
+    assert down[0]["value"][1] == "0"
+    prom.wait_for('probemesh_probe_results_total{check="site-down",result="failure"}', count=4)
+    prom.wait_for('probemesh_agent_connected{collector="c2"} == 1', count=2)
+    prom.wait_for("probemesh_remote_write_samples_total > 0", count=2)
+
+
+def test_two_collectors_give_per_country_verdicts(remote_mesh: tuple[Prometheus, Mesh]) -> None:
+    """DE has one failing agent on c2 and one healthy on c1: degraded, ratio ~0.5.
+
+    Each collector alone would say DE is fully up (c1) or fully down (c2); only
+    the rules' aggregation across both gives the right answer. The values are
+    polled until they settle (rates need a few samples after start-up).
+    """
+    prom, mesh = remote_mesh
+
+    def settles(expr: str, count: int = 1) -> None:
+        try:
+            prom.wait_for(expr, timeout=60, count=count)
+        except AssertionError as exc:
+            name = expr.split("{")[0]
+            raise AssertionError(f"{exc}\nnow: {prom.query(name)}\n{mesh.logs()}") from None
+
+    settles('check_country:probemesh_agents_reporting:count{check="mixed"} == 2', count=2)
+    mixed = 'check="mixed"'
+    settles(
+        f'check_country:probemesh_probe_success:ratio_rate5m{{{mixed},country="DE"}} > 0.3 < 0.7'
+    )
+    settles(f'check_country:probemesh_probe_success:ratio_rate5m{{{mixed},country="US"}} == 1')
+    settles(f'check_country:probemesh_country_state:level{{{mixed},country="DE"}} == 1')
+    settles(f'check_country:probemesh_country_state:level{{{mixed},country="US"}} == 0')
+    settles(f"check:probemesh_outage_scope:level{{{mixed}}} == 0")
+    # Failing everywhere, from both collectors: a global outage.
+    settles('check:probemesh_countries_down:count{check="site-down"} == 2')
+    settles('check:probemesh_outage_scope:level{check="site-down"} == 2')
+    settles('check:probemesh_probe_success:ratio_rate5m{check="site-up"} == 1')
+    # Nobody is flagged: de-2 fails one check of three.
+    assert prom.query("probemesh_agent_local_problem == 1") == []
