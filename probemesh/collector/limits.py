@@ -23,8 +23,10 @@ class SecurityLimits:
     # Bucket size: results an agent may send at once after being quiet.
     rate_burst: float = 20_000.0
     # A batch that overdraws the bucket by at most this many seconds of refill
-    # is delayed (backpressure) instead of refused.
-    rate_max_delay: float = 1.0
+    # is delayed (backpressure) instead of refused. 0 (the default) refuses at
+    # once: delaying would shape a flood to the rate forever without the
+    # sender ever hearing RESOURCE_EXHAUSTED.
+    rate_max_delay: float = 0.0
     # Exported probe series (label sets) per agent and over all agents.
     max_series_per_agent: int = 10_000
     max_series: int = 200_000
@@ -37,10 +39,11 @@ class SecurityLimits:
 class TokenBucket:
     """Classic token bucket in results per second; may run into short debt.
 
-    take(n) never refuses a batch outright because it is larger than the
-    bucket: a batch that fits within ``max_delay`` seconds of refill is
-    admitted and the caller waits out the debt, so an honest agent replaying a
-    backlog is slowed down, not cut off.
+    A batch that does not fit is refused, unless it fits within ``max_delay``
+    seconds of refill: then it is admitted and the caller waits out the debt.
+    The collector refuses with RESOURCE_EXHAUSTED; the agent keeps the
+    results on disk, backs off and replays them, and the bucket refills
+    meanwhile (docs/security.md).
     """
 
     __slots__ = ("burst", "clock", "rate", "stamp", "tokens")
