@@ -127,7 +127,7 @@ class CollectorLink:
             address = self.collectors[index % len(self.collectors)]
             welcomed = False
             try:
-                await self._session(address, stop)
+                await self._session_until_stop(address, stop)
             except grpc.aio.AioRpcError as exc:
                 level = logging.ERROR if exc.code() in _FATALISH else logging.WARNING
                 log.log(level, "collector %s: %s: %s", address, exc.code().name, exc.details())
@@ -153,6 +153,23 @@ class CollectorLink:
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+
+    async def _session_until_stop(self, address: str, stop: asyncio.Event) -> None:
+        """Run a session; on stop, a connected one drains, a handshake is abandoned."""
+        task = asyncio.create_task(self._session(address, stop))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and not self.connected.is_set():
+                task.cancel()  # stopping while (re)connecting: nothing is in flight
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.result()  # re-raise what ended the session
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         keepalive_ms = int(self.settings.keepalive * 1000)

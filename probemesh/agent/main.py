@@ -53,7 +53,9 @@ class Agent:
         self.pending: list[tuple[float, bytes]] = []
         self.new_results = asyncio.Event()
         env = ProbeEnv(options.source_address, AddressPolicy(options.allow_private_targets))
-        self.scheduler = Scheduler(env, self._on_result, options.min_interval, options.max_concurrency)
+        self.scheduler = Scheduler(
+            env, self._on_result, options.min_interval, options.max_concurrency
+        )
         self.link = CollectorLink(
             options.collectors,
             options.identity,
@@ -99,12 +101,17 @@ class Agent:
             app.router.add_get("/metrics", metrics_handler(self.registry))
             runner = await start_site(app, self.options.metrics_listen)
         flusher = asyncio.create_task(self._flush_loop())
-        link_task = asyncio.create_task(self.link.run(stop))
+        # The link gets its own stop, set only after the last flush: told to stop
+        # at the same time, it could find the queue empty and leave before the
+        # final results reached the disk, so they would wait for the next start.
+        link_stop = asyncio.Event()
+        link_task = asyncio.create_task(self.link.run(link_stop))
         try:
             await stop.wait()
             await self.scheduler.stop()
             flusher.cancel()
             self.flush()
+            link_stop.set()
             await link_task  # the link drains in-flight results before returning
         finally:
             for task in (flusher, link_task):
