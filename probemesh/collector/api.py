@@ -4,8 +4,9 @@
   agents, up, ratio and state (DESIGN.md contract; ``reason``/``detail`` and
   ``excluded`` are additive extras).
 - ``GET /api/v1/incidents[?active=true]``: newest first.
-- ``GET /api/v1/status``: the three views above plus the agents in one
-  document; the status page polls it.
+- ``GET /api/v1/status[?after=N]``: the three views above plus the agents in
+  one document. With ``after``, it waits (up to 5 s) for an evaluation newer
+  than N: the status page long-polls it and so shows each evaluation at once.
 - ``GET /`` and ``/static/*``: the status page, served from the package.
 """
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 STATIC_DIR = Path(__file__).parent / "static"
 _NO_CACHE = {"Cache-Control": "no-store"}
+LONG_POLL_SECONDS = 5.0
 
 
 def reachability_json(snapshot: Snapshot) -> dict[str, Any]:
@@ -83,8 +85,14 @@ def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: Mesh
             return web.json_response({"error": "active must be true or false"}, status=400)
         return web.json_response({"incidents": _incidents(request)}, headers=_NO_CACHE)
 
-    async def status(_request: web.Request) -> web.Response:
+    async def status(request: web.Request) -> web.Response:
+        after = request.query.get("after", "")
+        if after:
+            if not after.isdigit():
+                return web.json_response({"error": "after must be an integer"}, status=400)
+            await monitor.wait_after(int(after), LONG_POLL_SECONDS)
         body = reachability_json(monitor.snapshot)
+        body["evaluation"] = monitor.evaluations
         active = monitor.book.incidents(active_only=True)
         recent = [i for i in monitor.book.incidents() if not i.active][:10]
         body["incidents"] = [i.to_json() for i in active + recent]

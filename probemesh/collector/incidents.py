@@ -19,6 +19,7 @@ the incidents and exports ``probemesh_outage`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -360,6 +361,7 @@ class OutageMonitor:
         self.classifier = Classifier()
         self.snapshot = Snapshot(0.0)
         self.evaluations = 0
+        self._tick = asyncio.Event()  # set (and replaced) after every evaluation
 
     def evaluate(self) -> list[Incident]:
         """One evaluation: classify, flag local problems, update incidents."""
@@ -379,10 +381,29 @@ class OutageMonitor:
                 agent.local_problem = flagged
         self.snapshot = snapshot
         self.evaluations += 1
-        return self.book.update(snapshot, checks)
+        dirty = self.book.update(snapshot, checks)
+        self._wake()
+        return dirty
+
+    def _wake(self) -> None:
+        tick, self._tick = self._tick, asyncio.Event()
+        tick.set()
+
+    async def wait_after(self, evaluation: int, seconds: float) -> None:
+        """Return once an evaluation newer than ``evaluation`` exists (or on timeout)."""
+        if self.evaluations > evaluation:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._tick.wait(), seconds)
 
     async def run(self) -> None:
         """Evaluate every ``outage.evaluate_every`` seconds until cancelled."""
+        try:
+            await self._loop()
+        finally:
+            self._wake()  # release long-polling status pages so HTTP shutdown is quick
+
+    async def _loop(self) -> None:
         while True:
             try:
                 dirty = self.evaluate()

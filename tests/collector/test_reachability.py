@@ -8,7 +8,14 @@ from prometheus_client import CollectorRegistry
 from probemesh.collector.reachability import failure_detail
 from probemesh.collector.state import AgentInfo
 from probemesh.errors import ConfigError
-from tests.collector.mesh_script import COUNTRIES, INTERVAL, ScriptedMesh, build_checks, result
+from tests.collector.mesh_script import (
+    COUNTRIES,
+    INTERVAL,
+    ScriptedMesh,
+    apply,
+    build_checks,
+    result,
+)
 
 
 def test_flapping_agent_is_damped() -> None:
@@ -169,8 +176,8 @@ def test_degraded_when_a_minority_of_agents_fail() -> None:
         mesh.now = ts
         for agent in mesh.state.agents.values():
             mode = "500" if agent.agent_id == "a-us" else ""
-            mesh.state.apply(agent, result("web", ts - 0.5, mode), True)
-            mesh.state.apply(agent, result("tcp", ts - 0.5, ""), False)
+            apply(mesh.state, agent, result("web", ts - 0.5, mode))
+            apply(mesh.state, agent, result("tcp", ts - 0.5, ""))
         mesh.monitor.evaluate()
     us = next(c for c in mesh.view().countries if c.country == "US")
     assert (us.state, us.agents, us.up) == ("degraded", 3, 2)

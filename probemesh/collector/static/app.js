@@ -199,16 +199,25 @@ function render(data) {
   $("updated").textContent = data.generated_at ? hms(data.generated_at) + " UTC" : "never";
 }
 
+// Long poll: the collector answers as soon as an evaluation newer than ours exists.
+let evaluation = -1;
 async function poll() {
+  let delay = 0;
   try {
-    const resp = await fetch("/api/v1/status", { cache: "no-store" });
+    const query = evaluation >= 0 ? `?after=${evaluation}` : "";
+    const resp = await fetch(`/api/v1/status${query}`, { cache: "no-store" });
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
-    render(await resp.json());
+    const data = await resp.json();
+    if (data.evaluation === evaluation) delay = POLL_MS;  // nothing new: do not spin
+    evaluation = data.evaluation;
+    render(data);
     $("conn").textContent = "live";
   } catch (err) {
     $("conn").textContent = `collector unreachable (${err.message}); retrying`;
+    evaluation = -1;
+    delay = POLL_MS;
   } finally {
-    setTimeout(poll, POLL_MS);
+    setTimeout(poll, delay);
   }
 }
 
