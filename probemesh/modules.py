@@ -424,7 +424,7 @@ def parse_module(name: str, raw: object) -> Module:
     if not isinstance(raw, dict):
         raise ModuleError(f"{where}: expected a mapping")
     prober = raw.get("prober")
-    if prober not in PROBER_SETTINGS:
+    if not isinstance(prober, str) or prober not in PROBER_SETTINGS:
         known = ", ".join(sorted(PROBER_SETTINGS))
         raise ModuleError(f"{where}.prober: unknown prober {prober!r} (known: {known})")
     section, cls = PROBER_SETTINGS[prober]
@@ -458,7 +458,7 @@ def parse_module(name: str, raw: object) -> Module:
 
 def settings_from_json(prober: str, text: str) -> Any:
     """Rebuild a prober's settings from Check.settings_json (agent side)."""
-    if prober not in PROBER_SETTINGS:
+    if not isinstance(prober, str) or prober not in PROBER_SETTINGS:
         raise ModuleError(f"unsupported prober {prober!r}")
     section, cls = PROBER_SETTINGS[prober]
     try:

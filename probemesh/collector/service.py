@@ -132,6 +132,11 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         except (TimeoutError, StopAsyncIteration):
             self.rejected["protocol"] += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message")
+        except grpc.aio.AioRpcError:
+            raise
+        except Exception as exc:  # bytes that do not parse: no traceback per hostile stream
+            self.rejected["protocol"] += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read Hello: {type(exc).__name__}")
         if first.WhichOneof("payload") != "hello":
             self.rejected["protocol"] += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message")

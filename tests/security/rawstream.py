@@ -32,18 +32,27 @@ class Outcome:
 
 
 def hello(agent_id: str, country: str, **extra: object) -> bytes:
-    return pb.AgentMessage(hello=pb.Hello(agent_id=agent_id, country=country, **extra)).SerializeToString()  # type: ignore[arg-type]
+    return pb.AgentMessage(
+        hello=pb.Hello(agent_id=agent_id, country=country, **extra)
+    ).SerializeToString()  # type: ignore[arg-type]
 
 
 def batch(first_seq: int, results: list[pb.Result]) -> bytes:
     message = pb.AgentMessage(
-        results=pb.ResultBatch(first_seq=first_seq, last_seq=first_seq + len(results) - 1, results=results)
+        results=pb.ResultBatch(
+            first_seq=first_seq, last_seq=first_seq + len(results) - 1, results=results
+        )
     )
     return message.SerializeToString()
 
 
 def result(check: str, **fields: object) -> pb.Result:
-    base: dict[str, object] = {"check": check, "timestamp": time.time(), "success": True, "duration_seconds": 0.01}
+    base: dict[str, object] = {
+        "check": check,
+        "timestamp": time.time(),
+        "success": True,
+        "duration_seconds": 0.01,
+    }
     base.update(fields)
     return pb.Result(**base)  # type: ignore[arg-type]
 

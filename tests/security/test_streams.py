@@ -31,7 +31,12 @@ def test_missing_token_is_unauthenticated(limited_mesh: Mesh) -> None:
 def test_wrong_tokens_are_unauthenticated(limited_mesh: Mesh) -> None:
     real = limited_mesh.token("wrong1", "BR")
     token_id = real.split("_")[1]
-    for bad in ("garbage", "pm_x_y", f"pm_{token_id}_not-the-secret", real[:-1] + ("A" if real[-1] != "A" else "B")):
+    for bad in (
+        "garbage",
+        "pm_x_y",
+        f"pm_{token_id}_not-the-secret",
+        real[:-1] + ("A" if real[-1] != "A" else "B"),
+    ):
         out = raw.connect(_target(limited_mesh), [raw.hello("wrong1", "BR")], token=bad)
         assert out.code == grpc.StatusCode.UNAUTHENTICATED, (bad, out)
         assert out.messages == [], "nothing may be sent before authentication"
@@ -52,12 +57,16 @@ def test_revoked_token_is_refused_and_live_stream_cut(limited_mesh: Mesh) -> Non
     token = mesh.token("rev1", "BR")
     agent = mesh.start_agent("rev1", "BR", token=token)
     wait_for(
-        lambda: total(mesh.metrics(), "probemesh_agent_connected", agent="rev1") == 1, 20, "rev1 connected"
+        lambda: total(mesh.metrics(), "probemesh_agent_connected", agent="rev1") == 1,
+        20,
+        "rev1 connected",
     )
     run_cli("token", "revoke", "--data-dir", str(mesh.data_dir), "rev1")
     # The housekeeping loop runs every second: the live stream must end within seconds.
     wait_for(
-        lambda: total(mesh.metrics(), "probemesh_agent_connected", agent="rev1") == 0, 5, "revoked stream cut"
+        lambda: total(mesh.metrics(), "probemesh_agent_connected", agent="rev1") == 0,
+        5,
+        "revoked stream cut",
     )
     wait_for(lambda: "UNAUTHENTICATED" in agent.log(), 10, "agent logs UNAUTHENTICATED")
     out = raw.connect(_target(mesh), [raw.hello("rev1", "BR")], token=token)
@@ -75,11 +84,17 @@ def test_second_stream_replaces_first(limited_mesh: Mesh) -> None:
     first: list[raw.Outcome] = []
     thread = threading.Thread(
         target=lambda: first.append(
-            raw.connect(_target(limited_mesh), [raw.hello("dup1", "BR")], token=token, linger=4, timeout=8)
+            raw.connect(
+                _target(limited_mesh), [raw.hello("dup1", "BR")], token=token, linger=4, timeout=8
+            )
         )
     )
     thread.start()
-    wait_for(lambda: total(limited_mesh.metrics(), "probemesh_agent_connected", agent="dup1") == 1, 5, "dup1")
+    wait_for(
+        lambda: total(limited_mesh.metrics(), "probemesh_agent_connected", agent="dup1") == 1,
+        5,
+        "dup1",
+    )
     second = raw.connect(_target(limited_mesh), [raw.hello("dup1", "BR")], token=token)
     thread.join(10)
     assert first and first[0].code == grpc.StatusCode.ABORTED, first
@@ -90,7 +105,9 @@ def test_second_stream_replaces_first(limited_mesh: Mesh) -> None:
 def test_never_assigned_and_invalid_results_are_rejected(limited_mesh: Mesh) -> None:
     mesh = limited_mesh
     token = mesh.token("val1", "BR")
-    before = {r: _rejected(mesh, r) for r in ("unknown_check", "invalid_value", "invalid_timestamp")}
+    before = {
+        r: _rejected(mesh, r) for r in ("unknown_check", "invalid_value", "invalid_timestamp")
+    }
     bad = [
         raw.result("not-a-check"),
         raw.result("c00", duration_seconds=float("nan")),
@@ -101,7 +118,9 @@ def test_never_assigned_and_invalid_results_are_rejected(limited_mesh: Mesh) -> 
         raw.result("c00", success=False, reason=99),
     ]
     out = raw.connect(_target(mesh), [raw.hello("val1", "BR"), raw.batch(1, bad)], token=token)
-    assert out.code == grpc.StatusCode.OK and "ack" in out.kinds(), "a batch of bad results is still acked"
+    assert out.code == grpc.StatusCode.OK and "ack" in out.kinds(), (
+        "a batch of bad results is still acked"
+    )
     after = {r: _rejected(mesh, r) for r in before}
     assert after["unknown_check"] - before["unknown_check"] == 1
     assert after["invalid_value"] - before["invalid_value"] == 4
@@ -122,7 +141,9 @@ def test_batch_and_message_size_limits(limited_mesh: Mesh) -> None:
     assert _rejected(mesh, "message_too_large") == before + 1
     huge = raw.batch(1, [raw.result("c00", success=False, reason=8, message="x" * 200_000)])
     out = raw.connect(_target(mesh), [raw.hello("size1", "BR"), huge], token=token)
-    assert out.code == grpc.StatusCode.RESOURCE_EXHAUSTED, "gRPC core cuts messages over twice the limit"
+    assert out.code == grpc.StatusCode.RESOURCE_EXHAUSTED, (
+        "gRPC core cuts messages over twice the limit"
+    )
 
 
 def test_rate_limit_answers_resource_exhausted(limited_mesh: Mesh) -> None:
@@ -141,13 +162,18 @@ def test_rate_limit_answers_resource_exhausted(limited_mesh: Mesh) -> None:
     # 20,000 burst + about 1,000/s refill for the few seconds the flood lasted;
     # batches admitted before the refusal are still applied (asynchronously).
     applied = wait_for(
-        lambda: (n := total(mesh.metrics(), "probemesh_probe_results_total", agent="flood1")) >= 20_000 and n,
+        lambda: (
+            (n := total(mesh.metrics(), "probemesh_probe_results_total", agent="flood1")) >= 20_000
+            and n
+        ),
         10,
         "admitted batches applied",
     )
     assert isinstance(applied, float) and applied <= 27_000, applied
     # The bucket is per agent and survives reconnecting: a new stream is still limited.
-    again = raw.connect(_target(mesh), [raw.hello("flood1", "BR"), *batches[30:]], token=token, timeout=20)
+    again = raw.connect(
+        _target(mesh), [raw.hello("flood1", "BR"), *batches[30:]], token=token, timeout=20
+    )
     assert again.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -174,7 +200,9 @@ def test_cardinality_attack_is_refused(limited_mesh: Mesh) -> None:
     page = http_get(mesh.metrics_url)
     assert "attack-" not in page and "probe_custom_" not in page and 'phase="p' not in page
     samples = mesh.metrics()
-    exported = sum(1 for (n, lab), _ in samples.items() if n == "probe_success" and ("agent", "card1") in lab)
+    exported = sum(
+        1 for (n, lab), _ in samples.items() if n == "probe_success" and ("agent", "card1") in lab
+    )
     # --max-series-per-agent 40: each check costs 2 series (success, duration) here.
     assert exported == 20, exported
     assert _rejected(mesh, "cardinality") - before_card == 2 * (N_CHECKS - 20)

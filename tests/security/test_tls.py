@@ -59,7 +59,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-def _tls_mesh(tmp_path_factory: pytest.TempPathFactory, pki: Pki, *extra: str, expired: bool = False) -> Mesh:
+def _tls_mesh(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki, *extra: str, expired: bool = False
+) -> Mesh:
     mesh = Mesh(tmp_path_factory.mktemp("tls"), checks_yaml(2))
     cert, key = pki.expired if expired else pki.server
     mesh.start_collector("--tls-cert", str(cert), "--tls-key", str(key), *extra)
@@ -105,7 +107,9 @@ def test_good_ca_connects(tls_mesh: Mesh, pki: Pki) -> None:
 
 def test_wrong_ca_is_refused(tls_mesh: Mesh, pki: Pki) -> None:
     agent = tls_mesh.start_agent("tls-wrongca", "BR", *_tls_args(pki.other_ca_path))
-    _refused(tls_mesh, agent, "tls-wrongca", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+    _refused(
+        tls_mesh, agent, "tls-wrongca", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed"
+    )
 
 
 def test_plaintext_client_is_refused(tls_mesh: Mesh) -> None:
@@ -113,11 +117,20 @@ def test_plaintext_client_is_refused(tls_mesh: Mesh) -> None:
     _refused(tls_mesh, agent, "tls-plain", "UNAVAILABLE")
 
 
-def test_expired_server_certificate_is_refused(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> None:
+def test_expired_server_certificate_is_refused(
+    tmp_path_factory: pytest.TempPathFactory, pki: Pki
+) -> None:
     mesh = _tls_mesh(tmp_path_factory, pki, expired=True)
     try:
         agent = mesh.start_agent("tls-expired", "BR", *_tls_args(pki.ca_path))
-        _refused(mesh, agent, "tls-expired", "CERTIFICATE_VERIFY_FAILED", "certificate has expired", "expired")
+        _refused(
+            mesh,
+            agent,
+            "tls-expired",
+            "CERTIFICATE_VERIFY_FAILED",
+            "certificate has expired",
+            "expired",
+        )
     finally:
         mesh.stop()
 
@@ -131,7 +144,9 @@ def test_mtls_certificate_must_name_the_agent(mtls_mesh: Mesh, pki: Pki) -> None
     _refused(mtls_mesh, thief, "mtls-b", "PERMISSION_DENIED")
     assert "client certificate does not name agent 'mtls-b'" in thief.log()
     _refused(mtls_mesh, nocert, "mtls-c", "UNAVAILABLE")
-    assert total(mtls_mesh.metrics(), "probemesh_ingest_rejected_total", reason="cert_identity") >= 1
+    assert (
+        total(mtls_mesh.metrics(), "probemesh_ingest_rejected_total", reason="cert_identity") >= 1
+    )
     good.stop()
 
 
@@ -145,7 +160,10 @@ def _handshake(port: int, version: ssl.TLSVersion) -> str:
         ctx.minimum_version = version
         ctx.maximum_version = version
     ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, ctx.wrap_socket(sock) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+        ctx.wrap_socket(sock) as tls,
+    ):
         return tls.version() or ""
 
 
