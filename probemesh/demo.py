@@ -19,14 +19,13 @@ from pathlib import Path
 
 import yaml
 from aiohttp import web
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from probemesh.agent.link import Identity, LinkSettings
 from probemesh.agent.main import Agent, AgentOptions
 from probemesh.collector.main import CollectorApp, CollectorOptions
-from probemesh.collector.state import REASON_NAMES
 from probemesh.httpserver import start_site
 
 COUNTRIES = ("BR", "PH", "UG", "DE", "ZA", "LT", "US", "JP")
@@ -75,26 +74,22 @@ class DemoTarget:
         return web.Response(text="social home: ok\n")
 
 
-def reachability_table(app: CollectorApp, urls: list[str], elapsed: float) -> Table:
-    """Per-country view of the demo check from the collector's latest results."""
-    table = Table(title=f"probemesh demo - social-home - {elapsed:5.0f}s", caption="  ".join(urls))
-    for column in ("country", "agents up", "state", "reason", "latency"):
+def reachability_table(app: CollectorApp, urls: list[str], elapsed: float) -> Group:
+    """Per-country view of the demo check from the collector's outage model, plus incidents."""
+    view = app.outage.snapshot.checks.get("social-home")
+    state = view.state if view else "unknown"
+    title = f"probemesh demo - social-home ({state}) - {elapsed:5.0f}s"
+    table = Table(title=title, caption="  ".join(urls))
+    for column in ("country", "agents up", "state", "reason", "ratio"):
         table.add_column(column)
-    for cc in COUNTRIES:
-        rows = [v for (check, _), v in app.state.latest.items() if check == "social-home" and v.country == cc]
-        up = sum(1 for v in rows if v.result.success)
-        if not rows:
-            state, style = "unknown", "dim"
-        elif up == len(rows):
-            state, style = "up", "green"
-        elif up:
-            state, style = "degraded", "yellow"
-        else:
-            state, style = "down", "bold red"
-        reasons = {REASON_NAMES[v.result.reason] for v in rows if not v.result.success}
-        latency = max((v.result.duration_seconds for v in rows), default=0.0)
-        table.add_row(cc, f"{up}/{len(rows)}", f"[{style}]{state}[/]", ",".join(sorted(reasons)), f"{latency * 1000:.0f} ms")
-    return table
+    styles = {"up": "green", "degraded": "yellow", "down": "bold red", "unknown": "dim"}
+    for c in view.countries if view else ():
+        ratio = "-" if c.ratio is None else f"{c.ratio:.0%}"
+        styled = f"[{styles[c.state]}]{c.state}[/]"
+        table.add_row(c.country, f"{c.up}/{c.agents}", styled, c.detail, ratio)
+    incidents = app.outage.book.incidents()[:3]
+    lines = [f"{'OPEN ' if i.active else 'closed'} #{i.id} {i.summary()}" for i in incidents]
+    return Group(table, *(lines or ["no incidents"]))
 
 
 async def run_demo(options: DemoOptions) -> None:
