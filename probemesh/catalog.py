@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-HTTP_PHASES = frozenset({"resolve", "connect", "tls", "processing", "transfer"})
+HTTP_PHASE_ORDER = ("resolve", "connect", "tls", "processing", "transfer")
+HTTP_PHASES = frozenset(HTTP_PHASE_ORDER)
+HTTP_PHASE_METRIC = "probe_http_duration_seconds"
 DNS_PHASES = frozenset({"resolve", "connect", "request"})
 ICMP_PHASES = frozenset({"resolve", "setup", "rtt"})
 GRPC_PHASES = frozenset({"resolve", "check"})

@@ -20,7 +20,7 @@ from probemesh.strict import build
 from probemesh.targets import target_host
 from probemesh.v1 import mesh_pb2 as pb
 
-MIN_INTERVAL = 1.0
+MIN_INTERVAL = 0.1  # agents enforce their own floor (--min-interval, default 5s)
 DEFAULT_INTERVAL = 30.0
 _CHECK_FIELDS = {"name", "target", "module", "interval", "countries", "agents"}
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from probemesh.agent.probes import PROBERS
+from probemesh.catalog import HTTP_PHASE_METRIC, HTTP_PHASE_ORDER
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.probes.result import ProbeResult, Reason, failure_from_exception
 from probemesh.errors import ConfigError
@@ -81,6 +82,9 @@ async def run_probe(prepared: PreparedCheck, env: ProbeEnv) -> pb.Result:
 def to_proto(check: pb.Check, started: float, duration: float, result: ProbeResult) -> pb.Result:
     """Build the wire Result for one probe."""
     success = result.success and result.reason is None
+    phases = {
+        labels.get("phase"): value for name, labels, value in result.samples if name == HTTP_PHASE_METRIC
+    }
     return pb.Result(
         check=check.name,
         target=check.target,
@@ -90,4 +94,5 @@ def to_proto(check: pb.Check, started: float, duration: float, result: ProbeResu
         reason=pb.FAILURE_REASON_UNSPECIFIED if success else _REASON_TO_PB[result.reason or Reason.OTHER],
         message="" if success else result.message[:512],
         samples=[pb.Sample(name=n, labels=labels, value=v) for n, labels, v in result.samples],
+        http_phase_seconds=[phases.get(p, 0.0) for p in HTTP_PHASE_ORDER] if phases else [],
     )

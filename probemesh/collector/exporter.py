@@ -145,7 +145,7 @@ class MeshExporter(Collector):
         )
         checks = self.checks().checks
         refused = self.guard.refused
-        for key, value in self.state.counters.items():
+        for key, value in self.state.counters():
             if key[1] not in checks or (refused and (key[1], key[2]) in refused):
                 continue
             (results if key[0] == "results" else failures).add_metric(list(key[1:]), value)

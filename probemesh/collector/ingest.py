@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from probemesh.collector.marks import AppliedSeqs
@@ -51,12 +50,10 @@ class Ingest:
         self,
         state: MeshState,
         store: Store,
-        is_http: Callable[[str], bool],
         limits: IngestLimits | None = None,
     ) -> None:
         self.state = state
         self.store = store
-        self.is_http = is_http
         self.limits = limits or IngestLimits()
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(self.limits.queue_batches)
         self.marks = {agent: AppliedSeqs(mark, ranges) for agent, (mark, ranges) in store.load_marks().items()}
@@ -110,16 +107,15 @@ class Ingest:
             self._apply_batch(item)
             touched.add(item.session.agent.agent_id)
         touched |= self._dirty_marks
-        counters, histograms = self.state.take_dirty()
+        dirty = self.state.take_dirty()
         # Snapshot the ranges: the commit runs in a thread while the loop goes on.
         marks = [(a, self.marks[a].mark, [list(r) for r in self.marks[a].ranges]) for a in touched]
         try:
-            await asyncio.to_thread(self.store.commit_applied, marks, counters, histograms)
+            await asyncio.to_thread(self.store.commit_applied, marks, dirty.counters, dirty.histograms)
         except BaseException:
             # Not durable, so not acked; keep the keys dirty so the next commit
             # writes them (resent batches are deduped by the in-memory marks).
-            self.state.dirty_counters.update(key for key, _ in counters)
-            self.state.dirty_histograms.update(key for key, _ in histograms)
+            self.state.requeue(dirty)
             self._dirty_marks.update(touched)
             raise
         self._dirty_marks.clear()
@@ -140,7 +136,6 @@ class Ingest:
         seqs.raise_floor(batch.floor_seq)
         self.batches_total += 1
         allowed = agent.ever_assigned
-        is_http = self.is_http
         apply = self.state.apply
         horizon = time.time() + MAX_FUTURE_SKEW
         whole_batch_new = batch.first_seq > seqs.mark and not seqs.ranges
@@ -152,7 +147,7 @@ class Ingest:
             if problem:
                 self.rejected[problem] += 1
                 continue
-            apply(agent, result, is_http(result.check))
+            apply(agent, result)
             self.results_total += 1
         seqs.add(batch.first_seq, batch.last_seq)
 

@@ -15,12 +15,14 @@ from prometheus_client import CollectorRegistry
 from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.http import build_http_app
+from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
+from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.remote_write import RemoteWriter
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
-from probemesh.collector.state import Histogram, MeshState
+from probemesh.collector.state import MeshState
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
 from probemesh.errors import ConfigError, ProbemeshError
@@ -45,6 +47,8 @@ class CollectorOptions:
     series_ttl: float = 900.0
     max_message_bytes: int = 4 * 1024 * 1024
     limits: IngestLimits = field(default_factory=IngestLimits)
+    security: SecurityLimits = field(default_factory=SecurityLimits)
+    http_auth: HttpAuth = field(default_factory=HttpAuth)
     remote_write_url: str | None = None
     remote_write_interval: float = 15.0
     external_labels: dict[str, str] = field(default_factory=dict)
@@ -60,9 +64,8 @@ class CollectorApp:
         self.store = Store(options.data_dir)
         self.tokens = TokenStore(self.store.db)
         self.state = MeshState()
-        self.state.counters.update(self.store.load_counters())
-        self.state.histograms.update({k: Histogram(v) for k, v in self.store.load_histograms().items()})
-        self.ingest = Ingest(self.state, self.store, self._is_http, options.limits)
+        self.state.restore(self.store.load_counters(), self.store.load_histograms())
+        self.ingest = Ingest(self.state, self.store, options.limits)
         self.sessions = SessionRegistry()
         self.service = ProbeMeshService(
             self.state, self.ingest, self.tokens, self.sessions, lambda: self.checks_file, lambda: self.revision
@@ -72,6 +75,8 @@ class CollectorApp:
             self.state, self.ingest, lambda: self.checks_file, lambda: len(self.sessions),
             extra=[self.outage.metric_families],
         )
+        self.service.configure(options.security, options.max_message_bytes)
+        self.exporter.configure(options.security)
         self.registry = CollectorRegistry()
         self.registry.register(self.exporter)
         self.remote_writer: RemoteWriter | None = None
@@ -86,10 +91,6 @@ class CollectorApp:
         self.ready = False
         self.grpc_port = 0
         self.http_app = build_http_app(self)
-
-    def _is_http(self, check: str) -> bool:
-        spec = self.checks_file.checks.get(check)
-        return spec is not None and spec.module.prober == "http"
 
     def reload(self) -> bool:
         """Re-read the checks file; keep the old one if the new one is invalid."""

@@ -8,11 +8,11 @@ the "latest" result per check x agent only moves forward in probe time.
 from __future__ import annotations
 
 import bisect
-import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from probemesh.catalog import HTTP_PHASES
+from probemesh.catalog import HTTP_PHASE_ORDER
 from probemesh.v1 import mesh_pb2 as pb
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -20,7 +20,7 @@ REASON_NAMES = {
     value: pb.FailureReason.Name(value).removeprefix("FAILURE_REASON_").lower()
     for value in pb.FailureReason.values()
 }
-_PHASE_METRIC = "probe_http_duration_seconds"
+CounterKey = tuple[str, ...]
 
 
 @dataclass
@@ -62,6 +62,41 @@ class Histogram:
         return [*self.counts, self.total]
 
 
+class Tally:
+    """Counters of one check on one agent, with its country's histograms.
+
+    One object per check x agent keeps the per-result work on the ingest hot
+    path to a single dict lookup; the exporter and the store see flat keys.
+    """
+
+    __slots__ = ("agent", "check", "country", "failure", "hist_keys", "hists", "reasons", "success")
+
+    def __init__(self, check: str, agent: str, country: str, state: MeshState) -> None:
+        self.check, self.agent, self.country = check, agent, country
+        self.success = 0
+        self.failure = 0
+        self.reasons: dict[str, int] = {}
+        self.hist_keys: list[CounterKey] = [("duration", check, country)]
+        if ("phase", check, country, HTTP_PHASE_ORDER[0]) in state.histograms:
+            self.add_phases(state)
+        self.hists = [state.histogram(key) for key in self.hist_keys]
+
+    def add_phases(self, state: MeshState) -> None:
+        """HTTP checks also get one histogram per phase (created on first use)."""
+        country = self.country
+        self.hist_keys[1:] = [("phase", self.check, country, phase) for phase in HTTP_PHASE_ORDER]
+        self.hists = [state.histogram(key) for key in self.hist_keys]
+
+    def counters(self) -> Iterator[tuple[CounterKey, int]]:
+        base = (self.check, self.agent, self.country)
+        if self.success:
+            yield ("results", *base, "success"), self.success
+        if self.failure:
+            yield ("results", *base, "failure"), self.failure
+        for reason, count in self.reasons.items():
+            yield ("failures", *base, reason), count
+
+
 @dataclass
 class Latest:
     """The newest result of one check on one agent."""
@@ -73,63 +108,98 @@ class Latest:
     samples: list[tuple[str, tuple[tuple[str, str], ...], float]] | None = None
 
 
+@dataclass
+class DirtySnapshot:
+    """What changed since the last commit, as the store writes it."""
+
+    tallies: set[Tally]
+    counters: list[tuple[CounterKey, int]]
+    histograms: list[tuple[CounterKey, list[float]]]
+
+
 class MeshState:
-    """Everything the exporter and API read, keyed by plain tuples."""
+    """Everything the exporter and API read."""
 
     def __init__(self) -> None:
         self.agents: dict[str, AgentInfo] = {}
         self.latest: dict[tuple[str, str], Latest] = {}
-        # ("results", check, agent, country, "success"|"failure") and
-        # ("failures", check, agent, country, reason) -> count
-        self.counters: dict[tuple[str, ...], int] = {}
+        self.tallies: dict[tuple[str, str], Tally] = {}
         # ("duration", check, country) and ("phase", check, country, phase)
-        self.histograms: dict[tuple[str, ...], Histogram] = {}
-        self.dirty_counters: set[tuple[str, ...]] = set()
-        self.dirty_histograms: set[tuple[str, ...]] = set()
+        self.histograms: dict[CounterKey, Histogram] = {}
+        self.dirty: set[Tally] = set()
 
-    def apply(self, agent: AgentInfo, result: pb.Result, is_http: bool) -> None:
+    def histogram(self, key: CounterKey) -> Histogram:
+        hist = self.histograms.get(key)
+        if hist is None:
+            hist = self.histograms[key] = Histogram()
+        return hist
+
+    def restore(self, counters: dict[CounterKey, int], histograms: dict[CounterKey, list[float]]) -> None:
+        """Load persisted counters and histograms at start-up."""
+        for key, state in histograms.items():
+            self.histograms[key] = Histogram(state)
+        for key, value in counters.items():
+            kind, check, agent, country, label = key
+            tally = self._tally(check, agent, country)
+            if kind == "failures":
+                tally.reasons[label] = value
+            elif label == "success":
+                tally.success = value
+            else:
+                tally.failure = value
+
+    def _tally(self, check: str, agent: str, country: str) -> Tally:
+        tally = self.tallies.get((check, agent))
+        if tally is None:
+            tally = self.tallies[(check, agent)] = Tally(check, agent, country, self)
+        return tally
+
+    def apply(self, agent: AgentInfo, result: pb.Result) -> None:
         """Count one validated, not-yet-applied result and maybe make it the latest."""
         check = result.check
-        country = agent.country
-        success = result.success
-        key = ("results", check, agent.agent_id, country, "success" if success else "failure")
-        self.counters[key] = self.counters.get(key, 0) + 1
-        self.dirty_counters.add(key)
-        if not success:
-            fkey = ("failures", check, agent.agent_id, country, REASON_NAMES[result.reason])
-            self.counters[fkey] = self.counters.get(fkey, 0) + 1
-            self.dirty_counters.add(fkey)
-        hkey = ("duration", check, country)
-        hist = self.histograms.get(hkey)
-        if hist is None:
-            hist = self.histograms[hkey] = Histogram()
-        hist.observe(result.duration_seconds)
-        self.dirty_histograms.add(hkey)
-        if is_http and success:
-            for sample in result.samples:
-                if sample.name == _PHASE_METRIC:
-                    phase = sample.labels.get("phase", "")
-                    if phase in HTTP_PHASES and math.isfinite(sample.value) and sample.value >= 0:
-                        pkey = ("phase", check, country, phase)
-                        phist = self.histograms.get(pkey)
-                        if phist is None:
-                            phist = self.histograms[pkey] = Histogram()
-                        phist.observe(sample.value)
-                        self.dirty_histograms.add(pkey)
-        lkey = (check, agent.agent_id)
-        current = self.latest.get(lkey)
-        if current is None or result.timestamp >= current.result.timestamp:
-            self.latest[lkey] = Latest(result, country, agent.region)
-        if result.timestamp > agent.last_seen:
-            agent.last_seen = min(result.timestamp, time.time())
+        agent_id = agent.agent_id
+        tally = self.tallies.get((check, agent_id)) or self._tally(check, agent_id, agent.country)
+        hists = tally.hists
+        if result.success:
+            tally.success += 1
+            phases = result.http_phase_seconds
+            if phases:
+                if len(hists) == 1:
+                    tally.add_phases(self)
+                    hists = tally.hists
+                for hist, seconds in zip(hists[1:], phases, strict=False):
+                    if seconds >= 0:  # NaN and negatives compare False: never histogrammed
+                        hist.observe(seconds)
+        else:
+            tally.failure += 1
+            reason = REASON_NAMES[result.reason]
+            tally.reasons[reason] = tally.reasons.get(reason, 0) + 1
+        hists[0].observe(result.duration_seconds)
+        self.dirty.add(tally)
+        timestamp = result.timestamp
+        current = self.latest.get((check, agent_id))
+        if current is None:
+            self.latest[(check, agent_id)] = Latest(result, agent.country, agent.region)
+        elif timestamp >= current.result.timestamp:
+            current.result, current.region, current.samples = result, agent.region, None
+        if timestamp > agent.last_seen:
+            agent.last_seen = min(timestamp, time.time())
 
-    def take_dirty(self) -> tuple[list[tuple[tuple[str, ...], int]], list[tuple[tuple[str, ...], list[float]]]]:
+    def counters(self) -> Iterator[tuple[CounterKey, int]]:
+        """Every counter as (("results"|"failures", check, agent, country, label), value)."""
+        for tally in self.tallies.values():
+            yield from tally.counters()
+
+    def take_dirty(self) -> DirtySnapshot:
         """Counters and histograms changed since the last call, for persisting."""
-        counters = [(key, self.counters[key]) for key in self.dirty_counters]
-        histograms = [(key, self.histograms[key].state()) for key in self.dirty_histograms]
-        self.dirty_counters.clear()
-        self.dirty_histograms.clear()
-        return counters, histograms
+        tallies, self.dirty = self.dirty, set()
+        counters = [item for tally in tallies for item in tally.counters()]
+        keys = {key: hist for tally in tallies for key, hist in zip(tally.hist_keys, tally.hists, strict=True)}
+        return DirtySnapshot(tallies, counters, [(key, hist.state()) for key, hist in keys.items()])
+
+    def requeue(self, snapshot: DirtySnapshot) -> None:
+        """A commit failed: write these again with the next one."""
+        self.dirty |= snapshot.tallies
 
     def forget_checks(self, keep: set[str]) -> None:
         """Drop latest results of checks that are no longer configured."""

@@ -121,7 +121,7 @@ class ResultBatch(_message.Message):
     def __init__(self, first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ..., floor_seq: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("check", "target", "timestamp", "success", "duration_seconds", "reason", "message", "samples")
+    __slots__ = ("check", "target", "timestamp", "success", "duration_seconds", "reason", "message", "samples", "http_phase_seconds")
     CHECK_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class Result(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     check: str
     target: str
     timestamp: float
@@ -138,7 +139,8 @@ class Result(_message.Message):
     reason: FailureReason
     message: str
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
-    def __init__(self, check: _Optional[str] = ..., target: _Optional[str] = ..., timestamp: _Optional[float] = ..., success: _Optional[bool] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
+    http_phase_seconds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, check: _Optional[str] = ..., target: _Optional[str] = ..., timestamp: _Optional[float] = ..., success: _Optional[bool] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., http_phase_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("name", "labels", "value")
