@@ -17,7 +17,8 @@ def checks_yaml(n: int = N_CHECKS, interval: str = "30s") -> str:
     lines = ["modules:", "  tcp_connect: {prober: tcp, timeout: 1s}", "checks:"]
     for i in range(n):
         lines.append(
-            f"  - {{name: c{i:02d}, target: '127.0.0.1:9', module: tcp_connect, interval: {interval}}}"
+            f"  - {{name: c{i:02d}, target: '127.0.0.1:9', module: tcp_connect, "
+            f"interval: {interval}}}"
         )
     return "\n".join(lines) + "\n"
 

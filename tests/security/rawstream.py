@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -31,10 +32,9 @@ class Outcome:
         return [c.name for m in self.messages if m.HasField("checks") for c in m.checks.checks]
 
 
-def hello(agent_id: str, country: str, **extra: object) -> bytes:
-    return pb.AgentMessage(
-        hello=pb.Hello(agent_id=agent_id, country=country, **extra)
-    ).SerializeToString()  # type: ignore[arg-type]
+def hello(agent_id: str, country: str, **extra: Any) -> bytes:
+    message = pb.AgentMessage(hello=pb.Hello(agent_id=agent_id, country=country, **extra))
+    return message.SerializeToString()
 
 
 def batch(first_seq: int, results: list[pb.Result]) -> bytes:

@@ -142,12 +142,15 @@ def test_hostile_hellos(fuzz_mesh: tuple[Mesh, str]) -> None:
 
 _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
-    st.sampled_from(["http", "tcp", "dns", "icmp", "tls", "grpc", "5s", "-1s", "0s", "1e9s", "BR", "xx", "http_2xx"]),
+    st.sampled_from(["http", "tcp", "dns", "icmp", "tls", "grpc", "5s", "-1s", "0s", "1e9s", "BR",
+                     "xx", "http_2xx"]),
 )  # fmt: skip
 _keys = st.one_of(
     st.sampled_from([
-        "modules", "checks", "name", "target", "module", "interval", "countries", "agents", "prober",
-        "timeout", "http", "tcp", "dns", "valid_status_codes", "preferred_ip_protocol", "query_name",
+        "modules", "checks", "name", "target", "module", "interval", "countries", "agents",
+        "prober",
+        "timeout", "http", "tcp", "dns", "valid_status_codes", "preferred_ip_protocol",
+        "query_name",
         "fail_if_body_matches_regexp", "tls_config", "headers", "method", "outage",
     ]),
     st.text(max_size=10),

@@ -118,7 +118,8 @@ def test_end_to_end_in_isolated_namespace(tmp_path: Path) -> None:
         ).stdout
         assert routes.strip() == "", f"namespace must have no routes, has: {routes}"
         proc = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.security.ssrf_scenario", str(tmp_path)],
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.security.ssrf_scenario",
+             str(tmp_path)],
             capture_output=True, text=True, timeout=90, cwd=ROOT,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -187,7 +187,8 @@ def test_cardinality_attack_is_refused(limited_mesh: Mesh) -> None:
     labelled = [
         raw.result(
             f"c{i % N_CHECKS:02d}",
-            samples=[{"name": "probe_http_duration_seconds", "labels": {"phase": f"p{i}"}, "value": 1.0},
+            samples=[{"name": "probe_http_duration_seconds", "labels": {"phase": f"p{i}"},
+                      "value": 1.0},
                      {"name": f"probe_custom_{i}", "value": 1.0}],
         )
         for i in range(10_000)
