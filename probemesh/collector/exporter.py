@@ -22,10 +22,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from probemesh.catalog import PROBE_METRICS
-from probemesh.checks import ChecksFile
+from probemesh.checks import CheckSpec, ChecksFile
+from probemesh.collector import exposition
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import SecurityLimits, SeriesGuard
-from probemesh.collector.state import DURATION_BUCKETS, Latest, MeshState
+from probemesh.collector.state import DURATION_BUCKETS, Latest, MeshState, Tally
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
 _BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
@@ -50,6 +51,8 @@ class MeshExporter(Collector):
         self.extra = list(extra)
         self.last_render_seconds = 0.0
         self.rejected_samples: Counter[str] = Counter()
+        # (name, labels) -> admitted by the catalog; the same few keys recur in every result
+        self._verdicts: dict[tuple[str, tuple[tuple[str, str], ...]], bool] = {}
         self.configure(limits or SecurityLimits())
 
     def configure(self, limits: SecurityLimits) -> None:
@@ -58,15 +61,83 @@ class MeshExporter(Collector):
         self.guard = SeriesGuard(limits, self.ingest.rejected)
 
     def collect(self) -> Iterator[Metric]:
-        started = time.perf_counter()
+        """Every family as Metric objects (remote write, tests)."""
         yield from self._probe_families()
         yield from self._counter_families()
+        yield from self.collect_rest()
+
+    def collect_rest(self) -> Iterator[Metric]:
+        """The families that are few series: histograms, agents, outages, self."""
         yield from self._histogram_families()
         yield from self._agent_families()
         for source in self.extra:
             yield from source()
         yield from self._self_families()
+
+    def render_bulk(self) -> str:
+        """Probe gauges and result counters as exposition text, from cached lines."""
+        started = time.perf_counter()
+        chunks: list[dict[str, str]] = []
+        for pair, latest, spec, _ in self._admitted():
+            chunks.append(latest.lines or self._render_latest(pair, latest, spec))
+        for tally in self._exported_tallies():
+            if tally.lines is None:
+                tally.lines = exposition.tally_lines(tally)
+            chunks.append(tally.lines)
+        text = exposition.join(chunks)
         self.last_render_seconds = time.perf_counter() - started
+        return text
+
+    def _render_latest(self, pair: tuple[str, str], latest: Latest, spec: CheckSpec) -> dict[str, str]:
+        self._validated(latest)
+        base = (
+            f'check="{pair[0]}",target="{exposition.escape(spec.target)}",agent="{pair[1]}",'
+            f'country="{latest.country}",region="{exposition.escape(latest.region)}"'
+        )
+        latest.lines = exposition.latest_lines(latest, base)
+        return latest.lines
+
+    def prerender(self) -> int:
+        """Render what changed since the last call, so a scrape mostly joins cached text.
+
+        Run between scrapes (the collector calls it every half second): the CPU
+        is the same, but a scrape of a large mesh no longer waits for it.
+        """
+        state = self.state
+        checks = self.checks().checks
+        keys, state.unrendered = state.unrendered, set()
+        for pair in keys:
+            latest = state.latest.get(pair)
+            spec = checks.get(pair[0])
+            if latest is not None and spec is not None and latest.lines is None:
+                self._render_latest(pair, latest, spec)
+        tallies, state.unrendered_tallies = state.unrendered_tallies, set()
+        for tally in tallies:
+            if tally.lines is None:
+                tally.lines = exposition.tally_lines(tally)
+        return len(keys) + len(tallies)
+
+    def _admitted(self) -> Iterator[tuple[tuple[str, str], Latest, CheckSpec, list[tuple[str, tuple[tuple[str, str], ...], float]]]]:
+        """Latest results of configured checks that the series guard admits."""
+        checks = self.checks().checks
+        guard = self.guard
+        live: set[tuple[str, str]] = set()
+        for pair, latest in self.state.latest.items():
+            spec = checks.get(pair[0])
+            if spec is None:
+                continue
+            live.add(pair)
+            samples = self._validated(latest)
+            if guard.admit(pair, 2 + len(samples)):
+                yield pair, latest, spec, samples
+        guard.retain(live)
+
+    def _exported_tallies(self) -> Iterator[Tally]:
+        checks = self.checks().checks
+        refused = self.guard.refused
+        for pair, tally in self.state.tallies.items():
+            if pair[0] in checks and not (refused and pair in refused):
+                yield tally
 
     def _validated(self, latest: Latest) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
         """The latest result's samples the catalog admits; computed once per result.
@@ -75,49 +146,45 @@ class MeshExporter(Collector):
         spoil the whole exposition) and samples beyond max_samples are dropped
         as "cardinality".
         """
-        if latest.samples is None:
-            kept: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
-            seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-            rejected = self.ingest.rejected
-            for sample in latest.result.samples:
-                spec = PROBE_METRICS.get(sample.name)
-                labels = dict(sample.labels)
-                if spec is None or not math.isfinite(sample.value) or not spec.labels_ok(labels):
-                    rejected["invalid_sample"] += 1
-                    continue
-                key = (sample.name, tuple(sorted(labels.items())))
-                if key in seen:
-                    rejected["duplicate_sample"] += 1
-                    continue
-                if len(kept) >= self.max_samples:
-                    rejected["cardinality"] += 1
-                    continue
-                seen.add(key)
-                kept.append((key[0], key[1], sample.value))
-            latest.samples = kept
-        return latest.samples
-
+        if latest.samples is not None:
+            return latest.samples
+        kept: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        rejected = self.ingest.rejected
+        verdicts = self._verdicts
+        for sample in latest.result.samples:
+            name = sample.name
+            labels = tuple(sorted(sample.labels.items())) if sample.labels else ()
+            key = (name, labels)
+            ok = verdicts.get(key)
+            if ok is None:
+                spec = PROBE_METRICS.get(name)
+                ok = spec is not None and spec.labels_ok(dict(labels))
+                if len(verdicts) < 100_000:  # bounded: hostile label values are not cached forever
+                    verdicts[key] = ok
+            value = sample.value
+            if not ok or not math.isfinite(value):
+                rejected["invalid_sample"] += 1
+                continue
+            if key in seen:
+                rejected["duplicate_sample"] += 1
+                continue
+            if len(kept) >= self.max_samples:
+                rejected["cardinality"] += 1
+                continue
+            seen.add(key)
+            kept.append((name, labels, value))
+        latest.samples = kept
+        return kept
     def _probe_families(self) -> Iterator[Metric]:
-        checks = self.checks().checks
-        success = GaugeMetricFamily("probe_success", "Displays whether or not the probe was a success", labels=BASE_LABELS)
-        duration = GaugeMetricFamily(
-            "probe_duration_seconds", "Returns how long the probe took to complete in seconds", labels=BASE_LABELS
-        )
+        headers = exposition.HEADERS
+        success = GaugeMetricFamily(exposition.SUCCESS, headers[exposition.SUCCESS][1], labels=BASE_LABELS)
+        duration = GaugeMetricFamily(exposition.DURATION, headers[exposition.DURATION][1], labels=BASE_LABELS)
         families: dict[str, GaugeMetricFamily] = {}
-        guard = self.guard
-        live: set[tuple[str, str]] = set()
-        for pair, latest in self.state.latest.items():
-            check, agent = pair
-            spec = checks.get(check)
-            if spec is None:
-                continue
-            live.add(pair)
-            samples = self._validated(latest)
-            if not guard.admit(pair, 2 + len(samples)):
-                continue
+        for (check, agent), latest, spec, samples in self._admitted():
             base = [check, spec.target, agent, latest.country, latest.region]
             result = latest.result
-            success.add_metric(base, 1.0 if result.success else 0.0, timestamp=None)
+            success.add_metric(base, 1.0 if result.success else 0.0)
             duration.add_metric(base, result.duration_seconds)
             for name, labels, value in samples:
                 family = families.get(name)
@@ -127,28 +194,25 @@ class MeshExporter(Collector):
                         name, PROBE_METRICS[name].help, labels=BASE_LABELS + keys
                     )
                 family.add_metric(base + [v for _, v in labels], value)
-        guard.retain(live)
         yield success
         yield duration
         yield from families.values()
 
     def _counter_families(self) -> Iterator[Metric]:
+        headers = exposition.HEADERS
         results = CounterMetricFamily(
             "probemesh_probe_results",
-            "Probe results applied, by outcome; counts every result exactly once, late ones included",
+            headers[exposition.RESULTS][1],
             labels=["check", "agent", "country", "result"],
         )
         failures = CounterMetricFamily(
             "probemesh_probe_failures",
-            "Failed probe results by failure reason",
+            headers[exposition.FAILURES][1],
             labels=["check", "agent", "country", "reason"],
         )
-        checks = self.checks().checks
-        refused = self.guard.refused
-        for key, value in self.state.counters():
-            if key[1] not in checks or (refused and (key[1], key[2]) in refused):
-                continue
-            (results if key[0] == "results" else failures).add_metric(list(key[1:]), value)
+        for tally in self._exported_tallies():
+            for key, value in tally.counters():
+                (results if key[0] == "results" else failures).add_metric(list(key[1:]), value)
         yield results
         yield failures
 
@@ -228,3 +292,13 @@ class MeshExporter(Collector):
             "Time the previous /metrics render took",
             value=self.last_render_seconds,
         )
+
+
+class RestView(Collector):
+    """The exporter's small families only; /metrics renders the bulk ones itself."""
+
+    def __init__(self, exporter: MeshExporter) -> None:
+        self.exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        return self.exporter.collect_rest()

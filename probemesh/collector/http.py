@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from probemesh.collector.api import add_outage_routes
+from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.httpauth import auth_middleware
-from probemesh.httpserver import metrics_handler
+from probemesh.httpserver import Handler
 from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -42,9 +45,21 @@ def build_http_app(app: CollectorApp) -> web.Application:
         ]
         return web.json_response({"agents": rows})
 
-    http.router.add_get("/metrics", metrics_handler(app.registry))
+    http.router.add_get("/metrics", collector_metrics(app.exporter))
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)
     http.router.add_get("/api/v1/agents", agents)
     add_outage_routes(http, app.outage, app.state)
     return http
+
+
+def collector_metrics(exporter: MeshExporter) -> Handler:
+    """/metrics: the bulk families from cached text, the rest through prometheus_client."""
+    rest = CollectorRegistry(auto_describe=False)
+    rest.register(RestView(exporter))
+
+    async def handle(_request: web.Request) -> web.Response:
+        body = exporter.render_bulk().encode() + generate_latest(rest)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handle

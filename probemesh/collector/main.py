@@ -160,9 +160,10 @@ class CollectorApp:
             log.info("collector stopped")
 
     async def _housekeeping(self) -> None:
-        """Cut revoked tokens' streams and expire agents gone for longer than the TTL."""
+        """Cut revoked tokens' streams, expire gone agents, pre-render changed series."""
         while True:
             await asyncio.sleep(1.0)
+            self.exporter.prerender()
             live = {s.token_id for s in self.sessions.by_agent.values()}
             revoked = {t for t in live if not self.tokens.is_active(t)}
             if revoked:

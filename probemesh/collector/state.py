@@ -69,13 +69,14 @@ class Tally:
     path to a single dict lookup; the exporter and the store see flat keys.
     """
 
-    __slots__ = ("agent", "check", "country", "failure", "hist_keys", "hists", "reasons", "success")
+    __slots__ = ("agent", "check", "country", "failure", "hist_keys", "hists", "lines", "reasons", "success")
 
     def __init__(self, check: str, agent: str, country: str, state: MeshState) -> None:
         self.check, self.agent, self.country = check, agent, country
         self.success = 0
         self.failure = 0
         self.reasons: dict[str, int] = {}
+        self.lines: dict[str, str] | None = None  # exposition cache, reset on change
         self.hist_keys: list[CounterKey] = [("duration", check, country)]
         if ("phase", check, country, HTTP_PHASE_ORDER[0]) in state.histograms:
             self.add_phases(state)
@@ -106,6 +107,8 @@ class Latest:
     region: str
     # Catalog-validated (name, label items, value) triples, filled on first export.
     samples: list[tuple[str, tuple[tuple[str, str], ...], float]] | None = None
+    # Rendered exposition lines per family; reset whenever result changes.
+    lines: dict[str, str] | None = None
 
 
 @dataclass
@@ -127,6 +130,9 @@ class MeshState:
         # ("duration", check, country) and ("phase", check, country, phase)
         self.histograms: dict[CounterKey, Histogram] = {}
         self.dirty: set[Tally] = set()
+        # Changed since their exposition lines were last rendered (see MeshExporter.prerender).
+        self.unrendered: set[tuple[str, str]] = set()
+        self.unrendered_tallies: set[Tally] = set()
 
     def histogram(self, key: CounterKey) -> Histogram:
         hist = self.histograms.get(key)
@@ -160,6 +166,7 @@ class MeshState:
         agent_id = agent.agent_id
         tally = self.tallies.get((check, agent_id)) or self._tally(check, agent_id, agent.country)
         hists = tally.hists
+        tally.lines = None
         if result.success:
             tally.success += 1
             phases = result.http_phase_seconds
@@ -176,12 +183,16 @@ class MeshState:
             tally.reasons[reason] = tally.reasons.get(reason, 0) + 1
         hists[0].observe(result.duration_seconds)
         self.dirty.add(tally)
+        self.unrendered_tallies.add(tally)
         timestamp = result.timestamp
-        current = self.latest.get((check, agent_id))
+        key = (check, agent_id)
+        current = self.latest.get(key)
         if current is None:
-            self.latest[(check, agent_id)] = Latest(result, agent.country, agent.region)
-        elif timestamp >= current.result.timestamp:
-            current.result, current.region, current.samples = result, agent.region, None
+            self.latest[key] = Latest(result, agent.country, agent.region)
+            self.unrendered.add(key)
+        elif timestamp >= current.result.timestamp:  # "latest" only moves forward in time
+            current.result, current.region, current.samples, current.lines = result, agent.region, None, None
+            self.unrendered.add(key)
         if timestamp > agent.last_seen:
             agent.last_seen = min(timestamp, time.time())
 
@@ -202,9 +213,14 @@ class MeshState:
         self.dirty |= snapshot.tallies
 
     def forget_checks(self, keep: set[str]) -> None:
-        """Drop latest results of checks that are no longer configured."""
+        """Drop latest results of checks that are no longer configured.
+
+        Rendered lines embed the check's target, which a reload may change.
+        """
         for key in [k for k in self.latest if k[0] not in keep]:
             del self.latest[key]
+        for latest in self.latest.values():
+            latest.lines = None
 
     def forget_agent(self, agent_id: str) -> None:
         """Drop the gauges of an agent gone longer than the TTL.

@@ -1,0 +1,106 @@
+"""Cost of rendering /metrics for a large mesh (default 1,000 agents x 100 checks).
+
+Builds the collector's real state and exporter in-process with HTTP-like
+results (the samples an HTTP probe really emits), then times the text
+exposition: a cold render (every result new since the last scrape) and a
+steady-state render where half the results changed since the previous scrape
+(checks every 30 s, Prometheus scraping every 15 s).
+
+    .venv/bin/python bench/scrape.py --agents 1000 --checks 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from probemesh.checks import parse_checks  # noqa: E402
+from probemesh.collector.exporter import MeshExporter, RestView  # noqa: E402
+from probemesh.collector.ingest import Ingest  # noqa: E402
+from probemesh.collector.state import AgentInfo, MeshState  # noqa: E402
+from probemesh.collector.store import Store  # noqa: E402
+from probemesh.v1 import mesh_pb2 as pb  # noqa: E402
+
+PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+
+
+def http_result(check: str, ts: float) -> pb.Result:
+    samples = [
+        pb.Sample(name="probe_http_duration_seconds", labels={"phase": p}, value=0.01)
+        for p in PHASES
+    ]
+    for name, value in (
+        ("probe_http_status_code", 200), ("probe_http_content_length", 5120),
+        ("probe_http_uncompressed_body_length", 5120), ("probe_http_redirects", 0), ("probe_http_ssl", 1),
+        ("probe_http_version", 1.1), ("probe_dns_lookup_time_seconds", 0.002), ("probe_ip_protocol", 4),
+        ("probe_failed_due_to_regex", 0), ("probe_ssl_earliest_cert_expiry", 1.8e9),
+    ):  # fmt: skip
+        samples.append(pb.Sample(name=name, value=value))
+    samples.append(pb.Sample(name="probe_tls_version_info", labels={"version": "TLS 1.3"}, value=1))
+    return pb.Result(check=check, target="https://example.org/", timestamp=ts, success=True,
+                     duration_seconds=0.05, samples=samples, http_phase_seconds=[0.01] * 5)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--checks", type=int, default=100)
+    args = parser.parse_args()
+    checks = parse_checks(
+        {
+            "modules": {"http_2xx": {"prober": "http"}},
+            "checks": [
+                {"name": f"check-{i:03d}", "target": "https://example.org/", "module": "http_2xx"}
+                for i in range(args.checks)
+            ],
+        }
+    )
+    import tempfile
+
+    state = MeshState()
+    ingest = Ingest(state, Store(Path(tempfile.mkdtemp())))
+    exporter = MeshExporter(state, ingest, lambda: checks, lambda: args.agents)
+    rest = CollectorRegistry(auto_describe=False)
+    rest.register(RestView(exporter))
+    now = time.time()
+    agents = [
+        AgentInfo(f"agent-{i:04d}", "DE", region="eu", version="0.1.0") for i in range(args.agents)
+    ]
+    for agent in agents:
+        state.agents[agent.agent_id] = agent
+        for c in range(args.checks):
+            state.apply(agent, http_result(f"check-{c:03d}", now))
+    t0 = time.perf_counter()
+    body = exporter.render_bulk().encode()
+    cold = time.perf_counter() - t0
+    for agent in agents:  # half the results are newer at the next scrape
+        for c in range(0, args.checks, 2):
+            state.apply(agent, http_result(f"check-{c:03d}", now + 30))
+    t0 = time.perf_counter()
+    exporter.prerender()
+    prerender = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    exporter.render_bulk()
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generate_latest(rest)
+    rest_seconds = time.perf_counter() - t0
+    lines = body.count(b"\n")
+    print(f"agents={args.agents} checks={args.checks} series={args.agents * args.checks:,} lines={lines:,} "
+          f"bytes={len(body):,}")  # fmt: skip
+    print(f"probe gauges + counters: cold render {cold:.2f} s")
+    print(f"half the results changed: background pre-render {prerender:.2f} s, then the scrape {warm:.2f} s")
+    print(f"other families (histograms, agents, self): {rest_seconds:.2f} s")
+    print(f"steady-state /metrics response: {warm + rest_seconds:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
