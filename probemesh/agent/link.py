@@ -213,7 +213,17 @@ class CollectorLink:
                 session.idle_dead_after = max(
                     self.settings.dead_after, 3.0 * (welcome.heartbeat_interval_seconds or 10)
                 )
-                if welcome.acked_seq:
+                if welcome.acked_seq > self.queue.last_seq:
+                    # The collector remembers more than this agent ever produced:
+                    # the state dir was reset. Acking would delete fresh results.
+                    log.error(
+                        "collector %s has acked_seq=%d beyond this agent's last_seq=%d "
+                        "(state dir reset?); not deleting anything",
+                        address,
+                        welcome.acked_seq,
+                        self.queue.last_seq,
+                    )
+                elif welcome.acked_seq:
                     self.queue.ack(welcome.acked_seq)
                 self.current = address
                 self.connected.set()

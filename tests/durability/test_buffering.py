@@ -23,7 +23,11 @@ def test_overflow_drops_are_exactly_what_the_collector_never_saw(
     mesh: Mesh, start_agent: StartAgent, targets: tuple[str, str]
 ) -> None:
     """--queue-max-results 50 with the collector down: produced - collected == dropped."""
-    agent = start_agent("ag-small", "DE", "--queue-max-results", "50")  # no collector yet
+    mesh.start_collector()  # checks come from the collector: connect once first
+    agent = start_agent("ag-small", "DE", "--queue-max-results", "50")
+    wait_for(lambda: total(agent.metrics(), PRODUCED) > 0, 20, "the first results")
+    assert mesh.collector is not None
+    mesh.collector.kill()
     wait_for(lambda: total(agent.metrics(), DROPPED) > 100, 30, "the bounded queue to overflow")
     assert total(agent.metrics(), "probemesh_agent_queue_depth") <= 50
     mesh.start_collector()
@@ -78,8 +82,13 @@ def test_late_results_count_but_latest_only_moves_forward(
     target = f"127.0.0.1:{port}"
     mesh.checks_yaml = checks_yaml(target, target)
     mesh.collector_args = ["--max-batch-results", "20"]
+    mesh.start_collector()  # checks come from the collector: connect once first
     agent = start_agent("ag-late", "DE")
-    wait_for(lambda: total(agent.metrics(), PRODUCED) > 250, 30, "buffered failures")
+    wait_for(lambda: total(agent.metrics(), PRODUCED) > 0, 20, "the first results")
+    assert mesh.collector is not None
+    mesh.collector.kill()
+    before = total(agent.metrics(), PRODUCED)
+    wait_for(lambda: total(agent.metrics(), PRODUCED) > before + 250, 30, "buffered failures")
     sink = TcpSink(port=port)  # the target comes up: successes from now on
     try:
         time.sleep(1.0)
