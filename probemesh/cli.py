@@ -174,13 +174,13 @@ def cli() -> None:
      help="Forget the gauges of an agent disconnected for this long.")
 @opt("--max-message-bytes", type=click.IntRange(64 * 1024, 256 * 1024 * 1024), default=4 * 1024 * 1024,
      help="Largest gRPC message accepted from an agent; larger: RESOURCE_EXHAUSTED.")
-@opt("--rate-limit", type=click.FloatRange(min=0), default=2000.0,
+@opt("--rate-limit", type=click.FloatRange(min=0), default=20000.0,
      help="Results per second per agent (token bucket); above: RESOURCE_EXHAUSTED. 0 disables.")
-@opt("--rate-burst", type=click.FloatRange(min=1), default=20000.0,
+@opt("--rate-burst", type=click.FloatRange(min=1), default=200000.0,
      help="Results an agent may send at once after a quiet period; at least --max-batch-results.")
-@opt("--max-series-per-agent", type=click.IntRange(1, 10**8), default=10_000,
+@opt("--max-series-per-agent", type=click.IntRange(1, 10**8), default=50_000,
      help="Probe series (label sets) exported per agent; beyond: rejected{reason=cardinality}.")
-@opt("--max-series", type=click.IntRange(1, 10**9), default=200_000,
+@opt("--max-series", type=click.IntRange(1, 10**9), default=5_000_000,
      help="Probe series (label sets) exported over all agents.")
 @opt("--max-samples-per-result", type=click.IntRange(1, 10_000), default=64,
      help="Blackbox samples kept from one result.")

@@ -64,6 +64,24 @@ class Ingest:
         self.accepting = True
         self._dirty_marks: set[str] = set()  # agents whose mark a failed commit left unsaved
 
+    def reconcile(self, agent_id: str, last_seq: int) -> None:
+        """Forget the marks of an agent whose sequence restarted (its state dir was lost).
+
+        An agent never produced beyond its Hello's last_seq, so a mark above it
+        means the numbers restarted; keeping the mark would skip every new
+        result as a duplicate. The reset is written with the next commit.
+        """
+        seqs = self.marks.get(agent_id)
+        if seqs is None or (seqs.mark <= last_seq and not any(last > last_seq for _, last in seqs.ranges)):
+            return
+        log.warning(
+            "agent %s restarted its sequence numbers (last_seq %d, applied up to %d): "
+            "its state dir was reset; dedupe starts over",
+            agent_id, last_seq, seqs.mark,
+        )  # fmt: skip
+        self.marks[agent_id] = AppliedSeqs()
+        self._dirty_marks.add(agent_id)
+
     def mark_of(self, agent_id: str) -> int:
         seqs = self.marks.get(agent_id)
         return seqs.mark if seqs else 0

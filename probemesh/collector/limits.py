@@ -19,17 +19,17 @@ class SecurityLimits:
     """The security knobs of one collector; every field has a CLI flag."""
 
     # Results per second per agent (token bucket); 0 disables the limit.
-    rate_limit: float = 2_000.0
+    rate_limit: float = 20_000.0
     # Bucket size: results an agent may send at once after being quiet.
-    rate_burst: float = 20_000.0
+    rate_burst: float = 200_000.0
     # A batch that overdraws the bucket by at most this many seconds of refill
     # is delayed (backpressure) instead of refused. 0 (the default) refuses at
     # once: delaying would shape a flood to the rate forever without the
     # sender ever hearing RESOURCE_EXHAUSTED.
     rate_max_delay: float = 0.0
     # Exported probe series (label sets) per agent and over all agents.
-    max_series_per_agent: int = 10_000
-    max_series: int = 200_000
+    max_series_per_agent: int = 50_000
+    max_series: int = 5_000_000
     # Samples one result may carry; extra ones are dropped as "cardinality".
     max_samples_per_result: int = 64
     # With mTLS: the client certificate's CN or a SAN must equal the agent id.

@@ -65,7 +65,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         request_iterator: AsyncIterator[pb.AgentMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.CollectorMessage]:
-        token_id, agent = await self._admit(request_iterator, context)
+        token_id, agent, last_seq = await self._admit(request_iterator, context)
+        self.ingest.reconcile(agent.agent_id, last_seq)
         session = Session(agent, token_id)
         self.sessions.open(session)
         agent.connected = True
@@ -103,7 +104,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
 
     async def _admit(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext
-    ) -> tuple[str, AgentInfo]:
+    ) -> tuple[str, AgentInfo, int]:
         """Check the token and the Hello; abort with the right status otherwise."""
         metadata = dict(context.invocation_metadata() or ())
         header = str(metadata.get("authorization", ""))
@@ -160,7 +161,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             agent = self.state.agents[hello.agent_id] = AgentInfo(hello.agent_id, hello.country)
         agent.region, agent.city, agent.asn, agent.version = hello.region, hello.city, hello.asn, hello.version
         agent.last_seen = time.time()
-        return binding.token_id, agent
+        return binding.token_id, agent, hello.last_seq
 
     async def _within_rate(self, session: Session, n: int) -> bool:
         """Charge n results to the agent's bucket; wait out a small debt, end the stream on a large one."""

@@ -83,3 +83,19 @@ def test_random_batches_match_a_set_model() -> None:
                 assert seqs.mark + 1 < lo <= hi
             for (_, hi), (lo, _) in zip(seqs.ranges, seqs.ranges[1:], strict=False):
                 assert hi + 1 < lo
+
+
+def test_reset_agent_sequence_is_not_mistaken_for_duplicates(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An agent whose state dir was wiped starts again at seq 1: the collector must
+    forget its marks instead of skipping every new result as a duplicate."""
+    from probemesh.collector.ingest import Ingest
+    from probemesh.collector.state import MeshState
+    from probemesh.collector.store import Store
+
+    ingest = Ingest(MeshState(), Store(tmp_path))
+    ingest.marks["vps-1"] = AppliedSeqs(500, [[510, 520]])
+    ingest.reconcile("vps-1", last_seq=600)  # a normal reconnect: kept
+    assert ingest.mark_of("vps-1") == 500
+    ingest.reconcile("vps-1", last_seq=3)  # sequence restarted: forgotten
+    assert ingest.mark_of("vps-1") == 0
+    assert not ingest.marks["vps-1"].is_applied(1)
