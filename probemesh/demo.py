@@ -107,23 +107,41 @@ async def run_demo(options: DemoOptions) -> None:
         target_port = target_runner.addresses[0][1]
         checks = {
             "modules": {
-                "http_2xx": {"prober": "http", "timeout": "1500ms", "http": {"preferred_ip_protocol": "ip4"}},
-                "tcp_connect": {"prober": "tcp", "timeout": "1s", "tcp": {"preferred_ip_protocol": "ip4"}},
+                "http_2xx": {
+                    "prober": "http",
+                    "timeout": "1500ms",
+                    "http": {"preferred_ip_protocol": "ip4"},
+                },
+                "tcp_connect": {
+                    "prober": "tcp",
+                    "timeout": "1s",
+                    "tcp": {"preferred_ip_protocol": "ip4"},
+                },
             },
             "checks": [
-                {"name": "social-home", "target": f"http://127.0.0.1:{target_port}/", "module": "http_2xx",
-                 "interval": f"{INTERVAL:g}s"},
-                {"name": "social-tcp", "target": f"127.0.0.1:{target_port}", "module": "tcp_connect",
-                 "interval": "5s"},
+                {
+                    "name": "social-home",
+                    "target": f"http://127.0.0.1:{target_port}/",
+                    "module": "http_2xx",
+                    "interval": f"{INTERVAL:g}s",
+                },
+                {
+                    "name": "social-tcp",
+                    "target": f"127.0.0.1:{target_port}",
+                    "module": "tcp_connect",
+                    "interval": "5s",
+                },
             ],
         }
         checks_path = root / "checks.yaml"
         checks_path.write_text(yaml.safe_dump(checks))
         collector = CollectorApp(
-            CollectorOptions(checks_path, options.grpc_listen, options.http_listen, root / "collector")
+            CollectorOptions(
+                checks_path, options.grpc_listen, options.http_listen, root / "collector"
+            )
         )
         collector_task = asyncio.create_task(collector.run(stop))
-        while not collector.ready and not collector_task.done():
+        while not collector.ready and not collector_task.done():  # noqa: ASYNC110 - set by run()
             await asyncio.sleep(0.05)
         if collector_task.done():
             await collector_task  # re-raise the start-up error (e.g. port in use)
@@ -146,15 +164,23 @@ async def run_demo(options: DemoOptions) -> None:
             )
         agent_tasks = [asyncio.create_task(a.run(stop)) for a in agents]
         host = options.http_listen.rsplit(":", 1)[0]
-        urls = [f"metrics: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/metrics",
-                f"status page: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/"]
+        urls = [
+            f"metrics: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/metrics",
+            f"status page: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/",
+        ]
         for url in urls:
             console.print(url)
-        console.print("Outage starts ~30 s in for BR PH UG DE ZA LT, then recovers country by country. Ctrl-C stops.")
+        console.print(
+            "Outage starts ~30 s in for BR PH UG DE ZA LT, then recovers country by country. Ctrl-C stops."
+        )
         started = time.monotonic()
         deadline = started + options.duration if options.duration else None
         with contextlib.ExitStack() as stack:
-            live = stack.enter_context(Live(console=console, auto_refresh=False)) if options.live_table else None
+            live = (
+                stack.enter_context(Live(console=console, auto_refresh=False))
+                if options.live_table
+                else None
+            )
             while not stop.is_set():
                 if deadline and time.monotonic() >= deadline:
                     stop.set()
