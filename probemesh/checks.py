@@ -187,4 +187,6 @@ def load_checks(path: str | Path) -> ChecksFile:
         return parse_checks(data, str(path))
     except ConfigError as exc:
         message = str(exc)
-        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        raise ConfigError(
+            message if message.startswith(str(path)) else f"{path}: {message}"
+        ) from None

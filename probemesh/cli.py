@@ -155,47 +155,128 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-@opt("--checks", "checks_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-     help="Checks file (blackbox modules + checks). Required.")
+@opt(
+    "--checks",
+    "checks_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Checks file (blackbox modules + checks). Required.",
+)
 @opt("--grpc-listen", default="0.0.0.0:7443", callback=_listen, help="Address for agent streams.")
-@opt("--http-listen", default="0.0.0.0:9115", callback=_listen, help="Address for /metrics, API and status page.")
-@opt("--data-dir", type=click.Path(file_okay=False, path_type=Path), default="probemesh-data",
-     help="Directory for tokens, dedupe marks, counters and incidents.")
-@opt("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-     help="Server certificate (PEM) for gRPC TLS. [default: none]")
-@opt("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-     help="Server private key (PEM). [default: none]")
-@opt("--tls-client-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-     help="CA bundle for mTLS: agents must present a certificate it signed. [default: none]")
-@opt("--insecure", is_flag=True, default=False, help="Allow plaintext gRPC on a non-loopback address.")
-@opt("--max-batch-results", type=click.IntRange(1, 100_000), default=5000,
-     help="Largest ResultBatch accepted from an agent.")
-@opt("--series-ttl", callback=_duration, default="15m",
-     help="Forget the gauges of an agent disconnected for this long.")
-@opt("--max-message-bytes", type=click.IntRange(64 * 1024, 256 * 1024 * 1024), default=4 * 1024 * 1024,
-     help="Largest gRPC message accepted from an agent; larger: RESOURCE_EXHAUSTED.")
-@opt("--rate-limit", type=click.FloatRange(min=0), default=20000.0,
-     help="Results per second per agent (token bucket); above: RESOURCE_EXHAUSTED. 0 disables.")
-@opt("--rate-burst", type=click.FloatRange(min=1), default=200000.0,
-     help="Results an agent may send at once after a quiet period; at least --max-batch-results.")
-@opt("--max-series-per-agent", type=click.IntRange(1, 10**8), default=50_000,
-     help="Probe series (label sets) exported per agent; beyond: rejected{reason=cardinality}.")
-@opt("--max-series", type=click.IntRange(1, 10**9), default=5_000_000,
-     help="Probe series (label sets) exported over all agents.")
-@opt("--max-samples-per-result", type=click.IntRange(1, 10_000), default=64,
-     help="Blackbox samples kept from one result.")
-@opt("--api-auth", default=None,
-     help="Credentials file (or env:NAME) required for / and /api/*: lines 'bearer TOKEN' or "
-     "'basic USER:PASSWORD'. [default: open]")
-@opt("--metrics-auth", default=None,
-     help="Credentials file (or env:NAME) required for /metrics, same format. [default: open]")
-@opt("--remote-write-url", default=None,
-     help="Prometheus remote-write endpoint to push /metrics' samples to. [default: none]")
-@opt("--remote-write-interval", callback=_duration, default="15s",
-     help="How often to snapshot and remote-write the metrics.")
-@opt("--external-label", "external_labels", multiple=True, callback=_external_labels,
-     help="NAME=VALUE added to every remote-written series, e.g. collector=eu-1; repeatable. "
-     "Give each collector a distinct one. [default: none]")
+@opt(
+    "--http-listen",
+    default="0.0.0.0:9115",
+    callback=_listen,
+    help="Address for /metrics, API and status page.",
+)
+@opt(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-data",
+    help="Directory for tokens, dedupe marks, counters and incidents.",
+)
+@opt(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Server certificate (PEM) for gRPC TLS. [default: none]",
+)
+@opt(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Server private key (PEM). [default: none]",
+)
+@opt(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle for mTLS: agents must present a certificate it signed. [default: none]",
+)
+@opt(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Allow plaintext gRPC on a non-loopback address.",
+)
+@opt(
+    "--max-batch-results",
+    type=click.IntRange(1, 100_000),
+    default=5000,
+    help="Largest ResultBatch accepted from an agent.",
+)
+@opt(
+    "--series-ttl",
+    callback=_duration,
+    default="15m",
+    help="Forget the gauges of an agent disconnected for this long.",
+)
+@opt(
+    "--max-message-bytes",
+    type=click.IntRange(64 * 1024, 256 * 1024 * 1024),
+    default=4 * 1024 * 1024,
+    help="Largest gRPC message accepted from an agent; larger: RESOURCE_EXHAUSTED.",
+)
+@opt(
+    "--rate-limit",
+    type=click.FloatRange(min=0),
+    default=20000.0,
+    help="Results per second per agent (token bucket); above: RESOURCE_EXHAUSTED. 0 disables.",
+)
+@opt(
+    "--rate-burst",
+    type=click.FloatRange(min=1),
+    default=200000.0,
+    help="Results an agent may send at once after a quiet period; at least --max-batch-results.",
+)
+@opt(
+    "--max-series-per-agent",
+    type=click.IntRange(1, 10**8),
+    default=50_000,
+    help="Probe series (label sets) exported per agent; beyond: rejected{reason=cardinality}.",
+)
+@opt(
+    "--max-series",
+    type=click.IntRange(1, 10**9),
+    default=5_000_000,
+    help="Probe series (label sets) exported over all agents.",
+)
+@opt(
+    "--max-samples-per-result",
+    type=click.IntRange(1, 10_000),
+    default=64,
+    help="Blackbox samples kept from one result.",
+)
+@opt(
+    "--api-auth",
+    default=None,
+    help="Credentials file (or env:NAME) required for / and /api/*: lines 'bearer TOKEN' or "
+    "'basic USER:PASSWORD'. [default: open]",
+)
+@opt(
+    "--metrics-auth",
+    default=None,
+    help="Credentials file (or env:NAME) required for /metrics, same format. [default: open]",
+)
+@opt(
+    "--remote-write-url",
+    default=None,
+    help="Prometheus remote-write endpoint to push /metrics' samples to. [default: none]",
+)
+@opt(
+    "--remote-write-interval",
+    callback=_duration,
+    default="15s",
+    help="How often to snapshot and remote-write the metrics.",
+)
+@opt(
+    "--external-label",
+    "external_labels",
+    multiple=True,
+    callback=_external_labels,
+    help="NAME=VALUE added to every remote-written series, e.g. collector=eu-1; repeatable. "
+    "Give each collector a distinct one. [default: none]",
+)
 @LOG_LEVEL
 def collector(**kw: Any) -> None:
     """Accept agents, push checks, export metrics and detect outages."""
@@ -214,12 +295,18 @@ def collector(**kw: Any) -> None:
             raise ConfigError(
                 f"--grpc-listen {kw['grpc_listen']} is not loopback: give --tls-cert/--tls-key, or --insecure"
             )
-        log.warning("serving plaintext gRPC on %s: tokens cross the network unencrypted", kw["grpc_listen"])
+        log.warning(
+            "serving plaintext gRPC on %s: tokens cross the network unencrypted", kw["grpc_listen"]
+        )
     if kw["rate_limit"] and kw["rate_burst"] < kw["max_batch_results"]:
-        raise ConfigError("--rate-burst must be at least --max-batch-results, or a full batch could never pass")
+        raise ConfigError(
+            "--rate-burst must be at least --max-batch-results, or a full batch could never pass"
+        )
     http_auth = HttpAuth(
         api=load_credentials(kw["api_auth"], "--api-auth") if kw["api_auth"] else None,
-        metrics=load_credentials(kw["metrics_auth"], "--metrics-auth") if kw["metrics_auth"] else None,
+        metrics=load_credentials(kw["metrics_auth"], "--metrics-auth")
+        if kw["metrics_auth"]
+        else None,
     )
     options = CollectorOptions(
         checks_path=kw["checks_path"],
@@ -249,35 +336,100 @@ def collector(**kw: Any) -> None:
 
 @cli.command()
 @config_option
-@opt("--collector", "collectors", required=True, callback=_collectors,
-     help="Collector HOST:PORT; several, comma-separated, are tried in order (failover).")
+@opt(
+    "--collector",
+    "collectors",
+    required=True,
+    callback=_collectors,
+    help="Collector HOST:PORT; several, comma-separated, are tried in order (failover).",
+)
 @opt("--agent-id", required=True, callback=_agent_id, help="This agent's id (bound to its token).")
-@opt("--country", required=True, callback=_country, help="ISO-3166 alpha-2 country (bound to its token).")
+@opt(
+    "--country",
+    required=True,
+    callback=_country,
+    help="ISO-3166 alpha-2 country (bound to its token).",
+)
 @opt("--token", default=None, help="Bearer token from 'probemesh token create'. [default: none]")
-@opt("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-     help="File holding the token (preferred over --token). [default: none]")
+@opt(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the token (preferred over --token). [default: none]",
+)
 @opt("--region", default="", callback=_region, help="Region inside the country. [default: none]")
 @opt("--city", default="", callback=_region, help="City, informational. [default: none]")
-@opt("--asn", type=click.IntRange(0, 2**32 - 1), default=0, help="Uplink AS number; 0 when unknown.")
-@opt("--state-dir", type=click.Path(file_okay=False, path_type=Path), default="probemesh-agent",
-     help="Directory of the durable result queue.")
-@opt("--metrics-listen", default="", callback=_listen, help="Address for the agent's /metrics. [default: off]")
+@opt(
+    "--asn", type=click.IntRange(0, 2**32 - 1), default=0, help="Uplink AS number; 0 when unknown."
+)
+@opt(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-agent",
+    help="Directory of the durable result queue.",
+)
+@opt(
+    "--metrics-listen",
+    default="",
+    callback=_listen,
+    help="Address for the agent's /metrics. [default: off]",
+)
 @opt("--source-address", default="", help="Local IP address probes bind to. [default: any]")
-@opt("--allow-private-targets", is_flag=True, default=False,
-     help="Allow probing loopback and private addresses (link-local/metadata stay refused).")
-@opt("--min-interval", callback=_duration, default="5s", help="Refuse checks with a shorter interval.")
-@opt("--max-concurrency", type=click.IntRange(1, 10_000), default=256, help="Probes running at once, at most.")
-@opt("--queue-max-results", type=click.IntRange(10, 10**9), default=1_000_000,
-     help="Results kept on disk while the collector is unreachable; oldest dropped beyond.")
-@opt("--queue-max-age", callback=_duration, default="7d", help="Results older than this are dropped (counted).")
-@opt("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-     help="CA bundle to verify the collector; enables TLS. [default: plaintext]")
-@opt("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-     help="Client certificate for mTLS. [default: none]")
-@opt("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-     help="Client key for mTLS. [default: none]")
+@opt(
+    "--allow-private-targets",
+    is_flag=True,
+    default=False,
+    help="Allow probing loopback and private addresses (link-local/metadata stay refused).",
+)
+@opt(
+    "--min-interval",
+    callback=_duration,
+    default="5s",
+    help="Refuse checks with a shorter interval.",
+)
+@opt(
+    "--max-concurrency",
+    type=click.IntRange(1, 10_000),
+    default=256,
+    help="Probes running at once, at most.",
+)
+@opt(
+    "--queue-max-results",
+    type=click.IntRange(10, 10**9),
+    default=1_000_000,
+    help="Results kept on disk while the collector is unreachable; oldest dropped beyond.",
+)
+@opt(
+    "--queue-max-age",
+    callback=_duration,
+    default="7d",
+    help="Results older than this are dropped (counted).",
+)
+@opt(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle to verify the collector; enables TLS. [default: plaintext]",
+)
+@opt(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Client certificate for mTLS. [default: none]",
+)
+@opt(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Client key for mTLS. [default: none]",
+)
 @opt("--tls-server-name", default="", help="Expected collector certificate name. [default: host]")
-@opt("--insecure", is_flag=True, default=False, help="Allow plaintext gRPC to a non-loopback collector.")
+@opt(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Allow plaintext gRPC to a non-loopback collector.",
+)
 @LOG_LEVEL
 def agent(**kw: Any) -> None:
     """Probe targets for the checks a collector assigns, and stream the results."""
@@ -300,9 +452,13 @@ def agent(**kw: Any) -> None:
     else:
         remote = [c for c in kw["collectors"] if not is_loopback(c)]
         if remote and not kw["insecure"]:
-            raise ConfigError(f"--collector {remote[0]} is not loopback: give --tls-ca, or --insecure")
+            raise ConfigError(
+                f"--collector {remote[0]} is not loopback: give --tls-ca, or --insecure"
+            )
         if remote:
-            log.warning("plaintext gRPC to %s: the token crosses the network unencrypted", ", ".join(remote))
+            log.warning(
+                "plaintext gRPC to %s: the token crosses the network unencrypted", ", ".join(remote)
+            )
     options = AgentOptions(
         collectors=kw["collectors"],
         identity=Identity(kw["agent_id"], kw["country"], kw["region"], kw["city"], kw["asn"]),
@@ -325,8 +481,12 @@ def token() -> None:
     """Create, list and revoke agent tokens."""
 
 
-DATA_DIR = opt("--data-dir", type=click.Path(file_okay=False, path_type=Path), default="probemesh-data",
-               help="The collector's data directory.")
+DATA_DIR = opt(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-data",
+    help="The collector's data directory.",
+)
 
 
 def _tokens(data_dir: Path) -> Any:
@@ -372,18 +532,31 @@ def token_revoke(data_dir: Path, selector: str) -> None:
 
 
 @cli.command()
-@opt("--duration", type=click.FloatRange(min=1), default=None,
-     help="Stop after this many seconds. [default: until Ctrl-C]")
+@opt(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop after this many seconds. [default: until Ctrl-C]",
+)
 @opt("--http-listen", default="127.0.0.1:9115", callback=_listen, help="Collector HTTP address.")
 @opt("--grpc-listen", default="127.0.0.1:7443", callback=_listen, help="Collector gRPC address.")
-@opt("--no-table", is_flag=True, default=False, help="Print a line per change instead of the live table.")
+@opt(
+    "--no-table",
+    is_flag=True,
+    default=False,
+    help="Print a line per change instead of the live table.",
+)
 @LOG_LEVEL
 def demo(**kw: Any) -> None:
     """Run a collector, 8 agents (BR PH UG DE ZA LT US JP) and a failing demo target."""
     from probemesh.demo import DemoOptions, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_demo(DemoOptions(kw["duration"], kw["http_listen"], kw["grpc_listen"], not kw["no_table"])))
+    asyncio.run(
+        run_demo(
+            DemoOptions(kw["duration"], kw["http_listen"], kw["grpc_listen"], not kw["no_table"])
+        )
+    )
 
 
 def main() -> None:

@@ -6,7 +6,15 @@ import re
 
 from probemesh.errors import ConfigError
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    "y": 31536000.0,
+}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 
 
@@ -25,7 +33,9 @@ def parse_duration(value: object, where: str) -> float:
             seconds += float(match.group(1)) * _UNITS[match.group(2)]
             pos = match.end()
         if pos != len(text) or not text:
-            raise ConfigError(f"{where}: invalid duration {value!r} (use e.g. '500ms', '30s', '1m')")
+            raise ConfigError(
+                f"{where}: invalid duration {value!r} (use e.g. '500ms', '30s', '1m')"
+            )
     else:
         raise ConfigError(f"{where}: expected a duration like '30s', got {value!r}")
     if not seconds > 0:

@@ -51,7 +51,9 @@ def hard_receive_limit(max_message_bytes: int) -> int:
 
 def is_loopback(address: str) -> bool:
     """True when a host:port (or bare host) names this machine only."""
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    host = (
+        address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    )
     host = host.strip("[]")
     if host == "localhost":
         return True

@@ -71,7 +71,7 @@ def coerce(hint: Any, value: object, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {
-            coerce(args[0], k, f"{where}") : coerce(args[1], v, f"{where}.{k}")
+            coerce(args[0], k, f"{where}"): coerce(args[1], v, f"{where}.{k}")
             for k, v in value.items()
         }
     if hint is bool:

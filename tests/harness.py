@@ -33,10 +33,14 @@ def probemesh_cmd(*args: str) -> list[str]:
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(probemesh_cmd(*args), capture_output=True, text=True, check=check, timeout=60)
+    return subprocess.run(
+        probemesh_cmd(*args), capture_output=True, text=True, check=check, timeout=60
+    )
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1
+) -> object:
     """Poll predicate until it returns something truthy; fail the test with what otherwise."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -48,7 +52,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
@@ -88,7 +94,10 @@ class Proc:
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.popen = subprocess.Popen(
-            [*self.prefix, *probemesh_cmd(*self.args)], stdout=log, stderr=subprocess.STDOUT, env=env
+            [*self.prefix, *probemesh_cmd(*self.args)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         return self
 
@@ -169,11 +178,27 @@ class Mesh:
         return self.collector
 
     def token(self, agent_id: str, country: str) -> str:
-        result = run_cli("token", "create", "--data-dir", str(self.data_dir), "--agent-id", agent_id, "--country", country)
+        result = run_cli(
+            "token",
+            "create",
+            "--data-dir",
+            str(self.data_dir),
+            "--agent-id",
+            agent_id,
+            "--country",
+            country,
+        )
         return result.stdout.strip()
 
-    def start_agent(self, agent_id: str, country: str, *extra: str, token: str | None = None,
-                    collectors: str | None = None, metrics_port: int | None = None) -> Proc:
+    def start_agent(
+        self,
+        agent_id: str,
+        country: str,
+        *extra: str,
+        token: str | None = None,
+        collectors: str | None = None,
+        metrics_port: int | None = None,
+    ) -> Proc:
         token = token or self.token(agent_id, country)
         args = [
             "agent", "--collector", collectors or f"127.0.0.1:{self.grpc_port}",
@@ -183,7 +208,9 @@ class Mesh:
         ]  # fmt: skip
         if metrics_port:
             args += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
-        proc = Proc(args, self.root / f"agent-{agent_id}.log", env={"PROBEMESH_TOKEN": token}).start()
+        proc = Proc(
+            args, self.root / f"agent-{agent_id}.log", env={"PROBEMESH_TOKEN": token}
+        ).start()
         self.agents[agent_id] = proc
         return proc
 

@@ -16,9 +16,19 @@ GOOD = {
         "tcp_connect": {"prober": "tcp", "timeout": "2s"},
     },
     "checks": [
-        {"name": "social-home", "target": "https://example.org/", "module": "http_2xx", "interval": "30s",
-         "countries": ["BR", "PH"]},
-        {"name": "social-tcp", "target": "example.org:443", "module": "tcp_connect", "agents": ["vps-1"]},
+        {
+            "name": "social-home",
+            "target": "https://example.org/",
+            "module": "http_2xx",
+            "interval": "30s",
+            "countries": ["BR", "PH"],
+        },
+        {
+            "name": "social-tcp",
+            "target": "example.org:443",
+            "module": "tcp_connect",
+            "agents": ["vps-1"],
+        },
         {"name": "everyone", "target": "http://example.org/", "module": "http_2xx"},
     ],
 }
@@ -54,15 +64,32 @@ def test_good_file_loads_with_defaults_and_selectors(tmp_path: Path) -> None:
         (with_check(countries=["br"]), "country 'br' is not an ISO-3166"),
         (with_check(agents=["Bad Agent"]), "check 'social-home'.agents: agent id 'Bad Agent'"),
         (with_check(name="Has Space"), ".name: must match"),
-        (with_check(target="ftp://example.org/"), "check 'social-home'.target: target 'ftp://example.org/'"),
+        (
+            with_check(target="ftp://example.org/"),
+            "check 'social-home'.target: target 'ftp://example.org/'",
+        ),
         (with_check(colour="blue"), "check 'social-home': unknown field 'colour'"),
-        ({**GOOD, "checks": [*GOOD["checks"], GOOD["checks"][0]]}, "check 'social-home': duplicate name"),
+        (
+            {**GOOD, "checks": [*GOOD["checks"], GOOD["checks"][0]]},
+            "check 'social-home': duplicate name",
+        ),
         ({**GOOD, "extra": 1}, "unknown top-level field 'extra'"),
-        ({"modules": {"m": {"prober": "carrier-pigeon"}}}, "module m.prober: unknown prober 'carrier-pigeon'"),
-        ({"modules": {"m": {"prober": "http", "http": {"valid_status_code": [200]}}}},
-         "module m.http: unknown field 'valid_status_code'"),
-        ({"modules": {"m": {"prober": "http", "http": {"fail_if_body_matches_regexp": ["(unclosed"]}}}},
-         "module m.http.fail_if_body_matches_regexp[0]: invalid regexp"),
+        (
+            {"modules": {"m": {"prober": "carrier-pigeon"}}},
+            "module m.prober: unknown prober 'carrier-pigeon'",
+        ),
+        (
+            {"modules": {"m": {"prober": "http", "http": {"valid_status_code": [200]}}}},
+            "module m.http: unknown field 'valid_status_code'",
+        ),
+        (
+            {
+                "modules": {
+                    "m": {"prober": "http", "http": {"fail_if_body_matches_regexp": ["(unclosed"]}}
+                }
+            },
+            "module m.http.fail_if_body_matches_regexp[0]: invalid regexp",
+        ),
         ({"modules": {"m": {"prober": "http", "timeout": "-1s"}}}, "module m.timeout"),
         ({"modules": {"m": {"prober": "http", "tcp": {}}}}, "module m.tcp: section does not apply"),
     ],

@@ -25,10 +25,13 @@ def test_every_proto_message_and_field_is_commented() -> None:
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             stripped = line.strip()
-            declares = (
-                stripped.startswith(("message ", "enum ", "service ", "rpc "))
-                or ("=" in stripped and stripped.endswith(";") and not stripped.startswith(("syntax", "option", "package")))
+            declares = stripped.startswith(("message ", "enum ", "service ", "rpc ")) or (
+                "=" in stripped
+                and stripped.endswith(";")
+                and not stripped.startswith(("syntax", "option", "package"))
             )
             if declares:
                 previous = lines[i - 1].strip() if i else ""
-                assert previous.startswith("//"), f"{path.name}:{i + 1}: {stripped!r} has no comment"
+                assert previous.startswith("//"), (
+                    f"{path.name}:{i + 1}: {stripped!r} has no comment"
+                )

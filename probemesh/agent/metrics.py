@@ -38,7 +38,11 @@ class AgentMetrics(Collector):
         for name, help_text, value in (
             ("probemesh_agent_queue_depth", "Results on disk awaiting an Ack", self.queue.depth),
             ("probemesh_agent_last_seq", "Highest sequence number produced", c.last_seq),
-            ("probemesh_agent_collector_connected", "1 while a collector session is up", self.connected),
+            (
+                "probemesh_agent_collector_connected",
+                "1 while a collector session is up",
+                self.connected,
+            ),
             ("probemesh_agent_checks", "Checks currently assigned", self.checks),
         ):
             gauge = GaugeMetricFamily(name, help_text, labels=keys)

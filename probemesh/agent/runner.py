@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from probemesh.agent.probes import PROBERS
-from probemesh.catalog import HTTP_PHASE_METRIC, HTTP_PHASE_ORDER
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.probes.result import ProbeResult, Reason, failure_from_exception
+from probemesh.catalog import HTTP_PHASE_METRIC, HTTP_PHASE_ORDER
 from probemesh.errors import ConfigError
 from probemesh.modules import settings_from_json
 from probemesh.v1 import mesh_pb2 as pb
 
-_REASON_TO_PB = {reason: pb.FailureReason.Value(f"FAILURE_REASON_{reason.name}") for reason in Reason}
+_REASON_TO_PB = {
+    reason: pb.FailureReason.Value(f"FAILURE_REASON_{reason.name}") for reason in Reason
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,9 @@ def prepare(check: pb.Check, min_interval: float) -> PreparedCheck:
     """Parse a Check's settings; never raises, so one bad check cannot stop the others."""
     interval = check.interval_seconds
     if check.prober not in PROBERS:
-        return PreparedCheck(check, None, max(interval, min_interval), f"agent cannot run prober {check.prober!r}")
+        return PreparedCheck(
+            check, None, max(interval, min_interval), f"agent cannot run prober {check.prober!r}"
+        )
     if not interval >= min_interval:
         return PreparedCheck(
             check,
@@ -83,7 +87,9 @@ def to_proto(check: pb.Check, started: float, duration: float, result: ProbeResu
     """Build the wire Result for one probe."""
     success = result.success and result.reason is None
     phases = {
-        labels.get("phase"): value for name, labels, value in result.samples if name == HTTP_PHASE_METRIC
+        labels.get("phase"): value
+        for name, labels, value in result.samples
+        if name == HTTP_PHASE_METRIC
     }
     return pb.Result(
         check=check.name,
@@ -91,7 +97,9 @@ def to_proto(check: pb.Check, started: float, duration: float, result: ProbeResu
         timestamp=started,
         success=success,
         duration_seconds=duration,
-        reason=pb.FAILURE_REASON_UNSPECIFIED if success else _REASON_TO_PB[result.reason or Reason.OTHER],
+        reason=pb.FAILURE_REASON_UNSPECIFIED
+        if success
+        else _REASON_TO_PB[result.reason or Reason.OTHER],
         message="" if success else result.message[:512],
         samples=[pb.Sample(name=n, labels=labels, value=v) for n, labels, v in result.samples],
         http_phase_seconds=[phases.get(p, 0.0) for p in HTTP_PHASE_ORDER] if phases else [],

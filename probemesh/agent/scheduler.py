@@ -45,7 +45,10 @@ class Scheduler:
         wanted = {check.name: check for check in checks}
         for name in list(self._tasks):
             fingerprint, task = self._tasks[name]
-            if name not in wanted or wanted[name].SerializeToString(deterministic=True) != fingerprint:
+            if (
+                name not in wanted
+                or wanted[name].SerializeToString(deterministic=True) != fingerprint
+            ):
                 task.cancel()
                 del self._tasks[name]
         for name, check in wanted.items():

@@ -78,11 +78,15 @@ class TokenStore:
         return TokenBinding(parts[1], row[1], row[2])
 
     def is_active(self, token_id: str) -> bool:
-        row = self.db.execute("SELECT revoked_at FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT revoked_at FROM tokens WHERE token_id = ?", (token_id,)
+        ).fetchone()
         return row is not None and row[0] is None
 
     def touch(self, token_id: str) -> None:
-        self.db.execute("UPDATE tokens SET last_used = ? WHERE token_id = ?", (time.time(), token_id))
+        self.db.execute(
+            "UPDATE tokens SET last_used = ? WHERE token_id = ?", (time.time(), token_id)
+        )
 
     def list(self) -> list[TokenInfo]:
         rows = self.db.execute(

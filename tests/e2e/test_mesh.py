@@ -34,7 +34,16 @@ def web_server(tmp_path: Path) -> Iterator[int]:
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "index.html").write_text("hello\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(tmp_path / "www")],
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "-d",
+            str(tmp_path / "www"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -68,37 +77,56 @@ def series(mesh: Mesh, name: str, check: str) -> dict[str, float]:
 
 
 def test_probe_results_reach_metrics_with_agent_and_country_labels(mesh: Mesh) -> None:
-    wait_for(lambda: len(series(mesh, "probe_success", "closed-port")) == 3, 30, "three agents reporting")
-    wait_for(lambda: len(series(mesh, "probe_success", "web")) == 3, 10, "three agents reporting web")
+    wait_for(
+        lambda: len(series(mesh, "probe_success", "closed-port")) == 3, 30, "three agents reporting"
+    )
+    wait_for(
+        lambda: len(series(mesh, "probe_success", "web")) == 3, 10, "three agents reporting web"
+    )
     assert series(mesh, "probe_success", "web") == dict.fromkeys(AGENTS, 1.0)
     assert series(mesh, "probe_success", "closed-port") == dict.fromkeys(AGENTS, 0.0)
     assert set(series(mesh, "probe_http_status_code", "web").values()) == {200.0}
     samples = mesh.metrics()
-    assert total(samples, "probemesh_probe_failures_total", check="closed-port", reason="refused") > 0
+    assert (
+        total(samples, "probemesh_probe_failures_total", check="closed-port", reason="refused") > 0
+    )
     assert total(samples, "probemesh_probe_results_total", check="web", result="success") >= 3
     for agent_id, country in AGENTS.items():
         assert total(samples, "probemesh_agent_connected", agent=agent_id, country=country) == 1.0
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)"
+)
 def test_exposition_passes_promtool(mesh: Mesh) -> None:
     wait_for(lambda: len(series(mesh, "probe_success", "web")) == 3, 30, "three agents reporting")
     body = http_get(mesh.metrics_url)
-    result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, text=True
+    )
     # promtool exits non-zero for lint warnings too; only hard errors fail the check.
-    problems = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    problems = [
+        line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()
+    ]
     assert not problems, problems
 
 
 def test_sighup_pushes_added_checks_and_drops_removed_series(mesh: Mesh, web_server: int) -> None:
-    wait_for(lambda: len(series(mesh, "probe_success", "closed-port")) == 3, 30, "three agents reporting")
+    wait_for(
+        lambda: len(series(mesh, "probe_success", "closed-port")) == 3, 30, "three agents reporting"
+    )
     extra = f'  - {{name: web-again, target: "http://127.0.0.1:{web_server}/index.html", module: http_2xx, interval: 500ms, countries: [DE, JP]}}'
-    text = checks_yaml(web_server, 1, extra).replace("  - {name: closed-port", "  # removed: closed-port")
+    text = checks_yaml(web_server, 1, extra).replace(
+        "  - {name: closed-port", "  # removed: closed-port"
+    )
     mesh.checks_path.write_text(text)
     assert mesh.collector is not None
     mesh.collector.signal(signal.SIGHUP)
-    wait_for(lambda: set(series(mesh, "probe_success", "web-again")) == {"vps-de-1", "vps-jp-1"}, 20,
-             "the added check to reach DE and JP agents")
+    wait_for(
+        lambda: set(series(mesh, "probe_success", "web-again")) == {"vps-de-1", "vps-jp-1"},
+        20,
+        "the added check to reach DE and JP agents",
+    )
     assert series(mesh, "probe_success", "closed-port") == {}
     samples = mesh.metrics()
     assert total(samples, "probemesh_probe_results_total", check="closed-port") == 0
@@ -109,7 +137,11 @@ def test_invalid_reload_keeps_previous_checks(mesh: Mesh) -> None:
     mesh.checks_path.write_text("modules: {m: {prober: nope}}\nchecks: []\n")
     assert mesh.collector is not None
     mesh.collector.signal(signal.SIGHUP)
-    wait_for(lambda: "reload failed, keeping the previous checks" in mesh.collector.log(), 10, "reload error log")
+    wait_for(
+        lambda: "reload failed, keeping the previous checks" in mesh.collector.log(),
+        10,
+        "reload error log",
+    )
     assert "unknown prober 'nope'" in mesh.collector.log()
     assert mesh.collector.alive()
     assert len(series(mesh, "probe_success", "web")) == 3
@@ -122,7 +154,12 @@ def test_agents_reconnect_after_collector_restart(mesh: Mesh) -> None:
     assert mesh.collector.stop() == 0
     mesh.start_collector()
     wait_for(
-        lambda: total(mesh.metrics(), "probemesh_agent_connected") == 3, 40, "all agents to reconnect"
+        lambda: total(mesh.metrics(), "probemesh_agent_connected") == 3,
+        40,
+        "all agents to reconnect",
     )
-    wait_for(lambda: total(mesh.metrics(), "probemesh_probe_results_total") > before + 10, 20,
-             "results to flow again (counters continue from before the restart)")
+    wait_for(
+        lambda: total(mesh.metrics(), "probemesh_probe_results_total") > before + 10,
+        20,
+        "results to flow again (counters continue from before the restart)",
+    )
