@@ -39,11 +39,18 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(f"cannot read {value}: {exc}") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{value}: expected a mapping of option names to values")
-    known = {p.name for p in ctx.command.params if p.name}
+    # Keys are the long option names ("agent-id" or "agent_id"), mapped to parameters.
+    known = {
+        flag.removeprefix("--").replace("-", "_"): param.name
+        for param in ctx.command.params
+        if param.name
+        for flag in param.opts
+        if flag.startswith("--")
+    }
     defaults = {}
     for key, item in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
+        name = known.get(str(key).replace("-", "_"))
+        if name is None:
             raise click.BadParameter(f"{value}: unknown option {key!r}")
         defaults[name] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}

@@ -1,0 +1,81 @@
+"""The command line: one clear line and exit 2 for bad input; env vars and --config work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.harness import run_cli
+
+
+def error_line(*args: str, env: dict[str, str] | None = None) -> str:
+    result = run_cli(*args, check=False)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("probemesh: error: ")
+    return lines[0]
+
+
+def test_version() -> None:
+    assert run_cli("--version").stdout.startswith("probemesh, version ")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("collector", "--no-such-flag"), "No such option '--no-such-flag'"),
+        (("collector",), "Missing option '--checks'"),
+        (("agent", "--collector", "127.0.0.1:1", "--agent-id", "Bad Id", "--country", "BR", "--token", "x"),
+         "agent id 'Bad Id'"),
+        (("agent", "--collector", "127.0.0.1:1", "--agent-id", "a1", "--country", "XX", "--token", "x"),
+         "country 'XX' is not an ISO-3166"),
+        (("agent", "--collector", "nowhere", "--agent-id", "a1", "--country", "BR", "--token", "x"),
+         "missing port"),
+        (("agent", "--collector", "10.0.0.1:7443", "--agent-id", "a1", "--country", "BR", "--token", "x"),
+         "not loopback: give --tls-ca, or --insecure"),
+        (("agent", "--collector", "127.0.0.1:7443", "--agent-id", "a1", "--country", "BR"),
+         "a token is required"),
+        (("agent", "--collector", "127.0.0.1:1", "--agent-id", "a1", "--country", "BR", "--token", "x",
+          "--min-interval", "soon"), "invalid duration 'soon'"),
+        (("token", "create", "--agent-id", "a1", "--country", "br"), "country 'br'"),
+    ],
+)  # fmt: skip
+def test_bad_flags_print_one_line_and_exit_2(args: tuple[str, ...], expected: str) -> None:
+    assert expected in error_line(*args)
+
+
+def test_bad_checks_file_names_check_and_field(tmp_path: Path) -> None:
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(
+        "modules: {m: {prober: http}}\nchecks: [{name: web, target: 'http://x/', module: m, interval: 1h1}]\n"
+    )
+    line = error_line("collector", "--checks", str(checks), "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                      "--data-dir", str(tmp_path / "d"))  # fmt: skip
+    assert "check 'web'.interval: invalid duration '1h1'" in line
+
+
+def test_config_file_and_env_vars_set_options(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("collector: 127.0.0.1:1\nagent-id: a1\ncountry: XX\n")
+    line = error_line("agent", "--config", str(config), "--token", "x")
+    assert "country 'XX'" in line  # the value came from the file
+    config.write_text("colour: blue\n")
+    assert "unknown option 'colour'" in error_line("agent", "--config", str(config))
+
+
+def test_token_lifecycle(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    token = run_cli(
+        "token", "create", "--data-dir", data, "--agent-id", "vps-br-1", "--country", "BR"
+    ).stdout.strip()
+    assert token.startswith("pm_") and len(token.splitlines()) == 1
+    listing = run_cli("token", "list", "--data-dir", data).stdout
+    assert "vps-br-1" in listing and "BR" in listing and "active" in listing
+    assert token not in listing and token.split("_")[2] not in listing
+    assert "revoked 1 token" in run_cli("token", "revoke", "--data-dir", data, "vps-br-1").stdout
+    assert "revoked" in run_cli("token", "list", "--data-dir", data).stdout
+    assert "no active token matches" in error_line(
+        "token", "revoke", "--data-dir", data, "vps-br-1"
+    )
