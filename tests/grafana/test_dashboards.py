@@ -209,7 +209,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus,
                 prom.wait_for("check:probemesh_outage_scope:level > 0", timeout=60)
                 prom.wait_for('max by (check) (probemesh_outage{check="web-down"}) > 0', 60)
                 prom.wait_for('check_country:probemesh_probe_success:ratio_rate5m{country="JP"}')
-                prom.wait_for("probemesh_ingest_rejected_total", timeout=30)
+                # rate() needs two scrapes after the first rejection.
+                prom.wait_for("rate(probemesh_ingest_rejected_total[30s])", timeout=60)
                 prom.wait_for("check_country_phase:probemesh_probe_phase_duration_seconds:p95_5m")
                 prom.wait_for("rate(probemesh_agent_results_acked_total[30s]) > 0", count=3)
             except AssertionError as exc:
