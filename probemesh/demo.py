@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import web
@@ -92,6 +93,73 @@ def reachability_table(app: CollectorApp, urls: list[str], elapsed: float) -> Gr
     return Group(table, *(lines or ["no incidents"]))
 
 
+def demo_checks(target_port: int, interval: float = INTERVAL) -> dict[str, Any]:
+    """The demo's checks file: an HTTP check and a TCP check of the demo target."""
+    return {
+        "modules": {
+            "http_2xx": {
+                "prober": "http",
+                "timeout": "1500ms",
+                "http": {"preferred_ip_protocol": "ip4"},
+            },
+            "tcp_connect": {
+                "prober": "tcp",
+                "timeout": "1s",
+                "tcp": {"preferred_ip_protocol": "ip4"},
+            },
+        },
+        "checks": [
+            {
+                "name": "social-home",
+                "target": f"http://127.0.0.1:{target_port}/",
+                "module": "http_2xx",
+                "interval": f"{interval:g}s",
+            },
+            {
+                "name": "social-tcp",
+                "target": f"127.0.0.1:{target_port}",
+                "module": "tcp_connect",
+                "interval": "5s",
+            },
+        ],
+    }
+
+
+async def start_mesh(
+    root: Path, checks: dict[str, Any], grpc_listen: str, http_listen: str, stop: asyncio.Event
+) -> tuple[CollectorApp, list[asyncio.Task[None]]]:
+    """A collector and one in-process agent per country, each on its own source address.
+
+    Returns the collector and the tasks (collector first) that end once stop is set.
+    """
+    checks_path = root / "checks.yaml"
+    checks_path.write_text(yaml.safe_dump(checks))
+    collector = CollectorApp(
+        CollectorOptions(checks_path, grpc_listen, http_listen, root / "collector")
+    )
+    tasks = [asyncio.create_task(collector.run(stop))]
+    while not collector.ready and not tasks[0].done():  # noqa: ASYNC110 - set by run()
+        await asyncio.sleep(0.05)
+    if tasks[0].done():
+        await tasks[0]  # re-raise the start-up error (e.g. port in use)
+    for i, cc in enumerate(COUNTRIES):
+        agent_id = f"demo-{cc.lower()}"
+        agent = Agent(
+            AgentOptions(
+                collectors=[f"127.0.0.1:{collector.grpc_port}"],
+                identity=Identity(agent_id, cc),
+                token=collector.tokens.create(agent_id, cc),
+                state_dir=root / agent_id,
+                source_address=source_address(i),
+                allow_private_targets=True,
+                min_interval=1.0,
+                link=LinkSettings(),
+            )
+        )
+        tasks.append(asyncio.create_task(agent.run(stop)))
+    return collector, tasks
+
+
 async def run_demo(options: DemoOptions) -> None:
     console = Console()
     stop = asyncio.Event()
@@ -99,79 +167,21 @@ async def run_demo(options: DemoOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     with tempfile.TemporaryDirectory(prefix="probemesh-demo-") as tmp:
-        root = Path(tmp)
         target = DemoTarget()
         target_app = web.Application()
         target_app.router.add_get("/", target.handle)
         target_runner = await start_site(target_app, "127.0.0.1:0")
         target_port = target_runner.addresses[0][1]
-        checks = {
-            "modules": {
-                "http_2xx": {
-                    "prober": "http",
-                    "timeout": "1500ms",
-                    "http": {"preferred_ip_protocol": "ip4"},
-                },
-                "tcp_connect": {
-                    "prober": "tcp",
-                    "timeout": "1s",
-                    "tcp": {"preferred_ip_protocol": "ip4"},
-                },
-            },
-            "checks": [
-                {
-                    "name": "social-home",
-                    "target": f"http://127.0.0.1:{target_port}/",
-                    "module": "http_2xx",
-                    "interval": f"{INTERVAL:g}s",
-                },
-                {
-                    "name": "social-tcp",
-                    "target": f"127.0.0.1:{target_port}",
-                    "module": "tcp_connect",
-                    "interval": "5s",
-                },
-            ],
-        }
-        checks_path = root / "checks.yaml"
-        checks_path.write_text(yaml.safe_dump(checks))
-        collector = CollectorApp(
-            CollectorOptions(
-                checks_path, options.grpc_listen, options.http_listen, root / "collector"
-            )
+        collector, tasks = await start_mesh(
+            Path(tmp), demo_checks(target_port), options.grpc_listen, options.http_listen, stop
         )
-        collector_task = asyncio.create_task(collector.run(stop))
-        while not collector.ready and not collector_task.done():  # noqa: ASYNC110 - set by run()
-            await asyncio.sleep(0.05)
-        if collector_task.done():
-            await collector_task  # re-raise the start-up error (e.g. port in use)
-        agents = []
-        for i, cc in enumerate(COUNTRIES):
-            agent_id = f"demo-{cc.lower()}"
-            agents.append(
-                Agent(
-                    AgentOptions(
-                        collectors=[f"127.0.0.1:{collector.grpc_port}"],
-                        identity=Identity(agent_id, cc),
-                        token=collector.tokens.create(agent_id, cc),
-                        state_dir=root / agent_id,
-                        source_address=source_address(i),
-                        allow_private_targets=True,
-                        min_interval=1.0,
-                        link=LinkSettings(),
-                    )
-                )
-            )
-        agent_tasks = [asyncio.create_task(a.run(stop)) for a in agents]
-        host = options.http_listen.rsplit(":", 1)[0]
-        urls = [
-            f"metrics: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/metrics",
-            f"status page: http://{host}:{options.http_listen.rsplit(':', 1)[1]}/",
-        ]
+        base = f"http://{options.http_listen}"
+        urls = [f"metrics: {base}/metrics", f"status page: {base}/"]
         for url in urls:
             console.print(url)
         console.print(
-            "Outage starts ~30 s in for BR PH UG DE ZA LT, then recovers country by country. Ctrl-C stops."
+            "Outage starts ~30 s in for BR PH UG DE ZA LT, then recovers country by country. "
+            "Ctrl-C stops."
         )
         started = time.monotonic()
         deadline = started + options.duration if options.duration else None
@@ -192,7 +202,7 @@ async def run_demo(options: DemoOptions) -> None:
                     await asyncio.wait_for(stop.wait(), 1.0)
             if live is None:
                 console.print(reachability_table(collector, urls, time.monotonic() - started))
-        await asyncio.gather(*agent_tasks, return_exceptions=True)
-        await collector_task
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        await tasks[0]
         await target_runner.cleanup()
     console.print("demo stopped")

@@ -8,11 +8,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from probemesh.collector.api import add_outage_routes
+from probemesh.collector.api import add_outage_routes, agents_json
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.httpauth import auth_middleware
 from probemesh.httpserver import Handler
-from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
     from probemesh.collector.main import CollectorApp
@@ -31,19 +30,7 @@ def build_http_app(app: CollectorApp) -> web.Application:
         return web.json_response({"status": "starting"}, status=503)
 
     async def agents(_request: web.Request) -> web.Response:
-        rows = [
-            {
-                "agent": agent.agent_id,
-                "country": agent.country,
-                "region": agent.region,
-                "connected": agent.connected,
-                "last_seen": rfc3339(agent.last_seen),
-                "local_problem": agent.local_problem,
-                "version": agent.version,
-            }
-            for agent in sorted(app.state.agents.values(), key=lambda a: a.agent_id)
-        ]
-        return web.json_response({"agents": rows})
+        return web.json_response({"agents": agents_json(app.state)})
 
     http.router.add_get("/metrics", collector_metrics(app.exporter))
     http.router.add_get("/healthz", healthz)
@@ -59,7 +46,7 @@ def collector_metrics(exporter: MeshExporter) -> Handler:
     rest.register(RestView(exporter))
 
     async def handle(_request: web.Request) -> web.Response:
-        body = exporter.render_bulk().encode() + generate_latest(rest)
+        body = exporter.render_bulk(generate_latest(rest))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return handle

@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from aiohttp import web
 
-from probemesh.agent.link import Identity, LinkSettings
-from probemesh.agent.main import Agent, AgentOptions
-from probemesh.collector.main import CollectorApp, CollectorOptions
+from probemesh.demo import COUNTRIES, demo_checks, source_address, start_mesh
 from probemesh.httpserver import start_site
+from tests.harness import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -36,7 +33,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-COUNTRIES = ("BR", "PH", "UG", "DE", "ZA", "LT", "US", "JP")
 FAILING = {"BR": "500", "PH": "500", "DE": "500", "UG": "hang", "ZA": "hang", "LT": "hang"}
 INTERVAL = 2.0
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -48,16 +44,10 @@ playwright_api = pytest.importorskip(
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Target:
     def __init__(self) -> None:
         self.failing: dict[str, str] = {}
-        self.country_of = {f"127.0.0.{11 + i}": cc for i, cc in enumerate(COUNTRIES)}
+        self.country_of = {source_address(i): cc for i, cc in enumerate(COUNTRIES)}
 
     async def handle(self, request: web.Request) -> web.Response:
         mode = self.failing.get(self.country_of.get(request.remote or "", ""), "")
@@ -78,65 +68,12 @@ async def test_status_page_shows_the_outage(tmp_path: Path) -> None:
     target_app.router.add_get("/", target.handle)
     target_runner = await start_site(target_app, "127.0.0.1:0")
     port = target_runner.addresses[0][1]
-    checks = {
-        "modules": {
-            "http_2xx": {
-                "prober": "http",
-                "timeout": "1500ms",
-                "http": {"preferred_ip_protocol": "ip4"},
-            },
-            "tcp_connect": {
-                "prober": "tcp",
-                "timeout": "1s",
-                "tcp": {"preferred_ip_protocol": "ip4"},
-            },
-        },
-        "checks": [
-            {
-                "name": "social-home",
-                "target": f"http://127.0.0.1:{port}/",
-                "module": "http_2xx",
-                "interval": f"{INTERVAL:g}s",
-            },
-            {
-                "name": "social-tcp",
-                "target": f"127.0.0.1:{port}",
-                "module": "tcp_connect",
-                "interval": "2s",
-            },
-        ],
-    }
-    (tmp_path / "checks.yaml").write_text(yaml.safe_dump(checks))
     http_port = free_port()
-    collector = CollectorApp(
-        CollectorOptions(
-            tmp_path / "checks.yaml",
-            "127.0.0.1:0",
-            f"127.0.0.1:{http_port}",
-            tmp_path / "collector",
-        )
-    )
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(collector.run(stop))]
+    collector, tasks = await start_mesh(
+        tmp_path, demo_checks(port, INTERVAL), "127.0.0.1:0", f"127.0.0.1:{http_port}", stop
+    )
     try:
-        while not collector.ready:
-            assert not tasks[0].done(), "collector failed to start"
-            await asyncio.sleep(0.05)
-        for i, cc in enumerate(COUNTRIES):
-            agent_id = f"web-{cc.lower()}"
-            agent = Agent(
-                AgentOptions(
-                    collectors=[f"127.0.0.1:{collector.grpc_port}"],
-                    identity=Identity(agent_id, cc),
-                    token=collector.tokens.create(agent_id, cc),
-                    state_dir=tmp_path / agent_id,
-                    source_address=f"127.0.0.{11 + i}",
-                    allow_private_targets=True,
-                    min_interval=1.0,
-                    link=LinkSettings(),
-                )
-            )
-            tasks.append(asyncio.create_task(agent.run(stop)))
         async with playwright_api.async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:

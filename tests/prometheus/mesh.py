@@ -21,11 +21,8 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,29 +31,8 @@ import dns.message
 import dns.rrset
 import trustme
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def probemesh(*args: str) -> list[str]:
-    return [sys.executable, "-m", "probemesh", *args]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # not up yet
-            error = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {error})")
+from tests.harness import free_port, probemesh_cmd
+from tests.harness import wait_for as wait_until
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -164,7 +140,7 @@ class Proc:
     def start(self) -> Proc:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
-                probemesh(*self.args),
+                probemesh_cmd(*self.args),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
@@ -240,7 +216,7 @@ class Collector:
 
     def token(self, agent_id: str, country: str) -> str:
         done = subprocess.run(
-            probemesh(
+            probemesh_cmd(
                 "token",
                 "create",
                 "--data-dir",
