@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,14 +22,23 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from probemesh.catalog import PROBE_METRICS
-from probemesh.checks import CheckSpec, ChecksFile
+from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector import exposition
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import SecurityLimits, SeriesGuard
-from probemesh.collector.state import DURATION_BUCKETS, Latest, MeshState, Tally
+from probemesh.collector.state import Histogram, Latest, MeshState, Tally
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
-_BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
+_LABEL_KEYS = {name: tuple(sorted(spec.labels)) for name, spec in PROBE_METRICS.items()}
+_AGENT_FAMILIES = (
+    ("probemesh_agent_connected", "1 while the agent has a live stream"),
+    ("probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything"),
+    (
+        "probemesh_agent_local_problem",
+        "1 when the agent fails nearly everything while others see the same targets up",
+    ),
+    ("probemesh_agent_info", "Agent metadata (always 1)"),
+)
 
 
 class MeshExporter(Collector):
@@ -59,78 +68,196 @@ class MeshExporter(Collector):
         """Apply the cardinality limits (series per agent, overall, samples per result)."""
         self.max_samples = limits.max_samples_per_result
         self.guard = SeriesGuard(limits, self.ingest.rejected)
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget every rendered line; the next prerender renders the whole state."""
+        self.text = exposition.FamilyText(
+            (exposition.SUCCESS, exposition.DURATION, exposition.RESULTS, exposition.FAILURES)
+        )
+        # pair -> the families its latest result's lines are in; present = admitted and rendered
+        self._latest_names: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._name_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct set
+        self._targets: dict[str, str] = {}  # check -> target the lines were rendered with
+        self._checks: ChecksFile | None = None
+        self._released = self.guard.released
 
     def collect(self) -> Iterator[Metric]:
         """Every family as Metric objects (remote write, tests)."""
+        self.prerender()
         yield from self._probe_families()
         yield from self._counter_families()
+        yield from self._histogram_families()
+        yield from self._agent_families()
         yield from self.collect_rest()
 
     def collect_rest(self) -> Iterator[Metric]:
-        """The families that are few series: histograms, agents, outages, self."""
-        yield from self._histogram_families()
-        yield from self._agent_families()
+        """The families that are few series: outages and the collector's own."""
         for source in self.extra:
             yield from source()
         yield from self._self_families()
 
-    def render_bulk(self) -> str:
-        """Probe gauges and result counters as exposition text, from cached lines."""
+    def render_bulk(self, suffix: bytes = b"") -> bytes:
+        """Probe gauges, counters, histograms and agent gauges as exposition text.
+
+        Whatever changed since the last prerender is rendered first, so the
+        text is current; the rest is cached lines, joined once with suffix
+        (the small families' text) so the body is copied only once.
+        """
         started = time.perf_counter()
-        chunks: list[dict[str, str]] = []
-        for pair, latest, spec, _ in self._admitted():
-            chunks.append(latest.lines or self._render_latest(pair, latest, spec))
-        for tally in self._exported_tallies():
-            if tally.lines is None:
-                tally.lines = exposition.tally_lines(tally)
-            chunks.append(tally.lines)
-        text = exposition.join(chunks)
+        self.prerender()
+        parts = self.text.render([])
+        parts += (self._agent_text(), suffix)
+        text = b"".join(parts)
         self.last_render_seconds = time.perf_counter() - started
         return text
 
-    def _render_latest(self, pair: tuple[str, str], latest: Latest, spec: CheckSpec) -> dict[str, str]:
-        self._validated(latest)
+    def prerender(self) -> int:
+        """Render what changed since the last call; return how many tallies that was.
+
+        Run between scrapes (the collector calls it every second): the CPU is
+        the same, but a scrape of a large mesh no longer waits for it. This is
+        also where the series guard admits pairs, so admission follows the
+        data, not the scrapes.
+        """
+        state = self.state
+        checks = self.checks()
+        if checks is not self._checks:
+            self._resync(checks)
+        specs = checks.checks
+        if state.removed:
+            removed, state.removed = state.removed, set()
+            for pair in removed:
+                self._drop_latest(pair)
+            self._retain(specs)
+            for pair in removed:
+                tally = state.tallies.get(pair)
+                if tally is not None:
+                    self._render_tally(tally, specs)
+        changed, state.unrendered = state.unrendered, set()
+        if self.guard.released != self._released and self.guard.refused:
+            self._released = self.guard.released
+            changed.update(state.tallies[p] for p in self.guard.refused if p in state.tallies)
+        hists: dict[tuple[str, ...], Histogram] = {}
+        for tally in changed:
+            self._render_tally(tally, specs)
+            if tally.check in specs:
+                hists.update(zip(tally.hist_keys, tally.hists, strict=True))
+        self._render_histograms(hists)
+        return len(changed)
+
+    def _resync(self, checks: ChecksFile) -> None:
+        """A (re)loaded checks file: re-render the pairs of added, removed or re-targeted checks."""
+        targets = {name: spec.target for name, spec in checks.checks.items()}
+        stale = {name for name in self._targets.keys() | targets.keys()
+                 if self._targets.get(name) != targets.get(name)}  # fmt: skip
+        self._checks, self._targets = checks, targets
+        if not stale:
+            return
+        state = self.state
+        for pair in [p for p in self._latest_names if p[0] in stale]:
+            self._drop_latest(pair)
+        self._retain(checks.checks)
+        for pair, tally in state.tallies.items():
+            if pair[0] in stale:
+                self._render_tally(tally, checks.checks)
+        for key, hist in state.histograms.items():
+            if key[1] in stale:
+                self._render_histograms({key: hist})
+
+    def _retain(self, specs: Mapping[str, CheckSpec]) -> None:
+        """Release the guard budget of pairs no longer exported (expired agent or check)."""
+        self.guard.retain({pair for pair in self.state.latest if pair[0] in specs})
+
+    def _render_tally(self, tally: Tally, specs: Mapping[str, CheckSpec]) -> None:
+        """(Re)render the lines of one check x agent: its latest result and its counters."""
+        pair = (tally.check, tally.agent)
+        spec = specs.get(tally.check)
+        text = self.text
+        if spec is None:  # check no longer configured
+            self._drop_latest(pair)
+            text.drop(exposition.RESULTS, pair)
+            text.drop(exposition.FAILURES, pair)
+            return
+        latest = tally.latest
+        if latest is not None and (latest.samples is None or pair not in self._latest_names):
+            samples = self._validated(latest)
+            if self.guard.admit(pair, 2 + len(samples)):
+                self._put_latest(pair, latest, spec)
+            else:
+                self._drop_latest(pair)
+        if pair in self.guard.refused:
+            text.drop(exposition.RESULTS, pair)
+            text.drop(exposition.FAILURES, pair)
+        else:
+            results, failures = exposition.tally_lines(tally)
+            text.put(exposition.RESULTS, pair, results)
+            text.put(exposition.FAILURES, pair, failures)
+
+    def _put_latest(self, pair: tuple[str, str], latest: Latest, spec: CheckSpec) -> None:
         base = (
             f'check="{pair[0]}",target="{exposition.escape(spec.target)}",agent="{pair[1]}",'
             f'country="{latest.country}",region="{exposition.escape(latest.region)}"'
         )
-        latest.lines = exposition.latest_lines(latest, base)
-        return latest.lines
+        chunks = exposition.latest_lines(latest, base)
+        family = self.text.family
+        for name, chunk in chunks.items():
+            family(name)[pair] = chunk
+        names = tuple(chunks)
+        names = self._name_sets.setdefault(names, names)
+        old = self._latest_names.get(pair)
+        if old is not None and old is not names:
+            for name in old:
+                if name not in chunks:
+                    self.text.drop(name, pair)
+        self._latest_names[pair] = names
 
-    def prerender(self) -> int:
-        """Render what changed since the last call, so a scrape mostly joins cached text.
+    def _drop_latest(self, pair: tuple[str, str]) -> None:
+        names = self._latest_names.pop(pair, None)
+        if names:
+            for name in names:
+                self.text.drop(name, pair)
 
-        Run between scrapes (the collector calls it every half second): the CPU
-        is the same, but a scrape of a large mesh no longer waits for it.
-        """
-        state = self.state
-        checks = self.checks().checks
-        keys, state.unrendered = state.unrendered, set()
-        for pair in keys:
-            latest = state.latest.get(pair)
-            spec = checks.get(pair[0])
-            if latest is not None and spec is not None and latest.lines is None:
-                self._render_latest(pair, latest, spec)
-        tallies, state.unrendered_tallies = state.unrendered_tallies, set()
-        for tally in tallies:
-            if tally.lines is None:
-                tally.lines = exposition.tally_lines(tally)
-        return len(keys) + len(tallies)
+    def _render_histograms(self, hists: Mapping[tuple[str, ...], Histogram]) -> None:
+        checks = self._targets
+        text = self.text
+        for key, hist in hists.items():
+            name = exposition.HIST_DURATION if key[0] == "duration" else exposition.HIST_PHASE
+            if key[1] in checks:
+                text.put(name, key, exposition.histogram_lines(key, hist))
+            else:
+                text.drop(name, key)
 
-    def _admitted(self) -> Iterator[tuple[tuple[str, str], Latest, CheckSpec, list[tuple[str, tuple[tuple[str, str], ...], float]]]]:
-        """Latest results of configured checks that the series guard admits."""
-        checks = self.checks().checks
-        guard = self.guard
-        live: set[tuple[str, str]] = set()
-        for pair, latest in self.state.latest.items():
-            spec = checks.get(pair[0])
-            if spec is None:
-                continue
-            live.add(pair)
-            samples = self._validated(latest)
-            if guard.admit(pair, 2 + len(samples)):
-                yield pair, latest, spec, samples
-        guard.retain(live)
+    def _agent_text(self) -> bytes:
+        """The four agent gauges; one line each per agent, rendered at every scrape."""
+        connected, last_seen, local, info = [], [], [], []
+        escape = exposition.escape
+        for agent in self.state.agents.values():
+            key = f'agent="{escape(agent.agent_id)}",country="{escape(agent.country)}"'
+            connected.append(f"probemesh_agent_connected{{{key}}} {float(agent.connected)!r}\n")
+            last_seen.append(
+                f"probemesh_agent_last_seen_timestamp_seconds{{{key}}} {float(agent.last_seen)!r}\n"
+            )
+            local.append(f"probemesh_agent_local_problem{{{key}}} {float(agent.local_problem)!r}\n")
+            info.append(
+                f'probemesh_agent_info{{{key},region="{escape(agent.region)}",'
+                f'version="{escape(agent.version)}"}} 1.0\n'
+            )
+        parts = []
+        for (name, help_text), lines in zip(
+            _AGENT_FAMILIES, (connected, last_seen, local, info), strict=True
+        ):
+            if lines:
+                parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
+                parts.extend(lines)
+        return "".join(parts).encode()
+
+    def _admitted(self) -> Iterator[tuple[tuple[str, str], Latest, CheckSpec]]:
+        """Latest results the series guard admitted, as rendered by the last prerender."""
+        specs = self.checks().checks
+        latest = self.state.latest
+        for pair in self._latest_names:
+            yield pair, latest[pair], specs[pair[0]]
 
     def _exported_tallies(self) -> Iterator[Tally]:
         checks = self.checks().checks
@@ -153,17 +280,26 @@ class MeshExporter(Collector):
         rejected = self.ingest.rejected
         verdicts = self._verdicts
         for sample in latest.result.samples:
+            # Label maps are slow to iterate; look up the catalog's keys instead.
             name = sample.name
-            labels = tuple(sorted(sample.labels.items())) if sample.labels else ()
-            key = (name, labels)
+            label_map = sample.labels
+            count = len(label_map)
+            keys = _LABEL_KEYS.get(name)
+            key: tuple[str, tuple[tuple[str, str], ...]] | None = None
+            if keys is not None and count == len(keys):
+                labels = tuple([(k, label_map[k]) for k in keys if k in label_map]) if count else ()
+                if len(labels) == count:
+                    key = (name, labels)
+            value = sample.value
+            if key is None or not math.isfinite(value):
+                rejected["invalid_sample"] += 1
+                continue
             ok = verdicts.get(key)
             if ok is None:
-                spec = PROBE_METRICS.get(name)
-                ok = spec is not None and spec.labels_ok(dict(labels))
+                ok = PROBE_METRICS[name].labels_ok(dict(key[1]))
                 if len(verdicts) < 100_000:  # bounded: hostile label values are not cached forever
                     verdicts[key] = ok
-            value = sample.value
-            if not ok or not math.isfinite(value):
+            if not ok:
                 rejected["invalid_sample"] += 1
                 continue
             if key in seen:
@@ -173,16 +309,22 @@ class MeshExporter(Collector):
                 rejected["cardinality"] += 1
                 continue
             seen.add(key)
-            kept.append((name, labels, value))
+            kept.append((name, key[1], value))
         latest.samples = kept
         return kept
+
     def _probe_families(self) -> Iterator[Metric]:
         headers = exposition.HEADERS
-        success = GaugeMetricFamily(exposition.SUCCESS, headers[exposition.SUCCESS][1], labels=BASE_LABELS)
-        duration = GaugeMetricFamily(exposition.DURATION, headers[exposition.DURATION][1], labels=BASE_LABELS)
+        success = GaugeMetricFamily(
+            exposition.SUCCESS, headers[exposition.SUCCESS][1], labels=BASE_LABELS
+        )
+        duration = GaugeMetricFamily(
+            exposition.DURATION, headers[exposition.DURATION][1], labels=BASE_LABELS
+        )
         families: dict[str, GaugeMetricFamily] = {}
-        for (check, agent), latest, spec, samples in self._admitted():
+        for (check, agent), latest, spec in self._admitted():
             base = [check, spec.target, agent, latest.country, latest.region]
+            samples = latest.samples or ()
             result = latest.result
             success.add_metric(base, 1.0 if result.success else 0.0)
             duration.add_metric(base, result.duration_seconds)
@@ -217,14 +359,15 @@ class MeshExporter(Collector):
         yield failures
 
     def _histogram_families(self) -> Iterator[Metric]:
+        headers = exposition.HEADERS
         duration = HistogramMetricFamily(
-            "probemesh_probe_duration_seconds",
-            "Total probe duration per check and country, every result counted",
+            exposition.HIST_DURATION,
+            headers[exposition.HIST_DURATION][1],
             labels=["check", "country"],
         )
         phase = HistogramMetricFamily(
-            "probemesh_probe_phase_duration_seconds",
-            "HTTP phase durations of successful probes per check and country",
+            exposition.HIST_PHASE,
+            headers[exposition.HIST_PHASE][1],
             labels=["check", "country", "phase"],
         )
         checks = self.checks().checks
@@ -232,7 +375,7 @@ class MeshExporter(Collector):
             if key[1] not in checks:
                 continue
             cumulative, running = [], 0
-            for bound, count in zip(_BUCKET_BOUNDS, hist.counts, strict=True):
+            for bound, count in zip(exposition.BUCKET_BOUNDS, hist.counts, strict=True):
                 running += count
                 cumulative.append((bound, running))
             family = duration if key[0] == "duration" else phase
@@ -242,17 +385,11 @@ class MeshExporter(Collector):
 
     def _agent_families(self) -> Iterator[Metric]:
         labels = ["agent", "country"]
-        connected = GaugeMetricFamily("probemesh_agent_connected", "1 while the agent has a live stream", labels=labels)
-        last_seen = GaugeMetricFamily(
-            "probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything", labels=labels
-        )
-        local = GaugeMetricFamily(
-            "probemesh_agent_local_problem",
-            "1 when the agent fails nearly everything while others see the same targets up",
-            labels=labels,
-        )
-        info = GaugeMetricFamily(
-            "probemesh_agent_info", "Agent metadata (always 1)", labels=[*labels, "region", "version"]
+        connected, last_seen, local, info = (
+            GaugeMetricFamily(name, help_text, labels=labels + extra)
+            for (name, help_text), extra in zip(
+                _AGENT_FAMILIES, ([], [], [], ["region", "version"]), strict=True
+            )
         )
         for agent in self.state.agents.values():
             key = [agent.agent_id, agent.country]
@@ -265,10 +402,14 @@ class MeshExporter(Collector):
     def _self_families(self) -> Iterator[Metric]:
         ingest = self.ingest
         yield CounterMetricFamily(
-            "probemesh_ingest_results", "Results applied by this collector process", value=ingest.results_total
+            "probemesh_ingest_results",
+            "Results applied by this collector process",
+            value=ingest.results_total,
         )
         yield CounterMetricFamily(
-            "probemesh_ingest_batches", "Result batches applied by this collector process", value=ingest.batches_total
+            "probemesh_ingest_batches",
+            "Result batches applied by this collector process",
+            value=ingest.batches_total,
         )
         yield CounterMetricFamily(
             "probemesh_duplicate_results",
@@ -284,9 +425,13 @@ class MeshExporter(Collector):
             rejected.add_metric([reason], count)
         yield rejected
         yield GaugeMetricFamily(
-            "probemesh_ingest_queue_depth", "Batches waiting to be applied", value=ingest.queue.qsize()
+            "probemesh_ingest_queue_depth",
+            "Batches waiting to be applied",
+            value=ingest.queue.qsize(),
         )
-        yield GaugeMetricFamily("probemesh_active_streams", "Connected agent streams", value=self.active_streams())
+        yield GaugeMetricFamily(
+            "probemesh_active_streams", "Connected agent streams", value=self.active_streams()
+        )
         yield GaugeMetricFamily(
             "probemesh_scrape_duration_seconds",
             "Time the previous /metrics render took",
@@ -301,4 +446,5 @@ class RestView(Collector):
         self.exporter = exporter
 
     def collect(self) -> Iterator[Metric]:
+        self.exporter.prerender()  # the rejection counters then match the bulk text
         return self.exporter.collect_rest()

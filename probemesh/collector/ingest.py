@@ -56,7 +56,9 @@ class Ingest:
         self.store = store
         self.limits = limits or IngestLimits()
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(self.limits.queue_batches)
-        self.marks = {agent: AppliedSeqs(mark, ranges) for agent, (mark, ranges) in store.load_marks().items()}
+        self.marks = {
+            agent: AppliedSeqs(mark, ranges) for agent, (mark, ranges) in store.load_marks().items()
+        }
         self.rejected: Counter[str] = Counter()
         self.results_total = 0
         self.batches_total = 0
@@ -72,7 +74,9 @@ class Ingest:
         result as a duplicate. The reset is written with the next commit.
         """
         seqs = self.marks.get(agent_id)
-        if seqs is None or (seqs.mark <= last_seq and not any(last > last_seq for _, last in seqs.ranges)):
+        if seqs is None or (
+            seqs.mark <= last_seq and not any(last > last_seq for _, last in seqs.ranges)
+        ):
             return
         log.warning(
             "agent %s restarted its sequence numbers (last_seq %d, applied up to %d): "
@@ -90,9 +94,15 @@ class Ingest:
         """(reject reason, detail) when a batch is malformed or too large."""
         n = len(batch.results)
         if n > self.limits.max_batch_results:
-            return "batch_too_large", f"batch of {n} results exceeds the limit of {self.limits.max_batch_results}"
+            return (
+                "batch_too_large",
+                f"batch of {n} results exceeds the limit of {self.limits.max_batch_results}",
+            )
         if n == 0 or batch.first_seq == 0 or batch.last_seq - batch.first_seq + 1 != n:
-            return "malformed_batch", f"sequence range {batch.first_seq}..{batch.last_seq} does not match {n} results"
+            return (
+                "malformed_batch",
+                f"sequence range {batch.first_seq}..{batch.last_seq} does not match {n} results",
+            )
         return None
 
     async def submit(self, session: Session, batch: pb.ResultBatch) -> None:
@@ -129,7 +139,9 @@ class Ingest:
         # Snapshot the ranges: the commit runs in a thread while the loop goes on.
         marks = [(a, self.marks[a].mark, [list(r) for r in self.marks[a].ranges]) for a in touched]
         try:
-            await asyncio.to_thread(self.store.commit_applied, marks, dirty.counters, dirty.histograms)
+            await asyncio.to_thread(
+                self.store.commit_applied, marks, dirty.counters, dirty.histograms
+            )
         except BaseException:
             # Not durable, so not acked; keep the keys dirty so the next commit
             # writes them (resent batches are deduped by the in-memory marks).
@@ -141,43 +153,74 @@ class Ingest:
             seqs = self.marks[item.session.agent.agent_id]
             item.session.send(
                 pb.CollectorMessage(
-                    ack=pb.Ack(seq=seqs.mark, first_seq=item.batch.first_seq, last_seq=item.batch.last_seq)
+                    ack=pb.Ack(
+                        seq=seqs.mark, first_seq=item.batch.first_seq, last_seq=item.batch.last_seq
+                    )
                 )
             )
 
     def _apply_batch(self, item: _Item) -> None:
+        """Validate and apply one batch's new results; the ingest hot path.
+
+        Each result's fields are read once here and handed to MeshState.record:
+        protobuf attribute reads are the main per-result cost.
+        """
         agent = item.session.agent
         batch = item.batch
-        seqs = self.marks.get(agent.agent_id)
+        agent_id = agent.agent_id
+        seqs = self.marks.get(agent_id)
         if seqs is None:
-            seqs = self.marks[agent.agent_id] = AppliedSeqs()
+            seqs = self.marks[agent_id] = AppliedSeqs()
         seqs.raise_floor(batch.floor_seq)
         self.batches_total += 1
+        state = self.state
+        record = state.record
         allowed = agent.ever_assigned
-        apply = self.state.apply
-        horizon = time.time() + MAX_FUTURE_SKEW
-        whole_batch_new = batch.first_seq > seqs.mark and not seqs.ranges
-        for offset, result in enumerate(batch.results):
-            if not whole_batch_new and seqs.is_applied(batch.first_seq + offset):
-                self.duplicates_total += 1
+        tallies = state.agent_tallies.get(agent_id) or {}
+        country = agent.country
+        first_seq = batch.first_seq
+        results = batch.results
+        now = time.time()
+        horizon = now + MAX_FUTURE_SKEW
+        if first_seq > seqs.mark and not seqs.ranges:
+            new = results
+        else:
+            new = [r for i, r in enumerate(results) if not seqs.is_applied(first_seq + i)]
+            self.duplicates_total += len(results) - len(new)
+        rejected = self.rejected
+        applied = 0
+        newest = 0.0
+        for result in new:
+            check = result.check
+            if check not in allowed:
+                rejected["unknown_check"] += 1
                 continue
-            problem = _result_problem(result, allowed, horizon)
-            if problem:
-                self.rejected[problem] += 1
+            duration = result.duration_seconds
+            if not 0 <= duration < _INF:  # NaN compares False
+                rejected["invalid_value"] += 1
                 continue
-            apply(agent, result)
-            self.results_total += 1
-        seqs.add(batch.first_seq, batch.last_seq)
+            timestamp = result.timestamp
+            if not 0 < timestamp <= horizon:  # horizon is finite: so is timestamp
+                rejected["invalid_timestamp"] += 1
+                continue
+            success = result.success
+            reason = REASON_NAMES.get(result.reason)
+            if reason is None or (success and reason != _NO_REASON):
+                rejected["invalid_value"] += 1
+                continue
+            tally = tallies.get(check)
+            if tally is None:
+                tally = state.tally(check, agent_id, country)
+                tallies = state.agent_tallies[agent_id]
+            record(agent, tally, result, success, duration, timestamp, reason)
+            applied += 1
+            if timestamp > newest:
+                newest = timestamp
+        self.results_total += applied
+        if newest > agent.last_seen:
+            agent.last_seen = min(newest, now)
+        seqs.add(first_seq, batch.last_seq)
 
 
-def _result_problem(result: pb.Result, allowed: set[str], horizon: float) -> str | None:
-    """Why a result must not be applied, or None; each reason is a label value."""
-    if result.check not in allowed:
-        return "unknown_check"
-    if not (math.isfinite(result.duration_seconds) and result.duration_seconds >= 0):
-        return "invalid_value"
-    if not (math.isfinite(result.timestamp) and 0 < result.timestamp <= horizon):
-        return "invalid_timestamp"
-    if result.reason not in REASON_NAMES or (result.success and result.reason != 0):
-        return "invalid_value"
-    return None
+_INF = math.inf
+_NO_REASON = REASON_NAMES[0]

@@ -109,8 +109,8 @@ class SeriesGuard:
     counters) are exported or none is. Admission is sticky, so a series never
     flaps in and out of /metrics between scrapes; refused pairs are counted
     once per pair in ``rejected["cardinality"]`` (by series refused) and
-    retried at every scrape, so they appear as soon as budget frees up (an
-    agent or a check expires).
+    retried when budget frees up (``released`` moves: an agent or a check
+    expired, or a pair shrank), so they appear as soon as they fit.
     """
 
     def __init__(self, limits: SecurityLimits, rejected: Counter[str]) -> None:
@@ -121,6 +121,7 @@ class SeriesGuard:
         self.agent_series: Counter[str] = Counter()
         self.series = 0
         self.refused: set[tuple[str, str]] = set()
+        self.released = 0  # bumped whenever budget is given back
 
     def admit(self, pair: tuple[str, str], series: int) -> bool:
         """True when pair may export `series` series (its current count)."""
@@ -154,6 +155,8 @@ class SeriesGuard:
         self.admitted[pair] = self.admitted.get(pair, 0) + delta
         self.agent_series[pair[1]] += delta
         self.series += delta
+        if delta < 0:
+            self.released += 1
 
     def retain(self, live: set[tuple[str, str]]) -> None:
         """Release the budget of pairs no longer present (expired agent or check)."""
@@ -163,4 +166,5 @@ class SeriesGuard:
             if self.agent_series[pair[1]] <= 0:
                 del self.agent_series[pair[1]]
             self.series -= count
+            self.released += 1
         self.refused &= live

@@ -7,8 +7,8 @@ the "latest" result per check x agent only moves forward in probe time.
 
 from __future__ import annotations
 
-import bisect
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,7 +55,7 @@ class Histogram:
             self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(DURATION_BUCKETS, value)] += 1
+        self.counts[bisect_left(DURATION_BUCKETS, value)] += 1
         self.total += value
 
     def state(self) -> list[float]:
@@ -63,21 +63,24 @@ class Histogram:
 
 
 class Tally:
-    """Counters of one check on one agent, with its country's histograms.
+    """Counters of one check on one agent, with its country's histograms and latest result.
 
     One object per check x agent keeps the per-result work on the ingest hot
     path to a single dict lookup; the exporter and the store see flat keys.
     """
 
-    __slots__ = ("agent", "check", "country", "failure", "hist_keys", "hists", "lines", "reasons", "success")
+    __slots__ = (
+        "agent", "check", "country", "failure", "hist_keys", "hists", "latest", "phase_hists", "reasons", "success",
+    )  # fmt: skip
 
     def __init__(self, check: str, agent: str, country: str, state: MeshState) -> None:
         self.check, self.agent, self.country = check, agent, country
         self.success = 0
         self.failure = 0
         self.reasons: dict[str, int] = {}
-        self.lines: dict[str, str] | None = None  # exposition cache, reset on change
+        self.latest: Latest | None = None  # the same object as MeshState.latest[(check, agent)]
         self.hist_keys: list[CounterKey] = [("duration", check, country)]
+        self.phase_hists: tuple[Histogram, ...] = ()
         if ("phase", check, country, HTTP_PHASE_ORDER[0]) in state.histograms:
             self.add_phases(state)
         self.hists = [state.histogram(key) for key in self.hist_keys]
@@ -87,6 +90,7 @@ class Tally:
         country = self.country
         self.hist_keys[1:] = [("phase", self.check, country, phase) for phase in HTTP_PHASE_ORDER]
         self.hists = [state.histogram(key) for key in self.hist_keys]
+        self.phase_hists = tuple(self.hists[1:])
 
     def counters(self) -> Iterator[tuple[CounterKey, int]]:
         base = (self.check, self.agent, self.country)
@@ -98,17 +102,16 @@ class Tally:
             yield ("failures", *base, reason), count
 
 
-@dataclass
+@dataclass(slots=True)
 class Latest:
     """The newest result of one check on one agent."""
 
     result: pb.Result
     country: str
     region: str
+    timestamp: float  # result.timestamp, read once: protobuf field access is slow
     # Catalog-validated (name, label items, value) triples, filled on first export.
     samples: list[tuple[str, tuple[tuple[str, str], ...], float]] | None = None
-    # Rendered exposition lines per family; reset whenever result changes.
-    lines: dict[str, str] | None = None
 
 
 @dataclass
@@ -127,12 +130,15 @@ class MeshState:
         self.agents: dict[str, AgentInfo] = {}
         self.latest: dict[tuple[str, str], Latest] = {}
         self.tallies: dict[tuple[str, str], Tally] = {}
+        # agent -> check -> tally: the ingest loop looks up by check within one agent's batch
+        self.agent_tallies: dict[str, dict[str, Tally]] = {}
         # ("duration", check, country) and ("phase", check, country, phase)
         self.histograms: dict[CounterKey, Histogram] = {}
         self.dirty: set[Tally] = set()
-        # Changed since their exposition lines were last rendered (see MeshExporter.prerender).
-        self.unrendered: set[tuple[str, str]] = set()
-        self.unrendered_tallies: set[Tally] = set()
+        # Changed since the exporter last rendered them (see MeshExporter.prerender),
+        # and pairs whose latest result was dropped (their lines must go).
+        self.unrendered: set[Tally] = set()
+        self.removed: set[tuple[str, str]] = set()
 
     def histogram(self, key: CounterKey) -> Histogram:
         hist = self.histograms.get(key)
@@ -140,13 +146,15 @@ class MeshState:
             hist = self.histograms[key] = Histogram()
         return hist
 
-    def restore(self, counters: dict[CounterKey, int], histograms: dict[CounterKey, list[float]]) -> None:
+    def restore(
+        self, counters: dict[CounterKey, int], histograms: dict[CounterKey, list[float]]
+    ) -> None:
         """Load persisted counters and histograms at start-up."""
         for key, state in histograms.items():
             self.histograms[key] = Histogram(state)
         for key, value in counters.items():
             kind, check, agent, country, label = key
-            tally = self._tally(check, agent, country)
+            tally = self.tally(check, agent, country)
             if kind == "failures":
                 tally.reasons[label] = value
             elif label == "success":
@@ -154,47 +162,80 @@ class MeshState:
             else:
                 tally.failure = value
 
-    def _tally(self, check: str, agent: str, country: str) -> Tally:
+    def tally(self, check: str, agent: str, country: str) -> Tally:
+        """The tally of check x agent, created on first use."""
         tally = self.tallies.get((check, agent))
         if tally is None:
             tally = self.tallies[(check, agent)] = Tally(check, agent, country, self)
+            self.agent_tallies.setdefault(agent, {})[check] = tally
+            self.unrendered.add(tally)
         return tally
 
     def apply(self, agent: AgentInfo, result: pb.Result) -> None:
         """Count one validated, not-yet-applied result and maybe make it the latest."""
-        check = result.check
-        agent_id = agent.agent_id
-        tally = self.tallies.get((check, agent_id)) or self._tally(check, agent_id, agent.country)
-        hists = tally.hists
-        tally.lines = None
-        if result.success:
+        success = result.success
+        self.record(
+            agent,
+            self.tally(result.check, agent.agent_id, agent.country),
+            result,
+            success,
+            result.duration_seconds,
+            result.timestamp,
+            "" if success else REASON_NAMES[result.reason],
+        )
+        if result.timestamp > agent.last_seen:
+            agent.last_seen = min(result.timestamp, time.time())
+
+    def record(
+        self,
+        agent: AgentInfo,
+        tally: Tally,
+        result: pb.Result,
+        success: bool,
+        duration: float,
+        timestamp: float,
+        reason: str,
+    ) -> None:
+        """apply() for a caller that has already read the result's fields (ingest).
+
+        The hot path of ingest: histogram observation is inlined, and fields
+        are passed in because every protobuf attribute read costs.
+        """
+        if success:
             tally.success += 1
+            phase_hists = tally.phase_hists
             phases = result.http_phase_seconds
             if phases:
-                if len(hists) == 1:
+                if not phase_hists:
                     tally.add_phases(self)
-                    hists = tally.hists
-                for hist, seconds in zip(hists[1:], phases, strict=False):
+                    phase_hists = tally.phase_hists
+                for i in range(min(len(phases), len(phase_hists))):
+                    seconds = phases[i]
                     if seconds >= 0:  # NaN and negatives compare False: never histogrammed
-                        hist.observe(seconds)
+                        hist = phase_hists[i]
+                        hist.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
+                        hist.total += seconds
         else:
             tally.failure += 1
-            reason = REASON_NAMES[result.reason]
-            tally.reasons[reason] = tally.reasons.get(reason, 0) + 1
-        hists[0].observe(result.duration_seconds)
+            reasons = tally.reasons
+            reasons[reason] = reasons.get(reason, 0) + 1
+        hist = tally.hists[0]
+        hist.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
+        hist.total += duration
         self.dirty.add(tally)
-        self.unrendered_tallies.add(tally)
-        timestamp = result.timestamp
-        key = (check, agent_id)
-        current = self.latest.get(key)
+        self.unrendered.add(tally)
+        current = tally.latest
         if current is None:
-            self.latest[key] = Latest(result, agent.country, agent.region)
-            self.unrendered.add(key)
-        elif timestamp >= current.result.timestamp:  # "latest" only moves forward in time
-            current.result, current.region, current.samples, current.lines = result, agent.region, None, None
-            self.unrendered.add(key)
-        if timestamp > agent.last_seen:
-            agent.last_seen = min(timestamp, time.time())
+            tally.latest = self.latest[(tally.check, tally.agent)] = Latest(
+                result, agent.country, agent.region, timestamp
+            )
+        elif timestamp >= current.timestamp:  # "latest" only moves forward in time
+            current.result, current.timestamp, current.region, current.samples = (
+                result,
+                timestamp,
+                agent.region,
+                None,
+            )
 
     def counters(self) -> Iterator[tuple[CounterKey, int]]:
         """Every counter as (("results"|"failures", check, agent, country, label), value)."""
@@ -205,7 +246,11 @@ class MeshState:
         """Counters and histograms changed since the last call, for persisting."""
         tallies, self.dirty = self.dirty, set()
         counters = [item for tally in tallies for item in tally.counters()]
-        keys = {key: hist for tally in tallies for key, hist in zip(tally.hist_keys, tally.hists, strict=True)}
+        keys = {
+            key: hist
+            for tally in tallies
+            for key, hist in zip(tally.hist_keys, tally.hists, strict=True)
+        }
         return DirtySnapshot(tallies, counters, [(key, hist.state()) for key, hist in keys.items()])
 
     def requeue(self, snapshot: DirtySnapshot) -> None:
@@ -213,14 +258,8 @@ class MeshState:
         self.dirty |= snapshot.tallies
 
     def forget_checks(self, keep: set[str]) -> None:
-        """Drop latest results of checks that are no longer configured.
-
-        Rendered lines embed the check's target, which a reload may change.
-        """
-        for key in [k for k in self.latest if k[0] not in keep]:
-            del self.latest[key]
-        for latest in self.latest.values():
-            latest.lines = None
+        """Drop latest results of checks that are no longer configured."""
+        self._forget([k for k in self.latest if k[0] not in keep])
 
     def forget_agent(self, agent_id: str) -> None:
         """Drop the gauges of an agent gone longer than the TTL.
@@ -229,5 +268,10 @@ class MeshState:
         would make a returning agent's counters restart below the stored value.
         """
         self.agents.pop(agent_id, None)
-        for key in [k for k in self.latest if k[1] == agent_id]:
-            del self.latest[key]
+        self._forget([k for k in self.latest if k[1] == agent_id])
+
+    def _forget(self, pairs: list[tuple[str, str]]) -> None:
+        for pair in pairs:
+            del self.latest[pair]
+            self.tallies[pair].latest = None
+        self.removed.update(pairs)

@@ -10,12 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from probemesh.checks import parse_checks
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
+from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.store import Store
 from probemesh.v1 import mesh_pb2 as pb
 
+Sample = tuple[str, tuple[tuple[str, str], ...], float]
 
-def samples_of(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+
+def samples_of(text: str) -> set[Sample]:
     out = set()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -29,7 +32,9 @@ def build(tmp_path: Path) -> tuple[MeshState, MeshExporter]:
     checks = parse_checks(
         {
             "modules": {"http_2xx": {"prober": "http"}},
-            "checks": [{"name": "web", "target": 'https://example.org/a"b\\c', "module": "http_2xx"}],
+            "checks": [
+                {"name": "web", "target": 'https://example.org/a"b\\c', "module": "http_2xx"}
+            ],
         }
     )
     state = MeshState()
@@ -55,13 +60,13 @@ def build(tmp_path: Path) -> tuple[MeshState, MeshExporter]:
 
 
 def test_fast_text_matches_metric_families(tmp_path: Path) -> None:
-    state, exporter = build(tmp_path)
+    _, exporter = build(tmp_path)
     full = CollectorRegistry()
     full.register(exporter)
     reference = samples_of(generate_latest(full).decode())
     rest = CollectorRegistry(auto_describe=False)
     rest.register(RestView(exporter))
-    fast = samples_of(exporter.render_bulk() + generate_latest(rest).decode())
+    fast = samples_of(exporter.render_bulk().decode() + generate_latest(rest).decode())
     assert fast == reference
     names = {name for name, _, _ in fast}
     assert {"probe_success", "probe_http_status_code", "probemesh_probe_results_total"} <= names
@@ -75,11 +80,19 @@ def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:
     exporter.render_bulk()
     agent = state.agents["a-de"]
     state.apply(agent, pb.Result(check="web", timestamp=2.0, success=True, duration_seconds=0.5))
-    state.apply(agent, pb.Result(check="web", timestamp=1.5, success=False, duration_seconds=9.0,
-                                 reason=pb.FAILURE_REASON_DNS))  # late: counted, not latest
+    state.apply(
+        agent,
+        pb.Result(
+            check="web",
+            timestamp=1.5,
+            success=False,
+            duration_seconds=9.0,
+            reason=pb.FAILURE_REASON_DNS,
+        ),
+    )  # late: counted, not latest
     exporter.prerender()
-    assert not state.unrendered and not state.unrendered_tallies
-    text = exporter.render_bulk()
+    assert not state.unrendered
+    text = exporter.render_bulk().decode()
     assert 'probe_success{check="web",target="https://example.org/a\\"b\\\\c",agent="a-de"' in text
     parsed = samples_of(text)
     success = {dict(lab)["agent"]: v for n, lab, v in parsed if n == "probe_success"}
@@ -87,3 +100,89 @@ def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:
     failures = {dict(lab)["reason"]: v for n, lab, v in parsed
                 if n == "probemesh_probe_failures_total" and dict(lab)["agent"] == "a-de"}  # fmt: skip
     assert failures == {"timeout": 1.0, "dns": 1.0}
+
+
+def fast_and_reference(exporter: MeshExporter) -> tuple[set[Sample], set[Sample]]:
+    """(/metrics text as served, collect() rendered by prometheus_client) as sample sets."""
+    rest = CollectorRegistry(auto_describe=False)
+    rest.register(RestView(exporter))
+    fast = samples_of(exporter.render_bulk(generate_latest(rest)).decode())
+    full = CollectorRegistry()
+    full.register(exporter)
+    return fast, samples_of(generate_latest(full).decode())
+
+
+def agents_of(samples: set[Sample], name: str) -> set[str]:
+    return {dict(labels)["agent"] for n, labels, _ in samples if n == name}
+
+
+def test_histograms_are_cached_text_and_follow_observations(tmp_path: Path) -> None:
+    state, exporter = build(tmp_path)
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    count = 'probemesh_probe_duration_seconds_count{check="web",country="DE"}'
+    assert f"{count} 1.0\n" in exporter.render_bulk().decode()
+    phase = {dict(lab)["phase"] for n, lab, _ in fast if n.startswith("probemesh_probe_phase")}
+    assert phase == {"resolve", "connect", "tls", "processing", "transfer"}
+    state.apply(state.agents["a-de"], pb.Result(check="web", timestamp=3.0, duration_seconds=7.0))
+    assert f"{count} 2.0\n" in exporter.render_bulk().decode()
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+
+
+def test_expired_agent_and_removed_check_lose_their_lines(tmp_path: Path) -> None:
+    state, exporter = build(tmp_path)
+    exporter.render_bulk()
+    state.forget_agent("a-de")
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    assert agents_of(fast, "probe_success") == {"a-br"}
+    assert agents_of(fast, "probe_http_status_code") == {"a-br"}
+    assert "a-de" in agents_of(fast, "probemesh_probe_results_total"), "counters stay"
+    assert exporter.guard.series == exporter.guard.admitted[("web", "a-br")], "budget released"
+
+    reloaded = parse_checks({"modules": {"http_2xx": {"prober": "http"}},
+                             "checks": [{"name": "api", "target": "https://example.org/",
+                                         "module": "http_2xx"}]})  # fmt: skip
+    exporter.checks = lambda: reloaded
+    state.forget_checks(set(reloaded.checks))
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    assert not {n for n, labels, _ in fast if ("check", "web") in labels}, (
+        "nothing of a removed check"
+    )
+    assert exporter.guard.series == 0
+
+
+def test_reload_with_a_new_target_rerenders_its_lines(tmp_path: Path) -> None:
+    _, exporter = build(tmp_path)
+    exporter.render_bulk()
+    moved = parse_checks({"modules": {"http_2xx": {"prober": "http"}},
+                          "checks": [{"name": "web", "target": "https://example.net/",
+                                      "module": "http_2xx"}]})  # fmt: skip
+    exporter.checks = lambda: moved
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    targets = {dict(lab).get("target") for n, lab, _ in fast if n == "probe_http_status_code"}
+    assert targets == {"https://example.net/"}
+
+
+def test_guard_refusal_removes_every_line_of_the_pair_until_budget_frees(tmp_path: Path) -> None:
+    state, exporter = build(tmp_path)
+    # a-br's pair exports 5 series (success, duration, 3 samples); room for one pair only
+    exporter.configure(SecurityLimits(max_series_per_agent=100, max_series=6))
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    admitted = agents_of(fast, "probe_success")
+    assert len(admitted) == 1
+    assert agents_of(fast, "probemesh_probe_results_total") == admitted, "refused: no counters"
+    assert exporter.ingest.rejected["cardinality"] == 5
+    refused = ({"a-br", "a-de"} - admitted).pop()
+    state.apply(state.agents[refused], pb.Result(check="web", timestamp=5.0, duration_seconds=1))
+    fast, _ = fast_and_reference(exporter)
+    assert agents_of(fast, "probe_success") == admitted, "still refused, counted once"
+    assert exporter.ingest.rejected["cardinality"] == 5
+    state.forget_agent(admitted.pop())
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    assert agents_of(fast, "probe_success") == {refused}, "admitted once budget freed"
