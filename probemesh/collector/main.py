@@ -28,7 +28,6 @@ from probemesh.collector.tokens import TokenStore
 from probemesh.errors import ConfigError, ProbemeshError
 from probemesh.grpc_options import server_options
 from probemesh.httpserver import start_site
-from probemesh.v1 import mesh_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +67,21 @@ class CollectorApp:
         self.ingest = Ingest(self.state, self.store, options.limits)
         self.sessions = SessionRegistry()
         self.service = ProbeMeshService(
-            self.state, self.ingest, self.tokens, self.sessions, lambda: self.checks_file, lambda: self.revision
+            self.state,
+            self.ingest,
+            self.tokens,
+            self.sessions,
+            lambda: self.checks_file,
+            lambda: self.revision,
         )
-        self.outage = OutageMonitor(self.state, lambda: self.checks_file, IncidentBook.open(options.data_dir))
+        self.outage = OutageMonitor(
+            self.state, lambda: self.checks_file, IncidentBook.open(options.data_dir)
+        )
         self.exporter = MeshExporter(
-            self.state, self.ingest, lambda: self.checks_file, lambda: len(self.sessions),
+            self.state,
+            self.ingest,
+            lambda: self.checks_file,
+            lambda: len(self.sessions),
             extra=[self.outage.metric_families],
         )
         self.service.configure(options.security, options.max_message_bytes)
@@ -106,7 +115,12 @@ class CollectorApp:
         self.revision += 1
         self.state.forget_checks(set(new.checks))
         pushed = self.service.push_checks()
-        log.info("reloaded %d checks (revision %d); pushed to %d agents", len(new.checks), self.revision, pushed)
+        log.info(
+            "reloaded %d checks (revision %d); pushed to %d agents",
+            len(new.checks),
+            self.revision,
+            pushed,
+        )
         return True
 
     def _bind_grpc(self, server: grpc.aio.Server) -> int:
@@ -115,7 +129,9 @@ class CollectorApp:
             try:
                 creds = grpc.ssl_server_credentials(
                     [(opts.tls_key.read_bytes(), opts.tls_cert.read_bytes())],
-                    root_certificates=opts.tls_client_ca.read_bytes() if opts.tls_client_ca else None,
+                    root_certificates=opts.tls_client_ca.read_bytes()
+                    if opts.tls_client_ca
+                    else None,
                     require_client_auth=opts.tls_client_ca is not None,
                 )
             except OSError as exc:
@@ -129,7 +145,7 @@ class CollectorApp:
 
     async def run(self, stop: asyncio.Event) -> None:
         server = grpc.aio.server(options=server_options(self.options.max_message_bytes))
-        mesh_pb2_grpc.add_ProbeMeshServicer_to_server(self.service, server)
+        self.service.add_to_server(server)
         self.grpc_port = self._bind_grpc(server)
         await server.start()
         http_runner = await start_site(self.http_app, self.options.http_listen)
@@ -139,7 +155,11 @@ class CollectorApp:
         if self.remote_writer is not None:
             await self.remote_writer.start()
         self.ready = True
-        log.info("collector serving gRPC on %s, HTTP on %s", self.options.grpc_listen, self.options.http_listen)
+        log.info(
+            "collector serving gRPC on %s, HTTP on %s",
+            self.options.grpc_listen,
+            self.options.http_listen,
+        )
         try:
             await stop.wait()
         finally:

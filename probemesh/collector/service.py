@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -60,7 +61,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.max_message_bytes = max_message_bytes
         self.limiter = RateLimiter(limits.rate_limit, limits.rate_burst, limits.rate_max_delay)
 
-    async def Connect(  # noqa: N802 - name fixed by the generated base class
+    async def Connect(
         self,
         request_iterator: AsyncIterator[pb.AgentMessage],
         context: grpc.aio.ServicerContext,
@@ -89,7 +90,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     message = await asyncio.wait_for(session.outbox.get(), self.heartbeat_interval)
                 except TimeoutError:
                     if time.monotonic() - session.last_recv > self.dead_after:
-                        session.end(grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead")
+                        session.end(
+                            grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead"
+                        )
                         continue
                     message = pb.CollectorMessage(heartbeat=pb.Heartbeat(timestamp=time.time()))
                 if message is None:
@@ -122,7 +125,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 self.rejected["cert_identity"] += 1
                 log.warning(
                     "token %s bound to %s came with a client certificate for %s",
-                    binding.token_id, binding.agent_id, sorted(names)[:4],
+                    binding.token_id,
+                    binding.agent_id,
+                    sorted(names)[:4],
                 )
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -132,34 +137,55 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
         except (TimeoutError, StopAsyncIteration):
             self.rejected["protocol"] += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message"
+            )
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:  # bytes that do not parse: no traceback per hostile stream
             self.rejected["protocol"] += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read Hello: {type(exc).__name__}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"cannot read Hello: {type(exc).__name__}"
+            )
         if first.WhichOneof("payload") != "hello":
             self.rejected["protocol"] += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message"
+            )
         hello = first.hello
         if hello.agent_id != binding.agent_id or hello.country != binding.country:
             self.rejected["identity"] += 1
             log.warning(
                 "token %s bound to %s/%s was presented as %r/%r",
-                binding.token_id, binding.agent_id, binding.country, hello.agent_id[:64], hello.country[:8],
+                binding.token_id,
+                binding.agent_id,
+                binding.country,
+                hello.agent_id[:64],
+                hello.country[:8],
             )
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"token is bound to agent {binding.agent_id!r} in {binding.country}",
             )
-        if not valid_region(hello.region) or not valid_region(hello.city) or not _VERSION_RE.match(hello.version):
+        if (
+            not valid_region(hello.region)
+            or not valid_region(hello.city)
+            or not _VERSION_RE.match(hello.version)
+        ):
             self.rejected["invalid_hello"] += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Hello: invalid region, city or version")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "Hello: invalid region, city or version"
+            )
         self.tokens.touch(binding.token_id)
         agent = self.state.agents.get(hello.agent_id)
         if agent is None:
             agent = self.state.agents[hello.agent_id] = AgentInfo(hello.agent_id, hello.country)
-        agent.region, agent.city, agent.asn, agent.version = hello.region, hello.city, hello.asn, hello.version
+        agent.region, agent.city, agent.asn, agent.version = (
+            hello.region,
+            hello.city,
+            hello.asn,
+            hello.version,
+        )
         agent.last_seen = time.time()
         return binding.token_id, agent, hello.last_seq
 
@@ -178,9 +204,22 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             await asyncio.sleep(wait)  # backpressure: stop reading this stream meanwhile
         return True
 
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serve Connect, reading requests with read_agent_message (it notes their size)."""
+        handlers = {
+            "Connect": grpc.stream_stream_rpc_method_handler(
+                self.Connect,
+                request_deserializer=read_agent_message,
+                response_serializer=pb.CollectorMessage.SerializeToString,
+            )
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        server.add_registered_method_handlers(_SERVICE, handlers)
+
     def _size_problem(self, message: pb.AgentMessage) -> tuple[str, str] | None:
         """(reason, detail) when a message is larger than max_message_bytes."""
-        size = message.ByteSize()
+        size = _received_bytes.get() or message.ByteSize()
+        _received_bytes.set(0)
         if size > self.max_message_bytes:
             return "message_too_large", f"message of {size} bytes exceeds {self.max_message_bytes}"
         return None
@@ -194,7 +233,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         checks = [spec.to_proto() for spec in specs]
         # The fingerprint leaves the revision out: a reload that changes nothing
         # for this agent sends it nothing.
-        session.checks_fingerprint = b"".join(c.SerializeToString(deterministic=True) for c in checks)
+        session.checks_fingerprint = b"".join(
+            c.SerializeToString(deterministic=True) for c in checks
+        )
         return pb.CollectorMessage(checks=pb.Checks(revision=self.revision(), checks=checks))
 
     def push_checks(self) -> int:
@@ -208,7 +249,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 pushed += 1
         return pushed
 
-    async def _pump(self, request_iterator: AsyncIterator[pb.AgentMessage], session: Session) -> None:
+    async def _pump(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], session: Session
+    ) -> None:
         """Read the agent's messages into ingest until the stream ends."""
         try:
             async for message in request_iterator:
@@ -246,10 +289,26 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             session.end(None, "")
         except Exception as exc:  # malformed message from the network: end only this stream
             self.rejected["protocol"] += 1
-            session.end(grpc.StatusCode.INVALID_ARGUMENT, f"cannot read message: {type(exc).__name__}")
+            session.end(
+                grpc.StatusCode.INVALID_ARGUMENT, f"cannot read message: {type(exc).__name__}"
+            )
 
 
 _EXHAUSTED = {"batch_too_large", "message_too_large"}
+_SERVICE = "probemesh.v1.ProbeMesh"
+_received_bytes: contextvars.ContextVar[int] = contextvars.ContextVar("received_bytes", default=0)
+
+
+def read_agent_message(data: bytes) -> pb.AgentMessage:
+    """Request deserializer that notes the encoded size for the message size limit.
+
+    gRPC deserializes in the task that iterates the request stream (the pump),
+    right before handing it the message, so the pump reads the size back from
+    this context variable; ByteSize() would re-walk a 1,000-result batch
+    (about 1 ms, a tenth of the ingest CPU at 100k results/s).
+    """
+    _received_bytes.set(len(data))
+    return pb.AgentMessage.FromString(data)
 
 
 def _certificate_names(context: grpc.aio.ServicerContext) -> set[str] | None:

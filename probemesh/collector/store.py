@@ -8,6 +8,7 @@ exact across crashes: a batch is either applied, counted and marked, or not.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -91,12 +92,12 @@ class Store:
             db.executemany(
                 "INSERT INTO counters(key, value) VALUES(?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                [(json.dumps(key), value) for key, value in counters],
+                [(_key_text(key), value) for key, value in counters],
             )
             db.executemany(
                 "INSERT INTO histograms(key, state) VALUES(?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET state=excluded.state",
-                [(json.dumps(key), json.dumps(state)) for key, state in histograms],
+                [(_key_text(key), json.dumps(state)) for key, state in histograms],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -105,3 +106,13 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def _key_text(key: tuple[str, ...]) -> str:
+    """The JSON text of a counter or histogram key; the same keys recur in every commit.
+
+    Bounded: keys are made of configured checks, token-bound agents and a
+    fixed set of labels, but a cache must not grow without limit anyway.
+    """
+    return json.dumps(key)
