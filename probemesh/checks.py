@@ -7,6 +7,7 @@ reload keeps the previous one in force (the collector logs the error).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,13 +75,13 @@ class OutageSettings:
         for name in ("confirm_rounds", "close_after_rounds", "local_problem_min_checks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: must be at least 1")
-        if not 0.0 <= self.down_share < 1.0:
+        if not 0.0 <= self.down_share < 1.0:  # NaN fails every comparison
             raise ConfigError(f"{where}.down_share: must be in [0, 1)")
         if not 0.0 < self.local_problem_share <= 1.0:
             raise ConfigError(f"{where}.local_problem_share: must be in (0, 1]")
         if not 0.0 < self.global_share <= 1.0:
             raise ConfigError(f"{where}.global_share: must be in (0, 1]")
-        if self.stale_after_intervals < 1.0:
+        if not (1.0 <= self.stale_after_intervals < math.inf):
             raise ConfigError(f"{where}.stale_after_intervals: must be at least 1")
         if not 0.1 <= self.evaluate_every <= 60.0:
             raise ConfigError(f"{where}.evaluate_every: must be between 0.1 and 60 seconds")

@@ -8,6 +8,7 @@ here: one clear line on stderr, exit status 2 for bad input.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import sys
@@ -102,6 +103,15 @@ def _country(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 def _region(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     if not valid_region(value):
         raise click.BadParameter("must be up to 63 letters, digits, spaces, '.', '_' or '-'")
+    return value
+
+
+def _ip_address(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address") from None
     return value
 
 
@@ -381,7 +391,12 @@ def collector(**kw: Any) -> None:
     callback=_listen,
     help="Address for the agent's /metrics. [default: off]",
 )
-@opt("--source-address", default="", help="Local IP address probes bind to. [default: any]")
+@opt(
+    "--source-address",
+    default="",
+    callback=_ip_address,
+    help="Local IP address probes bind to. [default: any]",
+)
 @opt(
     "--allow-private-targets",
     is_flag=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from probemesh.errors import ConfigError
@@ -38,7 +39,7 @@ def parse_duration(value: object, where: str) -> float:
             )
     else:
         raise ConfigError(f"{where}: expected a duration like '30s', got {value!r}")
-    if not seconds > 0:
+    if not (seconds > 0 and math.isfinite(seconds)):
         raise ConfigError(f"{where}: duration must be positive, got {value!r}")
     return seconds
 

@@ -30,6 +30,7 @@ from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.5
+DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024 - 1024
 BACKOFF_CAP = 30.0
 # Advanced tunables, environment only (not CLI options): faster dead-peer
 # detection and reconnects for tests and for networks that need them.
@@ -93,7 +94,11 @@ class _Session:
     inflight: dict[int, int] = field(default_factory=dict)
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     max_batch: int = 1000
+    max_bytes: int = DEFAULT_MAX_BATCH_BYTES
     idle_dead_after: float = 30.0  # no message at all for this long, nothing in flight
+    # Last Ack, or when the in-flight window last became non-empty: heartbeats
+    # alone must not keep alive a collector that stopped acknowledging.
+    last_progress: float = 0.0
 
 
 class CollectorLink:
@@ -200,8 +205,7 @@ class CollectorLink:
                 async with asyncio.timeout(self.settings.dead_after):
                     await call.write(self._hello())
                     first = await call.read()
-                if first is grpc.aio.EOF:
-                    await call.code()  # raises the server's status when it closed us
+                if first is grpc.aio.EOF:  # a non-OK status raises from read() instead
                     raise SessionLost("collector closed the stream before Welcome")
                 if first.WhichOneof("payload") != "welcome":
                     raise SessionLost(f"expected Welcome, got {first.WhichOneof('payload')}")
@@ -210,6 +214,9 @@ class CollectorLink:
                 session.max_batch = min(
                     self.settings.batch_size, welcome.max_batch_results or 10**9
                 )
+                if welcome.max_message_bytes:
+                    # Leave room for the batch's own framing.
+                    session.max_bytes = max(4096, welcome.max_message_bytes - 1024)
                 session.idle_dead_after = max(
                     self.settings.dead_after, 3.0 * (welcome.heartbeat_interval_seconds or 10)
                 )
@@ -266,6 +273,7 @@ class CollectorLink:
                 ack = message.ack
                 self.queue.ack(ack.seq, ack.first_seq, ack.last_seq)
                 session.inflight.pop(ack.first_seq, None)
+                session.last_progress = time.monotonic()
                 session.acked.set()
 
     async def _send(
@@ -283,9 +291,12 @@ class CollectorLink:
                 reader.result()  # re-raise the reader's error, if any
                 raise SessionLost("collector ended the stream")
             now = time.monotonic()
-            silent = now - session.last_recv
-            if silent > (self.settings.dead_after if session.inflight else session.idle_dead_after):
-                raise SessionLost(f"no message from collector for {silent:.1f}s")
+            if session.inflight:
+                waited = now - session.last_progress
+                if waited > self.settings.dead_after:
+                    raise SessionLost(f"no Ack from collector for {waited:.1f}s")
+            elif now - session.last_recv > session.idle_dead_after:
+                raise SessionLost(f"no message from collector for {now - session.last_recv:.1f}s")
             if stop.is_set():
                 drain_deadline = drain_deadline or now + self.settings.drain_timeout
                 if (queue.depth == 0 and not session.inflight) or now > drain_deadline:
@@ -297,14 +308,12 @@ class CollectorLink:
             if len(session.inflight) < self.settings.window:
                 rows = queue.read(live_after, None, session.max_batch)
                 if rows:
-                    await self._write_batch(session, rows)
-                    live_after = rows[-1][0]
+                    live_after = await self._write_batch(session, rows)
                     sent = True
             if backlog_after < live_from - 1 and len(session.inflight) < self.settings.window:
                 rows = queue.read(backlog_after, live_from, session.max_batch)
                 if rows:
-                    await self._write_batch(session, rows)
-                    backlog_after = rows[-1][0]
+                    backlog_after = await self._write_batch(session, rows)
                     sent = True
                 else:
                     backlog_after = live_from - 1
@@ -327,14 +336,27 @@ class CollectorLink:
                 for waiter in waiters:
                     waiter.cancel()
 
-    async def _write_batch(self, session: _Session, rows: list[tuple[int, bytes]]) -> None:
-        first = rows[0][0]
+    async def _write_batch(self, session: _Session, rows: list[tuple[int, bytes]]) -> int:
+        """Send rows (trimmed to the collector's message limit); return the last seq sent."""
+        rows = _within_bytes(rows, session.max_bytes)
+        first, last = rows[0][0], rows[-1][0]
         if not session.inflight:
-            # Waiting for an Ack starts now, not at the last (possibly old) message.
-            session.last_recv = time.monotonic()
-        self.queue.mark_sent(first, rows[-1][0])
+            # Waiting for an Ack starts now, not at the last (possibly old) Ack.
+            session.last_progress = time.monotonic()
+        self.queue.mark_sent(first, last)
         session.inflight[first] = len(rows)
         await session.call.write(encode_batch(first, self.queue.floor_seq, [p for _, p in rows]))
+        return last
+
+
+def _within_bytes(rows: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes]]:
+    """The leading rows whose encoded size fits the collector's message limit (at least one)."""
+    size = 0
+    for i, (_, payload) in enumerate(rows):
+        size += len(payload) + 8  # field tag and length prefix
+        if size > limit and i:
+            return rows[:i]
+    return rows
 
 
 _KEEPALIVE_KEYS = {"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.queue import DEFAULT_MAX_AGE, DEFAULT_MAX_RESULTS, DurableQueue
 from probemesh.agent.safety import AddressPolicy
 from probemesh.agent.scheduler import Scheduler
+from probemesh.errors import StateError
 from probemesh.httpserver import metrics_handler, start_site
 from probemesh.v1 import mesh_pb2 as pb
 
@@ -80,11 +82,26 @@ class Agent:
         log.info("received %d checks (revision %d)", len(checks.checks), checks.revision)
 
     def flush(self) -> None:
-        """Persist pending results (batched by size and time) and wake the sender."""
+        """Persist pending results (batched by size and time) and wake the sender.
+
+        If the disk refuses the write, the batch stays in memory and the next
+        flush retries it; beyond the queue's bound the oldest results go and are
+        counted as dropped, as they would be on disk. Nothing leaves silently.
+        """
         if not self.pending:
             return
-        batch, self.pending = self.pending, []
-        self.queue.append(batch)
+        try:
+            self.queue.append(self.pending)
+        except (sqlite3.Error, StateError) as exc:
+            excess = len(self.pending) - self.options.queue_max_results
+            if excess > 0:
+                del self.pending[:excess]
+                self.queue.unsaved_dropped += excess
+            log.error(
+                "cannot persist %d results (kept in memory, will retry): %s", len(self.pending), exc
+            )
+            return
+        self.pending = []
         self.new_results.set()
 
     async def _flush_loop(self) -> None:
@@ -112,7 +129,14 @@ class Agent:
             flusher.cancel()
             self.flush()
             link_stop.set()
-            await link_task  # the link drains in-flight results before returning
+            # The link drains in-flight results before returning; bound the wait
+            # in case a write is stuck behind HTTP/2 flow control.
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(link_task), self.options.link.drain_timeout + 5
+                )
+            except TimeoutError:
+                log.warning("collector did not take the last results in time; they stay on disk")
         finally:
             for task in (flusher, link_task):
                 task.cancel()

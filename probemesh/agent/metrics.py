@@ -30,7 +30,11 @@ class AgentMetrics(Collector):
         for name, help_text, value in (
             ("probemesh_agent_results_produced", "Results persisted to the queue", c.produced),
             ("probemesh_agent_results_acked", "Results acknowledged by a collector", c.acked),
-            ("probemesh_agent_results_dropped", "Results dropped by the bounded queue", c.dropped),
+            (
+                "probemesh_agent_results_dropped",
+                "Results dropped by the bounded queue",
+                self.queue.dropped_total,
+            ),
         ):
             counter = CounterMetricFamily(name, help_text, labels=keys)
             counter.add_metric(values, value)

@@ -74,6 +74,8 @@ class DurableQueue:
         except sqlite3.Error as exc:
             raise StateError(f"{path}: cannot open result queue: {exc}") from None
         self.counters = self._load_counters()
+        # Dropped from memory while the disk refused writes; saved with the next append.
+        self.unsaved_dropped = 0
         self.depth = 0
         self._floor = 0
         self._sent: list[tuple[int, int]] = []
@@ -114,6 +116,7 @@ class DurableQueue:
                 self._floor = first
             self.depth += len(rows)
             self._enforce_bounds()
+            self.counters.dropped += self.unsaved_dropped
             self._save_counters()
             self._db.execute("COMMIT")
         except BaseException:
@@ -121,7 +124,13 @@ class DurableQueue:
             self.counters = self._load_counters()
             self._reload_depth()
             raise
+        self.unsaved_dropped = 0
         return first, self.counters.last_seq
+
+    @property
+    def dropped_total(self) -> int:
+        """Dropped results, including those dropped in memory while the disk failed."""
+        return self.counters.dropped + self.unsaved_dropped
 
     def _enforce_bounds(self) -> None:
         """Drop the oldest rows beyond the bounds, counting each (inside a transaction)."""

@@ -57,6 +57,9 @@ class Scheduler:
             prepared = prepare(check, self.min_interval)
             if prepared.refusal:
                 log.warning("check %s: %s", name, prepared.refusal)
+            if check.prober == "grpc" and self.env.source_address:
+                # grpcio offers no way to bind a client channel's local address.
+                log.warning("check %s: grpc probes ignore --source-address", name)
             task = asyncio.create_task(self._loop(prepared), name=f"check:{name}")
             self._tasks[name] = (check.SerializeToString(deterministic=True), task)
 
@@ -66,9 +69,12 @@ class Scheduler:
         next_at = loop.time() + random.uniform(0, interval)
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            async with self._limit:
-                result = await run_probe(prepared, self.env)
-            self.sink(result)
+            try:
+                async with self._limit:
+                    result = await run_probe(prepared, self.env)
+                self.sink(result)
+            except Exception:  # a bug must not silently end this check's schedule
+                log.exception("check %s: probe round failed", prepared.name)
             next_at += interval
             behind = loop.time() - next_at
             if behind > 0:  # skip missed rounds instead of bursting

@@ -88,7 +88,7 @@ def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: Mesh
     async def status(request: web.Request) -> web.Response:
         after = request.query.get("after", "")
         if after:
-            if not after.isdigit():
+            if not (after.isascii() and after.isdigit() and len(after) < 19):
                 return web.json_response({"error": "after must be an integer"}, status=400)
             await monitor.wait_after(int(after), LONG_POLL_SECONDS)
         body = reachability_json(monitor.snapshot)

@@ -71,16 +71,18 @@ class Hello(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("collector_version", "acked_seq", "heartbeat_interval_seconds", "max_batch_results")
+    __slots__ = ("collector_version", "acked_seq", "heartbeat_interval_seconds", "max_batch_results", "max_message_bytes")
     COLLECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     collector_version: str
     acked_seq: int
     heartbeat_interval_seconds: int
     max_batch_results: int
-    def __init__(self, collector_version: _Optional[str] = ..., acked_seq: _Optional[int] = ..., heartbeat_interval_seconds: _Optional[int] = ..., max_batch_results: _Optional[int] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, collector_version: _Optional[str] = ..., acked_seq: _Optional[int] = ..., heartbeat_interval_seconds: _Optional[int] = ..., max_batch_results: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Checks(_message.Message):
     __slots__ = ("revision", "checks")

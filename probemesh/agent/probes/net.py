@@ -122,13 +122,22 @@ async def connect(target: Resolved, port: int, env: ProbeEnv) -> socket.socket:
 
 @functools.lru_cache(maxsize=256)
 def client_context(config: TLSConfig) -> ssl.SSLContext:
-    """An SSLContext per tls_config; built once because loading CAs costs milliseconds."""
-    context = ssl.create_default_context(cafile=config.ca_file or None)
+    """An SSLContext per tls_config; built once because loading CAs costs milliseconds.
+
+    Unreadable CA or certificate files are the agent's configuration problem,
+    reported as reason ``other``, never as the target being unreachable.
+    """
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file or None)
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeFailure(
+            Reason.OTHER, f"tls_config: cannot load CA or client certificate: {exc}"
+        ) from None
     if config.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    if config.cert_file:
-        context.load_cert_chain(config.cert_file, config.key_file)
     if config.min_version:
         context.minimum_version = _TLS_VERSIONS[config.min_version]
     if config.max_version:

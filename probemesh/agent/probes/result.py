@@ -63,7 +63,8 @@ class ProbeResult:
         return self
 
 
-_REFUSED = {errno.ECONNREFUSED, errno.ECONNRESET}
+# A reset after the handshake is no refusal (the port was open): it is "connect".
+_REFUSED = {errno.ECONNREFUSED}
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN}
 
 
