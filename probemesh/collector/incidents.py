@@ -362,6 +362,7 @@ class OutageMonitor:
         self.snapshot = Snapshot(0.0)
         self.evaluations = 0
         self._tick = asyncio.Event()  # set (and replaced) after every evaluation
+        self._saving: asyncio.Future[None] | None = None  # the incident write in flight
 
     def evaluate(self) -> list[Incident]:
         """One evaluation: classify, flag local problems, update incidents."""
@@ -402,6 +403,8 @@ class OutageMonitor:
             await self._loop()
         finally:
             self._wake()  # release long-polling status pages so HTTP shutdown is quick
+            if self._saving is not None:  # cancelling does not stop the thread: let it finish
+                await asyncio.gather(self._saving, return_exceptions=True)
 
     async def _loop(self) -> None:
         while True:
@@ -409,7 +412,8 @@ class OutageMonitor:
                 dirty = self.evaluate()
                 if dirty:
                     rows = [i.to_row() for i in dirty]
-                    await asyncio.to_thread(self.book.save, rows)
+                    self._saving = asyncio.ensure_future(asyncio.to_thread(self.book.save, rows))
+                    await asyncio.shield(self._saving)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug here must not stop the collector; it is logged

@@ -65,6 +65,8 @@ class Ingest:
         self.duplicates_total = 0
         self.accepting = True
         self._dirty_marks: set[str] = set()  # agents whose mark a failed commit left unsaved
+        # Marks as last committed: what Welcome may tell an agent to delete.
+        self.durable = {agent: seqs.mark for agent, seqs in self.marks.items()}
 
     def reconcile(self, agent_id: str, last_seq: int) -> None:
         """Forget the marks of an agent whose sequence restarted (its state dir was lost).
@@ -84,11 +86,13 @@ class Ingest:
             agent_id, last_seq, seqs.mark,
         )  # fmt: skip
         self.marks[agent_id] = AppliedSeqs()
+        self.durable[agent_id] = 0
         self._dirty_marks.add(agent_id)
 
     def mark_of(self, agent_id: str) -> int:
-        seqs = self.marks.get(agent_id)
-        return seqs.mark if seqs else 0
+        """The agent's committed mark: the in-memory one may be ahead of the disk
+        (a commit in flight or failed), and the agent deletes what Welcome names."""
+        return self.durable.get(agent_id, 0)
 
     def framing_problem(self, batch: pb.ResultBatch) -> tuple[str, str] | None:
         """(reject reason, detail) when a batch is malformed or too large."""
@@ -148,7 +152,11 @@ class Ingest:
             self.state.requeue(dirty)
             self._dirty_marks.update(touched)
             raise
-        self._dirty_marks.clear()
+        # Only what this commit wrote: reconcile() may have added an agent meanwhile.
+        self._dirty_marks -= touched
+        for agent_id, mark, _ in marks:
+            if self.marks.get(agent_id) is not None and self.marks[agent_id].mark >= mark:
+                self.durable[agent_id] = mark
         for item in items:
             seqs = self.marks[item.session.agent.agent_id]
             item.session.send(

@@ -82,6 +82,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     acked_seq=self.ingest.mark_of(agent.agent_id),
                     heartbeat_interval_seconds=int(self.heartbeat_interval),
                     max_batch_results=self.ingest.limits.max_batch_results,
+                    max_message_bytes=self.max_message_bytes,
                 )
             )
             yield checks

@@ -61,6 +61,10 @@ class Store:
 
     def __init__(self, data_dir: Path) -> None:
         self.db = open_db(data_dir)
+        # The ingest commits run in a worker thread on a connection of their own:
+        # sharing one would let an event-loop statement (a token's last use)
+        # land inside, and roll back with, the worker's transaction.
+        self._ingest_db = open_db(data_dir)
 
     def load_marks(self) -> dict[str, tuple[int, list[list[int]]]]:
         rows = self.db.execute("SELECT agent_id, mark, ranges FROM marks").fetchall()
@@ -80,8 +84,8 @@ class Store:
         counters: Iterable[tuple[tuple[str, ...], int]],
         histograms: Iterable[tuple[tuple[str, ...], list[float]]],
     ) -> None:
-        """Write marks, counters and histograms in one transaction."""
-        db = self.db
+        """Write marks, counters and histograms in one transaction (ingest thread)."""
+        db = self._ingest_db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
@@ -105,6 +109,7 @@ class Store:
             raise
 
     def close(self) -> None:
+        self._ingest_db.close()
         self.db.close()
 
 

@@ -94,8 +94,45 @@ def test_reset_agent_sequence_is_not_mistaken_for_duplicates(tmp_path) -> None: 
 
     ingest = Ingest(MeshState(), Store(tmp_path))
     ingest.marks["vps-1"] = AppliedSeqs(500, [[510, 520]])
+    ingest.durable["vps-1"] = 500
     ingest.reconcile("vps-1", last_seq=600)  # a normal reconnect: kept
     assert ingest.mark_of("vps-1") == 500
     ingest.reconcile("vps-1", last_seq=3)  # sequence restarted: forgotten
     assert ingest.mark_of("vps-1") == 0
     assert not ingest.marks["vps-1"].is_applied(1)
+
+
+def test_welcome_names_only_committed_marks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The agent deletes what Welcome's acked_seq names, so it must be on disk:
+    a mark applied in memory whose commit failed is not announced."""
+    import asyncio
+
+    from probemesh.collector.ingest import Ingest, _Item
+    from probemesh.collector.sessions import Session
+    from probemesh.collector.state import AgentInfo, MeshState
+    from probemesh.collector.store import Store
+    from probemesh.v1 import mesh_pb2 as pb
+
+    store = Store(tmp_path)
+    ingest = Ingest(MeshState(), store)
+    agent = AgentInfo("vps-1", "DE")
+    agent.ever_assigned = {"web"}
+    batch = pb.ResultBatch(first_seq=1, last_seq=1, floor_seq=1,
+                           results=[pb.Result(check="web", timestamp=1.0, success=True)])  # fmt: skip
+
+    def broken(*_args: object) -> None:
+        raise OSError("disk full")
+
+    async def apply(commit: object) -> None:
+        store.commit_applied = commit  # type: ignore[method-assign]
+        await ingest._apply_group([_Item(Session(agent, "t"), batch)])
+
+    try:
+        asyncio.run(apply(broken))
+    except OSError:
+        pass
+    assert ingest.marks["vps-1"].mark == 1  # applied in memory
+    assert ingest.mark_of("vps-1") == 0  # but not announced
+    asyncio.run(apply(Store.commit_applied.__get__(store)))
+    assert ingest.mark_of("vps-1") == 1
+    assert Store(tmp_path).load_marks()["vps-1"][0] == 1
