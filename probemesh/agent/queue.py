@@ -3,14 +3,14 @@
 A result is persisted here before it is ever sent and deleted only once the
 collector acknowledges it. Sequence numbers are assigned inside the insert
 transaction, so they stay monotonic across restarts. The queue is bounded by
-count and age; overflow deletes the oldest results and counts each one, so loss
-is visible, never silent.
+count and age; overflow or expiry deletes the oldest results and counts each
+one, so loss is visible, never silent.
 
 Exact accounting needs one more rule: a result that was *sent* but not yet
 acknowledged may already be counted by the collector (it applied the batch, the
 Ack was lost). Dropping it would count it twice, once as applied and once as
 dropped. So the link records each batch's range in the ``sent`` table before
-writing it, and count overflow drops only unsent results; sent ones are only
+writing it, and overflow and expiry drop only unsent results; sent ones are only
 dropped past a hard ceiling of twice the bound (logged, and only reachable when
 a collector takes batches but never acknowledges them). The bound thus counts
 results not in flight; the in-flight window adds at most window x batch rows.
@@ -152,7 +152,11 @@ class DurableQueue:
         oldest = time.time() - self.max_age
         head = self._db.execute("SELECT ts FROM results ORDER BY seq LIMIT 1").fetchone()
         if head and head[0] < oldest:  # scan only when something has expired
-            dropped += self._db.execute("DELETE FROM results WHERE ts < ?", (oldest,)).rowcount
+            # In-flight results wait for their Ack, as with the count bound.
+            for lo, hi in self._unsent_spans():
+                dropped += self._db.execute(
+                    "DELETE FROM results WHERE ts < ? AND seq BETWEEN ? AND ?", (oldest, lo, hi)
+                ).rowcount
         if dropped:
             self.counters.dropped += dropped
             self.depth -= dropped
