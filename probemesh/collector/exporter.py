@@ -112,8 +112,11 @@ class MeshExporter(Collector):
         self.last_render_seconds = time.perf_counter() - started
         return text
 
-    def prerender(self) -> int:
+    def prerender(self, budget: float | None = None) -> int:
         """Render what changed since the last call; return how many tallies that was.
+
+        With a budget (seconds), stop once it is spent and leave the rest for the
+        next call, so a burst of changes never stalls the event loop for long.
 
         Run between scrapes (the collector calls it every second): the CPU is
         the same, but a scrape of a large mesh no longer waits for it. This is
@@ -139,12 +142,19 @@ class MeshExporter(Collector):
             self._released = self.guard.released
             changed.update(state.tallies[p] for p in self.guard.refused if p in state.tallies)
         hists: dict[tuple[str, ...], Histogram] = {}
-        for tally in changed:
+        deadline = time.perf_counter() + budget if budget is not None else None
+        pending = list(changed)
+        done = 0
+        for tally in pending:
             self._render_tally(tally, specs)
             if tally.check in specs:
                 hists.update(zip(tally.hist_keys, tally.hists, strict=True))
+            done += 1
+            if deadline is not None and done % 64 == 0 and time.perf_counter() > deadline:
+                state.unrendered.update(pending[done:])  # the next call goes on
+                break
         self._render_histograms(hists)
-        return len(changed)
+        return done
 
     def _resync(self, checks: ChecksFile) -> None:
         """A (re)loaded checks file: re-render the pairs of added, removed or re-targeted checks."""
