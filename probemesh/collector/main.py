@@ -189,7 +189,7 @@ class CollectorApp:
             while self.exporter.prerender(budget=0.05) and self.state.unrendered:
                 if time.monotonic() > slices_until:
                     break
-                await asyncio.sleep(0)  # noqa: ASYNC110 - a yield between slices, not a wait
+                await asyncio.sleep(0)  # a yield between slices
             live = {s.token_id for s in self.sessions.by_agent.values()}
             revoked = {t for t in live if not self.tokens.is_active(t)}
             if revoked:
