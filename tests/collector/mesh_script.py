@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,15 +66,6 @@ def result(check: str, ts: float, mode: str) -> pb.Result:
     )
 
 
-def apply(state: MeshState, agent: AgentInfo, res: pb.Result) -> None:
-    """MeshState.apply; older versions also took ``is_http``."""
-    fn: Any = state.apply
-    if len(inspect.signature(fn).parameters) == 3:
-        fn(agent, res, res.check == "web")
-    else:
-        fn(agent, res)
-
-
 class ScriptedMesh:
     """Feeds rounds of results into a real MeshState and evaluates after each."""
 
@@ -111,9 +101,7 @@ class ScriptedMesh:
             if agent.country in silent:
                 continue
             for check, modes in (("web", web or {}), ("tcp", tcp or {})):
-                apply(
-                    self.state, agent, result(check, self.now - 0.5, modes.get(agent.country, ""))
-                )
+                self.state.apply(agent, result(check, self.now - 0.5, modes.get(agent.country, "")))
         dirty = self.monitor.evaluate()
         if self.book.db is not None and dirty:
             self.book.save([i.to_row() for i in dirty])

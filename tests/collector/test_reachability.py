@@ -12,7 +12,6 @@ from tests.collector.mesh_script import (
     COUNTRIES,
     INTERVAL,
     ScriptedMesh,
-    apply,
     build_checks,
     result,
 )
@@ -176,8 +175,8 @@ def test_degraded_when_a_minority_of_agents_fail() -> None:
         mesh.now = ts
         for agent in mesh.state.agents.values():
             mode = "500" if agent.agent_id == "a-us" else ""
-            apply(mesh.state, agent, result("web", ts - 0.5, mode))
-            apply(mesh.state, agent, result("tcp", ts - 0.5, ""))
+            mesh.state.apply(agent, result("web", ts - 0.5, mode))
+            mesh.state.apply(agent, result("tcp", ts - 0.5, ""))
         mesh.monitor.evaluate()
     us = next(c for c in mesh.view().countries if c.country == "US")
     assert (us.state, us.agents, us.up) == ("degraded", 3, 2)
