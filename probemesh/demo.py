@@ -75,12 +75,13 @@ class DemoTarget:
         return web.Response(text="social home: ok\n")
 
 
-def reachability_table(app: CollectorApp, urls: list[str], elapsed: float) -> Group:
+def reachability_table(app: CollectorApp, elapsed: float) -> Group:
     """Per-country view of the demo check from the collector's outage model, plus incidents."""
     view = app.outage.snapshot.checks.get("social-home")
     state = view.state if view else "unknown"
     title = f"probemesh demo - social-home ({state}) - {elapsed:5.0f}s"
-    table = Table(title=title, caption="  ".join(urls))
+    # A fixed minimum width keeps the title on one line, so frames keep their height.
+    table = Table(title=title, min_width=64)
     for column in ("country", "agents up", "state", "reason", "ratio"):
         table.add_column(column)
     styles = {"up": "green", "degraded": "yellow", "down": "bold red", "unknown": "dim"}
@@ -130,14 +131,16 @@ async def start_mesh(
 ) -> tuple[CollectorApp, list[asyncio.Task[None]]]:
     """A collector and one in-process agent per country, each on its own source address.
 
-    Returns the collector and the tasks (collector first) that end once stop is set.
+    Returns the collector and the tasks that end once stop is set: the agents
+    first, so they drain to a live collector, then the collector (the first task).
     """
     checks_path = root / "checks.yaml"
     checks_path.write_text(yaml.safe_dump(checks))
     collector = CollectorApp(
         CollectorOptions(checks_path, grpc_listen, http_listen, root / "collector")
     )
-    tasks = [asyncio.create_task(collector.run(stop))]
+    collector_stop = asyncio.Event()
+    tasks = [asyncio.create_task(collector.run(collector_stop))]
     while not collector.ready and not tasks[0].done():  # noqa: ASYNC110 - set by run()
         await asyncio.sleep(0.05)
     if tasks[0].done():
@@ -157,6 +160,13 @@ async def start_mesh(
             )
         )
         tasks.append(asyncio.create_task(agent.run(stop)))
+
+    async def stop_collector_after_agents(agents: list[asyncio.Task[None]]) -> None:
+        await stop.wait()
+        await asyncio.gather(*agents, return_exceptions=True)
+        collector_stop.set()
+
+    tasks.append(asyncio.create_task(stop_collector_after_agents(tasks[1:])))
     return collector, tasks
 
 
@@ -176,9 +186,7 @@ async def run_demo(options: DemoOptions) -> None:
             Path(tmp), demo_checks(target_port), options.grpc_listen, options.http_listen, stop
         )
         base = f"http://{options.http_listen}"
-        urls = [f"metrics: {base}/metrics", f"status page: {base}/"]
-        for url in urls:
-            console.print(url)
+        console.print(f"metrics: {base}/metrics\nstatus page: {base}/")
         console.print(
             "Outage starts ~30 s in for BR PH UG DE ZA LT, then recovers country by country. "
             "Ctrl-C stops."
@@ -186,8 +194,10 @@ async def run_demo(options: DemoOptions) -> None:
         started = time.monotonic()
         deadline = started + options.duration if options.duration else None
         with contextlib.ExitStack() as stack:
+            # The alternate screen is redrawn whole each second, so log lines or a
+            # resized terminal never leave stale rows; the last frame is printed on exit.
             live = (
-                stack.enter_context(Live(console=console, auto_refresh=False))
+                stack.enter_context(Live(console=console, auto_refresh=False, screen=True))
                 if options.live_table
                 else None
             )
@@ -195,13 +205,15 @@ async def run_demo(options: DemoOptions) -> None:
                 if deadline and time.monotonic() >= deadline:
                     stop.set()
                     break
-                table = reachability_table(collector, urls, time.monotonic() - started)
                 if live is not None:
-                    live.update(table, refresh=True)
+                    header = f"metrics: {base}/metrics   status page: {base}/   (Ctrl-C stops)"
+                    live.update(
+                        Group(header, reachability_table(collector, time.monotonic() - started)),
+                        refresh=True,
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
-            if live is None:
-                console.print(reachability_table(collector, urls, time.monotonic() - started))
+        console.print(reachability_table(collector, time.monotonic() - started))
         await asyncio.gather(*tasks[1:], return_exceptions=True)
         await tasks[0]
         await target_runner.cleanup()
