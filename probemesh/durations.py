@@ -42,10 +42,3 @@ def parse_duration(value: object, where: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ConfigError(f"{where}: duration must be positive, got {value!r}")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Render seconds the way the checks file would write them."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"

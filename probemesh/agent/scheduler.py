@@ -36,10 +36,6 @@ class Scheduler:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._tasks: dict[str, tuple[bytes, asyncio.Task[None]]] = {}
 
-    @property
-    def check_names(self) -> list[str]:
-        return sorted(self._tasks)
-
     def update(self, checks: Iterable[pb.Check]) -> None:
         """Replace the check set: stop removed or changed checks, start new ones."""
         wanted = {check.name: check for check in checks}

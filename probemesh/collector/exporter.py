@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import (
@@ -59,7 +58,6 @@ class MeshExporter(Collector):
         self.active_streams = active_streams
         self.extra = list(extra)
         self.last_render_seconds = 0.0
-        self.rejected_samples: Counter[str] = Counter()
         # (name, labels) -> admitted by the catalog; the same few keys recur in every result
         self._verdicts: dict[tuple[str, tuple[tuple[str, str], ...]], bool] = {}
         self.configure(limits or SecurityLimits())

@@ -198,6 +198,7 @@ class CollectorApp:
             for agent in list(self.state.agents.values()):
                 if not agent.connected and agent.last_seen < horizon:
                     self.state.forget_agent(agent.agent_id)
+                    self.service.limiter.forget(agent.agent_id)
 
 
 async def run_collector(options: CollectorOptions) -> None:
