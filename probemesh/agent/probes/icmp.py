@@ -3,8 +3,9 @@
 blackbox sends one request; probemesh sends ``packets`` (default 3) so that loss
 and jitter are measurable per round. The probe succeeds when at least one reply
 arrives; replies still missing ``reply_timeout`` after the last request count
-as lost. Phases as in blackbox: ``resolve``, ``setup`` (opening the socket) and
-``rtt`` (here the mean RTT of the replies).
+as lost, and so do requests the kernel refuses to send (EPERM from a local
+firewall rule), as ping(8) counts them. Phases as in blackbox: ``resolve``,
+``setup`` (opening the socket) and ``rtt`` (here the mean RTT of the replies).
 
 Sockets: a raw socket when the agent has CAP_NET_RAW, else the unprivileged
 datagram "ping" socket that Linux allows to the groups in
@@ -26,6 +27,7 @@ from icmplib import (
     ICMPRequest,
     ICMPv4Socket,
     ICMPv6Socket,
+    SocketBroadcastError,
     SocketPermissionError,
     TimeoutExceeded,
 )
@@ -97,11 +99,23 @@ async def _ping(sock: AsyncSocket, target: Resolved, settings: ICMPSettings, tal
         )
         try:
             sock.send(request)
+        except SocketBroadcastError:
+            # icmplib's name for any EPERM/EACCES from sendto(): a local firewall rule
+            # dropped the request (or the address is a broadcast). Like ping(8), count the
+            # request as sent and lost, and carry on with the others.
+            tally.sent += 1
+            continue
         except ICMPLibError as exc:
             raise ProbeFailure(Reason.CONNECT, f"cannot send echo request: {exc}") from None
         ident = request.id  # the kernel rewrites it on datagram sockets
         pending[seq] = request.time
         tally.sent += 1
+    if not pending:
+        raise ProbeFailure(
+            Reason.CONNECT,
+            f"cannot send echo request to {target.address}: the kernel refused every one "
+            "(EPERM/EACCES: a local firewall rule, or a broadcast address)",
+        )
     deadline = time.time() + settings.reply_wait
     while pending:
         remaining = deadline - time.time()

@@ -1,0 +1,180 @@
+"""probemesh agent: probe the checks a collector assigns and stream the results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+
+from probemesh.cli import options
+from probemesh.errors import ConfigError
+from probemesh.grpc_options import is_loopback
+
+log = logging.getLogger("probemesh")
+
+
+@click.command()
+@options.config_option
+@options.opt(
+    "--collector",
+    "collectors",
+    required=True,
+    callback=options.collectors,
+    help="Collector HOST:PORT; several, comma-separated, are tried in order (failover).",
+)
+@options.opt(
+    "--agent-id",
+    required=True,
+    callback=options.agent_id,
+    help="This agent's id (bound to its token).",
+)
+@options.opt(
+    "--country",
+    required=True,
+    callback=options.country,
+    help="ISO-3166 alpha-2 country (bound to its token).",
+)
+@options.opt(
+    "--token", default=None, help="Bearer token from 'probemesh token create'. [default: none]"
+)
+@options.opt(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the token (preferred over --token). [default: none]",
+)
+@options.opt(
+    "--region",
+    default="",
+    callback=options.region,
+    help="Region inside the country. [default: none]",
+)
+@options.opt(
+    "--city", default="", callback=options.region, help="City, informational. [default: none]"
+)
+@options.opt(
+    "--asn", type=click.IntRange(0, 2**32 - 1), default=0, help="Uplink AS number; 0 when unknown."
+)
+@options.opt(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-agent",
+    help="Directory of the durable result queue.",
+)
+@options.opt(
+    "--metrics-listen",
+    default="",
+    callback=options.listen,
+    help="Address for the agent's /metrics. [default: off]",
+)
+@options.opt(
+    "--source-address",
+    default="",
+    callback=options.ip_address,
+    help="Local IP address probes bind to. [default: any]",
+)
+@options.opt(
+    "--allow-private-targets",
+    is_flag=True,
+    default=False,
+    help="Allow probing loopback and private addresses (link-local/metadata stay refused).",
+)
+@options.opt(
+    "--min-interval",
+    callback=options.duration,
+    default="5s",
+    help="Refuse checks with a shorter interval.",
+)
+@options.opt(
+    "--max-concurrency",
+    type=click.IntRange(1, 10_000),
+    default=256,
+    help="Probes running at once, at most.",
+)
+@options.opt(
+    "--queue-max-results",
+    type=click.IntRange(10, 10**9),
+    default=1_000_000,
+    help="Results kept on disk while the collector is unreachable; oldest dropped beyond.",
+)
+@options.opt(
+    "--queue-max-age",
+    callback=options.duration,
+    default="7d",
+    help="Results older than this are dropped (counted).",
+)
+@options.opt(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle to verify the collector; enables TLS. [default: plaintext]",
+)
+@options.opt(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Client certificate for mTLS. [default: none]",
+)
+@options.opt(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Client key for mTLS. [default: none]",
+)
+@options.opt(
+    "--tls-server-name", default="", help="Expected collector certificate name. [default: host]"
+)
+@options.opt(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Allow plaintext gRPC to a non-loopback collector.",
+)
+@options.LOG_LEVEL
+def agent(**kw: Any) -> None:
+    """Probe targets for the checks a collector assigns, and stream the results."""
+    from probemesh.agent.link import Identity, LinkSettings
+    from probemesh.agent.main import AgentOptions, run_agent
+
+    options.setup_logging(kw["log_level"])
+    token = kw["token_file"].read_text().strip() if kw["token_file"] else kw["token"]
+    if not token:
+        raise ConfigError("a token is required: --token, --token-file or PROBEMESH_TOKEN")
+    link = LinkSettings(server_name=kw["tls_server_name"])
+    if kw["tls_ca"]:
+        if bool(kw["tls_cert"]) != bool(kw["tls_key"]):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        link.credentials = grpc.ssl_channel_credentials(
+            root_certificates=kw["tls_ca"].read_bytes(),
+            private_key=kw["tls_key"].read_bytes() if kw["tls_key"] else None,
+            certificate_chain=kw["tls_cert"].read_bytes() if kw["tls_cert"] else None,
+        )
+    else:
+        remote = [c for c in kw["collectors"] if not is_loopback(c)]
+        if remote and not kw["insecure"]:
+            raise ConfigError(
+                f"--collector {remote[0]} is not loopback: give --tls-ca, or --insecure"
+            )
+        if remote:
+            log.warning(
+                "plaintext gRPC to %s: the token crosses the network unencrypted", ", ".join(remote)
+            )
+    settings = AgentOptions(
+        collectors=kw["collectors"],
+        identity=Identity(kw["agent_id"], kw["country"], kw["region"], kw["city"], kw["asn"]),
+        token=token,
+        state_dir=kw["state_dir"],
+        metrics_listen=kw["metrics_listen"],
+        source_address=kw["source_address"],
+        allow_private_targets=kw["allow_private_targets"],
+        min_interval=kw["min_interval"],
+        max_concurrency=kw["max_concurrency"],
+        queue_max_results=kw["queue_max_results"],
+        queue_max_age=kw["queue_max_age"],
+        link=link,
+    )
+    asyncio.run(run_agent(settings))

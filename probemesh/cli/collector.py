@@ -1,0 +1,202 @@
+"""probemesh collector: accept agents, push checks, export metrics, detect outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from probemesh.cli import options
+from probemesh.errors import ConfigError
+from probemesh.grpc_options import is_loopback
+
+log = logging.getLogger("probemesh")
+
+
+@click.command()
+@options.config_option
+@options.opt(
+    "--checks",
+    "checks_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Checks file (blackbox modules + checks). Required.",
+)
+@options.opt(
+    "--grpc-listen",
+    default="0.0.0.0:7443",
+    callback=options.listen,
+    help="Address for agent streams.",
+)
+@options.opt(
+    "--http-listen",
+    default="0.0.0.0:9115",
+    callback=options.listen,
+    help="Address for /metrics, API and status page.",
+)
+@options.opt(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-data",
+    help="Directory for tokens, dedupe marks, counters and incidents.",
+)
+@options.opt(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Server certificate (PEM) for gRPC TLS. [default: none]",
+)
+@options.opt(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Server private key (PEM). [default: none]",
+)
+@options.opt(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle for mTLS: agents must present a certificate it signed. [default: none]",
+)
+@options.opt(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Allow plaintext gRPC on a non-loopback address.",
+)
+@options.opt(
+    "--max-batch-results",
+    type=click.IntRange(1, 100_000),
+    default=5000,
+    help="Largest ResultBatch accepted from an agent.",
+)
+@options.opt(
+    "--series-ttl",
+    callback=options.duration,
+    default="15m",
+    help="Forget the gauges of an agent disconnected for this long.",
+)
+@options.opt(
+    "--max-message-bytes",
+    type=click.IntRange(64 * 1024, 256 * 1024 * 1024),
+    default=4 * 1024 * 1024,
+    help="Largest gRPC message accepted from an agent; larger: RESOURCE_EXHAUSTED.",
+)
+@options.opt(
+    "--rate-limit",
+    type=click.FloatRange(min=0),
+    default=20000.0,
+    help="Results per second per agent (token bucket); above: RESOURCE_EXHAUSTED. 0 disables.",
+)
+@options.opt(
+    "--rate-burst",
+    type=click.FloatRange(min=1),
+    default=200000.0,
+    help="Results an agent may send at once after a quiet period; at least --max-batch-results.",
+)
+@options.opt(
+    "--max-series-per-agent",
+    type=click.IntRange(1, 10**8),
+    default=50_000,
+    help="Probe series (label sets) exported per agent; beyond: rejected{reason=cardinality}.",
+)
+@options.opt(
+    "--max-series",
+    type=click.IntRange(1, 10**9),
+    default=5_000_000,
+    help="Probe series (label sets) exported over all agents.",
+)
+@options.opt(
+    "--max-samples-per-result",
+    type=click.IntRange(1, 10_000),
+    default=64,
+    help="Blackbox samples kept from one result.",
+)
+@options.opt(
+    "--api-auth",
+    default=None,
+    help="Credentials file (or env:NAME) required for / and /api/*: lines 'bearer TOKEN' or "
+    "'basic USER:PASSWORD'. [default: open]",
+)
+@options.opt(
+    "--metrics-auth",
+    default=None,
+    help="Credentials file (or env:NAME) required for /metrics, same format. [default: open]",
+)
+@options.opt(
+    "--remote-write-url",
+    default=None,
+    help="Prometheus remote-write endpoint to push /metrics' samples to. [default: none]",
+)
+@options.opt(
+    "--remote-write-interval",
+    callback=options.duration,
+    default="15s",
+    help="How often to snapshot and remote-write the metrics.",
+)
+@options.opt(
+    "--external-label",
+    "external_labels",
+    multiple=True,
+    callback=options.external_labels,
+    help="NAME=VALUE added to every remote-written series, e.g. collector=eu-1; repeatable. "
+    "Give each collector a distinct one. [default: none]",
+)
+@options.LOG_LEVEL
+def collector(**kw: Any) -> None:
+    """Accept agents, push checks, export metrics and detect outages."""
+    from probemesh.collector.httpauth import HttpAuth, load_credentials
+    from probemesh.collector.ingest import IngestLimits
+    from probemesh.collector.limits import SecurityLimits
+    from probemesh.collector.main import CollectorOptions, run_collector
+
+    options.setup_logging(kw["log_level"])
+    if bool(kw["tls_cert"]) != bool(kw["tls_key"]):
+        raise ConfigError("--tls-cert and --tls-key must be given together")
+    if kw["tls_client_ca"] and not kw["tls_cert"]:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    if not kw["tls_cert"] and not is_loopback(kw["grpc_listen"]):
+        if not kw["insecure"]:
+            raise ConfigError(
+                f"--grpc-listen {kw['grpc_listen']} is not loopback: give --tls-cert/--tls-key, or --insecure"
+            )
+        log.warning(
+            "serving plaintext gRPC on %s: tokens cross the network unencrypted", kw["grpc_listen"]
+        )
+    if kw["rate_limit"] and kw["rate_burst"] < kw["max_batch_results"]:
+        raise ConfigError(
+            "--rate-burst must be at least --max-batch-results, or a full batch could never pass"
+        )
+    http_auth = HttpAuth(
+        api=load_credentials(kw["api_auth"], "--api-auth") if kw["api_auth"] else None,
+        metrics=load_credentials(kw["metrics_auth"], "--metrics-auth")
+        if kw["metrics_auth"]
+        else None,
+    )
+    settings = CollectorOptions(
+        checks_path=kw["checks_path"],
+        grpc_listen=kw["grpc_listen"],
+        http_listen=kw["http_listen"],
+        data_dir=kw["data_dir"],
+        tls_cert=kw["tls_cert"],
+        tls_key=kw["tls_key"],
+        tls_client_ca=kw["tls_client_ca"],
+        series_ttl=kw["series_ttl"],
+        limits=IngestLimits(max_batch_results=kw["max_batch_results"]),
+        max_message_bytes=kw["max_message_bytes"],
+        security=SecurityLimits(
+            rate_limit=kw["rate_limit"],
+            rate_burst=kw["rate_burst"],
+            max_series_per_agent=kw["max_series_per_agent"],
+            max_series=kw["max_series"],
+            max_samples_per_result=kw["max_samples_per_result"],
+        ),
+        http_auth=http_auth,
+        remote_write_url=kw["remote_write_url"],
+        remote_write_interval=kw["remote_write_interval"],
+        external_labels=kw["external_labels"],
+    )
+    asyncio.run(run_collector(settings))

@@ -1,0 +1,70 @@
+"""probemesh token create|list|revoke: the agents' bearer tokens in the collector's data dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from probemesh.cli import options
+from probemesh.errors import ConfigError
+
+
+@click.group()
+def token() -> None:
+    """Create, list and revoke agent tokens."""
+
+
+DATA_DIR = options.opt(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-data",
+    help="The collector's data directory.",
+)
+
+
+def _tokens(data_dir: Path) -> Any:
+    from probemesh.collector.store import open_db
+    from probemesh.collector.tokens import TokenStore
+
+    return TokenStore(open_db(data_dir))
+
+
+@token.command("create")
+@DATA_DIR
+@options.opt(
+    "--agent-id", required=True, callback=options.agent_id, help="Agent the token is bound to."
+)
+@options.opt(
+    "--country", required=True, callback=options.country, help="Country the token is bound to."
+)
+def token_create(data_dir: Path, agent_id: str, country: str) -> None:
+    """Print a new token on one line. It is shown once and stored only hashed."""
+    click.echo(_tokens(data_dir).create(agent_id, country))
+
+
+@token.command("list")
+@DATA_DIR
+def token_list(data_dir: Path) -> None:
+    """Show every token's id, agent, country, creation time and last use."""
+    from probemesh.timefmt import rfc3339
+
+    click.echo(f"{'TOKEN ID':<10} {'AGENT':<24} {'CC':<3} {'CREATED':<21} {'LAST USED':<21} STATUS")
+    for info in _tokens(data_dir).list():
+        status = "revoked" if info.revoked_at else "active"
+        click.echo(
+            f"{info.token_id:<10} {info.agent_id:<24} {info.country:<3} {rfc3339(info.created_at):<21} "
+            f"{rfc3339(info.last_used) or '-':<21} {status}"
+        )
+
+
+@token.command("revoke")
+@DATA_DIR
+@click.argument("selector")
+def token_revoke(data_dir: Path, selector: str) -> None:
+    """Revoke by token id or by agent id; live streams using it are cut within seconds."""
+    count = _tokens(data_dir).revoke(selector)
+    if not count:
+        raise ConfigError(f"no active token matches {selector!r}")
+    click.echo(f"revoked {count} token(s)")
