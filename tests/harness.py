@@ -134,8 +134,10 @@ class Proc:
         assert self.popen is not None
         return self.popen.wait(timeout)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log(self, lines: int | None = None) -> str:
+        """The process's output so far, or its last `lines` lines."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text if lines is None else "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass

@@ -16,11 +16,8 @@ Targets (:class:`Targets`), all in threads of the test process:
 from __future__ import annotations
 
 import http.server
-import os
-import signal
 import socket
 import ssl
-import subprocess
 import threading
 import urllib.request
 from dataclasses import dataclass, field
@@ -31,7 +28,7 @@ import dns.message
 import dns.rrset
 import trustme
 
-from tests.harness import free_port, probemesh_cmd
+from tests.harness import Proc, free_port, run_cli
 from tests.harness import wait_for as wait_until
 
 
@@ -131,38 +128,6 @@ class Targets:
 
 
 @dataclass
-class Proc:
-    args: list[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                probemesh_cmd(*self.args),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-            )
-        return self
-
-    def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(15)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(5)
-
-    def log(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-@dataclass
 class Collector:
     """One collector process started through the CLI."""
 
@@ -215,23 +180,10 @@ class Collector:
         return self
 
     def token(self, agent_id: str, country: str) -> str:
-        done = subprocess.run(
-            probemesh_cmd(
-                "token",
-                "create",
-                "--data-dir",
-                str(self.data_dir),
-                "--agent-id",
-                agent_id,
-                "--country",
-                country,
-            ),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        created = run_cli(
+            "token", "create", "--data-dir", str(self.data_dir), "--agent-id", agent_id, "--country", country
+        )  # fmt: skip
+        return created.stdout.strip()
 
 
 @dataclass
@@ -279,7 +231,7 @@ class Mesh:
 
     def logs(self) -> str:
         parts = [f"--- {c.name} ---\n{c.proc.log()}" for c in self.collectors if c.proc]
-        parts += [f"--- agent {name} ---\n{p.log(15)}" for name, p in self.agents.items()]
+        parts += [f"--- agent {name} ---\n{p.log(lines=15)}" for name, p in self.agents.items()]
         return "\n".join(parts)
 
     def close(self) -> None:
