@@ -19,10 +19,11 @@ See docs/durability.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,14 +102,26 @@ class DurableQueue:
         """Lowest sequence number still held (last_seq + 1 when empty)."""
         return self._floor if self.depth else self.counters.last_seq + 1
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction; on any error roll back and reload the in-memory view."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self.counters = self._load_counters()
+            self._reload_depth()
+            raise
+
     def append(self, payloads: Sequence[tuple[float, bytes]]) -> tuple[int, int]:
         """Persist (timestamp, serialized Result) pairs; return their seq range."""
         if not payloads:
             return self.last_seq + 1, self.last_seq
         first = self.counters.last_seq + 1
         rows = [(first + i, ts, blob) for i, (ts, blob) in enumerate(payloads)]
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self._db.executemany("INSERT INTO results(seq, ts, payload) VALUES(?, ?, ?)", rows)
             self.counters.last_seq = rows[-1][0]
             self.counters.produced += len(rows)
@@ -118,12 +131,6 @@ class DurableQueue:
             self._enforce_bounds()
             self.counters.dropped += self.unsaved_dropped
             self._save_counters()
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            self.counters = self._load_counters()
-            self._reload_depth()
-            raise
         self.unsaved_dropped = 0
         return first, self.counters.last_seq
 
@@ -245,8 +252,7 @@ class DurableQueue:
 
     def ack(self, upto: int, first: int = 0, last: int = 0) -> int:
         """Delete seq <= upto and first..last; return how many rows went."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             gone = self._db.execute("DELETE FROM results WHERE seq <= ?", (upto,)).rowcount
             if last >= first > upto:
                 gone += self._db.execute(
@@ -260,12 +266,6 @@ class DurableQueue:
                     self._db.execute(
                         "DELETE FROM sent WHERE first >= ? AND last <= ?", (first, last)
                     )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            self.counters = self._load_counters()
-            self._reload_depth()
-            raise
         self.depth -= gone
         if self._sent:
             batch = (first, last) if last >= first else (1, 0)
