@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 import urllib.parse
@@ -65,7 +66,10 @@ SHARED = (
     "probe_dns_serial",
     "probe_grpc_status_code",
     "probe_grpc_healthcheck_response",
+    "probe_grpc_ssl",
 )
+# Deliberate (docs/probes.md): Python's gRPC client does not expose the peer certificate.
+GRPC_ONLY_BLACKBOX = ("probe_ssl_earliest_cert_expiry", "probe_tls_version_info")
 
 pytestmark = pytest.mark.skipif(
     not os.access(BLACKBOX, os.X_OK), reason=f"blackbox_exporter not installed at {BLACKBOX}"
@@ -145,11 +149,29 @@ async def http_routes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         writer.write(response(500))
 
 
-async def health_server() -> AsyncIterator[int]:
+async def dns_tcp_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """DNS over TCP with nothing on UDP: a prober that falls back to UDP fails here."""
+    zone = Zone()
+    while True:
+        try:
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+        except asyncio.IncompleteReadError:
+            return
+        reply = zone.answer(await reader.readexactly(length))
+        writer.write(struct.pack("!H", len(reply)) + reply)
+        await writer.drain()
+
+
+async def health_server(
+    credentials: grpc.ServerCredentials | None = None,
+) -> AsyncIterator[int]:
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await servicer.set("sick", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
@@ -241,8 +263,47 @@ async def test_same_verdicts_and_metrics_as_blackbox(
                 "validate_answer_rrs": {"fail_if_all_match_regexp": [r"192\.0\.2\.1$"]},
             },
         },
+        "dns_tcp_a": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {
+                **ip4,
+                "query_name": "example.test",
+                "query_type": "A",
+                "transport_protocol": "tcp",
+                "valid_rcodes": ["NOERROR"],
+            },
+        },
+        "dns_tcp_nx": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {
+                **ip4,
+                "query_name": "missing.test",
+                "query_type": "A",
+                "transport_protocol": "tcp",
+            },
+        },
+        "dns_tcp_soa": {
+            "prober": "dns",
+            "timeout": "2s",
+            "dns": {
+                **ip4,
+                "query_name": "example.test",
+                "query_type": "SOA",
+                "transport_protocol": "tcp",
+            },
+        },
         "grpc": {"prober": "grpc", "timeout": "2s", "grpc": ip4},
         "grpc_sick": {"prober": "grpc", "timeout": "2s", "grpc": {**ip4, "service": "sick"}},
+        "grpc_tls": {"prober": "grpc", "timeout": "2s", "grpc": {**tls, "tls": True}},
+        "grpc_tls_sick": {
+            "prober": "grpc",
+            "timeout": "2s",
+            "grpc": {**tls, "tls": True, "service": "sick"},
+        },
+        # No ca_file: the test CA is not trusted, the handshake must fail on both sides.
+        "grpc_tls_untrusted": {"prober": "grpc", "timeout": "2s", "grpc": {**ip4, "tls": True}},
     }
     if os.geteuid() == 0:
         modules["icmp"] = {"prober": "icmp", "timeout": "2s", "icmp": ip4}
@@ -262,6 +323,7 @@ async def test_same_verdicts_and_metrics_as_blackbox(
         serve(banner) as banner_port,
         serve(banner, server_context(localhost_cert)) as tls_banner_port,
         dns_server(Zone()) as dns_port,
+        serve(dns_tcp_only) as dns_tcp_port,
     ):
         closed_port = free_port()
         h = f"http://127.0.0.1:{http_port}"
@@ -289,25 +351,50 @@ async def test_same_verdicts_and_metrics_as_blackbox(
             ("dns_soa", f"127.0.0.1:{dns_port}"),
             ("dns_nx", f"127.0.0.1:{dns_port}"),
             ("dns_all", f"127.0.0.1:{dns_port}"),
+            ("dns_tcp_a", f"127.0.0.1:{dns_tcp_port}"),
+            ("dns_tcp_txt", f"127.0.0.1:{dns_tcp_port}"),
+            ("dns_tcp_nx", f"127.0.0.1:{dns_tcp_port}"),
+            ("dns_tcp_soa", f"127.0.0.1:{dns_tcp_port}"),
         ]
         if "icmp" in modules:
             cases.append(("icmp", "127.0.0.1"))
-        mismatches = []
-        for module, target in cases:
+        mismatches: list[str] = []
+        successes: dict[tuple[str, str], float] = {}
+
+        async def compare(module: str, target: str, skip: tuple[str, ...] = ()) -> None:
             theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
             prober = modules[module]["prober"]
             mine = shared(ours(await run(prober, target, modules[module][prober])))
+            theirs = {k: v for k, v in theirs.items() if k[0] not in skip}
+            successes[(module, target)] = theirs.get(("probe_success", ()), -1.0)
             if theirs != mine:
                 diff = {k: (theirs.get(k), mine.get(k)) for k in theirs.keys() | mine.keys()}
                 diff = {k: v for k, v in diff.items() if v[0] != v[1]}
                 mismatches.append(f"{module} {target}: (blackbox, probemesh) {diff}")
+
+        for module, target in cases:
+            await compare(module, target)
         async for grpc_port in health_server():
             for module in ("grpc", "grpc_sick"):
-                target = f"127.0.0.1:{grpc_port}"
-                theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
-                # Deliberate: blackbox reports a meaningless expiry of 0 for plaintext gRPC.
-                theirs.pop(("probe_ssl_earliest_cert_expiry", ()), None)
-                mine = shared(ours(await run("grpc", target, modules[module]["grpc"])))
-                if theirs != mine:
-                    mismatches.append(f"{module}: blackbox {theirs} probemesh {mine}")
+                await compare(module, f"127.0.0.1:{grpc_port}", GRPC_ONLY_BLACKBOX)
+        key = localhost_cert.private_key_pem.bytes()
+        chain = b"".join(pem.bytes() for pem in localhost_cert.cert_chain_pems)
+        async for grpc_port in health_server(grpc.ssl_server_credentials([(key, chain)])):
+            for module in ("grpc_tls", "grpc_tls_sick", "grpc_tls_untrusted", "grpc"):
+                await compare(module, f"localhost:{grpc_port}", GRPC_ONLY_BLACKBOX)
     assert not mismatches, "\n".join(mismatches)
+    # Equal verdicts could both be failures for a reason of the test's own making: pin them.
+    expect_success = {
+        "dns_tcp_a",
+        "dns_tcp_txt",
+        "dns_tcp_soa",
+        "grpc_tls",
+        "icmp",
+    }
+    for (module, target), success in successes.items():
+        if module in expect_success:
+            assert success == 1.0, f"{module} {target} failed on both sides"
+    # NXDOMAIN is not in the default valid_rcodes (NOERROR); the others are refusals.
+    assert successes[("dns_tcp_nx", f"127.0.0.1:{dns_tcp_port}")] == 0.0
+    for module in ("grpc_tls_sick", "grpc_tls_untrusted", "grpc"):
+        assert successes[(module, f"localhost:{grpc_port}")] == 0.0
