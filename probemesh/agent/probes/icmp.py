@@ -1,4 +1,4 @@
-"""ICMP echo probe: ``packets`` echo requests back to back, then loss and RTT stats.
+"""ICMP echo probe: ``packets`` echo requests SEND_SPACING apart, then loss and RTT stats.
 
 blackbox sends one request; probemesh sends ``packets`` (default 3) so that loss
 and jitter are measurable per round. The probe succeeds when at least one reply
@@ -14,6 +14,8 @@ net.ipv4.ping_group_range; with neither the probe fails and says which to grant.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -39,6 +41,9 @@ from probemesh.modules import ICMPSettings
 _ECHO_REPLY = {socket.AF_INET: 0, socket.AF_INET6: 129}
 _UNREACHABLE = {socket.AF_INET: 3, socket.AF_INET6: 1}
 _DEFAULT_PAYLOAD = 56
+# Gap between two echo requests of one round: short enough for a fast round,
+# long enough that the receiver reads each reply as it lands.
+SEND_SPACING = 0.01
 # Linux <linux/in.h>; the socket module does not export them.
 _IP_MTU_DISCOVER = 10
 _IP_PMTUDISC_DO = 2
@@ -84,48 +89,77 @@ class _Tally:
 
 
 async def _ping(sock: AsyncSocket, target: Resolved, settings: ICMPSettings, tally: _Tally) -> None:
-    """Send every request, then collect replies until all are in or reply_timeout passes."""
+    """Send the requests SEND_SPACING apart while a receiver times each reply as it lands.
+
+    Sending everything first and reading afterwards would stamp early replies
+    late (each send costs ~0.1 ms in Python) and overstate short RTTs.
+    """
     ident = random.getrandbits(16) ^ (os.getpid() & 0xFFFF)
     first_seq = random.getrandbits(16)
     pending: dict[int, float] = {}
-    for i in range(settings.packets):
-        seq = (first_seq + i) & 0xFFFF
-        request = ICMPRequest(
-            target.address,
-            ident,
-            seq,
-            payload_size=settings.payload_size or _DEFAULT_PAYLOAD,
-            ttl=settings.ttl,
-        )
-        try:
-            sock.send(request)
-        except SocketBroadcastError:
-            # icmplib's name for any EPERM/EACCES from sendto(): a local firewall rule
-            # dropped the request (or the address is a broadcast). Like ping(8), count the
-            # request as sent and lost, and carry on with the others.
+    all_sent = asyncio.Event()
+    ids = {ident}
+    receiver = asyncio.create_task(_receive(sock, target, pending, ids, all_sent, tally))
+    try:
+        for i in range(settings.packets):
+            if i:
+                await asyncio.sleep(SEND_SPACING)
+            if receiver.done():
+                break  # an unreachable reply ended the round
+            seq = (first_seq + i) & 0xFFFF
+            request = ICMPRequest(
+                target.address,
+                ident,
+                seq,
+                payload_size=settings.payload_size or _DEFAULT_PAYLOAD,
+                ttl=settings.ttl,
+            )
+            try:
+                sock.send(request)
+            except SocketBroadcastError:
+                # icmplib's name for any EPERM/EACCES from sendto(): a local firewall rule
+                # dropped the request (or the address is a broadcast). Like ping(8), count the
+                # request as sent and lost, and carry on with the others.
+                tally.sent += 1
+                continue
+            except ICMPLibError as exc:
+                raise ProbeFailure(Reason.CONNECT, f"cannot send echo request: {exc}") from None
+            ids.add(request.id)  # the kernel rewrites the id on datagram sockets
+            pending[seq] = request.time
             tally.sent += 1
-            continue
-        except ICMPLibError as exc:
-            raise ProbeFailure(Reason.CONNECT, f"cannot send echo request: {exc}") from None
-        ident = request.id  # the kernel rewrites it on datagram sockets
-        pending[seq] = request.time
-        tally.sent += 1
-    if not pending:
-        raise ProbeFailure(
-            Reason.CONNECT,
-            f"cannot send echo request to {target.address}: the kernel refused every one "
-            "(EPERM/EACCES: a local firewall rule, or a broadcast address)",
-        )
-    deadline = time.time() + settings.reply_wait
-    while pending:
-        remaining = deadline - time.time()
-        if remaining <= 0:
-            break
+        if not pending and not tally.rtts:
+            raise ProbeFailure(
+                Reason.CONNECT,
+                f"cannot send echo request to {target.address}: the kernel refused every one "
+                "(EPERM/EACCES: a local firewall rule, or a broadcast address)",
+            )
+        all_sent.set()
+        await asyncio.wait_for(asyncio.shield(receiver), settings.reply_wait)
+    except TimeoutError:
+        pass  # replies still missing after reply_timeout are lost
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiver
+
+
+async def _receive(
+    sock: AsyncSocket,
+    target: Resolved,
+    pending: dict[int, float],
+    ids: set[int],
+    all_sent: asyncio.Event,
+    tally: _Tally,
+) -> None:
+    """Time replies as they arrive; return once every sent request is answered."""
+    while not (all_sent.is_set() and not pending):
+        # No short receive timeout: a timeout racing a completed read drops that
+        # reply. The caller cancels this task once the round is over.
         try:
-            reply = await sock.receive(None, remaining)
+            reply = await sock.receive(None, 3600.0)
         except TimeoutExceeded:
-            break
-        if reply.id != ident or reply.sequence not in pending:
+            continue
+        if reply.id not in ids or reply.sequence not in pending:
             continue  # a raw socket sees every ICMP packet on the host
         if reply.type == _UNREACHABLE[target.family]:
             raise ProbeFailure(Reason.CONNECT, f"{target.address} is unreachable (ICMP)")
