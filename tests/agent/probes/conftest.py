@@ -1,5 +1,9 @@
 """Fixtures for the probe tests (defined in cert_fixtures so other suites can import them)."""
 
+from collections.abc import Iterator
+
+import pytest
+
 from tests.agent.probes.cert_fixtures import (  # noqa: F401 - fixtures
     ca,
     ca_file,
@@ -7,3 +11,18 @@ from tests.agent.probes.cert_fixtures import (  # noqa: F401 - fixtures
     localhost_cert,
     other_host_cert,
 )
+from tests.netem import DelayLine, netem_problem
+
+
+@pytest.fixture
+def delay_line() -> Iterator[DelayLine]:
+    """Two namespaces joined by the userspace delay line (root only)."""
+    problem = netem_problem()
+    if problem:
+        pytest.skip(f"userspace netem skipped: {problem}")
+    line = DelayLine()
+    try:
+        line.start()
+        yield line
+    finally:
+        line.close()

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.netem import B_IP, DelayLine, netem_problem
+from tests.netem import B_IP, DelayLine
 
 ROOT = Path(__file__).resolve().parents[3]
 PACKETS = 40
@@ -210,19 +210,6 @@ def test_everything_dropped_fails(netns: str, hook: str, icmp_type: str, reason:
     assert dropped(netns) == sent
     assert "probe_icmp_rtt_avg_seconds" not in result["samples"]
     assert "probe_icmp_jitter_seconds" not in result["samples"]
-
-
-@pytest.fixture
-def delay_line() -> Iterator[DelayLine]:
-    problem = netem_problem()
-    if problem:
-        pytest.skip(f"userspace netem skipped: {problem}")
-    line = DelayLine()
-    try:
-        line.start()
-        yield line
-    finally:
-        line.close()
 
 
 ONE_WAY = 0.025

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.probes.probe_helpers import read_request, response, run, serve, value
-from tests.netem import B_IP, DelayLine, netem_problem
+from tests.netem import B_IP, DelayLine
 
 ONE_WAY = 0.040
 FIRST_BYTE_DELAY = 0.120
@@ -95,19 +95,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-@pytest.fixture
-def delay_line() -> Iterator[DelayLine]:
-    problem = netem_problem()
-    if problem:
-        pytest.skip(f"userspace netem skipped: {problem}")
-    line = DelayLine()
-    try:
-        line.start()
-        yield line
-    finally:
-        line.close()
 
 
 @pytest.fixture
