@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import free_port  # noqa: E402
+
 BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -143,12 +146,6 @@ RSS_WORKER = textwrap.dedent(
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def python(code: str, *args: str) -> subprocess.Popen[str]:

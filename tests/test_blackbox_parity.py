@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -39,6 +38,7 @@ from tests.agent.probes.probe_helpers import (
     serve,
     server_context,
 )
+from tests.harness import free_port
 
 # The trustme fixtures of the probe tests, made available to this module.
 ca = cert_fixtures.ca
@@ -74,12 +74,6 @@ GRPC_ONLY_BLACKBOX = ("probe_ssl_earliest_cert_expiry", "probe_tls_version_info"
 pytestmark = pytest.mark.skipif(
     not os.access(BLACKBOX, os.X_OK), reason=f"blackbox_exporter not installed at {BLACKBOX}"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
