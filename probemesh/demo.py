@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from rich.table import Table
 from probemesh.agent.link import Identity, LinkSettings
 from probemesh.agent.main import Agent, AgentOptions
 from probemesh.collector.main import CollectorApp, CollectorOptions
-from probemesh.httpserver import start_site
+from probemesh.httpserver import parse_listen, start_site
 
 COUNTRIES = ("BR", "PH", "UG", "DE", "ZA", "LT", "US", "JP")
 FAILING = {"BR": "500", "PH": "500", "UG": "hang", "DE": "500", "ZA": "hang", "LT": "hang"}
@@ -44,6 +45,29 @@ class DemoOptions:
     http_listen: str
     grpc_listen: str
     live_table: bool
+    # Names of the listen options ("http_listen", "grpc_listen") that may move
+    # to a free port when their address is taken.
+    flexible_ports: frozenset[str] = frozenset()
+
+
+def available_listen(listen: str, flexible: bool) -> str:
+    """listen itself when it can be bound, else (when flexible) the same host on port 0.
+
+    Port 0 lets the collector bind a free port atomically; the caller reads the
+    chosen port back from the collector.
+    """
+    if not flexible:
+        return listen
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the servers bind: a port in TIME_WAIT is free, a listening one is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return f"[{host}]:0" if family == socket.AF_INET6 else f"{host}:0"
+    return listen
 
 
 def source_address(index: int) -> str:
@@ -182,10 +206,20 @@ async def run_demo(options: DemoOptions) -> None:
         target_app.router.add_get("/", target.handle)
         target_runner = await start_site(target_app, "127.0.0.1:0")
         target_port = target_runner.addresses[0][1]
+        grpc_listen = available_listen(options.grpc_listen, "grpc_listen" in options.flexible_ports)
+        http_listen = available_listen(options.http_listen, "http_listen" in options.flexible_ports)
         collector, tasks = await start_mesh(
-            Path(tmp), demo_checks(target_port), options.grpc_listen, options.http_listen, stop
+            Path(tmp), demo_checks(target_port), grpc_listen, http_listen, stop
         )
-        base = f"http://{options.http_listen}"
+        for wanted, used, port in (
+            (options.grpc_listen, grpc_listen, collector.grpc_port),
+            (options.http_listen, http_listen, collector.http_port),
+        ):
+            if used != wanted:
+                console.print(f"{wanted} is in use; using port {port} instead")
+        http_host = parse_listen(http_listen)[0]
+        http_host = f"[{http_host}]" if ":" in http_host else http_host
+        base = f"http://{http_host}:{collector.http_port}"
         console.print(f"metrics: {base}/metrics\nstatus page: {base}/")
         console.print(
             "Outage starts ~30 s in for BR PH UG DE ZA LT, then recovers country by country. "

@@ -41,6 +41,8 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.max_receive_message_length", hard_receive_limit(max_message_bytes)),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # A port another process already holds is an error, not a silent share.
+        ("grpc.so_reuseport", 0),
     ]
 
 

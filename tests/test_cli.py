@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,20 @@ def test_token_lifecycle(tmp_path: Path) -> None:
     assert "no active token matches" in error_line(
         "token", "revoke", "--data-dir", data, "vps-br-1"
     )
+
+
+def test_collector_refuses_a_grpc_port_another_process_holds(tmp_path: Path) -> None:
+    """Even a listener that allows SO_REUSEPORT (as gRPC servers do) is not shared."""
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("modules: {m: {prober: tcp}}\nchecks: []\n")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_cli("collector", "--checks", str(checks), "--grpc-listen", f"127.0.0.1:{port}",
+                         "--http-listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"), check=False)  # fmt: skip
+    # gRPC core logs its own line before ours; ours is the last.
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"probemesh: error: --grpc-listen: cannot listen on 127.0.0.1:{port}"

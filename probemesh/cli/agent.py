@@ -10,6 +10,7 @@ from typing import Any
 import click
 import grpc
 
+from probemesh import ports
 from probemesh.cli import options
 from probemesh.errors import ConfigError
 from probemesh.grpc_options import is_loopback
@@ -69,7 +70,7 @@ log = logging.getLogger("probemesh")
     "--metrics-listen",
     default="",
     callback=options.listen,
-    help="Address for the agent's /metrics. [default: off]",
+    help=f"Address for the agent's /metrics, e.g. 127.0.0.1:{ports.AGENT_METRICS_PORT}. [default: off]",
 )
 @options.opt(
     "--source-address",

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from probemesh import ports
 from probemesh.cli import options
 from probemesh.errors import ConfigError
 from probemesh.grpc_options import is_loopback
@@ -27,13 +28,13 @@ log = logging.getLogger("probemesh")
 )
 @options.opt(
     "--grpc-listen",
-    default="0.0.0.0:7443",
+    default=f"0.0.0.0:{ports.GRPC_PORT}",
     callback=options.listen,
     help="Address for agent streams.",
 )
 @options.opt(
     "--http-listen",
-    default="0.0.0.0:9115",
+    default=f"0.0.0.0:{ports.HTTP_PORT}",
     callback=options.listen,
     help="Address for /metrics, API and status page.",
 )

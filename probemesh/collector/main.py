@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from prometheus_client import CollectorRegistry
 
+from probemesh import ports
 from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.http import build_http_app
@@ -37,8 +38,8 @@ class CollectorOptions:
     """Everything the collector needs, already validated by the CLI."""
 
     checks_path: Path
-    grpc_listen: str = "0.0.0.0:7443"
-    http_listen: str = "0.0.0.0:9115"
+    grpc_listen: str = f"0.0.0.0:{ports.GRPC_PORT}"
+    http_listen: str = f"0.0.0.0:{ports.HTTP_PORT}"
     data_dir: Path = Path("probemesh-data")
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -99,6 +100,7 @@ class CollectorApp:
             )
         self.ready = False
         self.grpc_port = 0
+        self.http_port = 0
         self.http_app = build_http_app(self)
 
     def reload(self) -> bool:
@@ -125,6 +127,7 @@ class CollectorApp:
 
     def _bind_grpc(self, server: grpc.aio.Server) -> int:
         opts = self.options
+        creds = None
         if opts.tls_cert and opts.tls_key:
             try:
                 creds = grpc.ssl_server_credentials(
@@ -136,9 +139,13 @@ class CollectorApp:
                 )
             except OSError as exc:
                 raise ConfigError(f"TLS files: {exc}") from None
-            port = server.add_secure_port(opts.grpc_listen, creds)
-        else:
-            port = server.add_insecure_port(opts.grpc_listen)
+        try:
+            if creds is not None:
+                port = server.add_secure_port(opts.grpc_listen, creds)
+            else:
+                port = server.add_insecure_port(opts.grpc_listen)
+        except RuntimeError:  # grpcio raises when the address is taken
+            port = 0
         if not port:
             raise ConfigError(f"--grpc-listen: cannot listen on {opts.grpc_listen}")
         return port
@@ -149,6 +156,7 @@ class CollectorApp:
         self.grpc_port = self._bind_grpc(server)
         await server.start()
         http_runner = await start_site(self.http_app, self.options.http_listen)
+        self.http_port = http_runner.addresses[0][1]
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
         outage = asyncio.create_task(self.outage.run())

@@ -288,7 +288,7 @@ def seed_scenario() -> Case:
     recover = {c: minute("10:00") + 5 * i for i, c in enumerate(SEED_DOWN)}
     agents = []
     for country in SEED_COUNTRIES:
-        for n, instance in ((1, "collector-a:9115"), (2, "collector-b:9115")):
+        for n, instance in ((1, "collector-a:7444"), (2, "collector-b:7444")):
 
             def failing(t: int, c: str = country) -> bool:
                 return c in recover and step(minute("08:30")) < t <= step(recover[c])
@@ -354,7 +354,7 @@ def global_scenario() -> Case:
     """Every country down at 08:10: a global outage, not a regional one."""
     end = minute("08:30")
     agents = [
-        Agent(f"{c.lower()}-1", c, "collector-a:9115", lambda t: t > step(10))
+        Agent(f"{c.lower()}-1", c, "collector-a:7444", lambda t: t > step(10))
         for c in ("US", "DE", "JP")
     ]
     test = Case("global outage: every country down", end)
@@ -376,10 +376,10 @@ def local_problem_scenario(flagged: bool) -> Case:
     end = minute("08:30")
     checks = ("social-home", "api")
     agents = [
-        Agent("us-1", "US", "collector-a:9115", lambda t: False, checks),
-        Agent("us-2", "US", "collector-b:9115", lambda t: False, checks),
-        Agent("de-1", "DE", "collector-b:9115", lambda t: False, checks),
-        Agent("jp-1", "JP", "collector-a:9115", lambda t: t > step(10), checks),
+        Agent("us-1", "US", "collector-a:7444", lambda t: False, checks),
+        Agent("us-2", "US", "collector-b:7444", lambda t: False, checks),
+        Agent("de-1", "DE", "collector-b:7444", lambda t: False, checks),
+        Agent("jp-1", "JP", "collector-a:7444", lambda t: t > step(10), checks),
     ]
     name = "local problem: jp-1 fails everything" + ("" if flagged else " (control, no flag)")
     test = Case(name, end)
@@ -430,7 +430,7 @@ def fleet_scenario() -> Case:
     """Agent disconnects, agent fail-over, certificate and collector alerts."""
     end = minute("08:40")
     job = "probemesh-collector"
-    a, b = "collector-a:9115", "collector-b:9115"
+    a, b = "collector-a:7444", "collector-b:7444"
     s: list[dict[str, str]] = []
     # lt-1 loses its stream at 08:10; collector-a expires its series at 08:20.
     s.append(

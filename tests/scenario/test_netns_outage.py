@@ -32,7 +32,7 @@ HTTP_500 = ("BR", "PH", "DE")
 DROPPED = ("UG", "ZA", "LT")
 INTERVAL = 2.0
 TARGET_PORT, CONTROL_PORT = 8080, 8081
-GRPC_PORT, HTTP_PORT = 7443, 9115
+GRPC_PORT, HTTP_PORT = 7443, 7444
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
