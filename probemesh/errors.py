@@ -2,7 +2,8 @@
 
 ProbemeshError            base; the CLI catches it once and exits non-zero
 ├── ConfigError           a config/checks file, flag or module is invalid
-│   └── ModuleError       a blackbox module section is invalid
+│   ├── ModuleError       a blackbox module section is invalid
+│   └── PinError          a collector's certificate does not match the join string's pin
 ├── AuthError             a token is missing, wrong, revoked or spoofed
 └── StateError            the on-disk state (data-dir/state-dir) is unusable
 
@@ -23,6 +24,10 @@ class ConfigError(ProbemeshError):
 
 class ModuleError(ConfigError):
     """Invalid blackbox module settings; the message names the module and field."""
+
+
+class PinError(ConfigError):
+    """The collector failed the certificate pin: wrong join string or a man in the middle."""
 
 
 class AuthError(ProbemeshError):

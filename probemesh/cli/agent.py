@@ -1,9 +1,18 @@
-"""probemesh agent: probe the checks a collector assigns and stream the results."""
+"""probemesh agent: probe the checks a collector assigns and stream the results.
+
+``probemesh agent join JOINSTRING`` enrolls a node: it verifies the collector's
+certificate pin and writes agent.yml, the token and the pinned CA into the
+state dir. From then on ``probemesh agent --state-dir DIR`` reads agent.yml
+from that directory; options given on the command line or as environment
+variables override it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +27,47 @@ from probemesh.grpc_options import is_loopback
 log = logging.getLogger("probemesh")
 
 
-@click.command()
+def _state_defaults(ctx: click.Context, _param: click.Parameter, value: Path) -> Path:
+    """--state-dir: an enrolled directory's agent.yml supplies option defaults."""
+    from probemesh.enroll import state_config
+
+    try:
+        data = state_config(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if data:
+        options.apply_defaults(ctx, data, str(value / "agent.yml"), keep_existing=True)
+    return value
+
+
+@click.group(invoke_without_command=True)
 @options.config_option
+@options.opt(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-agent",
+    is_eager=True,
+    callback=_state_defaults,
+    help="Directory of the durable result queue; its agent.yml (written by 'agent join') "
+    "supplies defaults.",
+)
 @options.opt(
     "--collector",
     "collectors",
-    required=True,
     callback=options.collectors,
-    help="Collector HOST:PORT; several, comma-separated, are tried in order (failover).",
+    help="Collector HOST:PORT; several, comma-separated, are tried in order (failover). Required "
+    "unless the state dir is enrolled.",
 )
 @options.opt(
     "--agent-id",
-    required=True,
     callback=options.agent_id,
-    help="This agent's id (bound to its token).",
+    help="This agent's id (bound to its token). Required unless the state dir is enrolled.",
 )
 @options.opt(
     "--country",
-    required=True,
     callback=options.country,
-    help="ISO-3166 alpha-2 country (bound to its token).",
+    help="ISO-3166 alpha-2 country (bound to its token). Required unless the state dir is "
+    "enrolled.",
 )
 @options.opt(
     "--token", default=None, help="Bearer token from 'probemesh token create'. [default: none]"
@@ -59,12 +89,6 @@ log = logging.getLogger("probemesh")
 )
 @options.opt(
     "--asn", type=click.IntRange(0, 2**32 - 1), default=0, help="Uplink AS number; 0 when unknown."
-)
-@options.opt(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="probemesh-agent",
-    help="Directory of the durable result queue.",
 )
 @options.opt(
     "--metrics-listen",
@@ -136,12 +160,29 @@ log = logging.getLogger("probemesh")
     help="Allow plaintext gRPC to a non-loopback collector.",
 )
 @options.LOG_LEVEL
-def agent(**kw: Any) -> None:
-    """Probe targets for the checks a collector assigns, and stream the results."""
+@click.pass_context
+def agent(ctx: click.Context, **kw: Any) -> None:
+    """Probe targets for the checks a collector assigns, and stream the results.
+
+    'probemesh agent join JOINSTRING' enrolls a node first; then
+    'probemesh agent --state-dir DIR' is all it takes.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from probemesh.agent.link import Identity, LinkSettings
     from probemesh.agent.main import AgentOptions, run_agent
 
     options.setup_logging(kw["log_level"])
+    for name, flag in (
+        ("collectors", "--collector"),
+        ("agent_id", "--agent-id"),
+        ("country", "--country"),
+    ):
+        if not kw[name]:
+            raise ConfigError(
+                f"{flag} is required (or enroll the state dir {kw['state_dir']} first: "
+                "probemesh agent join JOINSTRING)"
+            )
     token = kw["token_file"].read_text().strip() if kw["token_file"] else kw["token"]
     if not token:
         raise ConfigError("a token is required: --token, --token-file or PROBEMESH_TOKEN")
@@ -179,3 +220,47 @@ def agent(**kw: Any) -> None:
         link=link,
     )
     asyncio.run(run_agent(settings))
+
+
+@agent.command("join")
+@click.argument("join_string", envvar="PROBEMESH_JOIN")
+@options.opt(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="probemesh-agent",
+    help="Directory to enroll (created with mode 0700).",
+)
+@options.opt(
+    "--no-run",
+    is_flag=True,
+    default=False,
+    help="Enroll and exit instead of running the agent (for installers).",
+)
+def join(join_string: str, state_dir: Path, no_run: bool) -> None:
+    """Enroll this node from a join string ('probemesh token create --collector-url').
+
+    The collector's certificate must match the pin in the join string: a wrong
+    pin or a man in the middle is refused and nothing is written. The state dir
+    then holds agent.yml, the token (0600) and the pinned CA, and the agent runs
+    as 'probemesh agent --state-dir DIR'. JOINSTRING may also come from
+    PROBEMESH_JOIN, which keeps it out of the process list.
+    """
+    from probemesh.enroll import JoinString, enroll
+
+    parsed = JoinString.decode(join_string)
+    config = enroll(parsed, state_dir)
+    click.echo(
+        f"enrolled {parsed.agent_id} ({parsed.country}); collector certificate matches the pin; "
+        f"wrote {config}",
+        err=True,
+    )
+    if no_run:
+        return
+    # The same process becomes 'probemesh agent --state-dir DIR': one code path
+    # for the first run and every later one, and the pid a supervisor sees stays.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "probemesh", "agent", "--state-dir", str(state_dir)],
+    )

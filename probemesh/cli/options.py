@@ -29,7 +29,17 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(f"cannot read {value}: {exc}") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{value}: expected a mapping of option names to values")
-    # Keys are the long option names ("agent-id" or "agent_id"), mapped to parameters.
+    apply_defaults(ctx, data, value)
+    return value
+
+
+def apply_defaults(
+    ctx: click.Context, data: dict[Any, Any], source: str, keep_existing: bool = False
+) -> None:
+    """Use a mapping of option names ("agent-id" or "agent_id") to values as defaults.
+
+    With keep_existing, defaults already set (by --config) win over these.
+    """
     known = {
         flag.removeprefix("--").replace("-", "_"): param.name
         for param in ctx.command.params
@@ -41,10 +51,10 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     for key, item in data.items():
         name = known.get(str(key).replace("-", "_"))
         if name is None:
-            raise click.BadParameter(f"{value}: unknown option {key!r}")
+            raise click.BadParameter(f"{source}: unknown option {key!r}")
         defaults[name] = item
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
+    current = ctx.default_map or {}
+    ctx.default_map = {**defaults, **current} if keep_existing else {**current, **defaults}
 
 
 def config_option(func: Any) -> Any:
@@ -114,14 +124,16 @@ def duration(_ctx: click.Context, param: click.Parameter, value: Any) -> float |
 
 
 def collectors(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str]:
-    if not value:
-        raise click.BadParameter("at least one HOST:PORT is required")
+    if value is None:
+        return []
     addresses = [a.strip() for a in value.split(",") if a.strip()]
     for address in addresses:
         try:
             split_host_port(address)
         except ConfigError as exc:
             raise click.BadParameter(str(exc)) from None
+    if not addresses:
+        raise click.BadParameter("at least one HOST:PORT is required")
     return addresses
 
 

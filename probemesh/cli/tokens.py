@@ -39,9 +39,45 @@ def _tokens(data_dir: Path) -> Any:
 @options.opt(
     "--country", required=True, callback=options.country, help="Country the token is bound to."
 )
-def token_create(data_dir: Path, agent_id: str, country: str) -> None:
-    """Print a new token on one line. It is shown once and stored only hashed."""
-    click.echo(_tokens(data_dir).create(agent_id, country))
+@options.opt(
+    "--collector-url",
+    default=None,
+    callback=lambda ctx, param, value: options.collectors(ctx, param, value) if value else [],
+    help="Collector HOST:PORT[,...] as agents reach it; also print a join string. "
+    "[default: token only]",
+)
+@options.opt(
+    "--pin-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Certificate the join string pins: the collector's CA (the last certificate of the "
+    "file). [default: the last certificate the collector presents]",
+)
+def token_create(
+    data_dir: Path, agent_id: str, country: str, collector_url: list[str], pin_cert: Path | None
+) -> None:
+    """Print a new token on one line. It is shown once and stored only hashed.
+
+    With --collector-url, a second line holds the join string for
+    'probemesh agent join': collector addresses, the certificate pin, agent id,
+    country and token. It is shown once too.
+    """
+    from probemesh.enroll import JoinString, pin_from_collector, pin_from_file
+
+    if pin_cert and not collector_url:
+        raise ConfigError("--pin-cert needs --collector-url")
+    pin = ""
+    if collector_url:
+        # Settle the pin before a token exists: a failure leaves no orphan token.
+        pin = pin_from_file(pin_cert) if pin_cert else pin_from_collector(collector_url[0])[0]
+    secret = _tokens(data_dir).create(agent_id, country)
+    click.echo(secret)
+    if collector_url:
+        click.echo(JoinString(tuple(collector_url), pin, agent_id, country, secret).encode())
+        click.echo(
+            f"join string pins {pin}; on the node run: probemesh agent join JOINSTRING",
+            err=True,
+        )
 
 
 @token.command("list")
