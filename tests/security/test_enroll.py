@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ import pytest
 import trustme
 
 from probemesh.enroll import PREFIX, JoinString
-from tests.harness import Mesh, Proc, run_cli, total, wait_for
+from tests.harness import ROOT, Mesh, Proc, run_cli, total, wait_for
 from tests.security.conftest import checks_yaml
 
 
@@ -184,6 +187,40 @@ def test_man_in_the_middle_is_refused(collector: Collector, tmp_path: Path) -> N
         assert "does not verify against the pinned one" in line
     finally:
         impostor.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the install script runs as root (runuser)")
+def test_install_script_enrolls_and_writes_the_unit(collector: Collector, tmp_path: Path) -> None:
+    """deploy/install-agent.sh with this venv, root as the service user and --no-start."""
+    units, state = tmp_path / "units", tmp_path / "state"
+
+    def install(join: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(ROOT / "deploy" / "install-agent.sh"), "--venv", sys.prefix,
+             "--state-dir", str(state), "--user", "root", "--unit-dir", str(units), "--no-start"],
+            env={**os.environ, "PROBEMESH_JOIN": join}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    join = collector.join_string("installed-1")
+    bad = install(_edited(join, pin="sha256:" + "1" * 64))
+    assert bad.returncode == 2 and "no certificate it presents has the pinned hash" in bad.stderr
+    assert not state.exists() and not units.exists()
+    good = install(join)
+    assert good.returncode == 0, good.stderr
+    unit = (units / "probemesh-agent.service").read_text()
+    assert (
+        f"ExecStart={sys.prefix}/bin/probemesh agent --state-dir {state} --metrics-listen 127.0.0.1:7445"
+        in unit
+    )
+    assert "AmbientCapabilities=CAP_NET_RAW" in unit and "User=root" in unit
+    assert stat.S_IMODE((state / "token").stat().st_mode) == 0o600
+    agent = Proc(["agent", "--state-dir", str(state)], tmp_path / "agent.log").start()
+    try:
+        wait_for(lambda: _connected(collector, "installed-1"), 30, "installed agent connected")
+    finally:
+        agent.stop()
+    again = install("")  # a re-run keeps the enrollment
+    assert again.returncode == 0 and "enrolled already" in again.stdout
 
 
 @pytest.mark.parametrize(
