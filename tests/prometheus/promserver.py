@@ -97,8 +97,14 @@ def run_prometheus(
     rule_files: list[Path] | None = None,
     remote_write_receiver: bool = False,
     interval: str = "1s",
+    scrape_configs: list[dict[str, Any]] | None = None,
 ) -> Iterator[Prometheus]:
-    """Start Prometheus on a free loopback port with a temp config and TSDB; stop it after."""
+    """Start Prometheus on a free loopback port with a temp config and TSDB; stop it after.
+
+    scrape_configs are whole jobs added as given (relabelling included); their
+    names must resolve to loopback (the caller runs in an isolated namespace
+    whose hosts file maps them).
+    """
     assert PROMETHEUS is not None, MISSING_REASON
     workdir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
@@ -107,7 +113,8 @@ def run_prometheus(
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": targets}]}
             for job, targets in (scrape_targets or {}).items()
-        ],
+        ]
+        + list(scrape_configs or []),
     }
     for target in (t for ts in (scrape_targets or {}).values() for t in ts):
         assert target.startswith("127."), f"tests scrape loopback only, not {target}"
