@@ -11,6 +11,7 @@ command -v promtool >/dev/null || debian_packages+=(prometheus)
 command -v prometheus-blackbox-exporter >/dev/null || debian_packages+=(prometheus-blackbox-exporter)
 command -v chromium >/dev/null || debian_packages+=(chromium)
 command -v nft >/dev/null || debian_packages+=(nftables)
+command -v victoria-metrics >/dev/null || debian_packages+=(victoria-metrics)
 command -v ip >/dev/null || debian_packages+=(iproute2)
 if ((${#debian_packages[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -23,7 +24,7 @@ if ((${#debian_packages[@]})); then
 fi
 # The Debian prometheus package starts a service we do not want competing for ports.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null; then
-  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter >/dev/null 2>&1 || true
+  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter victoria-metrics >/dev/null 2>&1 || true
 fi
 
 python3 -m venv .venv

@@ -130,13 +130,21 @@ log = logging.getLogger("probemesh")
 @options.opt(
     "--remote-write-url",
     default=None,
-    help="Prometheus remote-write endpoint to push /metrics' samples to. [default: none]",
+    help="Prometheus remote-write endpoint: every result's probe samples at the probe's own "
+    "time, plus the other metrics every --remote-write-interval. [default: none]",
 )
 @options.opt(
     "--remote-write-interval",
     callback=options.duration,
     default="15s",
-    help="How often to snapshot and remote-write the metrics.",
+    help="How often to snapshot and remote-write the aggregate metrics (counters, outages).",
+)
+@options.opt(
+    "--remote-write-journal-mb",
+    type=click.IntRange(min=1),
+    default=1024,
+    help="Cap, in MiB, of the on-disk journal of result samples waiting for the receiver; "
+    "past it the oldest are dropped and counted. [default: 1024]",
 )
 @options.opt(
     "--external-label",
@@ -198,6 +206,7 @@ def collector(**kw: Any) -> None:
         http_auth=http_auth,
         remote_write_url=kw["remote_write_url"],
         remote_write_interval=kw["remote_write_interval"],
+        remote_write_journal_bytes=kw["remote_write_journal_mb"] << 20,
         external_labels=kw["external_labels"],
     )
     asyncio.run(run_collector(settings))

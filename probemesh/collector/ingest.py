@@ -15,9 +15,11 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from probemesh.collector.marks import AppliedSeqs
+from probemesh.collector.remote_results import Applied
 from probemesh.collector.sessions import Session
 from probemesh.collector.state import REASON_NAMES, MeshState
 from probemesh.collector.store import Store
@@ -51,10 +53,14 @@ class Ingest:
         state: MeshState,
         store: Store,
         limits: IngestLimits | None = None,
+        result_sink: Callable[[list[Applied]], Awaitable[None]] | None = None,
     ) -> None:
         self.state = state
         self.store = store
         self.limits = limits or IngestLimits()
+        # Awaited with each round's new results before their marks commit (remote write).
+        self.result_sink = result_sink
+        self._unsunk: list[Applied] = []  # results a failed sink call must be given again
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(self.limits.queue_batches)
         self.marks = {
             agent: AppliedSeqs(mark, ranges) for agent, (mark, ranges) in store.load_marks().items()
@@ -135,10 +141,24 @@ class Ingest:
 
     async def _apply_group(self, items: list[_Item]) -> None:
         touched: set[str] = set()
+        applied = self._unsunk
         for item in items:
-            self._apply_batch(item)
-            touched.add(item.session.agent.agent_id)
+            agent = item.session.agent
+            new = self._apply_batch(item)
+            touched.add(agent.agent_id)
+            if new and self.result_sink is not None:
+                applied.append(Applied(agent.agent_id, agent.country, agent.region, new))
         touched |= self._dirty_marks
+        if applied and self.result_sink is not None:
+            # Before the commit: a result is never marked applied without being sunk.
+            # On failure the in-memory marks already skip a resend, so keep them here.
+            self._unsunk = applied
+            try:
+                await self.result_sink(applied)
+            except BaseException:
+                self._dirty_marks.update(touched)
+                raise
+            self._unsunk = []
         dirty = self.state.take_dirty()
         # Snapshot the ranges: the commit runs in a thread while the loop goes on.
         marks = [(a, self.marks[a].mark, [list(r) for r in self.marks[a].ranges]) for a in touched]
@@ -167,8 +187,8 @@ class Ingest:
                 )
             )
 
-    def _apply_batch(self, item: _Item) -> None:
-        """Validate and apply one batch's new results; the ingest hot path.
+    def _apply_batch(self, item: _Item) -> list[pb.Result]:
+        """Validate and apply one batch's new results, returning them; the ingest hot path.
 
         Each result's fields are read once here and handed to MeshState.record:
         protobuf attribute reads are the main per-result cost.
@@ -196,7 +216,7 @@ class Ingest:
             new = [r for i, r in enumerate(results) if not seqs.is_applied(first_seq + i)]
             self.duplicates_total += len(results) - len(new)
         rejected = self.rejected
-        applied = 0
+        applied: list[pb.Result] = []
         newest = 0.0
         for result in new:
             check = result.check
@@ -221,13 +241,14 @@ class Ingest:
                 tally = state.tally(check, agent_id, country)
                 tallies = state.agent_tallies[agent_id]
             record(agent, tally, result, success, duration, timestamp, reason)
-            applied += 1
+            applied.append(result)
             if timestamp > newest:
                 newest = timestamp
-        self.results_total += applied
+        self.results_total += len(applied)
         if newest > agent.last_seen:
             agent.last_seen = min(newest, now)
         seqs.add(first_seq, batch.last_seq)
+        return applied
 
 
 _INF = math.inf

@@ -20,6 +20,7 @@ from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
 from probemesh.collector.limits import SecurityLimits
+from probemesh.collector.remote_results import Journal
 from probemesh.collector.remote_write import RemoteWriter
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
@@ -51,6 +52,7 @@ class CollectorOptions:
     http_auth: HttpAuth = field(default_factory=HttpAuth)
     remote_write_url: str | None = None
     remote_write_interval: float = 15.0
+    remote_write_journal_bytes: int = 1 << 30
     external_labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -60,12 +62,33 @@ class CollectorApp:
     def __init__(self, options: CollectorOptions) -> None:
         self.options = options
         self.checks_file: ChecksFile = load_checks(options.checks_path)
+        self._targets_of: ChecksFile | None = None
+        self._targets_by_check: dict[str, str] = {}
         self.revision = 1
         self.store = Store(options.data_dir)
         self.tokens = TokenStore(self.store.db)
         self.state = MeshState()
         self.state.restore(self.store.load_counters(), self.store.load_histograms())
-        self.ingest = Ingest(self.state, self.store, options.limits)
+        self.remote_writer: RemoteWriter | None = None
+        self.registry = CollectorRegistry()
+        if options.remote_write_url:
+            self.remote_writer = RemoteWriter(
+                self.registry,
+                options.remote_write_url,
+                interval=options.remote_write_interval,
+                external_labels=options.external_labels,
+                metrics_registry=self.registry,
+                journal=Journal(
+                    options.data_dir / "remote-write.sqlite3", options.remote_write_journal_bytes
+                ),
+                targets=self._targets,
+            )
+        self.ingest = Ingest(
+            self.state,
+            self.store,
+            options.limits,
+            result_sink=self.remote_writer.write_results if self.remote_writer else None,
+        )
         self.sessions = SessionRegistry()
         self.service = ProbeMeshService(
             self.state,
@@ -87,21 +110,19 @@ class CollectorApp:
         )
         self.service.configure(options.security, options.max_message_bytes)
         self.exporter.configure(options.security)
-        self.registry = CollectorRegistry()
         self.registry.register(self.exporter)
-        self.remote_writer: RemoteWriter | None = None
-        if options.remote_write_url:
-            self.remote_writer = RemoteWriter(
-                self.registry,
-                options.remote_write_url,
-                interval=options.remote_write_interval,
-                external_labels=options.external_labels,
-                metrics_registry=self.registry,
-            )
         self.ready = False
         self.grpc_port = 0
         self.http_port = 0
         self.http_app = build_http_app(self)
+
+    def _targets(self) -> dict[str, str]:
+        """Each configured check's target, as the remote-written result series carry it."""
+        checks = self.checks_file
+        if self._targets_of is not checks:
+            self._targets_by_check = {name: spec.target for name, spec in checks.checks.items()}
+            self._targets_of = checks
+        return self._targets_by_check
 
     def reload(self) -> bool:
         """Re-read the checks file; keep the old one if the new one is invalid."""

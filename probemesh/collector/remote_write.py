@@ -1,32 +1,39 @@
 """Push the collector's metrics to a Prometheus remote-write endpoint.
 
-A :class:`RemoteWriter` snapshots a ``prometheus_client`` registry every
-``interval`` seconds (the same ``collect()`` a scrape of ``/metrics`` runs),
-encodes the samples as a remote-write 1.0 ``WriteRequest``
-(probemesh/remotewrite/remote_pb2.py), compresses it with snappy's block format
-and POSTs it. Prometheus (``--web.enable-remote-write-receiver``), Mimir, Thanos
-Receive and VictoriaMetrics accept it.
+Two streams share one sender, both remote-write 1.0 ``WriteRequest`` messages
+(probemesh/remotewrite/remote_pb2.py), snappy-compressed and POSTed; Prometheus
+(``--web.enable-remote-write-receiver``), Mimir, Thanos Receive and
+VictoriaMetrics accept them.
 
-Semantics, chosen to match a scrape as closely as possible:
+* **Results** (``probe_success`` and every other per-result probe family) are
+  written once per result, stamped with the probe's own time, from a journal on
+  disk (probemesh/collector/remote_results.py). Nothing is sampled away, and a
+  backlog replayed after a partition lands at the times the agents probed.
+* **Aggregates** (result counters, histograms, outage and agent gauges, the
+  collector's own metrics) are snapshotted every ``interval`` seconds, like a
+  scrape with ``honor_timestamps: false``:
 
-* every sample of one snapshot carries the snapshot's time (like a scrape with
-  ``honor_timestamps: false``); snapshot times strictly increase, so a receiver
-  never sees an out-of-order or duplicate sample from us;
-* ``external_labels`` (e.g. ``collector="eu-1"``) are added to every series
-  unless the series already has that label, as Prometheus does;
-* a series present in the previous snapshot and gone from this one gets a
-  staleness marker, so it ends at once in the receiver instead of lingering for
-  the 5 minute lookback (as it would after a scrape);
-* ``*_created`` samples are not sent (nobody queries them; they double the
-  series count of every counter and histogram).
+  * snapshot times strictly increase, so a receiver never sees an out-of-order
+    or duplicate sample from a snapshot;
+  * a series present in the previous snapshot and gone from this one gets a
+    staleness marker, so it ends at once in the receiver instead of lingering
+    for the 5 minute lookback (as it would after a scrape);
+  * ``*_created`` samples are not sent (nobody queries them; they double the
+    series count of every counter and histogram);
+  * a snapshot supersedes what is still unsent of the previous one (reason
+    ``superseded``): its values are newer, so a slow receiver gets the latest
+    state of every series rather than the head of an old snapshot.
 
-Delivery: snapshots are split into requests of at most ``max_samples_per_request``
-samples and queued in a bounded queue (``max_pending`` requests). One sender
-posts them in order. 5xx, 429 and connection errors are retried with
-exponential backoff (``Retry-After`` is honoured) until the request is older
-than ``max_age``; other 4xx answers mean the receiver will never take it, so it
-is dropped. When the queue is full the *oldest* request is dropped. Every drop
-is counted by reason in ``probemesh_remote_write_dropped_requests_total`` and
+``external_labels`` (e.g. ``collector="eu-1"``) are added to every series unless
+the series already has that label, as Prometheus does.
+
+Delivery: one sender alternates between the two streams. 5xx, 429 and
+connection errors are retried with exponential backoff (``Retry-After`` is
+honoured); a snapshot request is given up once older than ``max_age``, a journal
+request only when the journal outgrows its cap (``journal_full``, oldest first).
+Other 4xx answers mean the receiver will never take it, so it is dropped
+(``rejected``). Every drop is counted by reason in
+``probemesh_remote_write_dropped_requests_total`` and
 ``probemesh_remote_write_dropped_samples_total``; loss is visible, never silent.
 """
 
@@ -41,7 +48,7 @@ import random
 import re
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -50,6 +57,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from probemesh import __version__
+from probemesh.collector.remote_results import (
+    RESULT_FAMILIES,
+    Applied,
+    Entry,
+    Journal,
+    encode,
+    result_series,
+)
 from probemesh.errors import ConfigError
 from probemesh.remotewrite import remote_pb2
 
@@ -66,9 +81,10 @@ HEADERS = {
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 """Prometheus' staleness marker: a NaN with a specific bit pattern."""
 
-DROP_REASONS = ("queue_full", "rejected", "expired", "shutdown")
-"""Why a request can be dropped: queue overflow, a 4xx answer, retried for longer
-than max_age, or still pending when stop() gave up."""
+DROP_REASONS = ("superseded", "journal_full", "rejected", "expired", "shutdown")
+"""Why a request can be dropped: a newer snapshot replaced it, the result journal
+hit its cap, a 4xx answer, retried for longer than max_age, or a snapshot still
+pending when stop() gave up (journaled results stay on disk for the next start)."""
 
 _TYPES: dict[str, int] = {
     "counter": remote_pb2.MetricMetadata.COUNTER,
@@ -109,17 +125,22 @@ class _Stats:
 
 
 def series_from_registry(
-    registry: CollectorRegistry, external_labels: Mapping[str, str] | None = None
+    registry: CollectorRegistry,
+    external_labels: Mapping[str, str] | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> tuple[dict[LabelSet, float], list[remote_pb2.MetricMetadata]]:
     """Snapshot registry: {sorted label set incl. __name__: value} and metadata.
 
-    External labels are added where the series does not have them already;
-    empty label values are dropped (they mean "no label" in Prometheus).
+    Families named in ``exclude`` are left out. External labels are added where
+    the series does not have them already; empty label values are dropped (they
+    mean "no label" in Prometheus).
     """
     extra = dict(external_labels or {})
     series: dict[LabelSet, float] = {}
     metadata: list[remote_pb2.MetricMetadata] = []
     for family in registry.collect():
+        if family.name in exclude:
+            continue
         metadata.append(_metadata(family))
         for sample in family.samples:
             if family.type in _CREATED_TYPES and sample.name.endswith("_created"):
@@ -184,7 +205,8 @@ class RemoteWriteMetrics(Collector):
         self._writer = writer
 
     def collect(self) -> Iterable[Metric]:
-        stats = self._writer.stats
+        writer = self._writer
+        stats = writer.stats
         sent = CounterMetricFamily(
             "probemesh_remote_write_requests",
             "Remote-write requests accepted by the receiver (2xx).",
@@ -203,8 +225,8 @@ class RemoteWriteMetrics(Collector):
         retries.add_metric([], stats.retries)
         dropped = CounterMetricFamily(
             "probemesh_remote_write_dropped_requests",
-            "Remote-write requests given up, by reason (queue_full, rejected = 4xx, "
-            "expired = retried past max_age, shutdown).",
+            "Remote-write requests given up, by reason (superseded = replaced by a newer "
+            "snapshot, journal_full, rejected = 4xx, expired = retried past max_age, shutdown).",
             labels=["reason"],
         )
         dropped_samples = CounterMetricFamily(
@@ -217,19 +239,31 @@ class RemoteWriteMetrics(Collector):
             dropped_samples.add_metric([reason], stats.dropped_samples[reason])
         pending = GaugeMetricFamily(
             "probemesh_remote_write_pending_requests",
-            "Remote-write requests queued or in flight.",
+            "Remote-write requests waiting or in flight, by stream (results = the journal "
+            "on disk, snapshot = the latest aggregates).",
+            labels=["stream"],
         )
-        pending.add_metric([], self._writer.pending)
+        pending.add_metric(["results"], writer.pending_results)
+        pending.add_metric(["snapshot"], writer.pending_snapshot)
+        lag = GaugeMetricFamily(
+            "probemesh_remote_write_lag_seconds",
+            "How long the oldest journaled result request has waited (0 when none waits).",
+        )
+        lag.add_metric([], writer.lag())
         last = GaugeMetricFamily(
             "probemesh_remote_write_last_success_timestamp_seconds",
             "Unix time of the last request the receiver accepted (0 = never).",
         )
         last.add_metric([], stats.last_success)
-        yield from (sent, samples, retries, dropped, dropped_samples, pending, last)
+        yield from (sent, samples, retries, dropped, dropped_samples, pending, lag, last)
 
 
 class RemoteWriter:
-    """Periodically remote-writes a registry's metrics; see the module docstring.
+    """Remote-writes every result and periodic aggregate snapshots; see the module docstring.
+
+    With a ``journal``, results handed to :meth:`write_results` are written one
+    sample per result and left out of the snapshots; without one, snapshots carry
+    every family (the latest value of each, as a scrape would).
 
     Use ``await start()`` once and ``await stop()`` in a ``finally`` block.
     """
@@ -242,21 +276,21 @@ class RemoteWriter:
         interval: float = 15.0,
         external_labels: Mapping[str, str] | None = None,
         timeout: float = 10.0,
-        max_pending: int = 64,
         max_samples_per_request: int = 5000,
         min_backoff: float = 0.1,
         max_backoff: float = 10.0,
         max_age: float = 600.0,
         stop_timeout: float = 5.0,
         metrics_registry: CollectorRegistry | None = None,
+        journal: Journal | None = None,
+        targets: Callable[[], Mapping[str, str]] = dict,
         clock: _Clock | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"remote write url {url!r}: must start with http:// or https://")
-        if interval <= 0 or timeout <= 0 or max_pending < 1 or max_samples_per_request < 1:
+        if interval <= 0 or timeout <= 0 or max_samples_per_request < 1:
             raise ConfigError(
-                "remote write: interval and timeout must be > 0, "
-                "max_pending and max_samples_per_request >= 1"
+                "remote write: interval and timeout must be > 0, max_samples_per_request >= 1"
             )
         for name in external_labels or {}:
             if not _LABEL_NAME.match(name) or name.startswith("__"):
@@ -266,16 +300,20 @@ class RemoteWriter:
         self.interval = interval
         self.external_labels = dict(external_labels or {})
         self.timeout = timeout
-        self.max_pending = max_pending
         self.max_samples_per_request = max_samples_per_request
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.max_age = max_age
         self.stop_timeout = stop_timeout
+        self.journal = journal
+        self.targets = targets
         self.stats = _Stats()
         self._clock = clock or _Clock()
-        self._queue: collections.deque[_Pending] = collections.deque()
+        self._exclude = RESULT_FAMILIES if journal is not None else frozenset()
+        self._snapshots: collections.deque[_Pending] = collections.deque()
+        self._journaled: collections.deque[Entry] = collections.deque()  # read ahead
         self._in_flight = 0
+        self._results_turn = True
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -288,8 +326,22 @@ class RemoteWriter:
 
     @property
     def pending(self) -> int:
-        """Requests queued or in flight."""
-        return len(self._queue) + self._in_flight
+        """Requests waiting or in flight (journal and snapshot)."""
+        return self.pending_results + len(self._snapshots) + self._in_flight
+
+    @property
+    def pending_results(self) -> int:
+        """Journaled result requests not yet delivered (the one in flight included)."""
+        return self.journal.requests if self.journal is not None else 0
+
+    @property
+    def pending_snapshot(self) -> int:
+        return len(self._snapshots)
+
+    def lag(self) -> float:
+        """Seconds the oldest journaled request has waited; 0 when none waits."""
+        queued_at = self.journal.head_queued_at if self.journal is not None else None
+        return 0.0 if queued_at is None else max(0.0, self._clock.time() - queued_at)
 
     async def start(self) -> None:
         """Take the first snapshot, open the HTTP session, start the snapshot and send loops."""
@@ -311,10 +363,11 @@ class RemoteWriter:
         ]
 
     async def stop(self) -> None:
-        """Take a last snapshot, try to deliver what is queued, then close.
+        """Take a last snapshot, try to deliver what is waiting, then close.
 
-        Waits at most ``stop_timeout`` seconds; what is still pending then is
-        dropped with reason ``shutdown``.
+        Waits at most ``stop_timeout`` seconds. Snapshot requests still pending
+        then are dropped with reason ``shutdown``; journaled results stay on disk
+        and are sent after the next start.
         """
         if not self._tasks:
             return
@@ -329,47 +382,71 @@ class RemoteWriter:
         send_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await send_task
-        while self._queue:
-            self._drop(self._queue.popleft(), "shutdown")
+        while self._snapshots:
+            self._drop(self._snapshots.popleft(), "shutdown")
         self._tasks = []
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.journal is not None:
+            self.journal.close()
+
+    async def write_results(self, applied: Sequence[Applied]) -> None:
+        """Journal the samples of newly applied results (in a worker thread).
+
+        Ingest awaits this before it commits the results' marks: once it
+        returns, the samples are on disk and will be delivered.
+        """
+        if self.journal is None or not applied:
+            return
+        bodies = await asyncio.to_thread(self._journal_results, applied, self.targets())
+        if bodies:
+            self._idle.clear()
+            self._wakeup.set()
+
+    def _journal_results(self, applied: Sequence[Applied], targets: Mapping[str, str]) -> int:
+        assert self.journal is not None
+        series = [
+            ts for group in applied for ts in result_series(group, targets, self.external_labels)
+        ]
+        step = self.max_samples_per_request
+        chunks = [series[i : i + step] for i in range(0, len(series), step)]
+        dropped = self.journal.append(
+            ((encode(chunk), len(chunk)) for chunk in chunks), self._clock.time()
+        )
+        for samples in dropped:
+            self._count_drop(samples, "journal_full")
+        return len(chunks)
 
     def snapshot(self) -> int:
-        """Snapshot the registry into the queue now; return the number of samples."""
-        series, metadata = series_from_registry(self.registry, self.external_labels)
+        """Snapshot the aggregates now, superseding what is unsent of the previous one;
+        return the number of samples."""
+        series, metadata = series_from_registry(self.registry, self.external_labels, self._exclude)
         current = set(series)
         for gone in self._previous - current:
             series[gone] = STALE_NAN
         self._previous = current
         now_ms = max(int(self._clock.time() * 1000), self._last_ts_ms + 1)
         self._last_ts_ms = now_ms
+        while self._snapshots:
+            self._drop(self._snapshots.popleft(), "superseded")
         total = 0
         for body, count in encode_requests(series, now_ms, metadata, self.max_samples_per_request):
-            self._enqueue(_Pending(body, count, self._clock.monotonic()))
+            self._snapshots.append(_Pending(body, count, self._clock.monotonic()))
             total += count
+        if self._snapshots:
+            self._idle.clear()
+            self._wakeup.set()
         return total
 
-    def _enqueue(self, item: _Pending) -> None:
-        while len(self._queue) + self._in_flight >= self.max_pending and self._queue:
-            self._drop(self._queue.popleft(), "queue_full")
-        if len(self._queue) + self._in_flight >= self.max_pending:
-            # Only the in-flight request remains and max_pending is 1: drop the newest.
-            self._drop(item, "queue_full")
-            return
-        self._queue.append(item)
-        self._idle.clear()
-        self._wakeup.set()
-
     def _drop(self, item: _Pending, reason: str) -> None:
+        self._count_drop(item.samples, reason)
+
+    def _count_drop(self, samples: int, reason: str) -> None:
         self.stats.dropped_requests[reason] += 1
-        self.stats.dropped_samples[reason] += item.samples
+        self.stats.dropped_samples[reason] += samples
         log.warning(
-            "remote write to %s: dropped a request of %d samples (%s)",
-            self.url,
-            item.samples,
-            reason,
+            "remote write to %s: dropped a request of %d samples (%s)", self.url, samples, reason
         )
 
     async def _snapshot_loop(self) -> None:
@@ -382,36 +459,63 @@ class RemoteWriter:
             except Exception:  # a broken collector must not stop remote write
                 log.exception("remote write: snapshot of the registry failed")
 
+    async def _next_result(self) -> Entry | None:
+        if not self._journaled and self.journal is not None and self.journal.requests:
+            self._journaled.extend(await asyncio.to_thread(self.journal.head, 16))
+        return self._journaled[0] if self._journaled else None
+
     async def _send_loop(self) -> None:
         while True:
-            while not self._queue:
+            entry = await self._next_result()
+            if entry is None and not self._snapshots:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            item = self._queue.popleft()
-            self._in_flight = 1
-            try:
-                await self._deliver(item)
-            except asyncio.CancelledError:
-                self._drop(item, "shutdown")
-                raise
-            finally:
-                self._in_flight = 0
+                continue
+            self._results_turn = not self._results_turn
+            if entry is not None and (self._results_turn or not self._snapshots):
+                await self._send_result(entry)
+            else:
+                await self._send_snapshot(self._snapshots.popleft())
 
-    async def _deliver(self, item: _Pending) -> None:
-        """Send one request, retrying recoverable failures with backoff."""
+    async def _send_snapshot(self, item: _Pending) -> None:
+        self._in_flight = 1
+        try:
+            outcome = await self._deliver(item.body, item.samples, item.created)
+        except asyncio.CancelledError:
+            self._drop(item, "shutdown")
+            raise
+        finally:
+            self._in_flight = 0
+        if outcome != "sent":
+            self._drop(item, outcome)
+
+    async def _send_result(self, entry: Entry) -> None:
+        outcome = await self._deliver(entry.body, entry.samples, None)
+        if outcome != "sent":
+            self._count_drop(entry.samples, outcome)
+        assert self.journal is not None
+        await asyncio.to_thread(self.journal.remove, entry)
+        self._journaled.popleft()
+
+    async def _deliver(self, body: bytes, samples: int, created: float | None) -> str:
+        """Send one request, retrying recoverable failures with backoff.
+
+        Returns "sent", "rejected" (a 4xx other than 429) or "expired" (older than
+        max_age; only when ``created`` is given).
+        """
         backoff = self.min_backoff
         while True:
             retry_after: float | None = None
             try:
                 assert self._session is not None
-                async with self._session.post(self.url, data=item.body) as response:
+                async with self._session.post(self.url, data=body) as response:
                     status = response.status
                     if 200 <= status < 300:
                         self.stats.sent_requests += 1
-                        self.stats.sent_samples += item.samples
+                        self.stats.sent_samples += samples
                         self.stats.last_success = self._clock.time()
-                        return
+                        return "sent"
                     detail = (await response.text())[:200].strip()
                     if status == 429:
                         retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -419,14 +523,12 @@ class RemoteWriter:
                         log.error(
                             "remote write to %s rejected with %d: %s", self.url, status, detail
                         )
-                        self._drop(item, "rejected")
-                        return
+                        return "rejected"
                     problem = f"HTTP {status}: {detail}"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-            if self._clock.monotonic() - item.created >= self.max_age:
-                self._drop(item, "expired")
-                return
+            if created is not None and self._clock.monotonic() - created >= self.max_age:
+                return "expired"
             self.stats.retries += 1
             delay = retry_after if retry_after is not None else backoff
             delay = min(delay, self.max_backoff) * random.uniform(0.8, 1.0)

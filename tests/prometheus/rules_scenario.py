@@ -523,7 +523,7 @@ def fleet_scenario() -> Case:
             lambda t: 0 if t <= step(10) else 100 * (t - step(10)),
             step(end),
             collector="eu-1",
-            reason="queue_full",
+            reason="journal_full",
         )
     )
     test = Case("fleet, certificate and collector alerts", end)
@@ -562,7 +562,9 @@ def fleet_scenario() -> Case:
     test.expect(
         "08:30",
         "ProbemeshRemoteWriteDropping",
-        alert("ProbemeshRemoteWriteDropping", 100 / STEP_S, collector="eu-1", reason="queue_full"),
+        alert(
+            "ProbemeshRemoteWriteDropping", 100 / STEP_S, collector="eu-1", reason="journal_full"
+        ),
     )
     return test
 

@@ -11,11 +11,13 @@ import asyncio
 import math
 import struct
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from probemesh.collector.remote_results import Applied, Journal
 from probemesh.collector.remote_write import (
     HEADERS,
     RemoteWriter,
@@ -23,6 +25,7 @@ from probemesh.collector.remote_write import (
     series_from_registry,
 )
 from probemesh.errors import ConfigError
+from probemesh.v1 import mesh_pb2 as pb
 from tests.prometheus.mesh import Mesh, Targets
 from tests.prometheus.promserver import (
     MISSING_REASON,
@@ -192,14 +195,19 @@ async def test_drops_4xx_with_a_counter(receiver: Receiver) -> None:
     )
 
 
-async def test_bounded_queue_drops_oldest_when_receiver_is_down() -> None:
+async def test_a_newer_snapshot_supersedes_the_unsent_one_whole() -> None:
+    """A snapshot is never cut: a slow receiver gets the newest snapshot entire.
+
+    Each snapshot is 4 requests (8 samples, 2 per request). While nothing
+    listens, every new snapshot replaces what is unsent of the previous one.
+    """
     registry, _ = sample_registry()
     url = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nothing listens there
     writer = RemoteWriter(
         registry,
         url,
         interval=3600,
-        max_pending=3,
+        max_samples_per_request=2,
         min_backoff=0.01,
         max_backoff=0.02,
         stop_timeout=0.2,
@@ -207,15 +215,131 @@ async def test_bounded_queue_drops_oldest_when_receiver_is_down() -> None:
     await writer.start()
     for _ in range(10):
         writer.snapshot()
-    assert writer.pending == 3
+    assert writer.pending_snapshot in (3, 4)  # one request may be in flight
     await asyncio.sleep(0.1)
     assert writer.stats.retries > 0
     await writer.stop()
     dropped = writer.stats.dropped_requests
-    # 12 snapshots (start, 10, stop), 3 pending at most: every one is accounted for.
-    assert dropped["queue_full"] == 9
-    assert dropped["shutdown"] == 3 and writer.pending == 0
+    # 12 snapshots (start, 10, stop) of 4 requests: every one is accounted for. The
+    # last is dropped whole at shutdown, with the older request still in flight then.
+    assert dropped["superseded"] + dropped["shutdown"] == 12 * 4
+    assert dropped["shutdown"] == 5 and writer.pending == 0
     assert writer.stats.sent_requests == 0
+
+
+def _result(check: str, ts: float, success: bool, status: float = 200.0) -> pb.Result:
+    return pb.Result(
+        check=check,
+        target="https://example.org/",
+        timestamp=ts,
+        success=success,
+        duration_seconds=0.25,
+        reason=pb.FAILURE_REASON_UNSPECIFIED if success else pb.FAILURE_REASON_HTTP_STATUS,
+        samples=[
+            pb.Sample(name="probe_http_status_code", value=status),
+            pb.Sample(name="probe_http_duration_seconds", labels={"phase": "connect"}, value=0.1),
+            pb.Sample(name="not_in_the_catalog", value=1.0),
+        ],
+    )
+
+
+def _decoded_samples(receiver: Receiver, name: str) -> list[tuple[dict[str, str], int, float]]:
+    found = []
+    for _, body in receiver.requests:
+        for ts in decode_request(body).timeseries:
+            labels = labels_of(ts)
+            if labels["__name__"] == name:
+                found += [(labels, s.timestamp, s.value) for s in ts.samples]
+    return found
+
+
+async def test_every_result_is_written_at_the_probe_time(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    registry, _ = sample_registry()
+    writer = RemoteWriter(
+        registry,
+        receiver.url,
+        interval=3600,
+        external_labels={"collector": "c1"},
+        journal=Journal(tmp_path / "rw.sqlite3", 1 << 20),
+        targets=lambda: {"web": "https://example.org/"},
+        stop_timeout=5,
+    )
+    await writer.start()
+    results = [
+        _result("web", 1000.0 + i, success=i != 1, status=500 if i == 1 else 200) for i in range(3)
+    ]
+    late = _result("gone", 900.0, success=True)  # a removed check's late result keeps its target
+    await writer.write_results([Applied("de-1", "DE", "eu", [*results, late])])
+    await writer.stop()
+    success = _decoded_samples(receiver, "probe_success")
+    assert sorted((s[1], s[2]) for s in success) == [
+        (900_000, 1.0),
+        (1_000_000, 1.0),
+        (1_001_000, 0.0),
+        (1_002_000, 1.0),
+    ]
+    labels = success[0][0]
+    assert labels == {
+        "__name__": "probe_success", "agent": "de-1", "check": labels["check"], "collector": "c1",
+        "country": "DE", "region": "eu", "target": "https://example.org/",
+    }  # fmt: skip
+    assert [s[2] for s in _decoded_samples(receiver, "probe_http_status_code")] == [
+        200.0, 500.0, 200.0, 200.0
+    ]  # fmt: skip
+    phases = _decoded_samples(receiver, "probe_http_duration_seconds")
+    assert {s[0]["phase"] for s in phases} == {"connect"} and len(phases) == 4
+    assert _decoded_samples(receiver, "not_in_the_catalog") == []
+    # The snapshots carry the aggregates only: probe_success came from the results.
+    assert len(success) == 4
+    assert _decoded_samples(receiver, "probemesh_probe_results_total")
+
+
+async def test_journaled_results_outlive_a_receiver_outage_and_a_restart(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    registry, _ = sample_registry()
+    journal_path = tmp_path / "rw.sqlite3"
+    down = f"http://127.0.0.1:{free_port()}/api/v1/write"  # nothing listens there
+    first = RemoteWriter(
+        registry, down, interval=3600, journal=Journal(journal_path, 1 << 20),
+        min_backoff=0.01, max_backoff=0.02, stop_timeout=0.2, max_samples_per_request=3,
+    )  # fmt: skip
+    await first.start()
+    await first.write_results(
+        [Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True) for i in range(5)])]
+    )
+    await asyncio.sleep(0.1)
+    assert first.stats.retries > 0 and first.lag() > 0
+    await first.stop()
+    # Only the last snapshot (8 samples, 3 requests) is dropped; results stay on disk.
+    assert first.stats.dropped_requests["shutdown"] == 3
+    second = RemoteWriter(
+        registry, receiver.url, interval=3600, journal=Journal(journal_path, 1 << 20),
+        stop_timeout=5, max_samples_per_request=3,
+    )  # fmt: skip
+    assert second.pending_results == 7  # 5 results x 4 series, in requests of 3 samples
+    await second.start()
+    await second.stop()
+    assert len(_decoded_samples(receiver, "probe_success")) == 5
+    assert second.pending_results == 0 and second.lag() == 0
+
+
+async def test_a_full_journal_drops_its_oldest_requests_and_counts_them(tmp_path: Path) -> None:
+    registry, _ = sample_registry()
+    writer = RemoteWriter(
+        registry,
+        f"http://127.0.0.1:{free_port()}/api/v1/write",
+        journal=Journal(tmp_path / "rw.sqlite3", 2000),
+        max_samples_per_request=4,
+    )
+    for i in range(50):
+        await writer.write_results([Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True)])])
+    assert writer.journal is not None and writer.journal.bytes <= 2000
+    dropped = writer.stats.dropped_requests["journal_full"]
+    assert dropped > 0 and dropped + writer.pending_results == 50
+    assert writer.stats.dropped_samples["journal_full"] == dropped * 4
 
 
 def test_bad_settings_are_config_errors() -> None:

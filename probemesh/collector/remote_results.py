@@ -1,0 +1,194 @@
+"""Every applied result's samples, at the probe's own time, for remote write.
+
+A scrape (or a periodic snapshot) samples the latest value: a 5 s check seen
+every 15 s loses two results of three, and a backlog replayed after a partition
+never shows at all. Here each result becomes its own remote-write samples,
+stamped with the time the agent probed, so the TSDB stores what every agent saw,
+late results included. Receivers that accept older samples than they hold
+(VictoriaMetrics always; Prometheus with ``out_of_order_time_window``) store a
+replayed backlog where it belongs.
+
+Encoded requests wait in :class:`Journal`, a capped SQLite file in the data dir,
+until the receiver takes them. Ingest appends to it *before* it commits the
+results' sequence marks, so a crash can only cause a result to be journaled
+twice (re-applied after the agent resends it), never to be missing: delivery is
+at least once, as Prometheus's own remote write is. A receiver that takes a
+sample it already holds at that timestamp stores it once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cramjam
+
+from probemesh.catalog import PROBE_METRICS
+from probemesh.errors import StateError
+from probemesh.remotewrite import remote_pb2
+from probemesh.v1 import mesh_pb2 as pb
+
+RESULT_FAMILIES = frozenset({"probe_success", "probe_duration_seconds", *PROBE_METRICS})
+"""Families written per result; the periodic snapshot leaves them out."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Results of one agent applied by one ingest round, with the labels they carry."""
+
+    agent: str
+    country: str
+    region: str
+    results: Sequence[pb.Result]
+
+
+def result_series(
+    applied: Applied,
+    targets: Mapping[str, str],
+    external_labels: Mapping[str, str],
+) -> Iterable[remote_pb2.TimeSeries]:
+    """The series of each result: probe_success, probe_duration_seconds and the
+    samples the catalog admits, labelled as on /metrics, at the result's time.
+
+    ``targets`` maps a check to its configured target; a check no longer in the
+    file keeps the target the result names.
+    """
+    common = {**external_labels, "agent": applied.agent, "country": applied.country}
+    if applied.region:
+        common["region"] = applied.region
+    for result in applied.results:
+        check = result.check
+        base = {**common, "check": check, "target": targets.get(check) or result.target}
+        timestamp = int(result.timestamp * 1000)
+        yield _series("probe_success", base, {}, 1.0 if result.success else 0.0, timestamp)
+        yield _series("probe_duration_seconds", base, {}, result.duration_seconds, timestamp)
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        for sample in result.samples:
+            spec = PROBE_METRICS.get(sample.name)
+            labels = dict(sample.labels)
+            if spec is None or not spec.labels_ok(labels):
+                continue
+            key = (sample.name, tuple(sorted(labels.items())))
+            if key in seen:  # a repeated series keeps its first value, as on /metrics
+                continue
+            seen.add(key)
+            yield _series(sample.name, base, labels, sample.value, timestamp)
+
+
+def _series(
+    name: str, base: Mapping[str, str], extra: Mapping[str, str], value: float, timestamp: int
+) -> remote_pb2.TimeSeries:
+    labels = {**base, **extra, "__name__": name}
+    return remote_pb2.TimeSeries(
+        labels=[remote_pb2.Label(name=k, value=labels[k]) for k in sorted(labels) if labels[k]],
+        samples=[remote_pb2.Sample(value=value, timestamp=timestamp)],
+    )
+
+
+def encode(series: Sequence[remote_pb2.TimeSeries]) -> bytes:
+    """One snappy-compressed WriteRequest."""
+    request = remote_pb2.WriteRequest(timeseries=series)
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journaled request."""
+
+    id: int
+    body: bytes
+    samples: int
+    queued_at: float  # when it was journaled: remote-write lag is measured from it
+
+
+class Journal:
+    """A capped FIFO of encoded requests on disk; the oldest go first when full.
+
+    Methods block on SQLite: call them from a worker thread (asyncio.to_thread);
+    a lock serialises them. Each call is its own short transaction, so the file
+    stays consistent across a crash at any point. ``requests``, ``bytes`` and
+    ``head_queued_at`` are kept in memory for the metrics.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.head_queued_at: float | None = None
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " body BLOB NOT NULL, samples INTEGER NOT NULL, queued_at REAL NOT NULL)"
+            )
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM requests"
+            ).fetchone()
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"{path}: cannot open the remote-write journal: {exc}") from None
+        self.requests, self.bytes = int(row[0]), int(row[1])
+        self._refresh_head()
+
+    def _refresh_head(self) -> None:
+        row = self._db.execute("SELECT queued_at FROM requests ORDER BY id LIMIT 1").fetchone()
+        self.head_queued_at = None if row is None else float(row[0])
+
+    def append(self, items: Iterable[tuple[bytes, int]], now: float) -> list[int]:
+        """Journal (body, samples) items; return the sample counts of the requests
+        dropped from the head to stay under max_bytes."""
+        with self._lock:
+            return self._append(items, now)
+
+    def _append(self, items: Iterable[tuple[bytes, int]], now: float) -> list[int]:
+        db = self._db
+        dropped: list[int] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for body, samples in items:
+                db.execute(
+                    "INSERT INTO requests (body, samples, queued_at) VALUES (?, ?, ?)",
+                    (body, samples, now),
+                )
+                self.requests += 1
+                self.bytes += len(body)
+            while self.bytes > self.max_bytes and self.requests > 1:
+                row = db.execute(
+                    "SELECT id, LENGTH(body), samples FROM requests ORDER BY id LIMIT 1"
+                ).fetchone()
+                db.execute("DELETE FROM requests WHERE id = ?", (row[0],))
+                self.requests -= 1
+                self.bytes -= int(row[1])
+                dropped.append(int(row[2]))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            self._refresh_head()
+        return dropped
+
+    def head(self, count: int) -> list[Entry]:
+        """The oldest ``count`` entries, without removing them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, body, samples, queued_at FROM requests ORDER BY id LIMIT ?", (count,)
+            ).fetchall()
+        return [Entry(int(r[0]), bytes(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+    def remove(self, entry: Entry) -> None:
+        """Forget a delivered (or given up) entry."""
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM requests WHERE id = ?", (entry.id,))
+            if cursor.rowcount:
+                self.requests -= 1
+                self.bytes -= len(entry.body)
+            self._refresh_head()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
