@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import PurePosixPath
 from typing import Any
 
 import dns.rcode
@@ -72,6 +73,32 @@ def _check_source_ip(value: str, where: str) -> None:
             ) from None
 
 
+def file_name_problem(name: str) -> str:
+    """Why name cannot name a file in an agent's --secrets-dir, or "" when it can.
+
+    Pushed settings name files relative to that directory: the agent refuses
+    absolute paths and ``..`` (and, when probing, symlinks leading out), so the
+    collector refuses them at load too rather than shipping checks that fail.
+    """
+    if not name:
+        return "is empty"
+    if "\x00" in name:
+        return "contains a NUL byte"
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        return "is an absolute path; name a file relative to the agent's --secrets-dir"
+    if ".." in path.parts:
+        return "climbs out with '..'; name a file inside the agent's --secrets-dir"
+    return ""
+
+
+def _check_file_name(value: str, where: str) -> None:
+    if value:
+        problem = file_name_problem(value)
+        if problem:
+            raise ConfigError(f"{where}: {value!r} {problem}")
+
+
 def parse_size(value: str, where: str) -> int:
     """Bytes for a Go Base2Bytes size ("512KB", "1MiB", "1048576"); 0 means no limit."""
     match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
@@ -100,6 +127,8 @@ class TLSConfig:
                 raise ConfigError(f"{where}.{name}: must be one of {', '.join(TLS_VERSIONS)}")
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError(f"{where}: cert_file and key_file must be set together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            _check_file_name(getattr(self, name), f"{where}.{name}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +142,7 @@ class BasicAuth:
     def validate(self, where: str) -> None:
         if self.password and self.password_file:
             raise ConfigError(f"{where}: at most one of password and password_file")
+        _check_file_name(self.password_file, f"{where}.password_file")
 
 
 @dataclass(frozen=True)
@@ -167,8 +197,12 @@ class HTTPSettings:
             if not 100 <= code <= 599:
                 raise ConfigError(f"{where}.valid_status_codes[{i}]: {code} is not an HTTP status")
         for i, version in enumerate(self.valid_http_versions):
-            if version not in ("HTTP/1.0", "HTTP/1.1", "HTTP/2.0", "HTTP/2"):
-                raise ConfigError(f"{where}.valid_http_versions[{i}]: unknown version {version!r}")
+            if version not in ("HTTP/1.0", "HTTP/1.1", "HTTP/2.0"):
+                # blackbox compares with Go's resp.Proto, so "HTTP/2" would never match.
+                hint = ' (HTTP/2 responses report "HTTP/2.0")' if version == "HTTP/2" else ""
+                raise ConfigError(
+                    f"{where}.valid_http_versions[{i}]: unknown version {version!r}{hint}"
+                )
         if not re.fullmatch(r"[A-Z]+", self.method):
             raise ConfigError(f"{where}.method: {self.method!r} is not an HTTP method")
         _compile_all(self.fail_if_body_matches_regexp, f"{where}.fail_if_body_matches_regexp")
@@ -182,6 +216,7 @@ class HTTPSettings:
             raise ConfigError(f"{where}: at most one of bearer_token and bearer_token_file")
         if self.basic_auth and (self.bearer_token or self.bearer_token_file):
             raise ConfigError(f"{where}: at most one of basic_auth and bearer_token")
+        _check_file_name(self.bearer_token_file, f"{where}.bearer_token_file")
         if self.body_size_limit:
             parse_size(self.body_size_limit, f"{where}.body_size_limit")
         self.body_patterns  # noqa: B018 - compile once, at load

@@ -6,9 +6,91 @@ http/https: a URL. tcp, tls, grpc: host:port. dns: a server, host[:port]
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
+
+import idna
 
 from probemesh.errors import ConfigError
+
+# Characters Go's url.URL keeps unescaped in a path it re-encodes (encodePath).
+_PATH_SAFE = "/;,:=@&$+-_.~"
+# A path Go sends as written: printable ASCII, valid escapes, no space or quote-like bytes.
+_VALID_RAW_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/\[\]]|%[0-9A-Fa-f]{2})*")
+
+
+@dataclass(frozen=True)
+class HttpURL:
+    """An http(s) URL as Go's net/http puts it on the wire.
+
+    ``host`` is the ASCII (punycode) name to resolve and verify, ``authority``
+    the Host header value, ``request_target`` the escaped path plus the query.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    authority: str
+    request_target: str
+
+    @property
+    def is_tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def origin(self) -> str:
+        """host:port, the unit Go compares when deciding to forward credentials."""
+        return f"{self.host}:{self.port}"
+
+
+def ascii_host(host: str, where: str) -> str:
+    """The host as sent on the wire: IDNA 2008 with UTS 46 mapping for non-ASCII names.
+
+    ASCII names pass unchanged, as in Go, which converts only non-ASCII hosts.
+    """
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ConfigError(
+            f"{where}: host {host!r} is not a valid internationalised name: {exc}"
+        ) from None
+
+
+def parse_http_url(url: str) -> HttpURL:
+    """Validate and encode an http(s) URL; ConfigError names the problem.
+
+    The path is percent-encoded like Go's ``URL.EscapedPath``: kept as written
+    when it is validly encoded ASCII, otherwise decoded and re-encoded (so
+    non-ASCII becomes UTF-8 escapes). The query goes out as written, as in Go.
+    """
+    where = f"target {url!r}"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ConfigError(f"{where}: control character in URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: expected an http:// or https:// URL")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: port out of range 1-65535") from None
+    netloc = parts.netloc.rpartition("@")[2]
+    literal = netloc.startswith("[")
+    # urlsplit lower-cases hostname; Go sends the name as written.
+    written = netloc[1 : netloc.index("]")] if literal else netloc.partition(":")[0]
+    host = ascii_host(written, where)
+    authority = f"[{host}]" if literal else host
+    if port is not None:
+        authority += f":{port}"
+    path = parts.path or "/"
+    if not _VALID_RAW_PATH.fullmatch(path):
+        path = quote(unquote(path), safe=_PATH_SAFE)
+    if parts.query or url.split("#", 1)[0].endswith("?"):
+        path += "?" + parts.query
+    default = 443 if parts.scheme == "https" else 80
+    return HttpURL(parts.scheme, host, port or default, authority, path)
 
 
 def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
@@ -35,14 +117,7 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
 def target_host(prober: str, target: str) -> str:
     """The host a probe will resolve, after validating the target for its prober."""
     if prober == "http":
-        parts = urlsplit(target)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"target {target!r}: expected an http:// or https:// URL")
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ConfigError(f"target {target!r}: port out of range 1-65535") from None
-        return parts.hostname
+        return parse_http_url(target).host
     if prober == "icmp":
         if not target or "/" in target or " " in target:
             raise ConfigError(f"target {target!r}: expected a host name or IP address")

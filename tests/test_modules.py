@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -154,11 +155,35 @@ def load(raw: dict[str, Any], name: str = "m") -> Any:
 
 
 def test_blackbox_example_modules_load_unchanged() -> None:
+    """All but the absolute ca_file load as written; that one names the agent's secrets dir."""
     modules = yaml.safe_load(BLACKBOX_EXAMPLE)["modules"]
+    with pytest.raises(
+        ModuleError, match=r"tls_config\.ca_file: '/certs/my_cert\.crt' is an absolute"
+    ):
+        parse_module("http_custom_ca_example", modules["http_custom_ca_example"])
+    modules["http_custom_ca_example"]["http"]["tls_config"]["ca_file"] = "certs/my_cert.crt"
     for name, raw in modules.items():
         module = parse_module(name, raw)
         again = settings_from_json(module.prober, module.settings_json())
         assert again == module.settings, name
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"bearer_token_file": "/etc/shadow"},
+        {"bearer_token_file": "../../etc/shadow"},
+        {"basic_auth": {"username": "u", "password_file": "a/../../b"}},
+        {"tls_config": {"ca_file": "/etc/ssl/ca.pem"}},
+        {"tls_config": {"cert_file": "../c.pem", "key_file": "k.pem"}},
+        {"tls_config": {"cert_file": "c.pem", "key_file": "/k.pem"}},
+    ],
+)
+def test_file_references_must_stay_inside_the_secrets_dir(field: dict) -> None:
+    with pytest.raises(ModuleError, match="--secrets-dir"):
+        parse_module("m", {"prober": "http", "http": field})
+    with pytest.raises(ConfigError, match="--secrets-dir"):
+        settings_from_json("http", json.dumps(field))
 
 
 def test_every_prober_has_settings_and_a_probe() -> None:

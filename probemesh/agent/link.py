@@ -17,12 +17,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
 from probemesh import __version__
 from probemesh.agent.probes import PROBERS
 from probemesh.agent.queue import DurableQueue
+from probemesh.errors import ConfigError
 from probemesh.grpc_options import CHANNEL_OPTIONS
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
@@ -81,8 +83,56 @@ class LinkSettings:
     # Longest reconnect backoff; PROBEMESH_LINK_BACKOFF_CAP overrides.
     backoff_cap: float = field(default_factory=lambda: _env_seconds(ENV_BACKOFF_CAP, BACKOFF_CAP))
     drain_timeout: float = 5.0  # on shutdown, wait this long for Acks
-    credentials: grpc.ChannelCredentials | None = None
+    tls: ChannelTLS | None = None  # None: plaintext
     server_name: str = ""
+    # Announced in Hello: the agent reads files named in checks (inside --secrets-dir).
+    secrets_dir_configured: bool = False
+
+
+class ChannelTLS:
+    """The CA, client certificate and key behind the channel, re-read when they change.
+
+    Like Prometheus, the files' modification times are checked at use: every
+    (re)connect builds credentials from the current files, so rotated
+    certificates take effect at the next connection without a restart. A file
+    caught half-written keeps the previous credentials until the next try.
+    """
+
+    def __init__(self, ca: Path, cert: Path | None = None, key: Path | None = None) -> None:
+        self.files = (ca, cert, key)
+        self._stamp: tuple[tuple[int, int] | None, ...] = ()
+        self._credentials: grpc.ChannelCredentials | None = None
+        self.credentials()  # unreadable files fail at start-up, not at the first connect
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        try:
+            stamp = tuple(_file_stamp(path) for path in self.files)
+            if self._credentials is not None and stamp == self._stamp:
+                return self._credentials
+            ca, cert, key = (path.read_bytes() if path else None for path in self.files)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+        except OSError as exc:
+            if self._credentials is None:
+                raise ConfigError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from None
+            log.warning(
+                "cannot re-read TLS file %s (%s); keeping the previous one",
+                exc.filename,
+                exc.strerror,
+            )
+            return self._credentials
+        if self._credentials is not None:
+            log.info("collector TLS files changed; using them from this connection on")
+        self._stamp, self._credentials = stamp, credentials
+        return credentials
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
 
 
 @dataclass
@@ -185,11 +235,11 @@ class CollectorLink:
             ("grpc.keepalive_time_ms", keepalive_ms),
             ("grpc.keepalive_timeout_ms", keepalive_ms),
         ]
-        if self.settings.credentials is None:
+        if self.settings.tls is None:
             return grpc.aio.insecure_channel(address, options=options)
         if self.settings.server_name:
             options.append(("grpc.ssl_target_name_override", self.settings.server_name))
-        return grpc.aio.secure_channel(address, self.settings.credentials, options=options)
+        return grpc.aio.secure_channel(address, self.settings.tls.credentials(), options=options)
 
     async def _session(self, address: str, stop: asyncio.Event) -> None:
         async with self._channel(address) as channel:
@@ -256,6 +306,7 @@ class CollectorLink:
                 version=__version__,
                 capabilities=sorted(PROBERS),
                 last_seq=self.queue.last_seq,
+                secrets_dir_configured=self.settings.secrets_dir_configured,
             )
         )
 

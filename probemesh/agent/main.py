@@ -18,6 +18,7 @@ from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.queue import DEFAULT_MAX_AGE, DEFAULT_MAX_RESULTS, DurableQueue
 from probemesh.agent.safety import AddressPolicy
 from probemesh.agent.scheduler import Scheduler
+from probemesh.agent.secrets import SecretFiles
 from probemesh.errors import StateError
 from probemesh.httpserver import metrics_handler, start_site
 from probemesh.v1 import mesh_pb2 as pb
@@ -36,6 +37,7 @@ class AgentOptions:
     metrics_listen: str = ""
     source_address: str = ""
     allow_private_targets: bool = False
+    secrets_dir: Path | None = None
     min_interval: float = 5.0
     max_concurrency: int = 256
     flush_interval: float = 0.2
@@ -54,7 +56,11 @@ class Agent:
         )
         self.pending: list[tuple[float, bytes]] = []
         self.new_results = asyncio.Event()
-        env = ProbeEnv(options.source_address, AddressPolicy(options.allow_private_targets))
+        env = ProbeEnv(
+            options.source_address,
+            AddressPolicy(options.allow_private_targets),
+            SecretFiles(options.secrets_dir),
+        )
         self.scheduler = Scheduler(
             env, self._on_result, options.min_interval, options.max_concurrency
         )

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import grpc
 
 from probemesh import ports
 from probemesh.cli import options
@@ -109,6 +108,13 @@ def _state_defaults(ctx: click.Context, _param: click.Parameter, value: Path) ->
     help="Allow probing loopback and private addresses (link-local/metadata stay refused).",
 )
 @options.opt(
+    "--secrets-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of the files checks may name (bearer_token_file, tls_config.ca_file, ...); "
+    "names resolve inside it only. [default: none: every file reference is refused]",
+)
+@options.opt(
     "--min-interval",
     callback=options.duration,
     default="5s",
@@ -169,7 +175,7 @@ def agent(ctx: click.Context, **kw: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from probemesh.agent.link import Identity, LinkSettings
+    from probemesh.agent.link import ChannelTLS, Identity, LinkSettings
     from probemesh.agent.main import AgentOptions, run_agent
 
     options.setup_logging(kw["log_level"])
@@ -186,15 +192,13 @@ def agent(ctx: click.Context, **kw: Any) -> None:
     token = kw["token_file"].read_text().strip() if kw["token_file"] else kw["token"]
     if not token:
         raise ConfigError("a token is required: --token, --token-file or PROBEMESH_TOKEN")
-    link = LinkSettings(server_name=kw["tls_server_name"])
+    link = LinkSettings(
+        server_name=kw["tls_server_name"], secrets_dir_configured=kw["secrets_dir"] is not None
+    )
     if kw["tls_ca"]:
         if bool(kw["tls_cert"]) != bool(kw["tls_key"]):
             raise ConfigError("--tls-cert and --tls-key must be given together")
-        link.credentials = grpc.ssl_channel_credentials(
-            root_certificates=kw["tls_ca"].read_bytes(),
-            private_key=kw["tls_key"].read_bytes() if kw["tls_key"] else None,
-            certificate_chain=kw["tls_cert"].read_bytes() if kw["tls_cert"] else None,
-        )
+        link.tls = ChannelTLS(kw["tls_ca"], kw["tls_cert"], kw["tls_key"])
     else:
         remote = [c for c in kw["collectors"] if not is_loopback(c)]
         if remote and not kw["insecure"]:
@@ -213,6 +217,7 @@ def agent(ctx: click.Context, **kw: Any) -> None:
         metrics_listen=kw["metrics_listen"],
         source_address=kw["source_address"],
         allow_private_targets=kw["allow_private_targets"],
+        secrets_dir=kw["secrets_dir"],
         min_interval=kw["min_interval"],
         max_concurrency=kw["max_concurrency"],
         queue_max_results=kw["queue_max_results"],

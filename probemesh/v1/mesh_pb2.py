@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17probemesh/v1/mesh.proto\x12\x0cprobemesh.v1\"\x9b\x01\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.probemesh.v1.HelloH\x00\x12,\n\x07results\x18\x02 \x01(\x0b\x32\x19.probemesh.v1.ResultBatchH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.probemesh.v1.HeartbeatH\x00\x42\t\n\x07payload\"\xbf\x01\n\x10\x43ollectorMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.probemesh.v1.WelcomeH\x00\x12&\n\x06\x63hecks\x18\x02 \x01(\x0b\x32\x14.probemesh.v1.ChecksH\x00\x12 \n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x11.probemesh.v1.AckH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.probemesh.v1.HeartbeatH\x00\x42\t\n\x07payload\"\x8e\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x63ity\x18\x04 \x01(\t\x12\x0b\n\x03\x61sn\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x10\n\x08last_seq\x18\x08 \x01(\x04\"\x91\x01\n\x07Welcome\x12\x19\n\x11\x63ollector_version\x18\x01 \x01(\t\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\r\x12\x19\n\x11max_batch_results\x18\x04 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\"?\n\x06\x43hecks\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12#\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x13.probemesh.v1.Check\"\x8f\x01\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06prober\x18\x03 \x01(\t\x12\x18\n\x10interval_seconds\x18\x04 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x15\n\rsettings_json\x18\x06 \x01(\t\x12\x0e\n\x06module\x18\x07 \x01(\t\"l\n\x0bResultBatch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12%\n\x07results\x18\x03 \x03(\x0b\x32\x14.probemesh.v1.Result\x12\x11\n\tfloor_seq\x18\x04 \x01(\x04\"\xe6\x01\n\x06Result\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12+\n\x06reason\x18\x06 \x01(\x0e\x32\x1b.probemesh.v1.FailureReason\x12\x0f\n\x07message\x18\x07 \x01(\t\x12%\n\x07samples\x18\x08 \x03(\x0b\x32\x14.probemesh.v1.Sample\x12\x1a\n\x12http_phase_seconds\x18\t \x03(\x01\"\x86\x01\n\x06Sample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .probemesh.v1.Sample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\"\x1e\n\tHeartbeat\x12\x11\n\ttimestamp\x18\x01 \x01(\x01*\x8c\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46\x41ILURE_REASON_DNS\x10\x01\x12\x1a\n\x16\x46\x41ILURE_REASON_CONNECT\x10\x02\x12\x1a\n\x16\x46\x41ILURE_REASON_REFUSED\x10\x03\x12\x1a\n\x16\x46\x41ILURE_REASON_TIMEOUT\x10\x04\x12\x16\n\x12\x46\x41ILURE_REASON_TLS\x10\x05\x12\x1e\n\x1a\x46\x41ILURE_REASON_HTTP_STATUS\x10\x06\x12\x1d\n\x19\x46\x41ILURE_REASON_VALIDATION\x10\x07\x12\x18\n\x14\x46\x41ILURE_REASON_OTHER\x10\x08\x32V\n\tProbeMesh\x12I\n\x07\x43onnect\x12\x1a.probemesh.v1.AgentMessage\x1a\x1e.probemesh.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17probemesh/v1/mesh.proto\x12\x0cprobemesh.v1\"\x9b\x01\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.probemesh.v1.HelloH\x00\x12,\n\x07results\x18\x02 \x01(\x0b\x32\x19.probemesh.v1.ResultBatchH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.probemesh.v1.HeartbeatH\x00\x42\t\n\x07payload\"\xbf\x01\n\x10\x43ollectorMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.probemesh.v1.WelcomeH\x00\x12&\n\x06\x63hecks\x18\x02 \x01(\x0b\x32\x14.probemesh.v1.ChecksH\x00\x12 \n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x11.probemesh.v1.AckH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.probemesh.v1.HeartbeatH\x00\x42\t\n\x07payload\"\xae\x01\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x63ity\x18\x04 \x01(\t\x12\x0b\n\x03\x61sn\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x10\n\x08last_seq\x18\x08 \x01(\x04\x12\x1e\n\x16secrets_dir_configured\x18\x0b \x01(\x08\"\x91\x01\n\x07Welcome\x12\x19\n\x11\x63ollector_version\x18\x01 \x01(\t\x12\x11\n\tacked_seq\x18\x02 \x01(\x04\x12\"\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\r\x12\x19\n\x11max_batch_results\x18\x04 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\r\"?\n\x06\x43hecks\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12#\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x13.probemesh.v1.Check\"\x8f\x01\n\x05\x43heck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06prober\x18\x03 \x01(\t\x12\x18\n\x10interval_seconds\x18\x04 \x01(\x01\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x15\n\rsettings_json\x18\x06 \x01(\t\x12\x0e\n\x06module\x18\x07 \x01(\t\"l\n\x0bResultBatch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12%\n\x07results\x18\x03 \x03(\x0b\x32\x14.probemesh.v1.Result\x12\x11\n\tfloor_seq\x18\x04 \x01(\x04\"\xe6\x01\n\x06Result\x12\r\n\x05\x63heck\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12+\n\x06reason\x18\x06 \x01(\x0e\x32\x1b.probemesh.v1.FailureReason\x12\x0f\n\x07message\x18\x07 \x01(\t\x12%\n\x07samples\x18\x08 \x03(\x0b\x32\x14.probemesh.v1.Sample\x12\x1a\n\x12http_phase_seconds\x18\t \x03(\x01\"\x86\x01\n\x06Sample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x06labels\x18\x02 \x03(\x0b\x32 .probemesh.v1.Sample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\"\x1e\n\tHeartbeat\x12\x11\n\ttimestamp\x18\x01 \x01(\x01*\x8c\x02\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46\x41ILURE_REASON_DNS\x10\x01\x12\x1a\n\x16\x46\x41ILURE_REASON_CONNECT\x10\x02\x12\x1a\n\x16\x46\x41ILURE_REASON_REFUSED\x10\x03\x12\x1a\n\x16\x46\x41ILURE_REASON_TIMEOUT\x10\x04\x12\x16\n\x12\x46\x41ILURE_REASON_TLS\x10\x05\x12\x1e\n\x1a\x46\x41ILURE_REASON_HTTP_STATUS\x10\x06\x12\x1d\n\x19\x46\x41ILURE_REASON_VALIDATION\x10\x07\x12\x18\n\x14\x46\x41ILURE_REASON_OTHER\x10\x08\x32V\n\tProbeMesh\x12I\n\x07\x43onnect\x12\x1a.probemesh.v1.AgentMessage\x1a\x1e.probemesh.v1.CollectorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLE_LABELSENTRY']._loaded_options = None
   _globals['_SAMPLE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_FAILUREREASON']._serialized_start=1467
-  _globals['_FAILUREREASON']._serialized_end=1735
+  _globals['_FAILUREREASON']._serialized_start=1499
+  _globals['_FAILUREREASON']._serialized_end=1767
   _globals['_AGENTMESSAGE']._serialized_start=42
   _globals['_AGENTMESSAGE']._serialized_end=197
   _globals['_COLLECTORMESSAGE']._serialized_start=200
   _globals['_COLLECTORMESSAGE']._serialized_end=391
   _globals['_HELLO']._serialized_start=394
-  _globals['_HELLO']._serialized_end=536
-  _globals['_WELCOME']._serialized_start=539
-  _globals['_WELCOME']._serialized_end=684
-  _globals['_CHECKS']._serialized_start=686
-  _globals['_CHECKS']._serialized_end=749
-  _globals['_CHECK']._serialized_start=752
-  _globals['_CHECK']._serialized_end=895
-  _globals['_RESULTBATCH']._serialized_start=897
-  _globals['_RESULTBATCH']._serialized_end=1005
-  _globals['_RESULT']._serialized_start=1008
-  _globals['_RESULT']._serialized_end=1238
-  _globals['_SAMPLE']._serialized_start=1241
-  _globals['_SAMPLE']._serialized_end=1375
-  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1330
-  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1375
-  _globals['_ACK']._serialized_start=1377
-  _globals['_ACK']._serialized_end=1432
-  _globals['_HEARTBEAT']._serialized_start=1434
-  _globals['_HEARTBEAT']._serialized_end=1464
-  _globals['_PROBEMESH']._serialized_start=1737
-  _globals['_PROBEMESH']._serialized_end=1823
+  _globals['_HELLO']._serialized_end=568
+  _globals['_WELCOME']._serialized_start=571
+  _globals['_WELCOME']._serialized_end=716
+  _globals['_CHECKS']._serialized_start=718
+  _globals['_CHECKS']._serialized_end=781
+  _globals['_CHECK']._serialized_start=784
+  _globals['_CHECK']._serialized_end=927
+  _globals['_RESULTBATCH']._serialized_start=929
+  _globals['_RESULTBATCH']._serialized_end=1037
+  _globals['_RESULT']._serialized_start=1040
+  _globals['_RESULT']._serialized_end=1270
+  _globals['_SAMPLE']._serialized_start=1273
+  _globals['_SAMPLE']._serialized_end=1407
+  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1362
+  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1407
+  _globals['_ACK']._serialized_start=1409
+  _globals['_ACK']._serialized_end=1464
+  _globals['_HEARTBEAT']._serialized_start=1466
+  _globals['_HEARTBEAT']._serialized_end=1496
+  _globals['_PROBEMESH']._serialized_start=1769
+  _globals['_PROBEMESH']._serialized_end=1855
 # @@protoc_insertion_point(module_scope)

@@ -171,7 +171,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus,
     targets = Targets(root, failing_sources={"127.0.0.3"})
     mesh = Mesh(root)
     checks = CHECKS.format(
-        ca=targets.ca_file, http=targets.http_url, https=targets.https_url, dns=targets.dns_target
+        ca=targets.ca_file.name,
+        http=targets.http_url,
+        https=targets.https_url,
+        dns=targets.dns_target,
     ) + (ICMP_CHECK if IS_ROOT else "")
     names = re.findall(r"name: ([\w.-]+), target", checks)
     try:

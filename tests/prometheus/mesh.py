@@ -9,7 +9,8 @@ Targets (:class:`Targets`), all in threads of the test process:
 * HTTP on 127.0.0.1: ``/ok`` answers 200, ``/fail`` 500, and ``/mixed`` 500 to
   clients whose source address is in ``Targets.failing_sources`` (agents started
   with ``--source-address``), 200 to the others;
-* HTTPS (trustme certificate) with the same paths; ``ca_file`` is its CA;
+* HTTPS (trustme certificate) with the same paths; ``ca_file`` is its CA (in root,
+  which agents of a Mesh on the same root use as their --secrets-dir);
 * a one-record DNS server over UDP answering any A query with 127.0.0.1.
 """
 
@@ -217,6 +218,9 @@ class Mesh:
                 "--state-dir",
                 str(self.root / f"agent-{agent_id}"),
                 "--allow-private-targets",
+                # Checks name the targets' CA (written into root) relative to it.
+                "--secrets-dir",
+                str(self.root),
                 "--min-interval",
                 "100ms",
                 "--metrics-listen",

@@ -15,6 +15,7 @@ to resolve the server's own name.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
 import time
@@ -38,7 +39,7 @@ async def probe(target: str, settings: DNSSettings, env: ProbeEnv, result: Probe
     """Send settings.query_name to the server at target and validate the response."""
     host, port = split_host_port(target, 853 if settings.dns_over_tls else 53)
     if settings.source_ip_address:
-        env = ProbeEnv(settings.source_ip_address, env.policy)
+        env = dataclasses.replace(env, source_address=settings.source_ip_address)
     phases = dict.fromkeys(("resolve", "connect", "request"), 0.0)
     response: dns.message.Message | None = None
     try:
@@ -171,7 +172,9 @@ async def _exchange_tcp(
     try:
         if settings.dns_over_tls:
             name = settings.tls_config.server_name or host
-            await writer.start_tls(client_context(settings.tls_config), server_hostname=name)
+            await writer.start_tls(
+                client_context(settings.tls_config, env.secrets), server_hostname=name
+            )
         sent_at = time.perf_counter()
         phases["connect"] = sent_at - start
         try:

@@ -10,15 +10,14 @@ the certificate metrics of the http/tcp probes are not emitted here.
 
 from __future__ import annotations
 
-import functools
 import time
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from probemesh.agent.probes.net import ProbeEnv, resolve
+from probemesh.agent.probes.net import ProbeEnv, file_stamps, resolve, tls_paths
 from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
+from probemesh.agent.secrets import SecretFiles
 from probemesh.modules import GRPCSettings, TLSConfig
 from probemesh.targets import split_host_port
 
@@ -49,7 +48,9 @@ async def probe(target: str, settings: GRPCSettings, env: ProbeEnv, result: Prob
         if settings.tls:
             name = settings.tls_config.server_name or host
             options.append(("grpc.ssl_target_name_override", name))
-            channel = grpc.aio.secure_channel(address, _credentials(settings.tls_config), options)
+            channel = grpc.aio.secure_channel(
+                address, _credentials(settings.tls_config, env.secrets), options
+            )
         else:
             channel = grpc.aio.insecure_channel(address, options)
         try:
@@ -91,11 +92,23 @@ def _reason(exc: grpc.aio.AioRpcError) -> tuple[Reason, str]:
     return Reason.CONNECT, message
 
 
-@functools.lru_cache(maxsize=64)
-def _credentials(config: TLSConfig) -> grpc.ChannelCredentials:
-    """Channel credentials per tls_config, read once like the TLS contexts of other probes."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=Path(config.ca_file).read_bytes() if config.ca_file else None,
-        private_key=Path(config.key_file).read_bytes() if config.key_file else None,
-        certificate_chain=Path(config.cert_file).read_bytes() if config.cert_file else None,
+# Credentials by (tls_config, resolved files), with the files' stamps when built.
+_CREDENTIALS: dict[tuple, tuple[tuple, grpc.ChannelCredentials]] = {}
+
+
+def _credentials(config: TLSConfig, secrets: SecretFiles) -> grpc.ChannelCredentials:
+    """Channel credentials per tls_config, rebuilt when a file changes (checked at each use)."""
+    paths = tls_paths(config, secrets)
+    stamp = file_stamps(paths)
+    key = (config, paths)
+    cached = _CREDENTIALS.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    ca, cert, private_key = (path.read_bytes() if path else None for path in paths)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=private_key, certificate_chain=cert
     )
+    if key not in _CREDENTIALS and len(_CREDENTIALS) >= 64:
+        del _CREDENTIALS[next(iter(_CREDENTIALS))]
+    _CREDENTIALS[key] = (stamp, credentials)
+    return credentials

@@ -8,15 +8,17 @@ agent's address policy on the resolved address.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
+import os
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
 from probemesh.agent.safety import AddressPolicy
+from probemesh.agent.secrets import SecretFiles
 from probemesh.modules import TLSConfig
 
 _TLS_VERSION_NAMES = {
@@ -39,6 +41,7 @@ class ProbeEnv:
 
     source_address: str = ""
     policy: AddressPolicy = field(default_factory=AddressPolicy)
+    secrets: SecretFiles = field(default_factory=SecretFiles)
 
 
 @dataclass(frozen=True)
@@ -120,17 +123,34 @@ async def connect(target: Resolved, port: int, env: ProbeEnv) -> socket.socket:
     return sock
 
 
-@functools.lru_cache(maxsize=256)
-def client_context(config: TLSConfig) -> ssl.SSLContext:
-    """An SSLContext per tls_config; built once because loading CAs costs milliseconds.
+# Built contexts by (tls_config, ALPN, resolved files), each with the files'
+# (mtime, size) when it was built: loading CAs costs milliseconds, a stat does not.
+_CONTEXTS: dict[tuple, tuple[tuple, ssl.SSLContext]] = {}
+_MAX_CONTEXTS = 256
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
 
-    Unreadable CA or certificate files are the agent's configuration problem,
-    reported as reason ``other``, never as the target being unreachable.
+
+def client_context(
+    config: TLSConfig, secrets: SecretFiles, alpn: tuple[str, ...] = ()
+) -> ssl.SSLContext:
+    """The SSLContext for a tls_config, rebuilt when a CA, certificate or key file changes.
+
+    Like Prometheus, the files' modification times are checked at every use, so
+    rotated material is picked up without a restart. Files resolve inside the
+    agent's secrets dir only. Unreadable files are the agent's configuration
+    problem, reported as reason ``other``, never as the target being unreachable.
     """
+    paths = tls_paths(config, secrets)
+    stamp = file_stamps(paths)
+    key = (config, alpn, paths)
+    cached = _CONTEXTS.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    ca_path, cert_path, key_path = paths
     try:
-        context = ssl.create_default_context(cafile=config.ca_file or None)
-        if config.cert_file:
-            context.load_cert_chain(config.cert_file, config.key_file)
+        context = ssl.create_default_context(cafile=ca_path)
+        if cert_path:
+            context.load_cert_chain(cert_path, key_path)
     except (OSError, ssl.SSLError) as exc:
         raise ProbeFailure(
             Reason.OTHER, f"tls_config: cannot load CA or client certificate: {exc}"
@@ -142,7 +162,37 @@ def client_context(config: TLSConfig) -> ssl.SSLContext:
         context.minimum_version = _TLS_VERSIONS[config.min_version]
     if config.max_version:
         context.maximum_version = _TLS_VERSIONS[config.max_version]
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    if key not in _CONTEXTS and len(_CONTEXTS) >= _MAX_CONTEXTS:
+        del _CONTEXTS[next(iter(_CONTEXTS))]
+    _CONTEXTS[key] = (stamp, context)
     return context
+
+
+def tls_paths(config: TLSConfig, secrets: SecretFiles) -> tuple[Path | None, ...]:
+    """(ca, cert, key) of a tls_config resolved inside the secrets dir; None where unset."""
+    return tuple(
+        secrets.path(f"tls_config.{name}", getattr(config, name)) if getattr(config, name) else None
+        for name in _TLS_FILES
+    )
+
+
+def file_stamps(paths: tuple[Path | None, ...]) -> tuple[tuple[int, int] | None, ...]:
+    """(mtime, size) of each file, to notice rotation; a missing file fails the probe."""
+    stamps: list[tuple[int, int] | None] = []
+    for path in paths:
+        if path is None:
+            stamps.append(None)
+            continue
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            raise ProbeFailure(
+                Reason.OTHER, f"tls_config: cannot read {path.name}: {exc.strerror}"
+            ) from None
+        stamps.append((info.st_mtime_ns, info.st_size))
+    return tuple(stamps)
 
 
 def record_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -> None:

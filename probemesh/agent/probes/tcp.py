@@ -9,6 +9,7 @@ newline; ``starttls`` upgrades the connection in place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
@@ -43,13 +44,15 @@ async def _dialogue(
         host, settings.preferred_ip_protocol, settings.ip_protocol_fallback, env, result
     )
     if settings.source_ip_address:
-        env = ProbeEnv(settings.source_ip_address, env.policy)
+        env = dataclasses.replace(env, source_address=settings.source_ip_address)
     sock = await connect(resolved, port, env)
     reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
     server_name = settings.tls_config.server_name or host
     try:
         if settings.tls:
-            await writer.start_tls(client_context(settings.tls_config), server_hostname=server_name)
+            await writer.start_tls(
+                client_context(settings.tls_config, env.secrets), server_hostname=server_name
+            )
             record_tls(writer.get_extra_info("ssl_object"), result)
         for i, step in enumerate(settings.query_response):
             send = step.send
@@ -62,7 +65,7 @@ async def _dialogue(
                 writer.write(send.encode() + b"\n")
                 await writer.drain()
             if step.starttls:
-                context = client_context(settings.tls_config)
+                context = client_context(settings.tls_config, env.secrets)
                 await writer.start_tls(context, server_hostname=server_name)
                 record_tls(writer.get_extra_info("ssl_object"), result)
         result.success = True

@@ -9,6 +9,7 @@ fails verification fails the probe with reason ``tls``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
@@ -21,7 +22,7 @@ async def probe(target: str, settings: TLSSettings, env: ProbeEnv, result: Probe
     """Handshake with host:port and record the certificate chain's expiry and identity."""
     host, port = split_host_port(target)
     if settings.source_ip_address:
-        env = ProbeEnv(settings.source_ip_address, env.policy)
+        env = dataclasses.replace(env, source_address=settings.source_ip_address)
     phases = dict.fromkeys(("resolve", "connect", "handshake"), 0.0)
     writer: asyncio.StreamWriter | None = None
     try:
@@ -36,7 +37,9 @@ async def probe(target: str, settings: TLSSettings, env: ProbeEnv, result: Probe
         phases["connect"] = connected_at - resolved_at
         _, writer = await asyncio.open_connection(sock=sock)
         server_name = settings.tls_config.server_name or host
-        await writer.start_tls(client_context(settings.tls_config), server_hostname=server_name)
+        await writer.start_tls(
+            client_context(settings.tls_config, env.secrets), server_hostname=server_name
+        )
         phases["handshake"] = time.perf_counter() - connected_at
         record_tls(writer.get_extra_info("ssl_object"), result)
         result.success = True

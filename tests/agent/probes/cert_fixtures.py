@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import pytest
 import trustme
@@ -14,10 +15,16 @@ def ca() -> trustme.CA:
 
 
 @pytest.fixture(scope="session")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
+def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The probes' --secrets-dir: settings name files relative to it."""
+    return tmp_path_factory.mktemp("secrets")
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, secrets_dir: Path) -> str:
+    """The CA's file name inside secrets_dir, as settings name it."""
+    ca.cert_pem.write_to_path(str(secrets_dir / "ca.pem"))
+    return "ca.pem"
 
 
 @pytest.fixture(scope="session")

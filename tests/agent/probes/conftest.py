@@ -10,6 +10,7 @@ from tests.agent.probes.cert_fixtures import (  # noqa: F401 - fixtures
     expired_cert,
     localhost_cert,
     other_host_cert,
+    secrets_dir,
 )
 from tests.netem import DelayLine, netem_problem
 

@@ -26,6 +26,7 @@ from probemesh.agent.probes import PROBERS
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.probes.result import ProbeResult, failure_from_exception
 from probemesh.agent.safety import AddressPolicy
+from probemesh.agent.secrets import SecretFiles
 from probemesh.catalog import PROBE_METRICS
 from probemesh.modules import parse_module
 
@@ -34,9 +35,16 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 async def run(
-    prober: str, target: str, section: dict[str, Any] | None = None, module_timeout: float = 2.0
+    prober: str,
+    target: str,
+    section: dict[str, Any] | None = None,
+    module_timeout: float = 2.0,
+    secrets: Path | None = None,
 ) -> ProbeResult:
-    """Load a module like the collector does, then probe like the runner does."""
+    """Load a module like the collector does, then probe like the runner does.
+
+    secrets is the agent's --secrets-dir; without it every file reference is refused.
+    """
     raw: dict[str, Any] = {"prober": prober, "timeout": f"{module_timeout}s"}
     if section is not None:
         raw[prober] = section
@@ -44,7 +52,10 @@ async def run(
     result = ProbeResult()
     try:
         async with asyncio.timeout(module.timeout):
-            await PROBERS[prober](target, module.settings, LOOPBACK_ENV, result)
+            env = LOOPBACK_ENV
+            if secrets is not None:
+                env = ProbeEnv(policy=LOOPBACK_ENV.policy, secrets=SecretFiles(secrets))
+            await PROBERS[prober](target, module.settings, env, result)
     except Exception as exc:
         result.fail(*failure_from_exception(exc))
     check_catalog(result)
@@ -120,14 +131,14 @@ def server_context(cert: trustme.LeafCert, client_ca: trustme.CA | None = None) 
     return context
 
 
-def write_pair(cert: trustme.LeafCert, directory: Path) -> tuple[str, str]:
-    """Write cert chain and key to files; returns (cert_file, key_file)."""
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+def write_pair(cert: trustme.LeafCert, directory: Path, prefix: str = "client") -> tuple[str, str]:
+    """Write cert chain and key into directory; returns their names (cert_file, key_file)."""
+    cert_file, key_file = directory / f"{prefix}.pem", directory / f"{prefix}-key.pem"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     for pem in cert.cert_chain_pems[1:]:
         pem.write_to_path(str(cert_file), append=True)
     cert.private_key_pem.write_to_path(str(key_file))
-    return str(cert_file), str(key_file)
+    return cert_file.name, key_file.name
 
 
 ZONE = {

@@ -156,11 +156,14 @@ async def test_refused_dns_and_timeout_reasons() -> None:
 
 
 async def test_tls_success_records_chain_expiry(
-    ca: trustme.CA, ca_file: str, localhost_cert: trustme.LeafCert
+    ca: trustme.CA, ca_file: str, localhost_cert: trustme.LeafCert, secrets_dir: Path
 ) -> None:
     async with serve(ok_handler, server_context(localhost_cert)) as port:
         result = await run(
-            "http", f"https://localhost:{port}/", {"tls_config": {"ca_file": ca_file}}
+            "http",
+            f"https://localhost:{port}/",
+            {"tls_config": {"ca_file": ca_file}},
+            secrets=secrets_dir,
         )
     assert result.success, result.message
     assert value(result, "probe_http_ssl") == 1
@@ -170,14 +173,19 @@ async def test_tls_success_records_chain_expiry(
     assert abs(expiry - datetime.datetime(3000, 1, 1, tzinfo=datetime.UTC).timestamp()) < 86400
 
 
-async def test_earliest_expiry_covers_the_intermediate(ca: trustme.CA, ca_file: str) -> None:
+async def test_earliest_expiry_covers_the_intermediate(
+    ca: trustme.CA, ca_file: str, secrets_dir: Path
+) -> None:
     """The leaf outlives its intermediate: the earliest expiry must be the intermediate's."""
     intermediate = ca.create_child_ca()
     leaf_expiry = datetime.datetime(3100, 1, 1, tzinfo=datetime.UTC)
     cert = intermediate.issue_cert("localhost", not_after=leaf_expiry)
     async with serve(ok_handler, server_context(cert)) as port:
         result = await run(
-            "http", f"https://localhost:{port}/", {"tls_config": {"ca_file": ca_file}}
+            "http",
+            f"https://localhost:{port}/",
+            {"tls_config": {"ca_file": ca_file}},
+            secrets=secrets_dir,
         )
     assert result.success, result.message
     earliest = value(result, "probe_ssl_earliest_cert_expiry")
@@ -186,12 +194,15 @@ async def test_earliest_expiry_covers_the_intermediate(ca: trustme.CA, ca_file: 
 
 
 async def test_expired_and_wrong_host_certificates_fail_with_tls(
-    ca_file: str, expired_cert: trustme.LeafCert, other_host_cert: trustme.LeafCert
+    ca_file: str,
+    expired_cert: trustme.LeafCert,
+    other_host_cert: trustme.LeafCert,
+    secrets_dir: Path,
 ) -> None:
     settings = {"tls_config": {"ca_file": ca_file}}
     for cert in (expired_cert, other_host_cert):
         async with serve(ok_handler, server_context(cert)) as port:
-            result = await run("http", f"https://localhost:{port}/", settings)
+            result = await run("http", f"https://localhost:{port}/", settings, secrets=secrets_dir)
         assert result.reason == Reason.TLS, result.message
     async with serve(ok_handler, server_context(expired_cert)) as port:
         skipped = await run(
@@ -204,18 +215,19 @@ async def test_expired_and_wrong_host_certificates_fail_with_tls(
 
 
 async def test_client_certificate(
-    ca: trustme.CA, ca_file: str, localhost_cert: trustme.LeafCert, tmp_path: Path
+    ca: trustme.CA, ca_file: str, localhost_cert: trustme.LeafCert, secrets_dir: Path
 ) -> None:
     client_ca = trustme.CA()
-    cert_file, key_file = write_pair(client_ca.issue_cert("probe@probemesh"), tmp_path)
+    cert_file, key_file = write_pair(client_ca.issue_cert("probe@probemesh"), secrets_dir)
     context = server_context(localhost_cert, client_ca=client_ca)
     async with serve(ok_handler, context) as port:
         url = f"https://localhost:{port}/"
-        without = await run("http", url, {"tls_config": {"ca_file": ca_file}})
+        without = await run("http", url, {"tls_config": {"ca_file": ca_file}}, secrets=secrets_dir)
         with_cert = await run(
             "http",
             url,
             {"tls_config": {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}},
+            secrets=secrets_dir,
         )
     assert without.reason == Reason.TLS, without.message
     assert with_cert.success, with_cert.message
@@ -238,7 +250,7 @@ async def test_basic_auth_and_bearer_token(tmp_path: Path) -> None:
     async with serve(handler) as port:
         url = f"http://127.0.0.1:{port}/"
         basic = await run("http", url, {"basic_auth": {"username": "probe", "password": "s3cret"}})
-        bearer = await run("http", url, {"bearer_token_file": str(token_file)})
+        bearer = await run("http", url, {"bearer_token_file": "token"}, secrets=tmp_path)
         none = await run("http", url)
     assert basic.success and bearer.success
     assert none.reason == Reason.HTTP_STATUS
@@ -257,7 +269,9 @@ async def test_body_size_limit_and_compression() -> None:
     async with serve(handler) as port:
         url = f"http://127.0.0.1:{port}/"
         limited = await run("http", url, {"body_size_limit": "1KB"})
-        compressed = await run("http", url, {"compression": "gzip"})
+        # Like blackbox, compression only decodes: asking for gzip is the module's job.
+        gzip_headers = {"Accept-Encoding": "gzip"}
+        compressed = await run("http", url, {"compression": "gzip", "headers": gzip_headers})
     assert limited.reason == Reason.VALIDATION
     assert compressed.success, compressed.message
     assert value(compressed, "probe_http_uncompressed_body_length") == 5000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -104,14 +105,19 @@ async def test_grpc_refused() -> None:
     assert value(result, "probe_grpc_status_code") == grpc.StatusCode.UNAVAILABLE.value[0]
 
 
-async def test_grpc_tls(ca_file: str, localhost_cert: trustme.LeafCert, ca: trustme.CA) -> None:
+async def test_grpc_tls(
+    ca_file: str, localhost_cert: trustme.LeafCert, ca: trustme.CA, secrets_dir: Path
+) -> None:
     key = localhost_cert.private_key_pem.bytes()
     chain = b"".join(pem.bytes() for pem in localhost_cert.cert_chain_pems)
     credentials = grpc.ssl_server_credentials([(key, chain)])
     async with health_server(credentials) as (port, servicer):
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         ok = await run(
-            "grpc", f"localhost:{port}", {"tls": True, "tls_config": {"ca_file": ca_file}}
+            "grpc",
+            f"localhost:{port}",
+            {"tls": True, "tls_config": {"ca_file": ca_file}},
+            secrets=secrets_dir,
         )
         untrusted = await run("grpc", f"localhost:{port}", {"tls": True})
         plain = await run("grpc", f"localhost:{port}")

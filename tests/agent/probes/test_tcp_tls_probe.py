@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import trustme
 
@@ -48,7 +49,10 @@ async def test_refused() -> None:
 
 
 async def test_tls_and_starttls(
-    ca_file: str, localhost_cert: trustme.LeafCert, expired_cert: trustme.LeafCert
+    ca_file: str,
+    localhost_cert: trustme.LeafCert,
+    expired_cert: trustme.LeafCert,
+    secrets_dir: Path,
 ) -> None:
     context = server_context(localhost_cert)
 
@@ -70,7 +74,10 @@ async def test_tls_and_starttls(
     tls = {"ca_file": ca_file}
     async with serve(starttls) as port:
         upgraded = await run(
-            "tcp", f"localhost:{port}", {"query_response": steps, "tls_config": tls}
+            "tcp",
+            f"localhost:{port}",
+            {"query_response": steps, "tls_config": tls},
+            secrets=secrets_dir,
         )
     assert upgraded.success, upgraded.message
     assert has(upgraded, "probe_ssl_earliest_cert_expiry")
@@ -80,29 +87,39 @@ async def test_tls_and_starttls(
             "tcp",
             f"localhost:{port}",
             {"tls": True, "tls_config": tls, "query_response": [{"expect": "^220"}]},
+            secrets=secrets_dir,
         )
     assert direct.success, direct.message
     assert has(direct, "probe_tls_version_info")
 
     async with serve(smtp_like, server_context(expired_cert)) as port:
-        expired = await run("tcp", f"localhost:{port}", {"tls": True, "tls_config": tls})
+        expired = await run(
+            "tcp", f"localhost:{port}", {"tls": True, "tls_config": tls}, secrets=secrets_dir
+        )
     assert expired.reason == Reason.TLS
 
 
 async def test_tls_prober(
-    ca_file: str, localhost_cert: trustme.LeafCert, other_host_cert: trustme.LeafCert
+    ca_file: str,
+    localhost_cert: trustme.LeafCert,
+    other_host_cert: trustme.LeafCert,
+    secrets_dir: Path,
 ) -> None:
     async def idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1)
 
     async with serve(idle, server_context(localhost_cert), host="::1") as port:
-        ok = await run("tls", f"[::1]:{port}", {"tls_config": {"ca_file": ca_file}})
+        ok = await run(
+            "tls", f"[::1]:{port}", {"tls_config": {"ca_file": ca_file}}, secrets=secrets_dir
+        )
     assert ok.success, ok.message
     assert value(ok, "probe_ip_protocol") == 6
     assert value(ok, "probe_tls_duration_seconds", phase="handshake") > 0
     assert has(ok, "probe_ssl_last_chain_info")
     async with serve(idle, server_context(other_host_cert)) as port:
-        wrong = await run("tls", f"127.0.0.1:{port}", {"tls_config": {"ca_file": ca_file}})
+        wrong = await run(
+            "tls", f"127.0.0.1:{port}", {"tls_config": {"ca_file": ca_file}}, secrets=secrets_dir
+        )
     assert wrong.reason == Reason.TLS
 
 
