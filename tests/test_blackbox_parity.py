@@ -10,6 +10,7 @@ are listed in docs/probes.md and excluded here by name.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import shutil
 import struct
@@ -17,6 +18,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from probemesh.agent.probes.result import Reason
 from tests.agent.probes import cert_fixtures
 from tests.agent.probes.probe_helpers import (
     Zone,
@@ -392,3 +395,190 @@ async def test_same_verdicts_and_metrics_as_blackbox(
     assert successes[("dns_tcp_nx", f"127.0.0.1:{dns_tcp_port}")] == 0.0
     for module in ("grpc_tls_sick", "grpc_tls_untrusted", "grpc"):
         assert successes[(module, f"localhost:{grpc_port}")] == 0.0
+
+
+class Recorder:
+    """An HTTP/1.1 server whose routes exercise Go's net/http semantics; records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, bytes, dict[str, str]]] = []
+        self.other_port = 0  # the cross-host redirect lands on localhost:other_port
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (raw := await reader.readline()) not in (b"\r\n", b""):
+            key, _, val = raw.decode("utf-8", "replace").partition(":")
+            headers[key.strip().lower()] = val.strip()
+        port = writer.get_extra_info("sockname")[1]
+        self.requests.append((port, line, headers))
+        path = line.split(b" ")[1].decode("latin-1") if line.count(b" ") >= 2 else ""
+        writer.write(self.route(path))
+        await writer.drain()
+
+    def route(self, path: str) -> bytes:
+        if path == "/early":
+            hints = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+            return hints + response(200, b"ok")
+        if path == "/continue":
+            return b"HTTP/1.1 100 Continue\r\n\r\n" + response(200, b"ok")
+        if path == "/cross-host":
+            return response(302, headers={"Location": f"http://localhost:{self.other_port}/land"})
+        if path == "/same-host":
+            return response(302, headers={"Location": "/land"})
+        if path == "/gzip":
+            body = gzip.compress(b"hello from a gzipped body")
+            return response(200, body, {"Content-Encoding": "gzip"})
+        if path == "/gzip-unlabelled":
+            return response(200, gzip.compress(b"hello from a gzipped body"))
+        if path == "/raw-deflate":
+            packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            body = packer.compress(b"hello deflated") + packer.flush()
+            return response(200, body, {"Content-Encoding": "deflate"})
+        if path == "/bomb":
+            return response(200, BOMB, {"Content-Encoding": "gzip"})
+        if path == "/arabic-status":
+            return "HTTP/1.1 ٢٠٠ OK\r\nContent-Length: 2\r\n\r\nok".encode()
+        if path == "/arabic-length":
+            return "HTTP/1.1 200 OK\r\nContent-Length: ٢\r\n\r\nok".encode()
+        if path == "/truncated-chunk":
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc"
+        if path == "/huge-header":
+            return b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (11 << 20) + b"\r\n\r\n"
+        if path == "/long-header":
+            return (
+                b"HTTP/1.1 200 OK\r\nX-Big: "
+                + b"a" * (1 << 20)
+                + b"\r\nContent-Length: 2\r\n\r\nok"
+            )
+        if path == "/no-colon":
+            return b"HTTP/1.1 200 OK\r\nthis is no header\r\nContent-Length: 2\r\n\r\nok"
+        return response(200, b"landed")
+
+
+BOMB = gzip.compress(b"a" * 300_000)
+HEADERS_FOLLOWED = (
+    "authorization",
+    "cookie",
+    "www-authenticate",
+    "proxy-authorization",
+    "x-custom",
+)
+
+
+async def test_http_semantics_match_blackbox(blackbox: tuple[Path, str]) -> None:
+    """Go's net/http semantics, side by side, with the request heads each side sent.
+
+    Observed with blackbox_exporter 0.23: 1xx responses are skipped; on a
+    redirect to another host Authorization, Cookie and Www-Authenticate from
+    ``headers:`` are dropped (Proxy-Authorization and others are kept), while
+    bearer_token and basic_auth are sent again; a custom Host header follows
+    a relative redirect only; Referer names the previous URL. ``compression``
+    unset sends no Accept-Encoding and decodes nothing; set, it decodes the
+    body whatever Content-Encoding says (deflate being raw DEFLATE) and
+    body_size_limit bounds the decoded bytes. A non-ASCII path is sent
+    percent-encoded, the query as written. Malformed status codes and
+    Content-Length fail before any response (status 0); a truncated chunk fails
+    after it; a 1 MiB header line is fine (Go's limit is 10 MiB of headers).
+    """
+    config, base = blackbox
+    ip4 = {"preferred_ip_protocol": "ip4"}
+    user_headers = {
+        "Authorization": "Custom abc",
+        "Cookie": "c=1",
+        "Www-Authenticate": "w",
+        "Proxy-Authorization": "p",
+        "X-Custom": "y",
+        "Host": "custom.example",
+    }
+
+    def http(**settings: Any) -> dict[str, Any]:
+        return {"prober": "http", "timeout": "3s", "http": {**ip4, **settings}}
+
+    modules = {
+        "plain": http(),
+        "headers": http(headers=user_headers),
+        "bearer": http(bearer_token="sekrit"),
+        "basic": http(basic_auth={"username": "u", "password": "pw"}),
+        "regex": http(fail_if_body_not_matches_regexp=["hello"]),
+        "gzip": http(compression="gzip", fail_if_body_not_matches_regexp=["hello"]),
+        "deflate": http(compression="deflate"),
+        "gzip_limited": http(compression="gzip", body_size_limit="64KB"),
+        "gzip_unlimited": http(compression="gzip"),
+        "raw_limited": http(body_size_limit="64KB"),
+    }
+    config.write_text(yaml.safe_dump({"modules": modules}))
+    await asyncio.to_thread(
+        urllib.request.urlopen, urllib.request.Request(f"{base}/-/reload", method="POST")
+    )
+    recorder = Recorder()
+    async with serve(recorder.handle) as port, serve(recorder.handle) as other_port:
+        recorder.other_port = other_port
+        h = f"http://127.0.0.1:{port}"
+        cases = [
+            ("plain", f"{h}/early"),
+            ("plain", f"{h}/continue"),
+            ("headers", f"{h}/cross-host"),
+            ("headers", f"{h}/same-host"),
+            ("bearer", f"{h}/cross-host"),
+            ("basic", f"{h}/cross-host"),
+            ("regex", f"{h}/gzip"),
+            ("gzip", f"{h}/gzip"),
+            ("gzip", f"{h}/gzip-unlabelled"),
+            ("gzip", f"{h}/land"),
+            ("deflate", f"{h}/raw-deflate"),
+            ("gzip_limited", f"{h}/bomb"),
+            ("gzip_unlimited", f"{h}/bomb"),
+            ("raw_limited", f"{h}/bomb"),
+            ("plain", f"{h}/bücher/a b?q=ü&r=%41"),
+            ("plain", f"{h}/a%2Fb/!(x)/ü"),
+            ("plain", f"{h}/arabic-status"),
+            ("plain", f"{h}/arabic-length"),
+            ("plain", f"{h}/truncated-chunk"),
+            ("plain", f"{h}/long-header"),
+            ("plain", f"{h}/huge-header"),
+            ("plain", f"{h}/no-colon"),
+        ]
+        mismatches: list[str] = []
+        verdicts: dict[tuple[str, str], float] = {}
+        for module, target in cases:
+            recorder.requests.clear()
+            theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
+            their_requests = list(recorder.requests)
+            recorder.requests.clear()
+            result = await run("http", target, modules[module]["http"], module_timeout=3)
+            mine = shared(ours(result))
+            my_requests = list(recorder.requests)
+            verdicts[(module, target)] = theirs.get(("probe_success", ()), -1.0)
+            if theirs != mine:
+                diff = {k: (theirs.get(k), mine.get(k)) for k in theirs.keys() | mine.keys()}
+                diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+                mismatches.append(
+                    f"{module} {target}: (blackbox, probemesh) {diff} {result.message}"
+                )
+            if result.reason == Reason.OTHER:
+                mismatches.append(f"{module} {target}: reason other: {result.message}")
+            sent = [_sent(r, port) for r in their_requests], [_sent(r, port) for r in my_requests]
+            if sent[0] != sent[1]:
+                mismatches.append(f"{module} {target}: requests (blackbox, probemesh) {sent}")
+    assert not mismatches, "\n".join(mismatches)
+    # Pin the verdicts that show the semantics, so equal failures cannot hide a broken server.
+    for module, path, success in [
+        ("plain", "/early", 1.0),
+        ("plain", "/continue", 1.0),
+        ("headers", "/cross-host", 1.0),
+        ("gzip", "/gzip", 1.0),
+        ("regex", "/gzip", 0.0),
+        ("gzip_limited", "/bomb", 0.0),
+        ("plain", "/long-header", 1.0),
+        ("plain", "/arabic-status", 0.0),
+    ]:
+        assert verdicts[(module, f"{h}{path}")] == success, (module, path)
+
+
+def _sent(request: tuple[int, bytes, dict[str, str]], first_port: int) -> tuple:
+    """What matters of one recorded request: server, request line, the followed headers."""
+    port, line, headers = request
+    kept = {k: v for k, v in headers.items() if k in (*HEADERS_FOLLOWED, "host", "referer")}
+    kept.pop("accept-encoding", None)
+    return ("first" if port == first_port else "other", line, sorted(kept.items()))

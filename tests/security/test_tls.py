@@ -150,6 +150,26 @@ def test_mtls_certificate_must_name_the_agent(mtls_mesh: Mesh, pki: Pki) -> None
     good.stop()
 
 
+def test_client_certificate_rotation_while_the_agent_runs(
+    mtls_mesh: Mesh, pki: Pki, tmp_path: Path
+) -> None:
+    """The agent re-reads its certificate files at each connect: a fix needs no restart."""
+    cert, key = tmp_path / "agent.crt", tmp_path / "agent.key"
+    wrong = pki.client("someone-else")  # valid, but names another agent: refused
+    cert.write_bytes(wrong[0].read_bytes())
+    key.write_bytes(wrong[1].read_bytes())
+    agent = mtls_mesh.start_agent("mtls-rot", "BR", *_tls_args(pki.ca_path, (cert, key)))
+    wait_for(lambda: "PERMISSION_DENIED" in agent.log(), 20, "first identity refused")
+    assert not _connected(mtls_mesh, "mtls-rot")
+    right = pki.client("mtls-rot")
+    key.write_bytes(right[1].read_bytes())
+    cert.write_bytes(right[0].read_bytes())
+    wait_for(lambda: _connected(mtls_mesh, "mtls-rot"), 40, "agent connected after rotation")
+    assert agent.alive()
+    assert "collector TLS files changed" in agent.log()
+    agent.stop()
+
+
 def _handshake(port: int, version: ssl.TLSVersion) -> str:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False

@@ -298,3 +298,18 @@ def test_tls_reason_for_ssl_errors() -> None:
     from probemesh.agent.probes.result import failure_from_exception
 
     assert failure_from_exception(ssl.SSLError("boom"))[0] == Reason.TLS
+
+
+async def test_ca_rotation_is_picked_up_at_the_next_probe(
+    ca: trustme.CA, localhost_cert: trustme.LeafCert, tmp_path: Path
+) -> None:
+    """The CA file is re-read when it changes (mtime at use), without a restart."""
+    (tmp_path / "ca.pem").write_bytes(trustme.CA().cert_pem.bytes())  # not the server's CA
+    settings = {"tls_config": {"ca_file": "ca.pem"}}
+    async with serve(ok_handler, server_context(localhost_cert)) as port:
+        url = f"https://localhost:{port}/"
+        before = await run("http", url, settings, secrets=tmp_path)
+        (tmp_path / "ca.pem").write_bytes(ca.cert_pem.bytes())
+        after = await run("http", url, settings, secrets=tmp_path)
+    assert before.reason == Reason.TLS, before.message
+    assert after.success, after.message
