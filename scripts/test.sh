@@ -13,6 +13,7 @@ command -v chromium >/dev/null || debian_packages+=(chromium)
 command -v nft >/dev/null || debian_packages+=(nftables)
 command -v victoria-metrics >/dev/null || debian_packages+=(victoria-metrics)
 command -v ip >/dev/null || debian_packages+=(iproute2)
+command -v nghttpd >/dev/null || debian_packages+=(nghttp2-server)
 if ((${#debian_packages[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian packages: ${debian_packages[*]}"
@@ -22,9 +23,9 @@ if ((${#debian_packages[@]})); then
     echo "missing Debian packages (tests needing them will skip): ${debian_packages[*]}" >&2
   fi
 fi
-# The Debian prometheus package starts a service we do not want competing for ports.
+# The Debian prometheus and nghttp2-server packages start services we do not want competing for ports.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null; then
-  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter victoria-metrics >/dev/null 2>&1 || true
+  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter victoria-metrics nghttpx >/dev/null 2>&1 || true
 fi
 
 python3 -m venv .venv

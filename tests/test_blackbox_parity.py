@@ -13,6 +13,7 @@ import asyncio
 import gzip
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import time
@@ -46,6 +47,7 @@ from tests.harness import free_port
 # The trustme fixtures of the probe tests, made available to this module.
 ca = cert_fixtures.ca
 ca_file = cert_fixtures.ca_file
+secrets_dir = cert_fixtures.secrets_dir
 localhost_cert = cert_fixtures.localhost_cert
 expired_cert = cert_fixtures.expired_cert
 
@@ -117,6 +119,20 @@ def blackbox_probe(base: str, module: str, target: str) -> dict[tuple[str, tuple
     return samples
 
 
+def with_absolute_files(modules: dict[str, Any], secrets_dir: Path) -> dict[str, Any]:
+    """The modules as blackbox reads them: probemesh names files inside the agent's
+    secrets dir, blackbox opens paths."""
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: str(secrets_dir / v) if k.endswith("_file") else fix(v) for k, v in node.items()
+            }
+        return [fix(v) for v in node] if isinstance(node, list) else node
+
+    return fix(modules)
+
+
 def ours(result: Any) -> dict[tuple[str, tuple], float]:
     samples = {(n, tuple(sorted(labels.items()))): v for n, labels, v in result.samples}
     samples[("probe_success", ())] = 1.0 if result.success and result.reason is None else 0.0
@@ -183,6 +199,7 @@ async def test_same_verdicts_and_metrics_as_blackbox(
     ca_file: str,
     localhost_cert: trustme.LeafCert,
     expired_cert: trustme.LeafCert,
+    secrets_dir: Path,
 ) -> None:
     config, base = blackbox
     ip4 = {"preferred_ip_protocol": "ip4"}
@@ -304,7 +321,7 @@ async def test_same_verdicts_and_metrics_as_blackbox(
     }
     if os.geteuid() == 0:
         modules["icmp"] = {"prober": "icmp", "timeout": "2s", "icmp": ip4}
-    config.write_text(yaml.safe_dump({"modules": modules}))
+    config.write_text(yaml.safe_dump({"modules": with_absolute_files(modules, secrets_dir)}))
     await asyncio.to_thread(
         urllib.request.urlopen, urllib.request.Request(f"{base}/-/reload", method="POST")
     )
@@ -361,7 +378,8 @@ async def test_same_verdicts_and_metrics_as_blackbox(
         async def compare(module: str, target: str, skip: tuple[str, ...] = ()) -> None:
             theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
             prober = modules[module]["prober"]
-            mine = shared(ours(await run(prober, target, modules[module][prober])))
+            section = modules[module][prober]
+            mine = shared(ours(await run(prober, target, section, secrets=secrets_dir)))
             theirs = {k: v for k, v in theirs.items() if k[0] not in skip}
             successes[(module, target)] = theirs.get(("probe_success", ()), -1.0)
             if theirs != mine:
@@ -582,3 +600,106 @@ def _sent(request: tuple[int, bytes, dict[str, str]], first_port: int) -> tuple:
     kept = {k: v for k, v in headers.items() if k in (*HEADERS_FOLLOWED, "host", "referer")}
     kept.pop("accept-encoding", None)
     return ("first" if port == first_port else "other", line, sorted(kept.items()))
+
+
+NGHTTPD = shutil.which("nghttpd") or "/usr/sbin/nghttpd"
+
+
+@pytest.fixture
+def nghttpd(tmp_path: Path, localhost_cert: trustme.LeafCert) -> Iterator[tuple[int, int]]:
+    """nghttpd (a real HTTP/2 server) over TLS and in cleartext: (tls port, cleartext port)."""
+    if not os.access(NGHTTPD, os.X_OK):
+        pytest.skip(f"nghttpd not installed at {NGHTTPD} (Debian nghttp2-server)")
+    docs = tmp_path / "htdocs"
+    docs.mkdir()
+    (docs / "index.html").write_text("hello over HTTP/2\n")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    localhost_cert.private_key_pem.write_to_path(str(key))
+    localhost_cert.cert_chain_pems[0].write_to_path(str(cert))
+    tls_port, plain_port = free_port(), free_port()
+    procs = [
+        subprocess.Popen(
+            [NGHTTPD, "-a", "127.0.0.1", "-d", str(docs), str(tls_port), str(key), str(cert)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [NGHTTPD, "-a", "127.0.0.1", "-d", str(docs), "--no-tls", str(plain_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
+    try:
+        for port in (tls_port, plain_port):
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("nghttpd did not start") from None
+                    time.sleep(0.05)
+        yield tls_port, plain_port
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(5)
+
+
+async def test_http2_matches_blackbox(
+    blackbox: tuple[Path, str],
+    nghttpd: tuple[int, int],
+    ca_file: str,
+    secrets_dir: Path,
+) -> None:
+    """HTTP/2 against nghttpd, side by side.
+
+    Observed with blackbox_exporter 0.23: over TLS it negotiates h2 by ALPN and
+    reports probe_http_version 2; ``enable_http2: false`` offers no ALPN and
+    speaks HTTP/1.1, which an h2-only server refuses; a cleartext http:// target
+    gets HTTP/1.1 too (Go never tries h2c), which nghttpd without TLS refuses.
+    """
+    config, base = blackbox
+    tls = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": ca_file}}
+    modules: dict[str, dict[str, Any]] = {
+        "h2_default": tls,
+        "h2_only": {**tls, "valid_http_versions": ["HTTP/2.0"]},
+        "h1_only": {**tls, "valid_http_versions": ["HTTP/1.1"]},
+        "h2_off": {**tls, "enable_http2": False},
+        "h2_head": {**tls, "method": "HEAD"},
+        "h2_regex": {**tls, "fail_if_body_not_matches_regexp": ["over HTTP/2"]},
+        "h2_post": {**tls, "method": "POST", "body": "x" * 100_000},
+    }
+    theirs_config = {
+        name: {"prober": "http", "timeout": "3s", "http": section}
+        for name, section in modules.items()
+    }
+    config.write_text(yaml.safe_dump({"modules": with_absolute_files(theirs_config, secrets_dir)}))
+    await asyncio.to_thread(
+        urllib.request.urlopen, urllib.request.Request(f"{base}/-/reload", method="POST")
+    )
+    tls_port, plain_port = nghttpd
+    h = f"https://localhost:{tls_port}"
+    cases = [(name, f"{h}/index.html") for name in modules]
+    cases += [("h2_default", f"{h}/missing"), ("h2_default", f"http://127.0.0.1:{plain_port}/")]
+    mismatches: list[str] = []
+    verdicts: dict[tuple[str, str], float] = {}
+    for module, target in cases:
+        theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
+        result = await run("http", target, modules[module], module_timeout=3, secrets=secrets_dir)
+        mine = shared(ours(result))
+        verdicts[(module, target)] = theirs.get(("probe_success", ()), -1.0)
+        if theirs != mine:
+            diff = {k: (theirs.get(k), mine.get(k)) for k in theirs.keys() | mine.keys()}
+            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
+            mismatches.append(f"{module} {target}: (blackbox, probemesh) {diff} {result.message}")
+        if result.reason == Reason.OTHER:
+            mismatches.append(f"{module} {target}: reason other: {result.message}")
+    assert not mismatches, "\n".join(mismatches)
+    index = f"{h}/index.html"
+    for module in ("h2_default", "h2_only", "h2_head", "h2_regex", "h2_post"):
+        assert verdicts[(module, index)] == 1.0, module
+    for module in ("h1_only", "h2_off"):
+        assert verdicts[(module, index)] == 0.0, module
+    assert verdicts[("h2_default", f"http://127.0.0.1:{plain_port}/")] == 0.0

@@ -254,6 +254,8 @@ async def _round_trip(
     connected_at = time.perf_counter()
     phases["connect"] += connected_at - resolved_at
     reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEADER_BYTES + 1)
+    ready_at = 0.0
+    first_byte: list[float] = []
     try:
         ready_at = connected_at
         tls_samples: list = []
@@ -272,9 +274,11 @@ async def _round_trip(
             tls_samples = sink.samples
             protocol = ssl_object.selected_alpn_protocol() or ""
         exchange = exchange_h2 if protocol == "h2" else exchange_h1
-        first_byte_at = await exchange(reader, writer, request, settings, tls_samples, hop.append)
-        if first_byte_at:
-            phases["processing"] += first_byte_at - ready_at
-            phases["transfer"] += time.perf_counter() - first_byte_at
+        await exchange(reader, writer, request, settings, tls_samples, hop.append, first_byte)
     finally:
+        # Like Go's trace: a response that started counts its processing and
+        # transfer time even when reading it failed.
+        if first_byte:
+            phases["processing"] += first_byte[0] - ready_at
+            phases["transfer"] += time.perf_counter() - first_byte[0]
         writer.transport.abort()

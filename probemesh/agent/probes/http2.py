@@ -39,8 +39,9 @@ async def exchange_h2(
     settings: HTTPSettings,
     tls_samples: list,
     on_response: Callable[[Response], None],
-) -> float:
-    """Send request on stream 1 and read the response; returns when its first byte arrived."""
+    first_byte: list[float],
+) -> None:
+    """Send request on stream 1 and read the response (see ``exchange_h1``)."""
     conn = h2.connection.H2Connection(config=_CONFIG)
     conn.initiate_connection()
     headers = [
@@ -56,7 +57,6 @@ async def exchange_h2(
     conn.send_headers(_STREAM, headers, end_stream=not pending)
     pending = _send_body(conn, pending)
     writer.write(conn.data_to_send())
-    first_byte_at = 0.0
     informational = 0
     body: BodySink | None = None
     while True:
@@ -71,12 +71,14 @@ async def exchange_h2(
             raise malformed(f"HTTP/2: {exc}") from None
         for event in events:
             if isinstance(event, h2.events.InformationalResponseReceived):
-                first_byte_at = first_byte_at or time.perf_counter()
+                if not first_byte:
+                    first_byte.append(time.perf_counter())
                 informational += 1
                 if informational > MAX_INFORMATIONAL:
                     raise malformed(f"more than {MAX_INFORMATIONAL} 1xx responses")
             elif isinstance(event, h2.events.ResponseReceived):
-                first_byte_at = first_byte_at or time.perf_counter()
+                if not first_byte:
+                    first_byte.append(time.perf_counter())
                 response = _response(event.headers)
                 response.tls_samples = tls_samples
                 on_response(response)
@@ -91,7 +93,7 @@ async def exchange_h2(
             elif isinstance(event, h2.events.StreamEnded):
                 if body is not None:
                     body.finish()
-                return first_byte_at
+                return
             elif isinstance(event, h2.events.StreamReset):
                 raise ProbeFailure(
                     Reason.CONNECT, f"server reset the HTTP/2 stream (error {event.error_code!r})"

@@ -162,19 +162,20 @@ async def exchange_h1(
     settings: HTTPSettings,
     tls_samples: list,
     on_response: Callable[[Response], None],
-) -> float:
-    """Send request and read the response; returns the time its first byte arrived.
+    first_byte: list[float],
+) -> None:
+    """Send request and read the response.
 
+    The time the first response byte arrived is appended to first_byte.
     on_response gets the final response once its head is parsed, before the
     body is read, so a failure while reading the body keeps the status.
     """
     writer.write(h1_request(request))
-    first_byte_at = 0.0
     budget = MAX_HEADER_BYTES
     for _ in range(MAX_INFORMATIONAL + 1):
         line = await _line(reader, budget, "status line", _HEADERS_TOO_LONG)
-        if not first_byte_at:
-            first_byte_at = time.perf_counter()
+        if not first_byte:
+            first_byte.append(time.perf_counter())
         budget -= len(line)
         response, budget = await _head(line, reader, budget, bool(tls_samples))
         if not 100 <= response.status < 200 or response.status == 101:
@@ -190,7 +191,7 @@ async def exchange_h1(
     on_response(response)
     status = response.status
     if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return first_byte_at
+        return
     body = BodySink(response, settings)
     if chunked:
         await _read_chunked(reader, body)
@@ -206,7 +207,6 @@ async def exchange_h1(
         while data := await reader.read(READ_SIZE):
             body.feed(data)
     body.finish()
-    return first_byte_at
 
 
 _HEADERS_TOO_LONG = f"response headers exceed {MAX_HEADER_BYTES} bytes"

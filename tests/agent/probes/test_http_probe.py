@@ -10,6 +10,9 @@ import ssl
 import time
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import trustme
 
 from probemesh.agent.probes.result import Reason
@@ -313,3 +316,45 @@ async def test_ca_rotation_is_picked_up_at_the_next_probe(
         after = await run("http", url, settings, secrets=tmp_path)
     assert before.reason == Reason.TLS, before.message
     assert after.success, after.message
+
+
+HOLD = 0.15
+
+
+async def h2_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An HTTP/2 server (h2 library) holding its response head, then its body, HOLD seconds."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    while data := await reader.read(65536):
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                await asyncio.sleep(HOLD)
+                conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "5")])
+                writer.write(conn.data_to_send())
+                await writer.drain()
+                await asyncio.sleep(HOLD)
+                conn.send_data(event.stream_id, b"hello", end_stream=True)
+        writer.write(conn.data_to_send())
+        await writer.drain()
+
+
+async def test_http2_phases_are_honest(
+    ca_file: str, localhost_cert: trustme.LeafCert, secrets_dir: Path
+) -> None:
+    """Over ALPN h2 the held head lands in processing and the held body in transfer."""
+    context = server_context(localhost_cert)
+    context.set_alpn_protocols(["h2"])
+    async with serve(h2_server, context) as port:
+        result = await run(
+            "http",
+            f"https://localhost:{port}/",
+            {"tls_config": {"ca_file": ca_file}, "valid_http_versions": ["HTTP/2.0"]},
+            secrets=secrets_dir,
+        )
+    assert result.success, result.message
+    assert value(result, "probe_http_version") == 2.0
+    phase = {p: value(result, "probe_http_duration_seconds", phase=p) for p in PHASES}
+    assert phase["tls"] > 0
+    assert HOLD <= phase["processing"] < HOLD + 0.1, phase
+    assert HOLD <= phase["transfer"] < HOLD + 0.1, phase
