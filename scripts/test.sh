@@ -23,7 +23,7 @@ if ((${#debian_packages[@]})); then
     echo "missing Debian packages (tests needing them will skip): ${debian_packages[*]}" >&2
   fi
 fi
-# The Debian prometheus and nghttp2-server packages start services we do not want competing for ports.
+# Debian packages start services (prometheus, victoria-metrics, nghttpx) we do not want competing for ports.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null; then
   systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter victoria-metrics nghttpx >/dev/null 2>&1 || true
 fi
