@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 debian_packages=()
 command -v promtool >/dev/null || debian_packages+=(prometheus)
 command -v prometheus-blackbox-exporter >/dev/null || debian_packages+=(prometheus-blackbox-exporter)
+command -v prometheus-alertmanager >/dev/null || debian_packages+=(prometheus-alertmanager)
 command -v chromium >/dev/null || debian_packages+=(chromium)
 command -v nft >/dev/null || debian_packages+=(nftables)
 command -v victoria-metrics >/dev/null || debian_packages+=(victoria-metrics)
@@ -23,9 +24,11 @@ if ((${#debian_packages[@]})); then
     echo "missing Debian packages (tests needing them will skip): ${debian_packages[*]}" >&2
   fi
 fi
-# Debian packages start services (prometheus, victoria-metrics, nghttpx) we do not want competing for ports.
+# Debian packages start services (prometheus, alertmanager, victoria-metrics, nghttpx) we do not
+# want competing for ports.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null; then
-  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter victoria-metrics nghttpx >/dev/null 2>&1 || true
+  systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter \
+    prometheus-alertmanager victoria-metrics nghttpx >/dev/null 2>&1 || true
 fi
 
 python3 -m venv .venv

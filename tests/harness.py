@@ -6,6 +6,7 @@ Used by the e2e, durability, security and dashboard tests; nothing here mocks.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -55,6 +56,14 @@ def wait_for(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
     )
+
+
+async def eventually(predicate: Callable[[], object], what: str, seconds: float = 10.0) -> None:
+    """The asyncio twin of wait_for: poll predicate every 10 ms without blocking the loop."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {seconds}s waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:

@@ -41,6 +41,14 @@ def test_version() -> None:
         (("agent", "--collector", "127.0.0.1:1", "--agent-id", "a1", "--country", "BR", "--token", "x",
           "--min-interval", "soon"), "invalid duration 'soon'"),
         (("token", "create", "--agent-id", "a1", "--country", "br"), "country 'br'"),
+        (("collector", "--checks", "c.yml", "--alertmanager-url", "am:9093"),
+         "--alertmanager-url: 'am:9093' is not an http:// or https:// URL"),
+        (("collector", "--checks", "c.yml", "--alertmanager-resend", "often"),
+         "invalid duration 'often'"),
+        (("collector", "--checks", "c.yml", "--grpc-listen", "127.0.0.1:0",
+          "--webhook-url", "http://127.0.0.1:1/hook"), "--webhook-url needs --webhook-secret-file"),
+        (("collector", "--checks", "c.yml", "--grpc-listen", "127.0.0.1:0",
+          "--alertmanager-auth", "/nonexistent/am-auth"), "--alertmanager-auth: cannot read"),
     ],
 )  # fmt: skip
 def test_bad_flags_print_one_line_and_exit_2(args: tuple[str, ...], expected: str) -> None:

@@ -151,16 +151,95 @@ log = logging.getLogger("probemesh")
     "external_labels",
     multiple=True,
     callback=options.external_labels,
-    help="NAME=VALUE added to every remote-written series, e.g. collector=eu-1; repeatable. "
-    "Give each collector a distinct one. [default: none]",
+    help="NAME=VALUE added to every remote-written series, alert and webhook post, e.g. "
+    "collector=eu-1; repeatable. Give each collector a distinct one. [default: none]",
+)
+@options.opt(
+    "--external-url",
+    default=None,
+    callback=options.http_url,
+    help="URL users reach the status page at; alerts and webhooks link incidents under it. "
+    "[default: http://<listen host or hostname>:<HTTP port>/]",
+)
+@options.opt(
+    "--alertmanager-url",
+    "alertmanager_urls",
+    multiple=True,
+    callback=options.http_urls,
+    help="Alertmanager to send incident alerts to (base URL, e.g. http://am:9093); repeatable: "
+    "every one gets every alert. [default: none]",
+)
+@options.opt(
+    "--alertmanager-resend",
+    callback=options.duration,
+    default="1m",
+    help="Re-send the open incidents' alerts this often (Alertmanager keeps them in memory).",
+)
+@options.opt(
+    "--alertmanager-timeout",
+    callback=options.duration,
+    default="10s",
+    help="Timeout of one post to an Alertmanager.",
+)
+@options.opt(
+    "--alertmanager-auth",
+    default=None,
+    help="Credentials file (or env:NAME) for Alertmanager, one line 'bearer TOKEN' or "
+    "'basic USER:PASSWORD' (the --api-auth syntax). [default: none]",
+)
+@options.opt(
+    "--alertmanager-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle (PEM) that signed the Alertmanagers' certificates. [default: system CAs]",
+)
+@options.opt(
+    "--alertmanager-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Client certificate (PEM) for mutual TLS with Alertmanager. [default: none]",
+)
+@options.opt(
+    "--alertmanager-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Private key (PEM) of --alertmanager-cert. [default: none]",
+)
+@options.opt(
+    "--alertmanager-local-problems",
+    is_flag=True,
+    default=False,
+    help="Also send a ProbemeshAgentLocalProblem alert (severity=info) per flagged agent.",
+)
+@options.opt(
+    "--webhook-url",
+    "webhook_urls",
+    multiple=True,
+    callback=options.http_urls,
+    help="URL to POST every incident event to as signed JSON; repeatable. [default: none]",
+)
+@options.opt(
+    "--webhook-secret-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="File holding the HMAC-SHA256 secret that signs webhook posts (at least 16 bytes). "
+    "Required with --webhook-url. [default: none]",
+)
+@options.opt(
+    "--webhook-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle (PEM) that signed the webhook receivers' certificates. [default: system CAs]",
 )
 @options.LOG_LEVEL
 def collector(**kw: Any) -> None:
     """Accept agents, push checks, export metrics and detect outages."""
-    from probemesh.collector.httpauth import HttpAuth, load_credentials
+    from probemesh.collector.httpauth import HttpAuth, load_client_authorization, load_credentials
     from probemesh.collector.ingest import IngestLimits
     from probemesh.collector.limits import SecurityLimits
     from probemesh.collector.main import CollectorOptions, run_collector
+    from probemesh.collector.outbound import ClientSettings
+    from probemesh.collector.webhooks import load_secret
 
     options.setup_logging(kw["log_level"])
     if bool(kw["tls_cert"]) != bool(kw["tls_key"]):
@@ -185,6 +264,22 @@ def collector(**kw: Any) -> None:
         if kw["metrics_auth"]
         else None,
     )
+    if bool(kw["alertmanager_cert"]) != bool(kw["alertmanager_key"]):
+        raise ConfigError("--alertmanager-cert and --alertmanager-key must be given together")
+    if kw["webhook_urls"] and not kw["webhook_secret_file"]:
+        raise ConfigError("--webhook-url needs --webhook-secret-file: every post is signed")
+    alertmanager_client = ClientSettings(
+        ca_file=kw["alertmanager_ca"],
+        cert_file=kw["alertmanager_cert"],
+        key_file=kw["alertmanager_key"],
+        authorization=load_client_authorization(kw["alertmanager_auth"], "--alertmanager-auth")
+        if kw["alertmanager_auth"]
+        else None,
+        timeout=kw["alertmanager_timeout"],
+    )
+    alertmanager_client.ssl_context()  # unreadable or mismatched files fail now, not later
+    webhook_client = ClientSettings(ca_file=kw["webhook_ca"])
+    webhook_client.ssl_context()
     settings = CollectorOptions(
         checks_path=kw["checks_path"],
         grpc_listen=kw["grpc_listen"],
@@ -208,5 +303,13 @@ def collector(**kw: Any) -> None:
         remote_write_interval=kw["remote_write_interval"],
         remote_write_journal_bytes=kw["remote_write_journal_mb"] << 20,
         external_labels=kw["external_labels"],
+        external_url=kw["external_url"],
+        alertmanager_urls=list(kw["alertmanager_urls"]),
+        alertmanager_resend=kw["alertmanager_resend"],
+        alertmanager_client=alertmanager_client,
+        alertmanager_local_problems=kw["alertmanager_local_problems"],
+        webhook_urls=list(kw["webhook_urls"]),
+        webhook_secret=load_secret(kw["webhook_secret_file"]) if kw["webhook_secret_file"] else b"",
+        webhook_client=webhook_client,
     )
     asyncio.run(run_collector(settings))

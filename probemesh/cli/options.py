@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from probemesh.collector.outbound import check_url
 from probemesh.durations import parse_duration
 from probemesh.errors import ConfigError
 from probemesh.httpserver import parse_listen
@@ -135,6 +136,23 @@ def collectors(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     if not addresses:
         raise click.BadParameter("at least one HOST:PORT is required")
     return addresses
+
+
+def http_url(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        try:
+            check_url(value, param.opts[0])
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def http_urls(
+    _ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    for item in value:
+        http_url(_ctx, param, item)
+    return value
 
 
 def external_labels(

@@ -15,7 +15,8 @@ per line::
     basic prometheus:sha256:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8
 
 Secrets are kept only as SHA-256 digests in memory and compared in constant
-time. Responses also carry ``X-Content-Type-Options: nosniff`` and
+time. The same syntax, with exactly one line, gives the credentials probemesh
+itself presents to Alertmanager (:func:`load_client_authorization`). Responses also carry ``X-Content-Type-Options: nosniff`` and
 ``X-Frame-Options: DENY``; no CORS header is ever sent, so browsers keep
 other origins out of the API.
 """
@@ -116,19 +117,51 @@ def parse_credentials(text: str, source: str) -> Credentials:
     return Credentials(tuple(bearer), basic)
 
 
-def load_credentials(spec: str, option: str) -> Credentials:
-    """Credentials from a file path, or from an environment variable with env:NAME."""
+def read_secret_source(spec: str, option: str) -> tuple[str, str]:
+    """(text, source name) from a file path, or from an environment variable with env:NAME."""
     if spec.startswith("env:"):
         name = spec.removeprefix("env:")
         text = os.environ.get(name)
         if not text:
             raise ConfigError(f"{option}: environment variable {name} is empty or unset")
-        return parse_credentials(text, f"{option} (env:{name})")
+        return text, f"{option} (env:{name})"
     try:
-        text = Path(spec).read_text()
+        return Path(spec).read_text(), spec
     except OSError as exc:
         raise ConfigError(f"{option}: cannot read {spec}: {exc.strerror}") from None
-    return parse_credentials(text, spec)
+
+
+def load_credentials(spec: str, option: str) -> Credentials:
+    """Credentials from a file path, or from an environment variable with env:NAME."""
+    return parse_credentials(*read_secret_source(spec, option))
+
+
+def parse_client_authorization(text: str, source: str) -> str:
+    """The Authorization header value for the one 'bearer' or 'basic' line of text.
+
+    A client must send the secret itself, so the ``sha256:`` form is refused.
+    """
+    parse_credentials(text, source)  # the server side's validation, naming the line
+    lines = [
+        (number, raw.strip())
+        for number, raw in enumerate(text.splitlines(), 1)
+        if raw.strip() and not raw.strip().startswith("#")
+    ]
+    if len(lines) != 1:
+        raise ConfigError(f"{source}: expected exactly one 'bearer' or 'basic' line")
+    number, line = lines[0]
+    kind, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if kind == "bearer":
+        return f"Bearer {rest}"
+    if rest.partition(":")[2].startswith("sha256:"):
+        raise ConfigError(f"{source}:{number}: a client needs the password itself, not sha256:")
+    return "Basic " + base64.b64encode(rest.encode()).decode()
+
+
+def load_client_authorization(spec: str, option: str) -> str:
+    """Authorization header value from a credentials file or env:NAME (one line)."""
+    return parse_client_authorization(*read_secret_source(spec, option))
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ collector resumes the incidents that were open.
 
 OutageMonitor ties it together: it runs the classifier every
 ``evaluate_every`` seconds, applies local-problem flags to the agents, updates
-the incidents and exports ``probemesh_outage`` and
-``probemesh_country_reachability_ratio``.
+the incidents, hands the result to the notifications (Alertmanager, webhooks)
+and exports ``probemesh_outage`` and ``probemesh_country_reachability_ratio``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -45,6 +45,9 @@ from probemesh.collector.reachability import (
 from probemesh.collector.state import MeshState
 from probemesh.collector.store import open_db
 from probemesh.timefmt import rfc3339
+
+if TYPE_CHECKING:
+    from probemesh.collector.notify import Notifications
 
 log = logging.getLogger(__name__)
 
@@ -353,11 +356,13 @@ class OutageMonitor:
         checks: Callable[[], ChecksFile],
         book: IncidentBook,
         clock: Callable[[], float] = time.time,
+        notifications: Notifications | None = None,
     ) -> None:
         self.state = state
         self.checks = checks
         self.book = book
         self.clock = clock
+        self.notifications = notifications
         self.classifier = Classifier()
         self.snapshot = Snapshot(0.0)
         self.evaluations = 0
@@ -365,7 +370,7 @@ class OutageMonitor:
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
 
     def evaluate(self) -> list[Incident]:
-        """One evaluation: classify, flag local problems, update incidents."""
+        """One evaluation: classify, flag local problems, update incidents, notify."""
         checks = self.checks()
         snapshot = self.classifier.evaluate(
             self.state.latest, checks, self.state.agents, self.clock()
@@ -383,6 +388,8 @@ class OutageMonitor:
         self.snapshot = snapshot
         self.evaluations += 1
         dirty = self.book.update(snapshot, checks)
+        if self.notifications is not None:
+            self.notifications.observe(self.book, snapshot, self.state.agents)
         self._wake()
         return dirty
 

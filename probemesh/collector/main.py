@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from probemesh import ports
 from probemesh.checks import ChecksFile, load_checks
+from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.http import build_http_app
 from probemesh.collector.httpauth import HttpAuth
@@ -21,15 +23,18 @@ from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.remote_results import Journal
+from probemesh.collector.notify import Notifications, Notifier
+from probemesh.collector.outbound import ClientSettings
 from probemesh.collector.remote_write import RemoteWriter
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
 from probemesh.collector.state import MeshState
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
+from probemesh.collector.webhooks import WebhookNotifier
 from probemesh.errors import ConfigError, ProbemeshError
 from probemesh.grpc_options import server_options
-from probemesh.httpserver import start_site
+from probemesh.httpserver import parse_listen, start_site
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,14 @@ class CollectorOptions:
     remote_write_interval: float = 15.0
     remote_write_journal_bytes: int = 1 << 30
     external_labels: dict[str, str] = field(default_factory=dict)
+    external_url: str | None = None  # the status page as users reach it
+    alertmanager_urls: list[str] = field(default_factory=list)
+    alertmanager_resend: float = 60.0
+    alertmanager_client: ClientSettings = field(default_factory=ClientSettings)
+    alertmanager_local_problems: bool = False
+    webhook_urls: list[str] = field(default_factory=list)
+    webhook_secret: bytes = b""
+    webhook_client: ClientSettings = field(default_factory=ClientSettings)
 
 
 class CollectorApp:
@@ -98,15 +111,17 @@ class CollectorApp:
             lambda: self.checks_file,
             lambda: self.revision,
         )
+        book = IncidentBook.open(options.data_dir)
+        self.notifications = Notifications(book, self._notifiers())
         self.outage = OutageMonitor(
-            self.state, lambda: self.checks_file, IncidentBook.open(options.data_dir)
+            self.state, lambda: self.checks_file, book, notifications=self.notifications
         )
         self.exporter = MeshExporter(
             self.state,
             self.ingest,
             lambda: self.checks_file,
             lambda: len(self.sessions),
-            extra=[self.outage.metric_families],
+            extra=[self.outage.metric_families, self.notifications.metric_families],
         )
         self.service.configure(options.security, options.max_message_bytes)
         self.exporter.configure(options.security)
@@ -123,6 +138,43 @@ class CollectorApp:
             self._targets_by_check = {name: spec.target for name, spec in checks.checks.items()}
             self._targets_of = checks
         return self._targets_by_check
+
+    def _notifiers(self) -> list[Notifier]:
+        opts = self.options
+        notifiers: list[Notifier] = []
+        if opts.alertmanager_urls:
+            notifiers.append(
+                AlertmanagerNotifier(
+                    opts.alertmanager_urls,
+                    resend=opts.alertmanager_resend,
+                    external_labels=opts.external_labels,
+                    external_url=self.external_url,
+                    client=opts.alertmanager_client,
+                    local_problem_alerts=opts.alertmanager_local_problems,
+                )
+            )
+        if opts.webhook_urls:
+            notifiers.append(
+                WebhookNotifier(
+                    opts.webhook_urls,
+                    opts.webhook_secret,
+                    external_labels=opts.external_labels,
+                    external_url=self.external_url,
+                    client=opts.webhook_client,
+                )
+            )
+        return notifiers
+
+    def external_url(self) -> str:
+        """--external-url, else http://<listen host, or this host's name>:<HTTP port>/."""
+        if self.options.external_url:
+            return self.options.external_url
+        host, _ = parse_listen(self.options.http_listen)
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.getfqdn()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}/"
 
     def reload(self) -> bool:
         """Re-read the checks file; keep the old one if the new one is invalid."""
@@ -180,6 +232,7 @@ class CollectorApp:
         self.http_port = http_runner.addresses[0][1]
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
+        await self.notifications.start()
         outage = asyncio.create_task(self.outage.run())
         if self.remote_writer is not None:
             await self.remote_writer.start()
@@ -197,6 +250,7 @@ class CollectorApp:
             housekeeping.cancel()
             outage.cancel()
             await asyncio.gather(housekeeping, outage, return_exceptions=True)
+            await self.notifications.stop()
             await applier  # drains what was queued: ack only what was applied
             if self.remote_writer is not None:
                 await self.remote_writer.stop()  # a last snapshot after the drain

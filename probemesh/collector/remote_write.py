@@ -43,7 +43,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import random
 import re
 import struct
@@ -65,6 +64,7 @@ from probemesh.collector.remote_results import (
     encode,
     result_series,
 )
+from probemesh.collector.outbound import parse_retry_after
 from probemesh.errors import ConfigError
 from probemesh.remotewrite import remote_pb2
 
@@ -518,7 +518,7 @@ class RemoteWriter:
                         return "sent"
                     detail = (await response.text())[:200].strip()
                     if status == 429:
-                        retry_after = _retry_after(response.headers.get("Retry-After"))
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     elif status < 500:
                         log.error(
                             "remote write to %s rejected with %d: %s", self.url, status, detail
@@ -535,17 +535,6 @@ class RemoteWriter:
             log.info("remote write to %s failed (%s); retry in %.2fs", self.url, problem, delay)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, self.max_backoff)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header in its delta-seconds form, else None."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class _Clock:

@@ -110,6 +110,8 @@ function drawMap(check) {
 
 function incidentCard(inc) {
   const card = el("div", "card incident");
+  card.id = `incident-${inc.id}`;  // alerts and webhooks link here: /#incident-ID
+  if (location.hash === `#${card.id}`) card.classList.add("focus");
   card.dataset.id = inc.id;
   card.dataset.check = inc.check;
   const head = el("div", "card-head");
@@ -197,7 +199,16 @@ function render(data) {
     return tr;
   }));
   $("updated").textContent = data.generated_at ? hms(data.generated_at) + " UTC" : "never";
+  const linked = location.hash.startsWith("#incident-") && document.getElementById(location.hash.slice(1));
+  if (linked && scrolledTo !== location.hash) {
+    linked.scrollIntoView();
+    scrolledTo = location.hash;
+  }
 }
+
+// An incident linked by an alert (/#incident-ID) is outlined and scrolled to once.
+let scrolledTo = "";
+window.addEventListener("hashchange", () => render(lastData));
 
 // Long poll: the collector answers as soon as an evaluation newer than ours exists.
 let evaluation = -1;

@@ -1,0 +1,145 @@
+"""Webhook delivery against a real HTTP receiver: signature, order per incident under
+retries, incidents not waiting for each other, 4xx dropped, shutdown counted."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from probemesh.collector.notify import Notifications
+from probemesh.collector.webhooks import WebhookNotifier, sign
+from probemesh.httpserver import start_site
+from tests.collector.mesh_script import ScriptedMesh
+from tests.harness import eventually
+
+SECRET = b"0123456789abcdef-secret"
+
+
+@dataclass
+class Receiver:
+    """Answers with answer(delivery id, attempt); keeps the accepted posts."""
+
+    answer: Callable[[str, int], int] = lambda _d, _n: 200
+    accepted: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        delivery = request.headers["X-Probemesh-Delivery"]
+        attempt = self.attempts[delivery] = self.attempts.get(delivery, 0) + 1
+        status = self.answer(delivery, attempt)
+        if status == 200:
+            self.accepted.append((delivery, body, dict(request.headers)))
+        headers = {"Retry-After": "0"} if status == 429 else {}
+        return web.Response(status=status, headers=headers)
+
+    def deliveries(self) -> list[str]:
+        return [d for d, _, _ in self.accepted]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    runner = await start_site(app, "127.0.0.1:0")
+    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    yield rec
+    await runner.cleanup()
+
+
+async def started(mesh: ScriptedMesh, receiver: Receiver, **kw: Any) -> WebhookNotifier:
+    notifier = WebhookNotifier(
+        [receiver.url],
+        SECRET,
+        min_backoff=0.01,
+        max_backoff=0.05,
+        external_url=lambda: "http://s/",
+        **kw,
+    )
+    mesh.monitor.notifications = Notifications(mesh.book, [notifier])
+    await notifier.start()
+    return notifier
+
+
+def outage_rounds(mesh: ScriptedMesh, check: str) -> None:
+    """A regional outage of one check that opens, spreads, then closes."""
+    for failing in ({}, {}, {"DE": "500"}, {"DE": "500"}, {"DE": "500", "BR": "500"}):
+        mesh.round(**{check: failing})
+        mesh.round(**{check: failing})
+    for _ in range(4):
+        mesh.round()
+
+
+async def test_signed_and_in_order_per_incident_despite_retries(receiver: Receiver) -> None:
+    # incident 1's first event fails (500, then 429) before it gets through
+    receiver.answer = lambda d, n: {1: 500, 2: 429}.get(n, 200) if d == "1-0" else 200
+    mesh = ScriptedMesh()
+    notifier = await started(mesh, receiver)
+    outage_rounds(mesh, "web")
+    await eventually(lambda: len(receiver.accepted) == 4, "four events of incident 1")
+    assert receiver.deliveries() == ["1-0", "1-1", "1-2", "1-3"]
+    events = [json.loads(body)["event"]["event"] for _, body, _ in receiver.accepted]
+    assert events == ["opened", "down", "recovered", "closed"]
+    for _, body, headers in receiver.accepted:
+        expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+        assert headers["X-Probemesh-Signature"] == expected == sign(SECRET, body)
+        assert headers["Content-Type"] == "application/json"
+    doc = json.loads(receiver.accepted[0][1])
+    assert doc["incident"]["id"] == 1 and doc["incident"]["countries"] == ["DE"]
+    assert doc["incident_url"] == "http://s/#incident-1"
+    target = notifier.targets[0]
+    assert (target.sent, target.failed, target.queued) == (4, 2, 0)
+    await notifier.stop()
+
+
+async def test_a_stuck_incident_does_not_hold_back_another(receiver: Receiver) -> None:
+    release = asyncio.Event()
+    receiver.answer = lambda d, _n: 200 if release.is_set() or not d.startswith("1-") else 503
+    mesh = ScriptedMesh()
+    notifier = await started(mesh, receiver)
+    outage_rounds(mesh, "web")  # incident 1: its receiver keeps failing
+    outage_rounds(mesh, "tcp")  # incident 2
+    await eventually(lambda: len(receiver.accepted) == 4, "incident 2's events")
+    assert receiver.deliveries() == ["2-0", "2-1", "2-2", "2-3"]
+    assert notifier.targets[0].queued == 4
+    release.set()
+    await eventually(lambda: len(receiver.accepted) == 8, "incident 1's events")
+    assert receiver.deliveries()[4:] == ["1-0", "1-1", "1-2", "1-3"]
+    await notifier.stop()
+
+
+async def test_rejected_events_are_dropped_and_the_rest_continue(receiver: Receiver) -> None:
+    receiver.answer = lambda d, _n: 400 if d == "1-1" else 200
+    mesh = ScriptedMesh()
+    notifier = await started(mesh, receiver)
+    outage_rounds(mesh, "web")
+    await eventually(lambda: len(receiver.accepted) == 3, "the other events")
+    assert receiver.deliveries() == ["1-0", "1-2", "1-3"]
+    assert notifier.targets[0].dropped["rejected"] == 1
+    await notifier.stop()
+
+
+async def test_stop_counts_what_is_left_as_shutdown(receiver: Receiver) -> None:
+    receiver.answer = lambda _d, _n: 503
+    mesh = ScriptedMesh()
+    notifier = await started(mesh, receiver, stop_timeout=0.2)
+    outage_rounds(mesh, "web")
+    await eventually(lambda: receiver.attempts.get("1-0", 0) >= 2, "retries")
+    await notifier.stop()
+    target = notifier.targets[0]
+    assert target.dropped["shutdown"] == 4 and target.queued == 0
+    families = {m.name: m for m in notifier.metric_families()}
+    dropped = {
+        s.labels["reason"]: s.value for s in families["probemesh_webhook_events_dropped"].samples
+    }
+    assert dropped["shutdown"] == 4
