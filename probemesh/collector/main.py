@@ -111,6 +111,7 @@ class CollectorApp:
             lambda: self.checks_file,
             lambda: self.revision,
         )
+        self._external_url: str | None = None
         book = IncidentBook.open(options.data_dir)
         self.notifications = Notifications(book, self._notifiers())
         self.outage = OutageMonitor(
@@ -167,14 +168,17 @@ class CollectorApp:
 
     def external_url(self) -> str:
         """--external-url, else http://<listen host, or this host's name>:<HTTP port>/."""
-        if self.options.external_url:
-            return self.options.external_url
-        host, _ = parse_listen(self.options.http_listen)
-        if host in ("", "0.0.0.0", "::"):
-            host = socket.getfqdn()
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.http_port}/"
+        if self._external_url is None:
+            if self.options.external_url:
+                self._external_url = self.options.external_url
+            else:
+                host, _ = parse_listen(self.options.http_listen)
+                if host in ("", "0.0.0.0", "::"):
+                    host = socket.getfqdn()  # may ask DNS: once, not per evaluation
+                elif ":" in host:
+                    host = f"[{host}]"
+                self._external_url = f"http://{host}:{self.http_port}/"
+        return self._external_url
 
     def reload(self) -> bool:
         """Re-read the checks file; keep the old one if the new one is invalid."""
@@ -230,6 +234,7 @@ class CollectorApp:
         await server.start()
         http_runner = await start_site(self.http_app, self.options.http_listen)
         self.http_port = http_runner.addresses[0][1]
+        self.external_url()  # fixed now that the port is known
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
         await self.notifications.start()
