@@ -22,9 +22,9 @@ from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
 from probemesh.collector.limits import SecurityLimits
-from probemesh.collector.remote_results import Journal
 from probemesh.collector.notify import Notifications, Notifier
 from probemesh.collector.outbound import ClientSettings
+from probemesh.collector.remote_results import Journal
 from probemesh.collector.remote_write import RemoteWriter
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry

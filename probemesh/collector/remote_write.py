@@ -56,6 +56,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from probemesh import __version__
+from probemesh.collector.outbound import parse_retry_after
 from probemesh.collector.remote_results import (
     RESULT_FAMILIES,
     Applied,
@@ -64,7 +65,6 @@ from probemesh.collector.remote_results import (
     encode,
     result_series,
 )
-from probemesh.collector.outbound import parse_retry_after
 from probemesh.errors import ConfigError
 from probemesh.remotewrite import remote_pb2
 
