@@ -1,9 +1,12 @@
-"""CPU per HTTP probe, probemesh vs blackbox_exporter, and agent RSS with 1,000 checks.
+"""CPU per HTTP probe, probemesh vs blackbox_exporter, HTTP/1.1 and HTTP/2, and agent RSS.
 
 Usage: .venv/bin/python bench/probe_cost.py [--probes 2000] [--concurrency 20]
 
-One local HTTP target runs in its own process. Both sides make fresh-connection
-HTTP probes against it at the same concurrency, in one run:
+Two local targets run in their own processes: a small HTTP/1.1 server (plain
+http://) and nghttpd, a real HTTP/2 server, over TLS (ALPN h2; the module
+requires ``valid_http_versions: [HTTP/2.0]`` on both sides, so every counted
+success spoke HTTP/2, with a full TLS handshake per probe). For each, both sides
+make fresh-connection probes at the same concurrency, in one run:
 
 * blackbox_exporter: driven through its ``/probe`` endpoint; its CPU is read
   from /proc/<pid>/stat (utime + stime), so it includes serving /probe and
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from tests.harness import free_port  # noqa: E402
 
 BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
+NGHTTPD = "/usr/sbin/nghttpd"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 TARGET_SERVER = textwrap.dedent(
@@ -64,17 +69,19 @@ TARGET_SERVER = textwrap.dedent(
 WORKER = textwrap.dedent(
     """
     import asyncio, json, sys, time
+    from pathlib import Path
     from probemesh.agent.probes import PROBERS
+    from probemesh.agent.secrets import SecretFiles
     from probemesh.agent.probes.net import ProbeEnv
     from probemesh.agent.probes.result import ProbeResult, failure_from_exception
     from probemesh.agent.safety import AddressPolicy
     from probemesh.modules import parse_module
 
     url, total, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    module = {"prober": "http", "http": {"preferred_ip_protocol": "ip4"}}
-    settings = parse_module("m", module).settings
-    env = ProbeEnv(policy=AddressPolicy(allow_private=True))
-    probe = PROBERS["http"]
+    section, secrets_dir, prober = json.loads(sys.argv[4]), sys.argv[5], sys.argv[6]
+    settings = parse_module("m", {"prober": prober, prober: section}).settings
+    env = ProbeEnv(policy=AddressPolicy(allow_private=True), secrets=SecretFiles(Path(secrets_dir)))
+    probe = PROBERS[prober]
     failures = {}
 
     async def one():
@@ -173,6 +180,88 @@ async def drive_blackbox(base: str, url: str, total: int, concurrency: int) -> i
     return ok
 
 
+def start_blackbox(modules: dict, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    config = tmp / "blackbox.yml"
+    config.write_text(json.dumps({"modules": modules}))
+    port = free_port()
+    blackbox = subprocess.Popen(
+        [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "/-/healthy", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return blackbox, base
+
+
+def start_nghttpd(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """nghttpd over TLS serving one small file; the CA goes to tmp/ca.pem."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp / "key.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
+    docs = tmp / "htdocs"
+    docs.mkdir()
+    (docs / "index.html").write_text("ok")
+    port = free_port()
+    command = [NGHTTPD, "-a", "127.0.0.1", "-d", str(docs), str(port)]
+    command += [str(tmp / "key.pem"), str(tmp / "cert.pem")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"https://localhost:{port}/index.html"
+
+
+def run_worker(
+    url: str, probes: int, concurrency: int, section: dict, tmp: Path, prober: str
+) -> dict:
+    args = (url, str(probes), str(concurrency), json.dumps(section), str(tmp), prober)
+    out, _ = python(WORKER, *args).communicate()
+    return json.loads(out)
+
+
+def measure(
+    name: str, url: str, section: dict, tmp: Path, probes: int, concurrency: int
+) -> dict[str, float]:
+    """CPU seconds per 1,000 probes on both sides, plus successes and throughput."""
+    blackbox_section = json.loads(json.dumps(section))
+    if "tls_config" in section:
+        blackbox_section["tls_config"]["ca_file"] = str(tmp / section["tls_config"]["ca_file"])
+    module = {"prober": "http", "timeout": "5s", "http": blackbox_section}
+    blackbox, base = start_blackbox({"http_2xx": module}, tmp)
+    try:
+        asyncio.run(drive_blackbox(base, url, 50, concurrency))  # warm-up
+        cpu0, wall0 = cpu_seconds(blackbox.pid), time.perf_counter()
+        bb_ok = asyncio.run(drive_blackbox(base, url, probes, concurrency))
+        bb_cpu, bb_wall = cpu_seconds(blackbox.pid) - cpu0, time.perf_counter() - wall0
+    finally:
+        blackbox.terminate()
+        blackbox.wait()
+    pm = run_worker(url, probes, concurrency, section, tmp, "http")
+    if pm["failures"]:
+        print(f"probemesh {name} failures:", pm["failures"])
+    return {
+        "bb": bb_cpu / probes * 1000,
+        "pm": pm["cpu"] / probes * 1000,
+        "bb_ok": bb_ok,
+        "pm_ok": pm["ok"],
+        "bb_rate": probes / bb_wall,
+        "pm_rate": probes / pm["wall"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=2000)
@@ -183,48 +272,24 @@ def main() -> None:
     target = python(TARGET_SERVER)
     assert target.stdout is not None
     url = f"http://127.0.0.1:{int(target.stdout.readline())}/"
+    ip4 = {"preferred_ip_protocol": "ip4"}
+    h2 = {**ip4, "valid_http_versions": ["HTTP/2.0"], "tls_config": {"ca_file": "ca.pem"}}
+    figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "blackbox.yml"
-        config.write_text(
-            json.dumps(
-                {
-                    "modules": {
-                        "http_2xx": {
-                            "prober": "http",
-                            "timeout": "5s",
-                            "http": {"preferred_ip_protocol": "ip4"},
-                        }
-                    }
-                }
-            )
-        )
-        port = free_port()
-        blackbox = subprocess.Popen(
-            [BLACKBOX, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
+        nghttpd, h2_url = start_nghttpd(Path(tmp))
         try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(base + "/-/healthy", timeout=1).read()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            asyncio.run(drive_blackbox(base, url, 50, args.concurrency))  # warm-up
-            cpu0, wall0 = cpu_seconds(blackbox.pid), time.perf_counter()
-            bb_ok = asyncio.run(drive_blackbox(base, url, args.probes, args.concurrency))
-            bb_cpu, bb_wall = cpu_seconds(blackbox.pid) - cpu0, time.perf_counter() - wall0
+            figures["HTTP/1.1"] = measure("h1", url, ip4, Path(tmp), args.probes, args.concurrency)
+            figures["HTTP/2 (TLS)"] = measure(
+                "h2", h2_url, h2, Path(tmp), args.probes, args.concurrency
+            )
+            # The share of the TLS handshake: probemesh's tls prober, same server.
+            tls = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": "ca.pem"}}
+            host = h2_url.split("/")[2]
+            handshake = run_worker(host, args.probes, args.concurrency, tls, Path(tmp), "tls")
+            tls_only = handshake["cpu"] / args.probes * 1000
         finally:
-            blackbox.terminate()
-            blackbox.wait()
-
-    worker = python(WORKER, url, str(args.probes), str(args.concurrency))
-    out, _ = worker.communicate()
-    pm = json.loads(out)
-    if pm["failures"]:
-        print("probemesh failures:", pm["failures"])
+            nghttpd.terminate()
+            nghttpd.wait()
 
     rss_proc = python(RSS_WORKER, url, str(args.checks))
     rss_out, _ = rss_proc.communicate()
@@ -232,18 +297,22 @@ def main() -> None:
     target.terminate()
     target.wait()
 
-    per_k_bb = bb_cpu / args.probes * 1000
-    per_k_pm = pm["cpu"] / args.probes * 1000
     print(f"probes per side: {args.probes}, concurrency {args.concurrency}, fresh connections")
+    for label, f in figures.items():
+        print(f"{label}:")
+        print(
+            f"  blackbox_exporter: {f['bb']:.3f} CPU s / 1000 probes "
+            f"({f['bb_ok']} ok, {f['bb_rate']:.0f} probes/s wall)"
+        )
+        print(
+            f"  probemesh:         {f['pm']:.3f} CPU s / 1000 probes "
+            f"({f['pm_ok']} ok, {f['pm_rate']:.0f} probes/s wall)"
+        )
+        print(f"  ratio probemesh / blackbox: {f['pm'] / f['bb']:.2f}x (target <= 1.0x)")
     print(
-        f"blackbox_exporter: {per_k_bb:.3f} CPU s / 1000 probes "
-        f"({bb_ok} ok, {args.probes / bb_wall:.0f} probes/s wall)"
+        f"  of which resolve + connect + TLS handshake (probemesh tls prober, same server): "
+        f"{tls_only:.3f} CPU s / 1000 probes ({handshake['ok']} ok)"
     )
-    print(
-        f"probemesh:         {per_k_pm:.3f} CPU s / 1000 probes "
-        f"({pm['ok']} ok, {args.probes / pm['wall']:.0f} probes/s wall)"
-    )
-    print(f"ratio probemesh / blackbox: {per_k_pm / per_k_bb:.2f}x (target <= 1.0x)")
     print(
         f"agent-equivalent RSS with {args.checks} checks scheduled "
         f"({produced} probes run in 6 s): {rss_mb} MB (target <= 80 MB)"
