@@ -431,6 +431,8 @@ class Recorder:
         port = writer.get_extra_info("sockname")[1]
         self.requests.append((port, line, headers))
         path = line.split(b" ")[1].decode("latin-1") if line.count(b" ") >= 2 else ""
+        if path == "/cookie-check" and "probe=1" in headers.get("cookie", ""):
+            path = "/land"
         writer.write(self.route(path))
         await writer.drain()
 
@@ -444,6 +446,22 @@ class Recorder:
             return response(302, headers={"Location": f"http://localhost:{self.other_port}/land"})
         if path == "/same-host":
             return response(302, headers={"Location": "/land"})
+        if path == "/cookie-check":
+            # Sites that redirect through a cookie check answer only with the cookie.
+            cookie = "probe=1; Path=/; HttpOnly"
+            return response(302, headers={"Set-Cookie": cookie, "Location": "/cookie-check"})
+        if path == "/cookies":
+            cookies = [
+                "c=2; Path=/",  # replaces the c=1 given in headers:
+                "deep=1; Path=/deep",  # not sent to /land
+                "secure=1; Secure",  # not sent over http
+                "gone=1; Max-Age=0",
+            ]
+            head = "HTTP/1.1 302 Found\r\nContent-Length: 0\r\nLocation: /land\r\n"
+            return (head + "".join(f"Set-Cookie: {c}\r\n" for c in cookies) + "\r\n").encode()
+        if path == "/cookie-cross-host":
+            location = f"http://localhost:{self.other_port}/land"
+            return response(302, headers={"Set-Cookie": "s=1; Path=/", "Location": location})
         if path == "/gzip":
             body = gzip.compress(b"hello from a gzipped body")
             return response(200, body, {"Content-Encoding": "gzip"})
@@ -491,7 +509,9 @@ async def test_http_semantics_match_blackbox(blackbox: tuple[Path, str]) -> None
     redirect to another host Authorization, Cookie and Www-Authenticate from
     ``headers:`` are dropped (Proxy-Authorization and others are kept), while
     bearer_token and basic_auth are sent again; a custom Host header follows
-    a relative redirect only; Referer names the previous URL. ``compression``
+    a relative redirect only; Referer names the previous URL; cookies set by a
+    response go with the following hops (host-only, path, Secure, Max-Age=0,
+    replacing a same-named one from ``headers:``). ``compression``
     unset sends no Accept-Encoding and decodes nothing; set, it decodes the
     body whatever Content-Encoding says (deflate being raw DEFLATE) and
     body_size_limit bounds the decoded bytes. A non-ASCII path is sent
@@ -540,6 +560,9 @@ async def test_http_semantics_match_blackbox(blackbox: tuple[Path, str]) -> None
             ("headers", f"{h}/same-host"),
             ("bearer", f"{h}/cross-host"),
             ("basic", f"{h}/cross-host"),
+            ("plain", f"{h}/cookie-check"),
+            ("headers", f"{h}/cookies"),
+            ("plain", f"{h}/cookie-cross-host"),
             ("regex", f"{h}/gzip"),
             ("gzip", f"{h}/gzip"),
             ("gzip", f"{h}/gzip-unlabelled"),
@@ -585,6 +608,7 @@ async def test_http_semantics_match_blackbox(blackbox: tuple[Path, str]) -> None
         ("plain", "/early", 1.0),
         ("plain", "/continue", 1.0),
         ("headers", "/cross-host", 1.0),
+        ("plain", "/cookie-check", 1.0),
         ("gzip", "/gzip", 1.0),
         ("regex", "/gzip", 0.0),
         ("gzip_limited", "/bomb", 0.0),

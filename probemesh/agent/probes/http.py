@@ -22,6 +22,7 @@ import base64
 import time
 from urllib.parse import urljoin, urlsplit
 
+from probemesh.agent.probes.cookies import CookieJar
 from probemesh.agent.probes.http2 import exchange_h2
 from probemesh.agent.probes.httpwire import MAX_HEADER_BYTES, Request, Response, exchange_h1
 from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
@@ -50,11 +51,15 @@ async def probe(target: str, settings: HTTPSettings, env: ProbeEnv, result: Prob
         request = _first_request(target, settings)
         auth = _authorization(settings, env.secrets)
         first_host = request.url.host
+        jar = CookieJar()
         while True:
             hop.clear()
             await _round_trip(
-                request, auth, settings, env, result, phases, first_host, redirects == 0, hop
+                request, auth, jar, settings, env, result, phases, first_host, redirects == 0, hop
             )
+            set_cookies = [v for k, v in hop[0].headers if k.lower() == "set-cookie"]
+            if set_cookies:
+                jar.store(request.url, set_cookies)
             location = hop[0].header("location")
             if hop[0].status not in _REDIRECT_CODES or location is None:
                 break
@@ -62,7 +67,7 @@ async def probe(target: str, settings: HTTPSettings, env: ProbeEnv, result: Prob
             redirects += 1
             if not settings.follows_redirects or redirects > MAX_REDIRECTS:
                 break
-            request = _redirected(request, hop[0].status, location, settings)
+            request = _redirected(request, hop[0].status, location, jar.names())
         completed = True
     finally:
         _record(hop[0] if hop else None, redirects, phases, result)
@@ -96,14 +101,15 @@ def _canonical(name: str) -> str:
     return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
-def _redirected(request: Request, status: int, location: str, settings: HTTPSettings) -> Request:
+def _redirected(request: Request, status: int, location: str, jar_names: set[str]) -> Request:
     """The next hop after a redirect, built by Go's net/http rules.
 
     301/302/303 turn into GET without a body (HEAD stays HEAD). Authorization,
     Cookie and the other sensitive headers from ``headers:`` are dropped once a
     redirect leaves the host (and stay dropped). A custom Host header follows
     only relative redirects. Referer names the previous URL, except from https
-    to http.
+    to http. Cookies from ``headers:`` that a response has set since are left to
+    the jar, as Go does.
     """
     # Go reads header values as UTF-8; the head was decoded as latin-1.
     location = location.encode("latin-1").decode("utf-8", "replace")
@@ -123,6 +129,9 @@ def _redirected(request: Request, status: int, location: str, settings: HTTPSett
         for name, value in request.headers
         if name.lower() != "referer" and (same_site or name.lower() not in _SENSITIVE)
     ]
+    if jar_names:
+        headers = [_without_cookies(h, jar_names) if h[0] == "Cookie" else h for h in headers]
+        headers = [h for h in headers if h[1] or h[0] != "Cookie"]
     if not (request.url.is_tls and not url.is_tls):
         parts = urlsplit(request.text)
         referer = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
@@ -131,6 +140,11 @@ def _redirected(request: Request, status: int, location: str, settings: HTTPSett
     relative = not urlsplit(location).scheme
     host = request.host if custom_host and relative else url.authority
     return Request(url, text, method, body, tuple(headers), host)
+
+
+def _without_cookies(header: tuple[str, str], names: set[str]) -> tuple[str, str]:
+    pairs = [p.strip() for p in header[1].split(";")]
+    return header[0], "; ".join(p for p in pairs if p and p.split("=", 1)[0] not in names)
 
 
 def _is_domain_or_subdomain(sub: str, parent: str) -> bool:
@@ -222,6 +236,7 @@ def _regex_failure(response: Response, settings: HTTPSettings) -> str:
 async def _round_trip(
     request: Request,
     auth: str,
+    jar: CookieJar,
     settings: HTTPSettings,
     env: ProbeEnv,
     result: ProbeResult,
@@ -232,16 +247,17 @@ async def _round_trip(
 ) -> None:
     """One request on a fresh connection; adds this hop's time to each phase."""
     url = request.url
-    if auth and not any(name.lower() == "authorization" for name, _ in request.headers):
+    headers = request.headers
+    if auth and not any(name.lower() == "authorization" for name, _ in headers):
         # Prometheus' round trippers add credentials unless the request has some.
-        request = Request(
-            url,
-            request.text,
-            request.method,
-            request.body,
-            (*request.headers, ("Authorization", auth)),
-            request.host,
-        )
+        headers = (*headers, ("Authorization", auth))
+    if jar.cookies and (cookies := jar.header_value(url)):
+        # Go's client appends the jar's cookies to any Cookie header given.
+        given = [value for name, value in headers if name == "Cookie"]
+        headers = tuple(h for h in headers if h[0] != "Cookie")
+        headers = (*headers, ("Cookie", "; ".join([*given, cookies])))
+    if headers is not request.headers:
+        request = Request(url, request.text, request.method, request.body, headers, request.host)
     start = time.perf_counter()
     # blackbox reports the resolve metrics of the first hop only.
     scratch = result if first else ProbeResult()
