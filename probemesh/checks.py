@@ -70,6 +70,7 @@ class OutageSettings:
     local_problem_share: float = 0.9  # agent fails at least this share of its checks...
     local_problem_min_checks: int = 2  # ...and probes at least this many checks
     evaluate_every: float = 1.0  # seconds between two evaluations
+    control_refresh: float = 300.0  # seconds between evidence requests to a control agent
 
     def validate(self, where: str) -> None:
         for name in ("confirm_rounds", "close_after_rounds", "local_problem_min_checks"):
@@ -83,6 +84,8 @@ class OutageSettings:
             raise ConfigError(f"{where}.global_share: must be in (0, 1]")
         if not (1.0 <= self.stale_after_intervals < math.inf):
             raise ConfigError(f"{where}.stale_after_intervals: must be at least 1")
+        if not 1.0 <= self.control_refresh <= 86400.0:
+            raise ConfigError(f"{where}.control_refresh: must be between 1 and 86400 seconds")
         if not 0.1 <= self.evaluate_every <= 60.0:
             raise ConfigError(f"{where}.evaluate_every: must be between 0.1 and 60 seconds")
 

@@ -163,6 +163,7 @@ class CollectorLink:
         new_results: asyncio.Event,
         on_checks: Callable[[pb.Checks], None],
         settings: LinkSettings | None = None,
+        on_evidence_request: Callable[[pb.EvidenceRequest], None] | None = None,
     ) -> None:
         self.collectors = collectors
         self.identity = identity
@@ -171,8 +172,22 @@ class CollectorLink:
         self.new_results = new_results
         self.on_checks = on_checks
         self.settings = settings or LinkSettings()
+        self.on_evidence_request = on_evidence_request
         self.connected = asyncio.Event()
         self.current: str | None = None
+        # Evidence reports wait here for the next session; they are advisory,
+        # so the queue is small and a full one drops the newest (logged).
+        self.reports: asyncio.Queue[pb.EvidenceReport] = asyncio.Queue(maxsize=64)
+        self._report_ready = asyncio.Event()
+
+    def send_report(self, report: pb.EvidenceReport) -> None:
+        """Queue an evidence report for the collector (sent outside the result stream)."""
+        try:
+            self.reports.put_nowait(report)
+        except asyncio.QueueFull:
+            log.warning("evidence report for %s dropped: report queue full", report.check)
+            return
+        self._report_ready.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stream, reconnect with exponential backoff and full jitter until stop."""
@@ -326,6 +341,8 @@ class CollectorLink:
                 session.inflight.pop(ack.first_seq, None)
                 session.last_progress = time.monotonic()
                 session.acked.set()
+            elif kind == "evidence_request" and self.on_evidence_request is not None:
+                self.on_evidence_request(message.evidence_request)
 
     async def _send(
         self, session: _Session, stop: asyncio.Event, reader: asyncio.Task[None]
@@ -355,7 +372,12 @@ class CollectorLink:
             # Clear before reading the queue, so a flush in between still wakes us.
             session.acked.clear()
             self.new_results.clear()
+            self._report_ready.clear()
             sent = False
+            while not self.reports.empty():
+                report = self.reports.get_nowait()
+                await session.call.write(pb.AgentMessage(evidence=report))
+                sent = True
             if len(session.inflight) < self.settings.window:
                 rows = queue.read(live_after, None, session.max_batch)
                 if rows:
@@ -377,7 +399,8 @@ class CollectorLink:
                 )
                 last_sent = now
             waiters = [
-                asyncio.ensure_future(e.wait()) for e in (session.acked, self.new_results, stop)
+                asyncio.ensure_future(e.wait())
+                for e in (session.acked, self.new_results, self._report_ready, stop)
             ]
             try:
                 await asyncio.wait(

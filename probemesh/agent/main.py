@@ -72,7 +72,9 @@ class Agent:
             self.new_results,
             self._on_checks,
             options.link,
+            on_evidence_request=self.scheduler.request_evidence,
         )
+        self.scheduler.on_report = self.link.send_report
         self.metrics = AgentMetrics(self.queue, options.identity.agent_id, options.identity.country)
         self.registry = CollectorRegistry()
         self.registry.register(self.metrics)

@@ -4,6 +4,10 @@ Each check's first run lands at a random offset inside its interval so that a
 thousand checks do not fire in the same millisecond; after that it keeps a
 fixed cadence, skipping (not bursting) rounds it fell behind on. A semaphore
 caps how many probes run at once.
+
+A failed probe may trigger evidence gathering (agent/evidence.py) in the
+background, after its result went to the sink, so a slow traceroute never
+delays a result; nothing extra runs after a success.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 
+from probemesh.agent.evidence import Gatherer
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.runner import PreparedCheck, prepare, run_probe
 from probemesh.v1 import mesh_pb2 as pb
@@ -35,6 +40,12 @@ class Scheduler:
         self.min_interval = min_interval
         self._limit = asyncio.Semaphore(max_concurrency)
         self._tasks: dict[str, tuple[bytes, asyncio.Task[None]]] = {}
+        self.gatherer = Gatherer(env)
+        self._prepared: dict[str, PreparedCheck] = {}
+        self._last_success: dict[str, bool] = {}
+        self._requests: set[asyncio.Task[None]] = set()
+        # Where evidence reports go (the collector link); None gathers nothing.
+        self.on_report: Callable[[pb.EvidenceReport], None] | None = None
 
     def update(self, checks: Iterable[pb.Check]) -> None:
         """Replace the check set: stop removed or changed checks, start new ones."""
@@ -47,6 +58,9 @@ class Scheduler:
             ):
                 task.cancel()
                 del self._tasks[name]
+                self._prepared.pop(name, None)
+                self._last_success.pop(name, None)
+        self.gatherer.forget(set(wanted))
         for name, check in wanted.items():
             if name in self._tasks:
                 continue
@@ -56,6 +70,7 @@ class Scheduler:
             if check.prober == "grpc" and self.env.source_address:
                 # grpcio offers no way to bind a client channel's local address.
                 log.warning("check %s: grpc probes ignore --source-address", name)
+            self._prepared[name] = prepared
             task = asyncio.create_task(self._loop(prepared), name=f"check:{name}")
             self._tasks[name] = (check.SerializeToString(deterministic=True), task)
 
@@ -68,7 +83,12 @@ class Scheduler:
             try:
                 async with self._limit:
                     result = await run_probe(prepared, self.env)
+                self._last_success[prepared.name] = result.success
                 self.sink(result)
+                if not result.success and self.gatherer.wants(
+                    prepared.name, f"{result.reason}:{result.message}", loop.time()
+                ):
+                    self._gather(prepared, want_path=True)
             except Exception:  # a bug must not silently end this check's schedule
                 log.exception("check %s: probe round failed", prepared.name)
             next_at += interval
@@ -76,9 +96,37 @@ class Scheduler:
             if behind > 0:  # skip missed rounds instead of bursting
                 next_at += interval * (int(behind // interval) + 1)
 
+    def request_evidence(self, request: pb.EvidenceRequest) -> None:
+        """Gather evidence the collector asked for; unknown or refused checks are ignored."""
+        prepared = self._prepared.get(request.check)
+        if prepared is not None and not prepared.refusal:
+            self._gather(prepared, request.path)
+
+    def _gather(self, prepared: PreparedCheck, want_path: bool) -> None:
+        """Gather and report evidence in the background, one gathering per check at a time."""
+        name = prepared.name
+        reply = self.on_report
+        if reply is None or any(t.get_name() == f"evidence:{name}" for t in self._requests):
+            return
+
+        async def run() -> None:
+            try:
+                evidence = await self.gatherer.gather(
+                    prepared, self._last_success.get(name, False), want_path
+                )
+            except Exception:  # a bug must not surface as an unhandled task error
+                log.exception("check %s: gathering evidence failed", name)
+                return
+            if evidence is not None:
+                reply(pb.EvidenceReport(check=name, evidence=evidence))
+
+        task = asyncio.create_task(run(), name=f"evidence:{name}")
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
     async def stop(self) -> None:
         """Cancel every check loop and wait for them to finish."""
-        tasks = [task for _, task in self._tasks.values()]
+        tasks = [task for _, task in self._tasks.values()] + list(self._requests)
         self._tasks.clear()
         for task in tasks:
             task.cancel()

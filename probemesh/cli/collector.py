@@ -45,6 +45,13 @@ log = logging.getLogger("probemesh")
     help="Directory for tokens, dedupe marks, counters and incidents.",
 )
 @options.opt(
+    "--asn-db",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="IP-to-ASN database for the diagnosis: a MaxMind ASN .mmdb file, or an ip2asn "
+    "TSV (range_start, range_end, AS number, ...). [default: none; no ASNs shown]",
+)
+@options.opt(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -285,6 +292,7 @@ def collector(**kw: Any) -> None:
         grpc_listen=kw["grpc_listen"],
         http_listen=kw["http_listen"],
         data_dir=kw["data_dir"],
+        asn_db=kw["asn_db"],
         tls_cert=kw["tls_cert"],
         tls_key=kw["tls_key"],
         tls_client_ca=kw["tls_client_ca"],

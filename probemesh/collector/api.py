@@ -1,8 +1,9 @@
 """HTTP routes of the outage view: /api/v1/reachability, /api/v1/incidents, the status page.
 
 - ``GET /api/v1/reachability``: per check, its state and every country's
-  agents, up, ratio and state (DESIGN.md contract; ``reason``/``detail`` and
-  ``excluded`` are additive extras).
+  agents, up, ratio, state and diagnosis (null while up; its ``path`` lists
+  the hops of the last traceroute; ``reason``/``detail`` and ``excluded`` are
+  additive extras).
 - ``GET /api/v1/incidents[?active=true]``: newest first.
 - ``GET /api/v1/status[?after=N]``: the three views above plus the agents in
   one document. With ``after``, it waits (up to 5 s) for an evaluation newer
@@ -12,11 +13,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from probemesh.collector.diagnosis import Diagnosis
 from probemesh.collector.incidents import OutageMonitor
 from probemesh.collector.reachability import Snapshot
 from probemesh.timefmt import rfc3339
@@ -29,9 +32,14 @@ _NO_CACHE = {"Cache-Control": "no-store"}
 LONG_POLL_SECONDS = 5.0
 
 
-def reachability_json(snapshot: Snapshot) -> dict[str, Any]:
+def reachability_json(
+    snapshot: Snapshot, diagnoses: Mapping[str, Mapping[str, Diagnosis]] | None = None
+) -> dict[str, Any]:
+    """The reachability document; each country carries its diagnosis (null while up)."""
     checks = []
+    diagnoses = diagnoses or {}
     for name, view in sorted(snapshot.checks.items()):
+        diagnosed = diagnoses.get(name, {})
         checks.append(
             {
                 "check": name,
@@ -46,6 +54,9 @@ def reachability_json(snapshot: Snapshot) -> dict[str, Any]:
                         "reason": c.reason or None,
                         "detail": c.detail or None,
                         "excluded": c.excluded,
+                        "diagnosis": diagnosed[c.country].to_json(with_path=True)
+                        if c.country in diagnosed
+                        else None,
                     }
                     for c in view.countries
                 ],
@@ -73,7 +84,9 @@ def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: Mesh
     """Register the outage API and the status page on the collector's HTTP app."""
 
     async def reachability(_request: web.Request) -> web.Response:
-        return web.json_response(reachability_json(monitor.snapshot), headers=_NO_CACHE)
+        return web.json_response(
+            reachability_json(monitor.snapshot, monitor.diagnoses), headers=_NO_CACHE
+        )
 
     def _incidents(request: web.Request) -> list[dict[str, Any]]:
         active = request.query.get("active", "").lower() in ("1", "true", "yes")
@@ -91,7 +104,7 @@ def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: Mesh
             if not (after.isascii() and after.isdigit() and len(after) < 19):
                 return web.json_response({"error": "after must be an integer"}, status=400)
             await monitor.wait_after(int(after), LONG_POLL_SECONDS)
-        body = reachability_json(monitor.snapshot)
+        body = reachability_json(monitor.snapshot, monitor.diagnoses)
         body["evaluation"] = monitor.evaluations
         active = monitor.book.incidents(active_only=True)
         recent = [i for i in monitor.book.incidents() if not i.active][:10]

@@ -4,16 +4,19 @@ An incident opens when a check leaves ``ok`` (the classifier already damps
 flapping) and closes once the check has been ``ok`` for ``close_after_rounds``
 probe intervals. While open it records a timeline of country transitions, the
 countries affected now and at any point (``peak_countries``), the dominant
-failure reason per country and overall, and a one-line summary.
+failure reason per country and overall, each country's diagnosis (its
+``kind``; a ``diagnosed`` timeline event when it changes), the incident's
+``cause`` derived from the down countries' kinds, and a one-line summary.
 
 Incidents live in their own table of the collector database (--data-dir) and
 are written from a worker thread through their own connection, so a restarted
 collector resumes the incidents that were open.
 
 OutageMonitor ties it together: it runs the classifier every
-``evaluate_every`` seconds, applies local-problem flags to the agents, updates
-the incidents, hands the result to the notifications (Alertmanager, webhooks)
-and exports ``probemesh_outage`` and ``probemesh_country_reachability_ratio``.
+``evaluate_every`` seconds, applies local-problem flags to the agents,
+diagnoses the failing countries, updates the incidents, hands the result to
+the notifications (Alertmanager, webhooks) and exports ``probemesh_outage``,
+``probemesh_country_reachability_ratio`` and ``probemesh_country_diagnosis``.
 """
 
 from __future__ import annotations
@@ -34,15 +37,25 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from probemesh.checks import ChecksFile
+from probemesh.collector.diagnosis import (
+    BLOCKING,
+    KINDS,
+    CountryInput,
+    Diagnoser,
+    Diagnosis,
+    cause_of,
+)
 from probemesh.collector.reachability import (
+    DEGRADED,
     DOWN,
     GLOBAL_OUTAGE,
     REGIONAL_OUTAGE,
+    UNKNOWN,
     CheckView,
     Classifier,
     Snapshot,
 )
-from probemesh.collector.state import MeshState
+from probemesh.collector.state import Latest, MeshState
 from probemesh.collector.store import open_db
 from probemesh.timefmt import rfc3339
 
@@ -71,14 +84,28 @@ def hms(ts: float) -> str:
 
 @dataclass
 class Event:
-    """One timeline entry: opened, down, recovered, global, regional or closed."""
+    """One timeline entry: opened, down, recovered, global, regional, diagnosed or closed.
+
+    ``diagnosed`` events carry the countries' new ``kind``.
+    """
 
     at: float
     event: str
     countries: list[str]
+    kind: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": rfc3339(self.at), "event": self.event, "countries": self.countries}
+        body: dict[str, Any] = {
+            "at": rfc3339(self.at),
+            "event": self.event,
+            "countries": self.countries,
+        }
+        if self.kind:
+            body["kind"] = self.kind
+        return body
+
+    def to_row(self) -> list[Any]:
+        return [self.at, self.event, self.countries, *([self.kind] if self.kind else [])]
 
 
 @dataclass
@@ -98,6 +125,10 @@ class Incident:
     reasons: dict[str, Counter[str]] = field(default_factory=dict)
     ok_since: float | None = None
     saved_at: float = 0.0
+    # country -> its latest diagnosis {"kind", "detail", "hop", "asn"}, for
+    # every country that was down and diagnosed during the incident
+    diagnosis: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cause: str = "unknown"
 
     @property
     def active(self) -> bool:
@@ -120,6 +151,68 @@ class Incident:
             groups.setdefault(rd, []).append(country)
         return sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
 
+    def diagnose(self, diagnoses: dict[str, Diagnosis], now: float) -> bool:
+        """Record the down countries' diagnoses; a changed kind adds a ``diagnosed`` event."""
+        changed: dict[str, list[str]] = {}
+        for country in self.countries:
+            d = diagnoses.get(country)
+            if d is None:
+                continue
+            previous = self.diagnosis.get(country)
+            if previous is None or previous["kind"] != d.kind:
+                changed.setdefault(d.kind, []).append(country)
+            self.diagnosis[country] = d.to_json()
+        for kind in sorted(changed, key=KINDS.index):
+            self.timeline.append(Event(now, "diagnosed", sorted(changed[kind]), kind))
+        if self.countries:
+            self.cause = cause_of(
+                self.diagnosis[c]["kind"] if c in self.diagnosis else "unknown"
+                for c in self.countries
+            )
+        return bool(changed)
+
+    def _diagnosis_text(self, countries: list[str]) -> str:
+        """'blocked in UG (dns); path lost after HOP (ASN) for NG, GH; origin failing: ...'."""
+        reasons = self.country_reasons()
+        blocked, origin, local, unknown = [], [], [], []
+        paths: dict[str, list[str]] = {}
+        for country in countries:
+            d = self.diagnosis.get(country)
+            kind = d["kind"] if d else "unknown"
+            if kind in BLOCKING:
+                blocked.append(f"{country} ({kind})")
+            elif kind == "path" and d is not None:
+                where = d["hop"] or "an unknown hop"
+                if d["asn"]:
+                    where += f" (AS{d['asn']})"
+                paths.setdefault(where, []).append(country)
+            elif kind == "origin":
+                origin.append(country)
+            elif kind == "local":
+                local.append(country)
+            else:
+                unknown.append(country)
+        parts = []
+        if blocked:
+            parts.append("blocked in " + ", ".join(blocked))
+        for where, cs in paths.items():
+            parts.append(f"path lost after {where} for {', '.join(cs)}")
+        if origin:
+            details = sorted({self.diagnosis[c]["detail"] for c in origin})
+            what = f"{details[0]} " if len(details) == 1 else ""
+            scope = (
+                "every country" if len(origin) == len(self.peak_countries) else ", ".join(origin)
+            )
+            parts.append(f"origin failing: {what}from {scope}")
+        if local:
+            parts.append("local problems in " + ", ".join(local))
+        if unknown:
+            parts.append(
+                "undiagnosed: "
+                + ", ".join(f"{c} ({reasons[c][1]})" if c in reasons else c for c in unknown)
+            )
+        return "; ".join(parts)
+
     def summary(self) -> str:
         peak = self.peak_countries
         n = len(peak)
@@ -127,7 +220,10 @@ class Incident:
         since = hms(self.started_at)
         text = f"{self.check} unreachable from {n} {noun} ({', '.join(peak)}) since {since} UTC"
         groups = self.overall_reasons()
-        if len(groups) == 1:
+        diagnosed = [c for c in peak if c in self.diagnosis]
+        if diagnosed:
+            text += " - " + self._diagnosis_text(self.countries or diagnosed)
+        elif len(groups) == 1:
             text += f" - {groups[0][0][1]}"
         elif groups:
             text += " - " + ", ".join(f"{detail} ({', '.join(cs)})" for (_, detail), cs in groups)
@@ -158,6 +254,8 @@ class Incident:
                 c: {"reason": r, "detail": d}
                 for c, (r, d) in sorted(self.country_reasons().items())
             },
+            "cause": self.cause,
+            "diagnosis": {c: dict(d) for c, d in sorted(self.diagnosis.items())},
             "summary": self.summary(),
             "timeline": [e.to_json() for e in self.timeline],
         }
@@ -168,9 +266,11 @@ class Incident:
             "peak_scope": self.peak_scope,
             "countries": self.countries,
             "peak_countries": self.peak_countries,
-            "timeline": [[e.at, e.event, e.countries] for e in self.timeline],
+            "timeline": [e.to_row() for e in self.timeline],
             "reasons": {c: dict(v) for c, v in self.reasons.items()},
             "ok_since": self.ok_since,
+            "diagnosis": self.diagnosis,
+            "cause": self.cause,
         }
         return (self.id, self.check, self.started_at, self.ended_at, json.dumps(data))
 
@@ -187,9 +287,11 @@ class Incident:
             countries=list(data["countries"]),
             peak_countries=list(data["peak_countries"]),
             ended_at=ended_at,
-            timeline=[Event(at, ev, list(cs)) for at, ev, cs in data["timeline"]],
+            timeline=[Event(e[0], e[1], list(e[2]), *e[3:4]) for e in data["timeline"]],
             reasons={c: Counter(v) for c, v in data["reasons"].items()},
             ok_since=data.get("ok_since"),
+            diagnosis=dict(data.get("diagnosis") or {}),
+            cause=data.get("cause") or "unknown",
         )
 
 
@@ -234,8 +336,13 @@ class IncidentBook:
         items = list(self.active.values()) + ([] if active_only else self.closed)
         return sorted(items, key=lambda i: (i.started_at, i.id), reverse=True)
 
-    def update(self, snapshot: Snapshot, checks: ChecksFile) -> list[Incident]:
-        """Apply one evaluation; returns the incidents that must be saved."""
+    def update(
+        self,
+        snapshot: Snapshot,
+        checks: ChecksFile,
+        diagnoses: dict[str, dict[str, Diagnosis]] | None = None,
+    ) -> list[Incident]:
+        """Apply one evaluation (and its diagnoses); returns the incidents that must be saved."""
         now = snapshot.at
         dirty: list[Incident] = []
         for name, view in snapshot.checks.items():
@@ -244,6 +351,8 @@ class IncidentBook:
             incident = incident or self.active.get(name)
             if incident is None:
                 continue
+            if diagnoses and incident.active and name in diagnoses:
+                changed = incident.diagnose(diagnoses[name], now) or changed
             if changed or now - incident.saved_at >= SAVE_EVERY:
                 dirty.append(incident)
         for name in [n for n in self.active if n not in snapshot.checks]:
@@ -357,6 +466,7 @@ class OutageMonitor:
         book: IncidentBook,
         clock: Callable[[], float] = time.time,
         notifications: Notifications | None = None,
+        diagnoser: Diagnoser | None = None,
     ) -> None:
         self.state = state
         self.checks = checks
@@ -364,7 +474,11 @@ class OutageMonitor:
         self.clock = clock
         self.notifications = notifications
         self.classifier = Classifier()
+        self.diagnoser = diagnoser
         self.snapshot = Snapshot(0.0)
+        # check -> country -> diagnosis of every country that is not up, from the same
+        # evaluation as ``snapshot``
+        self.diagnoses: dict[str, dict[str, Diagnosis]] = {}
         self.evaluations = 0
         self._tick = asyncio.Event()  # set (and replaced) after every evaluation
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
@@ -385,13 +499,50 @@ class OutageMonitor:
                     "detected" if flagged else "cleared",
                 )
                 agent.local_problem = flagged
+        self.diagnoses = self._diagnose(snapshot, checks)
         self.snapshot = snapshot
         self.evaluations += 1
-        dirty = self.book.update(snapshot, checks)
+        dirty = self.book.update(snapshot, checks, self.diagnoses)
         if self.notifications is not None:
             self.notifications.observe(self.book, snapshot, self.state.agents)
         self._wake()
         return dirty
+
+    def _diagnose(self, snapshot: Snapshot, checks: ChecksFile) -> dict[str, dict[str, Diagnosis]]:
+        """Diagnose every down or degraded country (and those left only with local problems)."""
+        diagnoser = self.diagnoser
+        if diagnoser is None:
+            return {}
+        out: dict[str, dict[str, Diagnosis]] = {}
+        needy: dict[str, tuple[set[str], set[str]]] = {}
+        for name, view in snapshot.checks.items():
+            failing = [
+                CountryInput(c.country, local_only=c.state == UNKNOWN)
+                for c in view.countries
+                if c.state in (DOWN, DEGRADED)
+                or (c.state == UNKNOWN and c.excluded and not c.agents)
+            ]
+            if not failing:
+                continue
+            up = {c.country for c in view.countries if c.state == "up"}
+            out[name] = diagnoser.diagnose_check(name, failing, up, snapshot.at)
+            needy[name] = ({c.country for c in failing if not c.local_only}, up)
+        if needy:
+            by_check: dict[str, dict[str, Latest]] = {name: {} for name in needy}
+            for (check, agent), entry in self.state.latest.items():
+                if check in by_check:
+                    by_check[check][agent] = entry
+            for name, (failing_countries, up) in needy.items():
+                diagnoser.ask(
+                    name,
+                    by_check[name],
+                    self.state.agents,
+                    failing_countries,
+                    up,
+                    checks.outage.control_refresh,
+                    snapshot.at,
+                )
+        return out
 
     def _wake(self) -> None:
         tick, self._tick = self._tick, asyncio.Event()
@@ -449,5 +600,17 @@ class OutageMonitor:
             for c in view.countries:
                 if c.ratio is not None:
                     ratio.add_metric([name, c.country], c.ratio)
+        diagnosis = GaugeMetricFamily(
+            "probemesh_country_diagnosis",
+            "1 for the kind of each failing country's diagnosis (origin, dns, tcp_blocking, "
+            "tls_interference, http_diff, path, local, unknown); absent while the country is up",
+            labels=["check", "country", "kind"],
+        )
+        for name, countries in sorted(self.diagnoses.items()):
+            if name not in configured:
+                continue
+            for country, d in sorted(countries.items()):
+                diagnosis.add_metric([name, country, d.kind], 1.0)
         yield outage
         yield ratio
+        yield diagnosis

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry
 from probemesh import ports
 from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector.alertmanager import AlertmanagerNotifier
+from probemesh.collector.asn import load_asn_db
+from probemesh.collector.diagnosis import Diagnoser
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.http import build_http_app
 from probemesh.collector.httpauth import HttpAuth
@@ -35,6 +37,7 @@ from probemesh.collector.webhooks import WebhookNotifier
 from probemesh.errors import ConfigError, ProbemeshError
 from probemesh.grpc_options import server_options
 from probemesh.httpserver import parse_listen, start_site
+from probemesh.v1 import mesh_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class CollectorOptions:
     grpc_listen: str = f"0.0.0.0:{ports.GRPC_PORT}"
     http_listen: str = f"0.0.0.0:{ports.HTTP_PORT}"
     data_dir: Path = Path("probemesh-data")
+    asn_db: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -115,7 +119,11 @@ class CollectorApp:
         book = IncidentBook.open(options.data_dir)
         self.notifications = Notifications(book, self._notifiers())
         self.outage = OutageMonitor(
-            self.state, lambda: self.checks_file, book, notifications=self.notifications
+            self.state,
+            lambda: self.checks_file,
+            book,
+            notifications=self.notifications,
+            diagnoser=Diagnoser(self.state.evidence, load_asn_db(options.asn_db), self._ask),
         )
         self.exporter = MeshExporter(
             self.state,
@@ -131,6 +139,14 @@ class CollectorApp:
         self.grpc_port = 0
         self.http_port = 0
         self.http_app = build_http_app(self)
+
+    def _ask(self, agent_id: str, request: pb.EvidenceRequest) -> bool:
+        """Send an evidence request to an agent connected here; False when it is not."""
+        session = self.sessions.by_agent.get(agent_id)
+        if session is None:
+            return False
+        session.send(pb.CollectorMessage(evidence_request=request))
+        return True
 
     def _targets(self) -> dict[str, str]:
         """Each configured check's target, as the remote-written result series carry it."""

@@ -205,6 +205,16 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             await asyncio.sleep(wait)  # backpressure: stop reading this stream meanwhile
         return True
 
+    def _take_evidence(self, session: Session, report: pb.EvidenceReport) -> None:
+        """Keep an agent's evidence for a check it was assigned; anything else is counted and dropped."""
+        agent = session.agent
+        if report.check not in agent.ever_assigned:
+            self.rejected["unknown_check"] += 1
+            return
+        self.state.evidence.observe(
+            report.check, agent.agent_id, agent.country, report.evidence, time.time()
+        )
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Serve Connect, reading requests with read_agent_message (it notes their size)."""
         handlers = {
@@ -285,6 +295,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     self.rejected["protocol"] += 1
                     session.end(grpc.StatusCode.INVALID_ARGUMENT, "Hello sent twice")
                     return
+                elif kind == "evidence":
+                    self._take_evidence(session, message.evidence)
             session.end(None, "")
         except grpc.aio.AioRpcError:
             session.end(None, "")

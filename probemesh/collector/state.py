@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from probemesh.catalog import HTTP_PHASE_ORDER
+from probemesh.collector.evidence import EvidenceBook
 from probemesh.v1 import mesh_pb2 as pb
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -139,6 +140,8 @@ class MeshState:
         # and pairs whose latest result was dropped (their lines must go).
         self.unrendered: set[Tally] = set()
         self.removed: set[tuple[str, str]] = set()
+        # Agents' evidence for the diagnosis (written by the service, read by the evaluator).
+        self.evidence = EvidenceBook()
 
     def histogram(self, key: CounterKey) -> Histogram:
         hist = self.histograms.get(key)
@@ -260,6 +263,7 @@ class MeshState:
     def forget_checks(self, keep: set[str]) -> None:
         """Drop latest results of checks that are no longer configured."""
         self._forget([k for k in self.latest if k[0] not in keep])
+        self.evidence.forget_checks(keep)
 
     def forget_agent(self, agent_id: str) -> None:
         """Drop the gauges of an agent gone longer than the TTL.
@@ -268,6 +272,7 @@ class MeshState:
         would make a returning agent's counters restart below the stored value.
         """
         self.agents.pop(agent_id, None)
+        self.evidence.forget_agent(agent_id)
         self._forget([k for k in self.latest if k[1] == agent_id])
 
     def _forget(self, pairs: list[tuple[str, str]]) -> None:

@@ -29,26 +29,30 @@ FAILURE_REASON_VALIDATION: FailureReason
 FAILURE_REASON_OTHER: FailureReason
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "results", "heartbeat")
+    __slots__ = ("hello", "results", "heartbeat", "evidence")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     results: ResultBatch
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[ResultBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    evidence: EvidenceReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., results: _Optional[_Union[ResultBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., evidence: _Optional[_Union[EvidenceReport, _Mapping]] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
-    __slots__ = ("welcome", "checks", "ack", "heartbeat")
+    __slots__ = ("welcome", "checks", "ack", "heartbeat", "evidence_request")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_REQUEST_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     checks: Checks
     ack: Ack
     heartbeat: Heartbeat
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., checks: _Optional[_Union[Checks, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    evidence_request: EvidenceRequest
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., checks: _Optional[_Union[Checks, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., evidence_request: _Optional[_Union[EvidenceRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "secrets_dir_configured")
@@ -145,6 +149,126 @@ class Result(_message.Message):
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
     http_phase_seconds: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, check: _Optional[str] = ..., target: _Optional[str] = ..., timestamp: _Optional[float] = ..., success: _Optional[bool] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., http_phase_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("timestamp", "probe_success", "dns", "tcp", "tls", "http", "path")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    PROBE_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    TCP_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    timestamp: float
+    probe_success: bool
+    dns: DnsEvidence
+    tcp: _containers.RepeatedCompositeFieldContainer[TcpEvidence]
+    tls: TlsEvidence
+    http: HttpEvidence
+    path: PathEvidence
+    def __init__(self, timestamp: _Optional[float] = ..., probe_success: _Optional[bool] = ..., dns: _Optional[_Union[DnsEvidence, _Mapping]] = ..., tcp: _Optional[_Iterable[_Union[TcpEvidence, _Mapping]]] = ..., tls: _Optional[_Union[TlsEvidence, _Mapping]] = ..., http: _Optional[_Union[HttpEvidence, _Mapping]] = ..., path: _Optional[_Union[PathEvidence, _Mapping]] = ...) -> None: ...
+
+class DnsEvidence(_message.Message):
+    __slots__ = ("resolver", "rcode", "addresses", "error")
+    RESOLVER_FIELD_NUMBER: _ClassVar[int]
+    RCODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    resolver: str
+    rcode: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, resolver: _Optional[str] = ..., rcode: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class TcpEvidence(_message.Message):
+    __slots__ = ("address", "port", "outcome", "icmp_code", "seconds")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ICMP_CODE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    outcome: str
+    icmp_code: int
+    seconds: float
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., outcome: _Optional[str] = ..., icmp_code: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class TlsEvidence(_message.Message):
+    __slots__ = ("address", "outcome", "error", "leaf_sha256", "name_matches", "issuer", "server_name")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LEAF_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NAME_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    outcome: str
+    error: str
+    leaf_sha256: str
+    name_matches: bool
+    issuer: str
+    server_name: str
+    def __init__(self, address: _Optional[str] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., leaf_sha256: _Optional[str] = ..., name_matches: _Optional[bool] = ..., issuer: _Optional[str] = ..., server_name: _Optional[str] = ...) -> None: ...
+
+class HttpEvidence(_message.Message):
+    __slots__ = ("status", "body_length", "title", "header_names", "error", "body_truncated")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BODY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    HEADER_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    BODY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    body_length: int
+    title: str
+    header_names: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    body_truncated: bool
+    def __init__(self, status: _Optional[int] = ..., body_length: _Optional[int] = ..., title: _Optional[str] = ..., header_names: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ..., body_truncated: _Optional[bool] = ...) -> None: ...
+
+class PathEvidence(_message.Message):
+    __slots__ = ("available", "unavailable_reason", "destination", "protocol", "hops", "reached")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    REACHED_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    unavailable_reason: str
+    destination: str
+    protocol: str
+    hops: _containers.RepeatedCompositeFieldContainer[Hop]
+    reached: bool
+    def __init__(self, available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., hops: _Optional[_Iterable[_Union[Hop, _Mapping]]] = ..., reached: _Optional[bool] = ...) -> None: ...
+
+class Hop(_message.Message):
+    __slots__ = ("ttl", "address", "rtt_seconds")
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RTT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ttl: int
+    address: str
+    rtt_seconds: float
+    def __init__(self, ttl: _Optional[int] = ..., address: _Optional[str] = ..., rtt_seconds: _Optional[float] = ...) -> None: ...
+
+class EvidenceRequest(_message.Message):
+    __slots__ = ("check", "path")
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    check: str
+    path: bool
+    def __init__(self, check: _Optional[str] = ..., path: _Optional[bool] = ...) -> None: ...
+
+class EvidenceReport(_message.Message):
+    __slots__ = ("check", "evidence")
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    check: str
+    evidence: Evidence
+    def __init__(self, check: _Optional[str] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("name", "labels", "value")
