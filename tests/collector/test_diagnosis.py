@@ -1,0 +1,257 @@
+"""Diagnosis rules on hand-built evidence: each kind, the OONI thresholds at their
+boundaries, shared hops, the incident's cause and summary, and --asn-db files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from probemesh.collector.asn import Ip2AsnTable, NoAsnDatabase, load_asn_db
+from probemesh.collector.diagnosis import (
+    CountryInput,
+    Diagnoser,
+    Diagnosis,
+    Rules,
+    cause_of,
+    http_matches,
+)
+from probemesh.collector.evidence import EvidenceBook
+from probemesh.collector.incidents import Event, Incident
+from probemesh.errors import ConfigError
+from probemesh.v1 import mesh_pb2 as pb
+
+ORIGIN = "93.184.215.14"
+ASNS = Ip2AsnTable(
+    [
+        (4, int.from_bytes(bytes([93, 184, 215, 0])), int.from_bytes(bytes([93, 184, 215, 255])), 64500),
+        (4, int.from_bytes(bytes([93, 184, 216, 0])), int.from_bytes(bytes([93, 184, 216, 255])), 64500),
+        (4, int.from_bytes(bytes([151, 101, 1, 0])), int.from_bytes(bytes([151, 101, 1, 255])), 64666),
+        (4, int.from_bytes(bytes([203, 0, 113, 0])), int.from_bytes(bytes([203, 0, 113, 255])), 64501),
+    ]
+)  # fmt: skip
+PAGE = pb.HttpEvidence(
+    status=200,
+    body_length=1000,
+    title="Social Home - Welcome Friends",
+    header_names=["content-length", "content-type", "date", "x-origin-node"],
+)
+
+
+def evidence(
+    addrs: tuple[str, ...] = (ORIGIN,),
+    rcode: str = "NOERROR",
+    tcp: str = "established",
+    http: pb.HttpEvidence | None = PAGE,
+    success: bool = False,
+    tls: pb.TlsEvidence | None = None,
+) -> pb.Evidence:
+    ev = pb.Evidence(probe_success=success)
+    ev.dns.resolver, ev.dns.rcode = "192.0.2.53", rcode
+    ev.dns.addresses.extend(addrs)
+    for a in addrs:
+        ev.tcp.add(address=a, port=443, outcome=tcp)
+    if tls is not None:
+        ev.tls.CopyFrom(tls)
+    if http is not None and tcp == "established":
+        ev.http.CopyFrom(http)
+    return ev
+
+
+CONTROL = [evidence(success=True)]
+
+
+def kind(seen: pb.Evidence, controls: list[pb.Evidence] = CONTROL, asn: object = ASNS) -> Diagnosis:
+    return Rules(asn).against(seen, controls, None)  # type: ignore[arg-type]
+
+
+def test_dns_consistency_same_address_same_asn_or_tls_for_the_name() -> None:
+    assert kind(evidence()).kind == "unknown"  # identical to the control
+    # another address of the origin's AS is consistent (OONI's ASN rule)
+    assert kind(evidence(addrs=("93.184.216.34",))).kind == "unknown"
+    lie = kind(evidence(addrs=("151.101.1.7",)))
+    assert lie.kind == "dns" and "151.101.1.7 (AS64666)" in lie.detail
+    # without an ASN database the differing address alone decides...
+    assert kind(evidence(addrs=("93.184.216.34",)), asn=NoAsnDatabase()).kind == "dns"
+    # ...unless it completed a TLS handshake valid for the name
+    tls = pb.TlsEvidence(address="93.184.216.34", outcome="ok", name_matches=True)
+    assert kind(evidence(addrs=("93.184.216.34",), tls=tls), asn=NoAsnDatabase()).kind == "unknown"
+
+
+def test_dns_nxdomain_and_bogons() -> None:
+    nx = kind(evidence(addrs=(), rcode="NXDOMAIN"))
+    assert nx.kind == "dns" and "NXDOMAIN where the control resolves" in nx.detail
+    bogon = kind(evidence(addrs=("10.10.34.35",)))
+    assert bogon.kind == "dns" and "bogon 10.10.34.35" in bogon.detail
+
+
+def test_tcp_blocking_and_path() -> None:
+    reset = kind(evidence(tcp="refused"))
+    assert reset.kind == "tcp_blocking" and "refused while the control connects" in reset.detail
+    assert kind(evidence(tcp="timeout")).kind == "tcp_blocking"  # no traceroute: cannot say where
+    book = EvidenceBook()
+    traced = evidence(tcp="timeout")
+    traced.path.available, traced.path.destination = True, ORIGIN
+    traced.path.hops.add(ttl=1, address="192.0.2.1", rtt_seconds=0.001)
+    traced.path.hops.add(ttl=2, address="203.0.113.1", rtt_seconds=0.002)
+    book.observe("web", "a1", "NG", traced, 100.0)
+    lost = Rules(ASNS).against(traced, CONTROL, book.paths[("web", "a1")])
+    assert (lost.kind, lost.hop, lost.asn) == ("path", "203.0.113.1", 64501)
+    assert [h.address for h in lost.path] == ["192.0.2.1", "203.0.113.1"]
+    # a traceroute that reached the target does not blame the path
+    traced.path.reached = True
+    assert Rules(ASNS).against(traced, CONTROL, book.paths[("web", "a1")]).kind == "tcp_blocking"
+
+
+def test_tls_interference() -> None:
+    good = pb.TlsEvidence(address=ORIGIN, outcome="ok", leaf_sha256="aa" * 32, name_matches=True)
+    controls = [evidence(success=True, tls=good)]
+    failed = pb.TlsEvidence(address=ORIGIN, outcome="failed", error="certificate verify failed")
+    assert kind(evidence(tls=failed, http=None), controls).kind == "tls_interference"
+    forged = pb.TlsEvidence(address=ORIGIN, outcome="ok", leaf_sha256="bb" * 32)
+    assert kind(evidence(tls=forged), controls).kind == "tls_interference"
+    # another valid certificate for the name (a CDN edge) is no interference
+    other = pb.TlsEvidence(address=ORIGIN, outcome="ok", leaf_sha256="cc" * 32, name_matches=True)
+    assert kind(evidence(tls=other), controls).kind == "unknown"
+
+
+def test_http_diff_uses_oonis_rules_at_their_boundaries() -> None:
+    def page(length: int, title: str = "", headers: tuple[str, ...] = ("date",)) -> pb.HttpEvidence:
+        return pb.HttpEvidence(status=200, body_length=length, title=title, header_names=headers)
+
+    control = page(1000, "Social Home", ("date", "x-origin-node"))
+    assert http_matches(page(701), control)  # proportion 0.701 > 0.7
+    assert not http_matches(page(700), control)  # exactly 0.7 is not "more than"
+    assert http_matches(page(10, headers=("date", "x-origin-node")), control)  # uncommon header
+    assert not http_matches(page(10, headers=("date", "content-length")), control)  # common only
+    assert http_matches(page(10, "Social Home!"[:11]), control)  # same title words
+    # words under 5 letters are not compared: "Home" alone says nothing
+    assert not http_matches(page(10, "Home", ("x-a",)), page(1000, "Home Access", ("x-b",)))
+    # identical header name sets match, even with only common names (OONI)
+    assert http_matches(page(10, headers=("date",)), page(1000, headers=("date",)))
+    assert not http_matches(pb.HttpEvidence(status=403, body_length=1000), control)
+    block = pb.HttpEvidence(
+        status=200, body_length=100, title="Access Restricted", header_names=["x-filter"]
+    )
+    diff = kind(evidence(http=block))
+    assert diff.kind == "http_diff" and "Access Restricted" in diff.detail
+
+
+def test_no_control_origin_or_unknown() -> None:
+    rules = Rules(NoAsnDatabase())
+    down = evidence(http=pb.HttpEvidence(status=500, body_length=20))
+    assert rules.no_control(down, None) == Diagnosis("origin", "HTTP 500")
+    assert rules.no_control(evidence(tcp="refused"), None).kind == "origin"
+    assert rules.no_control(evidence(tcp="timeout"), None).kind == "unknown"
+
+
+def test_diagnoser_waits_for_control_marks_local_and_shared_hops() -> None:
+    book = EvidenceBook()
+    asked: list[tuple[str, pb.EvidenceRequest]] = []
+    diagnoser = Diagnoser(book, ASNS, lambda agent, req: asked.append((agent, req)) is None)
+    book.observe("web", "ug1", "UG", evidence(addrs=("151.101.1.7",)), 100.0)
+    result = diagnoser.diagnose_check(
+        "web", [CountryInput("UG", False), CountryInput("ZA", True)], {"KE"}, 101.0
+    )
+    assert result["UG"] == Diagnosis("unknown", "waiting for the control's evidence")
+    assert result["ZA"].kind == "local"
+    book.observe("web", "ke1", "KE", evidence(success=True), 101.0)
+    for agent, cc in (("ng1", "NG"), ("gh1", "GH")):
+        traced = evidence(tcp="timeout")
+        traced.path.available, traced.path.destination = True, ORIGIN
+        traced.path.hops.add(ttl=1, address="203.0.113.1")
+        book.observe("web", agent, cc, traced, 101.0)
+    failing = [CountryInput(cc, False) for cc in ("UG", "NG", "GH")]
+    result = diagnoser.diagnose_check("web", failing, {"KE"}, 102.0)
+    assert result["UG"].kind == "dns"
+    assert result["NG"].kind == result["GH"].kind == "path"
+    assert result["NG"].detail.endswith("same AS as GH"), result["NG"].detail
+    # evidence older than FAILING_MAX_AGE no longer counts
+    assert diagnoser.diagnose_check("web", failing, {"KE"}, 1000.0)["UG"].kind == "unknown"
+
+
+def test_cause_of_kinds() -> None:
+    assert cause_of(["origin", "origin"]) == "origin"
+    assert cause_of(["dns", "tcp_blocking", "tls_interference", "http_diff"]) == "blocking"
+    assert cause_of(["path", "path"]) == "path"
+    assert cause_of(["dns", "path"]) == "mixed"
+    assert cause_of(["unknown"]) == cause_of([]) == "unknown"
+    assert cause_of(["origin", "unknown"]) == "mixed"
+
+
+def test_incident_summary_names_the_cause_and_persists_the_diagnosis() -> None:
+    incident = Incident(1, "social-home", 30605.0, "regional", "regional", [], [])
+    incident.countries = incident.peak_countries = ["CN", "ET", "GH", "NG", "UG"]
+    diagnoses = {
+        "UG": Diagnosis("dns", "lie"),
+        "ET": Diagnosis("tcp_blocking", "reset"),
+        "CN": Diagnosis("http_diff", "blockpage"),
+        "NG": Diagnosis("path", "lost", "203.0.113.1", 64500),
+        "GH": Diagnosis("path", "lost", "203.0.113.1", 64500),
+    }
+    assert incident.diagnose(diagnoses, 30610.0)
+    assert not incident.diagnose(diagnoses, 30611.0)  # no change, no new event
+    assert incident.cause == "mixed"
+    assert incident.summary() == (
+        "social-home unreachable from 5 countries (CN, ET, GH, NG, UG) since 08:30:05 UTC"
+        " - blocked in CN (http_diff), ET (tcp_blocking), UG (dns);"
+        " path lost after 203.0.113.1 (AS64500) for GH, NG"
+    )
+    diagnosed = [(e.countries, e.kind) for e in incident.timeline if e.event == "diagnosed"]
+    assert diagnosed == [
+        (["UG"], "dns"),
+        (["ET"], "tcp_blocking"),
+        (["CN"], "http_diff"),
+        (["GH", "NG"], "path"),
+    ]
+    restored = Incident.from_row(incident.to_row())
+    assert restored.to_json() == incident.to_json()
+    doc = restored.to_json()
+    assert doc["cause"] == "mixed"
+    assert doc["diagnosis"]["NG"] == {
+        "kind": "path",
+        "detail": "lost",
+        "hop": "203.0.113.1",
+        "asn": 64500,
+    }
+    assert {"at", "event", "countries", "kind"} <= set(doc["timeline"][0])
+    assert Event(1.0, "down", ["UG"]).to_json().keys() == {"at", "event", "countries"}
+
+
+def test_origin_summary() -> None:
+    incident = Incident(2, "social-home", 30605.0, "global", "global", ["BR", "DE"], ["BR", "DE"])
+    incident.diagnose({cc: Diagnosis("origin", "HTTP 500") for cc in ("BR", "DE")}, 30606.0)
+    assert incident.cause == "origin"
+    assert "- origin failing: HTTP 500 from every country" in incident.summary()
+
+
+def test_ip2asn_file_and_errors(tmp_path: Path) -> None:
+    tsv = tmp_path / "ip2asn.tsv"
+    tsv.write_text(
+        "203.0.113.0\t203.0.113.255\t64501\tZZ\tTRANSIT\n"
+        "10.0.0.0\t10.255.255.255\t0\tNone\tNot routed\n"
+        "2001:db8::\t2001:db8::ffff\t64502\tZZ\tV6\n"
+    )
+    db = load_asn_db(tsv)
+    assert db.asn("203.0.113.9") == 64501
+    assert db.asn("2001:db8::1") == 64502
+    assert db.asn("10.1.2.3") is None  # AS 0: not routed
+    assert db.asn("198.51.100.1") is None and db.asn("not-an-ip") is None
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("203.0.113.0\t203.0.113.255\tAS-what\n")
+    with pytest.raises(ConfigError, match=r"bad.tsv:1: expected range_start"):
+        load_asn_db(bad)
+    with pytest.raises(ConfigError, match="not a readable MaxMind database"):
+        load_asn_db(tsv.rename(tmp_path / "x.mmdb"))
+
+
+def test_control_refresh_is_validated(tmp_path: Path) -> None:
+    from probemesh.checks import load_checks
+
+    path = tmp_path / "checks.yaml"
+    base = "modules: {m: {prober: tcp}}\nchecks: [{name: c, target: 'h:1', module: m}]\n"
+    path.write_text(base + "outage: {control_refresh: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"outage\.control_refresh: must be between 1 and 86400"):
+        load_checks(path)
+    path.write_text(base + "outage: {control_refresh: 30}\n")
+    assert load_checks(path).outage.control_refresh == 30.0
