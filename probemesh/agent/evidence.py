@@ -36,6 +36,7 @@ import dns.rcode
 import dns.resolver
 
 from probemesh.agent.probes.net import ProbeEnv, _dn, client_context
+from probemesh.agent.probes.result import ProbeFailure
 from probemesh.agent.runner import PreparedCheck
 from probemesh.agent.traceroute import trace
 from probemesh.modules import TLSConfig
@@ -232,10 +233,13 @@ class Gatherer:
                 tls = evidence.tls
                 tls.address, tls.server_name = address, name
                 try:
+                    context = client_context(endpoint.tls_config, self.env.secrets)
+                except ProbeFailure as exc:  # the agent's own tls_config problem
+                    tls.outcome, tls.error = "failed", exc.message
+                    return
+                try:
                     async with asyncio.timeout(budget):
-                        await writer.start_tls(
-                            client_context(endpoint.tls_config), server_hostname=name
-                        )
+                        await writer.start_tls(context, server_hostname=name)
                 except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError) as exc:
                     tls.outcome = "failed"
                     tls.error = _tls_error(exc)

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -20,9 +21,10 @@ from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.runner import PreparedCheck, prepare
 from probemesh.agent.safety import AddressPolicy
 from probemesh.agent.scheduler import Scheduler
+from probemesh.agent.secrets import SecretFiles
 from probemesh.agent.traceroute import trace
 from probemesh.v1 import mesh_pb2 as pb
-from tests.agent.probes.cert_fixtures import ca, ca_file  # noqa: F401 - fixtures
+from tests.agent.probes.cert_fixtures import ca, ca_file, secrets_dir  # noqa: F401 - fixtures
 from tests.harness import free_port
 
 PAGE = b"<html><head><title>  Social\n Home </title></head><body>hello</body></html>"
@@ -94,6 +96,7 @@ async def test_address_policy_refuses_evidence_and_traceroute(web: int) -> None:
 async def test_tls_evidence(
     ca: trustme.CA,  # noqa: F811 - fixture
     ca_file: str,  # noqa: F811 - fixture
+    secrets_dir: Path,  # noqa: F811 - fixture
     server_name: str,
     verified: bool,
 ) -> None:
@@ -102,13 +105,14 @@ async def test_tls_evidence(
     cert.configure_cert(context)
     server, port = await serve(context)
     settings = {"tls_config": {"ca_file": ca_file, "server_name": server_name}}
+    env = ProbeEnv(policy=AddressPolicy(allow_private=True), secrets=SecretFiles(secrets_dir))
     async with server:
-        ev = await Gatherer(PRIVATE).gather(
+        ev = await Gatherer(env).gather(
             http_check(f"https://127.0.0.1:{port}/", settings), False, False
         )
     assert ev is not None
     leaf = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
-    assert ev.tls.leaf_sha256 == hashlib.sha256(leaf).hexdigest()
+    assert ev.tls.leaf_sha256 == hashlib.sha256(leaf).hexdigest(), ev.tls
     assert ev.tls.server_name == server_name
     if verified:
         assert ev.tls.outcome == "ok" and ev.tls.name_matches
