@@ -15,6 +15,7 @@ command -v nft >/dev/null || debian_packages+=(nftables)
 command -v victoria-metrics >/dev/null || debian_packages+=(victoria-metrics)
 command -v ip >/dev/null || debian_packages+=(iproute2)
 command -v nghttpd >/dev/null || debian_packages+=(nghttp2-server)
+command -v faketime >/dev/null || debian_packages+=(faketime)
 if ((${#debian_packages[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian packages: ${debian_packages[*]}"

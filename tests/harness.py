@@ -176,7 +176,7 @@ class Mesh:
     def api(self, path: str) -> str:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
-    def start_collector(self, *extra: str) -> Proc:
+    def start_collector(self, *extra: str, env: dict[str, str] | None = None) -> Proc:
         self.checks_path.write_text(self.checks_yaml)
         args = [
             "collector", "--checks", str(self.checks_path),
@@ -184,7 +184,7 @@ class Mesh:
             "--http-listen", f"127.0.0.1:{self.http_port}",
             "--data-dir", str(self.data_dir), *self.collector_args, *extra,
         ]  # fmt: skip
-        self.collector = Proc(args, self.root / "collector.log").start()
+        self.collector = Proc(args, self.root / "collector.log", env=env or {}).start()
         wait_for(lambda: http_get(self.api("/readyz")), 20, "collector /readyz")
         return self.collector
 
@@ -209,7 +209,10 @@ class Mesh:
         token: str | None = None,
         collectors: str | None = None,
         metrics_port: int | None = None,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Proc:
+        """Start an agent; prefix wraps the command (e.g. a library preload), env adds variables."""
         token = token or self.token(agent_id, country)
         args = [
             "agent", "--collector", collectors or f"127.0.0.1:{self.grpc_port}",
@@ -220,7 +223,10 @@ class Mesh:
         if metrics_port:
             args += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
         proc = Proc(
-            args, self.root / f"agent-{agent_id}.log", env={"PROBEMESH_TOKEN": token}
+            args,
+            self.root / f"agent-{agent_id}.log",
+            env={"PROBEMESH_TOKEN": token, **(env or {})},
+            prefix=prefix or [],
         ).start()
         self.agents[agent_id] = proc
         return proc

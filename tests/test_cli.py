@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from tests.harness import run_cli
+from tests.harness import ROOT, run_cli
 
 
 def error_line(*args: str, env: dict[str, str] | None = None) -> str:
@@ -19,8 +21,10 @@ def error_line(*args: str, env: dict[str, str] | None = None) -> str:
     return lines[0]
 
 
-def test_version() -> None:
-    assert run_cli("--version").stdout.startswith("probemesh, version ")
+def test_version_is_the_package_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert run_cli("--version").stdout.strip() == f"probemesh, version {project['version']}"
+    assert metadata.version("probemesh") == project["version"]  # the install is current
 
 
 @pytest.mark.parametrize(

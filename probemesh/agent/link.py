@@ -149,6 +149,9 @@ class _Session:
     # Last Ack, or when the in-flight window last became non-empty: heartbeats
     # alone must not keep alive a collector that stopped acknowledging.
     last_progress: float = 0.0
+    # A collector clock probe to answer: (its timestamp, when it arrived, monotonic).
+    echo: tuple[float, float] | None = None
+    echo_due: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class CollectorLink:
@@ -276,6 +279,10 @@ class CollectorLink:
                     raise SessionLost(f"expected Welcome, got {first.WhichOneof('payload')}")
                 welcome = first.welcome
                 session = _Session(call, time.monotonic())
+                if welcome.collector_time:
+                    # Answered before any batch: the collector's first offset
+                    # estimate is in place before it applies a single result.
+                    session.echo = (welcome.collector_time, session.last_recv)
                 session.max_batch = min(
                     self.settings.batch_size, welcome.max_batch_results or 10**9
                 )
@@ -322,6 +329,7 @@ class CollectorLink:
                 capabilities=sorted(PROBERS),
                 last_seq=self.queue.last_seq,
                 secrets_dir_configured=self.settings.secrets_dir_configured,
+                features=FEATURES,
             )
         )
 
@@ -335,6 +343,9 @@ class CollectorLink:
             kind = message.WhichOneof("payload")
             if kind == "checks":
                 self.on_checks(message.checks)
+            elif kind == "heartbeat" and message.heartbeat.timestamp:
+                session.echo = (message.heartbeat.timestamp, session.last_recv)
+                session.echo_due.set()
             elif kind == "ack":
                 ack = message.ack
                 self.queue.ack(ack.seq, ack.first_seq, ack.last_seq)
@@ -369,6 +380,9 @@ class CollectorLink:
                 drain_deadline = drain_deadline or now + self.settings.drain_timeout
                 if (queue.depth == 0 and not session.inflight) or now > drain_deadline:
                     return
+            if session.echo is not None:
+                await self._answer_clock_probe(session)
+                last_sent = time.monotonic()
             # Clear before reading the queue, so a flush in between still wakes us.
             session.acked.clear()
             self.new_results.clear()
@@ -400,7 +414,13 @@ class CollectorLink:
                 last_sent = now
             waiters = [
                 asyncio.ensure_future(e.wait())
-                for e in (session.acked, self.new_results, self._report_ready, stop)
+                for e in (
+                    session.acked,
+                    session.echo_due,
+                    self.new_results,
+                    self._report_ready,
+                    stop,
+                )
             ]
             try:
                 await asyncio.wait(
@@ -409,6 +429,19 @@ class CollectorLink:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+
+    async def _answer_clock_probe(self, session: _Session) -> None:
+        """Echo the collector's clock probe with the time we held it (NTP-style)."""
+        assert session.echo is not None
+        probe, arrived = session.echo
+        session.echo = None
+        session.echo_due.clear()
+        heartbeat = pb.Heartbeat(
+            timestamp=time.time(),
+            echo_timestamp=probe,
+            echo_held_seconds=time.monotonic() - arrived,
+        )
+        await session.call.write(pb.AgentMessage(heartbeat=heartbeat))
 
     async def _write_batch(self, session: _Session, rows: list[tuple[int, bytes]]) -> int:
         """Send rows (trimmed to the collector's message limit); return the last seq sent."""
@@ -433,5 +466,7 @@ def _within_bytes(rows: list[tuple[int, bytes]], limit: int) -> list[tuple[int, 
     return rows
 
 
+# Protocol features this agent implements (Hello.features): it answers clock probes.
+FEATURES = ["clock_echo"]
 _KEEPALIVE_KEYS = {"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms"}
 _FATALISH = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}

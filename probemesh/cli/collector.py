@@ -238,6 +238,12 @@ log = logging.getLogger("probemesh")
     default=None,
     help="CA bundle (PEM) that signed the webhook receivers' certificates. [default: system CAs]",
 )
+@options.opt(
+    "--clock-skew-threshold",
+    callback=options.duration,
+    default="1s",
+    help="An agent clock off by more than this is flagged, and its result times corrected.",
+)
 @options.LOG_LEVEL
 def collector(**kw: Any) -> None:
     """Accept agents, push checks, export metrics and detect outages."""
@@ -319,5 +325,6 @@ def collector(**kw: Any) -> None:
         webhook_urls=list(kw["webhook_urls"]),
         webhook_secret=load_secret(kw["webhook_secret_file"]) if kw["webhook_secret_file"] else b"",
         webhook_client=webhook_client,
+        clock_skew_threshold=kw["clock_skew_threshold"],
     )
     asyncio.run(run_collector(settings))

@@ -75,9 +75,18 @@ def agents_json(state: MeshState) -> list[dict[str, Any]]:
             "last_seen": rfc3339(agent.last_seen),
             "local_problem": agent.local_problem,
             "version": agent.version,
+            "features": list(agent.features),
+            "clock_offset_seconds": _rounded(agent.clock.offset),
+            "clock_rtt_seconds": _rounded(agent.clock.rtt),
+            "clock_skewed": agent.clock.skewed,
+            "last_result": rfc3339(agent.last_result) if agent.last_result else None,
         }
         for agent in sorted(state.agents.values(), key=lambda a: a.agent_id)
     ]
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
 
 
 def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: MeshState) -> None:

@@ -258,7 +258,49 @@ class MeshExporter(Collector):
             if lines:
                 parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
                 parts.extend(lines)
+        for name, kind, help_text, rows in self._clock_rows():
+            if rows:
+                parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+                sample = f"{name}_total" if kind == "counter" else name
+                for labels, value in rows:
+                    pairs = ",".join(f'{k}="{escape(v)}"' for k, v in labels)
+                    parts.append(f"{sample}{{{pairs}}} {float(value)!r}\n")
         return "".join(parts).encode()
+
+    def _clock_rows(
+        self,
+    ) -> Iterator[tuple[str, str, str, list[tuple[list[tuple[str, str]], float]]]]:
+        """Clock families as (name, type, help, [(labels, value)]); agents without an estimate
+        (an agent that does not answer clock probes) have no offset series."""
+        offsets, skewed, adjusted = [], [], []
+        for agent in self.state.agents.values():
+            key = [("agent", agent.agent_id), ("country", agent.country)]
+            clock = agent.clock
+            if clock.offset is not None:
+                offsets.append((key, clock.offset))
+                skewed.append((key, 1.0 if clock.skewed else 0.0))
+            if agent.clock_corrected or agent.clock_clamped:
+                adjusted.append(([*key, ("adjustment", "corrected")], float(agent.clock_corrected)))
+                adjusted.append(([*key, ("adjustment", "clamped")], float(agent.clock_clamped)))
+        yield (
+            "probemesh_agent_clock_offset_seconds",
+            "gauge",
+            "Agent clock minus collector clock, estimated NTP-style from echoed heartbeats",
+            offsets,
+        )
+        yield (
+            "probemesh_agent_clock_skewed",
+            "gauge",
+            "1 when the agent clock offset exceeds --clock-skew-threshold (a fleet problem)",
+            skewed,
+        )
+        yield (
+            "probemesh_agent_clock_adjusted_results",
+            "counter",
+            "Results whose time was moved onto the collector clock: corrected by the offset, "
+            "or clamped to arrival time because it was in the future",
+            adjusted,
+        )
 
     def _admitted(self) -> Iterator[tuple[tuple[str, str], Latest, CheckSpec]]:
         """Latest results the series guard admitted, as rendered by the last prerender."""
@@ -406,6 +448,18 @@ class MeshExporter(Collector):
             local.add_metric(key, 1.0 if agent.local_problem else 0.0)
             info.add_metric([*key, agent.region, agent.version], 1.0)
         yield from (connected, last_seen, local, info)
+        for name, kind, help_text, rows in self._clock_rows():
+            if not rows:
+                continue
+            names = [k for k, _ in rows[0][0]]
+            family: GaugeMetricFamily | CounterMetricFamily = (
+                CounterMetricFamily(name, help_text, labels=names)
+                if kind == "counter"
+                else GaugeMetricFamily(name, help_text, labels=names)
+            )
+            for pairs, value in rows:
+                family.add_metric([v for _, v in pairs], value)
+            yield family
 
     def _self_families(self) -> Iterator[Metric]:
         ingest = self.ingest

@@ -218,6 +218,7 @@ class Ingest:
         rejected = self.rejected
         applied: list[pb.Result] = []
         newest = 0.0
+        correction = agent.clock.correction
         for result in new:
             check = result.check
             if check not in allowed:
@@ -227,15 +228,22 @@ class Ingest:
             if not 0 <= duration < _INF:  # NaN compares False
                 rejected["invalid_value"] += 1
                 continue
-            timestamp = result.timestamp
-            if not 0 < timestamp <= horizon:  # horizon is finite: so is timestamp
-                rejected["invalid_timestamp"] += 1
-                continue
             success = result.success
             reason = REASON_NAMES.get(result.reason)
             if reason is None or (success and reason != _NO_REASON):
                 rejected["invalid_value"] += 1
                 continue
+            timestamp = result.timestamp - correction  # a skewed clock: onto the collector's
+            if not 0 < timestamp <= horizon:  # horizon is finite: so is timestamp
+                rejected["invalid_timestamp"] += 1
+                continue
+            if timestamp > now:  # never in the future, whatever the estimate says
+                timestamp = now
+                agent.clock_clamped += 1
+                result.timestamp = timestamp  # every reader sees the collector's time
+            elif correction:
+                agent.clock_corrected += 1
+                result.timestamp = timestamp
             tally = tallies.get(check)
             if tally is None:
                 tally = state.tally(check, agent_id, country)
@@ -245,6 +253,8 @@ class Ingest:
             if timestamp > newest:
                 newest = timestamp
         self.results_total += len(applied)
+        if newest > agent.last_result:
+            agent.last_result = newest
         if newest > agent.last_seen:
             agent.last_seen = min(newest, now)
         seqs.add(first_seq, batch.last_seq)

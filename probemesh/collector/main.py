@@ -71,6 +71,7 @@ class CollectorOptions:
     webhook_urls: list[str] = field(default_factory=list)
     webhook_secret: bytes = b""
     webhook_client: ClientSettings = field(default_factory=ClientSettings)
+    clock_skew_threshold: float = 1.0
 
 
 class CollectorApp:
@@ -133,6 +134,7 @@ class CollectorApp:
             extra=[self.outage.metric_families, self.notifications.metric_families],
         )
         self.service.configure(options.security, options.max_message_bytes)
+        self.service.clock_threshold = options.clock_skew_threshold
         self.exporter.configure(options.security)
         self.registry.register(self.exporter)
         self.ready = False

@@ -13,6 +13,7 @@ import grpc
 
 from probemesh import __version__
 from probemesh.checks import ChecksFile
+from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import RateLimiter, SecurityLimits
 from probemesh.collector.sessions import Session, SessionRegistry
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 10.0
 HEARTBEAT_INTERVAL = 10.0
 DEAD_AFTER = 30.0
+DEFAULT_CLOCK_THRESHOLD = 1.0
+FEATURES = [CLOCK_ECHO]
 _VERSION_RE = re.compile(r"^[A-Za-z0-9.+_-]{0,64}$")
 
 
@@ -53,6 +56,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.rejected = ingest.rejected
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.dead_after = DEAD_AFTER
+        self.clock_threshold = DEFAULT_CLOCK_THRESHOLD
         self.configure(SecurityLimits(), MAX_MESSAGE_BYTES)
 
     def configure(self, limits: SecurityLimits, max_message_bytes: int) -> None:
@@ -83,19 +87,28 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     heartbeat_interval_seconds=int(self.heartbeat_interval),
                     max_batch_results=self.ingest.limits.max_batch_results,
                     max_message_bytes=self.max_message_bytes,
+                    collector_time=session.clock_probe(),
+                    features=FEATURES,
                 )
             )
             yield checks
+            # Heartbeats go out on schedule even while acks flow: each is a clock probe.
+            next_heartbeat = time.monotonic() + self.heartbeat_interval
             while True:
                 try:
-                    message = await asyncio.wait_for(session.outbox.get(), self.heartbeat_interval)
+                    message = await asyncio.wait_for(
+                        session.outbox.get(), max(0.0, next_heartbeat - time.monotonic())
+                    )
                 except TimeoutError:
                     if time.monotonic() - session.last_recv > self.dead_after:
                         session.end(
                             grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead"
                         )
                         continue
-                    message = pb.CollectorMessage(heartbeat=pb.Heartbeat(timestamp=time.time()))
+                    next_heartbeat = time.monotonic() + self.heartbeat_interval
+                    message = pb.CollectorMessage(
+                        heartbeat=pb.Heartbeat(timestamp=session.clock_probe())
+                    )
                 if message is None:
                     break
                 yield message
@@ -187,6 +200,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             hello.asn,
             hello.version,
         )
+        agent.features = tuple(f[:32] for f in hello.features[:16])
         agent.last_seen = time.time()
         return binding.token_id, agent, hello.last_seq
 
@@ -214,6 +228,31 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.state.evidence.observe(
             report.check, agent.agent_id, agent.country, report.evidence, time.time()
         )
+
+    def _clock_sample(self, session: Session, heartbeat: pb.Heartbeat) -> None:
+        """An agent's answer to one of our clock probes: one offset sample."""
+        t4 = time.time()
+        t1 = heartbeat.echo_timestamp
+        if not session.answered(t1):  # not a probe we sent on this stream: ignore
+            return
+        held = heartbeat.echo_held_seconds
+        if not 0 <= held <= MAX_HELD_SECONDS:
+            return
+        t3 = heartbeat.timestamp
+        agent = session.agent
+        was_skewed = agent.clock.skewed
+        if agent.clock.add(t1, t3 - held, t3, t4, self.clock_threshold) and (
+            agent.clock.skewed != was_skewed
+        ):
+            log.warning(
+                "agent %s clock offset %+.3fs (round trip %.3fs): %s",
+                agent.agent_id,
+                agent.clock.offset,
+                agent.clock.rtt,
+                "beyond the threshold; its result times are corrected"
+                if agent.clock.skewed
+                else "back within the threshold",
+            )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Serve Connect, reading requests with read_agent_message (it notes their size)."""
@@ -291,6 +330,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     await self.ingest.submit(session, message.results)
                 elif not await self._within_rate(session, 1):  # heartbeats and empty messages
                     return
+                elif kind == "heartbeat" and message.heartbeat.echo_timestamp:
+                    self._clock_sample(session, message.heartbeat)
                 elif kind == "hello":
                     self.rejected["protocol"] += 1
                     session.end(grpc.StatusCode.INVALID_ARGUMENT, "Hello sent twice")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +27,21 @@ class Session:
     end_code: grpc.StatusCode | None = None
     end_details: str = ""
     checks_fingerprint: bytes = b""
+    # Timestamps of the clock probes sent on this stream and not answered yet.
+    probes: deque[float] = field(default_factory=lambda: deque(maxlen=4))
+
+    def clock_probe(self) -> float:
+        """A timestamp for an outgoing clock probe (Welcome, Heartbeat), remembered."""
+        now = time.time()
+        self.probes.append(now)
+        return now
+
+    def answered(self, timestamp: float) -> bool:
+        """True (once) when timestamp is a probe sent on this stream."""
+        if timestamp in self.probes:
+            self.probes.remove(timestamp)
+            return True
+        return False
 
     def send(self, message: pb.CollectorMessage) -> None:
         self.outbox.put_nowait(message)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from probemesh.catalog import HTTP_PHASE_ORDER
+from probemesh.collector.clock import ClockEstimate
 from probemesh.collector.evidence import EvidenceBook
 from probemesh.v1 import mesh_pb2 as pb
 
@@ -39,6 +40,14 @@ class AgentInfo:
     assigned: frozenset[str] = frozenset()
     ever_assigned: set[str] = field(default_factory=set)
     local_problem: bool = False
+    features: tuple[str, ...] = ()  # protocol features announced in Hello
+    clock: ClockEstimate = field(default_factory=ClockEstimate)
+    # Results whose timestamp ingest moved onto the collector's clock: by the
+    # estimated offset ("corrected"), or back to the arrival time because it
+    # was still in the future ("clamped").
+    clock_corrected: int = 0
+    clock_clamped: int = 0
+    last_result: float = 0.0  # newest result timestamp, on the collector's clock
 
 
 class Histogram:

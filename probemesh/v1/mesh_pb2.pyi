@@ -55,7 +55,7 @@ class CollectorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., checks: _Optional[_Union[Checks, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., evidence_request: _Optional[_Union[EvidenceRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "secrets_dir_configured")
+    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "secrets_dir_configured", "features")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Hello(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     SECRETS_DIR_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     country: str
     region: str
@@ -74,21 +75,26 @@ class Hello(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     last_seq: int
     secrets_dir_configured: bool
-    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., secrets_dir_configured: _Optional[bool] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., secrets_dir_configured: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("collector_version", "acked_seq", "heartbeat_interval_seconds", "max_batch_results", "max_message_bytes")
+    __slots__ = ("collector_version", "acked_seq", "heartbeat_interval_seconds", "max_batch_results", "max_message_bytes", "collector_time", "features")
     COLLECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_RESULTS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_TIME_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     collector_version: str
     acked_seq: int
     heartbeat_interval_seconds: int
     max_batch_results: int
     max_message_bytes: int
-    def __init__(self, collector_version: _Optional[str] = ..., acked_seq: _Optional[int] = ..., heartbeat_interval_seconds: _Optional[int] = ..., max_batch_results: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    collector_time: float
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collector_version: _Optional[str] = ..., acked_seq: _Optional[int] = ..., heartbeat_interval_seconds: _Optional[int] = ..., max_batch_results: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., collector_time: _Optional[float] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Checks(_message.Message):
     __slots__ = ("revision", "checks")
@@ -298,7 +304,11 @@ class Ack(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("timestamp",)
+    __slots__ = ("timestamp", "echo_timestamp", "echo_held_seconds")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    ECHO_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    ECHO_HELD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     timestamp: float
-    def __init__(self, timestamp: _Optional[float] = ...) -> None: ...
+    echo_timestamp: float
+    echo_held_seconds: float
+    def __init__(self, timestamp: _Optional[float] = ..., echo_timestamp: _Optional[float] = ..., echo_held_seconds: _Optional[float] = ...) -> None: ...

@@ -526,8 +526,39 @@ def fleet_scenario() -> Case:
             reason="journal_full",
         )
     )
+    # za-1's clock runs 5 s behind from 08:10 (flagged by collector-a); us-1 is
+    # 0.3 s off, within the threshold: no alert.
+    for agent, country, offset in (("za-1", "ZA", -5.0), ("us-1", "US", 0.3)):
+        s.append(
+            gauge(
+                "probemesh_agent_clock_offset_seconds",
+                lambda t, o=offset: o if t > step(10) else 0.0,
+                step(end),
+                agent=agent,
+                country=country,
+                instance=a,
+                job=job,
+            )
+        )
+        s.append(
+            gauge(
+                "probemesh_agent_clock_skewed",
+                lambda t, o=offset: 1.0 if t > step(10) and abs(o) > 1 else 0.0,
+                step(end),
+                agent=agent,
+                country=country,
+                instance=a,
+                job=job,
+            )
+        )
     test = Case("fleet, certificate and collector alerts", end)
     test.input_series = s
+    test.expect("08:15", "ProbeAgentClockSkew")
+    test.expect(
+        "08:30",
+        "ProbeAgentClockSkew",
+        alert("ProbeAgentClockSkew", -5.0, agent="za-1", country="ZA"),
+    )
     test.expect("08:14", "ProbeAgentDisconnected")
     for at in ("08:16", "08:30"):
         test.expect(

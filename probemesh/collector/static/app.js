@@ -196,6 +196,11 @@ function render(data) {
     tr.appendChild(el("td", "", a.connected ? "connected" : "disconnected"));
     tr.appendChild(el("td", "", ago(a.last_seen)));
     tr.appendChild(el("td", "", a.local_problem ? "⚠ local problem" : "-"));
+    tr.appendChild(el("td", "", a.version || "-"));
+    const offset = a.clock_offset_seconds;
+    const clock = offset === null || offset === undefined ? "-"
+      : `${offset >= 0 ? "+" : ""}${offset.toFixed(3)} s`;
+    tr.appendChild(el("td", a.clock_skewed ? "clock-skewed" : "", (a.clock_skewed ? "⚠ " : "") + clock));
     return tr;
   }));
   $("updated").textContent = data.generated_at ? hms(data.generated_at) + " UTC" : "never";
