@@ -17,6 +17,7 @@ import trustme
 
 from probemesh.agent.probes.result import Reason
 from tests.agent.probes.probe_helpers import (
+    Handler,
     has,
     read_request,
     response,
@@ -358,3 +359,43 @@ async def test_http2_phases_are_honest(
     assert phase["tls"] > 0
     assert HOLD <= phase["processing"] < HOLD + 0.1, phase
     assert HOLD <= phase["transfer"] < HOLD + 0.1, phase
+
+
+def h2_answering(*heads: list[tuple[str, str]]) -> Handler:
+    """An HTTP/2 server answering every request with these header blocks, then "hi"."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        config = h2.config.H2Configuration(client_side=False, validate_outbound_headers=False)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    for head in heads:
+                        conn.send_headers(event.stream_id, head)
+                    conn.send_data(event.stream_id, b"hi", end_stream=True)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+
+    return handler
+
+
+async def test_http2_informational_and_malformed_responses(
+    ca_file: str, localhost_cert: trustme.LeafCert, secrets_dir: Path
+) -> None:
+    """103 Early Hints is skipped over HTTP/2 too; a bad :status is a clear validation failure."""
+    context = server_context(localhost_cert)
+    context.set_alpn_protocols(["h2"])
+    settings = {"tls_config": {"ca_file": ca_file}}
+    hints = [(":status", "103"), ("link", "</s.css>; rel=preload")]
+    async with serve(h2_answering(hints, [(":status", "200")]), context) as port:
+        early = await run("http", f"https://localhost:{port}/", settings, secrets=secrets_dir)
+    async with serve(h2_answering([(":status", "2x0")]), context) as port:
+        bad = await run("http", f"https://localhost:{port}/", settings, secrets=secrets_dir)
+    assert early.success, early.message
+    assert value(early, "probe_http_status_code") == 200
+    assert value(early, "probe_http_version") == 2.0
+    assert bad.reason == Reason.VALIDATION, bad.message
+    assert "malformed HTTP response" in bad.message
+    assert value(bad, "probe_http_status_code") == 0
