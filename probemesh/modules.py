@@ -448,6 +448,22 @@ class Module:
     timeout: float
     settings: Any
 
+    def file_settings(self) -> tuple[str, ...]:
+        """The settings that name files (e.g. "tls_config.ca_file"), which an agent reads
+        from its --secrets-dir."""
+        found: list[str] = []
+
+        def walk(node: object, prefix: str) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key.endswith("_file") and value:
+                        found.append(prefix + key)
+                    else:
+                        walk(value, f"{prefix}{key}.")
+
+        walk(asdict(self.settings), "")
+        return tuple(found)
+
     def settings_json(self) -> str:
         """The prober section as JSON, for Check.settings_json."""
         return json.dumps(asdict(self.settings), sort_keys=True, separators=(",", ":"))

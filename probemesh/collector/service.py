@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from probemesh import __version__
-from probemesh.checks import ChecksFile
+from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import RateLimiter, SecurityLimits
@@ -64,6 +64,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.limits = limits
         self.max_message_bytes = max_message_bytes
         self.limiter = RateLimiter(limits.rate_limit, limits.rate_burst, limits.rate_max_delay)
+        self._warned_files: set[tuple[str, str]] = set()
 
     async def Connect(
         self,
@@ -201,6 +202,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             hello.version,
         )
         agent.features = tuple(f[:32] for f in hello.features[:16])
+        agent.secrets_dir = hello.secrets_dir_configured
         agent.last_seen = time.time()
         return binding.token_id, agent, hello.last_seq
 
@@ -280,6 +282,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         specs = self.checks().for_agent(agent.agent_id, agent.country)
         agent.assigned = frozenset(spec.name for spec in specs)
         agent.ever_assigned |= agent.assigned
+        if not agent.secrets_dir:
+            self._warn_files_refused(agent.agent_id, specs)
         checks = [spec.to_proto() for spec in specs]
         # The fingerprint leaves the revision out: a reload that changes nothing
         # for this agent sends it nothing.
@@ -287,6 +291,20 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             c.SerializeToString(deterministic=True) for c in checks
         )
         return pb.CollectorMessage(checks=pb.Checks(revision=self.revision(), checks=checks))
+
+    def _warn_files_refused(self, agent_id: str, specs: list[CheckSpec]) -> None:
+        """Log once per (agent, check) that names files this agent will refuse to read."""
+        for spec in specs:
+            files = spec.module.file_settings()
+            if files and (agent_id, spec.name) not in self._warned_files:
+                self._warned_files.add((agent_id, spec.name))
+                log.warning(
+                    "check %s names files (%s) but agent %s has no --secrets-dir: "
+                    "its probes of this check will fail",
+                    spec.name,
+                    ", ".join(files),
+                    agent_id,
+                )
 
     def push_checks(self) -> int:
         """After a reload: send each agent its new check set if it changed."""

@@ -48,6 +48,7 @@ class AgentInfo:
     clock_corrected: int = 0
     clock_clamped: int = 0
     last_result: float = 0.0  # newest result timestamp, on the collector's clock
+    secrets_dir: bool = False  # announced in Hello: it reads files named in checks
 
 
 class Histogram:

@@ -25,7 +25,7 @@ import trustme
 
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.v1 import mesh_pb2_grpc
-from tests.harness import Proc
+from tests.harness import Mesh, Proc, http_get, wait_for
 
 CANARY = "CANARY-7f3a-must-never-leave-the-agent"
 REFUSED_SETTINGS = 8  # hostile checks below, each with one distinct file reference
@@ -212,3 +212,37 @@ async def test_pushed_file_references_never_leave_the_secrets_dir(tmp_path: Path
         if "refusing a file named in pushed settings" in line or "invalid settings" in line
     ]
     assert len(refusals) == REFUSED_SETTINGS, "\n".join(refusals)
+
+
+def _connected(mesh: Mesh, agent_id: str) -> bool:
+    agents = json.loads(http_get(mesh.api("/api/v1/agents")))["agents"]
+    return any(a["agent"] == agent_id and a["connected"] for a in agents)
+
+
+def test_collector_warns_when_an_agent_cannot_read_a_checks_files(tmp_path: Path) -> None:
+    """An honest collector tells its operator which agents will refuse a check's files."""
+    checks = (
+        "modules:\n"
+        "  api: {prober: http, timeout: 1s, http: {bearer_token_file: api-token}}\n"
+        "checks:\n"
+        "  - {name: api, target: 'http://127.0.0.1:9/', module: api, interval: 30s}\n"
+    )
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    mesh = Mesh(tmp_path / "mesh", checks)
+    mesh.root.mkdir()
+    try:
+        collector = mesh.start_collector()
+        mesh.start_agent("without", "DE")
+        mesh.start_agent("with", "DE", "--secrets-dir", str(secrets))
+        wait_for(
+            lambda: "agent without has no --secrets-dir" in collector.log(),
+            20,
+            "collector warning for the agent without a secrets dir",
+        )
+        wait_for(lambda: _connected(mesh, "with"), 20, "the agent with a secrets dir connected")
+    finally:
+        mesh.stop()
+    log = collector.log()
+    assert log.count("check api names files (bearer_token_file)") == 1, log[-2000:]
+    assert "agent with has no" not in log
