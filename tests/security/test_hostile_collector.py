@@ -201,8 +201,12 @@ async def test_pushed_file_references_never_leave_the_secrets_dir(tmp_path: Path
     # Nothing of the canary reached any target; the legitimate token did.
     assert seen and not any(CANARY.encode() in head for head in seen)
     assert any(b"Authorization: Bearer inside-token" in head for head in seen)
-    # Refused before any connection: the hostile checks never reached a target.
-    assert len(seen) == len(by_check["good"]), seen[:3]
+    # The only credentials any target saw are the legitimate ones. (A failed
+    # check may still be looked at by the agent's evidence gathering, which
+    # sends a plain GET without credentials.)
+    with_auth = [head for head in seen if b"\nAuthorization:" in head]
+    assert all(b"Authorization: Bearer inside-token\r\n" in head for head in with_auth)
+    assert len(with_auth) == len(by_check["good"]), with_auth[:3]
     assert not any(client_certs)
     # Each refusal is logged once, however many rounds ran: at load (absolute
     # paths, "..") or at the first probe (symlinks out).
