@@ -79,13 +79,15 @@ def main() -> None:
     for agent in agents:
         state.agents[agent.agent_id] = agent
         for c in range(args.checks):
-            state.apply(agent, http_result(f"check-{c:03d}", now))
+            result = http_result(f"check-{c:03d}", now)
+            state.apply(agent, result, ingest.samples.keep(result.samples))
     t0 = time.perf_counter()
     body = exporter.render_bulk()
     cold = time.perf_counter() - t0
     for agent in agents:  # half the results are newer at the next scrape
         for c in range(0, args.checks, 2):
-            state.apply(agent, http_result(f"check-{c:03d}", now + 30))
+            result = http_result(f"check-{c:03d}", now + 30)
+            state.apply(agent, result, ingest.samples.keep(result.samples))
     t0 = time.perf_counter()
     exporter.prerender()
     prerender = time.perf_counter() - t0

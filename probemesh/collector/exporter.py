@@ -2,14 +2,15 @@
 
 State lives in plain structures (MeshState, Ingest); collect() snapshots them
 into metric families on every scrape instead of calling labels().set() per
-result. Only series of configured checks and known agents are exported, and a
-probe sample reaches /metrics only if the catalog admits its name and labels.
+result. Only series of configured checks and known agents are exported; the
+samples are those ingest's SampleFilter kept. The exporter reads the state
+and never writes it: what changed comes from its own ChangeFeed.
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import (
@@ -26,9 +27,9 @@ from probemesh.collector import exposition
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import SecurityLimits, SeriesGuard
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
+from probemesh.v1 import mesh_pb2 as pb
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
-_LABEL_KEYS = {name: tuple(sorted(spec.labels)) for name, spec in PROBE_METRICS.items()}
 _AGENT_FAMILIES = (
     ("probemesh_agent_connected", "1 while the agent has a live stream"),
     ("probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything"),
@@ -51,6 +52,7 @@ class MeshExporter(Collector):
         active_streams: Callable[[], int],
         extra: Iterable[Callable[[], Iterable[Metric]]] = (),
         limits: SecurityLimits | None = None,
+        stream_rejected: Mapping[str, int] | None = None,
     ) -> None:
         self.state = state
         self.ingest = ingest
@@ -58,14 +60,19 @@ class MeshExporter(Collector):
         self.active_streams = active_streams
         self.extra = list(extra)
         self.last_render_seconds = 0.0
-        # (name, labels) -> admitted by the catalog; the same few keys recur in every result
-        self._verdicts: dict[tuple[str, tuple[tuple[str, str], ...]], bool] = {}
+        # Every series of probemesh_ingest_rejected_total has one owner, the
+        # module that refuses: the servicer (streams), ingest (results and
+        # samples) and this exporter's series guard (cardinality).
+        self.rejected: Counter[str] = Counter({"cardinality": 0})
+        self._rejections = [
+            stream_rejected or {}, ingest.rejected, ingest.samples.rejected, self.rejected,
+        ]  # fmt: skip
+        self.feed = state.feed()
         self.configure(limits or SecurityLimits())
 
     def configure(self, limits: SecurityLimits) -> None:
-        """Apply the cardinality limits (series per agent, overall, samples per result)."""
-        self.max_samples = limits.max_samples_per_result
-        self.guard = SeriesGuard(limits, self.ingest.rejected)
+        """Apply the series budget (series per agent and overall)."""
+        self.guard = SeriesGuard(limits, self.rejected)
         self._reset()
 
     def _reset(self) -> None:
@@ -73,8 +80,10 @@ class MeshExporter(Collector):
         self.text = exposition.FamilyText(
             (exposition.SUCCESS, exposition.DURATION, exposition.RESULTS, exposition.FAILURES)
         )
+        self.feed.tallies.update(self.state.tallies.values())
         # pair -> the families its latest result's lines are in; present = admitted and rendered
         self._latest_names: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._rendered: dict[tuple[str, str], pb.Result] = {}  # pair -> result its lines show
         self._name_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct set
         self._targets: dict[str, str] = {}  # check -> target the lines were rendered with
         self._checks: ChecksFile | None = None
@@ -122,12 +131,13 @@ class MeshExporter(Collector):
         data, not the scrapes.
         """
         state = self.state
+        feed = self.feed
         checks = self.checks()
         if checks is not self._checks:
             self._resync(checks)
         specs = checks.checks
-        if state.removed:
-            removed, state.removed = state.removed, set()
+        if feed.removed:
+            removed, feed.removed = feed.removed, set()
             for pair in removed:
                 self._drop_latest(pair)
             self._retain(specs)
@@ -135,7 +145,7 @@ class MeshExporter(Collector):
                 tally = state.tallies.get(pair)
                 if tally is not None:
                     self._render_tally(tally, specs)
-        changed, state.unrendered = state.unrendered, set()
+        changed, feed.tallies = feed.tallies, set()
         if self.guard.released != self._released and self.guard.refused:
             self._released = self.guard.released
             changed.update(state.tallies[p] for p in self.guard.refused if p in state.tallies)
@@ -149,7 +159,7 @@ class MeshExporter(Collector):
                 hists.update(zip(tally.hist_keys, tally.hists, strict=True))
             done += 1
             if deadline is not None and done % 64 == 0 and time.perf_counter() > deadline:
-                state.unrendered.update(pending[done:])  # the next call goes on
+                feed.tallies.update(pending[done:])  # the next call goes on
                 break
         self._render_histograms(hists)
         return done
@@ -188,9 +198,8 @@ class MeshExporter(Collector):
             text.drop(exposition.FAILURES, pair)
             return
         latest = tally.latest
-        if latest is not None and (latest.samples is None or pair not in self._latest_names):
-            samples = self._validated(latest)
-            if self.guard.admit(pair, 2 + len(samples)):
+        if latest is not None and self._rendered.get(pair) is not latest.result:
+            if self.guard.admit(pair, 2 + len(latest.samples)):
                 self._put_latest(pair, latest, spec)
             else:
                 self._drop_latest(pair)
@@ -211,6 +220,7 @@ class MeshExporter(Collector):
         family = self.text.family
         for name, chunk in chunks.items():
             family(name)[pair] = chunk
+        self._rendered[pair] = latest.result
         names = tuple(chunks)
         names = self._name_sets.setdefault(names, names)
         old = self._latest_names.get(pair)
@@ -221,6 +231,7 @@ class MeshExporter(Collector):
         self._latest_names[pair] = names
 
     def _drop_latest(self, pair: tuple[str, str]) -> None:
+        self._rendered.pop(pair, None)
         names = self._latest_names.pop(pair, None)
         if names:
             for name in names:
@@ -316,53 +327,6 @@ class MeshExporter(Collector):
             if pair[0] in checks and not (refused and pair in refused):
                 yield tally
 
-    def _validated(self, latest: Latest) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
-        """The latest result's samples the catalog admits; computed once per result.
-
-        A repeated name+labels keeps its first value (a duplicate series would
-        spoil the whole exposition) and samples beyond max_samples are dropped
-        as "cardinality".
-        """
-        if latest.samples is not None:
-            return latest.samples
-        kept: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
-        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        rejected = self.ingest.rejected
-        verdicts = self._verdicts
-        for sample in latest.result.samples:
-            # Label maps are slow to iterate; look up the catalog's keys instead.
-            name = sample.name
-            label_map = sample.labels
-            count = len(label_map)
-            keys = _LABEL_KEYS.get(name)
-            key: tuple[str, tuple[tuple[str, str], ...]] | None = None
-            if keys is not None and count == len(keys):
-                labels = tuple([(k, label_map[k]) for k in keys if k in label_map]) if count else ()
-                if len(labels) == count:
-                    key = (name, labels)
-            value = sample.value
-            if key is None or not math.isfinite(value):
-                rejected["invalid_sample"] += 1
-                continue
-            ok = verdicts.get(key)
-            if ok is None:
-                ok = PROBE_METRICS[name].labels_ok(dict(key[1]))
-                if len(verdicts) < 100_000:  # bounded: hostile label values are not cached forever
-                    verdicts[key] = ok
-            if not ok:
-                rejected["invalid_sample"] += 1
-                continue
-            if key in seen:
-                rejected["duplicate_sample"] += 1
-                continue
-            if len(kept) >= self.max_samples:
-                rejected["cardinality"] += 1
-                continue
-            seen.add(key)
-            kept.append((name, key[1], value))
-        latest.samples = kept
-        return kept
-
     def _probe_families(self) -> Iterator[Metric]:
         headers = exposition.HEADERS
         success = GaugeMetricFamily(
@@ -374,7 +338,7 @@ class MeshExporter(Collector):
         families: dict[str, GaugeMetricFamily] = {}
         for (check, agent), latest, spec in self._admitted():
             base = [check, spec.target, agent, latest.country, latest.region]
-            samples = latest.samples or ()
+            samples = latest.samples
             result = latest.result
             success.add_metric(base, 1.0 if result.success else 0.0)
             duration.add_metric(base, result.duration_seconds)
@@ -403,8 +367,12 @@ class MeshExporter(Collector):
             labels=["check", "agent", "country", "reason"],
         )
         for tally in self._exported_tallies():
-            for key, value in tally.counters():
-                (results if key[0] == "results" else failures).add_metric(list(key[1:]), value)
+            base = [tally.check, tally.agent, tally.country]
+            outcomes, reasons = exposition.tally_counts(tally)
+            for outcome, count in zip(exposition.OUTCOMES, outcomes, strict=True):
+                results.add_metric([*base, outcome], count)
+            for reason, count in reasons:
+                failures.add_metric([*base, reason], count)
         yield results
         yield failures
 
@@ -461,6 +429,15 @@ class MeshExporter(Collector):
                 family.add_metric([v for _, v in pairs], value)
             yield family
 
+    def rejections(self) -> dict[str, int]:
+        """Refusals by reason, read from each owner's counter (their reasons are disjoint)."""
+        return {reason: n for owner in self._rejections for reason, n in owner.items()}
+
+    @property
+    def behind(self) -> bool:
+        """Changes are waiting for the next prerender."""
+        return bool(self.feed.tallies or self.feed.removed)
+
     def _self_families(self) -> Iterator[Metric]:
         ingest = self.ingest
         yield CounterMetricFamily(
@@ -483,7 +460,7 @@ class MeshExporter(Collector):
             "Batches, results, samples or streams refused, by reason",
             labels=["reason"],
         )
-        for reason, count in sorted(ingest.rejected.items()):
+        for reason, count in sorted(self.rejections().items()):
             rejected.add_metric([reason], count)
         yield rejected
         yield GaugeMetricFamily(

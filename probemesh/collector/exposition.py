@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from probemesh.catalog import PROBE_METRICS
-from probemesh.collector.state import DURATION_BUCKETS, Histogram, Latest, Tally
+from probemesh.collector.state import DURATION_BUCKETS, REASON_NAMES, Histogram, Latest, Tally
 
 SUCCESS = "probe_success"
 DURATION = "probe_duration_seconds"
@@ -27,6 +27,11 @@ FAILURES = "probemesh_probe_failures_total"
 HIST_DURATION = "probemesh_probe_duration_seconds"
 HIST_PHASE = "probemesh_probe_phase_duration_seconds"
 BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
+OUTCOMES = ("success", "failure")
+FAILURE_REASONS = tuple(name for value, name in sorted(REASON_NAMES.items()) if value)
+"""Every reason label of probemesh_probe_failures_total. A pair's counters are
+exported for each outcome and reason from its first result on, at 0 where
+nothing was counted yet, so a dashboard shows 0 rather than "No data"."""
 
 HEADERS = {
     SUCCESS: ("gauge", "Displays whether or not the probe was a success"),
@@ -56,10 +61,13 @@ def escape(value: str) -> str:
 
 
 def header(name: str) -> bytes:
-    """The HELP and TYPE lines of a family (counters are named without _total)."""
+    """The HELP and TYPE lines of a family.
+
+    Text format 0.0.4 names a counter's family with its _total suffix, the
+    name its samples carry; promtool reports a counter without help text otherwise.
+    """
     kind, help_text = HEADERS[name]
-    family = name.removesuffix("_total") if kind == "counter" else name
-    return f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n".encode()
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
 
 
 class FamilyText:
@@ -103,7 +111,6 @@ class FamilyText:
 
 def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
     """The lines one latest result contributes, per family; base is its label prefix."""
-    assert latest.samples is not None
     result = latest.result
     out = {
         SUCCESS: f"{SUCCESS}{{{base}}} {'1.0' if result.success else '0.0'}\n",
@@ -120,17 +127,23 @@ def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
     return {name: text.encode() for name, text in out.items()}
 
 
+def tally_counts(tally: Tally) -> tuple[tuple[int, int], list[tuple[str, int]]]:
+    """((success, failure), [(reason, count)]) of one check x agent, zeros included."""
+    reasons = tally.reasons
+    failures = [(reason, reasons.get(reason, 0)) for reason in FAILURE_REASONS]
+    return (tally.success, tally.failure), failures
+
+
 def tally_lines(tally: Tally) -> tuple[bytes, bytes]:
     """The counter lines of one check x agent: (results, failures)."""
     base = f'check="{tally.check}",agent="{tally.agent}",country="{tally.country}"'
-    results = ""
-    if tally.success:
-        results += f'{RESULTS}{{{base},result="success"}} {float(tally.success)!r}\n'
-    if tally.failure:
-        results += f'{RESULTS}{{{base},result="failure"}} {float(tally.failure)!r}\n'
+    outcomes, reasons = tally_counts(tally)
+    results = "".join(
+        f'{RESULTS}{{{base},result="{outcome}"}} {float(count)!r}\n'
+        for outcome, count in zip(OUTCOMES, outcomes, strict=True)
+    )
     failures = "".join(
-        f'{FAILURES}{{{base},reason="{reason}"}} {float(count)!r}\n'
-        for reason, count in tally.reasons.items()
+        f'{FAILURES}{{{base},reason="{reason}"}} {float(count)!r}\n' for reason, count in reasons
     )
     return results.encode(), failures.encode()
 

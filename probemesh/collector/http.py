@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from probemesh.collector.api import add_outage_routes, agents_json
-from probemesh.collector.exporter import MeshExporter, RestView
+from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.httpauth import auth_middleware
 from probemesh.httpserver import Handler
 
@@ -32,7 +32,7 @@ def build_http_app(app: CollectorApp) -> web.Application:
     async def agents(_request: web.Request) -> web.Response:
         return web.json_response({"agents": agents_json(app.state)})
 
-    http.router.add_get("/metrics", collector_metrics(app.exporter))
+    http.router.add_get("/metrics", collector_metrics(app.exporter, app.metrics_registry))
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)
     http.router.add_get("/api/v1/agents", agents)
@@ -40,10 +40,8 @@ def build_http_app(app: CollectorApp) -> web.Application:
     return http
 
 
-def collector_metrics(exporter: MeshExporter) -> Handler:
-    """/metrics: the bulk families from cached text, the rest through prometheus_client."""
-    rest = CollectorRegistry(auto_describe=False)
-    rest.register(RestView(exporter))
+def collector_metrics(exporter: MeshExporter, rest: CollectorRegistry) -> Handler:
+    """/metrics: the bulk families from cached text, the rest (rest) through prometheus_client."""
 
     async def handle(_request: web.Request) -> web.Response:
         body = exporter.render_bulk(generate_latest(rest))

@@ -18,8 +18,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.marks import AppliedSeqs
 from probemesh.collector.remote_results import Applied
+from probemesh.collector.samples import SampleFilter
 from probemesh.collector.sessions import Session
 from probemesh.collector.state import REASON_NAMES, MeshState
 from probemesh.collector.store import Store
@@ -28,6 +30,9 @@ from probemesh.v1 import mesh_pb2 as pb
 log = logging.getLogger(__name__)
 
 MAX_FUTURE_SKEW = 300.0  # seconds an agent clock may run ahead
+REJECT_REASONS = ("unknown_check", "invalid_value", "invalid_timestamp")
+"""Results ingest refuses: a check never assigned to the agent, a non-finite or
+negative duration or an unknown reason, a timestamp not positive or too far ahead."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ class Ingest:
         self.marks = {
             agent: AppliedSeqs(mark, ranges) for agent, (mark, ranges) in store.load_marks().items()
         }
-        self.rejected: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS, 0))
+        self.samples = SampleFilter(SecurityLimits().max_samples_per_result)
         self.results_total = 0
         self.batches_total = 0
         self.duplicates_total = 0
@@ -73,6 +79,10 @@ class Ingest:
         self._dirty_marks: set[str] = set()  # agents whose mark a failed commit left unsaved
         # Marks as last committed: what Welcome may tell an agent to delete.
         self.durable = {agent: seqs.mark for agent, seqs in self.marks.items()}
+
+    def configure(self, limits: SecurityLimits) -> None:
+        """Apply the per-result sample cap."""
+        self.samples.max_samples = limits.max_samples_per_result
 
     def reconcile(self, agent_id: str, last_seq: int) -> None:
         """Forget the marks of an agent whose sequence restarted (its state dir was lost).
@@ -217,6 +227,7 @@ class Ingest:
             self.duplicates_total += len(results) - len(new)
         rejected = self.rejected
         applied: list[pb.Result] = []
+        keep = self.samples.keep
         newest = 0.0
         correction = agent.clock.correction
         for result in new:
@@ -248,7 +259,7 @@ class Ingest:
             if tally is None:
                 tally = state.tally(check, agent_id, country)
                 tallies = state.agent_tallies[agent_id]
-            record(agent, tally, result, success, duration, timestamp, reason)
+            record(agent, tally, result, success, duration, timestamp, reason, keep(result.samples))
             applied.append(result)
             if timestamp > newest:
                 newest = timestamp

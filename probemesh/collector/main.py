@@ -18,7 +18,7 @@ from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.asn import load_asn_db
 from probemesh.collector.diagnosis import Diagnoser
-from probemesh.collector.exporter import MeshExporter
+from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.http import build_http_app
 from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
@@ -27,7 +27,7 @@ from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.notify import Notifications, Notifier
 from probemesh.collector.outbound import ClientSettings
 from probemesh.collector.remote_results import Journal
-from probemesh.collector.remote_write import RemoteWriter
+from probemesh.collector.remote_write import RemoteWriteMetrics, RemoteWriter
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
 from probemesh.collector.state import MeshState
@@ -132,11 +132,20 @@ class CollectorApp:
             lambda: self.checks_file,
             lambda: len(self.sessions),
             extra=[self.outage.metric_families, self.notifications.metric_families],
+            stream_rejected=self.service.rejected,
         )
         self.service.configure(options.security, options.max_message_bytes)
+        self.ingest.configure(options.security)
         self.service.clock_threshold = options.clock_skew_threshold
         self.exporter.configure(options.security)
         self.registry.register(self.exporter)
+        # /metrics renders the exporter's bulk families from cached text and
+        # everything else from this registry.
+        self.metrics_registry = CollectorRegistry(auto_describe=False)
+        self.metrics_registry.register(RestView(self.exporter))
+        if self.remote_writer is not None:
+            # Scraped too: a failing remote write must be visible without it.
+            self.metrics_registry.register(RemoteWriteMetrics(self.remote_writer))
         self.ready = False
         self.grpc_port = 0
         self.http_port = 0
@@ -292,7 +301,7 @@ class CollectorApp:
             # In 50 ms slices, yielding between them so ingest and the API keep
             # flowing, and for at most 0.8 s so the chores below still run.
             slices_until = time.monotonic() + 0.8
-            while self.exporter.prerender(budget=0.05) and self.state.unrendered:
+            while self.exporter.prerender(budget=0.05) and self.exporter.behind:
                 if time.monotonic() > slices_until:
                     break
                 await asyncio.sleep(0)  # a yield between slices

@@ -116,6 +116,7 @@ class _Stats:
 
     sent_requests: int = 0
     sent_samples: int = 0
+    failed_samples: int = 0
     retries: int = 0
     last_success: float = 0.0
 
@@ -217,6 +218,12 @@ class RemoteWriteMetrics(Collector):
             "Samples in remote-write requests accepted by the receiver.",
         )
         samples.add_metric([], stats.sent_samples)
+        failed = CounterMetricFamily(
+            "probemesh_remote_write_failed_samples",
+            "Samples in remote-write attempts that failed (5xx, 429, 4xx or a connection "
+            "error); a retried request counts at every failed attempt.",
+        )
+        failed.add_metric([], stats.failed_samples)
         retries = CounterMetricFamily(
             "probemesh_remote_write_retries",
             "Remote-write attempts that failed with 5xx, 429 or a connection error "
@@ -255,7 +262,7 @@ class RemoteWriteMetrics(Collector):
             "Unix time of the last request the receiver accepted (0 = never).",
         )
         last.add_metric([], stats.last_success)
-        yield from (sent, samples, retries, dropped, dropped_samples, pending, lag, last)
+        yield from (sent, samples, failed, retries, dropped, dropped_samples, pending, lag, last)
 
 
 class RemoteWriter:
@@ -516,6 +523,7 @@ class RemoteWriter:
                         self.stats.sent_samples += samples
                         self.stats.last_success = self._clock.time()
                         return "sent"
+                    self.stats.failed_samples += samples
                     detail = (await response.text())[:200].strip()
                     if status == 429:
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -526,6 +534,7 @@ class RemoteWriter:
                         return "rejected"
                     problem = f"HTTP {status}: {detail}"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.stats.failed_samples += samples
                 problem = f"{type(exc).__name__}: {exc}"
             if created is not None and self._clock.monotonic() - created >= self.max_age:
                 return "expired"

@@ -7,6 +7,7 @@ import contextvars
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -33,6 +34,11 @@ DEAD_AFTER = 30.0
 DEFAULT_CLOCK_THRESHOLD = 1.0
 FEATURES = [CLOCK_ECHO]
 _VERSION_RE = re.compile(r"^[A-Za-z0-9.+_-]{0,64}$")
+REJECT_REASONS = (
+    "unauthenticated", "cert_identity", "identity", "invalid_hello", "protocol",
+    "rate_limited", "message_too_large", "batch_too_large", "malformed_batch",
+)  # fmt: skip
+"""Streams and messages the servicer refuses (rate_limited counts results)."""
 
 
 class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
@@ -53,7 +59,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.sessions = sessions
         self.checks = checks
         self.revision = revision
-        self.rejected = ingest.rejected
+        self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS, 0))
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.dead_after = DEAD_AFTER
         self.clock_threshold = DEFAULT_CLOCK_THRESHOLD

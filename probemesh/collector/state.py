@@ -1,8 +1,11 @@
 """The collector's in-memory view of the mesh: agents, latest results, counters.
 
-Plain data structures, updated by the ingest applier and read by the exporter
-and the API. Counters and histograms count every result, late ones included;
-the "latest" result per check x agent only moves forward in probe time.
+Plain data structures, written by ingest only and read by the exporter, the
+outage evaluator and the API; docs/architecture.md lists who owns what.
+Counters and histograms count every result, late ones included; the "latest"
+result per check x agent only moves forward in probe time. A reader that
+needs to know what changed gets a ChangeFeed of its own: MeshState fills it,
+only that reader drains it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from probemesh.catalog import HTTP_PHASE_ORDER
 from probemesh.collector.clock import ClockEstimate
 from probemesh.collector.evidence import EvidenceBook
+from probemesh.collector.samples import KeptSample
 from probemesh.v1 import mesh_pb2 as pb
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -121,8 +125,22 @@ class Latest:
     country: str
     region: str
     timestamp: float  # result.timestamp, read once: protobuf field access is slow
-    # Catalog-validated (name, label items, value) triples, filled on first export.
-    samples: list[tuple[str, tuple[tuple[str, str], ...], float]] | None = None
+    # The result's samples that the catalog admits, as ingest filtered them.
+    samples: list[KeptSample]
+
+
+class ChangeFeed:
+    """What changed in MeshState since one reader last drained this feed.
+
+    MeshState adds to every feed; each reader drains only its own, so no
+    reader ever hides a change from another.
+    """
+
+    __slots__ = ("removed", "tallies")
+
+    def __init__(self) -> None:
+        self.tallies: set[Tally] = set()  # counters or latest result changed
+        self.removed: set[tuple[str, str]] = set()  # pairs whose latest result was dropped
 
 
 @dataclass
@@ -145,13 +163,17 @@ class MeshState:
         self.agent_tallies: dict[str, dict[str, Tally]] = {}
         # ("duration", check, country) and ("phase", check, country, phase)
         self.histograms: dict[CounterKey, Histogram] = {}
-        self.dirty: set[Tally] = set()
-        # Changed since the exporter last rendered them (see MeshExporter.prerender),
-        # and pairs whose latest result was dropped (their lines must go).
-        self.unrendered: set[Tally] = set()
-        self.removed: set[tuple[str, str]] = set()
+        self.dirty: set[Tally] = set()  # changed since ingest last persisted them
+        self.feeds: list[ChangeFeed] = []
         # Agents' evidence for the diagnosis (written by the service, read by the evaluator).
         self.evidence = EvidenceBook()
+
+    def feed(self) -> ChangeFeed:
+        """A new reader's change feed, starting with every tally as changed."""
+        feed = ChangeFeed()
+        feed.tallies.update(self.tallies.values())
+        self.feeds.append(feed)
+        return feed
 
     def histogram(self, key: CounterKey) -> Histogram:
         hist = self.histograms.get(key)
@@ -181,11 +203,17 @@ class MeshState:
         if tally is None:
             tally = self.tallies[(check, agent)] = Tally(check, agent, country, self)
             self.agent_tallies.setdefault(agent, {})[check] = tally
-            self.unrendered.add(tally)
+            for feed in self.feeds:
+                feed.tallies.add(tally)
         return tally
 
-    def apply(self, agent: AgentInfo, result: pb.Result) -> None:
-        """Count one validated, not-yet-applied result and maybe make it the latest."""
+    def apply(
+        self, agent: AgentInfo, result: pb.Result, samples: list[KeptSample] | None = None
+    ) -> None:
+        """Count one validated, not-yet-applied result and maybe make it the latest.
+
+        samples are the result's samples that SampleFilter kept (none if omitted).
+        """
         success = result.success
         self.record(
             agent,
@@ -195,6 +223,7 @@ class MeshState:
             result.duration_seconds,
             result.timestamp,
             "" if success else REASON_NAMES[result.reason],
+            [] if samples is None else samples,
         )
         if result.timestamp > agent.last_seen:
             agent.last_seen = min(result.timestamp, time.time())
@@ -208,6 +237,7 @@ class MeshState:
         duration: float,
         timestamp: float,
         reason: str,
+        samples: list[KeptSample],
     ) -> None:
         """apply() for a caller that has already read the result's fields (ingest).
 
@@ -236,18 +266,19 @@ class MeshState:
         hist.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
         hist.total += duration
         self.dirty.add(tally)
-        self.unrendered.add(tally)
+        for feed in self.feeds:
+            feed.tallies.add(tally)
         current = tally.latest
         if current is None:
             tally.latest = self.latest[(tally.check, tally.agent)] = Latest(
-                result, agent.country, agent.region, timestamp
+                result, agent.country, agent.region, timestamp, samples
             )
         elif timestamp >= current.timestamp:  # "latest" only moves forward in time
             current.result, current.timestamp, current.region, current.samples = (
                 result,
                 timestamp,
                 agent.region,
-                None,
+                samples,
             )
 
     def counters(self) -> Iterator[tuple[CounterKey, int]]:
@@ -289,4 +320,5 @@ class MeshState:
         for pair in pairs:
             del self.latest[pair]
             self.tallies[pair].latest = None
-        self.removed.update(pairs)
+        for feed in self.feeds:
+            feed.removed.update(pairs)

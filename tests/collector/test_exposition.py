@@ -1,31 +1,112 @@
-"""The fast /metrics text and the exporter's Metric families must say the same thing."""
+"""The fast /metrics text and the exporter's Metric families must say the same thing.
+
+Both renderings are read with a strict text-format 0.0.4 parser: HELP and TYPE
+lines are part of what is compared, and a family's samples must carry names
+its TYPE allows (prometheus_client's own parser accepts a counter family named
+without _total, which promtool rejects).
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from probemesh.checks import parse_checks
 from probemesh.collector.exporter import MeshExporter, RestView
-from probemesh.collector.ingest import Ingest
+from probemesh.collector.exposition import FAILURE_REASONS
+from probemesh.collector.ingest import REJECT_REASONS, Ingest
 from probemesh.collector.limits import SecurityLimits
+from probemesh.collector.samples import REASONS as SAMPLE_REASONS
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.store import Store
 from probemesh.v1 import mesh_pb2 as pb
 
 Sample = tuple[str, tuple[tuple[str, str], ...], float]
+Header = tuple[str, str, str]  # family, type, help
+
+_HELP = re.compile(r"^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$")
+_TYPE = re.compile(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
+_SUFFIXES = {
+    "counter": ("",),
+    "gauge": ("",),
+    "untyped": ("",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+}
+
+
+@dataclass
+class Exposition:
+    """A strictly parsed text-format 0.0.4 body."""
+
+    headers: set[Header] = field(default_factory=set)
+    samples: set[Sample] = field(default_factory=set)
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def parse_strict(
+    text: str, skip: tuple[str, ...] = ("probemesh_scrape_duration_seconds",)
+) -> Exposition:
+    """Parse text; fail on anything text format 0.0.4 or promtool would not accept."""
+    out = Exposition()
+    helps: dict[str, str] = {}
+    seen: set[str] = set()
+    family = kind = ""
+    series: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    assert text.endswith("\n"), "the body must end with a newline"
+    for line in text.splitlines():
+        if m := _HELP.match(line):
+            assert m.group(1) not in helps, f"second HELP for {m.group(1)}"
+            helps[m.group(1)] = m.group(2)
+            continue
+        if m := _TYPE.match(line):
+            family, kind = m.groups()
+            assert family not in seen, f"family {family} appears twice"
+            assert family in helps, f"TYPE {family} without HELP before it"
+            assert kind != "counter" or family.endswith("_total"), f"counter {family} lacks _total"
+            seen.add(family)
+            if family not in skip:
+                out.headers.add((family, kind, helps[family]))
+            continue
+        assert not line.startswith("#"), f"unparsable comment line: {line!r}"
+        m = _SAMPLE.match(line)
+        assert m, f"unparsable sample line: {line!r}"
+        name, raw_labels, value = m.groups()
+        assert family and name in {family + s for s in _SUFFIXES[kind]}, (
+            f"sample {name} outside its family (current family {family!r} {kind})"
+        )
+        labels: list[tuple[str, str]] = []
+        rest = raw_labels or ""
+        while rest:
+            lm = _LABEL.match(rest)
+            assert lm, f"bad labels in {line!r}"
+            labels.append((lm.group(1), _unescape(lm.group(2))))
+            rest = rest[lm.end() :]
+        key = (name, tuple(sorted(labels)))
+        assert len(set(k for k, _ in labels)) == len(labels), f"repeated label in {line!r}"
+        assert key not in series, f"duplicate series {line!r}"
+        series.add(key)
+        if family not in skip:
+            out.samples.add((name, key[1], float(value)))
+    return out
 
 
 def samples_of(text: str) -> set[Sample]:
-    out = set()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if family.name in ("probemesh_scrape_duration_seconds",):
-                continue
-            out.add((sample.name, tuple(sorted(sample.labels.items())), sample.value))
-    return out
+    return parse_strict(text).samples
+
+
+def apply(ingest: Ingest, agent: AgentInfo, result: pb.Result) -> None:
+    """Apply one result as ingest does: its samples go through the sample filter."""
+    ingest.state.apply(agent, result, ingest.samples.keep(result.samples))
 
 
 def build(tmp_path: Path) -> tuple[MeshState, MeshExporter]:
@@ -38,11 +119,13 @@ def build(tmp_path: Path) -> tuple[MeshState, MeshExporter]:
         }
     )
     state = MeshState()
-    exporter = MeshExporter(state, Ingest(state, Store(tmp_path)), lambda: checks, lambda: 2)
+    ingest = Ingest(state, Store(tmp_path))
+    exporter = MeshExporter(state, ingest, lambda: checks, lambda: 2)
     for agent_id, success in (("a-br", True), ("a-de", False)):
         agent = state.agents[agent_id] = AgentInfo(agent_id, agent_id[-2:].upper(), region="r 1")
         agent.ever_assigned = {"web"}
-        state.apply(
+        apply(
+            ingest,
             agent,
             pb.Result(
                 check="web", timestamp=1.0, success=success, duration_seconds=0.25,
@@ -63,11 +146,17 @@ def test_fast_text_matches_metric_families(tmp_path: Path) -> None:
     _, exporter = build(tmp_path)
     full = CollectorRegistry()
     full.register(exporter)
-    reference = samples_of(generate_latest(full).decode())
+    reference = parse_strict(generate_latest(full).decode())
     rest = CollectorRegistry(auto_describe=False)
     rest.register(RestView(exporter))
-    fast = samples_of(exporter.render_bulk().decode() + generate_latest(rest).decode())
-    assert fast == reference
+    served = parse_strict(exporter.render_bulk(generate_latest(rest)).decode())
+    assert served.headers == reference.headers
+    fast = served.samples
+    assert fast == reference.samples
+    kinds = {family: kind for family, kind, _ in served.headers}
+    assert kinds["probemesh_probe_results_total"] == "counter"
+    assert kinds["probemesh_ingest_rejected_total"] == "counter"
+    assert kinds["probemesh_probe_duration_seconds"] == "histogram"
     names = {name for name, _, _ in fast}
     assert {"probe_success", "probe_http_status_code", "probemesh_probe_results_total"} <= names
     assert "not_in_catalog" not in names
@@ -91,7 +180,7 @@ def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:
         ),
     )  # late: counted, not latest
     exporter.prerender()
-    assert not state.unrendered
+    assert not exporter.behind
     text = exporter.render_bulk().decode()
     assert 'probe_success{check="web",target="https://example.org/a\\"b\\\\c",agent="a-de"' in text
     parsed = samples_of(text)
@@ -99,7 +188,7 @@ def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:
     assert success == {"a-br": 1.0, "a-de": 1.0}
     failures = {dict(lab)["reason"]: v for n, lab, v in parsed
                 if n == "probemesh_probe_failures_total" and dict(lab)["agent"] == "a-de"}  # fmt: skip
-    assert failures == {"timeout": 1.0, "dns": 1.0}
+    assert failures == {**dict.fromkeys(FAILURE_REASONS, 0.0), "timeout": 1.0, "dns": 1.0}
 
 
 def fast_and_reference(exporter: MeshExporter) -> tuple[set[Sample], set[Sample]]:
@@ -176,13 +265,79 @@ def test_guard_refusal_removes_every_line_of_the_pair_until_budget_frees(tmp_pat
     admitted = agents_of(fast, "probe_success")
     assert len(admitted) == 1
     assert agents_of(fast, "probemesh_probe_results_total") == admitted, "refused: no counters"
-    assert exporter.ingest.rejected["cardinality"] == 5
+    assert exporter.rejections()["cardinality"] == 5
     refused = ({"a-br", "a-de"} - admitted).pop()
     state.apply(state.agents[refused], pb.Result(check="web", timestamp=5.0, duration_seconds=1))
     fast, _ = fast_and_reference(exporter)
     assert agents_of(fast, "probe_success") == admitted, "still refused, counted once"
-    assert exporter.ingest.rejected["cardinality"] == 5
+    assert exporter.rejections()["cardinality"] == 5
     state.forget_agent(admitted.pop())
     fast, reference = fast_and_reference(exporter)
     assert fast == reference
     assert agents_of(fast, "probe_success") == {refused}, "admitted once budget freed"
+
+
+def test_known_counters_start_at_zero(tmp_path: Path) -> None:
+    _, exporter = build(tmp_path)
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    failures = {dict(lab)["reason"]: v for n, lab, v in fast
+                if n == "probemesh_probe_failures_total" and dict(lab)["agent"] == "a-br"}  # fmt: skip
+    assert failures == dict.fromkeys(FAILURE_REASONS, 0.0), "a pair exports every reason"
+    results = {dict(lab)["result"]: v for n, lab, v in fast
+               if n == "probemesh_probe_results_total" and dict(lab)["agent"] == "a-br"}  # fmt: skip
+    assert results == {"success": 1.0, "failure": 0.0}
+    rejected = {dict(lab)["reason"]: v for n, lab, v in fast
+                if n == "probemesh_ingest_rejected_total"}  # fmt: skip
+    # The servicer's reasons join these on a running collector (tests/prometheus/test_promtool.py).
+    assert set(rejected) == {*REJECT_REASONS, *SAMPLE_REASONS, "cardinality"}
+    assert rejected["invalid_sample"] == 2.0, "one not_in_catalog sample per result"
+    assert {r for r, v in rejected.items() if v} == {"invalid_sample"}
+
+
+@pytest.mark.parametrize("late", [True, False], ids=["late", "replaced"])
+def test_refused_samples_count_at_ingest_even_if_never_rendered(tmp_path: Path, late: bool) -> None:
+    state, exporter = build(tmp_path)
+    exporter.render_bulk()
+    agent = state.agents["a-br"]
+    bad = [pb.Sample(name="probe_http_status_code", value=float("nan")),
+           pb.Sample(name="probe_http_duration_seconds", labels={"phase": "bogus"}, value=1),
+           pb.Sample(name="probe_http_redirects", value=0),
+           pb.Sample(name="probe_http_redirects", value=1)]  # fmt: skip
+    apply(exporter.ingest, agent, pb.Result(check="web", timestamp=0.5 if late else 2.0,
+                                            success=True, duration_seconds=0.1, samples=bad))  # fmt: skip
+    if not late:  # replaced by a newer result before any scrape saw it
+        apply(exporter.ingest, agent, pb.Result(check="web", timestamp=3.0, duration_seconds=0.1))
+    assert exporter.rejections()["invalid_sample"] == 2 + 2
+    assert exporter.rejections()["duplicate_sample"] == 1
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    rejected = {dict(lab)["reason"]: v for n, lab, v in fast
+                if n == "probemesh_ingest_rejected_total"}  # fmt: skip
+    assert (rejected["invalid_sample"], rejected["duplicate_sample"]) == (4.0, 1.0)
+
+
+def test_too_many_samples_are_refused_at_ingest(tmp_path: Path) -> None:
+    state, exporter = build(tmp_path)
+    exporter.ingest.configure(SecurityLimits(max_samples_per_result=1))
+    samples = [pb.Sample(name="probe_http_status_code", value=200),
+               pb.Sample(name="probe_http_redirects", value=0)]  # fmt: skip
+    apply(exporter.ingest, state.agents["a-br"],
+          pb.Result(check="web", timestamp=4.0, success=True, duration_seconds=0.1, samples=samples))  # fmt: skip
+    assert exporter.rejections()["too_many_samples"] == 1
+    assert state.latest[("web", "a-br")].samples == [("probe_http_status_code", (), 200.0)]
+
+
+def test_exporter_reads_state_without_writing_it(tmp_path: Path) -> None:
+    state, exporter = build(tmp_path)
+    other = state.feed()  # a second reader of the changes
+    latest = state.latest[("web", "a-br")]
+    kept = latest.samples
+    exporter.render_bulk()
+    assert latest.samples is kept, "the exporter never writes samples back"
+    assert other.tallies == set(state.tallies.values()), "the exporter drains only its own feed"
+    state.forget_agent("a-de")
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    assert agents_of(fast, "probe_success") == {"a-br"}
+    assert other.removed == {("web", "a-de")}, "removals stay for every other reader"

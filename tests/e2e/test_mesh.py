@@ -104,11 +104,8 @@ def test_exposition_passes_promtool(mesh: Mesh) -> None:
     result = subprocess.run(
         ["promtool", "check", "metrics"], input=body, capture_output=True, text=True
     )
-    # promtool exits non-zero for lint warnings too; only hard errors fail the check.
-    problems = [
-        line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()
-    ]
-    assert not problems, problems
+    # Not a warning either: promtool's lint findings are what Prometheus users see.
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
 def test_sighup_pushes_added_checks_and_drops_removed_series(mesh: Mesh, web_server: int) -> None:
