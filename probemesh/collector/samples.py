@@ -49,23 +49,28 @@ class SampleFilter:
         rejected = self.rejected
         verdicts = self._verdicts
         for sample in samples:
-            # Label maps are slow to iterate; look up the catalog's keys instead.
             name = sample.name
-            label_map = sample.labels
-            count = len(label_map)
             keys = _LABEL_KEYS.get(name)
-            key: tuple[str, Labels] | None = None
-            if keys is not None and count == len(keys):
-                labels = tuple([(k, label_map[k]) for k in keys if k in label_map]) if count else ()
-                if len(labels) == count:
-                    key = (name, labels)
             value = sample.value
-            if key is None or not math.isfinite(value):
+            if keys is None or not math.isfinite(value):
                 rejected["invalid_sample"] += 1
                 continue
+            label_map = sample.labels
+            if len(label_map) != len(keys):
+                rejected["invalid_sample"] += 1
+                continue
+            if keys:
+                # Label maps are slow to iterate; look up the catalog's keys instead.
+                labels = tuple([(k, label_map[k]) for k in keys if k in label_map])
+                if len(labels) != len(keys):
+                    rejected["invalid_sample"] += 1
+                    continue
+            else:
+                labels = ()
+            key = (name, labels)
             ok = verdicts.get(key)
             if ok is None:
-                ok = PROBE_METRICS[name].labels_ok(dict(key[1]))
+                ok = PROBE_METRICS[name].labels_ok(dict(labels))
                 if len(verdicts) < _VERDICT_CACHE:
                     verdicts[key] = ok
             if not ok:
@@ -78,5 +83,5 @@ class SampleFilter:
                 rejected["too_many_samples"] += 1
                 continue
             seen.add(key)
-            kept.append((name, key[1], value))
+            kept.append((name, labels, value))
         return kept
