@@ -431,7 +431,10 @@ class MeshExporter(Collector):
 
     def rejections(self) -> dict[str, int]:
         """Refusals by reason, read from each owner's counter (their reasons are disjoint)."""
-        return {reason: n for owner in self._rejections for reason, n in owner.items()}
+        merged: Counter[str] = Counter()
+        for owner in self._rejections:
+            merged.update(owner)
+        return dict(merged)
 
     @property
     def behind(self) -> bool:

@@ -36,7 +36,7 @@ FEATURES = [CLOCK_ECHO]
 _VERSION_RE = re.compile(r"^[A-Za-z0-9.+_-]{0,64}$")
 REJECT_REASONS = (
     "unauthenticated", "cert_identity", "identity", "invalid_hello", "protocol",
-    "rate_limited", "message_too_large", "batch_too_large", "malformed_batch",
+    "rate_limited", "message_too_large", "batch_too_large", "malformed_batch", "unknown_evidence",
 )  # fmt: skip
 """Streams and messages the servicer refuses (rate_limited counts results)."""
 
@@ -231,7 +231,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         """Keep an agent's evidence for a check it was assigned; anything else is counted and dropped."""
         agent = session.agent
         if report.check not in agent.ever_assigned:
-            self.rejected["unknown_check"] += 1
+            self.rejected["unknown_evidence"] += 1
             return
         self.state.evidence.observe(
             report.check, agent.agent_id, agent.country, report.evidence, time.time()
