@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 import trustme
 
+from probemesh.collector.notify import diagnosis_text
 from tests.alerting.receivers import ALERTMANAGER, Alertmanager, Post, Recorder
 from tests.harness import http_get, scrape, total, wait_for
 from tests.prometheus.mesh import Collector, Mesh
@@ -234,6 +235,7 @@ def test_incident_alerts_and_webhooks_end_to_end(world: dict[str, Any]) -> None:
         assert annotations["started_at"] == incident["started_at"]
         assert annotations["incident_id"] == str(incident["id"])
         assert alert["generatorURL"] == f"{EXTERNAL_URL}#incident-{incident['id']}"
+        assert annotations["cause"] in ("origin", "blocking", "path", "mixed", "unknown")
 
     # 2. Alertmanager a restarts mid-incident: the re-send gives it the alert back
     am_a.stop()
@@ -270,6 +272,8 @@ def test_incident_alerts_and_webhooks_end_to_end(world: dict[str, Any]) -> None:
     assert resolved["labels"]["check"] == "web" and resolved["labels"]["scope"] == "regional"
     [closed] = api(collector, "/api/v1/incidents")["incidents"]
     assert resolved["endsAt"].startswith(closed["ended_at"].removesuffix("Z"))
+    assert resolved["annotations"]["cause"] == closed["cause"]
+    assert resolved["annotations"].get("diagnosis", "") == diagnosis_text(closed)
 
     # 4. a local problem: an info alert, no incident
     incident_notifications = len(recorder.under("/am/a"))
@@ -300,15 +304,14 @@ def test_incident_alerts_and_webhooks_end_to_end(world: dict[str, Any]) -> None:
     for post in hooks:
         verify_signature(post)
     docs = [post.json() for post in hooks]
-    assert [d["event"]["event"] for d in docs] == ["opened", "recovered", "closed"]
-    assert [d["delivery"] for d in docs] == [f"{incident['id']}-{n}" for n in range(3)]
-    assert [post.headers["X-Probemesh-Event"] for post in hooks] == [
-        "opened",
-        "recovered",
-        "closed",
-    ]
+    # every timeline event (diagnosed ones included), in the timeline's order
+    assert [d["event"] for d in docs] == closed["timeline"]
+    events = [d["event"]["event"] for d in docs]
+    assert events[0] == "opened" and events[-1] == "closed" and "recovered" in events
+    assert [d["delivery"] for d in docs] == [f"{incident['id']}-{n}" for n in range(len(docs))]
+    assert [post.headers["X-Probemesh-Event"] for post in hooks] == events
     assert all(d["incident"]["id"] == incident["id"] for d in docs)
-    assert docs[0]["incident"]["ended_at"] is None and docs[2]["incident"]["ended_at"]
+    assert docs[0]["incident"]["ended_at"] is None and docs[-1]["incident"]["ended_at"]
     assert docs[0]["incident_url"] == f"{EXTERNAL_URL}#incident-{incident['id']}"
     assert docs[0]["external_labels"] == {"collector": "c1"}
     assert sorted(p.headers["X-Probemesh-Delivery"] for p in recorder.refused) == sorted(
@@ -316,8 +319,8 @@ def test_incident_alerts_and_webhooks_end_to_end(world: dict[str, Any]) -> None:
     )
 
     samples = scrape(f"http://{collector.http_address}/metrics")
-    assert total(samples, "probemesh_webhook_events_sent_total") == 3
-    assert total(samples, "probemesh_webhook_attempts_failed_total") == 3
+    assert total(samples, "probemesh_webhook_events_sent_total") == len(docs)
+    assert total(samples, "probemesh_webhook_attempts_failed_total") == len(docs)
     assert total(samples, "probemesh_webhook_queue_length") == 0
     a_label = f"{am_a.url}/api/v2/alerts"
     assert total(samples, "probemesh_alertmanager_alerts_failed_total", alertmanager=a_label) > 0
