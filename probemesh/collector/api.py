@@ -21,7 +21,7 @@ from aiohttp import web
 
 from probemesh.collector.diagnosis import Diagnosis
 from probemesh.collector.incidents import OutageMonitor
-from probemesh.collector.reachability import Snapshot
+from probemesh.collector.reachability import LOCAL_PROBLEM, SUSPECT, Snapshot
 from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ def reachability_json(
     return {"generated_at": rfc3339(snapshot.at), "checks": checks}
 
 
-def agents_json(state: MeshState) -> list[dict[str, Any]]:
+def agents_json(state: MeshState, snapshot: Snapshot) -> list[dict[str, Any]]:
+    """Every known agent with the classifier's verdict on it (``suspect``: not settled yet)."""
     return [
         {
             "agent": agent.agent_id,
@@ -73,7 +74,8 @@ def agents_json(state: MeshState) -> list[dict[str, Any]]:
             "region": agent.region,
             "connected": agent.connected,
             "last_seen": rfc3339(agent.last_seen),
-            "local_problem": agent.local_problem,
+            "local_problem": snapshot.agent_state(agent.agent_id) == LOCAL_PROBLEM,
+            "suspect": snapshot.agent_state(agent.agent_id) == SUSPECT,
             "version": agent.version,
             "features": list(agent.features),
             "clock_offset_seconds": _rounded(agent.clock.offset),
@@ -118,7 +120,7 @@ def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: Mesh
         active = monitor.book.incidents(active_only=True)
         recent = [i for i in monitor.book.incidents() if not i.active][:10]
         body["incidents"] = [i.to_json() for i in active + recent]
-        body["agents"] = agents_json(state)
+        body["agents"] = agents_json(state, monitor.snapshot)
         return web.json_response(body, headers=_NO_CACHE)
 
     async def index(_request: web.Request) -> web.FileResponse:

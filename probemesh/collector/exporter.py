@@ -33,10 +33,6 @@ BASE_LABELS = ["check", "target", "agent", "country", "region"]
 _AGENT_FAMILIES = (
     ("probemesh_agent_connected", "1 while the agent has a live stream"),
     ("probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything"),
-    (
-        "probemesh_agent_local_problem",
-        "1 when the agent fails nearly everything while others see the same targets up",
-    ),
     ("probemesh_agent_info", "Agent metadata (always 1)"),
 )
 
@@ -248,8 +244,8 @@ class MeshExporter(Collector):
                 text.drop(name, key)
 
     def _agent_text(self) -> bytes:
-        """The four agent gauges; one line each per agent, rendered at every scrape."""
-        connected, last_seen, local, info = [], [], [], []
+        """The agent gauges; one line each per agent, rendered at every scrape."""
+        connected, last_seen, info = [], [], []
         escape = exposition.escape
         for agent in self.state.agents.values():
             key = f'agent="{escape(agent.agent_id)}",country="{escape(agent.country)}"'
@@ -257,14 +253,13 @@ class MeshExporter(Collector):
             last_seen.append(
                 f"probemesh_agent_last_seen_timestamp_seconds{{{key}}} {float(agent.last_seen)!r}\n"
             )
-            local.append(f"probemesh_agent_local_problem{{{key}}} {float(agent.local_problem)!r}\n")
             info.append(
                 f'probemesh_agent_info{{{key},region="{escape(agent.region)}",'
                 f'version="{escape(agent.version)}"}} 1.0\n'
             )
         parts = []
         for (name, help_text), lines in zip(
-            _AGENT_FAMILIES, (connected, last_seen, local, info), strict=True
+            _AGENT_FAMILIES, (connected, last_seen, info), strict=True
         ):
             if lines:
                 parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
@@ -403,19 +398,18 @@ class MeshExporter(Collector):
 
     def _agent_families(self) -> Iterator[Metric]:
         labels = ["agent", "country"]
-        connected, last_seen, local, info = (
+        connected, last_seen, info = (
             GaugeMetricFamily(name, help_text, labels=labels + extra)
             for (name, help_text), extra in zip(
-                _AGENT_FAMILIES, ([], [], [], ["region", "version"]), strict=True
+                _AGENT_FAMILIES, ([], [], ["region", "version"]), strict=True
             )
         )
         for agent in self.state.agents.values():
             key = [agent.agent_id, agent.country]
             connected.add_metric(key, 1.0 if agent.connected else 0.0)
             last_seen.add_metric(key, agent.last_seen)
-            local.add_metric(key, 1.0 if agent.local_problem else 0.0)
             info.add_metric([*key, agent.region, agent.version], 1.0)
-        yield from (connected, last_seen, local, info)
+        yield from (connected, last_seen, info)
         for name, kind, help_text, rows in self._clock_rows():
             if not rows:
                 continue

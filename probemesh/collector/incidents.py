@@ -13,10 +13,12 @@ are written from a worker thread through their own connection, so a restarted
 collector resumes the incidents that were open.
 
 OutageMonitor ties it together: it runs the classifier every
-``evaluate_every`` seconds, applies local-problem flags to the agents,
-diagnoses the failing countries, updates the incidents, hands the result to
-the notifications (Alertmanager, webhooks) and exports ``probemesh_outage``,
-``probemesh_country_reachability_ratio`` and ``probemesh_country_diagnosis``.
+``evaluate_every`` seconds, keeps the latest Snapshot (the verdicts every
+reader takes, the agents' local-problem flags included), diagnoses the failing
+countries, updates the incidents, hands the result to the notifications
+(Alertmanager, webhooks) and exports ``probemesh_outage``,
+``probemesh_country_reachability_ratio``, ``probemesh_country_diagnosis`` and
+``probemesh_agent_local_problem``. It only reads MeshState.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from probemesh.collector.reachability import (
     DEGRADED,
     DOWN,
     GLOBAL_OUTAGE,
+    LOCAL_PROBLEM,
     REGIONAL_OUTAGE,
     UNKNOWN,
     CheckView,
@@ -484,21 +487,11 @@ class OutageMonitor:
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
 
     def evaluate(self) -> list[Incident]:
-        """One evaluation: classify, flag local problems, update incidents, notify."""
+        """One evaluation: classify, diagnose, publish the snapshot, update incidents, notify."""
         checks = self.checks()
         snapshot = self.classifier.evaluate(
             self.state.latest, checks, self.state.agents, self.clock()
         )
-        for agent in self.state.agents.values():
-            flagged = agent.agent_id in snapshot.local_problems
-            if flagged != agent.local_problem:
-                log.warning(
-                    "agent %s (%s): local problem %s",
-                    agent.agent_id,
-                    agent.country,
-                    "detected" if flagged else "cleared",
-                )
-                agent.local_problem = flagged
         self.diagnoses = self._diagnose(snapshot, checks)
         self.snapshot = snapshot
         self.evaluations += 1
@@ -591,8 +584,17 @@ class OutageMonitor:
             "whose latest probe succeeded",
             labels=["check", "country"],
         )
+        local = GaugeMetricFamily(
+            "probemesh_agent_local_problem",
+            "1 when the agent fails nearly everything while others see the same targets up",
+            labels=["agent", "country"],
+        )
+        snapshot = self.snapshot
+        for agent in list(self.state.agents.values()):
+            flagged = snapshot.agent_state(agent.agent_id) == LOCAL_PROBLEM
+            local.add_metric([agent.agent_id, agent.country], 1.0 if flagged else 0.0)
         configured = self.checks().checks
-        for name, view in self.snapshot.checks.items():
+        for name, view in snapshot.checks.items():
             if name not in configured:
                 continue
             outage.add_metric([name, "regional"], 1.0 if view.state == REGIONAL_OUTAGE else 0.0)
@@ -614,3 +616,4 @@ class OutageMonitor:
         yield outage
         yield ratio
         yield diagnosis
+        yield local

@@ -2,49 +2,66 @@
 
 The classifier runs periodically (about once a second) over MeshState.latest,
 which already holds the newest result of every check x agent; nothing here
-runs on the ingest path. Each evaluation:
+runs on the ingest path. It owns every verdict it derives, including whether
+an agent has a local problem: readers take them from its Snapshot. Each
+evaluation:
 
 1. updates, for every check x agent, a streak of consecutive failed or
    successful rounds (a round is a new result), and the agent's *confirmed*
    verdict, which changes only after ``confirm_rounds`` equal rounds in a row.
    A single failed (or successful) probe therefore never flips anything;
-2. flags agents with a *local problem*: they fail nearly every check they
-   probe while most other agents see those checks up;
-3. derives each country's state from its fresh, non-flagged agents
-   (down: more than ``down_share`` of them confirmed failing; degraded: some;
-   up: none; unknown: no confirmed fresh agent), and the check's state:
-   ``ok``, ``regional_outage``, ``global_outage`` (every reporting country, or
-   ``global_share`` of them, down) or ``unknown``.
+2. judges each agent as a whole (``AgentHealth``): *local problem* when it is
+   confirmed failing nearly every check it probes while the other agents see
+   those checks up; *suspect* while its latest raw results say the same but
+   the confirmed verdicts have not caught up, or while a confirmed failure
+   waits for the agent's other checks to report (the local-problem question
+   is not settled yet). Local and suspect agents turn no country down;
+3. derives each country's state from the counted verdicts of its fresh,
+   unflagged agents (down: more than ``down_share`` of them failing;
+   degraded: some; up: none; unknown: no counted verdict), and the check's
+   state: ``ok``, ``regional_outage``, ``global_outage`` (every reporting
+   country, or ``global_share`` of them, down) or ``unknown``.
 
-See docs/outages.md for the reasoning behind each rule.
+See docs/outages.md for the reasoning behind each rule and its latency.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from probemesh.checks import ChecksFile
+from probemesh.checks import ChecksFile, OutageSettings
 from probemesh.collector.state import REASON_NAMES, AgentInfo, Latest
 from probemesh.v1 import mesh_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 UP, DEGRADED, DOWN, UNKNOWN = "up", "degraded", "down", "unknown"
 OK, REGIONAL_OUTAGE, GLOBAL_OUTAGE = "ok", "regional_outage", "global_outage"
 SCOPE_OF = {REGIONAL_OUTAGE: "regional", GLOBAL_OUTAGE: "global"}
+HEALTHY, SUSPECT, LOCAL_PROBLEM = "ok", "suspect", "local_problem"
 _STATUS_SAMPLE = "probe_http_status_code"
 
 
 @dataclass
 class AgentVerdict:
-    """Damped view of one check on one agent."""
+    """Damped view of one check on one agent, and whether its failure counts."""
 
-    last_ts: float = 0.0
+    last_ts: float = 0.0  # probe time of the newest result observed
+    since: float = 0.0  # probe time of the first result of the current raw streak
     ok_streak: int = 0
     fail_streak: int = 0
     confirmed: bool | None = None  # True up, False failing, None not yet known
+    counted: bool = False  # the confirmed failure counts towards its country
+    held_since: float | None = None  # evaluation time a lone failure began to wait
 
-    def observe(self, success: bool, confirm_rounds: int) -> None:
+    def observe(self, success: bool, timestamp: float, confirm_rounds: int) -> None:
+        streak = self.ok_streak if success else self.fail_streak
+        if streak == 0:
+            self.since = timestamp
+        self.last_ts = timestamp
         if success:
             self.ok_streak, self.fail_streak = self.ok_streak + 1, 0
             if self.ok_streak >= confirm_rounds:
@@ -53,6 +70,29 @@ class AgentVerdict:
             self.ok_streak, self.fail_streak = 0, self.fail_streak + 1
             if self.fail_streak >= confirm_rounds:
                 self.confirmed = False
+
+
+@dataclass(frozen=True)
+class AgentHealth:
+    """The classifier's verdict on one agent as a whole."""
+
+    agent: str
+    country: str
+    state: str = HEALTHY  # ok | suspect | local_problem
+    probed: int = 0  # fresh checks with a confirmed verdict
+    lonely: int = 0  # of those, confirmed failing while most other agents see them up
+    lonely_now: int = 0  # of those, latest result failing while most other agents see them up
+    fails_nearly_all: bool = False  # lonely_now reaches local_problem_share: raw says "local"
+    held: tuple[str, ...] = ()  # checks whose confirmed failure waits for the other checks
+
+    @property
+    def local_problem(self) -> bool:
+        return self.state == LOCAL_PROBLEM
+
+    @property
+    def excluded(self) -> bool:
+        """Counted in no country: a local problem, or suspected of one by its raw results."""
+        return self.state == LOCAL_PROBLEM or self.fails_nearly_all
 
 
 def failure_detail(result: pb.Result) -> tuple[str, str]:
@@ -72,12 +112,12 @@ class CountryView:
     """One country's reachability of one check."""
 
     country: str
-    agents: int  # fresh agents counted (local problems excluded)
+    agents: int  # fresh agents counted (local problems and suspects excluded)
     up: int  # of those, how many succeeded in their latest round
     state: str  # up | degraded | down | unknown
     reason: str = ""  # dominant failure reason name among failing agents
     detail: str = ""  # e.g. "HTTP 500"
-    excluded: int = 0  # agents left out because of a local problem
+    excluded: int = 0  # agents left out: local problem, or suspected of one
 
     @property
     def ratio(self) -> float | None:
@@ -104,27 +144,41 @@ class CheckView:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The result of one evaluation."""
+    """The result of one evaluation: every check's view and every probing agent's health."""
 
     at: float
     checks: dict[str, CheckView] = field(default_factory=dict)
-    local_problems: frozenset[str] = frozenset()
+    agents: dict[str, AgentHealth] = field(default_factory=dict)
+
+    @property
+    def local_problems(self) -> frozenset[str]:
+        return frozenset(a for a, h in self.agents.items() if h.local_problem)
+
+    def agent_state(self, agent_id: str) -> str:
+        """ok | suspect | local_problem (ok for an agent with no fresh result)."""
+        health = self.agents.get(agent_id)
+        return health.state if health is not None else HEALTHY
 
 
 @dataclass
 class _Row:
     agent: str
     country: str
+    check: str
+    interval: float
     result: pb.Result
     verdict: AgentVerdict
     fresh: bool
+    lonely: bool = False  # confirmed failing while most other agents are confirmed up
+    lonely_now: bool = False  # latest result failed while most other agents' latest succeeded
 
 
 class Classifier:
-    """Keeps the per check x agent streaks between evaluations."""
+    """Keeps the per check x agent streaks and the local-problem flags between evaluations."""
 
     def __init__(self) -> None:
         self.verdicts: dict[tuple[str, str], AgentVerdict] = {}
+        self.local: frozenset[str] = frozenset()
 
     def evaluate(
         self,
@@ -133,6 +187,26 @@ class Classifier:
         agents: Mapping[str, AgentInfo],
         now: float,
     ) -> Snapshot:
+        cfg = checks.outage
+        rows = self._observe(latest, checks, now)
+        by_agent: dict[str, list[_Row]] = {}
+        for check_rows in rows.values():
+            _mark_lonely(check_rows)
+            for r in check_rows:
+                by_agent.setdefault(r.agent, []).append(r)
+        health = {
+            agent: self._judge(agent_rows, cfg, now) for agent, agent_rows in by_agent.items()
+        }
+        self.local = frozenset(a for a, h in health.items() if h.local_problem)
+        views = {
+            name: _check_view(name, rows[name], health, agents, checks) for name in checks.checks
+        }
+        return Snapshot(now, views, health)
+
+    def _observe(
+        self, latest: Mapping[tuple[str, str], Latest], checks: ChecksFile, now: float
+    ) -> dict[str, list[_Row]]:
+        """Feed each pair's newest result into its streak; one row per configured pair."""
         cfg = checks.outage
         rows: dict[str, list[_Row]] = {name: [] for name in checks.checks}
         seen: set[tuple[str, str]] = set()
@@ -146,92 +220,148 @@ class Classifier:
             if verdict is None:
                 verdict = self.verdicts[key] = AgentVerdict()
             result = entry.result
-            if result.timestamp > verdict.last_ts:
-                verdict.last_ts = result.timestamp
-                verdict.observe(result.success, cfg.confirm_rounds)
-            fresh = now - result.timestamp <= cfg.stale_after_intervals * spec.interval
-            rows[check].append(_Row(agent, entry.country, result, verdict, fresh))
+            if entry.timestamp > verdict.last_ts:
+                verdict.observe(result.success, entry.timestamp, cfg.confirm_rounds)
+            fresh = now - entry.timestamp <= cfg.stale_after_intervals * spec.interval
+            rows[check].append(
+                _Row(agent, entry.country, check, spec.interval, result, verdict, fresh)
+            )
         for key in [k for k in self.verdicts if k not in seen]:
             del self.verdicts[key]
+        return rows
 
-        local = self._local_problems(rows, cfg.local_problem_share, cfg.local_problem_min_checks)
-        views = {
-            name: self._check_view(name, rows[name], local, agents, checks)
-            for name in checks.checks
-        }
-        return Snapshot(now, views, frozenset(local))
+    def _judge(self, rows: list[_Row], cfg: OutageSettings, now: float) -> AgentHealth:
+        """Settle one agent's local-problem question and which of its failures count.
 
-    @staticmethod
-    def _local_problems(rows: dict[str, list[_Row]], share: float, min_checks: int) -> set[str]:
-        """Agents failing nearly all their checks while most others see them up."""
-        peers: dict[str, tuple[int, int]] = {}  # check -> (confirmed up, confirmed total)
-        for check, check_rows in rows.items():
-            ups = sum(1 for r in check_rows if r.fresh and r.verdict.confirmed is True)
-            total = sum(1 for r in check_rows if r.fresh and r.verdict.confirmed is not None)
-            peers[check] = (ups, total)
-        probed: Counter[str] = Counter()
-        lonely: Counter[str] = Counter()
-        for check, check_rows in rows.items():
-            ups, total = peers[check]
-            for r in check_rows:
-                if not r.fresh or r.verdict.confirmed is None:
-                    continue
-                probed[r.agent] += 1
-                others = total - 1
-                # others that are up: the agent itself is failing, so all `ups` are others
-                if r.verdict.confirmed is False and others > 0 and ups * 2 > others:
-                    lonely[r.agent] += 1
-        return {
-            agent for agent, n in probed.items() if n >= min_checks and lonely[agent] >= share * n
-        }
-
-    @staticmethod
-    def _check_view(
-        name: str,
-        rows: list[_Row],
-        local: set[str],
-        agents: Mapping[str, AgentInfo],
-        checks: ChecksFile,
-    ) -> CheckView:
-        spec = checks.checks[name]
-        cfg = checks.outage
-        by_country: dict[str, list[_Row]] = {}
-        for r in rows:
-            by_country.setdefault(r.country, []).append(r)
-        for info in agents.values():
-            if name in info.assigned:
-                by_country.setdefault(info.country, [])
-        countries = []
-        for country in sorted(by_country):
-            members = by_country[country]
-            counted = [r for r in members if r.fresh and r.agent not in local]
-            excluded = sum(1 for r in members if r.fresh and r.agent in local)
-            up = sum(1 for r in counted if r.result.success)
-            failing = [r for r in counted if r.verdict.confirmed is False]
-            confirmed = sum(1 for r in counted if r.verdict.confirmed is not None)
-            if not confirmed:
-                state = UNKNOWN
-            elif len(failing) > cfg.down_share * confirmed:
-                state = DOWN
-            elif failing:
-                state = DEGRADED
-            else:
-                state = UP
-            reason = detail = ""
-            details = Counter(failure_detail(r.result) for r in failing if not r.result.success)
-            if details:
-                (reason, detail), _ = min(details.items(), key=lambda kv: (-kv[1], kv[0]))
-            countries.append(
-                CountryView(country, len(counted), up, state, reason, detail, excluded)
+        The flag is set from confirmed verdicts and cleared only once neither
+        the confirmed verdicts nor the latest raw results say "local" any
+        more. In between (onset and recovery), the agent is suspect. A failure
+        confirmed while most others see the check up starts to count only
+        once every other check of the agent has reported since the agent's
+        latest change (then the question is settled), or after waiting one
+        interval of that check, whichever comes first.
+        """
+        agent, country = rows[0].agent, rows[0].country
+        probed = [r for r in rows if r.fresh and r.verdict.confirmed is not None]
+        lonely = sum(r.lonely for r in probed)
+        lonely_now = sum(r.lonely_now for r in probed)
+        enough = len(probed) >= cfg.local_problem_min_checks
+        confirmed_local = enough and lonely >= cfg.local_problem_share * len(probed)
+        fails_nearly_all = enough and lonely_now >= cfg.local_problem_share * len(probed)
+        was_local = agent in self.local
+        local = confirmed_local or (was_local and fails_nearly_all)
+        if local != was_local:
+            log.warning(
+                "agent %s (%s): local problem %s",
+                agent,
+                country,
+                "detected" if local else "cleared",
             )
-        reporting = [c for c in countries if c.state != UNKNOWN]
-        down = [c for c in reporting if c.state == DOWN]
-        if not reporting:
-            state = UNKNOWN
-        elif not down:
-            state = OK
-        elif len(down) == len(reporting) or len(down) >= cfg.global_share * len(reporting):
-            state = GLOBAL_OUTAGE
+        settled = _settled(probed)
+        held: list[str] = []
+        for r in rows:
+            v = r.verdict
+            if not r.fresh or v.confirmed is not False or local or fails_nearly_all:
+                v.counted, v.held_since = False, None
+            elif v.counted:
+                continue
+            elif r.result.success:  # recovering: a failure starts to count only while it lasts
+                v.held_since = None
+            elif not r.lonely_now or settled:
+                v.counted, v.held_since = True, None
+            else:
+                if v.held_since is None:
+                    v.held_since = now
+                if now - v.held_since >= r.interval:
+                    v.counted, v.held_since = True, None
+                else:
+                    held.append(r.check)
+        if local:
+            state = LOCAL_PROBLEM
+        elif fails_nearly_all or held:
+            state = SUSPECT
         else:
-            state = REGIONAL_OUTAGE
-        return CheckView(name, state, tuple(countries), spec.interval)
+            state = HEALTHY
+        return AgentHealth(
+            agent,
+            country,
+            state,
+            len(probed),
+            lonely,
+            lonely_now,
+            fails_nearly_all and not local,
+            tuple(sorted(held)),
+        )
+
+
+def _mark_lonely(rows: list[_Row]) -> None:
+    """Mark the failures of one check that most other agents do not share."""
+    fresh = [r for r in rows if r.fresh]
+    raw_up = sum(1 for r in fresh if r.result.success)
+    confirmed = [r for r in fresh if r.verdict.confirmed is not None]
+    confirmed_up = sum(1 for r in confirmed if r.verdict.confirmed is True)
+    for r in fresh:  # a failing agent is not among the ups, so every up is another agent
+        if not r.result.success:
+            others = len(fresh) - 1
+            r.lonely_now = others > 0 and raw_up * 2 > others
+        if r.verdict.confirmed is False:
+            others = len(confirmed) - 1
+            r.lonely = others > 0 and confirmed_up * 2 > others
+
+
+def _settled(probed: list[_Row]) -> bool:
+    """Has every check of the agent reported since its latest raw change (any check's)?"""
+    if not probed:
+        return True
+    edge = max(r.verdict.since for r in probed)
+    return all(r.verdict.last_ts >= edge for r in probed)
+
+
+def _check_view(
+    name: str,
+    rows: list[_Row],
+    health: Mapping[str, AgentHealth],
+    agents: Mapping[str, AgentInfo],
+    checks: ChecksFile,
+) -> CheckView:
+    spec = checks.checks[name]
+    cfg = checks.outage
+    by_country: dict[str, list[_Row]] = {}
+    for r in rows:
+        by_country.setdefault(r.country, []).append(r)
+    for info in agents.values():
+        if name in info.assigned:
+            by_country.setdefault(info.country, [])
+    countries = []
+    for country in sorted(by_country):
+        members = [r for r in by_country[country] if r.fresh]
+        counted = [r for r in members if not health[r.agent].excluded]
+        excluded = len(members) - len(counted)
+        up = sum(1 for r in counted if r.result.success)
+        failing = [r for r in counted if r.verdict.counted]
+        # a confirmed failure still held or recovering is no verdict yet
+        known = len(failing) + sum(1 for r in counted if r.verdict.confirmed is True)
+        if not known:
+            state = UNKNOWN
+        elif len(failing) > cfg.down_share * known:
+            state = DOWN
+        elif failing:
+            state = DEGRADED
+        else:
+            state = UP
+        reason = detail = ""
+        details = Counter(failure_detail(r.result) for r in failing if not r.result.success)
+        if details:
+            (reason, detail), _ = min(details.items(), key=lambda kv: (-kv[1], kv[0]))
+        countries.append(CountryView(country, len(counted), up, state, reason, detail, excluded))
+    reporting = [c for c in countries if c.state != UNKNOWN]
+    down = [c for c in reporting if c.state == DOWN]
+    if not reporting:
+        state = UNKNOWN
+    elif not down:
+        state = OK
+    elif len(down) == len(reporting) or len(down) >= cfg.global_share * len(reporting):
+        state = GLOBAL_OUTAGE
+    else:
+        state = REGIONAL_OUTAGE
+    return CheckView(name, state, tuple(countries), spec.interval)

@@ -43,7 +43,6 @@ class AgentInfo:
     last_seen: float = 0.0
     assigned: frozenset[str] = frozenset()
     ever_assigned: set[str] = field(default_factory=set)
-    local_problem: bool = False
     features: tuple[str, ...] = ()  # protocol features announced in Hello
     clock: ClockEstimate = field(default_factory=ClockEstimate)
     # Results whose timestamp ingest moved onto the collector's clock: by the

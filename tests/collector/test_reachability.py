@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from prometheus_client import CollectorRegistry
 
+from probemesh.collector.api import agents_json
 from probemesh.collector.reachability import failure_detail
 from probemesh.collector.state import AgentInfo
 from probemesh.errors import ConfigError
@@ -63,7 +66,7 @@ def test_single_agent_uplink_failure_is_a_local_problem_not_an_incident() -> Non
     mesh.round()
     for _ in range(4):  # the agent in UG fails everything; the others see both checks up
         mesh.round(web={"UG": "timeout"}, tcp={"UG": "timeout"})
-    assert mesh.state.agents["a-ug"].local_problem is True
+    assert mesh.monitor.snapshot.agent_state("a-ug") == "local_problem"
     assert mesh.monitor.snapshot.local_problems == {"a-ug"}
     for check in ("web", "tcp"):
         ug = next(c for c in mesh.view(check).countries if c.country == "UG")
@@ -81,11 +84,39 @@ def test_single_agent_uplink_failure_is_a_local_problem_not_an_incident() -> Non
     assert (
         registry.get_sample_value("probemesh_outage", {"check": "web", "scope": "regional"}) == 0.0
     )
+    flag = {"agent": "a-ug", "country": "UG"}
+    assert registry.get_sample_value("probemesh_agent_local_problem", flag) == 1.0
+    agents = {a["agent"]: a for a in agents_json(mesh.state, mesh.monitor.snapshot)}
+    assert (agents["a-ug"]["local_problem"], agents["a-ug"]["suspect"]) == (True, False)
+    assert (agents["a-de"]["local_problem"], agents["a-de"]["suspect"]) == (False, False)
     # recovery clears the flag
     mesh.round()
     mesh.round()
-    assert mesh.state.agents["a-ug"].local_problem is False
+    assert mesh.monitor.snapshot.agent_state("a-ug") == "ok"
     assert mesh.country_states()["UG"] == "up"
+    assert registry.get_sample_value("probemesh_agent_local_problem", flag) == 0.0
+
+
+def test_evaluation_reads_the_mesh_state_and_never_writes_it() -> None:
+    mesh = ScriptedMesh()
+    mesh.round()
+    mesh.round()
+    states = []
+    for _ in range(4):  # UG loses its uplink: the verdict on it changes, the state must not
+        mesh.now += INTERVAL
+        for agent in mesh.state.agents.values():
+            for check in ("web", "tcp"):
+                mode = "timeout" if agent.country == "UG" else ""
+                mesh.state.apply(agent, result(check, mesh.now - 0.5, mode))
+        agents = {k: dataclasses.asdict(v) for k, v in mesh.state.agents.items()}
+        latest = {k: (v.result, v.timestamp, v.samples) for k, v in mesh.state.latest.items()}
+        mesh.monitor.evaluate()
+        assert {k: dataclasses.asdict(v) for k, v in mesh.state.agents.items()} == agents
+        assert {k: (v.result, v.timestamp, v.samples) for k, v in mesh.state.latest.items()} == (
+            latest
+        )
+        states.append(mesh.monitor.snapshot.agent_state("a-ug"))
+    assert states[-1] == "local_problem"
 
 
 def test_country_outage_of_one_check_is_not_a_local_problem() -> None:
@@ -94,7 +125,7 @@ def test_country_outage_of_one_check_is_not_a_local_problem() -> None:
     mesh.round()
     for _ in range(3):  # DE fails web only: half of its checks, not "nearly everything"
         mesh.round(web={"DE": "timeout"})
-    assert mesh.state.agents["a-de"].local_problem is False
+    assert mesh.monitor.snapshot.agent_state("a-de") == "ok"
     assert mesh.country_states()["DE"] == "down"
 
 
@@ -137,7 +168,7 @@ def test_all_countries_down_is_global() -> None:
     mesh.round(web=everyone)
     assert mesh.view().state == "global_outage"
     # every agent fails web, nobody sees it up: no local problem anywhere
-    assert not any(a.local_problem for a in mesh.state.agents.values())
+    assert mesh.monitor.snapshot.local_problems == frozenset()
 
 
 def test_global_share_is_configurable() -> None:

@@ -195,7 +195,7 @@ function render(data) {
     tr.appendChild(el("td", "", a.country + (a.region ? ` / ${a.region}` : "")));
     tr.appendChild(el("td", "", a.connected ? "connected" : "disconnected"));
     tr.appendChild(el("td", "", ago(a.last_seen)));
-    tr.appendChild(el("td", "", a.local_problem ? "⚠ local problem" : "-"));
+    tr.appendChild(el("td", "", a.local_problem ? "⚠ local problem" : a.suspect ? "suspect (checking)" : "-"));
     tr.appendChild(el("td", "", a.version || "-"));
     const offset = a.clock_offset_seconds;
     const clock = offset === null || offset === undefined ? "-"
