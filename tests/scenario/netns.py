@@ -93,14 +93,20 @@ class Topology:
     def exec_prefix(self, ns: str) -> list[str]:
         return ["ip", "netns", "exec", ns]
 
-    def drop(self, i: int, port: int) -> None:
-        """nftables in agent i's namespace drops its packets to the hub's port: timeouts."""
+    def add_hub_address(self, ip: str) -> None:
+        """A second address on the hub's bridge, e.g. for a target apart from the collector."""
+        sh("ip", "-n", self.hub, "addr", "add", f"{ip}/24", "dev", "br0")
+
+    def drop(self, i: int, port: int | None, host: str = HUB_IP) -> None:
+        """nftables in agent i's namespace drops its packets to host (to one TCP port,
+        or every packet when port is None): timeouts."""
         ns, table = self.ns(i), f"{self.prefix}drop"
+        match = f"ip daddr {host}" + (f" tcp dport {port}" if port is not None else "")
         rules = (
             f"table inet {table} {{\n"
             "  chain out {\n"
             "    type filter hook output priority 0;\n"
-            f"    ip daddr {HUB_IP} tcp dport {port} drop\n"
+            f"    {match} drop\n"
             "  }\n"
             "}\n"
         )
