@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -139,6 +140,8 @@ class VerdictMesh:
 
     def start_agents(self) -> None:
         """(Re)start every agent: each check's first probe lands at a new random phase."""
+        for proc in self.agents:  # all at once: each takes a moment to flush and exit
+            proc.signal(signal.SIGTERM)
         for proc in self.agents:
             proc.stop(timeout=10)
         self.agents = []
