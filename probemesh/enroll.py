@@ -40,6 +40,7 @@ CONFIG_NAME = "agent.yml"
 TOKEN_NAME = "token"
 CA_NAME = "collector-ca.pem"
 _PIN_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9.-]{0,253}$")
 _PEM_RE = re.compile(r"-----BEGIN CERTIFICATE-----\s+.*?-----END CERTIFICATE-----", re.DOTALL)
 CONTACT_TIMEOUT = 10.0
 
@@ -53,6 +54,9 @@ class JoinString:
     agent_id: str
     country: str
     token: str
+    # Name the collector's certificate carries, when agents reach it by another
+    # name or by IP address; empty: the host of each collector address.
+    server_name: str = ""
 
     def encode(self) -> str:
         body = {
@@ -62,6 +66,8 @@ class JoinString:
             "country": self.country,
             "token": self.token,
         }
+        if self.server_name:
+            body["server_name"] = self.server_name
         raw = json.dumps(body, separators=(",", ":")).encode()
         return PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -96,13 +102,22 @@ class JoinString:
         ):
             if problem:
                 raise ConfigError(f"join string: {name}: {problem}")
+        server_name = body.get("server_name", "")
+        if not isinstance(server_name, str) or server_name_problem(server_name):
+            raise ConfigError("join string: server_name must be a DNS name")
         return cls(
             tuple(collectors),
             body["pin"],
             str(body["agent_id"]),
             str(body["country"]),
             str(body["token"]),
+            server_name,
         )
+
+
+def server_name_problem(name: str) -> str:
+    """Why name cannot be a certificate's DNS name, or "" (an empty name is fine: none)."""
+    return "" if _NAME_RE.match(name) else f"{name[:64]!r} is not a DNS name"
 
 
 def certificate_pin(der: bytes) -> str:
@@ -119,7 +134,9 @@ def to_pem(der: bytes) -> str:
     return ssl.DER_cert_to_PEM_cert(der)
 
 
-def presented_chain(address: str, timeout: float = CONTACT_TIMEOUT) -> list[bytes]:
+def presented_chain(
+    address: str, server_name: str = "", timeout: float = CONTACT_TIMEOUT
+) -> list[bytes]:
     """The certificates a collector presents (leaf first, DER), unverified.
 
     Nothing is trusted yet: the caller compares them with a pin.
@@ -132,7 +149,7 @@ def presented_chain(address: str, timeout: float = CONTACT_TIMEOUT) -> list[byte
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
+            context.wrap_socket(raw, server_hostname=server_name or host) as tls,
         ):
             return _unverified_chain(tls)
     except ssl.SSLError as exc:
@@ -150,8 +167,11 @@ def _unverified_chain(tls: ssl.SSLSocket) -> list[bytes]:
     return [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
 
 
-def verify_anchor(address: str, anchor_der: bytes, timeout: float = CONTACT_TIMEOUT) -> None:
-    """Check that the collector's chain and name verify against anchor_der alone."""
+def verify_anchor(
+    address: str, anchor_der: bytes, server_name: str = "", timeout: float = CONTACT_TIMEOUT
+) -> None:
+    """Check that the collector's chain and name (server_name, else the host) verify against
+    anchor_der alone."""
     host, port = split_host_port(address)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cadata=anchor_der)
@@ -159,10 +179,16 @@ def verify_anchor(address: str, anchor_der: bytes, timeout: float = CONTACT_TIME
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host),
+            context.wrap_socket(raw, server_hostname=server_name or host),
         ):
             return
     except ssl.SSLCertVerificationError as exc:
+        if "mismatch" in (exc.verify_message or ""):  # chain fine, name wrong
+            raise PinError(
+                f"collector {address}: its certificate does not name {server_name or host} "
+                f"({exc.verify_message}); give the name it carries with --tls-server-name "
+                "when creating the token"
+            ) from None
         raise PinError(
             f"collector {address}: its certificate does not verify against the pinned one "
             f"({exc.verify_message}); the pinned certificate must be the collector's CA "
@@ -175,11 +201,11 @@ def verify_anchor(address: str, anchor_der: bytes, timeout: float = CONTACT_TIME
         raise ConfigError(f"collector {address}: cannot connect: {exc.strerror or exc}") from None
 
 
-def pinned_anchor(address: str, pin: str) -> bytes:
+def pinned_anchor(address: str, pin: str, server_name: str = "") -> bytes:
     """The certificate with this pin, as the collector presents it, once it is proven to anchor
     the collector's chain. ConfigError when the pin matches nothing (wrong pin, or someone else
     answering: a man in the middle) or the chain does not verify against it."""
-    chain = presented_chain(address)
+    chain = presented_chain(address, server_name)
     anchor = next((der for der in chain if certificate_pin(der) == pin), None)
     if anchor is None:
         seen = ", ".join(certificate_pin(der)[:19] + "..." for der in chain) or "none"
@@ -187,17 +213,17 @@ def pinned_anchor(address: str, pin: str) -> bytes:
             f"collector {address}: no certificate it presents has the pinned hash {pin} "
             f"(presented: {seen}); wrong join string, or not the real collector"
         )
-    verify_anchor(address, anchor)
+    verify_anchor(address, anchor, server_name)
     return anchor
 
 
-def pin_from_collector(address: str) -> tuple[str, bytes]:
+def pin_from_collector(address: str, server_name: str = "") -> tuple[str, bytes]:
     """The pin of the last certificate the collector presents (its CA when it sends one)."""
-    chain = presented_chain(address)
+    chain = presented_chain(address, server_name)
     if not chain:
         raise ConfigError(f"collector {address}: presented no certificate")
     anchor = chain[-1]
-    verify_anchor(address, anchor)
+    verify_anchor(address, anchor, server_name)
     return certificate_pin(anchor), anchor
 
 
@@ -229,7 +255,7 @@ def enroll(join: JoinString, state_dir: Path) -> Path:
     anchor = None
     for address in join.collectors:
         try:
-            anchor = pinned_anchor(address, join.pin)
+            anchor = pinned_anchor(address, join.pin, join.server_name)
             break
         except PinError:
             raise
@@ -253,6 +279,8 @@ def _write_state(join: JoinString, state_dir: Path, anchor: bytes) -> None:
             "token-file": TOKEN_NAME,
             "tls-ca": CA_NAME,
         }
+        if join.server_name:
+            config["tls-server-name"] = join.server_name
         header = "# Written by 'probemesh agent join'; paths are relative to this directory.\n"
         _write_private(state_dir / CONFIG_NAME, header + yaml.safe_dump(config, sort_keys=False))
     except OSError as exc:

@@ -53,8 +53,19 @@ def _tokens(data_dir: Path) -> Any:
     help="Certificate the join string pins: the collector's CA (the last certificate of the "
     "file). [default: the last certificate the collector presents]",
 )
+@options.opt(
+    "--tls-server-name",
+    default="",
+    help="Name in the collector's certificate, when agents reach it by another name or an IP. "
+    "[default: the host of each --collector-url]",
+)
 def token_create(
-    data_dir: Path, agent_id: str, country: str, collector_url: list[str], pin_cert: Path | None
+    data_dir: Path,
+    agent_id: str,
+    country: str,
+    collector_url: list[str],
+    pin_cert: Path | None,
+    tls_server_name: str,
 ) -> None:
     """Print a new token on one line. It is shown once and stored only hashed.
 
@@ -62,18 +73,30 @@ def token_create(
     'probemesh agent join': collector addresses, the certificate pin, agent id,
     country and token. It is shown once too.
     """
-    from probemesh.enroll import JoinString, pin_from_collector, pin_from_file
+    from probemesh.enroll import (
+        JoinString,
+        pin_from_collector,
+        pin_from_file,
+        server_name_problem,
+    )
 
-    if pin_cert and not collector_url:
-        raise ConfigError("--pin-cert needs --collector-url")
+    if (pin_cert or tls_server_name) and not collector_url:
+        raise ConfigError("--pin-cert and --tls-server-name need --collector-url")
+    if problem := server_name_problem(tls_server_name):
+        raise ConfigError(f"--tls-server-name: {problem}")
     pin = ""
     if collector_url:
         # Settle the pin before a token exists: a failure leaves no orphan token.
-        pin = pin_from_file(pin_cert) if pin_cert else pin_from_collector(collector_url[0])[0]
+        pin = (
+            pin_from_file(pin_cert)
+            if pin_cert
+            else pin_from_collector(collector_url[0], tls_server_name)[0]
+        )
     secret = _tokens(data_dir).create(agent_id, country)
     click.echo(secret)
     if collector_url:
-        click.echo(JoinString(tuple(collector_url), pin, agent_id, country, secret).encode())
+        join = JoinString(tuple(collector_url), pin, agent_id, country, secret, tls_server_name)
+        click.echo(join.encode())
         click.echo(
             f"join string pins {pin}; on the node run: probemesh agent join JOINSTRING",
             err=True,

@@ -32,9 +32,9 @@ from tests.security.conftest import checks_yaml
 class Collector:
     """A TLS collector whose certificate file holds the server certificate then its CA."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, names: tuple[str, ...] = ("127.0.0.1", "localhost")) -> None:
         self.ca = trustme.CA()
-        leaf = self.ca.issue_cert("127.0.0.1", "localhost")
+        leaf = self.ca.issue_cert(*names)
         self.cert = root / "server-chain.pem"
         self.cert.write_bytes(leaf.cert_chain_pems[0].bytes() + self.ca.cert_pem.bytes())
         self.key = root / "server.key"
@@ -187,6 +187,35 @@ def test_man_in_the_middle_is_refused(collector: Collector, tmp_path: Path) -> N
         assert "does not verify against the pinned one" in line
     finally:
         impostor.close()
+
+
+def test_certificate_for_another_name_needs_tls_server_name(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A collector reached by IP whose certificate names only collector.test."""
+    named = Collector(tmp_path_factory.mktemp("named"), names=("collector.test",))
+    try:
+        result = run_cli(
+            "token", "create", "--data-dir", str(named.mesh.data_dir), "--agent-id", "named-1",
+            "--country", "BR", "--collector-url", named.address, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "its certificate does not name 127.0.0.1 (IP address mismatch" in result.stderr
+        assert "--tls-server-name" in result.stderr
+        join = named.join_string("named-1", "--tls-server-name", "collector.test")
+        assert JoinString.decode(join).server_name == "collector.test"
+        line = _join_fails(_edited(join, server_name="other.test"), tmp_path / "unnamed")
+        assert "its certificate does not name other.test (Hostname mismatch" in line
+        state = tmp_path / "node"
+        assert run_cli("agent", "join", join, "--state-dir", str(state), "--no-run").returncode == 0
+        assert "tls-server-name: collector.test" in (state / "agent.yml").read_text()
+        agent = Proc(["agent", "--state-dir", str(state)], tmp_path / "agent.log").start()
+        try:
+            wait_for(lambda: _connected(named, "named-1"), 30, "agent verifying collector.test")
+        finally:
+            agent.stop()
+    finally:
+        named.mesh.stop()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the install script runs as root (runuser)")
