@@ -102,6 +102,8 @@ mkdir -p "$unit_dir"
 cat >"$unit_dir/probemesh-agent.service" <<EOF
 # Written by install-agent.sh. Settings: $state_dir/agent.yml (from the join
 # string); options in /etc/probemesh/agent.env (PROBEMESH_<OPTION>=value) override it.
+# Checks that name files (bearer_token_file, tls_config.ca_file, ...) need a secrets dir,
+# e.g. PROBEMESH_SECRETS_DIR=/etc/probemesh/secrets (docs/security.md, "Agent secrets").
 [Unit]
 Description=probemesh agent (synthetic probes, streamed to a collector)
 After=network-online.target
