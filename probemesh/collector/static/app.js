@@ -175,6 +175,11 @@ function render(data) {
   lastData = data;
   const active = data.incidents.filter((i) => !i.ended_at);
   const recent = data.incidents.filter((i) => i.ended_at);
+  const wanted = linkedId();
+  if (wanted && !data.incidents.some((i) => String(i.id) === wanted)) {
+    if (older && String(older.id) === wanted) recent.push(older);
+    else loadOlder(wanted);
+  }
   const worst = data.checks.reduce((w, c) => Math.max(w, RANK[c.state] || 0), 0);
   const overall = $("overall");
   const stateName = Object.keys(RANK).find((k) => RANK[k] === worst) || "unknown";
@@ -212,7 +217,26 @@ function render(data) {
 }
 
 // An incident linked by an alert (/#incident-ID) is outlined and scrolled to once.
+// One older than the page's list is fetched from /api/v1/incidents and shown too.
 let scrolledTo = "";
+let older = null;
+let olderLoading = "";
+function linkedId() {
+  const m = location.hash.match(/^#incident-(\d+)$/);
+  return m ? m[1] : null;
+}
+async function loadOlder(id) {
+  if (olderLoading === id) return;
+  olderLoading = id;
+  try {
+    const resp = await fetch("/api/v1/incidents", { cache: "no-store" });
+    if (!resp.ok) return;
+    const found = (await resp.json()).incidents.find((i) => String(i.id) === id);
+    if (found) { older = found; render(lastData); }
+  } catch (err) {
+    olderLoading = "";  // try again on the next render
+  }
+}
 window.addEventListener("hashchange", () => render(lastData));
 
 // Long poll: the collector answers as soon as an evaluation newer than ours exists.
