@@ -162,6 +162,8 @@ class Incident:
             if d is None:
                 continue
             previous = self.diagnosis.get(country)
+            if previous is None and d.kind == "unknown":
+                continue  # still waiting for evidence: nothing to record yet
             if previous is None or previous["kind"] != d.kind:
                 changed.setdefault(d.kind, []).append(country)
             self.diagnosis[country] = d.to_json()

@@ -255,3 +255,13 @@ def test_control_refresh_is_validated(tmp_path: Path) -> None:
         load_checks(path)
     path.write_text(base + "outage: {control_refresh: 30}\n")
     assert load_checks(path).outage.control_refresh == 30.0
+
+
+def test_waiting_for_evidence_adds_no_event() -> None:
+    incident = Incident(3, "web", 0.0, "regional", "regional", ["UG"], ["UG"])
+    assert not incident.diagnose(
+        {"UG": Diagnosis("unknown", "waiting for the control's evidence")}, 1.0
+    )
+    assert incident.diagnose({"UG": Diagnosis("dns", "lie")}, 2.0)
+    assert incident.diagnose({"UG": Diagnosis("unknown", "matches the control")}, 3.0)
+    assert [e.kind for e in incident.timeline if e.event == "diagnosed"] == ["dns", "unknown"]

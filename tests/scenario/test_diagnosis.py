@@ -22,6 +22,7 @@ KE and DE are controls: they must stay up with no diagnosis while others fail.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,9 @@ ASN_TSV = (
     "10.213.0.0\t10.213.0.255\t64666\tZZ\tFILTER-NET\n"
 )
 SERVERS = str(Path(__file__).with_name("diagnosis_servers.py"))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -281,6 +285,53 @@ def _controls_clean(countries: dict[str, dict[str, Any]]) -> None:
         assert countries[cc]["diagnosis"] is None, countries[cc]
 
 
+def check_status_page(net: Network, tmp: Path) -> None:
+    """Chromium, run inside r1 through a wrapper, shows kinds, the cause and NG's hop list.
+
+    Playwright talks to Chromium over pipes, so the browser can live in another
+    network namespace than the test.
+    """
+    problem = browser_problem()
+    if problem:
+        print(f"\nstatus page part skipped: {problem}")
+        return
+    from playwright.sync_api import sync_playwright
+
+    wrapper = tmp / "chromium-in-r1"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {net.ns("r1")} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.goto(f"http://{R1}:{HTTP_PORT}/")
+            card = '.check[data-check="social-home"]'
+            for cc, kind in {**BLOCKED, "NG": "path", "GH": "path"}.items():
+                page.wait_for_selector(
+                    f'{card} .tile[data-country="{cc}"] .kind[data-kind="{kind}"]', timeout=10_000
+                )
+            for cc in CONTROLS:
+                assert page.locator(f'{card} .tile[data-country="{cc}"] .kind').count() == 0
+            hops = page.locator(f'{card} .diagnosis li[data-country="NG"] .hops li')
+            texts = hops.all_inner_texts()
+            assert texts[0].startswith(R1) and texts[1].startswith(f"{R2_UP} (AS64501)"), texts
+            assert page.locator(".incident .badge.cause").first.inner_text() == "cause: mixed"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "status-diagnosis.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def browser_problem() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the 'playwright' package is not installed"
+    return None
+
+
 def test_each_fault_gets_its_kind_and_the_incident_its_cause(
     network: Network, tmp_path: Path
 ) -> None:
@@ -359,6 +410,7 @@ def test_each_fault_gets_its_kind_and_the_incident_its_cause(
         )
         assert isinstance(inc, dict)
         assert f"path lost after {R2_UP} (AS64501) for GH, NG" in inc["summary"]
+        check_status_page(network, tmp_path)
 
         # every fault lifted, then the origin fails for everyone
         sc.set_control()

@@ -118,6 +118,11 @@ function incidentCard(inc) {
   head.appendChild(el("span", "check-name", inc.check));
   const scope = inc.ended_at ? "closed" : inc.scope;
   head.appendChild(el("span", `badge ${inc.ended_at ? "ok" : inc.scope}`, scope));
+  if (inc.cause && inc.cause !== "unknown") {
+    const cause = el("span", `badge cause ${inc.cause}`, `cause: ${inc.cause}`);
+    cause.dataset.cause = inc.cause;
+    head.appendChild(cause);
+  }
   card.appendChild(head);
   card.appendChild(el("div", "summary", inc.summary));
   const meta = el("div", "muted small",
@@ -130,7 +135,8 @@ function incidentCard(inc) {
     const time = el("time", "", hms(ev.at));
     time.setAttribute("datetime", ev.at);
     li.appendChild(time);
-    li.appendChild(document.createTextNode(`${ev.event}${ev.countries.length ? ": " + ev.countries.join(", ") : ""}`));
+    const kind = ev.kind ? ` (${ev.kind})` : "";
+    li.appendChild(document.createTextNode(`${ev.event}${ev.countries.length ? ": " + ev.countries.join(", ") : ""}${kind}`));
     ul.appendChild(li);
   }
   card.appendChild(ul);
@@ -155,12 +161,43 @@ function checkCard(check) {
     tile.appendChild(el("div", "cc", c.country));
     const ratio = c.ratio === null ? "no data" : `${c.up}/${c.agents} up`;
     tile.appendChild(el("div", "ratio", `${c.state} · ${ratio}`));
-    if (c.detail) tile.appendChild(el("div", "why", c.detail));
+    if (c.diagnosis) {
+      const kind = el("div", `kind ${c.diagnosis.kind}`, c.diagnosis.kind);
+      kind.dataset.kind = c.diagnosis.kind;
+      tile.appendChild(kind);
+      tile.title = `${c.country}: ${c.diagnosis.kind} - ${c.diagnosis.detail}`;
+    } else if (c.detail) tile.appendChild(el("div", "why", c.detail));
     else if (c.excluded) tile.appendChild(el("div", "why", `${c.excluded} local problem`));
     grid.appendChild(tile);
   }
   card.appendChild(grid);
+  const diagnosed = check.countries.filter((c) => c.diagnosis);
+  if (diagnosed.length) card.appendChild(diagnosisList(diagnosed));
   return card;
+}
+
+// Why each failing country fails; for "path", the hops of its last traceroute.
+function diagnosisList(countries) {
+  const ul = el("ul", "diagnosis");
+  for (const c of countries) {
+    const d = c.diagnosis;
+    const li = el("li", `kind-${d.kind}`);
+    li.dataset.country = c.country;
+    li.appendChild(el("b", "", `${c.country} · ${d.kind}`));
+    li.appendChild(document.createTextNode(` ${d.detail}`));
+    if (d.kind === "path" && d.path && d.path.length) {
+      const hops = el("ol", "hops");
+      for (const h of d.path) {
+        const hop = el("li", h.address === d.hop ? "last" : "",
+          h.address ? `${h.address}${h.asn ? ` (AS${h.asn})` : ""} ${(h.rtt_seconds * 1000).toFixed(1)} ms` : "*");
+        hop.value = h.ttl;
+        hops.appendChild(hop);
+      }
+      li.appendChild(hops);
+    }
+    ul.appendChild(li);
+  }
+  return ul;
 }
 
 function lastFocus() {
