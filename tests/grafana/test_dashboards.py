@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,30 @@ def test_variable_and_annotation_queries_work(live: tuple[Prometheus, list[str]]
             if "expr" in annotation:
                 prom.query(substitute(annotation["expr"], "web-down"))  # must parse
     assert set(prom.api("label/check/values")) >= set(checks)
+
+
+def test_diagnosis_panel_shows_the_kinds(live: tuple[Prometheus, list[str]]) -> None:
+    """The diagnosis table's query on the live mesh: web-down answers HTTP 500 to every
+    country (origin); web-mixed fails for one DE agent while US succeeds (http_diff)."""
+    prom, _ = live
+    dash = load(GRAFANA / "dashboards" / "probemesh-check-detail.json")
+    [panel] = [p for p in panels(dash) if p["title"] == "Diagnosis per failing country"]
+    expr = panel["targets"][0]["expr"]
+
+    def kinds(check: str) -> dict[str, str]:
+        return {
+            s["metric"]["country"]: s["metric"]["kind"] for s in prom.query(substitute(expr, check))
+        }
+
+    def settled() -> bool:
+        down = kinds("web-down")
+        return {"DE", "US"} <= set(down) and set(down.values()) == {"origin"}
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        settled() and kinds("web-mixed") == {"DE": "http_diff"}
+    ):
+        time.sleep(0.5)
+    assert settled(), kinds("web-down")  # JP, behind a second collector, is there too
+    assert kinds("web-mixed") == {"DE": "http_diff"}
+    assert kinds("web-up") == {}  # no diagnosis while every country is up
