@@ -16,6 +16,12 @@ make fresh-connection probes at the same concurrency, in one run:
   process's time.process_time(). Converting results to protobuf and sending
   them is not included (the collector link is batched; see docs/benchmarks.md).
 
+Diagnosis overhead: the agent's real Scheduler runs 200 HTTP checks (interval
+1 s) for 8 s, once with evidence gathering wired (as the agent runs) and once
+without, against the succeeding target, then against a closed port (every probe
+fails). CPU is the worker's process time per 1,000 probes; "gatherings" counts
+evidence reports. Succeeding probes must cost the same either way.
+
 RSS: a process that loads 1,000 checks through the checks-file parser and runs
 them with the agent's real Scheduler and runner (interval 60 s against the
 local target), measured from /proc/<pid>/status after the first probes ran.
@@ -150,6 +156,73 @@ RSS_WORKER = textwrap.dedent(
 )
 
 
+DIAG_WORKER = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from probemesh.agent.probes.net import ProbeEnv
+    from probemesh.agent.safety import AddressPolicy
+    from probemesh.agent.scheduler import Scheduler
+    from probemesh.checks import parse_checks
+
+    url, count, seconds, wired = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "1"
+    doc = {
+        "modules": {"http_2xx": {"prober": "http", "timeout": "2s",
+                                 "http": {"preferred_ip_protocol": "ip4"}}},
+        "checks": [{"name": f"check-{i}", "target": f"{url}?i={i}", "module": "http_2xx",
+                    "interval": "1s"} for i in range(count)],
+    }
+
+    async def main():
+        checks = parse_checks(doc)
+        produced, reports = [], []
+        scheduler = Scheduler(ProbeEnv(policy=AddressPolicy(allow_private=True)),
+                              produced.append, min_interval=1.0, max_concurrency=100)
+        if wired:
+            scheduler.on_report = reports.append
+        cpu0 = time.process_time()
+        scheduler.update(spec.to_proto() for spec in checks.checks.values())
+        await asyncio.sleep(seconds)
+        await scheduler.stop()  # waits for gatherings in flight, so their CPU counts
+        cpu = time.process_time() - cpu0
+        ok = sum(r.success for r in produced)
+        print(json.dumps({"cpu": cpu, "probes": len(produced), "ok": ok, "reports": len(reports)}))
+
+    asyncio.run(main())
+    """
+)
+
+
+def diagnosis_overhead(
+    url: str, closed_url: str, checks: int = 200, seconds: float = 8.0, runs: int = 3
+) -> None:
+    """Print CPU per 1,000 probes with and without evidence gathering, up and down targets.
+
+    Runs alternate off/on, and which goes first, so that load from other
+    processes and the target's accumulated TIME_WAIT sockets hit both alike;
+    the median of ``runs`` is printed with the range.
+    """
+    print(
+        f"diagnosis overhead: agent Scheduler, {checks} HTTP checks at 1 s, {seconds:g} s, "
+        f"median of {runs} alternating runs"
+    )
+    for label, target in (("target up", url), ("target down (refused)", closed_url)):
+        samples: dict[bool, list[dict]] = {False: [], True: []}
+        for run in range(runs):
+            for wired in (False, True) if run % 2 == 0 else (True, False):
+                args = (target, str(checks), str(seconds), "1" if wired else "0")
+                out, _ = python(DIAG_WORKER, *args).communicate()
+                samples[wired].append(json.loads(out))
+        for wired in (False, True):
+            per_k = sorted(f["cpu"] / max(f["probes"], 1) * 1000 for f in samples[wired])
+            last = samples[wired][-1]
+            print(
+                f"  {label:22} evidence {'on ' if wired else 'off'}: "
+                f"{per_k[len(per_k) // 2]:.3f} CPU s / 1000 probes "
+                f"(range {per_k[0]:.3f}-{per_k[-1]:.3f}; last run {last['probes']} probes, "
+                f"{last['ok']} ok, {last['reports']} gatherings)"
+            )
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
@@ -267,11 +340,19 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--checks", type=int, default=1000)
+    parser.add_argument(
+        "--diagnosis-only", action="store_true", help="only the diagnosis overhead figures"
+    )
     args = parser.parse_args()
 
     target = python(TARGET_SERVER)
     assert target.stdout is not None
     url = f"http://127.0.0.1:{int(target.stdout.readline())}/"
+    diagnosis_overhead(url, f"http://127.0.0.1:{free_port()}/")
+    if args.diagnosis_only:
+        target.terminate()
+        target.wait()
+        return
     ip4 = {"preferred_ip_protocol": "ip4"}
     h2 = {**ip4, "valid_http_versions": ["HTTP/2.0"], "tls_config": {"ca_file": "ca.pem"}}
     figures = {}
