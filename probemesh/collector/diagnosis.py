@@ -150,6 +150,13 @@ def _lost_path(path: pb.PathEvidence) -> str | None:
     return answered[-1] if answered else None
 
 
+def _path_note(path: Observed | None) -> str:
+    """'; path: unavailable (why)' when the agent could not trace, so readers know why no hop."""
+    if path is None or path.evidence.path.available:
+        return ""
+    return f"; path: unavailable ({path.evidence.path.unavailable_reason})"
+
+
 def _describe_http(h: pb.HttpEvidence) -> str:
     title = f", title {h.title[:60]!r}" if h.title else ""
     return f"HTTP {h.status}, {h.body_length} bytes{title}"
@@ -219,7 +226,7 @@ class Rules:
             return Diagnosis(
                 "tcp_blocking",
                 f"connect to {first.address}:{first.port} {first.outcome}{code} "
-                "while the control connects",
+                f"while the control connects{_path_note(path)}",
                 path=hops,
             )
         if any(t.outcome == "reset" for t in tried) and control_connects:

@@ -90,6 +90,12 @@ def test_tcp_blocking_and_path() -> None:
     assert reset.kind == "tcp_blocking" and "refused while the control connects" in reset.detail
     assert kind(evidence(tcp="timeout")).kind == "tcp_blocking"  # no traceroute: cannot say where
     book = EvidenceBook()
+    untraced = evidence(tcp="timeout")
+    untraced.path.unavailable_reason = "needs CAP_NET_RAW"
+    book.observe("web", "a0", "NG", untraced, 100.0)
+    blind = Rules(ASNS).against(untraced, CONTROL, book.paths[("web", "a0")])
+    assert blind.kind == "tcp_blocking"
+    assert blind.detail.endswith("; path: unavailable (needs CAP_NET_RAW)"), blind.detail
     traced = evidence(tcp="timeout")
     traced.path.available, traced.path.destination = True, ORIGIN
     traced.path.hops.add(ttl=1, address="192.0.2.1", rtt_seconds=0.001)
@@ -265,3 +271,60 @@ def test_waiting_for_evidence_adds_no_event() -> None:
     assert incident.diagnose({"UG": Diagnosis("dns", "lie")}, 2.0)
     assert incident.diagnose({"UG": Diagnosis("unknown", "matches the control")}, 3.0)
     assert [e.kind for e in incident.timeline if e.event == "diagnosed"] == ["dns", "unknown"]
+
+
+def _mmdb_value(value: object) -> bytes:
+    """One MaxMind DB data-section value (the few types the test file needs)."""
+    if isinstance(value, str):
+        raw = value.encode()
+        assert len(raw) < 29
+        return bytes([(2 << 5) | len(raw)]) + raw
+    if isinstance(value, dict):
+        return bytes([(7 << 5) | len(value)]) + b"".join(
+            _mmdb_value(k) + _mmdb_value(v) for k, v in value.items()
+        )
+    if isinstance(value, list):  # array: extended type 11
+        return bytes([len(value), 11 - 7]) + b"".join(_mmdb_value(v) for v in value)
+    kind, number = value if isinstance(value, tuple) else ("u32", value)
+    assert isinstance(number, int)
+    raw = number.to_bytes(8, "big").lstrip(b"\0")
+    if kind == "u64":  # extended type 9
+        return bytes([len(raw), 9 - 7]) + raw
+    return bytes([({"u16": 5, "u32": 6}[kind] << 5) | len(raw)]) + raw
+
+
+def write_mmdb(path: Path, prefix: str, bits: int, asn: int) -> None:
+    """A one-network IPv4 MaxMind ASN database: a search tree of `bits` nodes, 24-bit records."""
+    import ipaddress
+
+    network = int(ipaddress.ip_address(prefix))
+    nodes, empty = bits, bits
+    data = _mmdb_value({"autonomous_system_number": asn})
+    pointer = nodes + 16  # data offset 0, after the 16-byte separator
+    tree = b""
+    for depth in range(bits):
+        bit = (network >> (31 - depth)) & 1
+        follow = pointer if depth == bits - 1 else depth + 1
+        left, right = (empty, follow) if bit else (follow, empty)
+        tree += left.to_bytes(3, "big") + right.to_bytes(3, "big")
+    metadata = {
+        "node_count": nodes,
+        "record_size": ("u16", 24),
+        "ip_version": ("u16", 4),
+        "database_type": "GeoLite2-ASN",
+        "languages": ["en"],
+        "binary_format_major_version": ("u16", 2),
+        "binary_format_minor_version": ("u16", 0),
+        "build_epoch": ("u64", 1),
+        "description": {"en": "test"},
+    }
+    path.write_bytes(tree + b"\0" * 16 + data + b"\xab\xcd\xefMaxMind.com" + _mmdb_value(metadata))
+
+
+def test_maxmind_asn_file(tmp_path: Path) -> None:
+    path = tmp_path / "asn.mmdb"
+    write_mmdb(path, "203.0.113.0", 24, 64501)
+    db = load_asn_db(path)
+    assert db.asn("203.0.113.77") == 64501
+    assert db.asn("203.0.114.1") is None
+    assert db.asn("2001:db8::1") is None  # an IPv4-only database
