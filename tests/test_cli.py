@@ -109,3 +109,15 @@ def test_collector_refuses_a_grpc_port_another_process_holds(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"probemesh: error: --grpc-listen: cannot listen on 127.0.0.1:{port}"
+
+
+def test_bad_asn_db_names_the_file_and_line(tmp_path: Path) -> None:
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(
+        "modules: {m: {prober: tcp}}\nchecks: [{name: c, target: 'h:1', module: m}]\n"
+    )
+    asn = tmp_path / "ip2asn.tsv"
+    asn.write_text("10.0.0.0\t10.0.0.255\t64500\tZZ\tok\n10.0.1.0\tnot-an-ip\t64501\n")
+    line = error_line("collector", "--checks", str(checks), "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                      "--data-dir", str(tmp_path / "d"), "--asn-db", str(asn))  # fmt: skip
+    assert f"--asn-db {asn}:2: expected range_start" in line
