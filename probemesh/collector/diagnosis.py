@@ -256,6 +256,13 @@ class Rules:
         lost = self.path_diagnosis(path)
         if lost is not None:
             return lost
+        if seen.HasField("http") and not seen.http.status and controls_http:
+            return Diagnosis(
+                "unknown",
+                f"no HTTP response ({seen.http.error}) where the control gets HTTP "
+                f"{controls_http[0].status}",
+                path=hops,
+            )
         return Diagnosis("unknown", "the evidence matches the control's", path=hops)
 
     def _dns(self, seen: pb.Evidence, controls: list[pb.Evidence]) -> str:

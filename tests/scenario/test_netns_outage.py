@@ -210,7 +210,22 @@ def test_regional_global_and_progressive_recovery(topology: Topology, tmp_path: 
         for cc in DROPPED:
             assert inc["country_reasons"][cc]["reason"] == "timeout"
         assert "unreachable from 6 countries (BR, DE, LT, PH, UG, ZA)" in inc["summary"]
-        assert "HTTP 500" in inc["summary"] and "timeout" in inc["summary"]
+        # Once US and JP's evidence arrives as the control, the summary names the
+        # diagnosis: a 500 only some countries get is http_diff; connects dropped on
+        # the agents' own side (no hop ever answers) are tcp_blocking.
+        inc = wait_for(
+            lambda: (i := sc.incident()) and len(i["diagnosis"]) == 6 and i,
+            15,
+            "the six countries diagnosed",
+        )
+        assert isinstance(inc, dict)
+        kinds = {cc: d["kind"] for cc, d in inc["diagnosis"].items()}
+        assert kinds == {
+            **dict.fromkeys(HTTP_500, "http_diff"),
+            **dict.fromkeys(DROPPED, "tcp_blocking"),
+        }
+        assert inc["cause"] == "blocking"
+        assert "blocked in BR (http_diff), DE (http_diff), LT (tcp_blocking)" in inc["summary"]
         states = {c["country"]: c["state"] for c in sc.check()["countries"]}
         assert states["US"] == states["JP"] == "up"
         agents = sc.api("/api/v1/agents")["agents"]
