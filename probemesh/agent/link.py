@@ -22,8 +22,16 @@ from pathlib import Path
 import grpc
 
 from probemesh import __version__
+from probemesh.agent.credentials import (
+    REFUSED_CODES,
+    RefusedBackoff,
+    TokenSource,
+    TokenUnavailable,
+    transport_hint,
+)
 from probemesh.agent.probes import PROBERS
 from probemesh.agent.queue import DurableQueue
+from probemesh.agent.safety import AgentPolicy
 from probemesh.errors import ConfigError
 from probemesh.grpc_options import CHANNEL_OPTIONS
 from probemesh.v1 import mesh_pb2 as pb
@@ -161,16 +169,20 @@ class CollectorLink:
         self,
         collectors: list[str],
         identity: Identity,
-        token: str,
+        token: str | TokenSource,
         queue: DurableQueue,
         new_results: asyncio.Event,
         on_checks: Callable[[pb.Checks], None],
         settings: LinkSettings | None = None,
         on_evidence_request: Callable[[pb.EvidenceRequest], None] | None = None,
+        policy: AgentPolicy | None = None,
     ) -> None:
         self.collectors = collectors
+        self.policy = policy or AgentPolicy()
         self.identity = identity
-        self.token = token
+        self.token = token if isinstance(token, TokenSource) else TokenSource(token)
+        self.refused = RefusedBackoff(self.token)
+        self._sent_token = ""  # the token of the last attempt
         self.queue = queue
         self.new_results = new_results
         self.on_checks = on_checks
@@ -199,11 +211,28 @@ class CollectorLink:
         while not stop.is_set():
             address = self.collectors[index % len(self.collectors)]
             welcomed = False
+            refused_delay = 0.0
             try:
                 await self._session_until_stop(address, stop)
+            except TokenUnavailable as exc:
+                refused_delay = self.refused.on_refusal(
+                    address, grpc.StatusCode.UNAUTHENTICATED, "no token", str(exc)
+                )
             except grpc.aio.AioRpcError as exc:
-                level = logging.ERROR if exc.code() in _FATALISH else logging.WARNING
-                log.log(level, "collector %s: %s: %s", address, exc.code().name, exc.details())
+                if exc.code() in REFUSED_CODES:
+                    refused_delay = self.refused.on_refusal(
+                        address, exc.code(), exc.details() or ""
+                    )
+                else:
+                    hint = transport_hint(
+                        exc.details() or "",
+                        self.settings.tls is not None,
+                        self.settings.tls is not None and self.settings.tls.files[1] is not None,
+                    )
+                    log.warning(
+                        "collector %s: %s: %s%s",
+                        address, exc.code().name, exc.details(), f" ({hint})" if hint else "",
+                    )  # fmt: skip
             except (SessionLost, ConnectionError, OSError) as exc:
                 log.warning("collector %s: session lost: %s", address, exc)
             except TimeoutError:
@@ -216,6 +245,10 @@ class CollectorLink:
                 self.current = None
             if stop.is_set():
                 return
+            if refused_delay:
+                index += 1  # another collector may know the token; the delay stands
+                await self._wait_for_new_token(refused_delay, stop)
+                continue
             if welcomed:
                 attempt = 0  # the collector was up: come back quickly (jittered)
             index += 1  # fail over to the next collector
@@ -226,6 +259,19 @@ class CollectorLink:
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+
+    async def _wait_for_new_token(self, delay: float, stop: asyncio.Event) -> None:
+        """Wait out a refusal's delay, cut short by stop or by a new token in the file."""
+        deadline = time.monotonic() + delay
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(1.0, deadline - time.monotonic()))
+            try:
+                if self.token.get() != self._sent_token:
+                    log.info("token changed; connecting again")
+                    return
+            except TokenUnavailable:
+                pass
 
     async def _session_until_stop(self, address: str, stop: asyncio.Event) -> None:
         """Run a session; on stop, a connected one drains, a handshake is abandoned."""
@@ -266,7 +312,8 @@ class CollectorLink:
                 request_serializer=serialize,
                 response_deserializer=pb.CollectorMessage.FromString,
             )
-            call = method(metadata=(("authorization", f"Bearer {self.token}"),))
+            self._sent_token = self.token.get()
+            call = method(metadata=(("authorization", f"Bearer {self._sent_token}"),))
             try:
                 # The whole handshake is bounded: a dropped SYN would otherwise
                 # hold the write for gRPC's 20 s connect timeout, or longer.
@@ -305,6 +352,7 @@ class CollectorLink:
                 elif welcome.acked_seq:
                     self.queue.ack(welcome.acked_seq)
                 self.current = address
+                self.refused.accepted()
                 self.connected.set()
                 log.info("connected to collector %s (acked_seq=%d)", address, welcome.acked_seq)
                 reader = asyncio.create_task(self._read(session))
@@ -330,6 +378,8 @@ class CollectorLink:
                 last_seq=self.queue.last_seq,
                 secrets_dir_configured=self.settings.secrets_dir_configured,
                 features=FEATURES,
+                min_interval_seconds=self.policy.min_interval,
+                allow_private_targets=self.policy.allow_private_targets,
             )
         )
 
@@ -469,4 +519,3 @@ def _within_bytes(rows: list[tuple[int, bytes]], limit: int) -> list[tuple[int, 
 # Protocol features this agent implements (Hello.features): it answers clock probes.
 FEATURES = ["clock_echo"]
 _KEEPALIVE_KEYS = {"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms"}
-_FATALISH = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}

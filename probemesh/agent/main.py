@@ -12,11 +12,12 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from probemesh.agent.credentials import TokenSource
 from probemesh.agent.link import CollectorLink, Identity, LinkSettings
 from probemesh.agent.metrics import AgentMetrics
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.queue import DEFAULT_MAX_AGE, DEFAULT_MAX_RESULTS, DurableQueue
-from probemesh.agent.safety import AddressPolicy
+from probemesh.agent.safety import AddressPolicy, AgentPolicy
 from probemesh.agent.scheduler import Scheduler
 from probemesh.agent.secrets import SecretFiles
 from probemesh.errors import StateError
@@ -32,7 +33,7 @@ class AgentOptions:
 
     collectors: list[str]
     identity: Identity
-    token: str
+    token: str | TokenSource
     state_dir: Path
     metrics_listen: str = ""
     source_address: str = ""
@@ -73,6 +74,7 @@ class Agent:
             self._on_checks,
             options.link,
             on_evidence_request=self.scheduler.request_evidence,
+            policy=AgentPolicy(options.min_interval, options.allow_private_targets),
         )
         self.scheduler.on_report = self.link.send_report
         self.metrics = AgentMetrics(self.queue, options.identity.agent_id, options.identity.country)

@@ -15,6 +15,7 @@ from typing import Any
 from probemesh.agent.probes import PROBERS
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.probes.result import ProbeResult, Reason, failure_from_exception
+from probemesh.agent.safety import RULE_INTERVAL, policy_message
 from probemesh.catalog import HTTP_PHASE_METRIC, HTTP_PHASE_ORDER
 from probemesh.errors import ConfigError
 from probemesh.modules import settings_from_json
@@ -29,14 +30,16 @@ _REASON_TO_PB = {
 class PreparedCheck:
     """A check from the collector with its settings parsed once.
 
-    ``refusal`` is set when the agent will not run the check (bad settings,
-    interval below the floor); each round then reports that as reason ``other``.
+    ``refusal`` is set when the agent will not run the check; each round then
+    reports it with ``refusal_reason``: ``policy`` for the interval floor,
+    ``other`` for bad settings or an unknown prober.
     """
 
     check: pb.Check
     settings: Any
     interval: float
     refusal: str = ""
+    refusal_reason: Reason = Reason.OTHER
 
     @property
     def name(self) -> str:
@@ -55,7 +58,12 @@ def prepare(check: pb.Check, min_interval: float) -> PreparedCheck:
             check,
             None,
             min_interval,
-            f"interval {interval:g}s is below this agent's floor of {min_interval:g}s; check refused",
+            policy_message(
+                RULE_INTERVAL,
+                f"interval {interval:g}s is below this agent's floor of {min_interval:g}s "
+                "(--min-interval); check refused",
+            ),
+            Reason.POLICY,
         )
     try:
         settings = settings_from_json(check.prober, check.settings_json)
@@ -71,7 +79,7 @@ async def run_probe(prepared: PreparedCheck, env: ProbeEnv) -> pb.Result:
     t0 = time.perf_counter()
     result = ProbeResult()
     if prepared.refusal:
-        result.fail(Reason.OTHER, prepared.refusal)
+        result.fail(prepared.refusal_reason, prepared.refusal)
     else:
         try:
             async with asyncio.timeout(check.timeout_seconds or None):

@@ -3,12 +3,34 @@ fleet at cloud metadata services or the VPS's own private network.
 
 The check runs on the address a probe is about to connect to, after DNS
 resolution, so a name that rebinds to 169.254.169.254 is refused too.
+
+A refusal is a configuration problem, not an outage: its message starts with
+the rule's name (one of POLICY_RULES) so that the collector can show and
+count it as "not runnable on agent X: <rule>" instead of a failure.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
+# The policy rules an agent may refuse a check by.
+RULE_BLOCKED = "blocked_address"  # link-local / cloud metadata: never probed
+RULE_PRIVATE = "private_target"  # loopback or private without --allow-private-targets
+RULE_INTERVAL = "interval_floor"  # interval below --min-interval
+POLICY_RULES = (RULE_BLOCKED, RULE_PRIVATE, RULE_INTERVAL)
+
+
+def policy_message(rule: str, detail: str) -> str:
+    """The refusal message: "<rule>: <detail>"."""
+    return f"{rule}: {detail}"
+
+
+def policy_rule(message: str) -> str:
+    """The rule a refusal message names; "" when it names none of POLICY_RULES."""
+    rule = message.partition(":")[0]
+    return rule if rule in POLICY_RULES else ""
+
 
 # Never probed, whatever the flags: link-local (AWS, GCP, Azure and Oracle
 # metadata live at 169.254.169.254), the AWS IPv6 metadata endpoint and
@@ -44,6 +66,14 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 
 @dataclass(frozen=True)
+class AgentPolicy:
+    """What the agent refuses, announced in Hello so the collector can warn early."""
+
+    min_interval: float = 0.0
+    allow_private_targets: bool = False
+
+
+@dataclass(frozen=True)
 class AddressPolicy:
     """allow_private admits loopback and private ranges (demo, tests, LANs)."""
 
@@ -57,14 +87,18 @@ class AddressPolicy:
             ip = _embedded_ipv4(ip) or ip
         for network in ALWAYS_BLOCKED:
             if ip in network:
-                return f"target address {ip} is link-local/cloud-metadata; agents never probe it"
+                return policy_message(
+                    RULE_BLOCKED,
+                    f"target address {ip} is link-local/cloud-metadata; agents never probe it",
+                )
         if ip.is_unspecified or ip.is_multicast:
-            return f"target address {ip} is not a unicast address"
+            return policy_message(RULE_BLOCKED, f"target address {ip} is not a unicast address")
         private = ip.is_loopback or ip.is_private or ip.is_reserved or ip in _SHARED
         if not self.allow_private and private:
             kind = "loopback" if ip.is_loopback else "private"
-            return (
+            return policy_message(
+                RULE_PRIVATE,
                 f"target address {ip} is {kind}; "
-                "start the agent with --allow-private-targets to allow it"
+                "start the agent with --allow-private-targets to allow it",
             )
         return None

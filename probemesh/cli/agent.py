@@ -75,7 +75,8 @@ def _state_defaults(ctx: click.Context, _param: click.Parameter, value: Path) ->
     "--token-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="File holding the token (preferred over --token). [default: none]",
+    help="File holding the token (preferred over --token); read again before every connection "
+    "attempt, so a new token needs no restart. [default: none]",
 )
 @options.opt(
     "--region",
@@ -175,6 +176,7 @@ def agent(ctx: click.Context, **kw: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from probemesh.agent.credentials import TokenSource, TokenUnavailable
     from probemesh.agent.link import ChannelTLS, Identity, LinkSettings
     from probemesh.agent.main import AgentOptions, run_agent
 
@@ -189,9 +191,12 @@ def agent(ctx: click.Context, **kw: Any) -> None:
                 f"{flag} is required (or enroll the state dir {kw['state_dir']} first: "
                 "probemesh agent join JOINSTRING)"
             )
-    token = kw["token_file"].read_text().strip() if kw["token_file"] else kw["token"]
-    if not token:
-        raise ConfigError("a token is required: --token, --token-file or PROBEMESH_TOKEN")
+    token = TokenSource(kw["token"] or "", kw["token_file"])
+    try:
+        if not token.get():
+            raise ConfigError("a token is required: --token, --token-file or PROBEMESH_TOKEN")
+    except TokenUnavailable as exc:
+        raise ConfigError(str(exc)) from None
     link = LinkSettings(
         server_name=kw["tls_server_name"], secrets_dir_configured=kw["secrets_dir"] is not None
     )

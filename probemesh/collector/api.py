@@ -3,7 +3,9 @@
 - ``GET /api/v1/reachability``: per check, its state and every country's
   agents, up, ratio, state and diagnosis (null while up; its ``path`` lists
   the hops of the last traceroute; ``reason``/``detail`` and ``excluded`` are
-  additive extras).
+  additive extras), and ``not_runnable``: the agents that refuse the check by
+  their own policy, each with its rule and the line "not runnable on agent X:
+  <rule> (...)". Those agents count in no country's state.
 - ``GET /api/v1/incidents[?active=true]``: newest first.
 - ``GET /api/v1/status[?after=N]``: the three views above plus the agents in
   one document. With ``after``, it waits (up to 5 s) for an evaluation newer
@@ -22,6 +24,7 @@ from aiohttp import web
 from probemesh.collector.diagnosis import Diagnosis
 from probemesh.collector.incidents import OutageMonitor
 from probemesh.collector.reachability import LOCAL_PROBLEM, SUSPECT, Snapshot
+from probemesh.collector.runnable import Refusal, not_runnable
 from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -33,9 +36,13 @@ LONG_POLL_SECONDS = 5.0
 
 
 def reachability_json(
-    snapshot: Snapshot, diagnoses: Mapping[str, Mapping[str, Diagnosis]] | None = None
+    snapshot: Snapshot,
+    diagnoses: Mapping[str, Mapping[str, Diagnosis]] | None = None,
+    refusals: dict[str, list[Refusal]] | None = None,
 ) -> dict[str, Any]:
-    """The reachability document; each country carries its diagnosis (null while up)."""
+    """The reachability document; each country carries its diagnosis (null while up),
+    each check the agents that refuse it by policy."""
+    refusals = refusals or {}
     checks = []
     diagnoses = diagnoses or {}
     for name, view in sorted(snapshot.checks.items()):
@@ -44,6 +51,7 @@ def reachability_json(
             {
                 "check": name,
                 "state": view.state,
+                "not_runnable": [r.to_json() for r in refusals.get(name, ())],
                 "countries": [
                     {
                         "country": c.country,
@@ -94,9 +102,12 @@ def _rounded(seconds: float | None) -> float | None:
 def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: MeshState) -> None:
     """Register the outage API and the status page on the collector's HTTP app."""
 
+    def refusals() -> dict[str, list[Refusal]]:
+        return not_runnable(state.latest, state.agents, monitor.checks())
+
     async def reachability(_request: web.Request) -> web.Response:
         return web.json_response(
-            reachability_json(monitor.snapshot, monitor.diagnoses), headers=_NO_CACHE
+            reachability_json(monitor.snapshot, monitor.diagnoses, refusals()), headers=_NO_CACHE
         )
 
     def _incidents(request: web.Request) -> list[dict[str, Any]]:
@@ -115,7 +126,7 @@ def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: Mesh
             if not (after.isascii() and after.isdigit() and len(after) < 19):
                 return web.json_response({"error": "after must be an integer"}, status=400)
             await monitor.wait_after(int(after), LONG_POLL_SECONDS)
-        body = reachability_json(monitor.snapshot, monitor.diagnoses)
+        body = reachability_json(monitor.snapshot, monitor.diagnoses, refusals())
         body["evaluation"] = monitor.evaluations
         active = monitor.book.incidents(active_only=True)
         recent = [i for i in monitor.book.incidents() if not i.active][:10]

@@ -26,6 +26,7 @@ from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector import exposition
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import SecurityLimits, SeriesGuard
+from probemesh.collector.runnable import rule_and_detail
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
 from probemesh.v1 import mesh_pb2 as pb
 
@@ -330,11 +331,19 @@ class MeshExporter(Collector):
         duration = GaugeMetricFamily(
             exposition.DURATION, headers[exposition.DURATION][1], labels=BASE_LABELS
         )
+        not_runnable = GaugeMetricFamily(
+            exposition.NOT_RUNNABLE,
+            headers[exposition.NOT_RUNNABLE][1],
+            labels=[*BASE_LABELS, "rule"],
+        )
         families: dict[str, GaugeMetricFamily] = {}
         for (check, agent), latest, spec in self._admitted():
             base = [check, spec.target, agent, latest.country, latest.region]
             samples = latest.samples
             result = latest.result
+            if result.reason == pb.FAILURE_REASON_POLICY:
+                not_runnable.add_metric([*base, rule_and_detail(result.message)[0]], 1.0)
+                continue
             success.add_metric(base, 1.0 if result.success else 0.0)
             duration.add_metric(base, result.duration_seconds)
             for name, labels, value in samples:
@@ -348,6 +357,7 @@ class MeshExporter(Collector):
         yield success
         yield duration
         yield from families.values()
+        yield not_runnable
 
     def _counter_families(self) -> Iterator[Metric]:
         headers = exposition.HEADERS

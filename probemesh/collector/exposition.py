@@ -18,12 +18,15 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from probemesh.catalog import PROBE_METRICS
+from probemesh.collector.runnable import rule_and_detail
 from probemesh.collector.state import DURATION_BUCKETS, REASON_NAMES, Histogram, Latest, Tally
+from probemesh.v1 import mesh_pb2 as pb
 
 SUCCESS = "probe_success"
 DURATION = "probe_duration_seconds"
 RESULTS = "probemesh_probe_results_total"
 FAILURES = "probemesh_probe_failures_total"
+NOT_RUNNABLE = "probemesh_check_not_runnable"
 HIST_DURATION = "probemesh_probe_duration_seconds"
 HIST_PHASE = "probemesh_probe_phase_duration_seconds"
 BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
@@ -42,6 +45,11 @@ HEADERS = {
         "Probe results applied, by outcome; counts every result exactly once, late ones included",
     ),
     FAILURES: ("counter", "Failed probe results by failure reason"),
+    NOT_RUNNABLE: (
+        "gauge",
+        "1 while the agent refuses the check by its own policy (rule: blocked_address, "
+        "private_target, interval_floor): a configuration problem, not an outage",
+    ),
     HIST_DURATION: (
         "histogram",
         "Total probe duration per check and country, every result counted",
@@ -110,8 +118,15 @@ class FamilyText:
 
 
 def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
-    """The lines one latest result contributes, per family; base is its label prefix."""
+    """The lines one latest result contributes, per family; base is its label prefix.
+
+    A check refused by policy ran no probe: it gets a not-runnable line and no
+    probe_* gauge, so no probe_success=0 looks like an outage.
+    """
     result = latest.result
+    if result.reason == pb.FAILURE_REASON_POLICY:
+        rule = rule_and_detail(result.message)[0]
+        return {NOT_RUNNABLE: f'{NOT_RUNNABLE}{{{base},rule="{rule}"}} 1.0\n'.encode()}
     out = {
         SUCCESS: f"{SUCCESS}{{{base}}} {'1.0' if result.success else '0.0'}\n",
         DURATION: f"{DURATION}{{{base}}} {result.duration_seconds!r}\n",

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from probemesh import ports
 from probemesh.checks import ChecksFile, load_checks
+from probemesh.collector import runnable
 from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.asn import load_asn_db
 from probemesh.collector.diagnosis import Diagnoser
@@ -82,6 +83,7 @@ class CollectorApp:
         self.checks_file: ChecksFile = load_checks(options.checks_path)
         self._targets_of: ChecksFile | None = None
         self._targets_by_check: dict[str, str] = {}
+        _warn_unrunnable(self.checks_file)
         self.revision = 1
         self.store = Store(options.data_dir)
         self.tokens = TokenStore(self.store.db)
@@ -218,6 +220,7 @@ class CollectorApp:
             log.info("reload: checks file unchanged")
             return True
         self.checks_file = new
+        _warn_unrunnable(new)
         self.revision += 1
         self.state.forget_checks(set(new.checks))
         pushed = self.service.push_checks()
@@ -228,6 +231,14 @@ class CollectorApp:
             pushed,
         )
         return True
+
+    @property
+    def grpc_security(self) -> str:
+        """How agents must connect: plaintext, TLS, or mTLS (client certificates required)."""
+        opts = self.options
+        if not (opts.tls_cert and opts.tls_key):
+            return "plaintext"
+        return "mTLS, client certificates required" if opts.tls_client_ca else "TLS"
 
     def _bind_grpc(self, server: grpc.aio.Server) -> int:
         opts = self.options
@@ -270,7 +281,8 @@ class CollectorApp:
             await self.remote_writer.start()
         self.ready = True
         log.info(
-            "collector serving gRPC on %s, HTTP on %s",
+            "collector serving gRPC (%s) on %s, HTTP on %s",
+            self.grpc_security,
             self.options.grpc_listen,
             self.options.http_listen,
         )
@@ -314,6 +326,13 @@ class CollectorApp:
                 if not agent.connected and agent.last_seen < horizon:
                     self.state.forget_agent(agent.agent_id)
                     self.service.limiter.forget(agent.agent_id)
+
+
+def _warn_unrunnable(checks: ChecksFile) -> None:
+    """Checks no agent will run, whatever its flags; per-agent refusals are
+    warned about when the checks are assigned (see ProbeMeshService)."""
+    for check, message in sorted(runnable.refused_everywhere(checks).items()):
+        log.warning("check %s cannot run on any agent: %s", check, message)
 
 
 async def run_collector(options: CollectorOptions) -> None:

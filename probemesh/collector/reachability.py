@@ -213,8 +213,8 @@ class Classifier:
         for key, entry in list(latest.items()):
             check, agent = key
             spec = checks.checks.get(check)
-            if spec is None:
-                continue
+            if spec is None or entry.result.reason == pb.FAILURE_REASON_POLICY:
+                continue  # a check refused by the agent's policy is no report at all
             seen.add(key)
             verdict = self.verdicts.get(key)
             if verdict is None:

@@ -9,16 +9,20 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 import grpc
 
 from probemesh import __version__
 from probemesh.checks import ChecksFile, CheckSpec
+from probemesh.collector import runnable
 from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import RateLimiter, SecurityLimits
 from probemesh.collector.sessions import Session, SessionRegistry
 from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.streamlog import RefusalLog, peer, transport
+from probemesh.collector.streamlog import log as streams_log
 from probemesh.collector.tokens import TokenStore
 from probemesh.errors import AuthError
 from probemesh.grpc_options import MAX_MESSAGE_BYTES
@@ -29,10 +33,12 @@ from probemesh.v1 import mesh_pb2_grpc
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
+TOKEN_TOUCH_EVERY = 60.0  # seconds between two writes of a token's last use
 HEARTBEAT_INTERVAL = 10.0
 DEAD_AFTER = 30.0
 DEFAULT_CLOCK_THRESHOLD = 1.0
 FEATURES = [CLOCK_ECHO]
+_MAX_FLOOR = 86400.0 * 366  # an interval floor beyond a year is no floor anyone set
 _VERSION_RE = re.compile(r"^[A-Za-z0-9.+_-]{0,64}$")
 REJECT_REASONS = (
     "unauthenticated", "cert_identity", "identity", "invalid_hello", "protocol",
@@ -60,6 +66,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.checks = checks
         self.revision = revision
         self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS, 0))
+        self.refusal_log = RefusalLog()
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.dead_after = DEAD_AFTER
         self.clock_threshold = DEFAULT_CLOCK_THRESHOLD
@@ -80,6 +87,11 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         token_id, agent, last_seq = await self._admit(request_iterator, context)
         self.ingest.reconcile(agent.agent_id, last_seq)
         session = Session(agent, token_id)
+        address = peer(context)
+        streams_log.info(
+            "agent %s (%s) connected from %s over %s, version %s",
+            agent.agent_id, agent.country, address, transport(context), agent.version or "?",
+        )  # fmt: skip
         self.sessions.open(session)
         agent.connected = True
         # Assign the checks before anything can be ingested: a batch applied
@@ -123,8 +135,29 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             self.sessions.close(session)
+            streams_log.info(
+                "agent %s (%s) from %s disconnected after %s: %s",
+                agent.agent_id, agent.country, address,
+                _duration(time.monotonic() - session.opened),
+                session.end_details or "the stream ended",
+            )  # fmt: skip
         if session.end_code is not None and session.end_code != grpc.StatusCode.OK:
             await context.abort(session.end_code, session.end_details)
+
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext,
+        key: str,
+        reason: str,
+        code: grpc.StatusCode,
+        details: str,
+        note: str = "",
+    ) -> NoReturn:
+        """Count, log (rate-limited per agent) and abort a stream we will not serve."""
+        self.rejected[reason] += 1
+        self.refusal_log.refused(key, peer(context), reason, note or details)
+        await context.abort(code, details)
+        raise AssertionError("unreachable: abort raises")
 
     async def _admit(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: grpc.aio.ServicerContext
@@ -132,71 +165,67 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         """Check the token and the Hello; abort with the right status otherwise."""
         metadata = dict(context.invocation_metadata() or ())
         header = str(metadata.get("authorization", ""))
+        token = header.removeprefix("Bearer ").strip()
+        # Before the token is verified, name the stream by the token's (public) id.
+        parts = token.split("_")
+        key = f"token {parts[1][:16]}" if len(parts) >= 3 else f"peer {peer(context)}"
         if not header.startswith("Bearer "):
-            self.rejected["unauthenticated"] += 1
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
+            await self._refuse(
+                context, key, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED,
+                "missing bearer token",
+            )  # fmt: skip
         try:
-            binding = self.tokens.verify(header.removeprefix("Bearer ").strip())
+            binding = self.tokens.verify(token)
         except AuthError as exc:
-            self.rejected["unauthenticated"] += 1
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            await self._refuse(
+                context, key, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED, str(exc)
+            )
+        key = f"agent {binding.agent_id}"
         if self.limits.require_cert_identity:
             names = _certificate_names(context)
             if names is not None and binding.agent_id not in names:
-                self.rejected["cert_identity"] += 1
-                log.warning(
-                    "token %s bound to %s came with a client certificate for %s",
-                    binding.token_id,
-                    binding.agent_id,
-                    sorted(names)[:4],
-                )
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                await self._refuse(
+                    context, key, "cert_identity", grpc.StatusCode.PERMISSION_DENIED,
                     f"client certificate does not name agent {binding.agent_id!r} (CN or SAN)",
-                )
+                    f"token {binding.token_id} came with a client certificate for "
+                    f"{sorted(names)[:4]}",
+                )  # fmt: skip
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
         except (TimeoutError, StopAsyncIteration):
-            self.rejected["protocol"] += 1
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message"
-            )
+            await self._refuse(
+                context, key, "protocol", grpc.StatusCode.INVALID_ARGUMENT,
+                "expected Hello as the first message",
+            )  # fmt: skip
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:  # bytes that do not parse: no traceback per hostile stream
-            self.rejected["protocol"] += 1
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"cannot read Hello: {type(exc).__name__}"
-            )
+            await self._refuse(
+                context, key, "protocol", grpc.StatusCode.INVALID_ARGUMENT,
+                f"cannot read Hello: {type(exc).__name__}",
+            )  # fmt: skip
         if first.WhichOneof("payload") != "hello":
-            self.rejected["protocol"] += 1
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "expected Hello as the first message"
-            )
+            await self._refuse(
+                context, key, "protocol", grpc.StatusCode.INVALID_ARGUMENT,
+                "expected Hello as the first message",
+            )  # fmt: skip
         hello = first.hello
         if hello.agent_id != binding.agent_id or hello.country != binding.country:
-            self.rejected["identity"] += 1
-            log.warning(
-                "token %s bound to %s/%s was presented as %r/%r",
-                binding.token_id,
-                binding.agent_id,
-                binding.country,
-                hello.agent_id[:64],
-                hello.country[:8],
-            )
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
+            await self._refuse(
+                context, key, "identity", grpc.StatusCode.PERMISSION_DENIED,
                 f"token is bound to agent {binding.agent_id!r} in {binding.country}",
-            )
+                f"token {binding.token_id} bound to {binding.agent_id}/{binding.country} "
+                f"was presented as {hello.agent_id[:64]!r}/{hello.country[:8]!r}",
+            )  # fmt: skip
         if (
             not valid_region(hello.region)
             or not valid_region(hello.city)
             or not _VERSION_RE.match(hello.version)
         ):
-            self.rejected["invalid_hello"] += 1
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "Hello: invalid region, city or version"
-            )
+            await self._refuse(
+                context, key, "invalid_hello", grpc.StatusCode.INVALID_ARGUMENT,
+                "Hello: invalid region, city or version",
+            )  # fmt: skip
         self.tokens.touch(binding.token_id)
         agent = self.state.agents.get(hello.agent_id)
         if agent is None:
@@ -209,6 +238,11 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         )
         agent.features = tuple(f[:32] for f in hello.features[:16])
         agent.secrets_dir = hello.secrets_dir_configured
+        floor = hello.min_interval_seconds
+        agent.min_interval = floor if 0 < floor < _MAX_FLOOR else 0.0  # NaN compares False
+        agent.allow_private_targets = (
+            hello.allow_private_targets if hello.HasField("allow_private_targets") else None
+        )
         agent.last_seen = time.time()
         return binding.token_id, agent, hello.last_seq
 
@@ -217,6 +251,10 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         wait = self.limiter.take(session.agent.agent_id, n)
         if wait is None:
             self.rejected["rate_limited"] += n
+            self.refusal_log.refused(
+                f"agent {session.agent.agent_id}", "its stream", "rate_limited",
+                f"over {self.limiter.rate:g} results/s; stream ended, the agent retries later",
+            )  # fmt: skip
             session.end(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"rate limit of {self.limiter.rate:g} results/s per agent exceeded; "
@@ -282,14 +320,29 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             return "message_too_large", f"message of {size} bytes exceeds {self.max_message_bytes}"
         return None
 
-    def checks_message(self, session: Session) -> pb.CollectorMessage:
-        """The full check set for the session's agent; records what was assigned."""
+    def checks_message(self, session: Session, remind: bool = False) -> pb.CollectorMessage:
+        """The full check set for the session's agent; records what was assigned.
+
+        Warns, naming check, agent and rule, about assigned checks the agent's
+        announced policy will refuse: new ones, or all of them when remind is
+        set (a reload).
+        """
         agent = session.agent
         specs = self.checks().for_agent(agent.agent_id, agent.country)
         agent.assigned = frozenset(spec.name for spec in specs)
         agent.ever_assigned |= agent.assigned
         if not agent.secrets_dir:
             self._warn_files_refused(agent.agent_id, specs)
+        refusals = runnable.predicted(specs, agent)
+        for check, message in sorted(refusals.items()):
+            if remind or agent.refusals.get(check) != message:
+                log.warning(
+                    "check %s cannot run on agent %s (%s): %s",
+                    check, agent.agent_id, agent.country, message,
+                )  # fmt: skip
+        # Refusals the agent reported stay: not_runnable() checks them against
+        # the latest result, and only the agent can judge a host name.
+        agent.refusals = {**agent.refusals, **refusals}
         checks = [spec.to_proto() for spec in specs]
         # The fingerprint leaves the revision out: a reload that changes nothing
         # for this agent sends it nothing.
@@ -317,7 +370,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         pushed = 0
         for session in list(self.sessions.by_agent.values()):
             before = session.checks_fingerprint
-            message = self.checks_message(session)
+            message = self.checks_message(session, remind=True)
             if session.checks_fingerprint != before:
                 session.send(message)
                 pushed += 1
@@ -329,7 +382,10 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         """Read the agent's messages into ingest until the stream ends."""
         try:
             async for message in request_iterator:
-                session.last_recv = time.monotonic()
+                session.last_recv = now = time.monotonic()
+                if now - session.token_touched >= TOKEN_TOUCH_EVERY:
+                    self.tokens.touch(session.token_id)  # 'token list' shows last activity
+                    session.token_touched = now
                 session.agent.last_seen = max(session.agent.last_seen, time.time())
                 kind = message.WhichOneof("payload")
                 problem = self._size_problem(message)
@@ -362,9 +418,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     return
                 elif kind == "evidence":
                     self._take_evidence(session, message.evidence)
-            session.end(None, "")
-        except grpc.aio.AioRpcError:
-            session.end(None, "")
+            session.end(None, "the agent closed the stream")
+        except grpc.aio.AioRpcError as exc:
+            session.end(None, f"stream broken ({exc.code().name})")
         except Exception as exc:  # malformed message from the network: end only this stream
             self.rejected["protocol"] += 1
             session.end(
@@ -387,6 +443,16 @@ def read_agent_message(data: bytes) -> pb.AgentMessage:
     """
     _received_bytes.set(len(data))
     return pb.AgentMessage.FromString(data)
+
+
+def _duration(seconds: float) -> str:
+    """3s, 4m05s, 2h07m: how long a stream lasted."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _certificate_names(context: grpc.aio.ServicerContext) -> set[str] | None:

@@ -27,6 +27,9 @@ class Session:
     end_code: grpc.StatusCode | None = None
     end_details: str = ""
     checks_fingerprint: bytes = b""
+    opened: float = field(default_factory=time.monotonic)
+    # When the token's last use was written (at admission, then at most once a minute)
+    token_touched: float = field(default_factory=time.monotonic)
     # Timestamps of the clock probes sent on this stream and not answered yet.
     probes: deque[float] = field(default_factory=lambda: deque(maxlen=4))
 

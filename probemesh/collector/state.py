@@ -10,11 +10,13 @@ only that reader drains it.
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from probemesh.agent.safety import policy_rule
 from probemesh.catalog import HTTP_PHASE_ORDER
 from probemesh.collector.clock import ClockEstimate
 from probemesh.collector.evidence import EvidenceBook
@@ -26,7 +28,10 @@ REASON_NAMES = {
     value: pb.FailureReason.Name(value).removeprefix("FAILURE_REASON_").lower()
     for value in pb.FailureReason.values()
 }
+POLICY_REASON = REASON_NAMES[pb.FAILURE_REASON_POLICY]
 CounterKey = tuple[str, ...]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +57,13 @@ class AgentInfo:
     clock_clamped: int = 0
     last_result: float = 0.0  # newest result timestamp, on the collector's clock
     secrets_dir: bool = False  # announced in Hello: it reads files named in checks
+    # The policy announced in Hello: interval floor (0: not said) and whether
+    # private targets are allowed (None: not said).
+    min_interval: float = 0.0
+    allow_private_targets: bool | None = None
+    # check -> why the agent refuses (or refused) it by policy, predicted from
+    # the Hello or reported; the latest result tells whether it still does
+    refusals: dict[str, str] = field(default_factory=dict)
 
 
 class Histogram:
@@ -243,6 +255,9 @@ class MeshState:
         The hot path of ingest: histogram observation is inlined, and fields
         are passed in because every protobuf attribute read costs.
         """
+        if reason == POLICY_REASON:
+            self._refused(agent, tally, result, timestamp, samples)
+            return
         if success:
             tally.success += 1
             phase_hists = tally.phase_hists
@@ -265,6 +280,36 @@ class MeshState:
         hist.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
         hist.total += duration
         self.dirty.add(tally)
+        self._set_latest(agent, tally, result, timestamp, samples)
+
+    def _refused(
+        self,
+        agent: AgentInfo,
+        tally: Tally,
+        result: pb.Result,
+        timestamp: float,
+        samples: list[KeptSample],
+    ) -> None:
+        """A check the agent refused by policy: no probe ran, so no counter or
+        histogram moves; the latest result says "not runnable" instead."""
+        message = result.message
+        previous = agent.refusals.get(tally.check)
+        agent.refusals[tally.check] = message
+        if previous is None or policy_rule(previous) != policy_rule(message):  # once per rule
+            log.warning(
+                "check %s cannot run on agent %s (%s): %s",
+                tally.check, agent.agent_id, agent.country, message,
+            )  # fmt: skip
+        self._set_latest(agent, tally, result, timestamp, samples)
+
+    def _set_latest(
+        self,
+        agent: AgentInfo,
+        tally: Tally,
+        result: pb.Result,
+        timestamp: float,
+        samples: list[KeptSample],
+    ) -> None:
         for feed in self.feeds:
             feed.tallies.add(tally)
         current = tally.latest

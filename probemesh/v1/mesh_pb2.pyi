@@ -18,6 +18,7 @@ class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_REASON_HTTP_STATUS: _ClassVar[FailureReason]
     FAILURE_REASON_VALIDATION: _ClassVar[FailureReason]
     FAILURE_REASON_OTHER: _ClassVar[FailureReason]
+    FAILURE_REASON_POLICY: _ClassVar[FailureReason]
 FAILURE_REASON_UNSPECIFIED: FailureReason
 FAILURE_REASON_DNS: FailureReason
 FAILURE_REASON_CONNECT: FailureReason
@@ -27,6 +28,7 @@ FAILURE_REASON_TLS: FailureReason
 FAILURE_REASON_HTTP_STATUS: FailureReason
 FAILURE_REASON_VALIDATION: FailureReason
 FAILURE_REASON_OTHER: FailureReason
+FAILURE_REASON_POLICY: FailureReason
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "results", "heartbeat", "evidence")
@@ -55,7 +57,7 @@ class CollectorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., checks: _Optional[_Union[Checks, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., evidence_request: _Optional[_Union[EvidenceRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "secrets_dir_configured", "features")
+    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "min_interval_seconds", "allow_private_targets", "secrets_dir_configured", "features")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +66,8 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MIN_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PRIVATE_TARGETS_FIELD_NUMBER: _ClassVar[int]
     SECRETS_DIR_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
@@ -74,9 +78,11 @@ class Hello(_message.Message):
     version: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     last_seq: int
+    min_interval_seconds: float
+    allow_private_targets: bool
     secrets_dir_configured: bool
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., secrets_dir_configured: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., min_interval_seconds: _Optional[float] = ..., allow_private_targets: _Optional[bool] = ..., secrets_dir_configured: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("collector_version", "acked_seq", "heartbeat_interval_seconds", "max_batch_results", "max_message_bytes", "collector_time", "features")

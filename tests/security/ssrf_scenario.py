@@ -7,21 +7,24 @@ ENETUNREACH. Names resolve through the namespace's own /etc/hosts
 metadata.pmtest to 169.254.169.254: a rebinding-style name.
 
 Runs a real collector and a real agent *without* --allow-private-targets and
-prints one JSON object: failures with reason "other" per check, and how many
-connections the loopback listener accepted (must be 0).
+prints one JSON object: the not-runnable rule of each check on /metrics, the
+failure and success counters, the incidents and the API's not_runnable lines
+after several rounds, the collector's log, and how many connections the
+loopback listener accepted (must be 0).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.harness import Mesh, Proc, total, wait_for
+from tests.harness import Mesh, Proc, http_get, total, wait_for
 
 
 def main(root: Path) -> None:
@@ -72,21 +75,36 @@ def main(root: Path) -> None:
     ).start()  # fmt: skip
     try:
 
-        def failures() -> dict[str, float]:
-            samples = mesh.metrics()
+        def rules() -> dict[str, str]:
             return {
-                name: total(samples, "probemesh_probe_failures_total", check=name, reason="other")
-                for name in checks
+                dict(labels)["check"]: dict(labels)["rule"]
+                for (name, labels), value in mesh.metrics().items()
+                if name == "probemesh_check_not_runnable" and value == 1
             }
 
         with contextlib.suppress(AssertionError):  # report what we have; the test asserts
-            wait_for(lambda: all(failures().values()), 12, "a refusal for every check")
-        time.sleep(0.5)
+            wait_for(lambda: len(rules()) == len(checks), 12, "a refusal for every check")
+        time.sleep(5)  # more rounds than an incident needs (2 confirmed rounds)
+        samples = mesh.metrics()
+        reachability = json.loads(http_get(mesh.api("/api/v1/reachability")))
         out = {
-            "failures": failures(),
-            "successes": total(mesh.metrics(), "probemesh_probe_results_total", result="success"),
+            "rules": rules(),
+            "failures": total(samples, "probemesh_probe_failures_total"),
+            "results": total(samples, "probemesh_probe_results_total"),
+            "probe_success": [
+                dict(labels)["check"] for (name, labels) in samples if name == "probe_success"
+            ],
+            "incidents": json.loads(http_get(mesh.api("/api/v1/incidents")))["incidents"],
+            "states": {c["check"]: c["state"] for c in reachability["checks"]},
+            "messages": {
+                c["check"]: [r["message"] for r in c["not_runnable"]]
+                for c in reachability["checks"]
+            },
             "accepted": len(accepted),
             "agent_log": agent.log(),
+            "collector_log": re.sub(
+                r"\x1b\[[0-9;]*m", "", mesh.collector.log() if mesh.collector else ""
+            ),
         }
     finally:
         agent.stop()

@@ -67,8 +67,8 @@ def test_metadata_is_refused_even_when_private_is_allowed(
     target: str, no_connect: list[Any]
 ) -> None:
     result = _run(_check("meta", target, "http"), allow_private=True)
-    assert not result.success and result.reason == pb.FAILURE_REASON_OTHER
-    assert "cloud-metadata" in result.message
+    assert not result.success and result.reason == pb.FAILURE_REASON_POLICY
+    assert result.message.startswith("blocked_address: ") and "cloud-metadata" in result.message
     assert no_connect == []
 
 
@@ -77,7 +77,11 @@ def test_metadata_is_refused_even_when_private_is_allowed(
 )
 def test_loopback_and_private_refused_unless_allowed(target: str, no_connect: list[Any]) -> None:
     result = _run(_check("priv", target, "tcp"))
-    assert result.reason == pb.FAILURE_REASON_OTHER and "--allow-private-targets" in result.message
+    assert result.reason == pb.FAILURE_REASON_POLICY
+    assert (
+        result.message.startswith("private_target: ")
+        and "--allow-private-targets" in result.message
+    )
     assert no_connect == []
 
 
@@ -88,11 +92,15 @@ def test_loopback_allowed_with_flag() -> None:
     assert result.success, result.message
 
 
-def test_interval_floor_refused_as_other(no_connect: list[Any]) -> None:
+def test_interval_floor_refused_by_policy(no_connect: list[Any]) -> None:
     result = _run(
         _check("fast", "127.0.0.1:1", "tcp", interval=1.0), allow_private=True, min_interval=5.0
     )
-    assert result.reason == pb.FAILURE_REASON_OTHER and "below this agent's floor" in result.message
+    assert result.reason == pb.FAILURE_REASON_POLICY
+    assert (
+        result.message.startswith("interval_floor: ")
+        and "below this agent's floor" in result.message
+    )
     assert no_connect == []
 
 
@@ -127,10 +135,28 @@ def test_end_to_end_in_isolated_namespace(tmp_path: Path) -> None:
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(netns_etc, ignore_errors=True)
-    missing = [name for name, count in out["failures"].items() if not count]
-    assert not missing, (
-        f"no reason=other failure for {missing}; agent log:\n{out['agent_log'][-2000:]}"
-    )
+    assert out["rules"] == EXPECTED_RULES, out["agent_log"][-2000:]
     assert out["accepted"] == 0, "the agent connected to a loopback target it must refuse"
-    assert out["successes"] == 0
+    # A refusal is a configuration problem: no failure, no probe_success, no
+    # verdict, no incident, and a message naming the agent and the rule.
+    assert out["failures"] == 0 and out["results"] == 0
+    assert out["probe_success"] == []
+    assert out["incidents"] == []
+    assert set(out["states"].values()) == {"unknown"}
+    for check, rule in EXPECTED_RULES.items():
+        (message,) = out["messages"][check]
+        assert message.startswith(f"not runnable on agent ssrf1: {rule} ("), message
+        assert f"check {check} cannot run on agent ssrf1 (DE): {rule}: " in out["collector_log"]
+    assert "check meta-ip cannot run on any agent: blocked_address: " in out["collector_log"]
     assert "below this agent's floor" in out["agent_log"]
+
+
+EXPECTED_RULES = {
+    "meta-ip": "blocked_address",
+    "meta-mapped": "blocked_address",
+    "meta-name": "blocked_address",
+    "loop-ip": "private_target",
+    "loop-name": "private_target",
+    "private": "private_target",
+    "too-fast": "interval_floor",
+}

@@ -101,8 +101,21 @@ def _refused(mesh: Mesh, agent: Proc, agent_id: str, *needles: str) -> None:
 
 
 def test_good_ca_connects(tls_mesh: Mesh, pki: Pki) -> None:
-    tls_mesh.start_agent("tls-good", "BR", *_tls_args(pki.ca_path))
+    agent = tls_mesh.start_agent("tls-good", "BR", *_tls_args(pki.ca_path))
     wait_for(lambda: _connected(tls_mesh, "tls-good"), 20, "TLS agent connected")
+    collector_log = tls_mesh.collector.log() if tls_mesh.collector else ""
+    assert "serving gRPC (TLS) on" in collector_log
+    assert "agent tls-good (BR) connected from 127.0.0.1:" in collector_log
+    assert "over TLS, version" in collector_log
+    agent.stop()
+    wait_for(
+        lambda: (
+            "agent tls-good (BR) from 127.0.0.1:"
+            in (tls_mesh.collector.log() if tls_mesh.collector else "")
+        ),
+        10,
+        "the disconnect line",
+    )
 
 
 def test_wrong_ca_is_refused(tls_mesh: Mesh, pki: Pki) -> None:
@@ -110,11 +123,13 @@ def test_wrong_ca_is_refused(tls_mesh: Mesh, pki: Pki) -> None:
     _refused(
         tls_mesh, agent, "tls-wrongca", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed"
     )
+    assert "is not signed by --tls-ca or has expired" in agent.log()
 
 
 def test_plaintext_client_is_refused(tls_mesh: Mesh) -> None:
     agent = tls_mesh.start_agent("tls-plain", "BR")  # loopback: plaintext without --tls-ca
     _refused(tls_mesh, agent, "tls-plain", "UNAVAILABLE")
+    assert "the collector speaks TLS: give --tls-ca" in agent.log()
 
 
 def test_expired_server_certificate_is_refused(
@@ -143,7 +158,13 @@ def test_mtls_certificate_must_name_the_agent(mtls_mesh: Mesh, pki: Pki) -> None
     wait_for(lambda: _connected(mtls_mesh, "mtls-a"), 20, "mTLS agent connected")
     _refused(mtls_mesh, thief, "mtls-b", "PERMISSION_DENIED")
     assert "client certificate does not name agent 'mtls-b'" in thief.log()
+    assert "the client certificate does not match the agent id" in thief.log()
     _refused(mtls_mesh, nocert, "mtls-c", "UNAVAILABLE")
+    assert "the collector requires a client certificate: give --tls-cert/--tls-key" in nocert.log()
+    collector_log = mtls_mesh.collector.log() if mtls_mesh.collector else ""
+    assert "agent mtls-a (BR) connected from 127.0.0.1:" in collector_log
+    assert "over mTLS, version" in collector_log
+    assert "serving gRPC (mTLS, client certificates required)" in collector_log
     assert (
         total(mtls_mesh.metrics(), "probemesh_ingest_rejected_total", reason="cert_identity") >= 1
     )

@@ -99,7 +99,7 @@ async def resolve(
     result.add("probe_ip_protocol", 6 if chosen.family == socket.AF_INET6 else 4)
     refusal = env.policy.refusal(chosen.address)
     if refusal:
-        raise ProbeFailure(Reason.OTHER, refusal)
+        raise ProbeFailure(Reason.POLICY, refusal)
     return chosen
 
 

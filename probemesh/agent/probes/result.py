@@ -28,6 +28,9 @@ class Reason(StrEnum):
     HTTP_STATUS = "http_status"
     VALIDATION = "validation"
     OTHER = "other"
+    # The agent's own policy refused the check (see agent/safety.py): a
+    # configuration problem, never an outage.
+    POLICY = "policy"
 
 
 class ProbeFailure(Exception):

@@ -153,6 +153,13 @@ function checkCard(check) {
   head.appendChild(el("span", "check-name", check.check));
   head.appendChild(el("span", `badge ${check.state}`, STATE_LABEL[check.state] || check.state));
   card.appendChild(head);
+  // Refused by an agent's own policy: a configuration problem, shown apart from outages.
+  for (const r of check.not_runnable || []) {
+    const line = el("div", "not-runnable", r.message);
+    line.dataset.agent = r.agent;
+    line.dataset.rule = r.rule;
+    card.appendChild(line);
+  }
   const grid = el("div", "grid");
   for (const c of check.countries) {
     const tile = el("div", `tile ${c.state}`);
@@ -221,9 +228,13 @@ function render(data) {
   const overall = $("overall");
   const stateName = Object.keys(RANK).find((k) => RANK[k] === worst) || "unknown";
   overall.className = `banner ${data.checks.length ? stateName : "unknown"}`;
-  overall.textContent = !data.checks.length ? "No checks configured"
+  const refused = data.checks.filter((c) => (c.not_runnable || []).length).length;
+  // A check is unknown either before its first results or because every agent refuses it.
+  const waiting = data.checks.some((c) => c.state === "unknown" && !(c.not_runnable || []).length);
+  overall.textContent = (!data.checks.length ? "No checks configured"
     : active.length ? `${active.length} active incident${active.length > 1 ? "s" : ""}`
-    : worst === 1 ? "Waiting for results" : "All checks OK";
+    : worst === 1 && waiting ? "Waiting for results" : refused ? "All runnable checks OK" : "All checks OK")
+    + (refused ? ` · ${refused} check${refused > 1 ? "s" : ""} not runnable on some agents (configuration)` : "");
   $("incidents").replaceChildren(...(active.length ? active.map(incidentCard) : [el("p", "muted", "None.")]));
   $("recent").replaceChildren(...(recent.length ? recent.map(incidentCard) : [el("p", "muted", "None.")]));
   $("checks").replaceChildren(...data.checks.map(checkCard));
