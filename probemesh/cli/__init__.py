@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from probemesh import __version__
+# grpc_log first: it sets gRPC core's verbosity, which grpc reads when it loads.
+from probemesh import __version__, grpc_log
 from probemesh.cli.agent import agent
 from probemesh.cli.collector import collector
 from probemesh.cli.demo import demo
@@ -31,6 +32,7 @@ for command in (collector, agent, token, demo):
 
 def main() -> None:
     """Console entry point: one line per error, exit 2 for bad input."""
+    grpc_log.BRIDGE.start()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from probemesh import ports
+from probemesh import grpc_log, ports
 from probemesh.cli import options
 from probemesh.errors import ConfigError
 from probemesh.grpc_options import is_loopback
@@ -255,6 +255,7 @@ def collector(**kw: Any) -> None:
     from probemesh.collector.webhooks import load_secret
 
     options.setup_logging(kw["log_level"])
+    grpc_log.BRIDGE.report_handshakes = True
     if bool(kw["tls_cert"]) != bool(kw["tls_key"]):
         raise ConfigError("--tls-cert and --tls-key must be given together")
     if kw["tls_client_ca"] and not kw["tls_cert"]:

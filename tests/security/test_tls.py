@@ -100,6 +100,16 @@ def _refused(mesh: Mesh, agent: Proc, agent_id: str, *needles: str) -> None:
     agent.stop()
 
 
+def _one_handshake_line(mesh: Mesh, cause: str) -> None:
+    """gRPC core's dozens of SSL_ERROR_SSL lines became one line for the cause."""
+    log = mesh.collector.log() if mesh.collector else ""
+    lines = [
+        line for line in log.splitlines() if f"TLS handshake with an agent failed: {cause}" in line
+    ]
+    assert len(lines) == 1, log[-3000:]
+    assert "SSL_ERROR_SSL" not in log and "ssl_transport_security" not in log
+
+
 def test_good_ca_connects(tls_mesh: Mesh, pki: Pki) -> None:
     agent = tls_mesh.start_agent("tls-good", "BR", *_tls_args(pki.ca_path))
     wait_for(lambda: _connected(tls_mesh, "tls-good"), 20, "TLS agent connected")
@@ -130,6 +140,7 @@ def test_plaintext_client_is_refused(tls_mesh: Mesh) -> None:
     agent = tls_mesh.start_agent("tls-plain", "BR")  # loopback: plaintext without --tls-ca
     _refused(tls_mesh, agent, "tls-plain", "UNAVAILABLE")
     assert "the collector speaks TLS: give --tls-ca" in agent.log()
+    _one_handshake_line(tls_mesh, "plaintext client on a TLS port (the agent needs --tls-ca)")
 
 
 def test_expired_server_certificate_is_refused(
@@ -161,6 +172,7 @@ def test_mtls_certificate_must_name_the_agent(mtls_mesh: Mesh, pki: Pki) -> None
     assert "the client certificate does not match the agent id" in thief.log()
     _refused(mtls_mesh, nocert, "mtls-c", "UNAVAILABLE")
     assert "the collector requires a client certificate: give --tls-cert/--tls-key" in nocert.log()
+    _one_handshake_line(mtls_mesh, "client sent no certificate")
     collector_log = mtls_mesh.collector.log() if mtls_mesh.collector else ""
     assert "agent mtls-a (BR) connected from 127.0.0.1:" in collector_log
     assert "over mTLS, version" in collector_log
