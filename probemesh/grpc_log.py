@@ -92,10 +92,11 @@ class CoreLogBridge:
         # Only a server's handshake failures are agents' (the collector sets it);
         # a client's are its own connection errors, which it reports itself.
         self.report_handshakes = False
+        self._original: int | None = None
 
     def start(self) -> None:
         sys.stderr.flush()
-        original = os.dup(2)
+        original = self._original = os.dup(2)
         stream = os.fdopen(original, "w", buffering=1, encoding="utf-8", errors="replace")
         for handler in logging.root.handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (
@@ -110,6 +111,13 @@ class CoreLogBridge:
         threading.Thread(
             target=self._pump, args=(read_end,), name="grpc-core-log", daemon=True
         ).start()
+
+    def stop(self) -> None:
+        """Give descriptor 2 back (before an exec: the new image has no reader)."""
+        if self._original is not None:
+            sys.stderr.flush()
+            os.dup2(self._original, 2)
+            self._original = None
 
     def _pump(self, fd: int) -> None:
         with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as lines:

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from probemesh import ports
+from probemesh import grpc_log, ports
 from probemesh.cli import options
 from probemesh.errors import ConfigError
 from probemesh.grpc_options import is_loopback
@@ -269,7 +269,7 @@ def join(join_string: str, state_dir: Path, no_run: bool) -> None:
     # The same process becomes 'probemesh agent --state-dir DIR': one code path
     # for the first run and every later one, and the pid a supervisor sees stays.
     sys.stdout.flush()
-    sys.stderr.flush()
+    grpc_log.BRIDGE.stop()
     os.execv(
         sys.executable,
         [sys.executable, "-m", "probemesh", "agent", "--state-dir", str(state_dir)],

@@ -90,6 +90,12 @@ def agents_json(state: MeshState, snapshot: Snapshot) -> list[dict[str, Any]]:
             "clock_rtt_seconds": _rounded(agent.clock.rtt),
             "clock_skewed": agent.clock.skewed,
             "last_result": rfc3339(agent.last_result) if agent.last_result else None,
+            # What the agent refuses, as announced in its Hello (null: not said).
+            "policy": {
+                "min_interval_seconds": agent.min_interval or None,
+                "allow_private_targets": agent.allow_private_targets,
+                "secrets_dir": agent.secrets_dir,
+            },
         }
         for agent in sorted(state.agents.values(), key=lambda a: a.agent_id)
     ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from probemesh.catalog import PROBE_METRICS
-from probemesh.collector.runnable import rule_and_detail
+from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
 from probemesh.collector.state import DURATION_BUCKETS, REASON_NAMES, Histogram, Latest, Tally
 from probemesh.v1 import mesh_pb2 as pb
 
@@ -26,7 +26,6 @@ SUCCESS = "probe_success"
 DURATION = "probe_duration_seconds"
 RESULTS = "probemesh_probe_results_total"
 FAILURES = "probemesh_probe_failures_total"
-NOT_RUNNABLE = "probemesh_check_not_runnable"
 HIST_DURATION = "probemesh_probe_duration_seconds"
 HIST_PHASE = "probemesh_probe_phase_duration_seconds"
 BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]

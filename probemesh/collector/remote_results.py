@@ -27,11 +27,14 @@ from pathlib import Path
 import cramjam
 
 from probemesh.catalog import PROBE_METRICS
+from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
 from probemesh.errors import StateError
 from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
 
-RESULT_FAMILIES = frozenset({"probe_success", "probe_duration_seconds", *PROBE_METRICS})
+RESULT_FAMILIES = frozenset(
+    {"probe_success", "probe_duration_seconds", NOT_RUNNABLE, *PROBE_METRICS}
+)
 """Families written per result; the periodic snapshot leaves them out."""
 
 
@@ -51,7 +54,8 @@ def result_series(
     external_labels: Mapping[str, str],
 ) -> Iterable[remote_pb2.TimeSeries]:
     """The series of each result: probe_success, probe_duration_seconds and the
-    samples the catalog admits, labelled as on /metrics, at the result's time.
+    samples the catalog admits, labelled as on /metrics, at the result's time;
+    a check the agent refused by policy is probemesh_check_not_runnable instead.
 
     ``targets`` maps a check to its configured target; a check no longer in the
     file keeps the target the result names.
@@ -63,6 +67,10 @@ def result_series(
         check = result.check
         base = {**common, "check": check, "target": targets.get(check) or result.target}
         timestamp = int(result.timestamp * 1000)
+        if result.reason == pb.FAILURE_REASON_POLICY:  # no probe ran: no probe_success of 0
+            rule = rule_and_detail(result.message)[0]
+            yield _series(NOT_RUNNABLE, base, {"rule": rule}, 1.0, timestamp)
+            continue
         yield _series("probe_success", base, {}, 1.0 if result.success else 0.0, timestamp)
         yield _series("probe_duration_seconds", base, {}, result.duration_seconds, timestamp)
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()

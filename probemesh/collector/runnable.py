@@ -32,6 +32,7 @@ from probemesh.errors import ConfigError
 from probemesh.targets import target_host
 from probemesh.v1 import mesh_pb2 as pb
 
+NOT_RUNNABLE = "probemesh_check_not_runnable"  # the metric that says so
 UNKNOWN_RULE = "policy"  # a refusal message that names no rule this collector knows
 
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from probemesh.checks import parse_checks
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
+from probemesh.collector.remote_results import Applied, result_series
 from probemesh.collector.runnable import not_runnable, predict, refused_everywhere
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.store import Store
@@ -168,3 +169,11 @@ def test_metadata_literal_is_refused_everywhere() -> None:
         }
     )
     assert list(refused_everywhere(checks)) == ["meta"]
+
+
+def test_remote_write_sends_not_runnable_instead_of_probe_success() -> None:
+    applied = Applied("a-de", "DE", "", [refused("db", 10.0)])
+    (series,) = list(result_series(applied, {"db": "10.0.0.1:5432"}, {}))
+    labels = {label.name: label.value for label in series.labels}
+    assert labels["__name__"] == "probemesh_check_not_runnable"
+    assert labels["rule"] == "private_target" and series.samples[0].value == 1.0

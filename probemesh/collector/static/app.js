@@ -249,6 +249,11 @@ function render(data) {
     tr.appendChild(el("td", "", a.connected ? "connected" : "disconnected"));
     tr.appendChild(el("td", "", ago(a.last_seen)));
     tr.appendChild(el("td", "", a.local_problem ? "⚠ local problem" : a.suspect ? "suspect (checking)" : "-"));
+    const p = a.policy || {};
+    if (p.min_interval_seconds || p.allow_private_targets !== null) {
+      tr.title = `policy: interval floor ${p.min_interval_seconds || "?"}s; private targets `
+        + `${p.allow_private_targets ? "allowed" : "refused"}; secrets dir ${p.secrets_dir ? "set" : "none"}`;
+    }
     tr.appendChild(el("td", "", a.version || "-"));
     const offset = a.clock_offset_seconds;
     const clock = offset === null || offset === undefined ? "-"
