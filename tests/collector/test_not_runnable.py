@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from probemesh.checks import parse_checks
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
+from probemesh.collector.reachability import LOCAL_PROBLEM
 from probemesh.collector.remote_results import Applied, result_series
 from probemesh.collector.runnable import not_runnable, predict, refused_everywhere
 from probemesh.collector.state import AgentInfo, MeshState
@@ -50,7 +51,7 @@ def test_refusals_open_no_incident_and_leave_the_country_unknown() -> None:
     assert mesh.book.incidents() == []
     assert mesh.view().state == "unknown"
     assert mesh.country_states() == {"JP": "unknown"}
-    assert not agent.local_problem
+    assert mesh.monitor.snapshot.agent_state("a-jp") != LOCAL_PROBLEM
     tally = mesh.state.tallies[("web", "a-jp")]
     assert (tally.success, tally.failure, tally.reasons) == (0, 0, {})
 
@@ -94,13 +95,14 @@ def test_metrics_say_not_runnable_instead_of_probe_success(tmp_path: Path) -> No
         'probemesh_check_not_runnable{check="db",target="10.0.0.1:5432",agent="a-de",'
         'country="DE",region="",rule="private_target"} 1.0' in text
     )
-    for absent in (
-        "probe_success{",
-        "probe_ip_protocol{",
-        "probemesh_probe_results_total{",
-        "probemesh_probe_failures_total{",
-    ):
+    for absent in ("probe_success{", "probe_ip_protocol{", "probe_duration_seconds{"):
         assert absent not in text, absent
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("probemesh_probe_results_total{", "probemesh_probe_failures_total{"))
+    ]
+    assert all(line.endswith(" 0.0") for line in counted), counted
     assert 'probemesh_probe_duration_seconds_count{check="db",country="DE"} 0.0' in text
     full = CollectorRegistry()
     full.register(exporter)
