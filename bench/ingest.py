@@ -43,6 +43,7 @@ def payloads(count: int) -> list[bytes]:
     for i in range(count):
         result = pb.Result(
             check=f"c{i % CHECKS}", target="http://127.0.0.1/", timestamp=now, success=i % 7 != 0,
+            revision=1,  # a fresh collector's first checks revision, as an agent tags it
             duration_seconds=0.0123, reason=0 if i % 7 else pb.FAILURE_REASON_TIMEOUT,
             message="" if i % 7 else "probe timed out",
             http_phase_seconds=[0.002]*5, samples=[pb.Sample(name="probe_http_duration_seconds", labels={"phase": p}, value=0.002)

@@ -57,6 +57,7 @@ def fill(state_dir: Path, count: int) -> float:
             result = pb.Result(
                 check=f"c{i % CHECKS:02d}",
                 target="127.0.0.1:9",
+                revision=1,  # a fresh collector's first checks revision
                 timestamp=now + i * 0.01,
                 success=ok,
                 duration_seconds=0.0004,

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from probemesh.checks import parse_checks
+from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.state import AgentInfo, MeshState
@@ -68,7 +69,8 @@ def main() -> None:
     import tempfile
 
     state = MeshState()
-    ingest = Ingest(state, Store(Path(tempfile.mkdtemp())))
+    store = Store(Path(tempfile.mkdtemp()))
+    ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
     exporter = MeshExporter(state, ingest, lambda: checks, lambda: args.agents)
     rest = CollectorRegistry(auto_describe=False)
     rest.register(RestView(exporter))

@@ -380,6 +380,7 @@ class CollectorLink:
                 features=FEATURES,
                 min_interval_seconds=self.policy.min_interval,
                 allow_private_targets=self.policy.allow_private_targets,
+                queue_max_age_seconds=self.queue.max_age,
             )
         )
 

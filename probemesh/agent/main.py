@@ -87,7 +87,7 @@ class Agent:
             self.flush()
 
     def _on_checks(self, checks: pb.Checks) -> None:
-        self.scheduler.update(checks.checks)
+        self.scheduler.update(checks.checks, checks.revision)
         self.metrics.checks = len(checks.checks)
         log.info("received %d checks (revision %d)", len(checks.checks), checks.revision)
 

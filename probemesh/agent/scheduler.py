@@ -46,9 +46,16 @@ class Scheduler:
         self._requests: set[asyncio.Task[None]] = set()
         # Where evidence reports go (the collector link); None gathers nothing.
         self.on_report: Callable[[pb.EvidenceReport], None] | None = None
+        # The Checks.revision the running set came with; every result names it.
+        self.revision = 0
 
-    def update(self, checks: Iterable[pb.Check]) -> None:
-        """Replace the check set: stop removed or changed checks, start new ones."""
+    def update(self, checks: Iterable[pb.Check], revision: int = 0) -> None:
+        """Replace the check set: stop removed or changed checks, start new ones.
+
+        Unchanged checks keep their schedule; their next results name the new
+        revision, under which they are assigned too.
+        """
+        self.revision = revision
         wanted = {check.name: check for check in checks}
         for name in list(self._tasks):
             fingerprint, task = self._tasks[name]
@@ -81,9 +88,11 @@ class Scheduler:
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             try:
+                revision = self.revision  # the assignment this probe runs under
                 async with self._limit:
                     result = await run_probe(prepared, self.env)
                 self._last_success[prepared.name] = result.success
+                result.revision = revision
                 self.sink(result)
                 if not result.success and self.gatherer.wants(
                     prepared.name, f"{result.reason}:{result.message}", loop.time()

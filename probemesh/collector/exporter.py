@@ -5,6 +5,9 @@ into metric families on every scrape instead of calling labels().set() per
 result. Only series of configured checks and known agents are exported; the
 samples are those ingest's SampleFilter kept. The exporter reads the state
 and never writes it: what changed comes from its own ChangeFeed.
+A check removed from the file keeps its counters and histograms exported while
+results buffered before the edit still arrive (MeshState.lingering); they
+expire after --series-ttl without one, as a gone agent's gauges do.
 """
 
 from __future__ import annotations
@@ -82,8 +85,10 @@ class MeshExporter(Collector):
         self._latest_names: dict[tuple[str, str], tuple[str, ...]] = {}
         self._rendered: dict[tuple[str, str], pb.Result] = {}  # pair -> result its lines show
         self._name_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct set
-        self._targets: dict[str, str] = {}  # check -> target the lines were rendered with
+        # exported check -> target its lines were rendered with ("" for a lingering check)
+        self._targets: dict[str, str] = {}
         self._checks: ChecksFile | None = None
+        self._lingering_version = -1
         self._released = self.guard.released
 
     def collect(self) -> Iterator[Metric]:
@@ -130,7 +135,7 @@ class MeshExporter(Collector):
         state = self.state
         feed = self.feed
         checks = self.checks()
-        if checks is not self._checks:
+        if checks is not self._checks or state.lingering_version != self._lingering_version:
             self._resync(checks)
         specs = checks.checks
         if feed.removed:
@@ -150,9 +155,10 @@ class MeshExporter(Collector):
         deadline = time.perf_counter() + budget if budget is not None else None
         pending = list(changed)
         done = 0
+        exported = self._targets
         for tally in pending:
             self._render_tally(tally, specs)
-            if tally.check in specs:
+            if tally.check in exported:
                 hists.update(zip(tally.hist_keys, tally.hists, strict=True))
             done += 1
             if deadline is not None and done % 64 == 0 and time.perf_counter() > deadline:
@@ -162,11 +168,14 @@ class MeshExporter(Collector):
         return done
 
     def _resync(self, checks: ChecksFile) -> None:
-        """A (re)loaded checks file: re-render the pairs of added, removed or re-targeted checks."""
-        targets = {name: spec.target for name, spec in checks.checks.items()}
+        """A (re)loaded checks file or a change in the lingering checks: re-render
+        the pairs of added, removed, re-targeted, lingering or expired checks."""
+        targets = dict.fromkeys(self.state.lingering, "")
+        targets.update((name, spec.target) for name, spec in checks.checks.items())
         stale = {name for name in self._targets.keys() | targets.keys()
                  if self._targets.get(name) != targets.get(name)}  # fmt: skip
         self._checks, self._targets = checks, targets
+        self._lingering_version = self.state.lingering_version
         if not stale:
             return
         state = self.state
@@ -189,13 +198,15 @@ class MeshExporter(Collector):
         pair = (tally.check, tally.agent)
         spec = specs.get(tally.check)
         text = self.text
-        if spec is None:  # check no longer configured
+        if spec is None and tally.check not in self._targets:  # check gone and not lingering
             self._drop_latest(pair)
             text.drop(exposition.RESULTS, pair)
             text.drop(exposition.FAILURES, pair)
             return
         latest = tally.latest
-        if latest is not None and self._rendered.get(pair) is not latest.result:
+        if spec is None:  # lingering: counters only, no gauges
+            self._drop_latest(pair)
+        elif latest is not None and self._rendered.get(pair) is not latest.result:
             if self.guard.admit(pair, 2 + len(latest.samples)):
                 self._put_latest(pair, latest, spec)
             else:
@@ -317,7 +328,7 @@ class MeshExporter(Collector):
             yield pair, latest[pair], specs[pair[0]]
 
     def _exported_tallies(self) -> Iterator[Tally]:
-        checks = self.checks().checks
+        checks = self._targets
         refused = self.guard.refused
         for pair, tally in self.state.tallies.items():
             if pair[0] in checks and not (refused and pair in refused):
@@ -394,7 +405,7 @@ class MeshExporter(Collector):
             headers[exposition.HIST_PHASE][1],
             labels=["check", "country", "phase"],
         )
-        checks = self.checks().checks
+        checks = self._targets
         for key, hist in self.state.histograms.items():
             if key[1] not in checks:
                 continue

@@ -6,6 +6,10 @@ and the agent keeps buffering on disk. Nothing is dropped in memory. The applier
 takes several batches at a time, applies the results not applied before
 (dedupe by per-agent sequence marks), persists marks, counters and histograms
 in one transaction, and only then sends the Acks.
+
+A result is valid when its check was assigned to the agent at the revision it
+names (see assignments.py), whatever the checks file says now: results an
+agent buffered before an edit still count.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.marks import AppliedSeqs
 from probemesh.collector.remote_results import Applied
@@ -30,7 +35,7 @@ from probemesh.v1 import mesh_pb2 as pb
 log = logging.getLogger(__name__)
 
 MAX_FUTURE_SKEW = 300.0  # seconds an agent clock may run ahead
-REJECT_REASONS = ("unknown_check", "invalid_value", "invalid_timestamp")
+REJECT_REASONS = ("not_assigned", "invalid_value", "invalid_timestamp")
 """Results ingest refuses: a check never assigned to the agent, a non-finite or
 negative duration or an unknown reason, a timestamp not positive or too far ahead."""
 
@@ -57,11 +62,13 @@ class Ingest:
         self,
         state: MeshState,
         store: Store,
+        history: AssignmentHistory,
         limits: IngestLimits | None = None,
         result_sink: Callable[[list[Applied]], Awaitable[None]] | None = None,
     ) -> None:
         self.state = state
         self.store = store
+        self.history = history
         self.limits = limits or IngestLimits()
         # Awaited with each round's new results before their marks commit (remote write).
         self.result_sink = result_sink
@@ -154,10 +161,10 @@ class Ingest:
         applied = self._unsunk
         for item in items:
             agent = item.session.agent
-            new = self._apply_batch(item)
+            new, targets = self._apply_batch(item)
             touched.add(agent.agent_id)
             if new and self.result_sink is not None:
-                applied.append(Applied(agent.agent_id, agent.country, agent.region, new))
+                applied.append(Applied(agent.agent_id, agent.country, agent.region, new, targets))
         touched |= self._dirty_marks
         if applied and self.result_sink is not None:
             # Before the commit: a result is never marked applied without being sunk.
@@ -197,8 +204,11 @@ class Ingest:
                 )
             )
 
-    def _apply_batch(self, item: _Item) -> list[pb.Result]:
-        """Validate and apply one batch's new results, returning them; the ingest hot path.
+    def _apply_batch(self, item: _Item) -> tuple[list[pb.Result], list[str]]:
+        """Validate and apply one batch's new results; the ingest hot path.
+
+        Returns them with the target each ran against, as this collector
+        assigned it (a late result of a re-targeted check keeps its old target).
 
         Each result's fields are read once here and handed to MeshState.record:
         protobuf attribute reads are the main per-result cost.
@@ -213,7 +223,9 @@ class Ingest:
         self.batches_total += 1
         state = self.state
         record = state.record
-        allowed = agent.ever_assigned
+        assigned = agent.assigned
+        assigned_revision = agent.revision
+        target_of = self.history.target_of
         tallies = state.agent_tallies.get(agent_id) or {}
         country = agent.country
         first_seq = batch.first_seq
@@ -228,13 +240,22 @@ class Ingest:
         rejected = self.rejected
         applied: list[pb.Result] = []
         keep = self.samples.keep
+        applied_targets: list[str] = []
         newest = 0.0
         correction = agent.clock.correction
         for result in new:
             check = result.check
-            if check not in allowed:
-                rejected["unknown_check"] += 1
-                continue
+            revision = result.revision
+            if revision == assigned_revision and check in assigned:
+                target = assigned[check]
+                current: str | None = target
+            else:  # buffered under an older revision, or an agent that does not tag
+                judged = target_of(agent_id, check, revision, result.target, assigned)
+                if judged is None:
+                    rejected["not_assigned"] += 1
+                    continue
+                target = judged
+                current = target if assigned.get(check) == target else None
             duration = result.duration_seconds
             if not 0 <= duration < _INF:  # NaN compares False
                 rejected["invalid_value"] += 1
@@ -259,8 +280,14 @@ class Ingest:
             if tally is None:
                 tally = state.tally(check, agent_id, country)
                 tallies = state.agent_tallies[agent_id]
-            record(agent, tally, result, success, duration, timestamp, reason, keep(result.samples))
+            record(
+                agent, tally, result, success, duration, timestamp, reason,
+                keep(result.samples), current,
+            )  # fmt: skip
+            if current is None:
+                state.linger(check, now)  # a no-op unless the check left the file
             applied.append(result)
+            applied_targets.append(target)
             if timestamp > newest:
                 newest = timestamp
         self.results_total += len(applied)
@@ -269,7 +296,7 @@ class Ingest:
         if newest > agent.last_seen:
             agent.last_seen = min(newest, now)
         seqs.add(first_seq, batch.last_seq)
-        return applied
+        return applied, applied_targets
 
 
 _INF = math.inf

@@ -18,6 +18,7 @@ from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector import runnable
 from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.asn import load_asn_db
+from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.diagnosis import Diagnoser
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.http import build_http_app
@@ -41,6 +42,8 @@ from probemesh.httpserver import parse_listen, start_site
 from probemesh.v1 import mesh_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 600.0  # seconds between two prunings of the assignment history
 
 
 @dataclass
@@ -81,14 +84,24 @@ class CollectorApp:
     def __init__(self, options: CollectorOptions) -> None:
         self.options = options
         self.checks_file: ChecksFile = load_checks(options.checks_path)
-        self._targets_of: ChecksFile | None = None
-        self._targets_by_check: dict[str, str] = {}
         _warn_unrunnable(self.checks_file)
-        self.revision = 1
         self.store = Store(options.data_dir)
+        self.history = AssignmentHistory(self.store, self.checks_file.digest)
+        log.info(
+            "loaded %d checks from %s (revision %d)",
+            len(self.checks_file.checks),
+            options.checks_path,
+            self.history.revision,
+        )
         self.tokens = TokenStore(self.store.db)
         self.state = MeshState()
+        self.state.configured = frozenset(self.checks_file.checks)
         self.state.restore(self.store.load_counters(), self.store.load_histograms())
+        now = time.time()
+        for check, agent_id in list(self.state.tallies):
+            # Removed while the collector was down: its agents may still replay results.
+            if check not in self.checks_file.checks and self.history.knows(agent_id, check):
+                self.state.linger(check, now)
         self.remote_writer: RemoteWriter | None = None
         self.registry = CollectorRegistry()
         if options.remote_write_url:
@@ -101,11 +114,11 @@ class CollectorApp:
                 journal=Journal(
                     options.data_dir / "remote-write.sqlite3", options.remote_write_journal_bytes
                 ),
-                targets=self._targets,
             )
         self.ingest = Ingest(
             self.state,
             self.store,
+            self.history,
             options.limits,
             result_sink=self.remote_writer.write_results if self.remote_writer else None,
         )
@@ -116,7 +129,7 @@ class CollectorApp:
             self.tokens,
             self.sessions,
             lambda: self.checks_file,
-            lambda: self.revision,
+            self.history,
         )
         self._external_url: str | None = None
         book = IncidentBook.open(options.data_dir)
@@ -149,6 +162,7 @@ class CollectorApp:
             # Scraped too: a failing remote write must be visible without it.
             self.metrics_registry.register(RemoteWriteMetrics(self.remote_writer))
         self.ready = False
+        self._next_prune = 0.0
         self.grpc_port = 0
         self.http_port = 0
         self.http_app = build_http_app(self)
@@ -160,14 +174,6 @@ class CollectorApp:
             return False
         session.send(pb.CollectorMessage(evidence_request=request))
         return True
-
-    def _targets(self) -> dict[str, str]:
-        """Each configured check's target, as the remote-written result series carry it."""
-        checks = self.checks_file
-        if self._targets_of is not checks:
-            self._targets_by_check = {name: spec.target for name, spec in checks.checks.items()}
-            self._targets_of = checks
-        return self._targets_by_check
 
     def _notifiers(self) -> list[Notifier]:
         opts = self.options
@@ -219,15 +225,19 @@ class CollectorApp:
         if new.digest == self.checks_file.digest:
             log.info("reload: checks file unchanged")
             return True
+        removed = self.checks_file.checks.keys() - new.checks.keys()
         self.checks_file = new
         _warn_unrunnable(new)
-        self.revision += 1
-        self.state.forget_checks(set(new.checks))
+        revision = self.history.new_revision(new.digest)
+        self.state.configured = frozenset(new.checks)
+        self.state.forget_checks(
+            {name: spec.target for name, spec in new.checks.items()}, removed, time.time()
+        )
         pushed = self.service.push_checks()
         log.info(
             "reloaded %d checks (revision %d); pushed to %d agents",
             len(new.checks),
-            self.revision,
+            revision,
             pushed,
         )
         return True
@@ -239,6 +249,11 @@ class CollectorApp:
         if not (opts.tls_cert and opts.tls_key):
             return "plaintext"
         return "mTLS, client certificates required" if opts.tls_client_ca else "TLS"
+
+    @property
+    def revision(self) -> int:
+        """The checks file's revision; it never goes back, restarts included."""
+        return self.history.revision
 
     def _bind_grpc(self, server: grpc.aio.Server) -> int:
         opts = self.options
@@ -321,11 +336,19 @@ class CollectorApp:
             revoked = {t for t in live if not self.tokens.is_active(t)}
             if revoked:
                 self.sessions.end_tokens(revoked, "token revoked")
-            horizon = time.time() - self.options.series_ttl
+            now = time.time()
+            horizon = now - self.options.series_ttl
             for agent in list(self.state.agents.values()):
                 if not agent.connected and agent.last_seen < horizon:
                     self.state.forget_agent(agent.agent_id)
                     self.service.limiter.forget(agent.agent_id)
+            self.state.forget_unassigned(horizon)
+            self.state.expire_lingering(horizon)
+            if now >= self._next_prune:
+                self._next_prune = now + PRUNE_EVERY
+                pruned = self.history.prune(now)
+                if pruned:
+                    log.info("pruned %d expired assignment spans", pruned)
 
 
 def _warn_unrunnable(checks: ChecksFile) -> None:

@@ -46,26 +46,22 @@ class Applied:
     country: str
     region: str
     results: Sequence[pb.Result]
+    # The target each result ran against, as the collector assigned it: a late
+    # result of a re-targeted check keeps its old target.
+    targets: Sequence[str]
 
 
 def result_series(
-    applied: Applied,
-    targets: Mapping[str, str],
-    external_labels: Mapping[str, str],
+    applied: Applied, external_labels: Mapping[str, str]
 ) -> Iterable[remote_pb2.TimeSeries]:
     """The series of each result: probe_success, probe_duration_seconds and the
     samples the catalog admits, labelled as on /metrics, at the result's time;
-    a check the agent refused by policy is probemesh_check_not_runnable instead.
-
-    ``targets`` maps a check to its configured target; a check no longer in the
-    file keeps the target the result names.
-    """
+    a check the agent refused by policy is probemesh_check_not_runnable instead."""
     common = {**external_labels, "agent": applied.agent, "country": applied.country}
     if applied.region:
         common["region"] = applied.region
-    for result in applied.results:
-        check = result.check
-        base = {**common, "check": check, "target": targets.get(check) or result.target}
+    for result, target in zip(applied.results, applied.targets, strict=True):
+        base = {**common, "check": result.check, "target": target}
         timestamp = int(result.timestamp * 1000)
         if result.reason == pb.FAILURE_REASON_POLICY:  # no probe ran: no probe_success of 0
             rule = rule_and_detail(result.message)[0]

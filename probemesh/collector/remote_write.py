@@ -47,7 +47,7 @@ import random
 import re
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -290,7 +290,6 @@ class RemoteWriter:
         stop_timeout: float = 5.0,
         metrics_registry: CollectorRegistry | None = None,
         journal: Journal | None = None,
-        targets: Callable[[], Mapping[str, str]] = dict,
         clock: _Clock | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
@@ -313,7 +312,6 @@ class RemoteWriter:
         self.max_age = max_age
         self.stop_timeout = stop_timeout
         self.journal = journal
-        self.targets = targets
         self.stats = _Stats()
         self._clock = clock or _Clock()
         self._exclude = RESULT_FAMILIES if journal is not None else frozenset()
@@ -406,16 +404,14 @@ class RemoteWriter:
         """
         if self.journal is None or not applied:
             return
-        bodies = await asyncio.to_thread(self._journal_results, applied, self.targets())
+        bodies = await asyncio.to_thread(self._journal_results, applied)
         if bodies:
             self._idle.clear()
             self._wakeup.set()
 
-    def _journal_results(self, applied: Sequence[Applied], targets: Mapping[str, str]) -> int:
+    def _journal_results(self, applied: Sequence[Applied]) -> int:
         assert self.journal is not None
-        series = [
-            ts for group in applied for ts in result_series(group, targets, self.external_labels)
-        ]
+        series = [ts for group in applied for ts in result_series(group, self.external_labels)]
         step = self.max_samples_per_request
         chunks = [series[i : i + step] for i in range(0, len(series), step)]
         dropped = self.journal.append(

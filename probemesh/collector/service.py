@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import re
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ import grpc
 from probemesh import __version__
 from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector import runnable
+from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import RateLimiter, SecurityLimits
@@ -57,14 +59,14 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         tokens: TokenStore,
         sessions: SessionRegistry,
         checks: Callable[[], ChecksFile],
-        revision: Callable[[], int],
+        history: AssignmentHistory,
     ) -> None:
         self.state = state
         self.ingest = ingest
         self.tokens = tokens
         self.sessions = sessions
         self.checks = checks
-        self.revision = revision
+        self.history = history
         self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS, 0))
         self.refusal_log = RefusalLog()
         self.heartbeat_interval = HEARTBEAT_INTERVAL
@@ -94,8 +96,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         )  # fmt: skip
         self.sessions.open(session)
         agent.connected = True
-        # Assign the checks before anything can be ingested: a batch applied
-        # before ever_assigned is set would be rejected as unknown_check.
+        # Assign the checks before anything can be ingested: a live result of
+        # this session names the revision recorded here.
         checks = self.checks_message(session)
         pump = asyncio.create_task(self._pump(request_iterator, session))
         try:
@@ -221,20 +223,22 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             not valid_region(hello.region)
             or not valid_region(hello.city)
             or not _VERSION_RE.match(hello.version)
+            or not 0 <= hello.queue_max_age_seconds < math.inf  # NaN compares False
         ):
             await self._refuse(
                 context, key, "invalid_hello", grpc.StatusCode.INVALID_ARGUMENT,
-                "Hello: invalid region, city or version",
+                "Hello: invalid region, city, version or queue_max_age_seconds",
             )  # fmt: skip
         self.tokens.touch(binding.token_id)
         agent = self.state.agents.get(hello.agent_id)
         if agent is None:
             agent = self.state.agents[hello.agent_id] = AgentInfo(hello.agent_id, hello.country)
-        agent.region, agent.city, agent.asn, agent.version = (
+        agent.region, agent.city, agent.asn, agent.version, agent.queue_max_age = (
             hello.region,
             hello.city,
             hello.asn,
             hello.version,
+            hello.queue_max_age_seconds,
         )
         agent.features = tuple(f[:32] for f in hello.features[:16])
         agent.secrets_dir = hello.secrets_dir_configured
@@ -268,7 +272,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
     def _take_evidence(self, session: Session, report: pb.EvidenceReport) -> None:
         """Keep an agent's evidence for a check it was assigned; anything else is counted and dropped."""
         agent = session.agent
-        if report.check not in agent.ever_assigned:
+        if report.check not in agent.assigned:
             self.rejected["unknown_evidence"] += 1
             return
         self.state.evidence.observe(
@@ -320,36 +324,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             return "message_too_large", f"message of {size} bytes exceeds {self.max_message_bytes}"
         return None
 
-    def checks_message(self, session: Session, remind: bool = False) -> pb.CollectorMessage:
-        """The full check set for the session's agent; records what was assigned.
-
-        Warns, naming check, agent and rule, about assigned checks the agent's
-        announced policy will refuse: new ones, or all of them when remind is
-        set (a reload).
-        """
-        agent = session.agent
-        specs = self.checks().for_agent(agent.agent_id, agent.country)
-        agent.assigned = frozenset(spec.name for spec in specs)
-        agent.ever_assigned |= agent.assigned
-        if not agent.secrets_dir:
-            self._warn_files_refused(agent.agent_id, specs)
-        refusals = runnable.predicted(specs, agent)
-        for check, message in sorted(refusals.items()):
-            if remind or agent.refusals.get(check) != message:
-                log.warning(
-                    "check %s cannot run on agent %s (%s): %s",
-                    check, agent.agent_id, agent.country, message,
-                )  # fmt: skip
-        # Refusals the agent reported stay: not_runnable() checks them against
-        # the latest result, and only the agent can judge a host name.
-        agent.refusals = {**agent.refusals, **refusals}
-        checks = [spec.to_proto() for spec in specs]
-        # The fingerprint leaves the revision out: a reload that changes nothing
-        # for this agent sends it nothing.
-        session.checks_fingerprint = b"".join(
-            c.SerializeToString(deterministic=True) for c in checks
-        )
-        return pb.CollectorMessage(checks=pb.Checks(revision=self.revision(), checks=checks))
+    def checks_message(self, session: Session) -> pb.CollectorMessage:
+        """The full check set for the session's agent, recorded in the history."""
+        return self._assign(session, *self._assignment(session))
 
     def _warn_files_refused(self, agent_id: str, specs: list[CheckSpec]) -> None:
         """Log once per (agent, check) that names files this agent will refuse to read."""
@@ -366,15 +343,56 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 )
 
     def push_checks(self) -> int:
-        """After a reload: send each agent its new check set if it changed."""
+        """After a reload: send each agent its new check set if it changed.
+
+        The fingerprint leaves the revision out: a reload that changes nothing
+        for an agent sends it nothing, and its results keep naming the
+        revision it has, under which the same checks are recorded.
+        """
         pushed = 0
         for session in list(self.sessions.by_agent.values()):
-            before = session.checks_fingerprint
-            message = self.checks_message(session, remind=True)
-            if session.checks_fingerprint != before:
-                session.send(message)
+            specs, checks, fingerprint = self._assignment(session, remind=True)
+            if fingerprint != session.checks_fingerprint:
+                session.send(self._assign(session, specs, checks, fingerprint))
                 pushed += 1
         return pushed
+
+    def _assignment(
+        self, session: Session, remind: bool = False
+    ) -> tuple[list[CheckSpec], list[pb.Check], bytes]:
+        """The agent's check set now, as specs, wire checks and their fingerprint.
+
+        Warns, naming check, agent and rule, about assigned checks the agent's
+        announced policy will refuse: new ones, or all of them when remind is
+        set (a reload).
+        """
+        agent = session.agent
+        specs = self.checks().for_agent(agent.agent_id, agent.country)
+        if not agent.secrets_dir:
+            self._warn_files_refused(agent.agent_id, specs)
+        refusals = runnable.predicted(specs, agent)
+        for check, message in sorted(refusals.items()):
+            if remind or agent.refusals.get(check) != message:
+                log.warning(
+                    "check %s cannot run on agent %s (%s): %s",
+                    check, agent.agent_id, agent.country, message,
+                )  # fmt: skip
+        # Refusals the agent reported stay: not_runnable() checks them against
+        # the latest result, and only the agent can judge a host name.
+        agent.refusals = {**agent.refusals, **refusals}
+        checks = [spec.to_proto() for spec in specs]
+        return specs, checks, b"".join(c.SerializeToString(deterministic=True) for c in checks)
+
+    def _assign(
+        self, session: Session, specs: list[CheckSpec], checks: list[pb.Check], fingerprint: bytes
+    ) -> pb.CollectorMessage:
+        agent = session.agent
+        revision = self.history.revision
+        # Persisted before the agent can run anything under this revision.
+        self.history.record(agent.agent_id, revision, specs, agent.queue_max_age)
+        self.state.assign(agent, {spec.name: spec.target for spec in specs}, revision)
+        session.checks_fingerprint = fingerprint
+        return pb.CollectorMessage(checks=pb.Checks(revision=revision, checks=checks))
 
     async def _pump(
         self, request_iterator: AsyncIterator[pb.AgentMessage], session: Session

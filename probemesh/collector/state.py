@@ -3,7 +3,8 @@
 Plain data structures, written by ingest only and read by the exporter, the
 outage evaluator and the API; docs/architecture.md lists who owns what.
 Counters and histograms count every result, late ones included; the "latest"
-result per check x agent only moves forward in probe time. A reader that
+result per check x agent only moves forward in probe time, and only results
+of the agent's current assignment (check and target) move it. A reader that
 needs to know what changed gets a ChangeFeed of its own: MeshState fills it,
 only that reader drains it.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from probemesh.agent.safety import policy_rule
@@ -46,8 +47,10 @@ class AgentInfo:
     version: str = ""
     connected: bool = False
     last_seen: float = 0.0
-    assigned: frozenset[str] = frozenset()
-    ever_assigned: set[str] = field(default_factory=set)
+    # check -> target, as last sent to the agent, at revision
+    assigned: dict[str, str] = field(default_factory=dict)
+    revision: int = 0
+    queue_max_age: float = 0.0  # announced in Hello; 0 when the agent does not say
     features: tuple[str, ...] = ()  # protocol features announced in Hello
     clock: ClockEstimate = field(default_factory=ClockEstimate)
     # Results whose timestamp ingest moved onto the collector's clock: by the
@@ -138,6 +141,7 @@ class Latest:
     timestamp: float  # result.timestamp, read once: protobuf field access is slow
     # The result's samples that the catalog admits, as ingest filtered them.
     samples: list[KeptSample]
+    target: str  # the assigned target the result ran against
 
 
 class ChangeFeed:
@@ -178,6 +182,14 @@ class MeshState:
         self.feeds: list[ChangeFeed] = []
         # Agents' evidence for the diagnosis (written by the service, read by the evaluator).
         self.evidence = EvidenceBook()
+        # Checks gone from the file whose series stay exported because results
+        # for them still arrive (buffered before the edit): check -> last time.
+        self.lingering: dict[str, float] = {}
+        self.configured: frozenset[str] = frozenset()  # the checks file's checks
+        # (check, agent) pairs whose check an agent was last sent without: their
+        # gauges expire like a gone agent's (see forget_unassigned)
+        self.unassigned: set[tuple[str, str]] = set()
+        self.lingering_version = 0  # bumped when a check starts or stops lingering
 
     def feed(self) -> ChangeFeed:
         """A new reader's change feed, starting with every tally as changed."""
@@ -219,11 +231,16 @@ class MeshState:
         return tally
 
     def apply(
-        self, agent: AgentInfo, result: pb.Result, samples: list[KeptSample] | None = None
+        self,
+        agent: AgentInfo,
+        result: pb.Result,
+        samples: list[KeptSample] | None = None,
+        current: bool = True,
     ) -> None:
         """Count one validated, not-yet-applied result and maybe make it the latest.
 
-        samples are the result's samples that SampleFilter kept (none if omitted).
+        samples are the result's samples that SampleFilter kept (none if omitted);
+        current: the result belongs to the agent's current assignment.
         """
         success = result.success
         self.record(
@@ -235,6 +252,7 @@ class MeshState:
             result.timestamp,
             "" if success else REASON_NAMES[result.reason],
             [] if samples is None else samples,
+            agent.assigned.get(result.check, result.target) if current else None,
         )
         if result.timestamp > agent.last_seen:
             agent.last_seen = min(result.timestamp, time.time())
@@ -249,14 +267,20 @@ class MeshState:
         timestamp: float,
         reason: str,
         samples: list[KeptSample],
+        current_target: str | None,
     ) -> None:
         """apply() for a caller that has already read the result's fields (ingest).
+
+        current_target is the target when the result belongs to the agent's
+        current assignment, None for a result of an assignment since changed
+        (narrowed, re-targeted or removed): that one is counted but never
+        becomes the latest, whose gauges carry the current target.
 
         The hot path of ingest: histogram observation is inlined, and fields
         are passed in because every protobuf attribute read costs.
         """
         if reason == POLICY_REASON:
-            self._refused(agent, tally, result, timestamp, samples)
+            self._refused(agent, tally, result, timestamp, samples, current_target)
             return
         if success:
             tally.success += 1
@@ -280,7 +304,7 @@ class MeshState:
         hist.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
         hist.total += duration
         self.dirty.add(tally)
-        self._set_latest(agent, tally, result, timestamp, samples)
+        self._set_latest(agent, tally, result, timestamp, samples, current_target)
 
     def _refused(
         self,
@@ -289,6 +313,7 @@ class MeshState:
         result: pb.Result,
         timestamp: float,
         samples: list[KeptSample],
+        current_target: str | None,
     ) -> None:
         """A check the agent refused by policy: no probe ran, so no counter or
         histogram moves; the latest result says "not runnable" instead."""
@@ -300,7 +325,7 @@ class MeshState:
                 "check %s cannot run on agent %s (%s): %s",
                 tally.check, agent.agent_id, agent.country, message,
             )  # fmt: skip
-        self._set_latest(agent, tally, result, timestamp, samples)
+        self._set_latest(agent, tally, result, timestamp, samples, current_target)
 
     def _set_latest(
         self,
@@ -309,13 +334,16 @@ class MeshState:
         result: pb.Result,
         timestamp: float,
         samples: list[KeptSample],
+        current_target: str | None,
     ) -> None:
         for feed in self.feeds:
             feed.tallies.add(tally)
+        if current_target is None:
+            return
         current = tally.latest
         if current is None:
             tally.latest = self.latest[(tally.check, tally.agent)] = Latest(
-                result, agent.country, agent.region, timestamp, samples
+                result, agent.country, agent.region, timestamp, samples, current_target
             )
         elif timestamp >= current.timestamp:  # "latest" only moves forward in time
             current.result, current.timestamp, current.region, current.samples = (
@@ -324,6 +352,22 @@ class MeshState:
                 agent.region,
                 samples,
             )
+            current.target = current_target
+
+    def linger(self, check: str, now: float) -> None:
+        """Keep a check that left the file exported: a result for it just arrived."""
+        if check in self.configured:
+            return
+        if check not in self.lingering:
+            self.lingering_version += 1
+        self.lingering[check] = now
+
+    def expire_lingering(self, horizon: float) -> None:
+        """Stop exporting checks that left the file and got no result since horizon."""
+        configured = self.configured
+        for check in [c for c, t in self.lingering.items() if t < horizon or c in configured]:
+            del self.lingering[check]
+            self.lingering_version += 1
 
     def counters(self) -> Iterator[tuple[CounterKey, int]]:
         """Every counter as (("results"|"failures", check, agent, country, label), value)."""
@@ -345,10 +389,38 @@ class MeshState:
         """A commit failed: write these again with the next one."""
         self.dirty |= snapshot.tallies
 
-    def forget_checks(self, keep: set[str]) -> None:
-        """Drop latest results of checks that are no longer configured."""
-        self._forget([k for k in self.latest if k[0] not in keep])
-        self.evidence.forget_checks(keep)
+    def forget_checks(self, targets: Mapping[str, str], removed: set[str], now: float) -> None:
+        """A reload: drop the latest results of removed and re-targeted checks.
+
+        The counters of removed checks stay exported for a while (see linger):
+        results the agents buffered before the edit still count when they arrive.
+        """
+        self._forget(
+            [pair for pair, latest in self.latest.items() if targets.get(pair[0]) != latest.target]
+        )
+        for check in removed:
+            self.linger(check, now)
+        self.evidence.forget_checks(set(targets))
+
+    def assign(self, agent: AgentInfo, assigned: dict[str, str], revision: int) -> None:
+        """The agent is being sent these checks (name -> target) at revision."""
+        for check in agent.assigned.keys() - assigned.keys():
+            self.unassigned.add((check, agent.agent_id))
+        agent.assigned, agent.revision = assigned, revision
+
+    def forget_unassigned(self, horizon: float) -> None:
+        """Drop latest results of checks no longer assigned to their agent, once
+        older than horizon: the gauges of a narrowed check end as a gone agent's do."""
+        expired = []
+        for pair in list(self.unassigned):
+            latest = self.latest.get(pair)
+            agent = self.agents.get(pair[1])
+            if latest is None or agent is None or pair[0] in agent.assigned:
+                self.unassigned.discard(pair)
+            elif latest.timestamp < horizon:
+                expired.append(pair)
+                self.unassigned.discard(pair)
+        self._forget(expired)
 
     def forget_agent(self, agent_id: str) -> None:
         """Drop the gauges of an agent gone longer than the TTL.

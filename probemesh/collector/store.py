@@ -4,6 +4,8 @@ It holds what must survive a restart: agent tokens (hashed), each agent's
 applied-sequence mark (for dedupe) and the result counters and histograms,
 which are written in the same transaction as the mark so that accounting stays
 exact across crashes: a batch is either applied, counted and marked, or not.
+It also holds the checks revision and the assignment history (see
+assignments.py), which say which buffered results are still valid.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from probemesh.collector.assignments import Span
 from probemesh.errors import StateError
 
 _SCHEMA = """
@@ -38,6 +41,22 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS histograms (
     key TEXT PRIMARY KEY,
     state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    revision INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    agent_id TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    first_rev INTEGER NOT NULL,
+    last_rev INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    module TEXT NOT NULL,
+    closed_at REAL,
+    expires_at REAL,
+    PRIMARY KEY (agent_id, check_name, first_rev)
 );
 """
 
@@ -107,6 +126,68 @@ class Store:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def load_revision(self) -> tuple[int, str] | None:
+        row = self.db.execute(
+            "SELECT revision, digest FROM revisions ORDER BY revision DESC LIMIT 1"
+        ).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def save_revision(self, revision: int, digest: str, created_at: float) -> None:
+        self.db.execute(
+            "INSERT INTO revisions(revision, digest, created_at) VALUES(?, ?, ?)",
+            (revision, digest, created_at),
+        )
+
+    def load_spans(self) -> dict[str, list[Span]]:
+        rows = self.db.execute(
+            "SELECT agent_id, check_name, target, module, first_rev, last_rev, closed_at, "
+            "expires_at FROM assignments ORDER BY agent_id, check_name, first_rev"
+        ).fetchall()
+        spans: dict[str, list[Span]] = {}
+        for agent_id, *fields in rows:
+            spans.setdefault(agent_id, []).append(Span(*fields))
+        return spans
+
+    def save_spans(self, agent_id: str, spans: Iterable[Span]) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO assignments(agent_id, check_name, first_rev, last_rev, target, "
+                "module, closed_at, expires_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(agent_id, check_name, first_rev) DO UPDATE SET "
+                "last_rev=excluded.last_rev, closed_at=excluded.closed_at, "
+                "expires_at=excluded.expires_at",
+                [
+                    (agent_id, s.check, s.first, s.last, s.target, s.module, s.closed_at,
+                     s.expires_at)
+                    for s in spans
+                ],
+            )  # fmt: skip
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def prune_spans(self, now: float) -> int:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            removed = db.execute(
+                "DELETE FROM assignments WHERE expires_at IS NOT NULL AND expires_at < ?", (now,)
+            ).rowcount
+            # The newest revision stays: it is what the next one counts from.
+            db.execute(
+                "DELETE FROM revisions WHERE revision < (SELECT MAX(revision) FROM revisions) "
+                "AND revision < COALESCE((SELECT MIN(first_rev) FROM assignments), "
+                "(SELECT MAX(revision) FROM revisions))"
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return int(removed)
 
     def close(self) -> None:
         self._ingest_db.close()

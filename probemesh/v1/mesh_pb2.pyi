@@ -57,7 +57,7 @@ class CollectorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., checks: _Optional[_Union[Checks, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., evidence_request: _Optional[_Union[EvidenceRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "min_interval_seconds", "allow_private_targets", "secrets_dir_configured", "features")
+    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "min_interval_seconds", "allow_private_targets", "secrets_dir_configured", "features", "queue_max_age_seconds")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class Hello(_message.Message):
     ALLOW_PRIVATE_TARGETS_FIELD_NUMBER: _ClassVar[int]
     SECRETS_DIR_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MAX_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     country: str
     region: str
@@ -82,7 +83,8 @@ class Hello(_message.Message):
     allow_private_targets: bool
     secrets_dir_configured: bool
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., min_interval_seconds: _Optional[float] = ..., allow_private_targets: _Optional[bool] = ..., secrets_dir_configured: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    queue_max_age_seconds: float
+    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., min_interval_seconds: _Optional[float] = ..., allow_private_targets: _Optional[bool] = ..., secrets_dir_configured: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ..., queue_max_age_seconds: _Optional[float] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("collector_version", "acked_seq", "heartbeat_interval_seconds", "max_batch_results", "max_message_bytes", "collector_time", "features")
@@ -141,7 +143,7 @@ class ResultBatch(_message.Message):
     def __init__(self, first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ..., floor_seq: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("check", "target", "timestamp", "success", "duration_seconds", "reason", "message", "samples", "http_phase_seconds")
+    __slots__ = ("check", "target", "timestamp", "success", "duration_seconds", "reason", "message", "samples", "http_phase_seconds", "revision")
     CHECK_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +153,7 @@ class Result(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     HTTP_PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     check: str
     target: str
     timestamp: float
@@ -160,7 +163,8 @@ class Result(_message.Message):
     message: str
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
     http_phase_seconds: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, check: _Optional[str] = ..., target: _Optional[str] = ..., timestamp: _Optional[float] = ..., success: _Optional[bool] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., http_phase_seconds: _Optional[_Iterable[float]] = ...) -> None: ...
+    revision: int
+    def __init__(self, check: _Optional[str] = ..., target: _Optional[str] = ..., timestamp: _Optional[float] = ..., success: _Optional[bool] = ..., duration_seconds: _Optional[float] = ..., reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., http_phase_seconds: _Optional[_Iterable[float]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Evidence(_message.Message):
     __slots__ = ("timestamp", "probe_success", "dns", "tcp", "tls", "http", "path")

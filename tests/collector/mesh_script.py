@@ -82,7 +82,10 @@ class ScriptedMesh:
         for cc in countries:
             agent_id = f"a-{cc.lower()}"
             self.state.agents[agent_id] = AgentInfo(
-                agent_id, cc, connected=True, assigned=frozenset(self.checks.checks)
+                agent_id,
+                cc,
+                connected=True,
+                assigned={n: c.target for n, c in self.checks.checks.items()},
             )
         self.book = book or IncidentBook()
         self.monitor = OutageMonitor(

@@ -59,7 +59,10 @@ class PhasedMesh:
         for cc in self.countries:
             agent = f"a-{cc.lower()}"
             self.state.agents[agent] = AgentInfo(
-                agent, cc, connected=True, assigned=frozenset(self.checks)
+                agent,
+                cc,
+                connected=True,
+                assigned={n: s.target for n, s in self.file.checks.items()},
             )
         self.tick = 0
         self.book = IncidentBook()

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from probemesh.checks import parse_checks
+from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.exposition import FAILURE_REASONS
 from probemesh.collector.ingest import REJECT_REASONS, Ingest
@@ -119,11 +120,13 @@ def build(tmp_path: Path) -> tuple[MeshState, MeshExporter]:
         }
     )
     state = MeshState()
-    ingest = Ingest(state, Store(tmp_path))
+    store = Store(tmp_path)
+    ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
     exporter = MeshExporter(state, ingest, lambda: checks, lambda: 2)
+    state.configured = frozenset(checks.checks)
     for agent_id, success in (("a-br", True), ("a-de", False)):
         agent = state.agents[agent_id] = AgentInfo(agent_id, agent_id[-2:].upper(), region="r 1")
-        agent.ever_assigned = {"web"}
+        agent.assigned = {"web": checks.checks["web"].target}
         apply(
             ingest,
             agent,
@@ -234,25 +237,48 @@ def test_expired_agent_and_removed_check_lose_their_lines(tmp_path: Path) -> Non
                              "checks": [{"name": "api", "target": "https://example.org/",
                                          "module": "http_2xx"}]})  # fmt: skip
     exporter.checks = lambda: reloaded
-    state.forget_checks(set(reloaded.checks))
+    state.configured = frozenset(reloaded.checks)
+    state.forget_checks({"api": "https://example.org/"}, {"web"}, now=100.0)
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    assert {n for n, labels, _ in fast if ("check", "web") in labels} == {
+        "probemesh_probe_results_total",
+        "probemesh_probe_failures_total",
+        "probemesh_probe_duration_seconds_bucket",
+        "probemesh_probe_duration_seconds_sum",
+        "probemesh_probe_duration_seconds_count",
+        "probemesh_probe_phase_duration_seconds_bucket",
+        "probemesh_probe_phase_duration_seconds_sum",
+        "probemesh_probe_phase_duration_seconds_count",
+    }, "a removed check keeps its counters and histograms, no gauges, while it lingers"
+    assert exporter.guard.series == 0
+    state.expire_lingering(horizon=200.0)  # --series-ttl passed with no late result
     fast, reference = fast_and_reference(exporter)
     assert fast == reference
     assert not {n for n, labels, _ in fast if ("check", "web") in labels}, (
-        "nothing of a removed check"
+        "nothing of a removed check once it stopped lingering"
     )
-    assert exporter.guard.series == 0
 
 
 def test_reload_with_a_new_target_rerenders_its_lines(tmp_path: Path) -> None:
-    _, exporter = build(tmp_path)
+    state, exporter = build(tmp_path)
     exporter.render_bulk()
     moved = parse_checks({"modules": {"http_2xx": {"prober": "http"}},
                           "checks": [{"name": "web", "target": "https://example.net/",
                                       "module": "http_2xx"}]})  # fmt: skip
     exporter.checks = lambda: moved
+    state.forget_checks({"web": "https://example.net/"}, set(), now=100.0)
     fast, reference = fast_and_reference(exporter)
     assert fast == reference
-    targets = {dict(lab).get("target") for n, lab, _ in fast if n == "probe_http_status_code"}
+    assert not [lab for n, lab, _ in fast if n == "probe_success"], (
+        "the latest results ran against the old target: no gauge claims the new one"
+    )
+    agent = state.agents["a-br"]
+    agent.assigned = {"web": "https://example.net/"}
+    state.apply(agent, pb.Result(check="web", timestamp=0.5, success=True, duration_seconds=0.1))
+    fast, reference = fast_and_reference(exporter)
+    assert fast == reference
+    targets = {dict(lab).get("target") for n, lab, _ in fast if n == "probe_success"}
     assert targets == {"https://example.net/"}
 
 

@@ -90,11 +90,13 @@ def test_random_batches_match_a_set_model() -> None:
 def test_reset_agent_sequence_is_not_mistaken_for_duplicates(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """An agent whose state dir was wiped starts again at seq 1: the collector must
     forget its marks instead of skipping every new result as a duplicate."""
+    from probemesh.collector.assignments import AssignmentHistory
     from probemesh.collector.ingest import Ingest
     from probemesh.collector.state import MeshState
     from probemesh.collector.store import Store
 
-    ingest = Ingest(MeshState(), Store(tmp_path))
+    store = Store(tmp_path)
+    ingest = Ingest(MeshState(), store, AssignmentHistory(store, "digest"))
     ingest.marks["vps-1"] = AppliedSeqs(500, [[510, 520]])
     ingest.durable["vps-1"] = 500
     ingest.reconcile("vps-1", last_seq=600)  # a normal reconnect: kept
@@ -109,6 +111,7 @@ def test_welcome_names_only_committed_marks(tmp_path) -> None:  # type: ignore[n
     a mark applied in memory whose commit failed is not announced."""
     import asyncio
 
+    from probemesh.collector.assignments import AssignmentHistory
     from probemesh.collector.ingest import Ingest, _Item
     from probemesh.collector.sessions import Session
     from probemesh.collector.state import AgentInfo, MeshState
@@ -116,11 +119,12 @@ def test_welcome_names_only_committed_marks(tmp_path) -> None:  # type: ignore[n
     from probemesh.v1 import mesh_pb2 as pb
 
     store = Store(tmp_path)
-    ingest = Ingest(MeshState(), store)
+    ingest = Ingest(MeshState(), store, AssignmentHistory(store, "digest"))
     agent = AgentInfo("vps-1", "DE")
-    agent.ever_assigned = {"web"}
+    agent.assigned, agent.revision = {"web": ""}, 1
     batch = pb.ResultBatch(first_seq=1, last_seq=1, floor_seq=1,
-                           results=[pb.Result(check="web", timestamp=1.0, success=True)])  # fmt: skip
+                           results=[pb.Result(check="web", timestamp=1.0, success=True,
+                                              revision=1)])  # fmt: skip
 
     def broken(*_args: object) -> None:
         raise OSError("disk full")

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from probemesh.checks import parse_checks
+from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.reachability import LOCAL_PROBLEM
@@ -81,9 +82,10 @@ def _exporter(tmp_path: Path) -> tuple[MeshState, MeshExporter, AgentInfo]:
         }
     )
     state = MeshState()
-    exporter = MeshExporter(state, Ingest(state, Store(tmp_path)), lambda: checks, lambda: 1)
-    agent = state.agents["a-de"] = AgentInfo("a-de", "DE", assigned=frozenset({"db"}))
-    agent.ever_assigned = {"db"}
+    store = Store(tmp_path)
+    ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
+    exporter = MeshExporter(state, ingest, lambda: checks, lambda: 1)
+    agent = state.agents["a-de"] = AgentInfo("a-de", "DE", assigned={"db": "10.0.0.1:5432"})
     return state, exporter, agent
 
 
@@ -148,13 +150,13 @@ def test_prediction_from_the_announced_policy(
 def test_prediction_shows_before_the_first_result_and_yields_to_it() -> None:
     checks = build_checks()
     state = MeshState()
-    agent = state.agents["a"] = AgentInfo("a", "DE", assigned=frozenset({"web"}))
+    agent = state.agents["a"] = AgentInfo("a", "DE", assigned={"web": checks.checks["web"].target})
     agent.refusals = {"web": FLOOR}
     (entry,) = not_runnable(state.latest, state.agents, checks)["web"]
     assert (entry.rule, entry.detail) == ("interval_floor", FLOOR.partition(": ")[2])
     state.apply(agent, pb.Result(check="web", timestamp=1.0, success=True, duration_seconds=0.1))
     assert not_runnable(state.latest, state.agents, checks) == {}
-    agent.assigned = frozenset()
+    agent.assigned = {}
     state.apply(agent, refused("web", 2.0))
     assert not_runnable(state.latest, state.agents, checks) == {}, "no longer assigned"
 
@@ -174,8 +176,8 @@ def test_metadata_literal_is_refused_everywhere() -> None:
 
 
 def test_remote_write_sends_not_runnable_instead_of_probe_success() -> None:
-    applied = Applied("a-de", "DE", "", [refused("db", 10.0)])
-    (series,) = list(result_series(applied, {"db": "10.0.0.1:5432"}, {}))
+    applied = Applied("a-de", "DE", "", [refused("db", 10.0)], ["10.0.0.1:5432"])
+    (series,) = list(result_series(applied, {}))
     labels = {label.name: label.value for label in series.labels}
     assert labels["__name__"] == "probemesh_check_not_runnable"
     assert labels["rule"] == "private_target" and series.samples[0].value == 1.0

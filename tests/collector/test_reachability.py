@@ -196,7 +196,7 @@ def test_degraded_when_a_minority_of_agents_fail() -> None:
     mesh = ScriptedMesh(countries=("US",))
     for n in (2, 3):
         mesh.state.agents[f"a-us{n}"] = AgentInfo(
-            f"a-us{n}", "US", assigned=frozenset(mesh.checks.checks)
+            f"a-us{n}", "US", assigned={n: c.target for n, c in mesh.checks.checks.items()}
         )
     mesh.round()
     mesh.round()

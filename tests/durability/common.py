@@ -126,10 +126,8 @@ def agents_sum(agents: list[AgentRef], name: str) -> float:
 def quiesce(mesh: Mesh, quiet_yaml: str, agents: list[AgentRef]) -> None:
     """Reload the collector with checks assigned to nobody: production stops.
 
-    Waits first for every agent to be connected to the current collector: an
-    agent that connects after the reload is assigned nothing, and the
-    collector refuses results for checks an agent was never assigned
-    (rejected{reason="unknown_check"}), so its backlog would not count.
+    Waits first for every agent to be connected to the current collector, so
+    that each one is told at once to stop.
     """
     assert mesh.collector is not None
     for agent in agents:
@@ -205,3 +203,85 @@ def assert_disk_matches(agents: list[AgentRef], figures: dict[str, float]) -> No
         produced += counters["produced"]
         dropped += counters["dropped"]
     assert (produced, dropped) == (figures["produced"], figures["dropped"])
+
+
+class Relay:
+    """A loopback TCP relay in front of the collector that a test can cut and throttle.
+
+    cut() closes every relayed connection and closes new ones at once, so the
+    agents are disconnected while the collector runs on (what a partition does
+    to them, without root). rate, when set, caps the agent-to-collector
+    direction of each connection in bytes/s: a thin uplink that makes a
+    replay last long enough to restart the collector in the middle of it.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.rate = 0.0
+        self.open = True
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            if not self.open:
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=2)
+            except OSError:  # the collector is down
+                conn.close()
+                continue
+            upstream.settimeout(None)
+            conn.settimeout(None)
+            with self._lock:
+                self._conns += [conn, upstream]
+            for src, dst, throttled in ((conn, upstream, True), (upstream, conn, False)):
+                threading.Thread(target=self._pump, args=(src, dst, throttled), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, throttled: bool) -> None:
+        try:
+            while True:
+                data = src.recv(4096)
+                if not data:
+                    break
+                if throttled and self.rate:
+                    time.sleep(len(data) / self.rate)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Disconnect every agent and refuse them until heal()."""
+        self.open = False
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self._stop = True
+        self.cut()
+        self._thread.join(2)
+        self.sock.close()

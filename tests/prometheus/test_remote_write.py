@@ -227,6 +227,9 @@ async def test_a_newer_snapshot_supersedes_the_unsent_one_whole() -> None:
     assert writer.stats.sent_requests == 0
 
 
+WEB = "https://example.org/"
+
+
 def _result(check: str, ts: float, success: bool, status: float = 200.0) -> pb.Result:
     return pb.Result(
         check=check,
@@ -263,7 +266,6 @@ async def test_every_result_is_written_at_the_probe_time(
         interval=3600,
         external_labels={"collector": "c1"},
         journal=Journal(tmp_path / "rw.sqlite3", 1 << 20),
-        targets=lambda: {"web": "https://example.org/"},
         stop_timeout=5,
     )
     await writer.start()
@@ -271,7 +273,9 @@ async def test_every_result_is_written_at_the_probe_time(
         _result("web", 1000.0 + i, success=i != 1, status=500 if i == 1 else 200) for i in range(3)
     ]
     late = _result("gone", 900.0, success=True)  # a removed check's late result keeps its target
-    await writer.write_results([Applied("de-1", "DE", "eu", [*results, late])])
+    await writer.write_results(
+        [Applied("de-1", "DE", "eu", [*results, late], ["https://example.org/"] * 4)]
+    )
     await writer.stop()
     success = _decoded_samples(receiver, "probe_success")
     assert sorted((s[1], s[2]) for s in success) == [
@@ -308,7 +312,7 @@ async def test_journaled_results_outlive_a_receiver_outage_and_a_restart(
     )  # fmt: skip
     await first.start()
     await first.write_results(
-        [Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True) for i in range(5)])]
+        [Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True) for i in range(5)], [WEB] * 5)]
     )
     await asyncio.sleep(0.1)
     assert first.stats.retries > 0 and first.lag() > 0
@@ -335,7 +339,9 @@ async def test_a_full_journal_drops_its_oldest_requests_and_counts_them(tmp_path
         max_samples_per_request=4,
     )
     for i in range(50):
-        await writer.write_results([Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True)])])
+        await writer.write_results(
+            [Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True)], [WEB])]
+        )
     assert writer.journal is not None and writer.journal.bytes <= 2000
     dropped = writer.stats.dropped_requests["journal_full"]
     assert dropped > 0 and dropped + writer.pending_results == 50

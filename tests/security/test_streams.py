@@ -103,13 +103,17 @@ def test_second_stream_replaces_first(limited_mesh: Mesh) -> None:
 
 
 def test_never_assigned_and_invalid_results_are_rejected(limited_mesh: Mesh) -> None:
+    """A result is judged by the revision it names (1: this collector never reloads);
+    an untagged one (revision 0, an agent that does not tag) by the current assignment."""
     mesh = limited_mesh
     token = mesh.token("val1", "BR")
-    before = {
-        r: _rejected(mesh, r) for r in ("unknown_check", "invalid_value", "invalid_timestamp")
-    }
+    reasons = ("not_assigned", "invalid_value", "invalid_timestamp")
+    before = {r: _rejected(mesh, r) for r in reasons}
     bad = [
         raw.result("not-a-check"),
+        raw.result("not-a-check", revision=1),
+        raw.result("c00", revision=1),  # valid: assigned at revision 1
+        raw.result("c00"),  # valid: assigned now
         raw.result("c00", duration_seconds=float("nan")),
         raw.result("c00", duration_seconds=-1.0),
         raw.result("c00", duration_seconds=float("inf")),
@@ -122,10 +126,21 @@ def test_never_assigned_and_invalid_results_are_rejected(limited_mesh: Mesh) -> 
         "a batch of bad results is still acked"
     )
     after = {r: _rejected(mesh, r) for r in before}
-    assert after["unknown_check"] - before["unknown_check"] == 1
+    assert after["not_assigned"] - before["not_assigned"] == 2
     assert after["invalid_value"] - before["invalid_value"] == 4
     assert after["invalid_timestamp"] - before["invalid_timestamp"] == 2
-    assert total(mesh.metrics(), "probemesh_probe_results_total", agent="val1") == 0
+    assert total(mesh.metrics(), "probemesh_probe_results_total", agent="val1") == 2
+    assert total(mesh.metrics(), "probemesh_ingest_rejected_total", reason="unknown_check") == 0
+
+
+def test_hello_with_an_invalid_queue_max_age_is_refused(limited_mesh: Mesh) -> None:
+    mesh = limited_mesh
+    token = mesh.token("age1", "BR")
+    for age in (float("nan"), float("inf"), -1.0):
+        hello = raw.hello("age1", "BR", queue_max_age_seconds=age)
+        out = raw.connect(_target(mesh), [hello], token=token)
+        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (age, out)
+        assert "queue_max_age_seconds" in out.details
 
 
 def test_batch_and_message_size_limits(limited_mesh: Mesh) -> None:
@@ -180,7 +195,7 @@ def test_rate_limit_answers_resource_exhausted(limited_mesh: Mesh) -> None:
 def test_cardinality_attack_is_refused(limited_mesh: Mesh) -> None:
     mesh = limited_mesh
     token = mesh.token("card1", "BR")
-    before_unknown = _rejected(mesh, "unknown_check")
+    before_unknown = _rejected(mesh, "not_assigned")
     before_card = _rejected(mesh, "cardinality")
     # 10,000 distinct check names, then every assigned check with 10,000 distinct label values.
     names = [raw.result(f"attack-{i}") for i in range(10_000)]
@@ -197,7 +212,7 @@ def test_cardinality_attack_is_refused(limited_mesh: Mesh) -> None:
     messages += [raw.batch(10_001 + k * 250, labelled[k * 250 : (k + 1) * 250]) for k in range(40)]
     out = raw.connect(_target(mesh), [raw.hello("card1", "BR"), *messages], token=token, timeout=20)
     assert out.code == grpc.StatusCode.OK, out
-    assert _rejected(mesh, "unknown_check") - before_unknown == 10_000
+    assert _rejected(mesh, "not_assigned") - before_unknown == 10_000
     page = http_get(mesh.metrics_url)
     assert "attack-" not in page and "probe_custom_" not in page and 'phase="p' not in page
     samples = mesh.metrics()

@@ -1,0 +1,199 @@
+"""The assignment history: which checks each agent was sent, at which revisions.
+
+An agent that is cut off keeps probing what it was last sent, buffers the
+results and replays them later, possibly after the checks file changed and the
+collector restarted. Each result names the revision it ran under, so the
+collector judges it against what it sent then, not against what the file says
+now. This module keeps that record, persisted next to the marks so that it
+survives restarts, and the checks revision itself, which never goes back.
+
+A span says: agent A was sent check C (with this target and module) in every
+Checks message from revision ``first`` to ``last``. A span closes when the
+agent is sent a set without C, or with C changed. Results named after a closed
+span can only come from the agent's buffer, which drops results older than its
+``--queue-max-age`` (announced in Hello); so a closed span is kept that long
+after it closed, plus a margin, and then pruned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from probemesh.agent.queue import DEFAULT_MAX_AGE
+from probemesh.checks import CheckSpec
+
+# Kept beyond an agent's queue max age: clock skew (the collector accepts
+# timestamps up to 5 minutes ahead) and results the agent sent but that were
+# never acknowledged, which it keeps past the age bound until they are.
+PRUNE_MARGIN = 3600.0
+# A longer announced age is capped: the history must stay bounded.
+MAX_ANNOUNCED_AGE = 366 * 86400.0
+
+
+@dataclass
+class Span:
+    """Check ``check`` was sent to one agent, unchanged, from revision first to last."""
+
+    check: str
+    target: str
+    module: str
+    first: int
+    last: int
+    closed_at: float | None = None  # when the agent was sent a set without it
+    expires_at: float | None = None  # closed_at + the agent's queue max age + margin
+
+
+class AssignmentStore(Protocol):
+    """What the history needs from the collector's database (SQLite or another engine)."""
+
+    def load_revision(self) -> tuple[int, str] | None:
+        """The newest revision and the digest of its checks file, if any."""
+        ...
+
+    def save_revision(self, revision: int, digest: str, created_at: float) -> None: ...
+
+    def load_spans(self) -> dict[str, list[Span]]:
+        """Every retained span, by agent id."""
+        ...
+
+    def save_spans(self, agent_id: str, spans: Iterable[Span]) -> None:
+        """Insert or update spans (keyed by agent, check and first revision)."""
+        ...
+
+    def prune_spans(self, now: float) -> int:
+        """Delete spans whose expires_at has passed, and revisions none refers to."""
+        ...
+
+
+def announced_max_age(seconds: float) -> float:
+    """An agent's queue max age as the history uses it (0: the agent default)."""
+    if not seconds or not math.isfinite(seconds) or seconds < 0:
+        return DEFAULT_MAX_AGE
+    return min(seconds, MAX_ANNOUNCED_AGE)
+
+
+class AssignmentHistory:
+    """The persistent checks revision and every agent's assignment spans."""
+
+    def __init__(self, store: AssignmentStore, digest: str, now: float | None = None) -> None:
+        self.store = store
+        self.spans: dict[str, dict[str, list[Span]]] = {}
+        for agent_id, spans in store.load_spans().items():
+            by_check = self.spans.setdefault(agent_id, {})
+            for span in sorted(spans, key=lambda s: s.first):
+                by_check.setdefault(span.check, []).append(span)
+        loaded = store.load_revision()
+        self.revision = 0
+        self.digest = ""
+        if loaded is not None:
+            self.revision, self.digest = loaded
+        self.new_revision(digest, now)
+        self._oldest = self._compute_oldest()
+
+    def new_revision(self, digest: str, now: float | None = None) -> int:
+        """The revision of a checks file with this digest: the same one if unchanged.
+
+        A changed file gets a number above every revision ever issued, whether
+        it changed on reload or while the collector was down.
+        """
+        if digest != self.digest or not self.revision:
+            self.revision += 1
+            self.digest = digest
+            self.store.save_revision(self.revision, digest, time.time() if now is None else now)
+        return self.revision
+
+    def record(
+        self,
+        agent_id: str,
+        revision: int,
+        specs: Sequence[CheckSpec],
+        max_age: float,
+        now: float | None = None,
+    ) -> None:
+        """The agent is being sent specs at revision: extend, close and open spans.
+
+        Called (and persisted) before the message is sent, so no result can
+        name a revision the history does not know.
+        """
+        now = time.time() if now is None else now
+        current = self.spans.setdefault(agent_id, {})
+        wanted = {spec.name: spec for spec in specs}
+        changed: list[Span] = []
+        for check, spans in current.items():
+            span = spans[-1]
+            if span.closed_at is not None:
+                continue
+            spec = wanted.get(check)
+            if spec is not None and (spec.target, spec.module.name) == (span.target, span.module):
+                del wanted[check]
+                if revision > span.last:
+                    span.last = revision
+                    changed.append(span)
+            else:
+                span.closed_at = now
+                span.expires_at = now + announced_max_age(max_age) + PRUNE_MARGIN
+                changed.append(span)
+        for spec in wanted.values():
+            span = Span(spec.name, spec.target, spec.module.name, revision, revision)
+            current.setdefault(spec.name, []).append(span)
+            changed.append(span)
+        if changed:
+            self.store.save_spans(agent_id, changed)
+            self._oldest = min(self._oldest or revision, revision)
+
+    def target_of(
+        self, agent_id: str, check: str, revision: int, target: str, assigned: Mapping[str, str]
+    ) -> str | None:
+        """The target a result ran against, or None when its check was not assigned.
+
+        A revision this collector issued and still holds is judged exactly:
+        was the check sent to this agent at that revision. A result without a
+        revision (an agent that does not tag), or naming one this collector
+        never issued, is judged by the agent's current assignment, or any
+        retained span with the target the result names.
+        """
+        spans = self.spans.get(agent_id, {}).get(check, ())
+        if revision and self._oldest <= revision <= self.revision:
+            for span in spans:
+                if span.first <= revision <= span.last:
+                    return span.target
+            return None
+        for span in spans:
+            if span.target == target:
+                return target
+        return assigned.get(check)
+
+    def knows(self, agent_id: str, check: str) -> bool:
+        """Whether any retained span assigned check to the agent."""
+        return bool(self.spans.get(agent_id, {}).get(check))
+
+    def prune(self, now: float | None = None) -> int:
+        """Forget spans closed longer than their agent's queue max age (plus margin) ago."""
+        now = time.time() if now is None else now
+        removed = 0
+        for agent_id in list(self.spans):
+            by_check = self.spans[agent_id]
+            for check in list(by_check):
+                kept = [s for s in by_check[check] if s.expires_at is None or s.expires_at >= now]
+                removed += len(by_check[check]) - len(kept)
+                if kept:
+                    by_check[check] = kept
+                else:
+                    del by_check[check]
+            if not by_check:
+                del self.spans[agent_id]
+        if removed:
+            self.store.prune_spans(now)
+            self._oldest = self._compute_oldest()
+        return removed
+
+    def span_count(self) -> int:
+        return sum(len(spans) for by in self.spans.values() for spans in by.values())
+
+    def _compute_oldest(self) -> int:
+        firsts = [s.first for by in self.spans.values() for spans in by.values() for s in spans]
+        return min(firsts, default=self.revision)
