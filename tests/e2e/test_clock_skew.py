@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -39,13 +40,16 @@ def listener() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+def _checks(port: int) -> str:
+    return (
+        "modules:\n  tcp_connect: {prober: tcp, timeout: 1s}\nchecks:\n"
+        f"  - {{name: port, target: '127.0.0.1:{port}', module: tcp_connect, interval: 1s}}\n"
+    )
+
+
 @pytest.fixture
 def mesh(tmp_path: Path, listener: int) -> Iterator[Mesh]:
-    mesh = Mesh(
-        tmp_path,
-        "modules:\n  tcp_connect: {prober: tcp, timeout: 1s}\nchecks:\n"
-        f"  - {{name: port, target: '127.0.0.1:{listener}', module: tcp_connect, interval: 1s}}\n",
-    )
+    mesh = Mesh(tmp_path, _checks(listener))
     mesh.start_collector()
     for agent_id, (country, shift) in AGENTS.items():
         fake = ["env", f"LD_PRELOAD={LIBFAKETIME}", f"FAKETIME={shift}"] if shift else None
@@ -114,3 +118,44 @@ def _country_state(body: str, country: str) -> str:
             if c["country"] == country:
                 return str(c["state"])
     return ""
+
+
+def test_backlog_produced_offline_is_corrected_before_it_is_applied(
+    tmp_path: Path, listener: int
+) -> None:
+    """Another phase: the skewed agent's results wait on its disk while the collector is
+    down, and a fresh collector process (with no estimate yet) receives them as a
+    backlog. The Welcome's clock probe is answered before the first batch, so every
+    one of them is applied on the collector's clock."""
+    mesh = Mesh(tmp_path, _checks(listener))
+    fake = ["env", f"LD_PRELOAD={LIBFAKETIME}", "FAKETIME=-5s"]
+    mesh.start_collector()
+    try:
+        mesh.start_agent("behind", "BR", prefix=fake)
+        wait_for(lambda: _estimated_one(mesh, "behind"), 30, "offset of the agent")
+        assert mesh.collector is not None and mesh.collector.stop() == 0
+        time.sleep(2.0)  # the agent keeps probing and queues on disk
+        assert mesh.agents["behind"].stop() == 0
+        mesh.start_collector()
+        before = total(mesh.metrics(), "probemesh_probe_results_total", agent="behind")
+        agent = mesh.start_agent("behind", "BR", prefix=fake)
+        wait_for(lambda: _estimated_one(mesh, "behind"), 30, "offset after the restart")
+        time.sleep(1.0)
+        assert agent.stop() == 0
+        # The log holds both runs; the counters are lifetime totals: the last line counts all.
+        stops = re.findall(r"agent stopped: produced=(\d+) acked=(\d+) queued=(\d+)", agent.log())
+        produced, acked, queued = map(int, stops[-1])
+        assert len(stops) == 2 and (acked, queued) == (produced, 0)
+        metrics = mesh.metrics()
+        after = total(metrics, "probemesh_probe_results_total", agent="behind")
+        assert after == produced  # exact accounting across both collector processes
+        adjusted = total(metrics, "probemesh_agent_clock_adjusted_results_total", agent="behind")
+        assert after - before > 0 and adjusted == after - before
+        assert total(metrics, "probemesh_ingest_rejected_total", reason="invalid_timestamp") == 0
+    finally:
+        mesh.stop()
+
+
+def _estimated_one(mesh: Mesh, agent_id: str) -> bool:
+    entry = _agents(mesh).get(agent_id, {})
+    return bool(entry.get("connected")) and entry.get("clock_offset_seconds") is not None
