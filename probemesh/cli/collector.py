@@ -216,7 +216,8 @@ log = logging.getLogger("probemesh")
     "--alertmanager-local-problems",
     is_flag=True,
     default=False,
-    help="Also send a ProbemeshAgentLocalProblem alert (severity=info) per flagged agent.",
+    help="Also send a ProbemeshAgentLocalProblem alert (severity=info) per flagged agent. "
+    "[default: off]",
 )
 @options.opt(
     "--webhook-url",
