@@ -3,9 +3,9 @@
 A collector and four agents (CLI processes; DE, US and two in JP, each on its
 own 127.0.0.x source address) probe two paths of a loopback target that fails
 chosen paths for chosen source addresses. Two Alertmanagers receive every
-alert: ``a`` on plain HTTP, ``b`` behind TLS and basic auth. Both route to a
-recording receiver, which also takes the collector's webhooks and refuses
-the first try of each with 503. The scenario, in order:
+alert: ``a`` on plain HTTP, ``b`` behind TLS with client certificates and basic
+auth. Both route to a recording receiver, which also takes the collector's
+webhooks and refuses the first try of each with 503. The scenario, in order:
 
 1. DE fails ``web``: a regional outage. Each Alertmanager sends one firing
    notification, with the labels and annotations the docs promise.
@@ -123,8 +123,12 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     cert.private_key_pem.write_to_path(str(tmp_path / "am-key.pem"))
     password = "correct horse battery staple"
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    client = ca.issue_cert("probemesh-collector")  # Alertmanager b wants a client certificate
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client-cert.pem"))
+    client.private_key_pem.write_to_path(str(tmp_path / "client-key.pem"))
     test_ssl = ssl.create_default_context()
     ca.configure_trust(test_ssl)
+    client.configure_cert(test_ssl)
     am_a = Alertmanager(tmp_path, "am-a", f"{recorder.url}/am/a")
     am_b = Alertmanager(
         tmp_path,
@@ -134,6 +138,8 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
 tls_server_config:
   cert_file: {tmp_path / "am-cert.pem"}
   key_file: {tmp_path / "am-key.pem"}
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: {ca_file}
 basic_auth_users:
   probemesh: "{hashed}"
 """,
@@ -154,6 +160,8 @@ basic_auth_users:
             "--alertmanager-resend", "1s",
             "--alertmanager-auth", str(tmp_path / "am-auth"),
             "--alertmanager-ca", str(ca_file),
+            "--alertmanager-cert", str(tmp_path / "client-cert.pem"),
+            "--alertmanager-key", str(tmp_path / "client-key.pem"),
             "--alertmanager-local-problems",
             "--external-url", EXTERNAL_URL,
             "--external-label", "collector=c1",

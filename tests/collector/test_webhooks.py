@@ -7,14 +7,18 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 
 from probemesh.collector.notify import Notifications
+from probemesh.collector.outbound import ClientSettings
 from probemesh.collector.webhooks import WebhookNotifier, sign
 from probemesh.httpserver import start_site
 from tests.collector.mesh_script import ScriptedMesh
@@ -143,3 +147,38 @@ async def test_stop_counts_what_is_left_as_shutdown(receiver: Receiver) -> None:
         s.labels["reason"]: s.value for s in families["probemesh_webhook_events_dropped"].samples
     }
     assert dropped["shutdown"] == 4
+
+
+async def test_https_receiver_verified_against_the_given_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
+    await site.start()
+    rec.url = f"https://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        mesh = ScriptedMesh()
+        trusting = WebhookNotifier(
+            [rec.url], SECRET, client=ClientSettings(ca_file=tmp_path / "ca.pem")
+        )
+        default = WebhookNotifier([rec.url], SECRET, min_backoff=0.01, max_backoff=0.05)
+        mesh.monitor.notifications = Notifications(mesh.book, [trusting, default])
+        await trusting.start()
+        await default.start()
+        outage_rounds(mesh, "web")
+        await eventually(lambda: trusting.targets[0].sent == 4, "delivery over verified TLS")
+        await eventually(
+            lambda: default.targets[0].failed >= 2, "the untrusted certificate to fail"
+        )
+        assert default.targets[0].sent == 0
+        assert len(rec.accepted) == 4
+        await trusting.stop()
+        await default.stop()
+    finally:
+        await runner.cleanup()
