@@ -600,6 +600,36 @@ def fleet_scenario() -> Case:
     return test
 
 
+def not_runnable_scenario() -> Case:
+    """de-1 refuses lan-db by policy from 08:00: a configuration alert, no check alert."""
+    end = minute("08:30")
+    kv = {"check": "lan-db", "agent": "de-1", "country": "DE"}
+    kv |= {"instance": "collector-a:7444", "job": "probemesh-collector"}
+    s = [
+        gauge("probemesh_check_not_runnable", lambda t: 1, step(end), **kv, rule="private_target"),
+        # Refusals move no counter: the collector exports them at zero.
+        gauge("probemesh_probe_results_total", lambda t: 0, step(end), **kv, result="success"),
+        gauge("probemesh_probe_results_total", lambda t: 0, step(end), **kv, result="failure"),
+        gauge(
+            "probemesh_agent_local_problem",
+            lambda t: 0,
+            step(end),
+            **{k: kv[k] for k in ("agent", "country", "instance", "job")},
+        ),
+    ]
+    test = Case("a check refused by policy is not an outage", end, s)
+    for name in ("ProbeCheckDownInCountry", "ProbeCheckGlobalOutage", "ProbeCheckRegionalOutage"):
+        test.expect("08:20", name)
+    test.expect("08:05", "ProbeCheckNotRunnable")
+    test.expect(
+        "08:20",
+        "ProbeCheckNotRunnable",
+        alert("ProbeCheckNotRunnable", 1, check="lan-db", agent="de-1", country="DE",
+              rule="private_target"),
+    )  # fmt: skip
+    return test
+
+
 def generate() -> str:
     tests = [
         seed_scenario(),
@@ -607,6 +637,7 @@ def generate() -> str:
         local_problem_scenario(flagged=True),
         local_problem_scenario(flagged=False),
         fleet_scenario(),
+        not_runnable_scenario(),
     ]
     doc = {
         "rule_files": [

@@ -32,6 +32,7 @@ REQUIRED_ALERTS = {
     "ProbeAgentLocalProblem",
     "ProbeCertificateExpiringSoon",
     "ProbemeshCollectorRejecting",
+    "ProbeCheckNotRunnable",
 }
 
 
