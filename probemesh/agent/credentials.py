@@ -112,7 +112,7 @@ class RefusedBackoff:
         if now - self._logged_at >= LOG_WINDOW or self.attempts == 1:
             more = f", {self._suppressed} more since the last line" if self._suppressed else ""
             log.error(
-                "collector %s refused this agent (%s: %s; %d attempts since %s%s): %s; "
+                "collector %s refused this agent (%s: %s; attempt %d, refused since %s%s): %s; "
                 "next attempt in %.0fs",
                 address, code.name, details, self.attempts, rfc3339(self.since), more,
                 hint or refusal_hint(code, details, self.source), delay,
