@@ -154,6 +154,7 @@ class _Session:
     max_batch: int = 1000
     max_bytes: int = DEFAULT_MAX_BATCH_BYTES
     idle_dead_after: float = 30.0  # no message at all for this long, nothing in flight
+    evidence: bool = False  # the collector announced the evidence feature
     # Last Ack, or when the in-flight window last became non-empty: heartbeats
     # alone must not keep alive a collector that stopped acknowledging.
     last_progress: float = 0.0
@@ -351,6 +352,8 @@ class CollectorLink:
                     )
                 elif welcome.acked_seq:
                     self.queue.ack(welcome.acked_seq)
+                # An older collector would only pay for reports it ignores.
+                session.evidence = EVIDENCE in welcome.features
                 self.current = address
                 self.refused.accepted()
                 self.connected.set()
@@ -441,8 +444,9 @@ class CollectorLink:
             sent = False
             while not self.reports.empty():
                 report = self.reports.get_nowait()
-                await session.call.write(pb.AgentMessage(evidence=report))
-                sent = True
+                if session.evidence:
+                    await session.call.write(pb.AgentMessage(evidence=report))
+                    sent = True
             if len(session.inflight) < self.settings.window:
                 rows = queue.read(live_after, None, session.max_batch)
                 if rows:
@@ -517,6 +521,8 @@ def _within_bytes(rows: list[tuple[int, bytes]], limit: int) -> list[tuple[int, 
     return rows
 
 
-# Protocol features this agent implements (Hello.features): it answers clock probes.
-FEATURES = ["clock_echo"]
+# Protocol features this agent implements (Hello.features): it answers clock probes,
+# and it sends evidence reports and answers evidence requests.
+EVIDENCE = "evidence"
+FEATURES = ["clock_echo", EVIDENCE]
 _KEEPALIVE_KEYS = {"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms"}

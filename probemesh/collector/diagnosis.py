@@ -64,6 +64,7 @@ COMMON_HEADERS = frozenset(
         "x-varnish", "content-length", "connection", "keep-alive", "transfer-encoding",
     }
 )  # fmt: skip
+EVIDENCE_FEATURE = "evidence"  # protocol feature: the agent reports and answers for evidence
 FAILING_MAX_AGE = 300.0  # failing evidence older than this is asked for again
 PATH_MAX_AGE = 900.0  # a traceroute older than this no longer explains a failure
 CONTROL_AGENTS = 5  # control agents asked per check (distinct countries first)
@@ -358,15 +359,21 @@ class Diagnoser:
         self,
         check: str,
         failing: Iterable[CountryInput],
-        up_countries: set[str],
+        control_agents: set[str],
         now: float,
     ) -> dict[str, Diagnosis]:
-        """One Diagnosis per failing country of check."""
+        """One Diagnosis per failing country of check.
+
+        ``control_agents`` are the agents in up countries whose latest probe
+        succeeded: a country still counted up while its agents already fail
+        (the verdict waits for a second round) is no control, so an origin that
+        fails everywhere is not mistaken for a difference between countries.
+        """
         book = self.book
         controls = [
             o.evidence
-            for (c, _), o in book.control.items()
-            if c == check and o.country in up_countries
+            for (c, agent), o in book.control.items()
+            if c == check and agent in control_agents
         ]
         failing_evidence: dict[str, list[Observed]] = {}
         for (c, _), o in book.failing.items():
@@ -374,7 +381,7 @@ class Diagnoser:
                 failing_evidence.setdefault(o.country, []).append(o)
         out: dict[str, Diagnosis] = {}
         for country in failing:
-            if up_countries and not controls and not country.local_only:
+            if control_agents and not controls and not country.local_only:
                 # Some country succeeds, but its evidence has not arrived yet:
                 # judging without it would blame the origin.
                 out[country.country] = Diagnosis("unknown", "waiting for the control's evidence")
@@ -431,8 +438,8 @@ class Diagnoser:
         candidates = sorted(latest.items(), key=lambda kv: kv[0])
         for agent_id, entry in candidates:
             info = agents.get(agent_id)
-            if info is None or not info.connected:
-                continue
+            if info is None or not info.connected or EVIDENCE_FEATURE not in info.features:
+                continue  # an older agent would ignore the request
             key = (check, agent_id)
             asked = book.requested.get(key)
             if entry.country in failing_countries and not entry.result.success:

@@ -509,7 +509,7 @@ class OutageMonitor:
         if diagnoser is None:
             return {}
         out: dict[str, dict[str, Diagnosis]] = {}
-        needy: dict[str, tuple[set[str], set[str]]] = {}
+        needy: dict[str, tuple[list[CountryInput], set[str]]] = {}
         for name, view in snapshot.checks.items():
             failing = [
                 CountryInput(c.country, local_only=c.state == UNKNOWN)
@@ -519,24 +519,26 @@ class OutageMonitor:
             ]
             if not failing:
                 continue
-            up = {c.country for c in view.countries if c.state == "up"}
-            out[name] = diagnoser.diagnose_check(name, failing, up, snapshot.at)
-            needy[name] = ({c.country for c in failing if not c.local_only}, up)
-        if needy:
-            by_check: dict[str, dict[str, Latest]] = {name: {} for name in needy}
-            for (check, agent), entry in self.state.latest.items():
-                if check in by_check:
-                    by_check[check][agent] = entry
-            for name, (failing_countries, up) in needy.items():
-                diagnoser.ask(
-                    name,
-                    by_check[name],
-                    self.state.agents,
-                    failing_countries,
-                    up,
-                    checks.outage.control_refresh,
-                    snapshot.at,
-                )
+            needy[name] = (failing, {c.country for c in view.countries if c.state == "up"})
+        if not needy:
+            return out
+        by_check: dict[str, dict[str, Latest]] = {name: {} for name in needy}
+        for (check, agent), entry in self.state.latest.items():
+            if check in by_check:
+                by_check[check][agent] = entry
+        for name, (failing, up) in needy.items():
+            latest = by_check[name]
+            controls = {a for a, e in latest.items() if e.country in up and e.result.success}
+            out[name] = diagnoser.diagnose_check(name, failing, controls, snapshot.at)
+            diagnoser.ask(
+                name,
+                latest,
+                self.state.agents,
+                {c.country for c in failing if not c.local_only},
+                up,
+                checks.outage.control_refresh,
+                snapshot.at,
+            )
         return out
 
     def _wake(self) -> None:

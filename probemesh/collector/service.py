@@ -19,6 +19,7 @@ from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector import runnable
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
+from probemesh.collector.diagnosis import EVIDENCE_FEATURE
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import RateLimiter, SecurityLimits
 from probemesh.collector.sessions import Session, SessionRegistry
@@ -39,7 +40,7 @@ TOKEN_TOUCH_EVERY = 60.0  # seconds between two writes of a token's last use
 HEARTBEAT_INTERVAL = 10.0
 DEAD_AFTER = 30.0
 DEFAULT_CLOCK_THRESHOLD = 1.0
-FEATURES = [CLOCK_ECHO]
+FEATURES = [CLOCK_ECHO, EVIDENCE_FEATURE]
 _MAX_FLOOR = 86400.0 * 366  # an interval floor beyond a year is no floor anyone set
 _VERSION_RE = re.compile(r"^[A-Za-z0-9.+_-]{0,64}$")
 REJECT_REASONS = (

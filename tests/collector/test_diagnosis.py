@@ -157,7 +157,7 @@ def test_diagnoser_waits_for_control_marks_local_and_shared_hops() -> None:
     diagnoser = Diagnoser(book, ASNS, lambda agent, req: asked.append((agent, req)) is None)
     book.observe("web", "ug1", "UG", evidence(addrs=("151.101.1.7",)), 100.0)
     result = diagnoser.diagnose_check(
-        "web", [CountryInput("UG", False), CountryInput("ZA", True)], {"KE"}, 101.0
+        "web", [CountryInput("UG", False), CountryInput("ZA", True)], {"ke1"}, 101.0
     )
     assert result["UG"] == Diagnosis("unknown", "waiting for the control's evidence")
     assert result["ZA"].kind == "local"
@@ -168,12 +168,17 @@ def test_diagnoser_waits_for_control_marks_local_and_shared_hops() -> None:
         traced.path.hops.add(ttl=1, address="203.0.113.1")
         book.observe("web", agent, cc, traced, 101.0)
     failing = [CountryInput(cc, False) for cc in ("UG", "NG", "GH")]
-    result = diagnoser.diagnose_check("web", failing, {"KE"}, 102.0)
+    result = diagnoser.diagnose_check("web", failing, {"ke1"}, 102.0)
     assert result["UG"].kind == "dns"
     assert result["NG"].kind == result["GH"].kind == "path"
     assert result["NG"].detail.endswith("same AS as GH"), result["NG"].detail
     # evidence older than FAILING_MAX_AGE no longer counts
-    assert diagnoser.diagnose_check("web", failing, {"KE"}, 1000.0)["UG"].kind == "unknown"
+    assert diagnoser.diagnose_check("web", failing, {"ke1"}, 1000.0)["UG"].kind == "unknown"
+    # KE's agent failing too (KE not yet confirmed down): no control, the 500s are the origin's
+    book.observe("web", "ug1", "UG", evidence(http=pb.HttpEvidence(status=500)), 1000.0)
+    assert diagnoser.diagnose_check("web", failing, set(), 1000.0)["UG"] == Diagnosis(
+        "origin", "HTTP 500"
+    )
 
 
 def test_cause_of_kinds() -> None:
@@ -328,3 +333,51 @@ def test_maxmind_asn_file(tmp_path: Path) -> None:
     assert db.asn("203.0.113.77") == 64501
     assert db.asn("203.0.114.1") is None
     assert db.asn("2001:db8::1") is None  # an IPv4-only database
+
+
+@pytest.mark.parametrize("control_first", [True, False])
+@pytest.mark.parametrize("gap", [0.0, 0.5, 90.0])
+def test_arrival_order_does_not_change_the_verdict(control_first: bool, gap: float) -> None:
+    """Evidence and control evidence race; whichever lands first, and however far
+    apart (within the failing evidence's 300 s life), the final kinds are the same."""
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    reports = [
+        ("ke1", "KE", evidence(success=True)),
+        ("ug1", "UG", evidence(addrs=("151.101.1.7",))),
+        ("et1", "ET", evidence(tcp="refused")),
+    ]
+    if not control_first:
+        reports.reverse()
+    at = 100.0
+    for agent, country, ev in reports:
+        book.observe("web", agent, country, ev, at)
+        at += gap
+    failing = [CountryInput("UG", False), CountryInput("ET", False)]
+    result = diagnoser.diagnose_check("web", failing, {"ke1"}, at)
+    assert {cc: d.kind for cc, d in result.items()} == {"UG": "dns", "ET": "tcp_blocking"}
+
+
+def test_requests_go_to_agents_that_announced_evidence() -> None:
+    from probemesh.collector.state import AgentInfo, Latest
+
+    asked: list[tuple[str, bool]] = []
+    diagnoser = Diagnoser(EvidenceBook(), ASNS, lambda a, r: asked.append((a, r.path)) is None)
+    agents = {
+        "ug1": AgentInfo("ug1", "UG", connected=True, features=("evidence",)),
+        "ke1": AgentInfo("ke1", "KE", connected=True, features=("evidence",)),
+        "ke2": AgentInfo("ke2", "KE", connected=True, features=("clock_echo",)),  # older agent
+        "de1": AgentInfo("de1", "DE", connected=False, features=("evidence",)),
+    }
+    latest = {
+        "ug1": Latest(pb.Result(success=False), "UG", "", 1.0, None),
+        "ke2": Latest(pb.Result(success=True), "KE", "", 1.0, None),
+        "ke1": Latest(pb.Result(success=True), "KE", "", 1.0, None),
+        "de1": Latest(pb.Result(success=True), "DE", "", 1.0, None),
+    }
+    diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 10.0)
+    assert sorted(asked) == [("ke1", False), ("ug1", True)]
+    diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 20.0)
+    assert len(asked) == 2  # asked 10 s ago, no answer yet: not again before 30 s
+    diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 41.0)
+    assert len(asked) == 4
