@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def main() -> int:
     if problem:
         print(f"diagnosis soak skipped: {problem}")
         return 0
+    # SIGTERM unwinds like Ctrl-C, so the namespaces and processes are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = random.Random(args.seed)
     net = Network()
     results: Counter[str] = Counter()

@@ -359,36 +359,42 @@ class Diagnoser:
         self,
         check: str,
         failing: Iterable[CountryInput],
-        control_agents: set[str],
+        control_agents: Mapping[str, float],
         now: float,
     ) -> dict[str, Diagnosis]:
         """One Diagnosis per failing country of check.
 
-        ``control_agents`` are the agents in up countries whose latest probe
-        succeeded: a country still counted up while its agents already fail
-        (the verdict waits for a second round) is no control, so an origin that
-        fails everywhere is not mistaken for a difference between countries.
+        ``control_agents`` maps the agents in up countries whose latest probe
+        succeeded to that probe's time. Only a success that started after the
+        failing country's evidence arrived counts: a country still counted up
+        (its verdict waits for a second round) may just not have probed since
+        the failure began, and an origin failing everywhere must not look like
+        a difference between countries. Until one does, the kind is unknown.
         """
         book = self.book
-        controls = [
-            o.evidence
-            for (c, agent), o in book.control.items()
-            if c == check and agent in control_agents
-        ]
         failing_evidence: dict[str, list[Observed]] = {}
         for (c, _), o in book.failing.items():
             if c == check and now - o.received <= FAILING_MAX_AGE:
                 failing_evidence.setdefault(o.country, []).append(o)
         out: dict[str, Diagnosis] = {}
         for country in failing:
-            if control_agents and not controls and not country.local_only:
-                # Some country succeeds, but its evidence has not arrived yet:
-                # judging without it would blame the origin.
-                out[country.country] = Diagnosis("unknown", "waiting for the control's evidence")
+            observed = failing_evidence.get(country.country, [])
+            if country.local_only or not observed:
+                out[country.country] = self._country(check, country, observed, [], now)
                 continue
-            out[country.country] = self._country(
-                check, country, failing_evidence.get(country.country, []), controls, now
-            )
+            since = min(o.received for o in observed)
+            fresh = [a for a, at in control_agents.items() if at >= since]
+            controls = [
+                book.control[(check, a)].evidence for a in fresh if (check, a) in book.control
+            ]
+            if control_agents and not fresh:
+                out[country.country] = Diagnosis(
+                    "unknown", "waiting for a control probe that started after the failure"
+                )
+            elif fresh and not controls:
+                out[country.country] = Diagnosis("unknown", "waiting for the control's evidence")
+            else:
+                out[country.country] = self._country(check, country, observed, controls, now)
         _note_shared_hops(out)
         return out
 

@@ -157,7 +157,7 @@ def test_diagnoser_waits_for_control_marks_local_and_shared_hops() -> None:
     diagnoser = Diagnoser(book, ASNS, lambda agent, req: asked.append((agent, req)) is None)
     book.observe("web", "ug1", "UG", evidence(addrs=("151.101.1.7",)), 100.0)
     result = diagnoser.diagnose_check(
-        "web", [CountryInput("UG", False), CountryInput("ZA", True)], {"ke1"}, 101.0
+        "web", [CountryInput("UG", False), CountryInput("ZA", True)], {"ke1": 101.0}, 101.0
     )
     assert result["UG"] == Diagnosis("unknown", "waiting for the control's evidence")
     assert result["ZA"].kind == "local"
@@ -168,15 +168,15 @@ def test_diagnoser_waits_for_control_marks_local_and_shared_hops() -> None:
         traced.path.hops.add(ttl=1, address="203.0.113.1")
         book.observe("web", agent, cc, traced, 101.0)
     failing = [CountryInput(cc, False) for cc in ("UG", "NG", "GH")]
-    result = diagnoser.diagnose_check("web", failing, {"ke1"}, 102.0)
+    result = diagnoser.diagnose_check("web", failing, {"ke1": 102.0}, 102.0)
     assert result["UG"].kind == "dns"
     assert result["NG"].kind == result["GH"].kind == "path"
     assert result["NG"].detail.endswith("same AS as GH"), result["NG"].detail
     # evidence older than FAILING_MAX_AGE no longer counts
-    assert diagnoser.diagnose_check("web", failing, {"ke1"}, 1000.0)["UG"].kind == "unknown"
+    assert diagnoser.diagnose_check("web", failing, {"ke1": 1000.0}, 1000.0)["UG"].kind == "unknown"
     # KE's agent failing too (KE not yet confirmed down): no control, the 500s are the origin's
     book.observe("web", "ug1", "UG", evidence(http=pb.HttpEvidence(status=500)), 1000.0)
-    assert diagnoser.diagnose_check("web", failing, set(), 1000.0)["UG"] == Diagnosis(
+    assert diagnoser.diagnose_check("web", failing, {}, 1000.0)["UG"] == Diagnosis(
         "origin", "HTTP 500"
     )
 
@@ -354,8 +354,11 @@ def test_arrival_order_does_not_change_the_verdict(control_first: bool, gap: flo
         book.observe("web", agent, country, ev, at)
         at += gap
     failing = [CountryInput("UG", False), CountryInput("ET", False)]
-    result = diagnoser.diagnose_check("web", failing, {"ke1"}, at)
+    result = diagnoser.diagnose_check("web", failing, {"ke1": at}, at)
     assert {cc: d.kind for cc, d in result.items()} == {"UG": "dns", "ET": "tcp_blocking"}
+    # a control whose last success started before the failure was seen proves nothing yet
+    stale = diagnoser.diagnose_check("web", failing, {"ke1": 99.0}, at)
+    assert {d.kind for d in stale.values()} == {"unknown"}
 
 
 def test_requests_go_to_agents_that_announced_evidence() -> None:
