@@ -248,6 +248,7 @@ log = logging.getLogger("probemesh")
 @options.LOG_LEVEL
 def collector(**kw: Any) -> None:
     """Accept agents, push checks, export metrics and detect outages."""
+    from probemesh.collector.asn import load_asn_db
     from probemesh.collector.httpauth import HttpAuth, load_client_authorization, load_credentials
     from probemesh.collector.ingest import IngestLimits
     from probemesh.collector.limits import SecurityLimits
@@ -300,7 +301,7 @@ def collector(**kw: Any) -> None:
         grpc_listen=kw["grpc_listen"],
         http_listen=kw["http_listen"],
         data_dir=kw["data_dir"],
-        asn_db=kw["asn_db"],
+        asn=load_asn_db(kw["asn_db"]),
         tls_cert=kw["tls_cert"],
         tls_key=kw["tls_key"],
         tls_client_ca=kw["tls_client_ca"],

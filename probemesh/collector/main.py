@@ -17,7 +17,7 @@ from probemesh import ports
 from probemesh.checks import ChecksFile, load_checks
 from probemesh.collector import runnable
 from probemesh.collector.alertmanager import AlertmanagerNotifier
-from probemesh.collector.asn import load_asn_db
+from probemesh.collector.asn import AsnLookup, NoAsnDatabase
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.diagnosis import Diagnoser
 from probemesh.collector.exporter import MeshExporter, RestView
@@ -54,7 +54,7 @@ class CollectorOptions:
     grpc_listen: str = f"0.0.0.0:{ports.GRPC_PORT}"
     http_listen: str = f"0.0.0.0:{ports.HTTP_PORT}"
     data_dir: Path = Path("probemesh-data")
-    asn_db: Path | None = None
+    asn: AsnLookup = field(default_factory=NoAsnDatabase)  # --asn-db, loaded by the CLI
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -139,7 +139,7 @@ class CollectorApp:
             lambda: self.checks_file,
             book,
             notifications=self.notifications,
-            diagnoser=Diagnoser(self.state.evidence, load_asn_db(options.asn_db), self._ask),
+            diagnoser=Diagnoser(self.state.evidence, options.asn, self._ask),
         )
         self.exporter = MeshExporter(
             self.state,

@@ -373,10 +373,10 @@ def test_requests_go_to_agents_that_announced_evidence() -> None:
         "de1": AgentInfo("de1", "DE", connected=False, features=("evidence",)),
     }
     latest = {
-        "ug1": Latest(pb.Result(success=False), "UG", "", 1.0, None),
-        "ke2": Latest(pb.Result(success=True), "KE", "", 1.0, None),
-        "ke1": Latest(pb.Result(success=True), "KE", "", 1.0, None),
-        "de1": Latest(pb.Result(success=True), "DE", "", 1.0, None),
+        "ug1": Latest(pb.Result(success=False), "UG", "", 1.0, [], ""),
+        "ke2": Latest(pb.Result(success=True), "KE", "", 1.0, [], ""),
+        "ke1": Latest(pb.Result(success=True), "KE", "", 1.0, [], ""),
+        "de1": Latest(pb.Result(success=True), "DE", "", 1.0, [], ""),
     }
     diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 10.0)
     assert sorted(asked) == [("ke1", False), ("ug1", True)]
