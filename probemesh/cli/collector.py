@@ -42,7 +42,7 @@ log = logging.getLogger("probemesh")
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default="probemesh-data",
-    help="Directory for tokens, dedupe marks, counters and incidents.",
+    help="Directory for tokens, dedupe marks, counters, incidents and pending webhook events.",
 )
 @options.opt(
     "--asn-db",

@@ -28,6 +28,7 @@ from probemesh.collector.ingest import Ingest, IngestLimits
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.notify import Notifications, Notifier
 from probemesh.collector.outbound import ClientSettings
+from probemesh.collector.outbox import Outbox
 from probemesh.collector.remote_results import Journal
 from probemesh.collector.remote_write import RemoteWriteMetrics, RemoteWriter
 from probemesh.collector.service import ProbeMeshService
@@ -194,6 +195,7 @@ class CollectorApp:
                 WebhookNotifier(
                     opts.webhook_urls,
                     opts.webhook_secret,
+                    Outbox(opts.data_dir),
                     external_labels=opts.external_labels,
                     external_url=self.external_url,
                     client=opts.webhook_client,

@@ -18,8 +18,9 @@ events of an incident arrive in timeline order while incidents do not wait for
 each other. 2xx is delivered; 5xx, 429 (``Retry-After`` honoured), timeouts
 and connection errors are retried with exponential backoff until the event is
 ``max_age`` old; other 4xx answers mean the receiver will never take it. Such
-events, and those beyond ``max_queue`` waiting per URL or still queued at
-shutdown, are dropped and counted by reason; loss is visible, never silent.
+events, and those beyond ``max_queue`` waiting per URL, are dropped and counted
+by reason; loss is visible, never silent. Pending events are also written to
+the outbox in --data-dir (``outbox.py``), so a restarted collector resumes them.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from probemesh.collector.alertmanager import incident_link
 from probemesh.collector.notify import Evaluation
 from probemesh.collector.outbound import ClientSettings, parse_retry_after, redact
+from probemesh.collector.outbox import Outbox, Pending
 from probemesh.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Probemesh-Signature"
-DROP_REASONS = ("rejected", "expired", "queue_full", "shutdown")
+DROP_REASONS = ("rejected", "expired", "queue_full")
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -67,21 +69,12 @@ def load_secret(path: str) -> bytes:
 
 
 @dataclass
-class _Delivery:
-    incident: int
-    delivery: str
-    event: str
-    body: bytes
-    created: float  # monotonic
-
-
-@dataclass
 class _Target:
     """One webhook URL: a queue per incident and what happened to its posts."""
 
     url: str
     label: str
-    queues: dict[int, collections.deque[_Delivery]] = field(default_factory=dict)
+    queues: dict[int, collections.deque[Pending]] = field(default_factory=dict)
     workers: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     sent: int = 0
     failed: int = 0  # attempts
@@ -99,6 +92,7 @@ class WebhookNotifier:
         self,
         urls: Sequence[str],
         secret: bytes,
+        outbox: Outbox,
         *,
         external_labels: Mapping[str, str] | None = None,
         external_url: Callable[[], str] = lambda: "http://localhost/",
@@ -119,7 +113,9 @@ class WebhookNotifier:
         self.max_age = max_age
         self.max_queue = max_queue
         self.stop_timeout = stop_timeout
+        self.outbox = outbox
         self._session: aiohttp.ClientSession | None = None
+        self._outbox_writer: asyncio.Task[None] | None = None
 
     def notify(self, evaluation: Evaluation) -> None:
         """Queue one post per new timeline event, per URL."""
@@ -133,25 +129,34 @@ class WebhookNotifier:
                 "external_labels": self.external_labels,
             }
             body = json.dumps(doc, separators=(",", ":")).encode()
-            item = _Delivery(incident.id, str(doc["delivery"]), event.event, body, time.monotonic())
-            for target in self.targets:
-                self._enqueue(target, item)
+            now = time.time()
+            items = [
+                Pending(t.url, str(doc["delivery"]), incident.id, index, event.event, body, now)
+                for t in self.targets
+            ]
+            queued = [
+                item for t, item in zip(self.targets, items, strict=True) if self._enqueue(t, item)
+            ]
+            if queued:
+                self.outbox.add(queued)
 
-    def _enqueue(self, target: _Target, item: _Delivery) -> None:
+    def _enqueue(self, target: _Target, item: Pending) -> bool:
         if target.queued >= self.max_queue:
             self._drop(target, item, "queue_full")
-            return
+            return False
         target.queues.setdefault(item.incident, collections.deque()).append(item)
         if self._session is not None and item.incident not in target.workers:
             self._spawn(target, item.incident)
+        return True
 
     def _spawn(self, target: _Target, incident: int) -> None:
         target.workers[incident] = asyncio.create_task(
             self._drain(target, incident), name=f"webhook {target.label} incident {incident}"
         )
 
-    def _drop(self, target: _Target, item: _Delivery, reason: str) -> None:
+    def _drop(self, target: _Target, item: Pending, reason: str) -> None:
         target.dropped[reason] += 1
+        self.outbox.remove(item)
         log.warning(
             "webhook %s: dropped event %s of incident %d (%s)",
             target.label,
@@ -161,15 +166,32 @@ class WebhookNotifier:
         )
 
     async def start(self) -> None:
+        """Resume the outbox's pending events (before any new one), then deliver."""
         if self._session is not None or not self.targets:
             return
+        self._resume(self.outbox.load())
+        self._outbox_writer = asyncio.create_task(self.outbox.run(), name="webhook outbox")
         self._session = self.client.session()
         for target in self.targets:
             for incident in list(target.queues):
                 self._spawn(target, incident)
 
+    def _resume(self, pending: list[Pending]) -> None:
+        by_url = {t.url: t for t in self.targets}
+        for item in pending:
+            target = by_url.get(item.url)
+            if target is None:  # that URL is no longer configured
+                log.warning("webhook outbox: dropping %s for %s", item.delivery, redact(item.url))
+                self.outbox.remove(item)
+            elif time.time() - item.created >= self.max_age:
+                self._drop(target, item, "expired")
+            else:
+                target.queues.setdefault(item.incident, collections.deque()).append(item)
+        if pending:
+            log.info("webhook outbox: %d events pending from before the restart", len(pending))
+
     async def stop(self) -> None:
-        """Give queued events ``stop_timeout`` seconds, then drop the rest as ``shutdown``."""
+        """Give queued events ``stop_timeout`` seconds; the rest stay in the outbox."""
         if self._session is None:
             return
         workers = [w for t in self.targets for w in t.workers.values()]
@@ -179,10 +201,13 @@ class WebhookNotifier:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         for target in self.targets:
-            for queue in target.queues.values():
-                for item in queue:
-                    self._drop(target, item, "shutdown")
             target.queues.clear()
+        if self._outbox_writer is not None:
+            self._outbox_writer.cancel()
+            await asyncio.gather(self._outbox_writer, return_exceptions=True)
+            self._outbox_writer = None
+        self.outbox.flush()  # a writer cancelled before it first ran left its queue
+        self.outbox.close()
         await self._session.close()
         self._session = None
 
@@ -197,7 +222,7 @@ class WebhookNotifier:
                 target.queues.pop(incident, None)
             target.workers.pop(incident, None)
 
-    async def _deliver(self, target: _Target, item: _Delivery) -> str:
+    async def _deliver(self, target: _Target, item: Pending) -> str:
         """Post one event, retrying recoverable failures; "sent" or a drop reason."""
         assert self._session is not None
         headers = {
@@ -213,6 +238,7 @@ class WebhookNotifier:
                 async with self._session.post(target.url, data=item.body, headers=headers) as r:
                     if 200 <= r.status < 300:
                         target.sent += 1
+                        self.outbox.remove(item)
                         return "sent"
                     detail = (await r.text())[:200].strip()
                     problem = f"HTTP {r.status}: {detail}"
@@ -228,7 +254,7 @@ class WebhookNotifier:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             target.failed += 1
-            if time.monotonic() - item.created >= self.max_age:
+            if time.time() - item.created >= self.max_age:
                 self._drop(target, item, "expired")
                 return "expired"
             delay = wait if wait is not None else backoff

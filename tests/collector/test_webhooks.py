@@ -1,5 +1,5 @@
 """Webhook delivery against a real HTTP receiver: signature, order per incident under
-retries, incidents not waiting for each other, 4xx dropped, shutdown counted."""
+retries, incidents not waiting for each other, 4xx dropped, TLS, the outbox across restarts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from probemesh.collector.notify import Notifications
 from probemesh.collector.outbound import ClientSettings
+from probemesh.collector.outbox import Outbox, Pending
 from probemesh.collector.webhooks import WebhookNotifier, sign
 from probemesh.httpserver import start_site
 from tests.collector.mesh_script import ScriptedMesh
@@ -61,10 +63,13 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-async def started(mesh: ScriptedMesh, receiver: Receiver, **kw: Any) -> WebhookNotifier:
+async def started(
+    mesh: ScriptedMesh, receiver: Receiver, outbox: Outbox, **kw: Any
+) -> WebhookNotifier:
     notifier = WebhookNotifier(
         [receiver.url],
         SECRET,
+        outbox,
         min_backoff=0.01,
         max_backoff=0.05,
         external_url=lambda: "http://s/",
@@ -84,11 +89,13 @@ def outage_rounds(mesh: ScriptedMesh, check: str) -> None:
         mesh.round()
 
 
-async def test_signed_and_in_order_per_incident_despite_retries(receiver: Receiver) -> None:
+async def test_signed_and_in_order_per_incident_despite_retries(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     # incident 1's first event fails (500, then 429) before it gets through
     receiver.answer = lambda d, n: {1: 500, 2: 429}.get(n, 200) if d == "1-0" else 200
     mesh = ScriptedMesh()
-    notifier = await started(mesh, receiver)
+    notifier = await started(mesh, receiver, Outbox(tmp_path))
     outage_rounds(mesh, "web")
     await eventually(lambda: len(receiver.accepted) == 4, "four events of incident 1")
     assert receiver.deliveries() == ["1-0", "1-1", "1-2", "1-3"]
@@ -106,11 +113,13 @@ async def test_signed_and_in_order_per_incident_despite_retries(receiver: Receiv
     await notifier.stop()
 
 
-async def test_a_stuck_incident_does_not_hold_back_another(receiver: Receiver) -> None:
+async def test_a_stuck_incident_does_not_hold_back_another(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     release = asyncio.Event()
     receiver.answer = lambda d, _n: 200 if release.is_set() or not d.startswith("1-") else 503
     mesh = ScriptedMesh()
-    notifier = await started(mesh, receiver)
+    notifier = await started(mesh, receiver, Outbox(tmp_path))
     outage_rounds(mesh, "web")  # incident 1: its receiver keeps failing
     outage_rounds(mesh, "tcp")  # incident 2
     await eventually(lambda: len(receiver.accepted) == 4, "incident 2's events")
@@ -122,31 +131,17 @@ async def test_a_stuck_incident_does_not_hold_back_another(receiver: Receiver) -
     await notifier.stop()
 
 
-async def test_rejected_events_are_dropped_and_the_rest_continue(receiver: Receiver) -> None:
+async def test_rejected_events_are_dropped_and_the_rest_continue(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     receiver.answer = lambda d, _n: 400 if d == "1-1" else 200
     mesh = ScriptedMesh()
-    notifier = await started(mesh, receiver)
+    notifier = await started(mesh, receiver, Outbox(tmp_path))
     outage_rounds(mesh, "web")
     await eventually(lambda: len(receiver.accepted) == 3, "the other events")
     assert receiver.deliveries() == ["1-0", "1-2", "1-3"]
     assert notifier.targets[0].dropped["rejected"] == 1
     await notifier.stop()
-
-
-async def test_stop_counts_what_is_left_as_shutdown(receiver: Receiver) -> None:
-    receiver.answer = lambda _d, _n: 503
-    mesh = ScriptedMesh()
-    notifier = await started(mesh, receiver, stop_timeout=0.2)
-    outage_rounds(mesh, "web")
-    await eventually(lambda: receiver.attempts.get("1-0", 0) >= 2, "retries")
-    await notifier.stop()
-    target = notifier.targets[0]
-    assert target.dropped["shutdown"] == 4 and target.queued == 0
-    families = {m.name: m for m in notifier.metric_families()}
-    dropped = {
-        s.labels["reason"]: s.value for s in families["probemesh_webhook_events_dropped"].samples
-    }
-    assert dropped["shutdown"] == 4
 
 
 async def test_https_receiver_verified_against_the_given_ca(tmp_path: Path) -> None:
@@ -165,9 +160,14 @@ async def test_https_receiver_verified_against_the_given_ca(tmp_path: Path) -> N
     try:
         mesh = ScriptedMesh()
         trusting = WebhookNotifier(
-            [rec.url], SECRET, client=ClientSettings(ca_file=tmp_path / "ca.pem")
+            [rec.url],
+            SECRET,
+            Outbox(tmp_path / "a"),
+            client=ClientSettings(ca_file=tmp_path / "ca.pem"),
         )
-        default = WebhookNotifier([rec.url], SECRET, min_backoff=0.01, max_backoff=0.05)
+        default = WebhookNotifier(
+            [rec.url], SECRET, Outbox(tmp_path / "b"), min_backoff=0.01, max_backoff=0.05
+        )
         mesh.monitor.notifications = Notifications(mesh.book, [trusting, default])
         await trusting.start()
         await default.start()
@@ -182,3 +182,44 @@ async def test_https_receiver_verified_against_the_given_ca(tmp_path: Path) -> N
         await default.stop()
     finally:
         await runner.cleanup()
+
+
+async def test_pending_events_survive_a_restart(receiver: Receiver, tmp_path: Path) -> None:
+    receiver.answer = lambda _d, _n: 503
+    mesh = ScriptedMesh()
+    first = await started(mesh, receiver, Outbox(tmp_path), stop_timeout=0.1)
+    outage_rounds(mesh, "web")
+    await eventually(lambda: receiver.attempts.get("1-0", 0) >= 2, "retries")
+    await first.stop()
+    families = {m.name: m for m in first.metric_families()}
+    assert [s.value for s in families["probemesh_webhook_events_dropped"].samples] == [0, 0, 0]
+    assert [p.delivery for p in Outbox(tmp_path).load()] == ["1-0", "1-1", "1-2", "1-3"]
+
+    receiver.answer = lambda _d, _n: 200
+    second = WebhookNotifier([receiver.url], SECRET, Outbox(tmp_path))
+    await second.start()
+    await eventually(lambda: len(receiver.accepted) == 4, "the pending events")
+    assert receiver.deliveries() == ["1-0", "1-1", "1-2", "1-3"]
+    events = [json.loads(body)["event"]["event"] for _, body, _ in receiver.accepted]
+    assert events == ["opened", "down", "recovered", "closed"]
+    await second.stop()
+    assert Outbox(tmp_path).load() == []  # delivered events leave the outbox
+
+
+async def test_outbox_drops_events_of_removed_urls_and_expired_ones(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    outbox = Outbox(tmp_path)
+    old = time.time() - 7200
+    outbox.add(
+        [
+            Pending("http://127.0.0.1:1/gone", "1-0", 1, 0, "opened", b"{}", time.time()),
+            Pending(receiver.url, "2-0", 2, 0, "opened", b"{}", old),
+        ]
+    )
+    outbox.flush()
+    notifier = WebhookNotifier([receiver.url], SECRET, outbox)
+    await notifier.start()
+    assert notifier.targets[0].dropped["expired"] == 1 and notifier.targets[0].queued == 0
+    await notifier.stop()
+    assert Outbox(tmp_path).load() == [] and receiver.accepted == []
