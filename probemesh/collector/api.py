@@ -2,8 +2,8 @@
 
 - ``GET /api/v1/reachability``: per check, its state and every country's
   agents, up, ratio, state and diagnosis (null while up; its ``path`` lists
-  the hops of the last traceroute; ``reason``/``detail`` and ``excluded`` are
-  additive extras), and ``not_runnable``: the agents that refuse the check by
+  the hops of the last traceroute; ``reason``/``detail``, ``excluded`` and
+  ``suspects`` are additive extras), and ``not_runnable``: the agents that refuse the check by
   their own policy, each with its rule and the line "not runnable on agent X:
   <rule> (...)". Those agents count in no country's state.
 - ``GET /api/v1/incidents[?active=true]``: newest first.
@@ -62,6 +62,7 @@ def reachability_json(
                         "reason": c.reason or None,
                         "detail": c.detail or None,
                         "excluded": c.excluded,
+                        "suspects": c.suspects,
                         "diagnosis": diagnosed[c.country].to_json(with_path=True)
                         if c.country in diagnosed
                         else None,

@@ -117,7 +117,8 @@ class CountryView:
     state: str  # up | degraded | down | unknown
     reason: str = ""  # dominant failure reason name among failing agents
     detail: str = ""  # e.g. "HTTP 500"
-    excluded: int = 0  # agents left out: local problem, or suspected of one
+    excluded: int = 0  # agents left out because of a local problem
+    suspects: int = 0  # agents left out while suspected of one (not settled yet)
 
     @property
     def ratio(self) -> float | None:
@@ -336,7 +337,8 @@ def _check_view(
     for country in sorted(by_country):
         members = [r for r in by_country[country] if r.fresh]
         counted = [r for r in members if not health[r.agent].excluded]
-        excluded = len(members) - len(counted)
+        excluded = sum(1 for r in members if health[r.agent].local_problem)
+        suspects = len(members) - len(counted) - excluded
         up = sum(1 for r in counted if r.result.success)
         failing = [r for r in counted if r.verdict.counted]
         # a confirmed failure still held or recovering is no verdict yet
@@ -353,7 +355,9 @@ def _check_view(
         details = Counter(failure_detail(r.result) for r in failing if not r.result.success)
         if details:
             (reason, detail), _ = min(details.items(), key=lambda kv: (-kv[1], kv[0]))
-        countries.append(CountryView(country, len(counted), up, state, reason, detail, excluded))
+        countries.append(
+            CountryView(country, len(counted), up, state, reason, detail, excluded, suspects)
+        )
     reporting = [c for c in countries if c.state != UNKNOWN]
     down = [c for c in reporting if c.state == DOWN]
     if not reporting:

@@ -97,6 +97,21 @@ def test_single_agent_uplink_failure_is_a_local_problem_not_an_incident() -> Non
     assert registry.get_sample_value("probemesh_agent_local_problem", flag) == 0.0
 
 
+def test_an_agent_failing_everything_is_suspect_before_it_is_flagged() -> None:
+    mesh = ScriptedMesh()
+    mesh.round()
+    mesh.round()
+    mesh.round(web={"UG": "timeout"}, tcp={"UG": "timeout"})  # first failed round
+    assert mesh.monitor.snapshot.agent_state("a-ug") == "suspect"
+    ug = next(c for c in mesh.view().countries if c.country == "UG")
+    assert (ug.state, ug.agents, ug.excluded, ug.suspects) == ("unknown", 0, 0, 1)
+    mesh.round(web={"UG": "timeout"}, tcp={"UG": "timeout"})  # confirmed: flagged
+    assert mesh.monitor.snapshot.agent_state("a-ug") == "local_problem"
+    ug = next(c for c in mesh.view().countries if c.country == "UG")
+    assert (ug.state, ug.agents, ug.excluded, ug.suspects) == ("unknown", 0, 1, 0)
+    assert mesh.book.incidents() == []
+
+
 def test_evaluation_reads_the_mesh_state_and_never_writes_it() -> None:
     mesh = ScriptedMesh()
     mesh.round()

@@ -175,6 +175,7 @@ function checkCard(check) {
       tile.title = `${c.country}: ${c.diagnosis.kind} - ${c.diagnosis.detail}`;
     } else if (c.detail) tile.appendChild(el("div", "why", c.detail));
     else if (c.excluded) tile.appendChild(el("div", "why", `${c.excluded} local problem`));
+    else if (c.suspects) tile.appendChild(el("div", "why", `${c.suspects} suspect`));
     grid.appendChild(tile);
   }
   card.appendChild(grid);
