@@ -38,12 +38,14 @@ class Post:
 
 
 class Recorder:
-    """Keeps every POST; answers 503 to the first try of paths in ``flaky`` deliveries."""
+    """Keeps every POST it accepts; answers 503 to all of them while ``refuse_all`` is set,
+    and to the first try of each delivery under ``flaky_prefix``."""
 
     def __init__(self) -> None:
         self.posts: list[Post] = []
         self.refused: list[Post] = []
         self.flaky_prefix = "/never"  # posts under it fail once per X-Probemesh-Delivery
+        self.refuse_all = False  # every post fails with 503 while set
         self._seen_deliveries: set[str] = set()
         self._lock = threading.Lock()
         recorder = self
@@ -71,6 +73,9 @@ class Recorder:
     def record(self, post: Post) -> int:
         with self._lock:
             delivery = post.headers.get("X-Probemesh-Delivery", "")
+            if self.refuse_all:
+                self.refused.append(post)
+                return 503
             if post.path.startswith(self.flaky_prefix) and delivery not in self._seen_deliveries:
                 self._seen_deliveries.add(delivery)
                 self.refused.append(post)
