@@ -3,11 +3,15 @@
 gRPC core (C) writes to file descriptor 2 on its own, bypassing Python's
 logging. Left alone it prints several lines for every failed TLS handshake
 (SSL_ERROR_SSL ...), one per connection attempt of a misconfigured agent. The
-collector instead routes that descriptor through a pipe: handshake failures
-become one warning per cause a minute, with its count and what the agent must
-do; every other line of gRPC core is dropped unless --log-level debug. gRPC core
-does not report the peer's address with a handshake failure, so the agent's
-own log (which names what to do too) tells the agents apart.
+CLI instead routes that descriptor through a pipe. In the collector, a failed
+handshake becomes one warning per peer address and cause a minute, with what
+the agent must do; every other line of gRPC core is dropped unless --log-level
+debug (errors are kept).
+
+gRPC core names the peer of a failed handshake only in its "handshaker" trace,
+so that trace is on by default: its block for a failed handshake carries the
+cause and ``endpoint_peer_address``. Without it (an operator's own GRPC_TRACE),
+the line names the cause alone.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ log = logging.getLogger("probemesh.collector.tls")
 
 LOG_EVERY = 60.0
 _CORE_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d")  # absl's prefix: I1130 19:13:56
-_HANDSHAKE = re.compile(r"Handshake failed with (?:fatal )?error (\w+): (.*)")
+# The rest of a multi-line gRPC core message (status source locations, args).
+_CONTINUATION = re.compile(r"=== Source Location Trace|src/core/|\s|$")
+_SSL_FAILURE = "Handshake failed with"  # ssl_transport_security.cc, one line
+_FAILED_BLOCK = re.compile(r"CallNextHandshakerLocked: error=(?!OK\b)")  # handshaker trace
+_PEER = re.compile(r"endpoint_peer_address=(?:ipv4:|ipv6:)?([^,}\s]+)")
 _CAUSES = (
     (
         "PEER_DID_NOT_RETURN_A_CERTIFICATE",
@@ -43,40 +51,44 @@ _CAUSES = (
 )
 
 
-# Set on import, which must precede grpc's: gRPC core reads GRPC_VERBOSITY
-# once, when it loads, and logs handshake failures at INFO. So INFO, which the
-# bridge then filters; an operator's own GRPC_VERBOSITY wins.
+# Set on import, which must precede grpc's: gRPC core reads its log settings
+# once, when it loads, and logs handshake failures at INFO. So INFO and the
+# handshaker trace, which the bridge then filters; an operator's own
+# GRPC_VERBOSITY and GRPC_TRACE win.
 os.environ.setdefault("GRPC_VERBOSITY", "INFO")
+os.environ.setdefault("GRPC_TRACE", "handshaker")
 
 
-def cause_of(line: str) -> str | None:
-    """The operator's words for a gRPC core handshake failure line, or None."""
-    match = _HANDSHAKE.search(line)
-    if match is None:
-        return None
-    detail = match.group(2)
+def cause_of(text: str) -> str:
+    """The operator's words for a TLS handshake failure gRPC core describes in text."""
     for needle, cause in _CAUSES:
-        if needle in detail:
+        if needle in text:
             return cause
-    return detail.split(": Invalid certificate verification context")[0].strip()
+    detail = text.rsplit("SSL_ERROR_SSL: ", 1)[-1]
+    return detail.split(": Invalid certificate verification context")[0].strip()[:200]
 
 
 class HandshakeLog:
-    """One warning per cause per LOG_EVERY seconds, with how many were left out."""
+    """One warning per peer host and cause per LOG_EVERY seconds, with how many were left out."""
 
     def __init__(self, every: float = LOG_EVERY) -> None:
         self.every = every
-        self._last: dict[str, tuple[float, int]] = {}
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
 
-    def failed(self, cause: str) -> None:
+    def failed(self, peer: str, cause: str) -> None:
         now = time.monotonic()
-        logged_at, left_out = self._last.get(cause, (-self.every, 0))
+        host = peer.rpartition(":")[0] or peer
+        key = (host, cause)
+        logged_at, left_out = self._last.get(key, (-self.every, 0))
         if now - logged_at < self.every:
-            self._last[cause] = (logged_at, left_out + 1)
+            self._last[key] = (logged_at, left_out + 1)
             return
-        self._last[cause] = (now, 0)
-        more = f" ({left_out} more in the last {self.every:g}s)" if left_out else ""
-        log.warning("TLS handshake with an agent failed: %s%s", cause, more)
+        if len(self._last) >= 10_000:  # bounded: many peers cannot grow it forever
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.every}
+        self._last[key] = (now, 0)
+        more = f" ({left_out} more from {host} in the last {self.every:g}s)" if left_out else ""
+        who = f"with {peer}" if peer else "with an agent"
+        log.warning("TLS handshake %s failed: %s%s", who, cause, more)
 
 
 class CoreLogBridge:
@@ -93,6 +105,8 @@ class CoreLogBridge:
         # a client's are its own connection errors, which it reports itself.
         self.report_handshakes = False
         self._original: int | None = None
+        self._pending: str | None = None  # cause of an ssl line awaiting its trace block
+        self._block: str | None = None  # cause of a trace block awaiting its peer line
 
     def start(self) -> None:
         sys.stderr.flush()
@@ -125,19 +139,44 @@ class CoreLogBridge:
                 self.handle(line.rstrip("\n"))
 
     def handle(self, line: str) -> None:
-        """Translate one line written to descriptor 2 by anything but Python."""
-        cause = cause_of(line)
-        if cause is not None:
-            if self.report_handshakes:
-                self.handshakes.failed(cause)
-            else:
-                log.debug("gRPC core: %s", line)
+        """Translate one line written to descriptor 2 by anything but Python.
+
+        A failed handshake shows as the ssl line (cause), then, with the
+        handshaker trace, a multi-line block whose last line names the peer.
+        """
+        if self._block is not None:
+            peer = _PEER.search(line)
+            if peer is not None:
+                self._report(peer.group(1), self._block)
+                self._block = None
+                return
+            if not _CORE_LINE.match(line):
+                return  # the block's middle lines
+            self._report("", self._block)  # a block without a peer
+            self._block = None
+        if _FAILED_BLOCK.search(line):
+            self._pending = None  # the block says it all, peer included
+            self._block = cause_of(line)
+            return
+        if self._pending is not None and _CORE_LINE.match(line):
+            self._report("", self._pending)  # no trace block followed the ssl line
+            self._pending = None
+        if _SSL_FAILURE in line:
+            self._pending = cause_of(line)
+        elif _CONTINUATION.match(line):
+            log.debug("gRPC core: %s", line)
         elif not _CORE_LINE.match(line):
             sys.stderr.write(line + "\n")  # not gRPC core's: pass it on untouched
         elif line[0] in "EF":
             log.error("gRPC core: %s", line)
         else:
             log.debug("gRPC core: %s", line)
+
+    def _report(self, peer: str, cause: str) -> None:
+        if self.report_handshakes:
+            self.handshakes.failed(peer, cause)
+        else:
+            log.debug("gRPC core: TLS handshake failed: %s", cause)
 
 
 # The process's one bridge: the CLI starts it, the collector command turns on
