@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,5 +126,34 @@ def test_todays_agent_against_an_older_collector(
         ).stdout.strip()  # fmt: skip
         mesh.start_agent("new-agent", "BR", token=token)
         _run_and_account(mesh, "new-agent", __version__)
+    finally:
+        mesh.stop()
+
+
+def test_older_agent_backlog_survives_a_checks_edit(
+    tmp_path: Path, target: int, old_release: tuple[dict[str, str], str]
+) -> None:
+    """An older agent tags no revision: its backlog of a check removed while the
+    collector was down is judged by the assignment history (same check, same
+    target), so it is still counted, exactly once."""
+    env, old_version = old_release
+    mesh = Mesh(tmp_path, _checks(target))
+    mesh.start_collector()
+    try:
+        mesh.start_agent("old-agent", "DE", env=env)
+        wait_for(
+            lambda: total(mesh.metrics(), "probemesh_probe_results_total", check="closed") >= 5,
+            30,
+            "results of the check about to be removed",
+        )
+        assert mesh.collector is not None
+        mesh.collector.stop()
+        time.sleep(2.0)  # the agent buffers both checks
+        mesh.checks_yaml = "\n".join(
+            line for line in mesh.checks_yaml.splitlines() if "name: closed" not in line
+        )
+        mesh.start_collector()
+        entry = _run_and_account(mesh, "old-agent", old_version)
+        assert entry["version"] == old_version
     finally:
         mesh.stop()
