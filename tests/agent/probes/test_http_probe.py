@@ -357,8 +357,9 @@ async def test_http2_phases_are_honest(
     assert value(result, "probe_http_version") == 2.0
     phase = {p: value(result, "probe_http_duration_seconds", phase=p) for p in PHASES}
     assert phase["tls"] > 0
-    assert HOLD <= phase["processing"] < HOLD + 0.1, phase
-    assert HOLD <= phase["transfer"] < HOLD + 0.1, phase
+    # Each hold lands in its own phase: a misplaced boundary would show 0 or 2 x HOLD.
+    assert HOLD <= phase["processing"] < 2 * HOLD, phase
+    assert HOLD <= phase["transfer"] < 2 * HOLD, phase
 
 
 def h2_answering(*heads: list[tuple[str, str]]) -> Handler:
