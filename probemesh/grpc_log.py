@@ -109,8 +109,15 @@ class CoreLogBridge:
         self._block: str | None = None  # cause of a trace block awaiting its peer line
 
     def start(self) -> None:
+        """Take over descriptor 2; without one (a daemon started with it closed),
+        gRPC core's lines have nowhere to go anyway and nothing changes."""
+        if sys.stderr is None:  # Python found no descriptor 2 at start
+            return
         sys.stderr.flush()
-        original = self._original = os.dup(2)
+        try:
+            original = self._original = os.dup(2)
+        except OSError:
+            return
         stream = os.fdopen(original, "w", buffering=1, encoding="utf-8", errors="replace")
         for handler in logging.root.handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (
@@ -129,14 +136,19 @@ class CoreLogBridge:
     def stop(self) -> None:
         """Give descriptor 2 back (before an exec: the new image has no reader)."""
         if self._original is not None:
-            sys.stderr.flush()
+            sys.stderr.flush()  # ours: start() set it
             os.dup2(self._original, 2)
             self._original = None
 
     def _pump(self, fd: int) -> None:
+        """Read until the process ends. A line that fails to translate is dropped,
+        never the reader: gRPC threads would block on a full pipe without it."""
         with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as lines:
             for line in lines:
-                self.handle(line.rstrip("\n"))
+                try:
+                    self.handle(line.rstrip("\n"))
+                except Exception:  # a bad line is dropped, never the reader
+                    continue
 
     def handle(self, line: str) -> None:
         """Translate one line written to descriptor 2 by anything but Python.

@@ -4,6 +4,9 @@ the handshaker trace the CLI turns on)."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -79,3 +82,14 @@ def test_without_the_trace_the_cause_alone(caplog: pytest.LogCaptureFixture) -> 
         "TLS handshake with an agent failed: client sent no certificate "
         "(mTLS: the agent needs --tls-cert/--tls-key)"
     ]
+
+
+def test_cli_runs_without_a_descriptor_2() -> None:
+    """A daemon started with stderr closed: the bridge steps aside, the CLI works."""
+    done = subprocess.run(
+        [sys.executable, "-m", "probemesh", "--version"],
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.close(2),  # stderr closed, as some supervisors start daemons
+        timeout=30,
+    )
+    assert done.returncode == 0 and done.stdout.startswith(b"probemesh, version")
