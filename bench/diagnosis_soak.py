@@ -51,6 +51,10 @@ def watch(
         kinds = {cc: (c["diagnosis"] or {}).get("kind") for cc, c in countries.items()}
         for cc, kind in kinds.items():
             if kind not in (None, "unknown", expected.get(cc)):
+                if not wrong[f"{cc}:{kind}"]:
+                    print(
+                        f"  first {cc}:{kind}: {countries[cc]['diagnosis']['detail']}", flush=True
+                    )
                 wrong[f"{cc}:{kind}"] += 1
         controls_ok = all(
             countries[cc]["state"] == "up" and countries[cc]["diagnosis"] is None

@@ -43,7 +43,7 @@ class Scheduler:
         self.gatherer = Gatherer(env)
         self._prepared: dict[str, PreparedCheck] = {}
         self._last_success: dict[str, bool] = {}
-        self._requests: set[asyncio.Task[None]] = set()
+        self._gathering: dict[str, asyncio.Task[None]] = {}  # check -> evidence task
         # Where evidence reports go (the collector link); None gathers nothing.
         self.on_report: Callable[[pb.EvidenceReport], None] | None = None
         # The Checks.revision the running set came with; every result names it.
@@ -94,10 +94,15 @@ class Scheduler:
                 self._last_success[prepared.name] = result.success
                 result.revision = revision
                 self.sink(result)
-                if not result.success and self.gatherer.wants(
-                    prepared.name, f"{result.reason}:{result.message}", loop.time()
+                if (
+                    not result.success
+                    and self.on_report is not None
+                    and prepared.name not in self._gathering  # asked only once it can start
+                    and self.gatherer.wants(
+                        prepared.name, f"{result.reason}:{result.message}", loop.time()
+                    )
                 ):
-                    self._gather(prepared, want_path=True)
+                    self._gather(prepared, probe_success=False, want_path=True)
             except Exception:  # a bug must not silently end this check's schedule
                 log.exception("check %s: probe round failed", prepared.name)
             next_at += interval
@@ -109,20 +114,19 @@ class Scheduler:
         """Gather evidence the collector asked for; unknown or refused checks are ignored."""
         prepared = self._prepared.get(request.check)
         if prepared is not None and not prepared.refusal:
-            self._gather(prepared, request.path)
+            success = self._last_success.get(request.check, False)
+            self._gather(prepared, success, request.path)
 
-    def _gather(self, prepared: PreparedCheck, want_path: bool) -> None:
+    def _gather(self, prepared: PreparedCheck, probe_success: bool, want_path: bool) -> None:
         """Gather and report evidence in the background, one gathering per check at a time."""
         name = prepared.name
         reply = self.on_report
-        if reply is None or any(t.get_name() == f"evidence:{name}" for t in self._requests):
+        if reply is None or name in self._gathering:
             return
 
         async def run() -> None:
             try:
-                evidence = await self.gatherer.gather(
-                    prepared, self._last_success.get(name, False), want_path
-                )
+                evidence = await self.gatherer.gather(prepared, probe_success, want_path)
             except Exception:  # a bug must not surface as an unhandled task error
                 log.exception("check %s: gathering evidence failed", name)
                 return
@@ -130,12 +134,12 @@ class Scheduler:
                 reply(pb.EvidenceReport(check=name, evidence=evidence))
 
         task = asyncio.create_task(run(), name=f"evidence:{name}")
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
+        self._gathering[name] = task
+        task.add_done_callback(lambda _: self._gathering.pop(name, None))
 
     async def stop(self) -> None:
         """Cancel every check loop and wait for them to finish."""
-        tasks = [task for _, task in self._tasks.values()] + list(self._requests)
+        tasks = [task for _, task in self._tasks.values()] + list(self._gathering.values())
         self._tasks.clear()
         for task in tasks:
             task.cancel()

@@ -373,9 +373,13 @@ class Diagnoser:
         """
         book = self.book
         failing_evidence: dict[str, list[Observed]] = {}
-        for (c, _), o in book.failing.items():
-            if c == check and now - o.received <= FAILING_MAX_AGE:
-                failing_evidence.setdefault(o.country, []).append(o)
+        for key, o in book.failing.items():
+            if key[0] != check or now - o.received > FAILING_MAX_AGE:
+                continue
+            later = book.control.get(key)
+            if later is not None and later.received > o.received:
+                continue  # the agent succeeded since: that failure is over
+            failing_evidence.setdefault(o.country, []).append(o)
         out: dict[str, Diagnosis] = {}
         for country in failing:
             observed = failing_evidence.get(country.country, [])
@@ -450,7 +454,12 @@ class Diagnoser:
             asked = book.requested.get(key)
             if entry.country in failing_countries and not entry.result.success:
                 have = book.failing.get(key)
-                if have is not None and now - have.received <= FAILING_MAX_AGE / 2:
+                succeeded = book.control.get(key)
+                if (
+                    have is not None
+                    and now - have.received <= FAILING_MAX_AGE / 2
+                    and (succeeded is None or succeeded.received < have.received)
+                ):
                     continue
                 if asked is not None and now - asked < retry:
                     continue

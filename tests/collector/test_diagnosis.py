@@ -384,3 +384,21 @@ def test_requests_go_to_agents_that_announced_evidence() -> None:
     assert len(asked) == 2  # asked 10 s ago, no answer yet: not again before 30 s
     diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 41.0)
     assert len(asked) == 4
+
+
+def test_failing_evidence_from_an_earlier_failure_is_not_used() -> None:
+    """UG failed (a lie), recovered (its control evidence is newer), fails again: until
+    new evidence arrives its kind is unknown, not the old failure's."""
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    book.observe("web", "ug1", "UG", evidence(addrs=("151.101.1.7",)), 100.0)
+    book.observe("web", "ke1", "KE", evidence(success=True), 100.0)
+    failing = [CountryInput("UG", False)]
+    assert diagnoser.diagnose_check("web", failing, {"ke1": 150.0}, 150.0)["UG"].kind == "dns"
+    book.observe("web", "ug1", "UG", evidence(success=True), 160.0)  # asked as a control
+    result = diagnoser.diagnose_check("web", failing, {"ke1": 170.0}, 170.0)
+    assert result["UG"] == Diagnosis("unknown", "waiting for evidence from the failing agents")
+    book.observe("web", "ug1", "UG", evidence(tcp="refused"), 171.0)
+    assert (
+        diagnoser.diagnose_check("web", failing, {"ke1": 172.0}, 172.0)["UG"].kind == "tcp_blocking"
+    )
