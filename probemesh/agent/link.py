@@ -351,7 +351,7 @@ class CollectorLink:
                         self.queue.last_seq,
                     )
                 elif welcome.acked_seq:
-                    self.queue.ack(welcome.acked_seq)
+                    await self.queue.in_thread(self.queue.ack, welcome.acked_seq)
                 # An older collector would only pay for reports it ignores.
                 session.evidence = EVIDENCE in welcome.features
                 self.current = address
@@ -402,7 +402,7 @@ class CollectorLink:
                 session.echo_due.set()
             elif kind == "ack":
                 ack = message.ack
-                self.queue.ack(ack.seq, ack.first_seq, ack.last_seq)
+                await self.queue.in_thread(self.queue.ack, ack.seq, ack.first_seq, ack.last_seq)
                 session.inflight.pop(ack.first_seq, None)
                 session.last_progress = time.monotonic()
                 session.acked.set()
@@ -448,12 +448,14 @@ class CollectorLink:
                     await session.call.write(pb.AgentMessage(evidence=report))
                     sent = True
             if len(session.inflight) < self.settings.window:
-                rows = queue.read(live_after, None, session.max_batch)
+                rows = await queue.in_thread(queue.read, live_after, None, session.max_batch)
                 if rows:
                     live_after = await self._write_batch(session, rows)
                     sent = True
             if backlog_after < live_from - 1 and len(session.inflight) < self.settings.window:
-                rows = queue.read(backlog_after, live_from, session.max_batch)
+                rows = await queue.in_thread(
+                    queue.read, backlog_after, live_from, session.max_batch
+                )
                 if rows:
                     backlog_after = await self._write_batch(session, rows)
                     sent = True
@@ -505,7 +507,7 @@ class CollectorLink:
         if not session.inflight:
             # Waiting for an Ack starts now, not at the last (possibly old) Ack.
             session.last_progress = time.monotonic()
-        self.queue.mark_sent(first, last)
+        await self.queue.in_thread(self.queue.mark_sent, first, last)
         session.inflight[first] = len(rows)
         await session.call.write(encode_batch(first, self.queue.floor_seq, [p for _, p in rows]))
         return last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sqlite3
@@ -57,6 +58,8 @@ class Agent:
         )
         self.pending: list[tuple[float, bytes]] = []
         self.new_results = asyncio.Event()
+        self._flush_now = asyncio.Event()  # a batch's worth of results is pending
+        self._flush_lock = asyncio.Lock()
         env = ProbeEnv(
             options.source_address,
             AddressPolicy(options.allow_private_targets),
@@ -84,40 +87,49 @@ class Agent:
     def _on_result(self, result: pb.Result) -> None:
         self.pending.append((result.timestamp, result.SerializeToString()))
         if len(self.pending) >= self.options.link.batch_size:
-            self.flush()
+            self._flush_now.set()
 
     def _on_checks(self, checks: pb.Checks) -> None:
         self.scheduler.update(checks.checks, checks.revision)
         self.metrics.checks = len(checks.checks)
         log.info("received %d checks (revision %d)", len(checks.checks), checks.revision)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Persist pending results (batched by size and time) and wake the sender.
 
-        If the disk refuses the write, the batch stays in memory and the next
-        flush retries it; beyond the queue's bound the oldest results go and are
-        counted as dropped, as they would be on disk. Nothing leaves silently.
+        The write runs in the queue's thread, so probes keep their timing while
+        the disk works. If the disk refuses the write, the batch goes back to
+        memory and the next flush retries it; beyond the queue's bound the
+        oldest results go and are counted as dropped, as they would be on disk.
+        Nothing leaves silently.
         """
-        if not self.pending:
-            return
-        try:
-            self.queue.append(self.pending)
-        except (sqlite3.Error, StateError) as exc:
-            excess = len(self.pending) - self.options.queue_max_results
-            if excess > 0:
-                del self.pending[:excess]
-                self.queue.unsaved_dropped += excess
-            log.error(
-                "cannot persist %d results (kept in memory, will retry): %s", len(self.pending), exc
-            )
-            return
-        self.pending = []
-        self.new_results.set()
+        async with self._flush_lock:
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, []
+            try:
+                await self.queue.in_thread(self.queue.append, batch)
+            except (sqlite3.Error, StateError) as exc:
+                self.pending[:0] = batch
+                excess = len(self.pending) - self.options.queue_max_results
+                if excess > 0:
+                    del self.pending[:excess]
+                    self.queue.unsaved_dropped += excess
+                log.error(
+                    "cannot persist %d results (kept in memory, will retry): %s",
+                    len(self.pending),
+                    exc,
+                )
+                return
+            self.new_results.set()
 
     async def _flush_loop(self) -> None:
+        """Flush every flush_interval, or at once when a batch's worth is pending."""
         while True:
-            await asyncio.sleep(self.options.flush_interval)
-            self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.options.flush_interval)
+            self._flush_now.clear()
+            await self.flush()
             self.metrics.connected = self.link.connected.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -137,7 +149,8 @@ class Agent:
             await stop.wait()
             await self.scheduler.stop()
             flusher.cancel()
-            self.flush()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self.flush()
             link_stop.set()
             # The link drains in-flight results before returning; bound the wait
             # in case a write is stuck behind HTTP/2 flow control.
@@ -151,10 +164,10 @@ class Agent:
             for task in (flusher, link_task):
                 task.cancel()
             await asyncio.gather(flusher, link_task, return_exceptions=True)
-            self.flush()
+            await self.flush()
             if runner is not None:
                 await runner.cleanup()
-            self.queue.close()
+            await asyncio.to_thread(self.queue.close)
         log.info(
             "agent stopped: produced=%d acked=%d queued=%d",
             self.queue.counters.produced,

@@ -15,21 +15,30 @@ dropped past a hard ceiling of twice the bound (logged, and only reachable when
 a collector takes batches but never acknowledges them). The bound thus counts
 results not in flight; the in-flight window adds at most window x batch rows.
 See docs/durability.md.
+
+Every method blocks on SQLite. The agent calls them through ``in_thread``, in
+the queue's one worker thread, so a slow disk never stalls the event loop that
+times probes, and the operations stay in the order they were issued.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from probemesh.errors import StateError
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 DEFAULT_MAX_RESULTS = 1_000_000
 DEFAULT_MAX_AGE = 7 * 86400.0
@@ -81,6 +90,12 @@ class DurableQueue:
         self._floor = 0
         self._sent: list[tuple[int, int]] = []
         self._reload_depth()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-queue")
+
+    async def in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking method of this queue in its worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: fn(*args, **kwargs))
 
     def _load_counters(self) -> QueueCounters:
         values = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
@@ -276,4 +291,6 @@ class DurableQueue:
         return gone
 
     def close(self) -> None:
+        """Finish what the worker thread holds, then close the database."""
+        self._thread.shutdown()
         self._db.close()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,6 +320,7 @@ class CollectorApp:
                 session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
             await server.stop(grace=2)
             await http_runner.cleanup()
+            await self.tokens.close_thread()
             self.store.close()
             self.outage.book.close()
             log.info("collector stopped")
@@ -335,7 +337,11 @@ class CollectorApp:
                     break
                 await asyncio.sleep(0)  # a yield between slices
             live = {s.token_id for s in self.sessions.by_agent.values()}
-            revoked = {t for t in live if not self.tokens.is_active(t)}
+            try:
+                revoked = await self.tokens.in_thread(self.tokens.inactive, live)
+            except sqlite3.Error as exc:  # checked again in a second
+                log.warning("cannot check tokens for revocation: %s", exc)
+                revoked = set()
             if revoked:
                 self.sessions.end_tokens(revoked, "token revoked")
             now = time.time()

@@ -178,7 +178,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 "missing bearer token",
             )  # fmt: skip
         try:
-            binding = self.tokens.verify(token)
+            binding = await self.tokens.in_thread(self.tokens.verify, token)
         except AuthError as exc:
             await self._refuse(
                 context, key, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED, str(exc)
@@ -230,7 +230,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 context, key, "invalid_hello", grpc.StatusCode.INVALID_ARGUMENT,
                 "Hello: invalid region, city, version or queue_max_age_seconds",
             )  # fmt: skip
-        self.tokens.touch(binding.token_id)
+        self.tokens.touch_later(binding.token_id)
         agent = self.state.agents.get(hello.agent_id)
         if agent is None:
             agent = self.state.agents[hello.agent_id] = AgentInfo(hello.agent_id, hello.country)
@@ -403,7 +403,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             async for message in request_iterator:
                 session.last_recv = now = time.monotonic()
                 if now - session.token_touched >= TOKEN_TOUCH_EVERY:
-                    self.tokens.touch(session.token_id)  # 'token list' shows last activity
+                    self.tokens.touch_later(session.token_id)  # 'token list' shows last activity
                     session.token_touched = now
                 session.agent.last_seen = max(session.agent.last_seen, time.time())
                 kind = message.WhichOneof("payload")

@@ -7,15 +7,24 @@ and one country at creation, so a stolen token cannot pose as anyone else.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from probemesh.errors import AuthError, ConfigError
 from probemesh.identity import agent_id_problem, country_problem
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,34 @@ class TokenStore:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self._thread: ThreadPoolExecutor | None = None
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """One thread for the collector's token queries: a slow or locked disk
+        holds up a connecting agent, never the event loop, and one thread keeps
+        the queries on the shared connection in order."""
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokens")
+        return self._thread
+
+    async def in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking method of this store in its database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker(), lambda: fn(*args, **kwargs))
+
+    def touch_later(self, token_id: str) -> None:
+        """Record a token's use in the database thread, without waiting for it.
+
+        last_used is informational: a locked database delays or loses one
+        update (logged), never the agent's connection.
+        """
+        self._worker().submit(self.touch, token_id).add_done_callback(_log_failure)
+
+    async def close_thread(self) -> None:
+        """Let queued token writes finish (before the database closes)."""
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            await asyncio.to_thread(thread.shutdown)
 
     def create(self, agent_id: str, country: str) -> str:
         """Return a new token for agent_id/country; only its hash is kept."""
@@ -83,6 +120,10 @@ class TokenStore:
         ).fetchone()
         return row is not None and row[0] is None
 
+    def inactive(self, token_ids: set[str]) -> set[str]:
+        """The token ids among token_ids that are revoked or gone."""
+        return {token_id for token_id in token_ids if not self.is_active(token_id)}
+
     def touch(self, token_id: str) -> None:
         self.db.execute(
             "UPDATE tokens SET last_used = ? WHERE token_id = ?", (time.time(), token_id)
@@ -102,3 +143,9 @@ class TokenStore:
             (time.time(), selector, selector),
         )
         return cur.rowcount
+
+
+def _log_failure(future: Future[None]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("could not record a token's last use: %s", exc)

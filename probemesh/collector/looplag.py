@@ -1,0 +1,78 @@
+"""How long the collector's event loop was held up: its own lag, measured and exported.
+
+Every task of the collector (gRPC streams, ingest, /metrics, the API) shares
+one event loop, so anything that blocks it delays them all. A task sleeps
+``interval`` seconds again and again; how much later than asked it wakes up is
+the time the loop was busy with something else. The lags go into a histogram
+(``probemesh_event_loop_lag_seconds``) and the largest of the last minute into
+a gauge, so a dashboard or bench/loop_lag.py can read its p99 and its maximum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+WINDOW = 60  # seconds covered by the max gauge
+
+
+class LoopLag:
+    """Samples the running loop's lag; export with metric_families."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+        # (second, largest lag in it), newest last; at most WINDOW entries
+        self._maxima: collections.deque[tuple[int, float]] = collections.deque()
+
+    def observe(self, lag: float) -> None:
+        self.counts[bisect_left(BUCKETS, lag)] += 1
+        self.total += lag
+        second = int(time.monotonic())
+        maxima = self._maxima
+        if maxima and maxima[-1][0] == second:
+            if lag > maxima[-1][1]:
+                maxima[-1] = (second, lag)
+        else:
+            maxima.append((second, lag))
+        while maxima and maxima[0][0] <= second - WINDOW:
+            maxima.popleft()
+
+    @property
+    def recent_max(self) -> float:
+        """The largest lag of the last WINDOW seconds."""
+        horizon = int(time.monotonic()) - WINDOW
+        return max((lag for second, lag in self._maxima if second > horizon), default=0.0)
+
+    async def run(self) -> None:
+        """Measure until cancelled."""
+        clock = time.monotonic
+        while True:
+            asked = clock() + self.interval
+            await asyncio.sleep(self.interval)
+            self.observe(max(0.0, clock() - asked))
+
+    def metric_families(self) -> Iterator[Metric]:
+        histogram = HistogramMetricFamily(
+            "probemesh_event_loop_lag_seconds",
+            "How much later than asked the collector's event loop ran a timer "
+            "(sampled every 10 ms): the time it was busy with something else",
+        )
+        cumulative, running = [], 0
+        for bound, count in zip([*(f"{b:g}" for b in BUCKETS), "+Inf"], self.counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        histogram.add_metric([], cumulative, self.total)
+        yield histogram
+        yield GaugeMetricFamily(
+            "probemesh_event_loop_lag_max_seconds",
+            "Largest event-loop lag of the last minute",
+            value=self.recent_max,
+        )
