@@ -17,14 +17,18 @@ after it closed, plus a margin, and then pruned.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Protocol
 
 from probemesh.agent.queue import DEFAULT_MAX_AGE
 from probemesh.checks import CheckSpec
+
+log = logging.getLogger(__name__)
 
 # Kept beyond an agent's queue max age: clock skew (the collector accepts
 # timestamps up to 5 minutes ahead) and results the agent sent but that were
@@ -79,8 +83,17 @@ def announced_max_age(seconds: float) -> float:
 class AssignmentHistory:
     """The persistent checks revision and every agent's assignment spans."""
 
-    def __init__(self, store: AssignmentStore, digest: str, now: float | None = None) -> None:
+    def __init__(
+        self,
+        store: AssignmentStore,
+        digest: str,
+        now: float | None = None,
+        writer: Executor | None = None,
+    ) -> None:
         self.store = store
+        # The collector hands its database thread: writes then never hold up the
+        # event loop, and one thread keeps them in order. Without one they run inline.
+        self.writer = writer
         self.spans: dict[str, dict[str, list[Span]]] = {}
         for agent_id, spans in store.load_spans().items():
             by_check = self.spans.setdefault(agent_id, {})
@@ -103,8 +116,20 @@ class AssignmentHistory:
         if digest != self.digest or not self.revision:
             self.revision += 1
             self.digest = digest
-            self.store.save_revision(self.revision, digest, time.time() if now is None else now)
+            self._write(
+                self.store.save_revision, self.revision, digest, time.time() if now is None else now
+            )
         return self.revision
+
+    def _write(self, fn: Callable[..., object], *args: object) -> Future[object]:
+        """Run a store write in the writer thread (inline without one); failures are logged."""
+        if self.writer is None:
+            done: Future[object] = Future()
+            done.set_result(fn(*args))
+            return done
+        future = self.writer.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+        return future
 
     def record(
         self,
@@ -113,11 +138,12 @@ class AssignmentHistory:
         specs: Sequence[CheckSpec],
         max_age: float,
         now: float | None = None,
-    ) -> None:
+    ) -> Future[object] | None:
         """The agent is being sent specs at revision: extend, close and open spans.
 
-        Called (and persisted) before the message is sent, so no result can
-        name a revision the history does not know.
+        Returns the write of the changed spans (None if nothing changed): the
+        caller sends the message only once it is done, so no result can name a
+        revision the history does not know.
         """
         now = time.time() if now is None else now
         current = self.spans.setdefault(agent_id, {})
@@ -141,9 +167,10 @@ class AssignmentHistory:
             span = Span(spec.name, spec.target, spec.module.name, revision, revision)
             current.setdefault(spec.name, []).append(span)
             changed.append(span)
-        if changed:
-            self.store.save_spans(agent_id, changed)
-            self._oldest = min(self._oldest or revision, revision)
+        if not changed:
+            return None
+        self._oldest = min(self._oldest or revision, revision)
+        return self._write(self.store.save_spans, agent_id, changed)
 
     def target_of(
         self, agent_id: str, check: str, revision: int, target: str, assigned: Mapping[str, str]
@@ -187,7 +214,7 @@ class AssignmentHistory:
             if not by_check:
                 del self.spans[agent_id]
         if removed:
-            self.store.prune_spans(now)
+            self._write(self.store.prune_spans, now)
             self._oldest = self._compute_oldest()
         return removed
 
@@ -197,3 +224,9 @@ class AssignmentHistory:
     def _compute_oldest(self) -> int:
         firsts = [s.first for by in self.spans.values() for spans in by.values() for s in spans]
         return min(firsts, default=self.revision)
+
+
+def _log_failure(future: Future[object]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("could not write the assignment history: %s", exc)

@@ -88,14 +88,16 @@ class CollectorApp:
         self.checks_file: ChecksFile = load_checks(options.checks_path)
         _warn_unrunnable(self.checks_file)
         self.store = Store(options.data_dir)
-        self.history = AssignmentHistory(self.store, self.checks_file.digest)
+        self.history = AssignmentHistory(
+            self.store, self.checks_file.digest, writer=self.store.worker
+        )
         log.info(
             "loaded %d checks from %s (revision %d)",
             len(self.checks_file.checks),
             options.checks_path,
             self.history.revision,
         )
-        self.tokens = TokenStore(self.store.db)
+        self.tokens = TokenStore(self.store.db, self.store.worker)
         self.state = MeshState()
         self.state.configured = frozenset(self.checks_file.checks)
         self.state.restore(self.store.load_counters(), self.store.load_histograms())

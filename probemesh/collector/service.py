@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import math
 import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from typing import NoReturn
 
 import grpc
@@ -99,7 +101,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         agent.connected = True
         # Assign the checks before anything can be ingested: a live result of
         # this session names the revision recorded here.
-        checks = self.checks_message(session)
+        checks, recorded = self.checks_message(session)
         pump = asyncio.create_task(self._pump(request_iterator, session))
         try:
             yield pb.CollectorMessage(
@@ -113,6 +115,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     features=FEATURES,
                 )
             )
+            if recorded is not None:
+                await asyncio.wrap_future(recorded)  # a write error ends the stream
             yield checks
             # Heartbeats go out on schedule even while acks flow: each is a clock probe.
             next_heartbeat = time.monotonic() + self.heartbeat_interval
@@ -325,8 +329,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             return "message_too_large", f"message of {size} bytes exceeds {self.max_message_bytes}"
         return None
 
-    def checks_message(self, session: Session) -> pb.CollectorMessage:
-        """The full check set for the session's agent, recorded in the history."""
+    def checks_message(self, session: Session) -> tuple[pb.CollectorMessage, Future[object] | None]:
+        """The full check set for the session's agent, and the history's write of it."""
         return self._assign(session, *self._assignment(session))
 
     def _warn_files_refused(self, agent_id: str, specs: list[CheckSpec]) -> None:
@@ -354,7 +358,15 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         for session in list(self.sessions.by_agent.values()):
             specs, checks, fingerprint = self._assignment(session, remind=True)
             if fingerprint != session.checks_fingerprint:
-                session.send(self._assign(session, specs, checks, fingerprint))
+                message, recorded = self._assign(session, specs, checks, fingerprint)
+                if recorded is None or recorded.done():
+                    _send_recorded(session, message, recorded)
+                else:  # sent once recorded, in the order of the writes
+                    recorded.add_done_callback(
+                        functools.partial(
+                            _send_from_thread, asyncio.get_running_loop(), session, message
+                        )
+                    )
                 pushed += 1
         return pushed
 
@@ -386,14 +398,16 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
 
     def _assign(
         self, session: Session, specs: list[CheckSpec], checks: list[pb.Check], fingerprint: bytes
-    ) -> pb.CollectorMessage:
+    ) -> tuple[pb.CollectorMessage, Future[object] | None]:
+        """The Checks message and the history's write of it (in the database thread):
+        the message goes out only once that write is done, so the agent never
+        runs anything under a revision the history has not stored."""
         agent = session.agent
         revision = self.history.revision
-        # Persisted before the agent can run anything under this revision.
-        self.history.record(agent.agent_id, revision, specs, agent.queue_max_age)
+        recorded = self.history.record(agent.agent_id, revision, specs, agent.queue_max_age)
         self.state.assign(agent, {spec.name: spec.target for spec in specs}, revision)
         session.checks_fingerprint = fingerprint
-        return pb.CollectorMessage(checks=pb.Checks(revision=revision, checks=checks))
+        return pb.CollectorMessage(checks=pb.Checks(revision=revision, checks=checks)), recorded
 
     async def _pump(
         self, request_iterator: AsyncIterator[pb.AgentMessage], session: Session
@@ -450,6 +464,25 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
 _EXHAUSTED = {"batch_too_large", "message_too_large"}
 _SERVICE = "probemesh.v1.ProbeMesh"
 _received_bytes: contextvars.ContextVar[int] = contextvars.ContextVar("received_bytes", default=0)
+
+
+def _send_recorded(
+    session: Session, message: pb.CollectorMessage, recorded: Future[object] | None
+) -> None:
+    """Send a Checks message whose history write is done; end the stream if it failed."""
+    if recorded is not None and recorded.exception() is not None:
+        session.end(grpc.StatusCode.UNAVAILABLE, "collector cannot record the checks; retry")
+    else:
+        session.send(message)
+
+
+def _send_from_thread(
+    loop: asyncio.AbstractEventLoop,
+    session: Session,
+    message: pb.CollectorMessage,
+    recorded: Future[object],
+) -> None:
+    loop.call_soon_threadsafe(_send_recorded, session, message, recorded)
 
 
 def read_agent_message(data: bytes) -> pb.AgentMessage:

@@ -14,6 +14,7 @@ import functools
 import json
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from probemesh.collector.assignments import Span
@@ -84,6 +85,10 @@ class Store:
         # sharing one would let an event-loop statement (a token's last use)
         # land inside, and roll back with, the worker's transaction.
         self._ingest_db = open_db(data_dir)
+        # The one thread that runs statements on self.db while the collector
+        # serves (tokens, assignment history): the event loop never waits on
+        # the disk, and the statements keep their order.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-db")
 
     def load_marks(self) -> dict[str, tuple[int, list[list[int]]]]:
         rows = self.db.execute("SELECT agent_id, mark, ranges FROM marks").fetchall()
@@ -190,6 +195,8 @@ class Store:
         return int(removed)
 
     def close(self) -> None:
+        """Finish the queued writes, then close."""
+        self.worker.shutdown()
         self._ingest_db.close()
         self.db.close()
 

@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -55,14 +55,17 @@ def _hash(token: str) -> str:
 class TokenStore:
     """Create, verify, list and revoke tokens in the collector database."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, worker: Executor | None = None) -> None:
         self.db = db
+        self._given = worker
         self._thread: ThreadPoolExecutor | None = None
 
-    def _worker(self) -> ThreadPoolExecutor:
-        """One thread for the collector's token queries: a slow or locked disk
-        holds up a connecting agent, never the event loop, and one thread keeps
-        the queries on the shared connection in order."""
+    def _worker(self) -> Executor:
+        """One thread for the token queries (the collector hands the thread of
+        its database): a slow or locked disk holds up a connecting agent, never
+        the event loop, and one thread keeps the queries on the connection in order."""
+        if self._given is not None:
+            return self._given
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokens")
         return self._thread
