@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from probemesh.collector.assignments import AssignmentHistory
@@ -35,6 +35,7 @@ from probemesh.v1 import mesh_pb2 as pb
 log = logging.getLogger(__name__)
 
 MAX_FUTURE_SKEW = 300.0  # seconds an agent clock may run ahead
+SLICE = 200  # results applied between two yields to the event loop (about 4 ms)
 REJECT_REASONS = ("not_assigned", "invalid_value", "invalid_timestamp")
 """Results ingest refuses: a check never assigned to the agent, a non-finite or
 negative duration or an unknown reason, a timestamp not positive or too far ahead."""
@@ -161,7 +162,12 @@ class Ingest:
         applied = self._unsunk
         for item in items:
             agent = item.session.agent
-            new, targets = self._apply_batch(item)
+            new: list[pb.Result] = []
+            targets: list[str] = []
+            # A slice of a batch at a time: a group of 64 batches would hold the
+            # event loop for a second, and every stream, scrape and API call with it.
+            for _ in self._apply_batch(item, new, targets):
+                await asyncio.sleep(0)
             touched.add(agent.agent_id)
             if new and self.result_sink is not None:
                 applied.append(Applied(agent.agent_id, agent.country, agent.region, new, targets))
@@ -204,11 +210,15 @@ class Ingest:
                 )
             )
 
-    def _apply_batch(self, item: _Item) -> tuple[list[pb.Result], list[str]]:
+    def _apply_batch(
+        self, item: _Item, applied: list[pb.Result], applied_targets: list[str]
+    ) -> Iterator[None]:
         """Validate and apply one batch's new results; the ingest hot path.
 
-        Returns them with the target each ran against, as this collector
-        assigned it (a late result of a re-targeted check keeps its old target).
+        Appends them to applied, with the target each ran against to
+        applied_targets, as this collector assigned it (a late result of a
+        re-targeted check keeps its old target). Yields every SLICE results,
+        so that the caller can let the event loop run in between.
 
         Each result's fields are read once here and handed to MeshState.record:
         protobuf attribute reads are the main per-result cost.
@@ -238,12 +248,12 @@ class Ingest:
             new = [r for i, r in enumerate(results) if not seqs.is_applied(first_seq + i)]
             self.duplicates_total += len(results) - len(new)
         rejected = self.rejected
-        applied: list[pb.Result] = []
         keep = self.samples.keep
-        applied_targets: list[str] = []
         newest = 0.0
         correction = agent.clock.correction
-        for result in new:
+        for index, result in enumerate(new):
+            if index and not index % SLICE:
+                yield
             check = result.check
             revision = result.revision
             if revision == assigned_revision and check in assigned:
@@ -296,7 +306,6 @@ class Ingest:
         if newest > agent.last_seen:
             agent.last_seen = min(newest, now)
         seqs.add(first_seq, batch.last_seq)
-        return applied, applied_targets
 
 
 _INF = math.inf

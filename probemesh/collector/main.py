@@ -27,6 +27,7 @@ from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
 from probemesh.collector.limits import SecurityLimits
+from probemesh.collector.looplag import LoopLag
 from probemesh.collector.notify import Notifications, Notifier
 from probemesh.collector.outbound import ClientSettings
 from probemesh.collector.outbox import Outbox
@@ -145,12 +146,17 @@ class CollectorApp:
             notifications=self.notifications,
             diagnoser=Diagnoser(self.state.evidence, options.asn, self._ask),
         )
+        self.loop_lag = LoopLag()
         self.exporter = MeshExporter(
             self.state,
             self.ingest,
             lambda: self.checks_file,
             lambda: len(self.sessions),
-            extra=[self.outage.metric_families, self.notifications.metric_families],
+            extra=[
+                self.outage.metric_families,
+                self.notifications.metric_families,
+                self.loop_lag.metric_families,
+            ],
             stream_rejected=self.service.rejected,
         )
         self.service.configure(options.security, options.max_message_bytes)
@@ -295,6 +301,7 @@ class CollectorApp:
         self.external_url()  # fixed now that the port is known
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
+        lag = asyncio.create_task(self.loop_lag.run())
         await self.notifications.start()
         outage = asyncio.create_task(self.outage.run())
         if self.remote_writer is not None:
@@ -312,8 +319,9 @@ class CollectorApp:
             self.ready = False
             self.ingest.accepting = False
             housekeeping.cancel()
+            lag.cancel()
             outage.cancel()
-            await asyncio.gather(housekeeping, outage, return_exceptions=True)
+            await asyncio.gather(housekeeping, outage, lag, return_exceptions=True)
             await self.notifications.stop()
             await applier  # drains what was queued: ack only what was applied
             if self.remote_writer is not None:
@@ -331,10 +339,11 @@ class CollectorApp:
         """Cut revoked tokens' streams, expire gone agents, pre-render changed series."""
         while True:
             await asyncio.sleep(1.0)
-            # In 50 ms slices, yielding between them so ingest and the API keep
-            # flowing, and for at most 0.8 s so the chores below still run.
+            # In 10 ms slices, yielding between them so ingest and the API keep
+            # flowing (docs/benchmarks.md, event-loop lag), and for at most 0.8 s
+            # so the chores below still run.
             slices_until = time.monotonic() + 0.8
-            while self.exporter.prerender(budget=0.05) and self.exporter.behind:
+            while self.exporter.prerender(budget=0.01) and self.exporter.behind:
                 if time.monotonic() > slices_until:
                     break
                 await asyncio.sleep(0)  # a yield between slices
