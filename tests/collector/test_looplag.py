@@ -12,7 +12,7 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     lag = LoopLag(interval=0.01)
     task = asyncio.create_task(lag.run())
     await asyncio.sleep(0.1)
-    time.sleep(0.3)  # the loop is held up, as by a blocking disk write
+    time.sleep(0.3)  # noqa: ASYNC251 - the loop is held up, as by a blocking disk write
     await asyncio.sleep(0.1)
     task.cancel()
     histogram, gauge = list(lag.metric_families())
