@@ -18,7 +18,7 @@ import dns.exception
 
 
 class Reason(StrEnum):
-    """The fixed set of failure reasons (DESIGN.md); values are label values."""
+    """The fixed set of failure reasons (the `reason` label values of probemesh_probe_failures_total); values are label values."""
 
     DNS = "dns"
     CONNECT = "connect"
