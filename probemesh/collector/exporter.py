@@ -78,7 +78,7 @@ class MeshExporter(Collector):
     def _reset(self) -> None:
         """Forget every rendered line; the next prerender renders the whole state."""
         self.text = exposition.FamilyText(
-            (exposition.SUCCESS, exposition.DURATION, exposition.RESULTS, exposition.FAILURES)
+            (exposition.SUCCESS, exposition.DURATION, *exposition.COUNTERS)
         )
         self.feed.tallies.update(self.state.tallies.values())
         # pair -> the families its latest result's lines are in; present = admitted and rendered
@@ -200,8 +200,8 @@ class MeshExporter(Collector):
         text = self.text
         if spec is None and tally.check not in self._targets:  # check gone and not lingering
             self._drop_latest(pair)
-            text.drop(exposition.RESULTS, pair)
-            text.drop(exposition.FAILURES, pair)
+            for name in exposition.COUNTERS:
+                text.drop(name, pair)
             return
         latest = tally.latest
         if spec is None:  # lingering: counters only, no gauges
@@ -212,12 +212,14 @@ class MeshExporter(Collector):
             else:
                 self._drop_latest(pair)
         if pair in self.guard.refused:
-            text.drop(exposition.RESULTS, pair)
-            text.drop(exposition.FAILURES, pair)
+            for name in exposition.COUNTERS:
+                text.drop(name, pair)
         else:
-            results, failures = exposition.tally_lines(tally)
-            text.put(exposition.RESULTS, pair, results)
-            text.put(exposition.FAILURES, pair, failures)
+            for name, lines in zip(exposition.COUNTERS, exposition.tally_lines(tally), strict=True):
+                if lines:
+                    text.put(name, pair, lines)
+                else:
+                    text.drop(name, pair)
 
     def _put_latest(self, pair: tuple[str, str], latest: Latest, spec: CheckSpec) -> None:
         base = (
@@ -383,6 +385,11 @@ class MeshExporter(Collector):
             headers[exposition.FAILURES][1],
             labels=["check", "agent", "country", "reason"],
         )
+        refused = CounterMetricFamily(
+            "probemesh_probe_refused",
+            headers[exposition.REFUSED][1],
+            labels=["check", "agent", "country"],
+        )
         for tally in self._exported_tallies():
             base = [tally.check, tally.agent, tally.country]
             outcomes, reasons = exposition.tally_counts(tally)
@@ -390,8 +397,12 @@ class MeshExporter(Collector):
                 results.add_metric([*base, outcome], count)
             for reason, count in reasons:
                 failures.add_metric([*base, reason], count)
+            if tally.refused:
+                refused.add_metric(base, tally.refused)
         yield results
         yield failures
+        if refused.samples:  # the text exposition leaves an empty family out too
+            yield refused
 
     def _histogram_families(self) -> Iterator[Metric]:
         headers = exposition.HEADERS

@@ -26,11 +26,18 @@ SUCCESS = "probe_success"
 DURATION = "probe_duration_seconds"
 RESULTS = "probemesh_probe_results_total"
 FAILURES = "probemesh_probe_failures_total"
+REFUSED = "probemesh_probe_refused_total"
 HIST_DURATION = "probemesh_probe_duration_seconds"
 HIST_PHASE = "probemesh_probe_phase_duration_seconds"
 BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
+COUNTERS = (RESULTS, FAILURES, REFUSED)
+"""The counter families of one check x agent, in tally_lines' order."""
 OUTCOMES = ("success", "failure")
-FAILURE_REASONS = tuple(name for value, name in sorted(REASON_NAMES.items()) if value)
+FAILURE_REASONS = tuple(
+    name
+    for value, name in sorted(REASON_NAMES.items())
+    if value not in (pb.FAILURE_REASON_UNSPECIFIED, pb.FAILURE_REASON_POLICY)
+)
 """Every reason label of probemesh_probe_failures_total. A pair's counters are
 exported for each outcome and reason from its first result on, at 0 where
 nothing was counted yet, so a dashboard shows 0 rather than "No data"."""
@@ -44,6 +51,11 @@ HEADERS = {
         "Probe results applied, by outcome; counts every result exactly once, late ones included",
     ),
     FAILURES: ("counter", "Failed probe results by failure reason"),
+    REFUSED: (
+        "counter",
+        "Results the agent refused by its own policy (no probe ran); with "
+        "probemesh_probe_results_total they count every result the agent produced",
+    ),
     NOT_RUNNABLE: (
         "gauge",
         "1 while the agent refuses the check by its own policy (rule: blocked_address, "
@@ -148,8 +160,12 @@ def tally_counts(tally: Tally) -> tuple[tuple[int, int], list[tuple[str, int]]]:
     return (tally.success, tally.failure), failures
 
 
-def tally_lines(tally: Tally) -> tuple[bytes, bytes]:
-    """The counter lines of one check x agent: (results, failures)."""
+def tally_lines(tally: Tally) -> tuple[bytes, bytes, bytes]:
+    """The counter lines of one check x agent: (results, failures, refused).
+
+    The refused line exists once the agent refused the check: a pair that never
+    was refused would otherwise export a zero for every check on every agent.
+    """
     base = f'check="{tally.check}",agent="{tally.agent}",country="{tally.country}"'
     outcomes, reasons = tally_counts(tally)
     results = "".join(
@@ -159,7 +175,8 @@ def tally_lines(tally: Tally) -> tuple[bytes, bytes]:
     failures = "".join(
         f'{FAILURES}{{{base},reason="{reason}"}} {float(count)!r}\n' for reason, count in reasons
     )
-    return results.encode(), failures.encode()
+    refused = f"{REFUSED}{{{base}}} {float(tally.refused)!r}\n" if tally.refused else ""
+    return results.encode(), failures.encode(), refused.encode()
 
 
 def histogram_lines(key: tuple[str, ...], hist: Histogram) -> bytes:

@@ -99,13 +99,14 @@ class Tally:
     """
 
     __slots__ = (
-        "agent", "check", "country", "failure", "hist_keys", "hists", "latest", "phase_hists", "reasons", "success",
+        "agent", "check", "country", "failure", "hist_keys", "hists", "latest", "phase_hists", "reasons", "refused", "success",
     )  # fmt: skip
 
     def __init__(self, check: str, agent: str, country: str, state: MeshState) -> None:
         self.check, self.agent, self.country = check, agent, country
         self.success = 0
         self.failure = 0
+        self.refused = 0  # results the agent refused by policy: no probe ran
         self.reasons: dict[str, int] = {}
         self.latest: Latest | None = None  # the same object as MeshState.latest[(check, agent)]
         self.hist_keys: list[CounterKey] = [("duration", check, country)]
@@ -129,6 +130,8 @@ class Tally:
             yield ("results", *base, "failure"), self.failure
         for reason, count in self.reasons.items():
             yield ("failures", *base, reason), count
+        if self.refused:
+            yield ("refused", *base, POLICY_REASON), self.refused
 
 
 @dataclass(slots=True)
@@ -215,6 +218,8 @@ class MeshState:
             tally = self.tally(check, agent, country)
             if kind == "failures":
                 tally.reasons[label] = value
+            elif kind == "refused":
+                tally.refused = value
             elif label == "success":
                 tally.success = value
             else:
@@ -315,8 +320,11 @@ class MeshState:
         samples: list[KeptSample],
         current_target: str | None,
     ) -> None:
-        """A check the agent refused by policy: no probe ran, so no counter or
-        histogram moves; the latest result says "not runnable" instead."""
+        """A check the agent refused by policy: no probe ran, so only the refused
+        counter moves (every result the agent produced stays accounted for); the
+        latest result says "not runnable" instead of success or failure."""
+        tally.refused += 1
+        self.dirty.add(tally)
         message = result.message
         previous = agent.refusals.get(tally.check)
         agent.refusals[tally.check] = message

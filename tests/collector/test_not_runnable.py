@@ -1,6 +1,7 @@
 """A check an agent refuses by policy is a configuration problem, never an outage.
 
-Results with reason ``policy`` move no counter, no histogram and no verdict;
+Results with reason ``policy`` move no result counter, no histogram and no verdict,
+only probemesh_probe_refused_total (so every result the agent produced is counted);
 /metrics says probemesh_check_not_runnable{rule} instead of probe_success=0,
 and the collector predicts refusals from the policy an agent announced.
 """
@@ -55,6 +56,7 @@ def test_refusals_open_no_incident_and_leave_the_country_unknown() -> None:
     assert mesh.monitor.snapshot.agent_state("a-jp") != LOCAL_PROBLEM
     tally = mesh.state.tallies[("web", "a-jp")]
     assert (tally.success, tally.failure, tally.reasons) == (0, 0, {})
+    assert tally.refused == 6
 
 
 def test_refusing_agent_is_no_report_among_working_ones() -> None:
@@ -105,6 +107,8 @@ def test_metrics_say_not_runnable_instead_of_probe_success(tmp_path: Path) -> No
         if line.startswith(("probemesh_probe_results_total{", "probemesh_probe_failures_total{"))
     ]
     assert all(line.endswith(" 0.0") for line in counted), counted
+    assert 'reason="policy"' not in text  # a refusal is no failure
+    assert 'probemesh_probe_refused_total{check="db",agent="a-de",country="DE"} 1.0' in text
     assert 'probemesh_probe_duration_seconds_count{check="db",country="DE"} 0.0' in text
     full = CollectorRegistry()
     full.register(exporter)

@@ -28,6 +28,7 @@ PRODUCED = "probemesh_agent_results_produced_total"
 DROPPED = "probemesh_agent_results_dropped_total"
 DEPTH = "probemesh_agent_queue_depth"
 RESULTS = "probemesh_probe_results_total"
+REFUSED = "probemesh_probe_refused_total"  # refused by the agent's policy: produced, not probed
 
 # Fast reconnects for every process the tests start (inherited environment).
 FAST_LINK_ENV = {"PROBEMESH_LINK_BACKOFF_CAP": "1"}
@@ -116,7 +117,8 @@ def queue_counters(state_dir: Path) -> dict[str, int]:
 
 
 def collector_total(mesh: Mesh) -> float:
-    return total(mesh.metrics(), RESULTS)
+    samples = mesh.metrics()
+    return total(samples, RESULTS) + total(samples, REFUSED)
 
 
 def agents_sum(agents: list[AgentRef], name: str) -> float:
@@ -171,7 +173,7 @@ def assert_exact_accounting(
         "produced": agents_sum(agents, PRODUCED),
         "dropped": agents_sum(agents, DROPPED),
         "depth": agents_sum(agents, DEPTH),
-        "collector": total(samples, RESULTS),
+        "collector": total(samples, RESULTS) + total(samples, REFUSED),
         "duplicates": total(samples, "probemesh_duplicate_results_total"),
         "rejected": total(samples, "probemesh_ingest_rejected_total"),
     }

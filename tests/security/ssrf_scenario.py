@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.durability.common import queue_counters
 from tests.harness import Mesh, Proc, http_get, total, wait_for
 
 
@@ -106,6 +107,9 @@ def main(root: Path) -> None:
                 r"\x1b\[[0-9;]*m", "", mesh.collector.log() if mesh.collector else ""
             ),
         }
+        agent.stop()  # drains: every result it produced reached the collector
+        out["produced"] = queue_counters(root / "agent")["produced"]
+        out["refused"] = total(mesh.metrics(), "probemesh_probe_refused_total")
     finally:
         agent.stop()
         mesh.stop()

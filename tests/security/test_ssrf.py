@@ -140,6 +140,8 @@ def test_end_to_end_in_isolated_namespace(tmp_path: Path) -> None:
     # A refusal is a configuration problem: no failure, no probe_success, no
     # verdict, no incident, and a message naming the agent and the rule.
     assert out["failures"] == 0 and out["results"] == 0
+    # ...yet every result the agent produced is accounted for, as refused.
+    assert out["refused"] == out["produced"] > 0, out
     assert out["probe_success"] == []
     assert out["incidents"] == []
     assert set(out["states"].values()) == {"unknown"}
