@@ -75,6 +75,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.dead_after = DEAD_AFTER
         self.clock_threshold = DEFAULT_CLOCK_THRESHOLD
+        self._protos_of: ChecksFile | None = None
+        self._protos: dict[str, tuple[CheckSpec, pb.Check]] = {}
         self.configure(SecurityLimits(), MAX_MESSAGE_BYTES)
 
     def configure(self, limits: SecurityLimits, max_message_bytes: int) -> None:
@@ -393,8 +395,20 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         # Refusals the agent reported stay: not_runnable() checks them against
         # the latest result, and only the agent can judge a host name.
         agent.refusals = {**agent.refusals, **refusals}
-        checks = [spec.to_proto() for spec in specs]
+        checks = [self._proto(spec) for spec in specs]
         return specs, checks, b"".join(c.SerializeToString(deterministic=True) for c in checks)
+
+    def _proto(self, spec: CheckSpec) -> pb.Check:
+        """The wire form of a spec, built once per checks file: encoding a module's
+        settings costs about 0.25 ms, and a reconnect storm asks for every check
+        of every agent at once."""
+        checks = self.checks()
+        if checks is not self._protos_of:
+            self._protos_of, self._protos = checks, {}
+        cached = self._protos.get(spec.name)
+        if cached is None or cached[0] is not spec:
+            cached = self._protos[spec.name] = (spec, spec.to_proto())
+        return cached[1]
 
     def _assign(
         self, session: Session, specs: list[CheckSpec], checks: list[pb.Check], fingerprint: bytes
