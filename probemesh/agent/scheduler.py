@@ -91,9 +91,12 @@ class Scheduler:
                 revision = self.revision  # the assignment this probe runs under
                 async with self._limit:
                     result = await run_probe(prepared, self.env)
+                before = self._last_success.get(prepared.name)
                 self._last_success[prepared.name] = result.success
                 result.revision = revision
                 self.sink(result)
+                if result.success and before is False and self.on_report is not None:
+                    self.on_report(pb.EvidenceReport(check=prepared.name, recovered=True))
                 if (
                     not result.success
                     and self.on_report is not None

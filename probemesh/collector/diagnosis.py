@@ -376,9 +376,8 @@ class Diagnoser:
         for key, o in book.failing.items():
             if key[0] != check or now - o.received > FAILING_MAX_AGE:
                 continue
-            later = book.control.get(key)
-            if later is not None and later.received > o.received:
-                continue  # the agent succeeded since: that failure is over
+            if book.failure_over(key, o):
+                continue
             failing_evidence.setdefault(o.country, []).append(o)
         out: dict[str, Diagnosis] = {}
         for country in failing:
@@ -454,11 +453,10 @@ class Diagnoser:
             asked = book.requested.get(key)
             if entry.country in failing_countries and not entry.result.success:
                 have = book.failing.get(key)
-                succeeded = book.control.get(key)
                 if (
                     have is not None
                     and now - have.received <= FAILING_MAX_AGE / 2
-                    and (succeeded is None or succeeded.received < have.received)
+                    and not book.failure_over(key, have)
                 ):
                     continue
                 if asked is not None and now - asked < retry:

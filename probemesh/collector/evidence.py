@@ -35,6 +35,7 @@ class EvidenceBook:
         self.control: dict[Key, Observed] = {}
         self.paths: dict[Key, Observed] = {}
         self.requested: dict[Key, float] = {}  # when the collector last asked
+        self.recovered: dict[Key, float] = {}  # when the agent last said the check recovered
         self.reports_total = 0
 
     def observe(
@@ -47,6 +48,17 @@ class EvidenceBook:
             self.paths[key] = observed
         self.reports_total += 1
 
+    def recover(self, check: str, agent: str, now: float) -> None:
+        """The agent's check succeeds again: its failing evidence is about a failure that is over."""
+        self.recovered[(check, agent)] = now
+
+    def failure_over(self, key: Key, observed: Observed) -> bool:
+        """Whether the agent succeeded (recovered, or reported as a control) after this evidence."""
+        later = self.control.get(key)
+        if later is not None and later.received > observed.received:
+            return True
+        return self.recovered.get(key, 0.0) > observed.received
+
     def forget_checks(self, keep: set[str]) -> None:
         """Drop evidence of checks that are no longer configured."""
         self._drop(lambda key: key[0] not in keep)
@@ -56,6 +68,6 @@ class EvidenceBook:
         self._drop(lambda key: key[1] == agent_id)
 
     def _drop(self, gone: Callable[[Key], bool]) -> None:
-        for table in (self.failing, self.control, self.paths, self.requested):
+        for table in (self.failing, self.control, self.paths, self.requested, self.recovered):
             for key in [k for k in table if gone(k)]:
                 del table[key]

@@ -282,9 +282,12 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         if report.check not in agent.assigned:
             self.rejected["unknown_evidence"] += 1
             return
-        self.state.evidence.observe(
-            report.check, agent.agent_id, agent.country, report.evidence, time.time()
-        )
+        if report.recovered:
+            self.state.evidence.recover(report.check, agent.agent_id, time.time())
+        else:
+            self.state.evidence.observe(
+                report.check, agent.agent_id, agent.country, report.evidence, time.time()
+            )
 
     def _clock_sample(self, session: Session, heartbeat: pb.Heartbeat) -> None:
         """An agent's answer to one of our clock probes: one offset sample."""

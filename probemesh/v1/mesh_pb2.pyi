@@ -279,12 +279,14 @@ class EvidenceRequest(_message.Message):
     def __init__(self, check: _Optional[str] = ..., path: _Optional[bool] = ...) -> None: ...
 
 class EvidenceReport(_message.Message):
-    __slots__ = ("check", "evidence")
+    __slots__ = ("check", "evidence", "recovered")
     CHECK_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
     check: str
     evidence: Evidence
-    def __init__(self, check: _Optional[str] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
+    recovered: bool
+    def __init__(self, check: _Optional[str] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., recovered: _Optional[bool] = ...) -> None: ...
 
 class Sample(_message.Message):
     __slots__ = ("name", "labels", "value")

@@ -196,8 +196,49 @@ async def test_scheduler_gathers_only_after_failures(web: int) -> None:
                 break
     finally:
         await scheduler.stop()
-    assert {r.check for r in reports} == {"down"}
+    assert {r.check for r in reports} == {"down"}  # nothing at all for the succeeding check
     assert not reports[0].evidence.probe_success
     assert [t.outcome for t in reports[0].evidence.tcp] == ["refused"]
     # one failure signature: one gathering per EVIDENCE_EVERY, whatever the rounds
     assert len(reports) == 1
+
+
+async def test_recovery_is_reported_once() -> None:
+    """A check that fails then succeeds sends one `recovered` report, then nothing more."""
+    reports: list[pb.EvidenceReport] = []
+    scheduler = Scheduler(PRIVATE, lambda _: None, 0.1, 8)
+    scheduler.on_report = reports.append
+    server, port = await serve()
+    await server.start_serving()
+    server.close()  # listening socket closed: connections refused
+    await server.wait_closed()
+    scheduler.update([pb.Check(name="web", target=f"http://127.0.0.1:{port}/", prober="http",
+                               interval_seconds=0.2, timeout_seconds=1, settings_json="{}")])  # fmt: skip
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if reports:
+                break
+        assert [r.recovered for r in reports] == [False]  # the failure's evidence
+        again, _ = await serve_on(port)
+        async with again:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if any(r.recovered for r in reports):
+                    break
+            await asyncio.sleep(0.6)  # a few more successful rounds
+    finally:
+        await scheduler.stop()
+    assert [r.recovered for r in reports] == [False, True]
+    assert not reports[1].HasField("evidence")
+
+
+async def serve_on(port: int) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    return server, port

@@ -402,3 +402,17 @@ def test_failing_evidence_from_an_earlier_failure_is_not_used() -> None:
     assert (
         diagnoser.diagnose_check("web", failing, {"ke1": 172.0}, 172.0)["UG"].kind == "tcp_blocking"
     )
+
+
+def test_a_recovery_report_retires_failing_evidence() -> None:
+    """An agent that recovered without being asked as a control says so; when it fails
+    again its old evidence (another failure) is not used while the new one is gathered."""
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    book.observe("web", "ke1", "KE", evidence(success=True), 10.0)
+    book.observe("web", "gh1", "GH", evidence(http=pb.HttpEvidence(status=500)), 100.0)
+    failing = [CountryInput("GH", False)]
+    assert diagnoser.diagnose_check("web", failing, {"ke1": 101.0}, 101.0)["GH"].kind == "http_diff"
+    book.recover("web", "gh1", 110.0)
+    waiting = diagnoser.diagnose_check("web", failing, {"ke1": 120.0}, 120.0)["GH"]
+    assert waiting == Diagnosis("unknown", "waiting for evidence from the failing agents")
