@@ -13,7 +13,8 @@ Per repetition it records whether every country reached its kind (and the
 controls KE, DE stayed up with no diagnosis), the time to get there, and every
 wrong kind seen on the way (a kind other than the final one and other than
 `unknown`, which only says "not decided yet"). Prints one line per repetition
-and the counts; exits 1 on any wrong final kind. Needs root.
+and the counts (and the detail of each wrong kind the first time it shows); exits
+1 on any wrong final kind. Needs root.
 
     .venv/bin/python bench/diagnosis_soak.py --reps 20
 """
