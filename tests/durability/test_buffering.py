@@ -29,7 +29,9 @@ def test_overflow_drops_are_exactly_what_the_collector_never_saw(
     assert mesh.collector is not None
     mesh.collector.kill()
     wait_for(lambda: total(agent.metrics(), DROPPED) > 100, 30, "the bounded queue to overflow")
-    assert total(agent.metrics(), "probemesh_agent_queue_depth") <= 50
+    # The bound holds for results not in flight; batches in flight when the
+    # collector died wait for their Ack on top of it, up to the hard ceiling of 2x.
+    assert total(agent.metrics(), "probemesh_agent_queue_depth") <= 2 * 50
     mesh.start_collector()
     wait_for(
         lambda: total(mesh.metrics(), "probemesh_probe_results_total") > 0,
