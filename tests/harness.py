@@ -7,6 +7,7 @@ Used by the e2e, durability, security and dashboard tests; nothing here mocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,39 @@ async def eventually(predicate: Callable[[], object], what: str, seconds: float 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {seconds}s waiting for {what}"
         await asyncio.sleep(0.01)
+
+
+@contextlib.contextmanager
+def serving(
+    process: subprocess.Popen[bytes], ready_url: str, what: str, log_tail: Callable[[], str]
+) -> Iterator[None]:
+    """Wait (30 s at most) until ready_url answers 200, yield, then stop the process.
+
+    For the real servers the tests start (Prometheus, VictoriaMetrics): a process
+    that exits early or never gets ready fails the test with its log's tail.
+    """
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"{what} exited early:\n{log_tail()}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(ready_url, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not ready after 30s:\n{log_tail()}")
+            time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:

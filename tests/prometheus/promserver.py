@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness import free_port
+from tests.harness import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "deploy" / "prometheus" / "rules"
@@ -139,25 +139,5 @@ def run_prometheus(
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     prom = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"prometheus exited early:\n{prom.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"prometheus not ready after 30s:\n{prom.log_tail()}")
-            time.sleep(0.1)
+    with serving(process, f"{prom.url}/-/ready", "prometheus", prom.log_tail):
         yield prom
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

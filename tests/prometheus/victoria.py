@@ -6,7 +6,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness import free_port
+from tests.harness import free_port, serving
 
 VICTORIA_METRICS = shutil.which("victoria-metrics")
 MISSING_REASON = "victoria-metrics is not installed (Debian package victoria-metrics)"
@@ -62,25 +61,5 @@ def run_victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     vm = VictoriaMetrics(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"victoria-metrics exited early:\n{vm.log_tail()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{vm.url}/health", timeout=2) as r,
-            ):
-                if r.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"victoria-metrics not ready after 30s:\n{vm.log_tail()}")
-            time.sleep(0.1)
+    with serving(process, f"{vm.url}/health", "victoria-metrics", vm.log_tail):
         yield vm
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
