@@ -133,7 +133,7 @@ async def test_pushed_file_references_never_leave_the_secrets_dir(tmp_path: Path
             },
         ),
         _check("ca-fifo", https_url, {"tls_config": {"ca_file": "pipe-link"}}),
-        _check("good", http_url, {"bearer_token_file": "good-token"}),
+        _check("good", http_url + "good", {"bearer_token_file": "good-token"}),
     ]
     collector = HostileCollector(checks)
     server = grpc.aio.server()
@@ -206,7 +206,10 @@ async def test_pushed_file_references_never_leave_the_secrets_dir(tmp_path: Path
     # sends a plain GET without credentials.)
     with_auth = [head for head in seen if b"\nAuthorization:" in head]
     assert all(b"Authorization: Bearer inside-token\r\n" in head for head in with_auth)
-    assert len(with_auth) == len(by_check["good"]), with_auth[:3]
+    # Every one of them is the good check's request; the agent's stop may cut off
+    # the result of a last one after its request went out.
+    assert all(head.startswith(b"GET /good ") for head in with_auth), with_auth[:3]
+    assert len(with_auth) >= len(by_check["good"]) > 0
     assert not any(client_certs)
     # Each refusal is logged once, however many rounds ran: at load (absolute
     # paths, "..") or at the first probe (symlinks out).
