@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,35 @@ def serving(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def run_in_isolated_netns(
+    prefix: str, hosts: str, module: str, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` in a new network namespace with only loopback up
+    and its own /etc/hosts (``ip netns exec`` mounts /etc/netns/NAME/), then remove both.
+
+    Nothing but loopback is reachable from inside: scenarios that must not touch the
+    network, or need host names that resolve only there, run here. Needs root.
+    """
+    ns = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    netns_etc = Path("/etc/netns") / ns
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, capture_output=True)
+        netns_etc.mkdir(parents=True)
+        (netns_etc / "hosts").write_text(hosts)
+        routes = subprocess.run(
+            ["ip", "-n", ns, "route", "show"], capture_output=True, text=True
+        ).stdout
+        assert routes.strip() == "", f"namespace must have no routes, has: {routes}"
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
+            capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        shutil.rmtree(netns_etc, ignore_errors=True)
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:

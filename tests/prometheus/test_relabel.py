@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.prometheus.promserver import MISSING_REASON, PROMETHEUS, ROOT
+from tests.harness import run_in_isolated_netns
+from tests.prometheus.promserver import MISSING_REASON, PROMETHEUS
 
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason=MISSING_REASON)
 
@@ -30,32 +28,18 @@ EXPECTED = {
 }
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.mark.root
 def test_collector_label_for_names_and_addresses(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not shutil.which("ip"):
         pytest.skip("needs root and iproute2 to create a network namespace")
-    ns = f"pmrl-{uuid.uuid4().hex[:8]}"
-    netns_etc = Path("/etc/netns") / ns
-    try:
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
-        netns_etc.mkdir(parents=True)
-        (netns_etc / "hosts").write_text(
-            "127.0.0.1 localhost collector-eu-1.example.net collector-us-1.example.net\n"
-            "::1 localhost\n"
-        )
-        proc = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.prometheus.relabel_scenario",
-             str(tmp_path)],
-            capture_output=True, text=True, timeout=120, cwd=ROOT,
-        )  # fmt: skip
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(netns_etc, ignore_errors=True)
+    proc = run_in_isolated_netns(
+        "pmrl",
+        "127.0.0.1 localhost collector-eu-1.example.net collector-us-1.example.net\n"
+        "::1 localhost\n",
+        "tests.prometheus.relabel_scenario",
+        str(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     scraped = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {t: s["collector"] for t, s in scraped.items()} == EXPECTED

@@ -13,9 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.runner import prepare, run_probe
 from probemesh.agent.safety import AddressPolicy
 from probemesh.v1 import mesh_pb2 as pb
-from tests.harness import ROOT
+from tests.harness import run_in_isolated_netns
 
 
 @pytest.fixture
@@ -104,37 +101,19 @@ def test_interval_floor_refused_by_policy(no_connect: list[Any]) -> None:
     assert no_connect == []
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.mark.root
 def test_end_to_end_in_isolated_namespace(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not shutil.which("ip"):
         pytest.skip("needs root and iproute2 to create a network namespace")
-    ns = f"pmsec-{uuid.uuid4().hex[:8]}"
-    netns_etc = Path("/etc/netns") / ns
-    try:
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
-        netns_etc.mkdir(parents=True)
-        (netns_etc / "hosts").write_text(
-            "127.0.0.1 localhost loop.pmtest\n::1 localhost\n169.254.169.254 metadata.pmtest\n"
-        )
-        routes = subprocess.run(
-            ["ip", "-n", ns, "route", "show"], capture_output=True, text=True
-        ).stdout
-        assert routes.strip() == "", f"namespace must have no routes, has: {routes}"
-        proc = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.security.ssrf_scenario",
-             str(tmp_path)],
-            capture_output=True, text=True, timeout=90, cwd=ROOT,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(netns_etc, ignore_errors=True)
+    proc = run_in_isolated_netns(
+        "pmsec",
+        "127.0.0.1 localhost loop.pmtest\n::1 localhost\n169.254.169.254 metadata.pmtest\n",
+        "tests.security.ssrf_scenario",
+        str(tmp_path),
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rules"] == EXPECTED_RULES, out["agent_log"][-2000:]
     assert out["accepted"] == 0, "the agent connected to a loopback target it must refuse"
     # A refusal is a configuration problem: no failure, no probe_success, no

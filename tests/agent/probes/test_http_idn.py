@@ -17,17 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from probemesh.errors import ConfigError
 from probemesh.targets import parse_http_url, target_host
+from tests.harness import run_in_isolated_netns
 
-ROOT = Path(__file__).resolve().parents[3]
 BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
 
 
@@ -42,35 +39,21 @@ def test_load_time_validation_and_probe_share_one_encoding() -> None:
         target_host("http", "http://a\x00b.example/")
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.mark.root
 def test_idn_hosts_match_blackbox(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not shutil.which("ip"):
         pytest.skip("needs root and iproute2 to create a network namespace with its own hosts")
     if not os.access(BLACKBOX, os.X_OK):
         pytest.skip(f"blackbox_exporter not installed at {BLACKBOX}")
-    ns = f"pmidn-{uuid.uuid4().hex[:8]}"
-    netns_etc = Path("/etc/netns") / ns
-    try:
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
-        netns_etc.mkdir(parents=True)
-        (netns_etc / "hosts").write_text(
-            "127.0.0.1 localhost xn--bcher-kva.example xn--e1afmkfd.xn--p1ai\n"
-        )
-        proc = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.agent.probes.idn_scenario",
-             str(tmp_path)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(netns_etc, ignore_errors=True)
+    proc = run_in_isolated_netns(
+        "pmidn",
+        "127.0.0.1 localhost xn--bcher-kva.example xn--e1afmkfd.xn--p1ai\n",
+        "tests.agent.probes.idn_scenario",
+        str(tmp_path),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     for target, sides in out.items():
         assert sides["probemesh"]["success"], (target, sides)
         if target.startswith("http://127.0.0.1:"):  # an ASCII target redirected to an IDN host
