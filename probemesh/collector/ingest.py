@@ -26,7 +26,7 @@ from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.marks import AppliedSeqs
 from probemesh.collector.remote_results import Applied
-from probemesh.collector.samples import SampleFilter
+from probemesh.collector.samples import KeptSample, SampleFilter
 from probemesh.collector.sessions import Session
 from probemesh.collector.state import REASON_NAMES, MeshState
 from probemesh.collector.store import Store
@@ -164,13 +164,16 @@ class Ingest:
             agent = item.session.agent
             new: list[pb.Result] = []
             targets: list[str] = []
+            kept: list[list[KeptSample]] = []
             # A slice of a batch at a time: a group of 64 batches would hold the
             # event loop for a second, and every stream, scrape and API call with it.
-            for _ in self._apply_batch(item, new, targets):
+            for _ in self._apply_batch(item, new, targets, kept):
                 await asyncio.sleep(0)
             touched.add(agent.agent_id)
             if new and self.result_sink is not None:
-                applied.append(Applied(agent.agent_id, agent.country, agent.region, new, targets))
+                applied.append(
+                    Applied(agent.agent_id, agent.country, agent.region, new, targets, kept)
+                )
         touched |= self._dirty_marks
         if applied and self.result_sink is not None:
             # Before the commit: a result is never marked applied without being sunk.
@@ -211,13 +214,18 @@ class Ingest:
             )
 
     def _apply_batch(
-        self, item: _Item, applied: list[pb.Result], applied_targets: list[str]
+        self,
+        item: _Item,
+        applied: list[pb.Result],
+        applied_targets: list[str],
+        applied_samples: list[list[KeptSample]],
     ) -> Iterator[None]:
         """Validate and apply one batch's new results; the ingest hot path.
 
         Appends them to applied, with the target each ran against to
         applied_targets, as this collector assigned it (a late result of a
-        re-targeted check keeps its old target). Yields every SLICE results,
+        re-targeted check keeps its old target), and their kept samples to
+        applied_samples. Yields every SLICE results,
         so that the caller can let the event loop run in between.
 
         Each result's fields are read once here and handed to MeshState.record:
@@ -290,14 +298,15 @@ class Ingest:
             if tally is None:
                 tally = state.tally(check, agent_id, country)
                 tallies = state.agent_tallies[agent_id]
+            samples = keep(result.samples)
             record(
-                agent, tally, result, success, duration, timestamp, reason,
-                keep(result.samples), current,
+                agent, tally, result, success, duration, timestamp, reason, samples, current,
             )  # fmt: skip
             if current is None:
                 state.linger(check, now)  # a no-op unless the check left the file
             applied.append(result)
             applied_targets.append(target)
+            applied_samples.append(samples)
             if timestamp > newest:
                 newest = timestamp
         self.results_total += len(applied)

@@ -28,6 +28,7 @@ import cramjam
 
 from probemesh.catalog import PROBE_METRICS
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
+from probemesh.collector.samples import KeptSample
 from probemesh.errors import StateError
 from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
@@ -49,6 +50,9 @@ class Applied:
     # The target each result ran against, as the collector assigned it: a late
     # result of a re-targeted check keeps its old target.
     targets: Sequence[str]
+    # Each result's samples as ingest's SampleFilter kept them: the catalog, the
+    # per-result cap and duplicates are judged once, there, for every reader.
+    samples: Sequence[Sequence[KeptSample]]
 
 
 def result_series(
@@ -60,7 +64,7 @@ def result_series(
     common = {**external_labels, "agent": applied.agent, "country": applied.country}
     if applied.region:
         common["region"] = applied.region
-    for result, target in zip(applied.results, applied.targets, strict=True):
+    for result, target, kept in zip(applied.results, applied.targets, applied.samples, strict=True):
         base = {**common, "check": result.check, "target": target}
         timestamp = int(result.timestamp * 1000)
         if result.reason == pb.FAILURE_REASON_POLICY:  # no probe ran: no probe_success of 0
@@ -69,17 +73,8 @@ def result_series(
             continue
         yield _series("probe_success", base, {}, 1.0 if result.success else 0.0, timestamp)
         yield _series("probe_duration_seconds", base, {}, result.duration_seconds, timestamp)
-        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        for sample in result.samples:
-            spec = PROBE_METRICS.get(sample.name)
-            labels = dict(sample.labels)
-            if spec is None or not spec.labels_ok(labels):
-                continue
-            key = (sample.name, tuple(sorted(labels.items())))
-            if key in seen:  # a repeated series keeps its first value, as on /metrics
-                continue
-            seen.add(key)
-            yield _series(sample.name, base, labels, sample.value, timestamp)
+        for name, labels, value in kept:
+            yield _series(name, base, dict(labels), value, timestamp)
 
 
 def _series(

@@ -18,13 +18,14 @@ from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.reachability import LOCAL_PROBLEM
-from probemesh.collector.remote_results import Applied, result_series
+from probemesh.collector.remote_results import result_series
 from probemesh.collector.runnable import not_runnable, predict, refused_everywhere
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.store import Store
 from probemesh.v1 import mesh_pb2 as pb
 from tests.collector.mesh_script import INTERVAL, ScriptedMesh, build_checks
 from tests.collector.test_exposition import samples_of
+from tests.prometheus.test_remote_write import applied
 
 FLOOR = (
     "interval_floor: interval 1s is below this agent's floor of 5s (--min-interval); check refused"
@@ -180,8 +181,8 @@ def test_metadata_literal_is_refused_everywhere() -> None:
 
 
 def test_remote_write_sends_not_runnable_instead_of_probe_success() -> None:
-    applied = Applied("a-de", "DE", "", [refused("db", 10.0)], ["10.0.0.1:5432"])
-    (series,) = list(result_series(applied, {}))
+    refusal = applied("a-de", "DE", "", [refused("db", 10.0)], ["10.0.0.1:5432"])
+    (series,) = list(result_series(refusal, {}))
     labels = {label.name: label.value for label in series.labels}
     assert labels["__name__"] == "probemesh_check_not_runnable"
     assert labels["rule"] == "private_target" and series.samples[0].value == 1.0

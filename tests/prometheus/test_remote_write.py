@@ -24,6 +24,7 @@ from probemesh.collector.remote_write import (
     decode_request,
     series_from_registry,
 )
+from probemesh.collector.samples import SampleFilter
 from probemesh.errors import ConfigError
 from probemesh.v1 import mesh_pb2 as pb
 from tests.prometheus.mesh import Mesh, Targets
@@ -35,6 +36,14 @@ from tests.prometheus.promserver import (
     free_port,
     run_prometheus,
 )
+
+
+def applied(
+    agent: str, country: str, region: str, results: list[pb.Result], targets: list[str]
+) -> Applied:
+    """What ingest hands the remote writer: the results with their filtered samples."""
+    keep = SampleFilter().keep
+    return Applied(agent, country, region, results, targets, [keep(r.samples) for r in results])
 
 
 def labels_of(ts: object) -> dict[str, str]:
@@ -274,7 +283,7 @@ async def test_every_result_is_written_at_the_probe_time(
     ]
     late = _result("gone", 900.0, success=True)  # a removed check's late result keeps its target
     await writer.write_results(
-        [Applied("de-1", "DE", "eu", [*results, late], ["https://example.org/"] * 4)]
+        [applied("de-1", "DE", "eu", [*results, late], ["https://example.org/"] * 4)]
     )
     await writer.stop()
     success = _decoded_samples(receiver, "probe_success")
@@ -312,7 +321,7 @@ async def test_journaled_results_outlive_a_receiver_outage_and_a_restart(
     )  # fmt: skip
     await first.start()
     await first.write_results(
-        [Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True) for i in range(5)], [WEB] * 5)]
+        [applied("de-1", "DE", "", [_result("web", 1000.0 + i, True) for i in range(5)], [WEB] * 5)]
     )
     await asyncio.sleep(0.1)
     assert first.stats.retries > 0 and first.lag() > 0
@@ -340,7 +349,7 @@ async def test_a_full_journal_drops_its_oldest_requests_and_counts_them(tmp_path
     )
     for i in range(50):
         await writer.write_results(
-            [Applied("de-1", "DE", "", [_result("web", 1000.0 + i, True)], [WEB])]
+            [applied("de-1", "DE", "", [_result("web", 1000.0 + i, True)], [WEB])]
         )
     assert writer.journal is not None and writer.journal.bytes <= 2000
     dropped = writer.stats.dropped_requests["journal_full"]
