@@ -60,6 +60,7 @@ from probemesh.collector.reachability import (
 )
 from probemesh.collector.state import Latest, MeshState
 from probemesh.collector.store import open_db
+from probemesh.collector.verdicts import InputBook, Pair, PairInput, Publication, Publisher
 from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -478,6 +479,8 @@ class OutageMonitor:
         self.book = book
         self.clock = clock
         self.notifications = notifications
+        self.publisher = Publisher()  # this collector's agents' inputs
+        self.inputs = InputBook()  # every agent's inputs, as the evaluator reads them
         self.classifier = Classifier()
         self.diagnoser = diagnoser
         self.snapshot = Snapshot(0.0)
@@ -489,17 +492,28 @@ class OutageMonitor:
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
 
     def evaluate(self) -> list[Incident]:
-        """One evaluation: classify, diagnose, publish the snapshot, update incidents, notify."""
+        """One round of a collector that is its own evaluator: publish, then judge."""
         checks = self.checks()
-        snapshot = self.classifier.evaluate(
-            self.state.latest, checks, self.state.agents, self.clock()
-        )
+        now = self.clock()
+        self.inputs.apply(self.publish(checks, now))
+        return self.judge(self.inputs.inputs, checks, now)
+
+    def publish(self, checks: ChecksFile, now: float) -> Publication:
+        """This collector's part: its agents' inputs that changed since the last round."""
+        return self.publisher.observe(self.state.latest, checks, self.state.agents, now)
+
+    def judge(
+        self, inputs: dict[Pair, PairInput], checks: ChecksFile, now: float
+    ) -> list[Incident]:
+        """The evaluator's part: classify every agent's inputs, diagnose, update
+        incidents, notify; returns the incidents that must be saved."""
+        snapshot = self.classifier.evaluate(inputs, checks, now)
         self.diagnoses = self._diagnose(snapshot, checks)
         self.snapshot = snapshot
         self.evaluations += 1
         dirty = self.book.update(snapshot, checks, self.diagnoses)
         if self.notifications is not None:
-            self.notifications.observe(self.book, snapshot, self.state.agents)
+            self.notifications.observe(self.book, snapshot)
         self._wake()
         return dirty
 

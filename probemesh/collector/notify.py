@@ -23,7 +23,6 @@ from prometheus_client.core import Metric
 
 from probemesh.collector.incidents import Event, Incident, IncidentBook
 from probemesh.collector.reachability import Snapshot
-from probemesh.collector.state import AgentInfo
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +70,7 @@ class Notifications:
         self._open = {i.id: i for i in book.active.values()}
         self._local_since: dict[str, float] = {}
 
-    def observe(
-        self, book: IncidentBook, snapshot: Snapshot, agents: Mapping[str, AgentInfo]
-    ) -> None:
+    def observe(self, book: IncidentBook, snapshot: Snapshot) -> None:
         """Call after every evaluation of ``book``; never blocks."""
         if not self.notifiers:
             return
@@ -91,7 +88,7 @@ class Notifications:
         for incident in closed:
             del self._seen[incident.id]
         self._open = now_open
-        flagged = {a for a in snapshot.local_problems if a in agents}
+        flagged = snapshot.local_problems
         self._local_since = {a: self._local_since.get(a, snapshot.at) for a in flagged}
         evaluation = Evaluation(
             at=snapshot.at,
@@ -99,7 +96,7 @@ class Notifications:
             closed=closed,
             events=events,
             local_problems=[
-                LocalProblem(a, agents[a].country, since)
+                LocalProblem(a, snapshot.agents[a].country, since)
                 for a, since in sorted(self._local_since.items())
             ],
         )

@@ -1,15 +1,16 @@
 """Per-country reachability and outage classification (the #twitterdown view).
 
-The classifier runs periodically (about once a second) over MeshState.latest,
-which already holds the newest result of every check x agent; nothing here
-runs on the ingest path. It owns every verdict it derives, including whether
-an agent has a local problem: readers take them from its Snapshot. Each
-evaluation:
+The classifier runs periodically (about once a second) over the published
+inputs of every check x agent of the mesh (verdicts.PairInput: each serving
+collector's damped per-agent verdicts, see verdicts.py); nothing here runs on
+the ingest path. It owns every verdict it derives from them, including
+whether an agent has a local problem: readers take them from its Snapshot.
+Each evaluation:
 
-1. updates, for every check x agent, a streak of consecutive failed or
-   successful rounds (a round is a new result), and the agent's *confirmed*
-   verdict, which changes only after ``confirm_rounds`` equal rounds in a row.
-   A single failed (or successful) probe therefore never flips anything;
+1. takes, for every check x agent, the agent's *confirmed* verdict, which its
+   serving collector changes only after ``confirm_rounds`` equal rounds in a
+   row (a single failed or successful probe never flips anything), its latest
+   raw result and whether it is fresh;
 2. judges each agent as a whole (``AgentHealth``): *local problem* when it is
    confirmed failing nearly every check it probes while the other agents see
    those checks up; *suspect* while its latest raw results say the same but
@@ -33,8 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from probemesh.checks import ChecksFile, OutageSettings
-from probemesh.collector.state import REASON_NAMES, AgentInfo, Latest
-from probemesh.v1 import mesh_pb2 as pb
+from probemesh.collector.verdicts import Pair, PairInput
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +42,14 @@ UP, DEGRADED, DOWN, UNKNOWN = "up", "degraded", "down", "unknown"
 OK, REGIONAL_OUTAGE, GLOBAL_OUTAGE = "ok", "regional_outage", "global_outage"
 SCOPE_OF = {REGIONAL_OUTAGE: "regional", GLOBAL_OUTAGE: "global"}
 HEALTHY, SUSPECT, LOCAL_PROBLEM = "ok", "suspect", "local_problem"
-_STATUS_SAMPLE = "probe_http_status_code"
 
 
 @dataclass
-class AgentVerdict:
-    """Damped view of one check on one agent, and whether its failure counts."""
+class Counting:
+    """The evaluator's own state of one check x agent: does its confirmed failure count?"""
 
-    last_ts: float = 0.0  # probe time of the newest result observed
-    since: float = 0.0  # probe time of the first result of the current raw streak
-    ok_streak: int = 0
-    fail_streak: int = 0
-    confirmed: bool | None = None  # True up, False failing, None not yet known
     counted: bool = False  # the confirmed failure counts towards its country
     held_since: float | None = None  # evaluation time a lone failure began to wait
-
-    def observe(self, success: bool, timestamp: float, confirm_rounds: int) -> None:
-        streak = self.ok_streak if success else self.fail_streak
-        if streak == 0:
-            self.since = timestamp
-        self.last_ts = timestamp
-        if success:
-            self.ok_streak, self.fail_streak = self.ok_streak + 1, 0
-            if self.ok_streak >= confirm_rounds:
-                self.confirmed = True
-        else:
-            self.ok_streak, self.fail_streak = 0, self.fail_streak + 1
-            if self.fail_streak >= confirm_rounds:
-                self.confirmed = False
 
 
 @dataclass(frozen=True)
@@ -93,18 +73,6 @@ class AgentHealth:
     def excluded(self) -> bool:
         """Counted in no country: a local problem, or suspected of one by its raw results."""
         return self.state == LOCAL_PROBLEM or self.fails_nearly_all
-
-
-def failure_detail(result: pb.Result) -> tuple[str, str]:
-    """(reason name, human detail): ("http_status", "HTTP 500") or ("timeout", "timeout")."""
-    reason = REASON_NAMES.get(result.reason, "other")
-    if reason == "unspecified":
-        reason = "other"
-    if reason == "http_status":
-        for sample in result.samples:
-            if sample.name == _STATUS_SAMPLE and sample.value > 0:
-                return reason, f"HTTP {int(sample.value)}"
-    return reason, reason
 
 
 @dataclass(frozen=True)
@@ -167,29 +135,36 @@ class _Row:
     country: str
     check: str
     interval: float
-    result: pb.Result
-    verdict: AgentVerdict
-    fresh: bool
+    input: PairInput
+    counting: Counting
     lonely: bool = False  # confirmed failing while most other agents are confirmed up
     lonely_now: bool = False  # latest result failed while most other agents' latest succeeded
 
+    @property
+    def fresh(self) -> bool:
+        return self.input.fresh
+
+    @property
+    def success(self) -> bool:
+        return self.input.success is True
+
+    @property
+    def confirmed(self) -> bool | None:
+        return self.input.confirmed
+
 
 class Classifier:
-    """Keeps the per check x agent streaks and the local-problem flags between evaluations."""
+    """Keeps which failures count and the local-problem flags between evaluations."""
 
     def __init__(self) -> None:
-        self.verdicts: dict[tuple[str, str], AgentVerdict] = {}
+        self.counting: dict[Pair, Counting] = {}
         self.local: frozenset[str] = frozenset()
 
     def evaluate(
-        self,
-        latest: Mapping[tuple[str, str], Latest],
-        checks: ChecksFile,
-        agents: Mapping[str, AgentInfo],
-        now: float,
+        self, inputs: Mapping[Pair, PairInput], checks: ChecksFile, now: float
     ) -> Snapshot:
         cfg = checks.outage
-        rows = self._observe(latest, checks, now)
+        rows, listed = self._rows(inputs, checks)
         by_agent: dict[str, list[_Row]] = {}
         for check_rows in rows.values():
             _mark_lonely(check_rows)
@@ -200,36 +175,34 @@ class Classifier:
         }
         self.local = frozenset(a for a, h in health.items() if h.local_problem)
         views = {
-            name: _check_view(name, rows[name], health, agents, checks) for name in checks.checks
+            name: _check_view(name, rows[name], listed[name], health, checks)
+            for name in checks.checks
         }
         return Snapshot(now, views, health)
 
-    def _observe(
-        self, latest: Mapping[tuple[str, str], Latest], checks: ChecksFile, now: float
-    ) -> dict[str, list[_Row]]:
-        """Feed each pair's newest result into its streak; one row per configured pair."""
-        cfg = checks.outage
+    def _rows(
+        self, inputs: Mapping[Pair, PairInput], checks: ChecksFile
+    ) -> tuple[dict[str, list[_Row]], dict[str, set[str]]]:
+        """One row per configured pair that reported, and each check's assigned countries."""
         rows: dict[str, list[_Row]] = {name: [] for name in checks.checks}
-        seen: set[tuple[str, str]] = set()
-        for key, entry in list(latest.items()):
-            check, agent = key
+        listed: dict[str, set[str]] = {name: set() for name in checks.checks}
+        seen: set[Pair] = set()
+        for key, item in list(inputs.items()):
+            check = key[0]
             spec = checks.checks.get(check)
-            if spec is None or entry.result.reason == pb.FAILURE_REASON_POLICY:
-                continue  # a check refused by the agent's policy is no report at all
+            if spec is None:
+                continue
+            listed[check].add(item.country)
+            if item.success is None:
+                continue
             seen.add(key)
-            verdict = self.verdicts.get(key)
-            if verdict is None:
-                verdict = self.verdicts[key] = AgentVerdict()
-            result = entry.result
-            if entry.timestamp > verdict.last_ts:
-                verdict.observe(result.success, entry.timestamp, cfg.confirm_rounds)
-            fresh = now - entry.timestamp <= cfg.stale_after_intervals * spec.interval
-            rows[check].append(
-                _Row(agent, entry.country, check, spec.interval, result, verdict, fresh)
-            )
-        for key in [k for k in self.verdicts if k not in seen]:
-            del self.verdicts[key]
-        return rows
+            counting = self.counting.get(key)
+            if counting is None:
+                counting = self.counting[key] = Counting()
+            rows[check].append(_Row(item.agent, item.country, check, spec.interval, item, counting))
+        for key in [k for k in self.counting if k not in seen]:
+            del self.counting[key]
+        return rows, listed
 
     def _judge(self, rows: list[_Row], cfg: OutageSettings, now: float) -> AgentHealth:
         """Settle one agent's local-problem question and which of its failures count.
@@ -243,7 +216,7 @@ class Classifier:
         interval of that check, whichever comes first.
         """
         agent, country = rows[0].agent, rows[0].country
-        probed = [r for r in rows if r.fresh and r.verdict.confirmed is not None]
+        probed = [r for r in rows if r.fresh and r.confirmed is not None]
         lonely = sum(r.lonely for r in probed)
         lonely_now = sum(r.lonely_now for r in probed)
         enough = len(probed) >= cfg.local_problem_min_checks
@@ -258,15 +231,15 @@ class Classifier:
                 country,
                 "detected" if local else "cleared",
             )
-        settled = _settled(probed)
+        settled = all(r.input.settled for r in rows)  # the serving collector's view
         held: list[str] = []
         for r in rows:
-            v = r.verdict
-            if not r.fresh or v.confirmed is not False or local or fails_nearly_all:
+            v = r.counting
+            if not r.fresh or r.confirmed is not False or local or fails_nearly_all:
                 v.counted, v.held_since = False, None
             elif v.counted:
                 continue
-            elif r.result.success:  # recovering: a failure starts to count only while it lasts
+            elif r.success:  # recovering: a failure starts to count only while it lasts
                 v.held_since = None
             elif not r.lonely_now or settled:
                 v.counted, v.held_since = True, None
@@ -298,31 +271,23 @@ class Classifier:
 def _mark_lonely(rows: list[_Row]) -> None:
     """Mark the failures of one check that most other agents do not share."""
     fresh = [r for r in rows if r.fresh]
-    raw_up = sum(1 for r in fresh if r.result.success)
-    confirmed = [r for r in fresh if r.verdict.confirmed is not None]
-    confirmed_up = sum(1 for r in confirmed if r.verdict.confirmed is True)
+    raw_up = sum(1 for r in fresh if r.success)
+    confirmed = [r for r in fresh if r.confirmed is not None]
+    confirmed_up = sum(1 for r in confirmed if r.confirmed is True)
     for r in fresh:  # a failing agent is not among the ups, so every up is another agent
-        if not r.result.success:
+        if not r.success:
             others = len(fresh) - 1
             r.lonely_now = others > 0 and raw_up * 2 > others
-        if r.verdict.confirmed is False:
+        if r.confirmed is False:
             others = len(confirmed) - 1
             r.lonely = others > 0 and confirmed_up * 2 > others
-
-
-def _settled(probed: list[_Row]) -> bool:
-    """Has every check of the agent reported since its latest raw change (any check's)?"""
-    if not probed:
-        return True
-    edge = max(r.verdict.since for r in probed)
-    return all(r.verdict.last_ts >= edge for r in probed)
 
 
 def _check_view(
     name: str,
     rows: list[_Row],
+    listed: set[str],
     health: Mapping[str, AgentHealth],
-    agents: Mapping[str, AgentInfo],
     checks: ChecksFile,
 ) -> CheckView:
     spec = checks.checks[name]
@@ -330,19 +295,18 @@ def _check_view(
     by_country: dict[str, list[_Row]] = {}
     for r in rows:
         by_country.setdefault(r.country, []).append(r)
-    for info in agents.values():
-        if name in info.assigned:
-            by_country.setdefault(info.country, [])
+    for country in listed:  # assigned there, even if nothing was heard yet
+        by_country.setdefault(country, [])
     countries = []
     for country in sorted(by_country):
         members = [r for r in by_country[country] if r.fresh]
         counted = [r for r in members if not health[r.agent].excluded]
         excluded = sum(1 for r in members if health[r.agent].local_problem)
         suspects = len(members) - len(counted) - excluded
-        up = sum(1 for r in counted if r.result.success)
-        failing = [r for r in counted if r.verdict.counted]
+        up = sum(1 for r in counted if r.success)
+        failing = [r for r in counted if r.counting.counted]
         # a confirmed failure still held or recovering is no verdict yet
-        known = len(failing) + sum(1 for r in counted if r.verdict.confirmed is True)
+        known = len(failing) + sum(1 for r in counted if r.confirmed is True)
         if not known:
             state = UNKNOWN
         elif len(failing) > cfg.down_share * known:
@@ -352,7 +316,7 @@ def _check_view(
         else:
             state = UP
         reason = detail = ""
-        details = Counter(failure_detail(r.result) for r in failing if not r.result.success)
+        details = Counter((r.input.reason, r.input.detail) for r in failing if not r.success)
         if details:
             (reason, detail), _ = min(details.items(), key=lambda kv: (-kv[1], kv[0]))
         countries.append(

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from probemesh.collector.api import agents_json
-from probemesh.collector.reachability import failure_detail
 from probemesh.collector.state import AgentInfo
+from probemesh.collector.verdicts import failure_detail
 from probemesh.errors import ConfigError
 from tests.collector.mesh_script import (
     COUNTRIES,

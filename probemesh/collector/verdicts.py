@@ -1,0 +1,211 @@
+"""Publication of the classifier's inputs: what a serving collector knows of its agents.
+
+The outage classifier needs, for every check x agent of the mesh, a handful of
+facts that only the collector serving that agent can tell, because only it
+sees the agent's results: the newest raw result (success, failure reason),
+the damped *confirmed* verdict (a streak of ``confirm_rounds`` equal rounds),
+whether the result is still fresh, and whether the agent is *settled* (every
+check of it has reported since its latest change). Everything else (lonely
+failures, local problems, country and check states, incidents) needs all
+agents at once and is the evaluator's (reachability.Classifier).
+
+:class:`Publisher` runs on every collector over its own MeshState.latest and
+returns only what changed since its previous round (flips): a pair's input
+changes when its raw success, failure detail, confirmed verdict, freshness,
+settled flag or streak (counted up to ``confirm_rounds`` only) changes, so a
+steady mesh publishes nothing. :class:`InputBook` is the evaluator's copy of
+every published input, wherever the agent is connected.
+
+A single collector hands its publication to its own InputBook in process; a
+mesh sharing PostgreSQL carries it through the database (shared.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from probemesh.checks import ChecksFile
+from probemesh.collector.state import REASON_NAMES, AgentInfo, Latest
+from probemesh.v1 import mesh_pb2 as pb
+
+Pair = tuple[str, str]  # (check, agent)
+_STATUS_SAMPLE = "probe_http_status_code"
+
+
+def failure_detail(result: pb.Result) -> tuple[str, str]:
+    """(reason name, human detail): ("http_status", "HTTP 500") or ("timeout", "timeout")."""
+    reason = REASON_NAMES.get(result.reason, "other")
+    if reason == "unspecified":
+        reason = "other"
+    if reason == "http_status":
+        for sample in result.samples:
+            if sample.name == _STATUS_SAMPLE and sample.value > 0:
+                return reason, f"HTTP {int(sample.value)}"
+    return reason, reason
+
+
+@dataclass
+class AgentVerdict:
+    """Damped view of one check on one agent: streaks of equal rounds and the confirmed verdict."""
+
+    last_ts: float = 0.0  # probe time of the newest result observed
+    since: float = 0.0  # probe time of the first result of the current raw streak
+    ok_streak: int = 0
+    fail_streak: int = 0
+    confirmed: bool | None = None  # True up, False failing, None not yet known
+
+    def observe(self, success: bool, timestamp: float, confirm_rounds: int) -> None:
+        streak = self.ok_streak if success else self.fail_streak
+        if streak == 0:
+            self.since = timestamp
+        self.last_ts = timestamp
+        if success:
+            self.ok_streak, self.fail_streak = self.ok_streak + 1, 0
+            if self.ok_streak >= confirm_rounds:
+                self.confirmed = True
+        else:
+            self.ok_streak, self.fail_streak = 0, self.fail_streak + 1
+            if self.fail_streak >= confirm_rounds:
+                self.confirmed = False
+
+    @classmethod
+    def resumed(cls, published: PairInput) -> AgentVerdict:
+        """The verdict another collector published for a pair this one now serves."""
+        streak = published.streak
+        ok = published.success is True
+        return cls(
+            last_ts=published.last_ts,
+            since=published.last_ts,
+            ok_streak=streak if ok else 0,
+            fail_streak=0 if ok else streak,
+            confirmed=published.confirmed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PairInput:
+    """What the evaluator needs of one check on one agent, as its serving collector sees it."""
+
+    check: str
+    agent: str
+    country: str
+    success: bool | None  # the latest raw result; None: assigned, nothing to count yet
+    confirmed: bool | None = None  # the damped verdict (AgentVerdict.confirmed)
+    fresh: bool = False  # the latest result is younger than stale_after_intervals
+    settled: bool = True  # every check of the agent reported since its latest raw change
+    reason: str = ""  # failure reason name while the latest result fails
+    detail: str = ""  # e.g. "HTTP 500"
+    streak: int = 0  # rounds in the current raw streak, counted up to confirm_rounds
+    # Probe time of the newest result when this input was published; not part of
+    # the comparison, so a steady pair is not published again for every result.
+    last_ts: float = field(default=0.0, compare=False)
+
+
+@dataclass
+class Publication:
+    """One round's changes: inputs that are new or differ, and pairs that are gone."""
+
+    changed: list[PairInput] = field(default_factory=list)
+    removed: list[Pair] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.removed)
+
+
+class Publisher:
+    """Keeps the streaks of the pairs this collector serves and publishes their changes."""
+
+    def __init__(self) -> None:
+        self.verdicts: dict[Pair, AgentVerdict] = {}
+        self.published: dict[Pair, PairInput] = {}
+
+    def new_pairs(self, latest: Mapping[Pair, Latest]) -> list[Pair]:
+        """Pairs with a result but no streak here yet (resume them with ``resume``)."""
+        return [key for key in latest if key not in self.verdicts]
+
+    def resume(self, inputs: Iterable[PairInput]) -> None:
+        """Continue the streaks another collector published (the agent moved here)."""
+        for item in inputs:
+            key = (item.check, item.agent)
+            if key not in self.verdicts and item.fresh and item.success is not None:
+                self.verdicts[key] = AgentVerdict.resumed(item)
+
+    def observe(
+        self,
+        latest: Mapping[Pair, Latest],
+        checks: ChecksFile,
+        agents: Mapping[str, AgentInfo],
+        now: float,
+    ) -> Publication:
+        """Feed each pair's newest result into its streak; return what changed."""
+        cfg = checks.outage
+        inputs: dict[Pair, PairInput] = {}
+        by_agent: dict[str, list[tuple[Pair, AgentVerdict, bool]]] = {}
+        for key, entry in list(latest.items()):
+            check, agent = key
+            spec = checks.checks.get(check)
+            if spec is None or entry.result.reason == pb.FAILURE_REASON_POLICY:
+                continue  # a check refused by the agent's policy is no report at all
+            verdict = self.verdicts.get(key)
+            if verdict is None:
+                verdict = self.verdicts[key] = AgentVerdict()
+            result = entry.result
+            if entry.timestamp > verdict.last_ts:
+                verdict.observe(result.success, entry.timestamp, cfg.confirm_rounds)
+            fresh = now - entry.timestamp <= cfg.stale_after_intervals * spec.interval
+            reason, detail = ("", "") if result.success else failure_detail(result)
+            streak = min(max(verdict.ok_streak, verdict.fail_streak), cfg.confirm_rounds)
+            inputs[key] = PairInput(
+                check,
+                agent,
+                entry.country,
+                result.success,
+                verdict.confirmed,
+                fresh,
+                True,
+                reason,
+                detail,
+                streak,
+                entry.timestamp,
+            )
+            by_agent.setdefault(agent, []).append((key, verdict, fresh))
+        for rows in by_agent.values():
+            if not _settled(rows):
+                for key, _, _ in rows:
+                    inputs[key] = replace(inputs[key], settled=False)
+        for info in list(agents.values()):  # an assigned check's country is listed even unheard
+            for check in info.assigned:
+                key = (check, info.agent_id)
+                if key not in inputs and check in checks.checks:
+                    inputs[key] = PairInput(check, info.agent_id, info.country, None)
+        for key in [k for k in self.verdicts if k not in inputs or inputs[k].success is None]:
+            del self.verdicts[key]
+        publication = Publication(
+            changed=[p for k, p in inputs.items() if self.published.get(k) != p],
+            removed=[k for k in self.published if k not in inputs],
+        )
+        self.published = inputs
+        return publication
+
+
+def _settled(rows: list[tuple[Pair, AgentVerdict, bool]]) -> bool:
+    """Has every check of the agent reported since its latest raw change (any check's)?"""
+    probed = [v for _, v, fresh in rows if fresh and v.confirmed is not None]
+    if not probed:
+        return True
+    edge = max(v.since for v in probed)
+    return all(v.last_ts >= edge for v in probed)
+
+
+class InputBook:
+    """The evaluator's copy of every published input, by check x agent."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[Pair, PairInput] = {}
+
+    def apply(self, publication: Publication) -> None:
+        for key in publication.removed:
+            self.inputs.pop(key, None)
+        for item in publication.changed:
+            self.inputs[(item.check, item.agent)] = item

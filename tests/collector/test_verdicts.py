@@ -1,0 +1,131 @@
+"""The split of the classifier: serving collectors publish inputs, the evaluator judges them."""
+
+from __future__ import annotations
+
+from probemesh.collector.incidents import IncidentBook, OutageMonitor
+from probemesh.collector.reachability import Classifier
+from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.verdicts import InputBook, Publisher
+from tests.collector.mesh_script import COUNTRIES, ScriptedMesh, build_checks, result
+
+
+def _observe(publisher: Publisher, mesh: ScriptedMesh) -> tuple[set[str], list[str]]:
+    pub = publisher.observe(mesh.state.latest, mesh.checks, mesh.state.agents, mesh.now)
+    return {f"{p.check}/{p.agent}" for p in pub.changed}, [f"{c}/{a}" for c, a in pub.removed]
+
+
+def test_a_steady_mesh_publishes_only_flips() -> None:
+    mesh = ScriptedMesh(countries=("BR", "DE", "US"))
+    publisher = Publisher()
+    changed, _ = _observe(publisher, mesh)
+    assert changed == {f"{c}/a-{cc}" for c in ("web", "tcp") for cc in ("br", "de", "us")}
+    assert {p.success for p in publisher.published.values()} == {None}  # assigned, unheard
+    mesh.round()
+    assert len(_observe(publisher, mesh)[0]) == 6  # first results: raw success, streak 1
+    mesh.round()
+    assert len(_observe(publisher, mesh)[0]) == 6  # streak 2 confirms every pair
+    for _ in range(5):
+        mesh.round()
+        assert _observe(publisher, mesh) == (set(), [])  # steady: nothing to publish
+    mesh.round(web={"BR": "500"})
+    changed, _ = _observe(publisher, mesh)
+    assert changed == {"web/a-br"}
+    web_br = publisher.published[("web", "a-br")]
+    assert (web_br.success, web_br.confirmed, web_br.detail) == (False, True, "HTTP 500")
+    mesh.round(web={"BR": "500"})
+    assert _observe(publisher, mesh)[0] == {"web/a-br"}
+    assert publisher.published[("web", "a-br")].confirmed is False
+    mesh.round(web={"BR": "500"})
+    assert _observe(publisher, mesh) == (set(), [])
+    mesh.state.forget_agent("a-de")  # gone longer than the series TTL
+    assert _observe(publisher, mesh) == (set(), ["web/a-de", "tcp/a-de"])
+
+
+def test_the_stamp_going_stale_is_a_flip() -> None:
+    mesh = ScriptedMesh(countries=("BR", "DE"))
+    publisher = Publisher()
+    for _ in range(3):
+        mesh.round()
+        _observe(publisher, mesh)
+    mesh.round(silent=("BR",))
+    assert _observe(publisher, mesh) == (set(), [])  # one missed round is still fresh
+    mesh.round(silent=("BR",))
+    changed, _ = _observe(publisher, mesh)
+    assert changed == {"web/a-br", "tcp/a-br"}
+    assert not publisher.published[("web", "a-br")].fresh
+
+
+class SplitMesh:
+    """The scripted mesh's agents served by two collectors whose inputs meet in one evaluator."""
+
+    def __init__(self, outage: dict[str, float] | None = None) -> None:
+        self.whole = ScriptedMesh(outage=outage)  # one collector serving everyone: the reference
+        self.checks = build_checks(outage)
+        self.states = (MeshState(), MeshState())
+        self.publishers = (Publisher(), Publisher())
+        for i, cc in enumerate(COUNTRIES):
+            info = self.whole.state.agents[f"a-{cc.lower()}"]
+            self.states[i % 2].agents[info.agent_id] = AgentInfo(
+                info.agent_id, cc, connected=True, assigned=dict(info.assigned)
+            )
+        self.inputs = InputBook()
+        self.classifier = Classifier()
+        self.book = IncidentBook()
+
+    def round(self, **modes: dict[str, str]) -> None:
+        self.whole.round(**modes)
+        now = self.whole.now
+        for state in self.states:
+            for agent in state.agents.values():
+                for check in ("web", "tcp"):
+                    failing = modes.get(check, {})
+                    state.apply(agent, result(check, now - 0.5, failing.get(agent.country, "")))
+        for state, publisher in zip(self.states, self.publishers, strict=True):
+            self.inputs.apply(publisher.observe(state.latest, self.checks, state.agents, now))
+        snapshot = self.classifier.evaluate(self.inputs.inputs, self.checks, now)
+        self.book.update(snapshot, self.checks)
+        reference = self.whole.monitor.snapshot
+        assert snapshot.checks == reference.checks
+        assert snapshot.agents == reference.agents
+
+
+def test_two_publishers_give_the_verdicts_of_one_collector() -> None:
+    mesh = SplitMesh()
+    for _ in range(3):
+        mesh.round()
+    for _ in range(4):  # UG loses its uplink (a local problem), BR and PH lose the target
+        mesh.round(web={"UG": "timeout", "BR": "500", "PH": "500"}, tcp={"UG": "timeout"})
+    assert mesh.whole.monitor.snapshot.local_problems == {"a-ug"}
+    assert mesh.whole.view().down == {"BR", "PH"}
+    for _ in range(4):
+        mesh.round()
+    ours = [i.to_json() for i in mesh.book.incidents()]
+    theirs = [i.to_json() for i in mesh.whole.book.incidents()]
+    assert ours == theirs and len(ours) == 1
+    assert ours[0]["peak_countries"] == ["BR", "PH"] and ours[0]["ended_at"] is not None
+
+
+def test_an_agent_that_moves_keeps_its_confirmed_verdict() -> None:
+    mesh = ScriptedMesh(countries=("BR", "DE", "US"))
+    first = Publisher()
+    for _ in range(3):
+        mesh.round(web={"BR": "timeout"})
+        first.observe(mesh.state.latest, mesh.checks, mesh.state.agents, mesh.now)
+    assert first.published[("web", "a-br")].confirmed is False
+    second = Publisher()  # another collector; the agent's next result arrives there
+    mesh.round(web={"BR": "timeout"})
+    assert second.new_pairs(mesh.state.latest)
+    second.resume(first.published.values())
+    second.observe(mesh.state.latest, mesh.checks, mesh.state.agents, mesh.now)
+    assert second.published[("web", "a-br")].confirmed is False
+    assert second.published[("web", "a-de")].confirmed is True
+    fresh = Publisher()  # without resuming, the verdict would start over
+    fresh.observe(mesh.state.latest, mesh.checks, mesh.state.agents, mesh.now)
+    assert fresh.published[("web", "a-br")].confirmed is None
+
+
+def test_the_monitor_evaluates_what_it_publishes() -> None:
+    mesh = ScriptedMesh(countries=("BR", "DE", "US"))
+    monitor: OutageMonitor = mesh.monitor
+    mesh.round()
+    assert monitor.inputs.inputs == monitor.publisher.published
