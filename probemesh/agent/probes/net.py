@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
+from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason, Sample
 from probemesh.agent.safety import AddressPolicy
 from probemesh.agent.secrets import SecretFiles
 from probemesh.modules import TLSConfig
@@ -27,6 +27,7 @@ _TLS_VERSION_NAMES = {
     "TLSv1.2": "TLS 1.2",
     "TLSv1.3": "TLS 1.3",
 }
+_DER = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -123,9 +124,9 @@ async def connect(target: Resolved, port: int, env: ProbeEnv) -> socket.socket:
     return sock
 
 
-# Built contexts by (tls_config, ALPN, resolved files), each with the files'
-# (mtime, size) when it was built: loading CAs costs milliseconds, a stat does not.
-_CONTEXTS: dict[tuple, tuple[tuple, ssl.SSLContext]] = {}
+# Built contexts by (tls_config, ALPN, secrets dir), each with the stamps of its
+# files when it was built: loading CAs costs milliseconds, a stat does not.
+_CONTEXTS: dict[tuple, tuple[tuple | None, ssl.SSLContext]] = {}
 _MAX_CONTEXTS = 256
 _TLS_FILES = ("ca_file", "cert_file", "key_file")
 
@@ -135,17 +136,22 @@ def client_context(
 ) -> ssl.SSLContext:
     """The SSLContext for a tls_config, rebuilt when a CA, certificate or key file changes.
 
-    Like Prometheus, the files' modification times are checked at every use, so
-    rotated material is picked up without a restart. Files resolve inside the
-    agent's secrets dir only. Unreadable files are the agent's configuration
-    problem, reported as reason ``other``, never as the target being unreachable.
+    Like Prometheus, the files are checked at every use, so rotated material is
+    picked up without a restart. Files resolve inside the agent's secrets dir
+    only: a cached context is reused while each name still stats to the same
+    file (device, inode, mtime, size), which one stat per file shows without
+    resolving the path again; any change, a symlink swapped to another file
+    included, resolves and checks the names afresh before anything is read.
+    Unreadable files are the agent's configuration problem, reported as reason
+    ``other``, never as the target being unreachable.
     """
-    paths = tls_paths(config, secrets)
-    stamp = file_stamps(paths)
-    key = (config, alpn, paths)
+    key = (config, alpn, secrets.root)
     cached = _CONTEXTS.get(key)
-    if cached is not None and cached[0] == stamp:
+    if cached is not None and cached[0] is not None and cached[0] == _name_stamps(config, secrets):
         return cached[1]
+    paths = tls_paths(config, secrets)
+    file_stamps(paths)  # a missing file fails the probe with its name
+    stamp = _name_stamps(config, secrets)  # before loading: a change while loading rebuilds
     ca_path, cert_path, key_path = paths
     try:
         context = ssl.create_default_context(cafile=ca_path)
@@ -168,6 +174,28 @@ def client_context(
         del _CONTEXTS[next(iter(_CONTEXTS))]
     _CONTEXTS[key] = (stamp, context)
     return context
+
+
+def _name_stamps(config: TLSConfig, secrets: SecretFiles) -> tuple | None:
+    """(device, inode, mtime, size) of each file a tls_config names, symlinks followed.
+
+    Only called for a tls_config whose names were resolved inside the secrets
+    dir; None when a file cannot be stat'ed, so the caller resolves afresh.
+    """
+    stamps: list[tuple[int, int, int, int] | None] = []
+    for name in _TLS_FILES:
+        value = getattr(config, name)
+        if not value:
+            stamps.append(None)
+            continue
+        if secrets.root is None:
+            return None
+        try:
+            info = os.stat(os.path.join(secrets.root, value))
+        except OSError:
+            return None
+        stamps.append((info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(stamps)
 
 
 def tls_paths(config: TLSConfig, secrets: SecretFiles) -> tuple[Path | None, ...]:
@@ -195,6 +223,13 @@ def file_stamps(paths: tuple[Path | None, ...]) -> tuple[tuple[int, int] | None,
     return tuple(stamps)
 
 
+# Certificate samples by the DER bytes of the presented and verified chains. They
+# are a function of those bytes alone, so each distinct chain is decoded into
+# Python once; OpenSSL still parses and verifies the chain in every handshake.
+_CHAIN_SAMPLES: dict[tuple, list[Sample]] = {}
+_MAX_CHAINS = 1024
+
+
 def record_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -> None:
     """Record blackbox's TLS metrics for a finished handshake.
 
@@ -208,6 +243,35 @@ def record_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -
     version = _TLS_VERSION_NAMES.get(ssl_object.version() or "")
     if version:
         result.add("probe_tls_version_info", 1, version=version)
+    key = _chain_key(ssl_object)
+    samples = _CHAIN_SAMPLES.get(key)
+    if samples is None:
+        sink = ProbeResult()
+        _record_chain(ssl_object, sink)
+        samples = sink.samples
+        if len(_CHAIN_SAMPLES) >= _MAX_CHAINS:
+            del _CHAIN_SAMPLES[next(iter(_CHAIN_SAMPLES))]
+        _CHAIN_SAMPLES[key] = samples
+    result.samples.extend(samples)
+
+
+def _chain_key(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple:
+    """The DER of both chains (the leaf alone without ``_sslobj``) and whether verification ran."""
+    verified = ssl_object.context.verify_mode != ssl.CERT_NONE
+    raw = getattr(ssl_object, "_sslobj", None)
+    try:
+        if raw is not None:
+            return (
+                verified,
+                tuple(cert.public_bytes(_DER) for cert in raw.get_unverified_chain() or ()),
+                tuple(cert.public_bytes(_DER) for cert in raw.get_verified_chain() or ()),
+            )
+    except (AttributeError, ssl.SSLError, ValueError):
+        pass
+    return (verified, ssl_object.getpeercert(binary_form=True))
+
+
+def _record_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -> None:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return

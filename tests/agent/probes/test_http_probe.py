@@ -319,6 +319,42 @@ async def test_ca_rotation_is_picked_up_at_the_next_probe(
     assert after.success, after.message
 
 
+async def test_ca_behind_a_swapped_symlink(
+    ca: trustme.CA, localhost_cert: trustme.LeafCert, tmp_path: Path
+) -> None:
+    """A cached context follows a symlink swap (Kubernetes-style rotation) in either direction.
+
+    Swapped to another file inside the dir, the new CA is used at the next
+    probe; swapped to a file outside, the probe is refused and nothing is read.
+    """
+    secrets = tmp_path / "secrets"
+    (secrets / "v1").mkdir(parents=True)
+    (secrets / "v2").mkdir()
+    (secrets / "v1" / "ca.pem").write_bytes(trustme.CA().cert_pem.bytes())  # not the server's CA
+    (secrets / "v2" / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "ca.pem").write_bytes(ca.cert_pem.bytes())
+    (secrets / "data").symlink_to("v1")
+    settings = {"tls_config": {"ca_file": "data/ca.pem"}}
+
+    def swap(target: str | Path) -> None:
+        (secrets / "data.new").symlink_to(target)
+        (secrets / "data.new").replace(secrets / "data")
+
+    async with serve(ok_handler, server_context(localhost_cert)) as port:
+        url = f"https://localhost:{port}/"
+        results = [await run("http", url, settings, secrets=secrets)]
+        swap("v2")
+        results.append(await run("http", url, settings, secrets=secrets))
+        results.append(await run("http", url, settings, secrets=secrets))
+        swap(tmp_path / "outside")
+        results.append(await run("http", url, settings, secrets=secrets))
+    assert results[0].reason == Reason.TLS, results[0].message
+    assert results[1].success and results[2].success, (results[1].message, results[2].message)
+    assert results[3].reason == Reason.OTHER
+    assert "leads out of the agent's --secrets-dir" in results[3].message
+
+
 HOLD = 0.15
 
 
