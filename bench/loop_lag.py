@@ -30,8 +30,8 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import CHECKS, cpu_seconds, payloads
+from probemesh.collector.database import open_database
 from probemesh.collector.looplag import BUCKETS
-from probemesh.collector.store import open_db
 from probemesh.collector.tokens import TokenStore
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
@@ -163,7 +163,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Mesh(Path(tmp), f"modules:\n  http_2xx: {{prober: http}}\nchecks:\n{checks}\n")
-        store = TokenStore(open_db(mesh.data_dir))
+        store = TokenStore(open_database(None, mesh.data_dir).connect())
         tokens = {
             f"ingest-{i:03d}": store.create(f"ingest-{i:03d}", "DE")
             for i in range(args.ingest_agents)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from probemesh.checks import parse_checks
 from probemesh.collector.assignments import AssignmentHistory
+from probemesh.collector.database import open_database
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.state import AgentInfo, MeshState
@@ -69,7 +70,7 @@ def main() -> None:
     import tempfile
 
     state = MeshState()
-    store = Store(Path(tempfile.mkdtemp()))
+    store = Store(open_database(None, Path(tempfile.mkdtemp())))
     ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
     exporter = MeshExporter(state, ingest, lambda: checks, lambda: args.agents)
     rest = CollectorRegistry(auto_describe=False)

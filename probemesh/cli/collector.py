@@ -45,6 +45,15 @@ log = logging.getLogger("probemesh")
     help="Directory for tokens, dedupe marks, counters, incidents and pending webhook events.",
 )
 @options.opt(
+    "--database",
+    default=None,
+    callback=options.database_url,
+    help="PostgreSQL database shared by the collectors of one mesh (postgresql://user:pass@host/db, "
+    "a libpq URL): tokens, marks, counters, assignment history and incidents live there; "
+    "pending webhook events and the remote-write journal stay in --data-dir. "
+    "[default: SQLite in --data-dir]",
+)
+@options.opt(
     "--asn-db",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -301,6 +310,7 @@ def collector(**kw: Any) -> None:
         grpc_listen=kw["grpc_listen"],
         http_listen=kw["http_listen"],
         data_dir=kw["data_dir"],
+        database=kw["database"],
         asn=load_asn_db(kw["asn_db"]),
         tls_cert=kw["tls_cert"],
         tls_key=kw["tls_key"],

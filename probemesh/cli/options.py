@@ -181,3 +181,16 @@ LOG_LEVEL = opt(
     default="info",
     help="Log verbosity.",
 )
+
+
+def database_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """--database: a postgresql:// URL (libpq syntax); checked here, connected to later."""
+    if not value:
+        return None
+    from probemesh.collector.database import check_url as check_database_url
+
+    try:
+        check_database_url(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--database: ")) from None
+    return value

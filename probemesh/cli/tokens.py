@@ -1,4 +1,4 @@
-"""probemesh token create|list|revoke: the agents' bearer tokens in the collector's data dir."""
+"""probemesh token create|list|revoke: the agents' bearer tokens in the collector's database."""
 
 from __future__ import annotations
 
@@ -16,23 +16,32 @@ def token() -> None:
     """Create, list and revoke agent tokens."""
 
 
-DATA_DIR = options.opt(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="probemesh-data",
-    help="The collector's data directory.",
-)
+def _database_options(fn: Any) -> Any:
+    """--data-dir and --database, as the collector takes them."""
+    fn = options.opt(
+        "--database",
+        default=None,
+        callback=options.database_url,
+        help="The collectors' shared PostgreSQL database (postgresql://user:pass@host/db, "
+        "a libpq URL). [default: SQLite in --data-dir]",
+    )(fn)
+    return options.opt(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default="probemesh-data",
+        help="The collector's data directory (its SQLite database). [default: probemesh-data]",
+    )(fn)
 
 
-def _tokens(data_dir: Path) -> Any:
-    from probemesh.collector.store import open_db
+def _tokens(data_dir: Path, database: str | None) -> Any:
+    from probemesh.collector.database import open_database
     from probemesh.collector.tokens import TokenStore
 
-    return TokenStore(open_db(data_dir))
+    return TokenStore(open_database(database, data_dir).connect())
 
 
 @token.command("create")
-@DATA_DIR
+@_database_options
 @options.opt(
     "--agent-id", required=True, callback=options.agent_id, help="Agent the token is bound to."
 )
@@ -61,6 +70,7 @@ def _tokens(data_dir: Path) -> Any:
 )
 def token_create(
     data_dir: Path,
+    database: str | None,
     agent_id: str,
     country: str,
     collector_url: list[str],
@@ -92,7 +102,7 @@ def token_create(
             if pin_cert
             else pin_from_collector(collector_url[0], tls_server_name)[0]
         )
-    secret = _tokens(data_dir).create(agent_id, country)
+    secret = _tokens(data_dir, database).create(agent_id, country)
     click.echo(secret)
     if collector_url:
         join = JoinString(tuple(collector_url), pin, agent_id, country, secret, tls_server_name)
@@ -104,13 +114,13 @@ def token_create(
 
 
 @token.command("list")
-@DATA_DIR
-def token_list(data_dir: Path) -> None:
+@_database_options
+def token_list(data_dir: Path, database: str | None) -> None:
     """Show every token's id, agent, country, creation time and last use."""
     from probemesh.timefmt import rfc3339
 
     click.echo(f"{'TOKEN ID':<10} {'AGENT':<24} {'CC':<3} {'CREATED':<21} {'LAST USED':<21} STATUS")
-    for info in _tokens(data_dir).list():
+    for info in _tokens(data_dir, database).list():
         status = "revoked" if info.revoked_at else "active"
         click.echo(
             f"{info.token_id:<10} {info.agent_id:<24} {info.country:<3} {rfc3339(info.created_at):<21} "
@@ -119,11 +129,11 @@ def token_list(data_dir: Path) -> None:
 
 
 @token.command("revoke")
-@DATA_DIR
+@_database_options
 @click.argument("selector")
-def token_revoke(data_dir: Path, selector: str) -> None:
+def token_revoke(data_dir: Path, database: str | None, selector: str) -> None:
     """Revoke by token id or by agent id; live streams using it are cut within seconds."""
-    count = _tokens(data_dir).revoke(selector)
+    count = _tokens(data_dir, database).revoke(selector)
     if not count:
         raise ConfigError(f"no active token matches {selector!r}")
     click.echo(f"revoked {count} token(s)")

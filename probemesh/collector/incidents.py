@@ -8,9 +8,9 @@ failure reason per country and overall, each country's diagnosis (its
 ``kind``; a ``diagnosed`` timeline event when it changes), the incident's
 ``cause`` derived from the down countries' kinds, and a one-line summary.
 
-Incidents live in their own table of the collector database (--data-dir) and
-are written from a worker thread through their own connection, so a restarted
-collector resumes the incidents that were open.
+Incidents live in their own table of the collector database (SQLite in
+--data-dir, or PostgreSQL) and are written from a worker thread through their
+own connection, so a restarted collector resumes the incidents that were open.
 
 OutageMonitor ties it together: it runs the classifier every
 ``evaluate_every`` seconds, keeps the latest Snapshot (the verdicts every
@@ -27,18 +27,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from probemesh.checks import ChecksFile
+from probemesh.collector.database import Connection, Database
 from probemesh.collector.diagnosis import (
     BLOCKING,
     KINDS,
@@ -59,7 +58,6 @@ from probemesh.collector.reachability import (
     Snapshot,
 )
 from probemesh.collector.state import Latest, MeshState
-from probemesh.collector.store import open_db
 from probemesh.collector.verdicts import InputBook, Pair, PairInput, Publication, Publisher
 from probemesh.timefmt import rfc3339
 
@@ -68,16 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS incidents (
-    id INTEGER PRIMARY KEY,
-    check_name TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS incidents_active ON incidents(ended_at);
-"""
 KEEP_CLOSED = 500  # closed incidents kept in memory (all stay in the database)
 SAVE_EVERY = 10.0  # seconds between saves of an open incident's reason counts
 
@@ -304,18 +292,14 @@ class Incident:
 class IncidentBook:
     """Open and closed incidents; ``update`` applies one classifier snapshot."""
 
-    def __init__(self, db: sqlite3.Connection | None = None) -> None:
-        self.db = db
+    def __init__(self, database: Database | None = None) -> None:
+        """Without a database the book lives in memory only."""
+        self.db: Connection | None = database.connect() if database is not None else None
         self.active: dict[str, Incident] = {}
         self.closed: list[Incident] = []  # oldest first
         self.next_id = 1
-        if db is not None:
-            db.executescript(_SCHEMA)
+        if self.db is not None:
             self._load()
-
-    @classmethod
-    def open(cls, data_dir: Path) -> IncidentBook:
-        return cls(open_db(data_dir))
 
     def _load(self) -> None:
         assert self.db is not None
@@ -443,19 +427,13 @@ class IncidentBook:
         """Write incident rows in one transaction (called from a worker thread)."""
         if self.db is None or not rows:
             return
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as db:
             db.executemany(
                 "INSERT INTO incidents(id, check_name, started_at, ended_at, data) "
                 "VALUES(?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET ended_at=excluded.ended_at, data=excluded.data",
                 rows,
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         if self.db is not None:

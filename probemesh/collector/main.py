@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 import socket
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from probemesh.collector import runnable
 from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.asn import AsnLookup, NoAsnDatabase
 from probemesh.collector.assignments import AssignmentHistory
+from probemesh.collector.database import DatabaseError, open_database
 from probemesh.collector.diagnosis import Diagnoser
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.http import build_http_app
@@ -57,6 +57,7 @@ class CollectorOptions:
     grpc_listen: str = f"0.0.0.0:{ports.GRPC_PORT}"
     http_listen: str = f"0.0.0.0:{ports.HTTP_PORT}"
     data_dir: Path = Path("probemesh-data")
+    database: str | None = None  # a postgresql:// URL; None: SQLite in data_dir
     asn: AsnLookup = field(default_factory=NoAsnDatabase)  # --asn-db, loaded by the CLI
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -88,7 +89,9 @@ class CollectorApp:
         self.options = options
         self.checks_file: ChecksFile = load_checks(options.checks_path)
         _warn_unrunnable(self.checks_file)
-        self.store = Store(options.data_dir)
+        self.database = open_database(options.database, options.data_dir)
+        log.info("collector database: %s (%s)", self.database.display, self.database.dialect)
+        self.store = Store(self.database)
         self.history = AssignmentHistory(
             self.store, self.checks_file.digest, writer=self.store.worker
         )
@@ -137,7 +140,7 @@ class CollectorApp:
             self.history,
         )
         self._external_url: str | None = None
-        book = IncidentBook.open(options.data_dir)
+        book = IncidentBook(self.database)
         self.notifications = Notifications(book, self._notifiers())
         self.outage = OutageMonitor(
             self.state,
@@ -350,7 +353,7 @@ class CollectorApp:
             live = {s.token_id for s in self.sessions.by_agent.values()}
             try:
                 revoked = await self.tokens.in_thread(self.tokens.inactive, live)
-            except sqlite3.Error as exc:  # checked again in a second
+            except DatabaseError as exc:  # checked again in a second
                 log.warning("cannot check tokens for revocation: %s", exc)
                 revoked = set()
             if revoked:

@@ -1,4 +1,4 @@
-"""The collector's SQLite database in --data-dir.
+"""The collector's state in its Database (SQLite in --data-dir, or PostgreSQL).
 
 It holds what must survive a restart: agent tokens (hashed), each agent's
 applied-sequence mark (for dedupe) and the result counters and histograms,
@@ -6,85 +6,30 @@ which are written in the same transaction as the mark so that accounting stays
 exact across crashes: a batch is either applied, counted and marked, or not.
 It also holds the checks revision and the assignment history (see
 assignments.py), which say which buffered results are still valid.
+The tables are created by the migrations (collector/migrations/).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from probemesh.collector.assignments import Span
-from probemesh.errors import StateError
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    token_id TEXT PRIMARY KEY,
-    hash TEXT NOT NULL,
-    agent_id TEXT NOT NULL,
-    country TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_used REAL,
-    revoked_at REAL
-);
-CREATE TABLE IF NOT EXISTS marks (
-    agent_id TEXT PRIMARY KEY,
-    mark INTEGER NOT NULL,
-    ranges TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS histograms (
-    key TEXT PRIMARY KEY,
-    state TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revisions (
-    revision INTEGER PRIMARY KEY,
-    digest TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS assignments (
-    agent_id TEXT NOT NULL,
-    check_name TEXT NOT NULL,
-    first_rev INTEGER NOT NULL,
-    last_rev INTEGER NOT NULL,
-    target TEXT NOT NULL,
-    module TEXT NOT NULL,
-    closed_at REAL,
-    expires_at REAL,
-    PRIMARY KEY (agent_id, check_name, first_rev)
-);
-"""
-
-
-def open_db(data_dir: Path, name: str = "collector.sqlite3") -> sqlite3.Connection:
-    """Open (creating) a WAL-mode database in data_dir; StateError if unusable."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(data_dir / name, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-    except (OSError, sqlite3.Error) as exc:
-        raise StateError(f"{data_dir}: cannot open collector database: {exc}") from None
-    return db
+from probemesh.collector.database import Database
 
 
 class Store:
     """Typed access to the collector database."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.db = open_db(data_dir)
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.db = database.connect()
         # The ingest commits run in a worker thread on a connection of their own:
         # sharing one would let an event-loop statement (a token's last use)
         # land inside, and roll back with, the worker's transaction.
-        self._ingest_db = open_db(data_dir)
+        self._ingest_db = database.connect()
         # The one thread that runs statements on self.db while the collector
         # serves (tokens, assignment history): the event loop never waits on
         # the disk, and the statements keep their order.
@@ -109,9 +54,7 @@ class Store:
         histograms: Iterable[tuple[tuple[str, ...], list[float]]],
     ) -> None:
         """Write marks, counters and histograms in one transaction (ingest thread)."""
-        db = self._ingest_db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._ingest_db.transaction() as db:
             db.executemany(
                 "INSERT INTO marks(agent_id, mark, ranges) VALUES(?, ?, ?) "
                 "ON CONFLICT(agent_id) DO UPDATE SET mark=excluded.mark, ranges=excluded.ranges",
@@ -127,10 +70,6 @@ class Store:
                 "ON CONFLICT(key) DO UPDATE SET state=excluded.state",
                 [(_key_text(key), json.dumps(state)) for key, state in histograms],
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def load_revision(self) -> tuple[int, str] | None:
         row = self.db.execute(
@@ -140,7 +79,9 @@ class Store:
 
     def save_revision(self, revision: int, digest: str, created_at: float) -> None:
         self.db.execute(
-            "INSERT INTO revisions(revision, digest, created_at) VALUES(?, ?, ?)",
+            # Collectors sharing a database and a checks file issue the same revision.
+            "INSERT INTO revisions(revision, digest, created_at) VALUES(?, ?, ?) "
+            "ON CONFLICT(revision) DO NOTHING",
             (revision, digest, created_at),
         )
 
@@ -155,9 +96,7 @@ class Store:
         return spans
 
     def save_spans(self, agent_id: str, spans: Iterable[Span]) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as db:
             db.executemany(
                 "INSERT INTO assignments(agent_id, check_name, first_rev, last_rev, target, "
                 "module, closed_at, expires_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?) "
@@ -170,15 +109,9 @@ class Store:
                     for s in spans
                 ],
             )  # fmt: skip
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def prune_spans(self, now: float) -> int:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as db:
             removed = db.execute(
                 "DELETE FROM assignments WHERE expires_at IS NOT NULL AND expires_at < ?", (now,)
             ).rowcount
@@ -188,10 +121,6 @@ class Store:
                 "AND revision < COALESCE((SELECT MIN(first_rev) FROM assignments), "
                 "(SELECT MAX(revision) FROM revisions))"
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return int(removed)
 
     def close(self) -> None:

@@ -12,13 +12,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
+from probemesh.collector.database import Connection
 from probemesh.errors import AuthError, ConfigError
 from probemesh.identity import agent_id_problem, country_problem
 
@@ -55,7 +55,7 @@ def _hash(token: str) -> str:
 class TokenStore:
     """Create, verify, list and revoke tokens in the collector database."""
 
-    def __init__(self, db: sqlite3.Connection, worker: Executor | None = None) -> None:
+    def __init__(self, db: Connection, worker: Executor | None = None) -> None:
         self.db = db
         self._given = worker
         self._thread: ThreadPoolExecutor | None = None

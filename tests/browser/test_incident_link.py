@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from probemesh.collector.database import open_database
 from probemesh.collector.incidents import Event, Incident, IncidentBook
 from probemesh.collector.main import CollectorApp, CollectorOptions
-from probemesh.collector.store import open_db
 from tests.browser.test_status_page import CHROMIUM, CHROMIUM_ARGS
 from tests.harness import eventually
 
@@ -26,7 +26,7 @@ T0 = 1_800_000_000.0
 
 
 def seed_incidents(data_dir: Path) -> None:
-    book = IncidentBook(open_db(data_dir))
+    book = IncidentBook(open_database(None, data_dir))
     rows = []
     for n in range(1, CLOSED + 1):
         start = T0 + n * 600

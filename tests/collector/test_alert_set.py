@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from probemesh.collector.alertmanager import RESOLVED_RETENTION, AlertmanagerNotifier
+from probemesh.collector.database import open_database
 from probemesh.collector.incidents import IncidentBook
 from probemesh.collector.notify import Evaluation, Notifications, diagnosis_text
-from probemesh.collector.store import open_db
 from probemesh.timefmt import rfc3339
 from tests.collector.mesh_script import COUNTRIES, ScriptedMesh
 
@@ -70,13 +70,13 @@ def test_events_reach_notifiers_once_and_in_order() -> None:
 
 
 def test_a_restarted_collector_does_not_notify_past_events_again(tmp_path: Path) -> None:
-    mesh = ScriptedMesh(book=IncidentBook(open_db(tmp_path)))
+    mesh = ScriptedMesh(book=IncidentBook(open_database(None, tmp_path)))
     mesh.round()
     mesh.round()
     mesh.round(web=SIX)
     mesh.round(web=SIX)
     mesh.book.close()
-    restarted = ScriptedMesh(book=IncidentBook(open_db(tmp_path)), start=mesh.now)
+    restarted = ScriptedMesh(book=IncidentBook(open_database(None, tmp_path)), start=mesh.now)
     recorder = Recorder()
     wire(restarted, recorder)
     for _ in range(8):

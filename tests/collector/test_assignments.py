@@ -8,6 +8,7 @@ from pathlib import Path
 
 from probemesh.checks import ChecksFile, parse_checks
 from probemesh.collector.assignments import PRUNE_MARGIN, AssignmentHistory
+from probemesh.collector.database import open_database
 from probemesh.collector.ingest import Ingest, _Item
 from probemesh.collector.sessions import Session
 from probemesh.collector.state import AgentInfo, MeshState
@@ -39,23 +40,25 @@ def send(history: AssignmentHistory, agent: str, file: ChecksFile, now: float) -
 
 
 def test_revision_is_persistent_and_strictly_increasing(tmp_path: Path) -> None:
-    first = AssignmentHistory(Store(tmp_path), V1.digest)
+    first = AssignmentHistory(Store(open_database(None, tmp_path)), V1.digest)
     assert first.revision == 1
     assert first.new_revision(V1.digest) == 1, "an unchanged file keeps its revision"
     assert first.new_revision(V2.digest) == 2
-    restarted = AssignmentHistory(Store(tmp_path), V2.digest)
+    restarted = AssignmentHistory(Store(open_database(None, tmp_path)), V2.digest)
     assert restarted.revision == 2, "a restart on the same file keeps its revision"
-    edited_while_down = AssignmentHistory(Store(tmp_path), V1.digest)
+    edited_while_down = AssignmentHistory(Store(open_database(None, tmp_path)), V1.digest)
     assert edited_while_down.revision == 3, "a file back to an old content is a new revision"
-    assert AssignmentHistory(Store(tmp_path), V1.digest).revision == 3
+    assert AssignmentHistory(Store(open_database(None, tmp_path)), V1.digest).revision == 3
 
 
 def test_results_are_judged_by_the_revision_they_name_across_a_restart(tmp_path: Path) -> None:
-    history = AssignmentHistory(Store(tmp_path), V1.digest)
+    history = AssignmentHistory(Store(open_database(None, tmp_path)), V1.digest)
     send(history, "vps-1", V1, now=1000.0)
     history.new_revision(V2.digest)
     send(history, "vps-1", V2, now=2000.0)
-    history = AssignmentHistory(Store(tmp_path), V2.digest)  # restart: all from the database
+    history = AssignmentHistory(
+        Store(open_database(None, tmp_path)), V2.digest
+    )  # restart: all from the database
     now = {"web": "z.example:80"}
     assert history.target_of("vps-1", "web", 1, "a.example:80", now) == "a.example:80"
     assert history.target_of("vps-1", "web", 2, "z.example:80", now) == "z.example:80"
@@ -69,7 +72,7 @@ def test_results_are_judged_by_the_revision_they_name_across_a_restart(tmp_path:
 
 def test_an_untagged_result_is_judged_by_the_current_assignment(tmp_path: Path) -> None:
     """Revision 0 (an agent that does not tag) or one this collector never issued."""
-    history = AssignmentHistory(Store(tmp_path), V1.digest)
+    history = AssignmentHistory(Store(open_database(None, tmp_path)), V1.digest)
     send(history, "vps-1", V1, now=1000.0)
     history.new_revision(V2.digest)
     send(history, "vps-1", V2, now=2000.0)
@@ -82,7 +85,7 @@ def test_an_untagged_result_is_judged_by_the_current_assignment(tmp_path: Path) 
 
 
 def test_pruning_follows_the_agents_queue_max_age(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = Store(open_database(None, tmp_path))
     history = AssignmentHistory(store, V1.digest)
     history.record("short", 1, V1.for_agent("short", "DE"), 3600.0, now=0.0)
     history.record("long", 1, V1.for_agent("long", "DE"), 0.0, now=0.0)  # not announced: 7 d
@@ -97,7 +100,7 @@ def test_pruning_follows_the_agents_queue_max_age(tmp_path: Path) -> None:
     assert history.target_of("long", "api", 1, "b.example:80", {}) == "b.example:80"
     assert history.prune(now=10.0 + 7 * DAY + PRUNE_MARGIN + 1) == 3
     assert history.span_count() == spans - 6 == 2  # web@z for both agents, still assigned
-    reopened = AssignmentHistory(Store(tmp_path), V2.digest)
+    reopened = AssignmentHistory(Store(open_database(None, tmp_path)), V2.digest)
     assert reopened.span_count() == 2, "pruning is persisted"
     assert reopened.revision == 2
     rows = store.db.execute("SELECT revision FROM revisions").fetchall()
@@ -106,7 +109,7 @@ def test_pruning_follows_the_agents_queue_max_age(tmp_path: Path) -> None:
 
 def test_ingest_counts_late_results_and_rejects_the_never_assigned(tmp_path: Path) -> None:
     """The applier on the real store: a backlog of revision 1 after the file moved to 2."""
-    store = Store(tmp_path)
+    store = Store(open_database(None, tmp_path))
     history = AssignmentHistory(store, V1.digest)
     state = MeshState()
     ingest = Ingest(state, store, history)
@@ -142,7 +145,7 @@ def test_ingest_counts_late_results_and_rejects_the_never_assigned(tmp_path: Pat
     )
     assert ("api", "vps-1") not in state.latest and ("de", "vps-1") not in state.latest
     assert set(state.lingering) == {"api"}, "the removed check's series stay exported"
-    persisted = Store(tmp_path).load_counters()
+    persisted = Store(open_database(None, tmp_path)).load_counters()
     assert persisted[("results", "api", "vps-1", "DE", "success")] == 1
 
 

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from probemesh.checks import parse_checks
 from probemesh.collector.assignments import AssignmentHistory
+from probemesh.collector.database import open_database
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.exposition import FAILURE_REASONS
 from probemesh.collector.ingest import REJECT_REASONS, Ingest
@@ -120,7 +121,7 @@ def build(tmp_path: Path) -> tuple[MeshState, MeshExporter]:
         }
     )
     state = MeshState()
-    store = Store(tmp_path)
+    store = Store(open_database(None, tmp_path))
     ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
     exporter = MeshExporter(state, ingest, lambda: checks, lambda: 2)
     state.configured = frozenset(checks.checks)

@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from probemesh.collector.api import add_outage_routes
+from probemesh.collector.database import open_database
 from probemesh.collector.incidents import IncidentBook
-from probemesh.collector.store import open_db
 from tests.collector.mesh_script import COUNTRIES, ScriptedMesh
 
 SIX = {"BR": "500", "PH": "500", "DE": "500", "UG": "timeout", "ZA": "timeout", "LT": "timeout"}
@@ -107,14 +107,14 @@ def test_unknown_does_not_close_an_incident() -> None:
 
 
 def test_incidents_survive_a_restart(tmp_path: Path) -> None:
-    mesh = ScriptedMesh(book=IncidentBook(open_db(tmp_path)))
+    mesh = ScriptedMesh(book=IncidentBook(open_database(None, tmp_path)))
     run_outage(mesh)
     mesh.round(web={"UG": "timeout"})
     mesh.round(web={"UG": "timeout"})
     before = mesh.book.incidents()[0].to_json()
     mesh.book.close()
 
-    restarted = ScriptedMesh(book=IncidentBook(open_db(tmp_path)), start=mesh.now)
+    restarted = ScriptedMesh(book=IncidentBook(open_database(None, tmp_path)), start=mesh.now)
     [incident] = restarted.book.incidents(active_only=True)
     assert incident.to_json() == before
     for _ in range(6):
@@ -122,7 +122,7 @@ def test_incidents_survive_a_restart(tmp_path: Path) -> None:
     assert restarted.book.incidents(active_only=True) == []
     assert restarted.book.incidents()[0].timeline[-1].event == "closed"
     restarted.book.close()
-    again = IncidentBook(open_db(tmp_path))
+    again = IncidentBook(open_database(None, tmp_path))
     [closed] = again.incidents()
     assert closed.ended_at is not None and closed.id == before["id"]
     # new incidents get new ids

@@ -91,11 +91,12 @@ def test_reset_agent_sequence_is_not_mistaken_for_duplicates(tmp_path) -> None: 
     """An agent whose state dir was wiped starts again at seq 1: the collector must
     forget its marks instead of skipping every new result as a duplicate."""
     from probemesh.collector.assignments import AssignmentHistory
+    from probemesh.collector.database import open_database
     from probemesh.collector.ingest import Ingest
     from probemesh.collector.state import MeshState
     from probemesh.collector.store import Store
 
-    store = Store(tmp_path)
+    store = Store(open_database(None, tmp_path))
     ingest = Ingest(MeshState(), store, AssignmentHistory(store, "digest"))
     ingest.marks["vps-1"] = AppliedSeqs(500, [[510, 520]])
     ingest.durable["vps-1"] = 500
@@ -112,13 +113,14 @@ def test_welcome_names_only_committed_marks(tmp_path) -> None:  # type: ignore[n
     import asyncio
 
     from probemesh.collector.assignments import AssignmentHistory
+    from probemesh.collector.database import open_database
     from probemesh.collector.ingest import Ingest, _Item
     from probemesh.collector.sessions import Session
     from probemesh.collector.state import AgentInfo, MeshState
     from probemesh.collector.store import Store
     from probemesh.v1 import mesh_pb2 as pb
 
-    store = Store(tmp_path)
+    store = Store(open_database(None, tmp_path))
     ingest = Ingest(MeshState(), store, AssignmentHistory(store, "digest"))
     agent = AgentInfo("vps-1", "DE")
     agent.assigned, agent.revision = {"web": ""}, 1
@@ -139,4 +141,4 @@ def test_welcome_names_only_committed_marks(tmp_path) -> None:  # type: ignore[n
     assert ingest.mark_of("vps-1") == 0  # but not announced
     asyncio.run(apply(Store.commit_applied.__get__(store)))
     assert ingest.mark_of("vps-1") == 1
-    assert Store(tmp_path).load_marks()["vps-1"][0] == 1
+    assert Store(open_database(None, tmp_path)).load_marks()["vps-1"][0] == 1

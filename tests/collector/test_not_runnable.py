@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from probemesh.checks import parse_checks
 from probemesh.collector.assignments import AssignmentHistory
+from probemesh.collector.database import open_database
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.reachability import LOCAL_PROBLEM
@@ -85,7 +86,7 @@ def _exporter(tmp_path: Path) -> tuple[MeshState, MeshExporter, AgentInfo]:
         }
     )
     state = MeshState()
-    store = Store(tmp_path)
+    store = Store(open_database(None, tmp_path))
     ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
     exporter = MeshExporter(state, ingest, lambda: checks, lambda: 1)
     agent = state.agents["a-de"] = AgentInfo("a-de", "DE", assigned={"db": "10.0.0.1:5432"})

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from probemesh.collector.database import open_database
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
 from tests.harness import Proc
@@ -179,7 +180,7 @@ class Scenario:
         (tmp / "checks.yaml").write_text(yaml.safe_dump(checks))
         (tmp / "asn.tsv").write_text(ASN_TSV)
         data = tmp / "collector"
-        store = Store(data)
+        store = Store(open_database(None, data))
         tokens = {cc: TokenStore(store.db).create(f"agent-{cc.lower()}", cc) for cc in COUNTRIES}
         store.close()
         r1 = ["ip", "netns", "exec", self.net.ns("r1")]

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from probemesh.collector.database import open_database
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
 from tests.harness import Proc, wait_for
@@ -106,7 +107,7 @@ class Scenario:
         }
         (tmp / "checks.yaml").write_text(yaml.safe_dump(checks))
         data = tmp / "collector"
-        store = Store(data)
+        store = Store(open_database(None, data))
         tokens = {cc: TokenStore(store.db).create(f"agent-{cc.lower()}", cc) for cc in COUNTRIES}
         store.close()
         collector = Proc(

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from probemesh.collector.database import open_database
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
 from tests.harness import Proc, wait_for
@@ -115,7 +116,7 @@ class VerdictMesh:
         }
         (tmp / "checks.yaml").write_text(yaml.safe_dump(doc))
         data = tmp / "collector"
-        store = Store(data)
+        store = Store(open_database(None, data))
         self.tokens = {
             cc: TokenStore(store.db).create(f"agent-{cc.lower()}", cc) for cc in COUNTRIES
         }

@@ -1,0 +1,331 @@
+"""The collector's shared-state database: SQLite in --data-dir, or PostgreSQL (--database).
+
+This module owns every difference between the two dialects: how to connect,
+the placeholders (code writes ``?``; PostgreSQL gets ``%s``), how a write
+transaction starts (SQLite's ``BEGIN IMMEDIATE`` takes the write lock up front,
+PostgreSQL's ``BEGIN`` relies on row locks), row locks themselves and advisory
+locks. Everyone else writes portable SQL: ``INSERT ... ON CONFLICT(...) DO
+UPDATE SET x=excluded.x`` means the same on both engines.
+
+Statements run in threads (the collector's database thread, the ingest commit
+thread), never on the event loop. A ``Connection`` is used by one thread at a
+time; whoever needs a session of its own (a long-held lock) opens another.
+
+Driver errors surface as ``DatabaseError``, whose message never holds the
+password of a PostgreSQL URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from probemesh.errors import ConfigError, StateError
+
+SQLITE_FILE = "collector.sqlite3"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT = 10  # seconds; a URL's own connect_timeout wins
+
+
+class DatabaseError(StateError):
+    """A statement or connection failed; the message holds no password."""
+
+
+class Rows(Protocol):
+    """What a statement returns (a DB-API cursor of either driver)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection:
+    """One session with the database, used by one thread at a time."""
+
+    dialect = ""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """A write transaction: committed on exit, rolled back on an exception."""
+        raise NotImplementedError
+
+    def for_update(self, select: str) -> str:
+        """select, locking the rows it reads until the transaction ends."""
+        return select
+
+    def advisory_xact_lock(self, key: int) -> None:
+        """Wait for an exclusive lock on key, held until the transaction ends.
+
+        SQLite needs none: its write transactions already exclude each other.
+        """
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Database:
+    """Where the shared state lives; opens connections to it."""
+
+    dialect = ""
+
+    @property
+    def display(self) -> str:
+        """The database as logs and errors may show it (no password)."""
+        raise NotImplementedError
+
+    def connect(self) -> Connection:
+        raise NotImplementedError
+
+
+class SqliteDatabase(Database):
+    """A SQLite file in WAL mode: one collector, the embedded default."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
+
+    def connect(self) -> Connection:
+        return SqliteConnection(self)
+
+
+class SqliteConnection(Connection):
+    dialect = "sqlite"
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        super().__init__(database)
+        path = database.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseError(f"{path}: cannot open the collector database: {exc}") from None
+        self.raw = db
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        try:
+            return self.raw.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"{self.database.display}: {exc}") from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self.raw.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"{self.database.display}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.raw.execute("ROLLBACK")
+            raise
+        self.execute("COMMIT")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL database that several collectors share (libpq URL)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        import psycopg.conninfo
+
+        self.url = url
+        self.secrets = {_password(url)}
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise ConfigError(
+                f"--database: not a valid PostgreSQL URL: {self.scrub(str(exc))}"
+            ) from None
+        self.secrets.add(str(params.get("password") or ""))
+        self.extra: dict[str, Any] = {"application_name": "probemesh-collector"}
+        if "connect_timeout" not in params:
+            self.extra["connect_timeout"] = CONNECT_TIMEOUT
+
+    @property
+    def display(self) -> str:
+        return _redact_url(self.url)
+
+    def scrub(self, text: str) -> str:
+        """text without the URL's password, wherever a driver message quotes it."""
+        text = text.replace(self.url, self.display)
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def connect(self) -> Connection:
+        return PostgresConnection(self)
+
+
+class PostgresConnection(Connection):
+    """An autocommit psycopg connection: statements outside transaction() commit alone.
+
+    A connection the server dropped (a restart, a failover) is opened again
+    by the next statement outside a transaction; the statement that saw the
+    loss fails with DatabaseError.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        super().__init__(database)
+        self.pg = database
+        self.raw = self._open()
+        self._in_transaction = False
+
+    def _open(self) -> Any:
+        import psycopg
+
+        try:
+            return psycopg.connect(self.pg.url, autocommit=True, **self.pg.extra)
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"--database {self.pg.display}: cannot connect: {self.pg.scrub(str(exc).strip())}"
+            ) from None
+
+    def _live(self) -> Any:
+        if self.raw.closed and not self._in_transaction:
+            self.raw = self._open()
+        return self.raw
+
+    def _error(self, exc: Exception) -> DatabaseError:
+        return DatabaseError(f"{self.pg.display}: {self.pg.scrub(str(exc).strip())}")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        import psycopg
+
+        try:
+            return self._live().execute(_pg_sql(sql), params or None)  # type: ignore[no-any-return]
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        import psycopg
+
+        try:
+            with self._live().cursor() as cur:
+                cur.executemany(_pg_sql(sql), list(rows))
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        import psycopg
+
+        try:
+            tx = self._live().transaction()
+            tx.__enter__()
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        self._in_transaction = True
+        try:
+            yield self
+        except BaseException as exc:
+            self._in_transaction = False
+            with contextlib.suppress(psycopg.Error):  # a dropped connection has rolled back
+                tx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._in_transaction = False
+        try:
+            tx.__exit__(None, None, None)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+
+    def for_update(self, select: str) -> str:
+        return f"{select} FOR UPDATE"
+
+    def advisory_xact_lock(self, key: int) -> None:
+        self.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def check_url(url: str) -> PostgresDatabase:
+    """The PostgreSQL database a --database URL names (not connected yet); ConfigError otherwise."""
+    if not url.startswith(POSTGRES_SCHEMES):
+        raise ConfigError(
+            f"--database: {_redact_url(url)!r} is not a postgresql:// URL "
+            "(leave --database unset for SQLite in --data-dir)"
+        )
+    return PostgresDatabase(url)
+
+
+def open_database(url: str | None, data_dir: Path, migrate: bool = True) -> Database:
+    """The database --database names (SQLite in data_dir without one), schema brought up to date.
+
+    ConfigError for a URL of another kind; DatabaseError when it cannot be
+    reached or its schema is newer than this code.
+    """
+    database: Database = SqliteDatabase(data_dir / SQLITE_FILE) if not url else check_url(url)
+    if migrate:
+        from probemesh.collector.migrations import migrate as run_migrations
+
+        conn = database.connect()
+        try:
+            run_migrations(conn)
+        finally:
+            conn.close()
+    return database
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_sql(sql: str) -> str:
+    """A statement written with ``?`` placeholders in psycopg's ``%s`` form."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _password(url: str) -> str:
+    try:
+        return urllib.parse.urlsplit(url).password or ""
+    except ValueError:
+        return ""
+
+
+def _redact_url(url: str) -> str:
+    """url with its password (in the authority or the query) replaced by ***."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hosts = netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            netloc = f"{user}:***@{hosts}"
+        query = "&".join(
+            f"{key}=***" if key == "password" else f"{key}={value}"
+            for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        )
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "(an unparsable URL)"
