@@ -16,6 +16,7 @@ command -v victoria-metrics >/dev/null || debian_packages+=(victoria-metrics)
 command -v ip >/dev/null || debian_packages+=(iproute2)
 command -v nghttpd >/dev/null || debian_packages+=(nghttp2-server)
 command -v faketime >/dev/null || debian_packages+=(faketime)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || debian_packages+=(postgresql)
 if ((${#debian_packages[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian packages: ${debian_packages[*]}"
@@ -25,11 +26,11 @@ if ((${#debian_packages[@]})); then
     echo "missing Debian packages (tests needing them will skip): ${debian_packages[*]}" >&2
   fi
 fi
-# Debian packages start services (prometheus, alertmanager, victoria-metrics, nghttpx) we do not
-# want competing for ports.
+# Debian packages start services (prometheus, alertmanager, victoria-metrics, nghttpx, the
+# postgresql cluster) we do not want competing for ports; the tests start their own instances.
 if [ "$(id -u)" = 0 ] && command -v systemctl >/dev/null; then
   systemctl stop prometheus prometheus-blackbox-exporter prometheus-node-exporter \
-    prometheus-alertmanager victoria-metrics nghttpx >/dev/null 2>&1 || true
+    prometheus-alertmanager victoria-metrics nghttpx postgresql >/dev/null 2>&1 || true
 fi
 
 python3 -m venv .venv

@@ -225,6 +225,11 @@ class Mesh:
     collector: Proc | None = None
     agents: dict[str, Proc] = field(default_factory=dict)
     collector_args: list[str] = field(default_factory=list)
+    database: str | None = None  # --database of the collector and the token commands
+
+    @property
+    def database_args(self) -> list[str]:
+        return ["--database", self.database] if self.database else []
 
     @property
     def data_dir(self) -> Path:
@@ -247,7 +252,7 @@ class Mesh:
             "collector", "--checks", str(self.checks_path),
             "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
             "--http-listen", f"127.0.0.1:{self.http_port}",
-            "--data-dir", str(self.data_dir), *self.collector_args, *extra,
+            "--data-dir", str(self.data_dir), *self.database_args, *self.collector_args, *extra,
         ]  # fmt: skip
         self.collector = Proc(args, self.root / "collector.log", env=env or {}).start()
         wait_for(lambda: http_get(self.api("/readyz")), 20, "collector /readyz")
@@ -259,6 +264,7 @@ class Mesh:
             "create",
             "--data-dir",
             str(self.data_dir),
+            *self.database_args,
             "--agent-id",
             agent_id,
             "--country",

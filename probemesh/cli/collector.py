@@ -47,6 +47,7 @@ log = logging.getLogger("probemesh")
 @options.opt(
     "--database",
     default=None,
+    metavar="URL",
     callback=options.database_url,
     help="PostgreSQL database shared by the collectors of one mesh (postgresql://user:pass@host/db, "
     "a libpq URL): tokens, marks, counters, assignment history and incidents live there; "

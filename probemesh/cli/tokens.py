@@ -21,6 +21,7 @@ def _database_options(fn: Any) -> Any:
     fn = options.opt(
         "--database",
         default=None,
+        metavar="URL",
         callback=options.database_url,
         help="The collectors' shared PostgreSQL database (postgresql://user:pass@host/db, "
         "a libpq URL). [default: SQLite in --data-dir]",
@@ -29,7 +30,7 @@ def _database_options(fn: Any) -> Any:
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
         default="probemesh-data",
-        help="The collector's data directory (its SQLite database). [default: probemesh-data]",
+        help="The collector's data directory (its SQLite database).",
     )(fn)
 
 
@@ -119,8 +120,9 @@ def token_list(data_dir: Path, database: str | None) -> None:
     """Show every token's id, agent, country, creation time and last use."""
     from probemesh.timefmt import rfc3339
 
+    infos = _tokens(data_dir, database).list()
     click.echo(f"{'TOKEN ID':<10} {'AGENT':<24} {'CC':<3} {'CREATED':<21} {'LAST USED':<21} STATUS")
-    for info in _tokens(data_dir, database).list():
+    for info in infos:
         status = "revoked" if info.revoked_at else "active"
         click.echo(
             f"{info.token_id:<10} {info.agent_id:<24} {info.country:<3} {rfc3339(info.created_at):<21} "

@@ -75,6 +75,15 @@ class Connection:
         SQLite needs none: its write transactions already exclude each other.
         """
 
+    def try_advisory_lock(self, key: int) -> bool:
+        """Take a session lock on key if no other session holds it; True if held now.
+
+        Held until this connection closes or drops (then the next call, on a
+        reopened connection, competes again). SQLite: always True, since one
+        collector owns a SQLite file.
+        """
+        return True
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -177,8 +186,8 @@ class PostgresDatabase(Database):
         return _redact_url(self.url)
 
     def scrub(self, text: str) -> str:
-        """text without the URL's password, wherever a driver message quotes it."""
-        text = text.replace(self.url, self.display)
+        """text on one line, without the URL's password wherever a driver message quotes it."""
+        text = " ".join(text.replace(self.url, self.display).split())
         for secret in self.secrets:
             if secret:
                 text = text.replace(secret, "***")
@@ -211,7 +220,7 @@ class PostgresConnection(Connection):
             return psycopg.connect(self.pg.url, autocommit=True, **self.pg.extra)
         except psycopg.Error as exc:
             raise DatabaseError(
-                f"--database {self.pg.display}: cannot connect: {self.pg.scrub(str(exc).strip())}"
+                f"--database {self.pg.display}: cannot connect: {self.pg.scrub(str(exc))}"
             ) from None
 
     def _live(self) -> Any:
@@ -220,7 +229,7 @@ class PostgresConnection(Connection):
         return self.raw
 
     def _error(self, exc: Exception) -> DatabaseError:
-        return DatabaseError(f"{self.pg.display}: {self.pg.scrub(str(exc).strip())}")
+        return DatabaseError(f"{self.pg.display}: {self.pg.scrub(str(exc))}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         import psycopg
@@ -267,6 +276,9 @@ class PostgresConnection(Connection):
 
     def advisory_xact_lock(self, key: int) -> None:
         self.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+
+    def try_advisory_lock(self, key: int) -> bool:
+        return bool(self.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0])
 
     def close(self) -> None:
         self.raw.close()

@@ -2,7 +2,7 @@
 
 A step is ``NNNN_name.sql`` in ``sqlite/`` and in ``postgresql/`` (the same
 number and name in both): plain DDL whose statements end with ``;``, with no
-other semicolon in the file, comments included. ``schema_migrations`` records
+other semicolon outside ``--`` comment lines. ``schema_migrations`` records
 each step applied. ``migrate`` applies the missing steps in order, in one
 transaction; on PostgreSQL it first takes an advisory lock, so collectors that
 start together apply each step once. A database holding a step this code does
@@ -54,12 +54,8 @@ def steps(dialect: str) -> list[Step]:
 
 
 def _statements(text: str) -> tuple[str, ...]:
-    chunks = (chunk.strip() for chunk in text.split(";"))
-    return tuple(
-        chunk
-        for chunk in chunks
-        if any(line.strip() and not line.strip().startswith("--") for line in chunk.splitlines())
-    )
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return tuple(chunk.strip() for chunk in code.split(";") if chunk.strip())
 
 
 def migrate(conn: Connection) -> list[Step]:

@@ -1,0 +1,190 @@
+"""The shared storage suite: every test runs on SQLite and on a real PostgreSQL.
+
+The ``database`` fixture (tests/conftest.py) opens a fresh database of each
+kind, migrated; these tests hold the two backends to the same behaviour.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from probemesh.collector.assignments import Span
+from probemesh.collector.database import Database, DatabaseError, open_database
+from probemesh.collector.incidents import Event, Incident, IncidentBook
+from probemesh.collector.migrations import migrate, steps
+from probemesh.collector.store import Store
+from probemesh.collector.tokens import TokenStore
+from probemesh.errors import AuthError
+
+# Seconds since the epoch with microseconds: a 4-byte REAL would round it to minutes.
+PRECISE = 1764541234.123456
+BIG = 3_000_000_000  # above a 32-bit INTEGER
+
+
+def _url_of(database: Database) -> str | None:
+    return getattr(database, "url", None)
+
+
+def test_steps_exist_in_both_dialects_with_the_same_numbers_and_names() -> None:
+    sqlite = [(s.version, s.name) for s in steps("sqlite")]
+    postgresql = [(s.version, s.name) for s in steps("postgresql")]
+    assert sqlite == postgresql
+    assert [v for v, _ in sqlite] == list(range(1, len(sqlite) + 1))
+
+
+def test_migrations_are_recorded_and_applied_once(database: Database) -> None:
+    conn = database.connect()
+    rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    assert [(int(v), n) for v, n in rows] == [(s.version, s.name) for s in steps(database.dialect)]
+    assert migrate(conn) == []  # already up to date
+    conn.close()
+
+
+def test_a_newer_schema_is_refused(database: Database, tmp_path: Path) -> None:
+    conn = database.connect()
+    conn.execute(
+        "INSERT INTO schema_migrations(version, name, applied_at) VALUES(?, ?, ?)",
+        (9999, "from_the_future", time.time()),
+    )
+    conn.close()
+    with pytest.raises(DatabaseError, match="9999 was applied by a newer probemesh"):
+        open_database(_url_of(database), tmp_path / "data")
+
+
+def test_collectors_starting_together_migrate_once(database: Database, tmp_path: Path) -> None:
+    """Eight openers race on a database with no schema: each step is applied exactly once."""
+    conn = database.connect()
+    with conn.transaction():
+        for table in ("schema_migrations", "tokens", "marks", "counters", "histograms"):
+            conn.execute(f"DROP TABLE {table}")
+        for table in ("revisions", "assignments", "incidents"):
+            conn.execute(f"DROP TABLE {table}")
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def open_one() -> None:
+        try:
+            start.wait()
+            open_database(_url_of(database), tmp_path / "data")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
+    assert sorted(int(v) for (v,) in rows) == [s.version for s in steps(database.dialect)]
+    conn.close()
+
+
+def test_tokens_create_verify_list_revoke(database: Database) -> None:
+    tokens = TokenStore(database.connect())
+    secret = tokens.create("vps-de-1", "DE")
+    other = tokens.create("vps-br-1", "BR")
+    binding = tokens.verify(secret)
+    assert (binding.agent_id, binding.country) == ("vps-de-1", "DE")
+    with pytest.raises(AuthError, match="unknown token"):
+        tokens.verify(secret[:-1] + ("A" if secret[-1] != "A" else "B"))
+    tokens.touch(binding.token_id)
+    listed = {info.agent_id: info for info in tokens.list()}
+    assert set(listed) == {"vps-de-1", "vps-br-1"}
+    assert listed["vps-de-1"].last_used is not None
+    assert listed["vps-br-1"].last_used is None
+    assert tokens.revoke("vps-de-1") == 1
+    assert tokens.revoke("vps-de-1") == 0  # already revoked
+    with pytest.raises(AuthError, match="revoked"):
+        tokens.verify(secret)
+    other_id = tokens.verify(other).token_id
+    assert tokens.inactive({binding.token_id, other_id, "gone"}) == {binding.token_id, "gone"}
+
+
+def test_a_token_is_seen_by_every_connection(database: Database) -> None:
+    """Another collector (another connection) verifies a token the moment it is created."""
+    secret = TokenStore(database.connect()).create("vps-de-1", "DE")
+    assert TokenStore(database.connect()).verify(secret).agent_id == "vps-de-1"
+
+
+def test_marks_counters_histograms_round_trip(database: Database) -> None:
+    store = Store(database)
+    store.commit_applied(
+        [("vps-1", BIG, [[BIG + 5, BIG + 9]]), ("vps-2", 7, [])],
+        [(("web", "vps-1", "DE", "success"), BIG), (("web", "vps-2", "BR", "failure"), 3)],
+        [(("web", "vps-1", "DE"), [0.25, 1.5, PRECISE])],
+    )
+    store.commit_applied(  # upserts
+        [("vps-2", 8, [[10, 11]])], [(("web", "vps-2", "BR", "failure"), 4)], []
+    )
+    store.close()
+    reopened = Store(database)
+    assert reopened.load_marks() == {"vps-1": (BIG, [[BIG + 5, BIG + 9]]), "vps-2": (8, [[10, 11]])}
+    assert reopened.load_counters() == {
+        ("web", "vps-1", "DE", "success"): BIG,
+        ("web", "vps-2", "BR", "failure"): 4,
+    }
+    assert reopened.load_histograms() == {("web", "vps-1", "DE"): [0.25, 1.5, PRECISE]}
+    reopened.close()
+
+
+def test_a_failed_commit_writes_nothing(database: Database) -> None:
+    """Marks, counters and histograms are one transaction: a failure midway leaves none of them."""
+    store = Store(database)
+    store.commit_applied([("vps-1", 5, [])], [(("web", "vps-1", "DE", "success"), 5)], [])
+
+    def counters_then_failure():  # type: ignore[no-untyped-def]
+        yield (("web", "vps-1", "DE", "success"), 9)
+        raise RuntimeError("the process died mid-commit")
+
+    with pytest.raises(RuntimeError):
+        store.commit_applied([("vps-1", 9, [])], counters_then_failure(), [])
+    assert store.load_marks() == {"vps-1": (5, [])}
+    assert store.load_counters() == {("web", "vps-1", "DE", "success"): 5}
+    # The connection is usable after the rollback.
+    store.commit_applied([("vps-1", 10, [])], [], [])
+    assert store.load_marks()["vps-1"][0] == 10
+    store.close()
+
+
+def test_revisions_and_assignment_spans(database: Database) -> None:
+    store = Store(database)
+    assert store.load_revision() is None
+    store.save_revision(1, "digest-a", PRECISE)
+    store.save_revision(2, "digest-b", PRECISE)
+    store.save_revision(2, "digest-b", PRECISE)  # a second collector, same file: no error
+    assert store.load_revision() == (2, "digest-b")
+    kept = Span("web", "https://a.example/", "http_2xx", 1, 2)
+    expired = Span("dns", "a.example", "dns_a", 1, 1, closed_at=PRECISE, expires_at=PRECISE + 60)
+    store.save_spans("vps-1", [kept, expired])
+    store.save_spans("vps-1", [Span("web", "https://a.example/", "http_2xx", 1, 3)])  # upsert
+    loaded = store.load_spans()
+    assert sorted(loaded["vps-1"], key=lambda s: s.check) == [
+        expired,
+        Span("web", "https://a.example/", "http_2xx", 1, 3),
+    ]
+    assert store.prune_spans(PRECISE + 61) == 1
+    assert [s.check for s in store.load_spans()["vps-1"]] == ["web"]
+    store.close()
+
+
+def test_incidents_persist_and_resume(database: Database) -> None:
+    book = IncidentBook(database)
+    open_one = Incident(1, "web", PRECISE, "regional", "regional", ["BR"], ["BR"])
+    open_one.timeline.append(Event(PRECISE, "opened", ["BR"]))
+    closed = Incident(2, "dns", PRECISE - 100, "global", "global", [], ["DE", "JP"])
+    closed.ended_at = PRECISE - 10
+    book.save([open_one.to_row(), closed.to_row()])
+    book.close()
+    resumed = IncidentBook(database)
+    assert list(resumed.active) == ["web"]
+    assert resumed.active["web"].started_at == PRECISE
+    assert resumed.active["web"].timeline[0].event == "opened"
+    assert [i.id for i in resumed.closed] == [2]
+    assert resumed.closed[0].peak_countries == ["DE", "JP"]
+    assert resumed.next_id == 3
+    resumed.close()
