@@ -1,6 +1,7 @@
 """CPU per HTTP probe, probemesh vs blackbox_exporter, HTTP/1.1 and HTTP/2, and agent RSS.
 
-Usage: .venv/bin/python bench/probe_cost.py [--probes 2000] [--concurrency 20]
+Usage: .venv/bin/python bench/probe_cost.py [--probes 2000] [--concurrency 20] [--runs 3]
+                                          [--cost-only | --diagnosis-only]
 
 Two local targets run in their own processes: a small HTTP/1.1 server (plain
 http://) and nghttpd, a real HTTP/2 server, over TLS (ALPN h2; the module
@@ -306,13 +307,25 @@ def run_worker(
 
 
 def measure(
-    name: str, url: str, section: dict, tmp: Path, probes: int, concurrency: int
+    name: str,
+    url: str,
+    section: dict,
+    tmp: Path,
+    probes: int,
+    concurrency: int,
+    blackbox_first: bool = True,
 ) -> dict[str, float]:
-    """CPU seconds per 1,000 probes on both sides, plus successes and throughput."""
+    """CPU seconds per 1,000 probes on both sides, plus successes and throughput.
+
+    The two sides run one after the other; callers alternate which goes first
+    so that load from other processes on the machine hits both alike.
+    """
     blackbox_section = json.loads(json.dumps(section))
     if "tls_config" in section:
         blackbox_section["tls_config"]["ca_file"] = str(tmp / section["tls_config"]["ca_file"])
     module = {"prober": "http", "timeout": "5s", "http": blackbox_section}
+    if not blackbox_first:
+        pm = run_worker(url, probes, concurrency, section, tmp, "http")
     blackbox, base = start_blackbox({"http_2xx": module}, tmp)
     try:
         asyncio.run(drive_blackbox(base, url, 50, concurrency))  # warm-up
@@ -322,7 +335,8 @@ def measure(
     finally:
         blackbox.terminate()
         blackbox.wait()
-    pm = run_worker(url, probes, concurrency, section, tmp, "http")
+    if blackbox_first:
+        pm = run_worker(url, probes, concurrency, section, tmp, "http")
     if pm["failures"]:
         print(f"probemesh {name} failures:", pm["failures"])
     return {
@@ -335,69 +349,102 @@ def measure(
     }
 
 
+def spread(values: list[float]) -> str:
+    """Median and range, as the docs quote them."""
+    ordered = sorted(values)
+    return f"{ordered[len(ordered) // 2]:.3f} (range {ordered[0]:.3f}-{ordered[-1]:.3f})"
+
+
+def report(label: str, runs: list[dict[str, float]], probes: int) -> None:
+    print(
+        f"{label}: {len(runs)} runs of {probes} probes per side, alternating which side goes first"
+    )
+    for side, name in (("bb", "blackbox_exporter"), ("pm", "probemesh")):
+        ok = "/".join(str(int(r[f"{side}_ok"])) for r in runs)
+        rate = sum(r[f"{side}_rate"] for r in runs) / len(runs)
+        print(
+            f"  {name + ':':19}{spread([r[side] for r in runs])} CPU s / 1000 probes "
+            f"({ok} ok, ~{rate:.0f} probes/s wall)"
+        )
+    ratios = [r["pm"] / r["bb"] for r in runs]
+    print(f"  ratio probemesh / blackbox, per run: {spread(ratios)} (target <= 1.0x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--checks", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3, help="side-by-side runs per protocol")
     parser.add_argument(
         "--diagnosis-only", action="store_true", help="only the diagnosis overhead figures"
+    )
+    parser.add_argument(
+        "--cost-only", action="store_true", help="only the side-by-side CPU figures"
     )
     args = parser.parse_args()
 
     target = python(TARGET_SERVER)
     assert target.stdout is not None
     url = f"http://127.0.0.1:{int(target.stdout.readline())}/"
-    diagnosis_overhead(url, f"http://127.0.0.1:{free_port()}/")
+    if not args.cost_only:
+        diagnosis_overhead(url, f"http://127.0.0.1:{free_port()}/")
     if args.diagnosis_only:
         target.terminate()
         target.wait()
         return
     ip4 = {"preferred_ip_protocol": "ip4"}
     h2 = {**ip4, "valid_http_versions": ["HTTP/2.0"], "tls_config": {"ca_file": "ca.pem"}}
-    figures = {}
+    figures: dict[str, list[dict[str, float]]] = {"HTTP/1.1": [], "HTTP/2 (TLS)": []}
+    handshakes: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         nghttpd, h2_url = start_nghttpd(Path(tmp))
         try:
-            figures["HTTP/1.1"] = measure("h1", url, ip4, Path(tmp), args.probes, args.concurrency)
-            figures["HTTP/2 (TLS)"] = measure(
-                "h2", h2_url, h2, Path(tmp), args.probes, args.concurrency
-            )
-            # The share of the TLS handshake: probemesh's tls prober, same server.
-            tls = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": "ca.pem"}}
-            host = h2_url.split("/")[2]
-            handshake = run_worker(host, args.probes, args.concurrency, tls, Path(tmp), "tls")
-            tls_only = handshake["cpu"] / args.probes * 1000
+            for run in range(args.runs):
+                first = run % 2 == 0
+                for label, name, target_url, section in (
+                    ("HTTP/1.1", "h1", url, ip4),
+                    ("HTTP/2 (TLS)", "h2", h2_url, h2),
+                ):
+                    figures[label].append(
+                        measure(
+                            name,
+                            target_url,
+                            section,
+                            Path(tmp),
+                            args.probes,
+                            args.concurrency,
+                            first,
+                        )
+                    )
+                # The share of the TLS handshake: probemesh's tls prober, same server.
+                tls = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": "ca.pem"}}
+                host = h2_url.split("/")[2]
+                handshakes.append(
+                    run_worker(host, args.probes, args.concurrency, tls, Path(tmp), "tls")
+                )
         finally:
             nghttpd.terminate()
             nghttpd.wait()
 
-    rss_proc = python(RSS_WORKER, url, str(args.checks))
-    rss_out, _ = rss_proc.communicate()
-    produced, rss_mb = (int(x) for x in rss_out.split())
-    target.terminate()
-    target.wait()
-
-    print(f"probes per side: {args.probes}, concurrency {args.concurrency}, fresh connections")
-    for label, f in figures.items():
-        print(f"{label}:")
-        print(
-            f"  blackbox_exporter: {f['bb']:.3f} CPU s / 1000 probes "
-            f"({f['bb_ok']} ok, {f['bb_rate']:.0f} probes/s wall)"
-        )
-        print(
-            f"  probemesh:         {f['pm']:.3f} CPU s / 1000 probes "
-            f"({f['pm_ok']} ok, {f['pm_rate']:.0f} probes/s wall)"
-        )
-        print(f"  ratio probemesh / blackbox: {f['pm'] / f['bb']:.2f}x (target <= 1.0x)")
+    print(f"concurrency {args.concurrency}, fresh connection per probe")
+    for label, runs in figures.items():
+        report(label, runs, args.probes)
+    tls_only = [h["cpu"] / args.probes * 1000 for h in handshakes]
     print(
         f"  of which resolve + connect + TLS handshake (probemesh tls prober, same server): "
-        f"{tls_only:.3f} CPU s / 1000 probes ({handshake['ok']} ok)"
+        f"{spread(tls_only)} CPU s / 1000 probes ({'/'.join(str(h['ok']) for h in handshakes)} ok)"
     )
-    print(
-        f"agent-equivalent RSS with {args.checks} checks scheduled "
-        f"({produced} probes run in 6 s): {rss_mb} MB (target <= 80 MB)"
-    )
+    if not args.cost_only:
+        rss_proc = python(RSS_WORKER, url, str(args.checks))
+        rss_out, _ = rss_proc.communicate()
+        produced, rss_mb = (int(x) for x in rss_out.split())
+        print(
+            f"agent-equivalent RSS with {args.checks} checks scheduled "
+            f"({produced} probes run in 6 s): {rss_mb} MB (target <= 80 MB)"
+        )
+    target.terminate()
+    target.wait()
 
 
 if __name__ == "__main__":

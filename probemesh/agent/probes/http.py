@@ -27,6 +27,7 @@ from probemesh.agent.probes.http2 import exchange_h2
 from probemesh.agent.probes.httpwire import MAX_HEADER_BYTES, Request, Response, exchange_h1
 from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
 from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
+from probemesh.agent.probes.tlsconn import TLSConnection
 from probemesh.agent.secrets import SecretFiles
 from probemesh.errors import ConfigError
 from probemesh.modules import HTTPSettings
@@ -269,32 +270,45 @@ async def _round_trip(
     sock = await connect(resolved, url.port, env)
     connected_at = time.perf_counter()
     phases["connect"] += connected_at - resolved_at
-    reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEADER_BYTES + 1)
-    ready_at = 0.0
+    ready_at = connected_at
     first_byte: list[float] = []
+    tls: TLSConnection | None = None
+    writer: asyncio.StreamWriter | None = None
     try:
-        ready_at = connected_at
         tls_samples: list = []
-        protocol = ""
         if url.is_tls:
             # Like blackbox, server_name applies to the target's host only.
             name = settings.tls_config.server_name if url.host == first_host else ""
             alpn = _ALPN_H2 if settings.enable_http2 else ()
             context = client_context(settings.tls_config, env.secrets, alpn)
-            await writer.start_tls(context, server_hostname=name or url.host)
+            tls = TLSConnection(sock, context, name or url.host)
+            await tls.handshake()
             ready_at = time.perf_counter()
             phases["tls"] += ready_at - connected_at
-            ssl_object = writer.get_extra_info("ssl_object")
             sink = ProbeResult()
-            record_tls(ssl_object, sink)
+            record_tls(tls.ssl_object, sink)
             tls_samples = sink.samples
-            protocol = ssl_object.selected_alpn_protocol() or ""
-        exchange = exchange_h2 if protocol == "h2" else exchange_h1
-        await exchange(reader, writer, request, settings, tls_samples, hop.append, first_byte)
+            if tls.ssl_object.selected_alpn_protocol() == "h2":
+                await exchange_h2(tls, request, settings, tls_samples, hop.append, first_byte)
+            else:
+                reader = tls.stream_reader(MAX_HEADER_BYTES + 1)
+                await exchange_h1(
+                    reader, tls, request, settings, tls_samples, hop.append, first_byte
+                )
+        else:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEADER_BYTES + 1)
+            await exchange_h1(
+                reader, writer, request, settings, tls_samples, hop.append, first_byte
+            )
     finally:
         # Like Go's trace: a response that started counts its processing and
         # transfer time even when reading it failed.
         if first_byte:
             phases["processing"] += first_byte[0] - ready_at
             phases["transfer"] += time.perf_counter() - first_byte[0]
-        writer.transport.abort()
+        if tls is not None:
+            tls.close()
+        elif writer is not None:
+            writer.transport.abort()
+        else:
+            sock.close()

@@ -7,7 +7,6 @@ it. One stream per connection: the probe opens a fresh connection per hop.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -18,7 +17,6 @@ import h2.exceptions
 
 from probemesh.agent.probes.httpwire import (
     MAX_INFORMATIONAL,
-    READ_SIZE,
     BodySink,
     Request,
     Response,
@@ -26,6 +24,7 @@ from probemesh.agent.probes.httpwire import (
     malformed,
 )
 from probemesh.agent.probes.result import ProbeFailure, Reason
+from probemesh.agent.probes.tlsconn import TLSConnection
 from probemesh.modules import HTTPSettings
 
 _CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -33,8 +32,7 @@ _STREAM = 1
 
 
 async def exchange_h2(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    tls: TLSConnection,
     request: Request,
     settings: HTTPSettings,
     tls_samples: list,
@@ -56,11 +54,11 @@ async def exchange_h2(
     pending = request.body
     conn.send_headers(_STREAM, headers, end_stream=not pending)
     pending = _send_body(conn, pending)
-    writer.write(conn.data_to_send())
+    tls.write(conn.data_to_send())
     informational = 0
     body: BodySink | None = None
     while True:
-        data = await reader.read(READ_SIZE)
+        data = await tls.read()
         if not data:
             raise ProbeFailure(
                 Reason.CONNECT, "server closed the HTTP/2 connection before the response ended"
@@ -104,7 +102,7 @@ async def exchange_h2(
                     f"server closed the HTTP/2 connection (GOAWAY {event.error_code!r})",
                 )
         if out := conn.data_to_send():
-            writer.write(out)
+            tls.write(out)
 
 
 def _send_body(conn: h2.connection.H2Connection, body: bytes) -> bytes:

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from probemesh.agent.probes.result import ProbeFailure, Reason
 from probemesh.modules import HTTPSettings
@@ -155,9 +156,15 @@ def h1_request(request: Request) -> bytes:
     return "\r\n".join(head).encode("utf-8") + request.body
 
 
+class ByteWriter(Protocol):
+    """Where a request goes: an asyncio StreamWriter, or the probe's TLS connection."""
+
+    def write(self, data: bytes) -> None: ...
+
+
 async def exchange_h1(
     reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    writer: ByteWriter,
     request: Request,
     settings: HTTPSettings,
     tls_samples: list,
