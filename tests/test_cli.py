@@ -49,6 +49,8 @@ def test_version_is_the_package_version() -> None:
          "--alertmanager-url: 'am:9093' is not an http:// or https:// URL"),
         (("collector", "--checks", "c.yml", "--alertmanager-resend", "often"),
          "invalid duration 'often'"),
+        (("collector", "--checks", "c.yml", "--collector-id", "eu 1"),
+         "Invalid value for '--collector-id'"),
         (("collector", "--checks", "c.yml", "--grpc-listen", "127.0.0.1:0",
           "--webhook-url", "http://127.0.0.1:1/hook"), "--webhook-url needs --webhook-secret-file"),
         (("collector", "--checks", "c.yml", "--grpc-listen", "127.0.0.1:0",

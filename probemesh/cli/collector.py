@@ -250,6 +250,14 @@ log = logging.getLogger("probemesh")
     help="CA bundle (PEM) that signed the webhook receivers' certificates. [default: system CAs]",
 )
 @options.opt(
+    "--collector-id",
+    default=None,
+    callback=options.collector_id,
+    help="This collector's name in agent leases, logs, /metrics and /api/v1/collector; "
+    "give each collector sharing a database its own. [default: hostname:gRPC port-random, "
+    "new at every start]",
+)
+@options.opt(
     "--clock-skew-threshold",
     callback=options.duration,
     default="1s",
@@ -340,5 +348,6 @@ def collector(**kw: Any) -> None:
         webhook_secret=load_secret(kw["webhook_secret_file"]) if kw["webhook_secret_file"] else b"",
         webhook_client=webhook_client,
         clock_skew_threshold=kw["clock_skew_threshold"],
+        collector_id=kw["collector_id"],
     )
     asyncio.run(run_collector(settings))

@@ -94,6 +94,14 @@ def agent_id(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
     return value
 
 
+def collector_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", value):
+        raise click.BadParameter(
+            "must be 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+        )
+    return value
+
+
 def country(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is not None and (problem := country_problem(value)):
         raise click.BadParameter(problem)

@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from probemesh import __version__
 from probemesh.collector.api import add_outage_routes, agents_json
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.httpauth import auth_middleware
@@ -35,7 +36,12 @@ def build_http_app(app: CollectorApp) -> web.Application:
     http.router.add_get("/metrics", collector_metrics(app.exporter, app.metrics_registry))
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)
+
+    async def collector(_request: web.Request) -> web.Response:
+        return web.json_response({"collector_id": app.leases.holder, "version": __version__})
+
     http.router.add_get("/api/v1/agents", agents)
+    http.router.add_get("/api/v1/collector", collector)
     add_outage_routes(http, app.outage, app.state)
     return http
 

@@ -15,24 +15,35 @@ agent buffered before an edit still count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
 
 from probemesh.collector.assignments import AssignmentHistory
+from probemesh.collector.leases import (
+    LeaseBook,
+    LeaseRow,
+    default_collector_id,
+    stream_taken_message,
+)
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.marks import AppliedSeqs
 from probemesh.collector.remote_results import Applied
 from probemesh.collector.samples import KeptSample, SampleFilter
 from probemesh.collector.sessions import Session
-from probemesh.collector.state import REASON_NAMES, MeshState
+from probemesh.collector.state import REASON_NAMES, AgentInfo, MeshState
 from probemesh.collector.store import Store
 from probemesh.v1 import mesh_pb2 as pb
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_FUTURE_SKEW = 300.0  # seconds an agent clock may run ahead
 SLICE = 200  # results applied between two yields to the event loop (about 4 ms)
@@ -66,8 +77,10 @@ class Ingest:
         history: AssignmentHistory,
         limits: IngestLimits | None = None,
         result_sink: Callable[[list[Applied]], Awaitable[None]] | None = None,
+        leases: LeaseBook | None = None,
     ) -> None:
         self.state = state
+        self.leases = leases or LeaseBook(default_collector_id(""))
         self.store = store
         self.history = history
         self.limits = limits or IngestLimits()
@@ -75,9 +88,8 @@ class Ingest:
         self.result_sink = result_sink
         self._unsunk: list[Applied] = []  # results a failed sink call must be given again
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(self.limits.queue_batches)
-        self.marks = {
-            agent: AppliedSeqs(mark, ranges) for agent, (mark, ranges) in store.load_marks().items()
-        }
+        # Valid for the agents whose lease this collector holds (loaded with the lease).
+        self.marks: dict[str, AppliedSeqs] = {}
         self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS, 0))
         self.samples = SampleFilter(SecurityLimits().max_samples_per_result)
         self.results_total = 0
@@ -86,7 +98,7 @@ class Ingest:
         self.accepting = True
         self._dirty_marks: set[str] = set()  # agents whose mark a failed commit left unsaved
         # Marks as last committed: what Welcome may tell an agent to delete.
-        self.durable = {agent: seqs.mark for agent, seqs in self.marks.items()}
+        self.durable: dict[str, int] = {}
 
     def configure(self, limits: SecurityLimits) -> None:
         """Apply the per-result sample cap."""
@@ -157,10 +169,78 @@ class Ingest:
                 log.exception("ingest: could not persist %d batches; they stay unacked", len(items))
                 await asyncio.sleep(0.5)
 
+    async def take_lease(self, agent: AgentInfo) -> int:
+        """Take the agent's lease for a new stream and continue from its committed rows.
+
+        Returns the lease epoch the stream's batches are applied under. The
+        marks and counters read with the lease replace what memory holds:
+        another collector may have applied the agent's results meanwhile.
+        """
+        agent_id = agent.agent_id
+        takeover = await asyncio.wrap_future(
+            self.store.worker.submit(
+                self.store.take_lease, agent_id, self.leases.holder, time.time()
+            )
+        )
+        self.leases.took(agent_id, takeover)
+        rows = takeover.rows
+        self.marks[agent_id] = AppliedSeqs(rows.mark, [list(r) for r in rows.ranges])
+        self.durable[agent_id] = rows.mark
+        self._dirty_marks.discard(agent_id)
+        self.state.adopt_counters(agent_id, rows.counters)
+        return takeover.epoch
+
+    def lease_lost(self, agent_id: str, row: LeaseRow | None) -> None:
+        """Another collector holds the agent now: forget the lease and unsaved state.
+
+        What memory applied but did not commit for the agent is the new
+        holder's to apply: the agent resends whatever was not acked.
+        """
+        if self.leases.lose(agent_id, row):
+            self._dirty_marks.discard(agent_id)
+            self.state.drop_dirty(agent_id)
+
+    async def _in_ingest_thread(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run a statement of the fenced transaction on the ingest connection's thread."""
+        return await asyncio.wrap_future(self.store.ingest_thread.submit(fn, *args))
+
     async def _apply_group(self, items: list[_Item]) -> None:
-        touched: set[str] = set()
-        applied = self._unsunk
+        """Apply and commit a group of batches inside one fenced transaction."""
+        agents = {item.session.agent.agent_id for item in items}
+        agents |= self._dirty_marks | self.state.dirty_agents()
+        held = await self._in_ingest_thread(self.store.begin_fence, agents)
+        try:
+            await self._apply_fenced(items, agents, held)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._in_ingest_thread(self.store.rollback_fence)
+            raise
+
+    async def _apply_fenced(
+        self, items: list[_Item], agents: set[str], held: dict[str, LeaseRow]
+    ) -> None:
+        leases = self.leases
+        for agent_id in agents & leases.epochs.keys():
+            row = held.get(agent_id)
+            if row is None or row.holder != leases.holder:
+                self.lease_lost(agent_id, row)
+        live = []
         for item in items:
+            agent_id = item.session.agent.agent_id
+            row = held.get(agent_id)
+            if row is not None and row == LeaseRow(leases.holder, item.session.epoch):
+                live.append(item)
+                continue
+            # A stream replaced by a newer one here, or whose lease another
+            # collector took: its results are not ours to apply; they stay
+            # unacked and the agent sends them on its current stream.
+            leases.fenced_batches_total += 1
+            if row is None or row.holder != leases.holder:
+                item.session.end(grpc.StatusCode.ABORTED, stream_taken_message(agent_id, row))
+        touched: set[str] = set()
+        # Results a failed sink call left, of agents still held (the others are the new holder's).
+        applied = [a for a in self._unsunk if leases.holds(a.agent, held.get(a.agent))]
+        for item in live:
             agent = item.session.agent
             new: list[pb.Result] = []
             targets: list[str] = []
@@ -174,7 +254,9 @@ class Ingest:
                 applied.append(
                     Applied(agent.agent_id, agent.country, agent.region, new, targets, kept)
                 )
-        touched |= self._dirty_marks
+        # Marks left unsaved are written under this fence only for agents it locked;
+        # one reset since (a restarted agent's sequence) waits for the next group.
+        touched |= self._dirty_marks & agents
         if applied and self.result_sink is not None:
             # Before the commit: a result is never marked applied without being sunk.
             # On failure the in-memory marks already skip a resend, so keep them here.
@@ -189,8 +271,8 @@ class Ingest:
         # Snapshot the ranges: the commit runs in a thread while the loop goes on.
         marks = [(a, self.marks[a].mark, [list(r) for r in self.marks[a].ranges]) for a in touched]
         try:
-            await asyncio.to_thread(
-                self.store.commit_applied, marks, dirty.counters, dirty.histograms
+            stored = await self._in_ingest_thread(
+                self.store.commit_fenced, marks, dirty.counters, dirty.histograms
             )
         except BaseException:
             # Not durable, so not acked; keep the keys dirty so the next commit
@@ -198,12 +280,13 @@ class Ingest:
             self.state.requeue(dirty)
             self._dirty_marks.update(touched)
             raise
+        self.state.merge_histograms(dirty, stored)
         # Only what this commit wrote: reconcile() may have added an agent meanwhile.
         self._dirty_marks -= touched
         for agent_id, mark, _ in marks:
             if self.marks.get(agent_id) is not None and self.marks[agent_id].mark >= mark:
                 self.durable[agent_id] = mark
-        for item in items:
+        for item in live:
             seqs = self.marks[item.session.agent.agent_id]
             item.session.send(
                 pb.CollectorMessage(

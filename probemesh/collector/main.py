@@ -26,6 +26,7 @@ from probemesh.collector.http import build_http_app
 from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.ingest import Ingest, IngestLimits
+from probemesh.collector.leases import LeaseBook, default_collector_id
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.looplag import LoopLag
 from probemesh.collector.notify import Notifications, Notifier
@@ -80,6 +81,7 @@ class CollectorOptions:
     webhook_secret: bytes = b""
     webhook_client: ClientSettings = field(default_factory=ClientSettings)
     clock_skew_threshold: float = 1.0
+    collector_id: str | None = None  # None: default_collector_id(grpc_listen)
 
 
 class CollectorApp:
@@ -123,12 +125,14 @@ class CollectorApp:
                     options.data_dir / "remote-write.sqlite3", options.remote_write_journal_bytes
                 ),
             )
+        self.leases = LeaseBook(options.collector_id or default_collector_id(options.grpc_listen))
         self.ingest = Ingest(
             self.state,
             self.store,
             self.history,
             options.limits,
             result_sink=self.remote_writer.write_results if self.remote_writer else None,
+            leases=self.leases,
         )
         self.sessions = SessionRegistry()
         self.service = ProbeMeshService(
@@ -159,6 +163,7 @@ class CollectorApp:
                 self.outage.metric_families,
                 self.notifications.metric_families,
                 self.loop_lag.metric_families,
+                self.leases.metric_families,
             ],
             stream_rejected=self.service.rejected,
         )
@@ -311,7 +316,8 @@ class CollectorApp:
             await self.remote_writer.start()
         self.ready = True
         log.info(
-            "collector serving gRPC (%s) on %s, HTTP on %s",
+            "collector %s serving gRPC (%s) on %s, HTTP on %s",
+            self.leases.holder,
             self.grpc_security,
             self.options.grpc_listen,
             self.options.http_listen,
@@ -358,6 +364,10 @@ class CollectorApp:
                 revoked = set()
             if revoked:
                 self.sessions.end_tokens(revoked, "token revoked")
+            try:
+                await self.service.close_taken_over()
+            except Exception as exc:  # polled again in a second; the fence stays exact meanwhile
+                log.warning("cannot poll agent leases: %s", exc)
             now = time.time()
             horizon = now - self.options.series_ttl
             for agent in list(self.state.agents.values()):

@@ -23,6 +23,7 @@ from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
 from probemesh.collector.diagnosis import EVIDENCE_FEATURE
 from probemesh.collector.ingest import Ingest
+from probemesh.collector.leases import POLL_WINDOW, stream_taken_message
 from probemesh.collector.limits import RateLimiter, SecurityLimits
 from probemesh.collector.sessions import Session, SessionRegistry
 from probemesh.collector.state import AgentInfo, MeshState
@@ -92,8 +93,15 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.CollectorMessage]:
         token_id, agent, last_seq = await self._admit(request_iterator, context)
+        try:
+            epoch = await self.ingest.take_lease(agent)
+        except Exception as exc:  # the database is down or refuses: the agent tries another
+            log.warning("cannot take the lease of agent %s: %s", agent.agent_id, exc)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "collector cannot take the agent's lease; retry"
+            )
         self.ingest.reconcile(agent.agent_id, last_seq)
-        session = Session(agent, token_id)
+        session = Session(agent, token_id, epoch)
         address = peer(context)
         streams_log.info(
             "agent %s (%s) connected from %s over %s, version %s",
@@ -152,6 +160,26 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             )  # fmt: skip
         if session.end_code is not None and session.end_code != grpc.StatusCode.OK:
             await context.abort(session.end_code, session.end_details)
+
+    async def close_taken_over(self) -> None:
+        """Close the streams of agents whose lease another collector took lately.
+
+        The fence refuses their batches anyway; this ends a stream that sends
+        none (the agent left it half-open) within a poll, so the agent shows
+        connected on one collector only.
+        """
+        store = self.ingest.store
+        since = time.time() - POLL_WINDOW
+        rows = await asyncio.wrap_future(store.worker.submit(store.recent_leases, since))
+        leases = self.ingest.leases
+        for agent_id, row in rows.items():
+            if row.holder == leases.holder:
+                continue
+            if row.epoch > leases.epochs.get(agent_id, row.epoch):
+                self.ingest.lease_lost(agent_id, row)
+            session = self.sessions.by_agent.get(agent_id)
+            if session is not None and row.epoch > session.epoch:
+                session.end(grpc.StatusCode.ABORTED, stream_taken_message(agent_id, row))
 
     async def _refuse(
         self,

@@ -22,6 +22,7 @@ class Session:
 
     agent: AgentInfo
     token_id: str
+    epoch: int = 0  # the agent's lease epoch this stream's batches are applied under
     outbox: asyncio.Queue[pb.CollectorMessage | None] = field(default_factory=asyncio.Queue)
     last_recv: float = field(default_factory=time.monotonic)
     end_code: grpc.StatusCode | None = None

@@ -74,9 +74,14 @@ class Histogram:
 
     MeshState.record observes inline (no method call per observation): it is
     the ingest hot path, six observations per HTTP result.
+
+    Several collectors add to the same (check, country) histogram, each for
+    the agents it holds, so the database gets this collector's changes since
+    the last commit (delta) added to what it has, and memory then takes the
+    sum back (merge): the other collectors' observations included.
     """
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "saved", "total")
 
     def __init__(self, state: list[float] | None = None) -> None:
         n = len(DURATION_BUCKETS) + 1
@@ -86,9 +91,24 @@ class Histogram:
         else:
             self.counts = [0] * n
             self.total = 0.0
+        self.saved = self.state()  # as last committed or loaded
 
     def state(self) -> list[float]:
         return [*self.counts, self.total]
+
+    def delta(self) -> list[float] | None:
+        """What this collector observed since the last commit; None if nothing."""
+        current = self.state()
+        if current == self.saved:
+            return None
+        return [now - then for now, then in zip(current, self.saved, strict=True)]
+
+    def merge(self, stored: list[float]) -> None:
+        """Take the database's sum, which includes the delta just committed."""
+        n = len(self.counts)
+        self.counts = [int(c) for c in stored[:n]]
+        self.total = float(stored[n])
+        self.saved = self.state()
 
 
 class Tally:
@@ -167,7 +187,7 @@ class DirtySnapshot:
 
     tallies: set[Tally]
     counters: list[tuple[CounterKey, int]]
-    histograms: list[tuple[CounterKey, list[float]]]
+    histograms: list[tuple[CounterKey, list[float]]]  # (key, delta to add)
 
 
 class MeshState:
@@ -224,6 +244,30 @@ class MeshState:
                 tally.success = value
             else:
                 tally.failure = value
+
+    def adopt_counters(self, agent_id: str, counters: Mapping[CounterKey, int]) -> None:
+        """Make the agent's counters what the database says (a lease just taken).
+
+        The database is the truth: what memory holds beyond it was applied here
+        but never committed, and is applied again when the agent resends it.
+        """
+        tallies = self.agent_tallies.get(agent_id, {})
+        for tally in tallies.values():
+            tally.success = tally.failure = tally.refused = 0
+            tally.reasons = {}
+            self.dirty.discard(tally)
+            for feed in self.feeds:
+                feed.tallies.add(tally)
+        self.restore(dict(counters), {})
+
+    def drop_dirty(self, agent_id: str) -> None:
+        """Forget the agent's unsaved changes: another collector holds it now."""
+        for tally in self.agent_tallies.get(agent_id, {}).values():
+            self.dirty.discard(tally)
+
+    def dirty_agents(self) -> set[str]:
+        """Agents with counters changed since the last commit."""
+        return {tally.agent for tally in self.dirty}
 
     def tally(self, check: str, agent: str, country: str) -> Tally:
         """The tally of check x agent, created on first use."""
@@ -383,7 +427,7 @@ class MeshState:
             yield from tally.counters()
 
     def take_dirty(self) -> DirtySnapshot:
-        """Counters and histograms changed since the last call, for persisting."""
+        """Counters and histogram deltas changed since the last call, for persisting."""
         tallies, self.dirty = self.dirty, set()
         counters = [item for tally in tallies for item in tally.counters()]
         keys = {
@@ -391,7 +435,17 @@ class MeshState:
             for tally in tallies
             for key, hist in zip(tally.hist_keys, tally.hists, strict=True)
         }
-        return DirtySnapshot(tallies, counters, [(key, hist.state()) for key, hist in keys.items()])
+        deltas = [(key, delta) for key, hist in keys.items() if (delta := hist.delta()) is not None]
+        return DirtySnapshot(tallies, counters, deltas)
+
+    def merge_histograms(
+        self, snapshot: DirtySnapshot, stored: Mapping[CounterKey, list[float]]
+    ) -> None:
+        """A commit of snapshot succeeded: histograms become the database's sums."""
+        for key, state in stored.items():
+            self.histograms[key].merge(state)
+        for feed in self.feeds:
+            feed.tallies.update(snapshot.tallies)
 
     def requeue(self, snapshot: DirtySnapshot) -> None:
         """A commit failed: write these again with the next one."""

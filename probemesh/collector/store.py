@@ -11,13 +11,16 @@ The tables are created by the migrations (collector/migrations/).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from probemesh.collector.assignments import Span
-from probemesh.collector.database import Database
+from probemesh.collector.database import Connection, Database
+from probemesh.collector.leases import AgentRows, LeaseRow, Takeover
 
 
 class Store:
@@ -34,6 +37,11 @@ class Store:
         # serves (tokens, assignment history): the event loop never waits on
         # the disk, and the statements keep their order.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-db")
+        # The one thread that runs the ingest connection's fenced transactions.
+        self.ingest_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="collector-ingest"
+        )
+        self._fence: contextlib.AbstractContextManager[Connection] | None = None
 
     def load_marks(self) -> dict[str, tuple[int, list[list[int]]]]:
         rows = self.db.execute("SELECT agent_id, mark, ranges FROM marks").fetchall()
@@ -47,29 +55,108 @@ class Store:
         rows = self.db.execute("SELECT key, state FROM histograms").fetchall()
         return {tuple(json.loads(key)): json.loads(state) for key, state in rows}
 
-    def commit_applied(
+    def take_lease(self, agent_id: str, holder: str, now: float) -> Takeover:
+        """Take the agent's lease (epoch + 1) and read its rows, in one transaction.
+
+        The lease row is locked first: a fenced commit of the previous holder
+        in progress keeps it locked, so the rows read here include that commit.
+        """
+        with self.db.transaction() as db:
+            row = db.execute(
+                db.for_update("SELECT holder FROM leases WHERE agent_id = ?"), (agent_id,)
+            ).fetchone()
+            (epoch,) = db.execute(
+                "INSERT INTO leases(agent_id, holder, epoch, taken_at) VALUES(?, ?, 1, ?) "
+                "ON CONFLICT(agent_id) DO UPDATE SET holder=excluded.holder, "
+                "epoch=leases.epoch + 1, taken_at=excluded.taken_at RETURNING epoch",
+                (agent_id, holder, now),
+            ).fetchone()
+            rows = _agent_rows(db, agent_id)
+        return Takeover(int(epoch), row[0] if row else None, rows)
+
+    def recent_leases(self, since: float) -> dict[str, LeaseRow]:
+        """Leases taken since a time (the poll for streams another collector took)."""
+        rows = self.db.execute(
+            "SELECT agent_id, holder, epoch FROM leases WHERE taken_at >= ?", (since,)
+        ).fetchall()
+        return {agent: LeaseRow(holder, int(epoch)) for agent, holder, epoch in rows}
+
+    def begin_fence(self, agent_ids: Iterable[str]) -> dict[str, LeaseRow]:
+        """Open the ingest transaction and lock the agents' lease rows (ingest thread).
+
+        The transaction stays open while ingest applies the batches in memory;
+        commit_fenced or rollback_fence ends it. Rows are locked in agent order,
+        so two collectors' fences never wait on each other in a cycle.
+        """
+        agents = sorted(agent_ids)
+        fence = self._ingest_db.transaction()
+        db = fence.__enter__()
+        self._fence = fence
+        try:
+            rows = _locked_rows(
+                db, "SELECT agent_id, holder, epoch FROM leases WHERE agent_id IN ({})", agents
+            )
+        except BaseException:
+            self.rollback_fence()
+            raise
+        return {agent: LeaseRow(holder, int(epoch)) for agent, (holder, epoch) in rows.items()}
+
+    def commit_fenced(
         self,
         marks: Iterable[tuple[str, int, list[list[int]]]],
         counters: Iterable[tuple[tuple[str, ...], int]],
         histograms: Iterable[tuple[tuple[str, ...], list[float]]],
-    ) -> None:
-        """Write marks, counters and histograms in one transaction (ingest thread)."""
-        with self._ingest_db.transaction() as db:
+    ) -> dict[tuple[str, ...], list[float]]:
+        """Write marks and counters, add the histogram deltas, and commit the
+        fenced transaction; return the histograms' new stored states.
+
+        Histogram rows are shared by the collectors serving agents of one
+        country: each is locked (in key order) and the delta added to it.
+        """
+        fence, self._fence = self._fence, None
+        assert fence is not None, "commit_fenced without begin_fence"
+        db = self._ingest_db
+        try:
+            deltas = dict(histograms)
+            before = _locked_rows(
+                db, "SELECT key, state FROM histograms WHERE key IN ({})",
+                sorted(_key_text(key) for key in deltas),
+            )  # fmt: skip
+            stored = {}
+            for key, delta in deltas.items():
+                was = json.loads(before.get(_key_text(key), "[]"))
+                stored[key] = (
+                    [a + b for a, b in zip(was, delta, strict=True)]
+                    if len(was) == len(delta)
+                    else delta
+                )
             db.executemany(
                 "INSERT INTO marks(agent_id, mark, ranges) VALUES(?, ?, ?) "
                 "ON CONFLICT(agent_id) DO UPDATE SET mark=excluded.mark, ranges=excluded.ranges",
                 [(agent, mark, json.dumps(ranges)) for agent, mark, ranges in marks],
             )
             db.executemany(
-                "INSERT INTO counters(key, value) VALUES(?, ?) "
+                "INSERT INTO counters(key, value, agent_id) VALUES(?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                [(_key_text(key), value) for key, value in counters],
+                [(_key_text(key), value, key[2]) for key, value in counters],
             )
             db.executemany(
                 "INSERT INTO histograms(key, state) VALUES(?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET state=excluded.state",
-                [(_key_text(key), json.dumps(state)) for key, state in histograms],
+                [(_key_text(key), json.dumps(state)) for key, state in stored.items()],
             )
+        except BaseException as exc:
+            fence.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        fence.__exit__(None, None, None)
+        return stored
+
+    def rollback_fence(self) -> None:
+        """End the fenced transaction without writing (a failure mid-apply)."""
+        fence, self._fence = self._fence, None
+        if fence is not None:
+            error = RuntimeError("ingest abandoned the fenced transaction")
+            fence.__exit__(RuntimeError, error, None)
 
     def load_revision(self) -> tuple[int, str] | None:
         row = self.db.execute(
@@ -126,8 +213,39 @@ class Store:
     def close(self) -> None:
         """Finish the queued writes, then close."""
         self.worker.shutdown()
+        self.ingest_thread.shutdown()
         self._ingest_db.close()
         self.db.close()
+
+
+def _locked_rows(db: Connection, select: str, keys: list[str]) -> dict[str, Any]:
+    """Rows whose first column is one of keys (sorted), locked in that order until the
+    transaction ends: concurrent transactions that lock in key order never deadlock.
+
+    select has one ``{}`` for the placeholders; the value is the row's rest
+    (one column: the value itself).
+    """
+    found: dict[str, Any] = {}
+    for first in range(0, len(keys), 500):
+        chunk = keys[first : first + 500]
+        statement = db.for_update(select.format(", ".join("?" * len(chunk))) + " ORDER BY 1")
+        for key, *rest in db.execute(statement, chunk).fetchall():
+            found[key] = rest[0] if len(rest) == 1 else tuple(rest)
+    return found
+
+
+def _agent_rows(db: Connection, agent_id: str) -> AgentRows:
+    """The agent's committed mark and counters."""
+    row = db.execute("SELECT mark, ranges FROM marks WHERE agent_id = ?", (agent_id,)).fetchone()
+    counters = {
+        tuple(json.loads(key)): int(value)
+        for key, value in db.execute(
+            "SELECT key, value FROM counters WHERE agent_id = ?", (agent_id,)
+        ).fetchall()
+    }
+    if row is None:
+        return AgentRows(counters=counters)
+    return AgentRows(int(row[0]), json.loads(row[1]), counters)
 
 
 @functools.lru_cache(maxsize=1 << 20)

@@ -135,7 +135,8 @@ def test_ingest_counts_late_results_and_rejects_the_never_assigned(tmp_path: Pat
         result("nope", 1, "", 400.0),  # never assigned
     ]
     batch = pb.ResultBatch(first_seq=1, last_seq=len(results), floor_seq=1, results=results)
-    asyncio.run(ingest._apply_group([_Item(Session(agent, "t"), batch)]))
+    epoch = asyncio.run(ingest.take_lease(agent))
+    asyncio.run(ingest._apply_group([_Item(Session(agent, "t", epoch), batch)]))
     counted = {check: tally.success for (check, _), tally in state.tallies.items()}
     assert counted == {"web": 3, "api": 1, "de": 1}
     assert +ingest.rejected == {"not_assigned": 2}  # the reasons that counted anything

@@ -107,7 +107,12 @@ def test_a_dropped_connection_is_opened_again(postgres_url: str, tmp_path: Path)
     from probemesh.collector.store import Store
 
     store = Store(open_database(postgres_url, tmp_path))
-    store.commit_applied([("vps-1", 1, [])], [], [])
+
+    def commit(mark: int) -> None:  # one ingest commit, as the fenced transaction
+        store.begin_fence(["vps-1"])
+        store.commit_fenced([("vps-1", mark, [])], [], [])
+
+    commit(1)
     admin = open_database(postgres_url, tmp_path, migrate=False).connect()
     killed = admin.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -115,8 +120,8 @@ def test_a_dropped_connection_is_opened_again(postgres_url: str, tmp_path: Path)
     ).fetchall()
     assert len(killed) == 2  # the store's two connections
     with pytest.raises(DatabaseError):
-        store.commit_applied([("vps-1", 2, [])], [], [])
-    store.commit_applied([("vps-1", 3, [])], [], [])
+        commit(2)
+    commit(3)
     with pytest.raises(DatabaseError):
         store.load_marks()
     assert store.load_marks() == {"vps-1": (3, [])}

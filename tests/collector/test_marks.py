@@ -131,14 +131,16 @@ def test_welcome_names_only_committed_marks(tmp_path) -> None:  # type: ignore[n
     def broken(*_args: object) -> None:
         raise OSError("disk full")
 
+    epoch = asyncio.run(ingest.take_lease(agent))
+
     async def apply(commit: object) -> None:
-        store.commit_applied = commit  # type: ignore[method-assign]
-        await ingest._apply_group([_Item(Session(agent, "t"), batch)])
+        store.commit_fenced = commit  # type: ignore[method-assign]
+        await ingest._apply_group([_Item(Session(agent, "t", epoch), batch)])
 
     with pytest.raises(OSError, match="disk full"):
         asyncio.run(apply(broken))
     assert ingest.marks["vps-1"].mark == 1  # applied in memory
     assert ingest.mark_of("vps-1") == 0  # but not announced
-    asyncio.run(apply(Store.commit_applied.__get__(store)))
+    asyncio.run(apply(Store.commit_fenced.__get__(store)))
     assert ingest.mark_of("vps-1") == 1
     assert Store(open_database(None, tmp_path)).load_marks()["vps-1"][0] == 1

@@ -61,7 +61,7 @@ def test_collectors_starting_together_migrate_once(database: Database, tmp_path:
     with conn.transaction():
         for table in ("schema_migrations", "tokens", "marks", "counters", "histograms"):
             conn.execute(f"DROP TABLE {table}")
-        for table in ("revisions", "assignments", "incidents"):
+        for table in ("revisions", "assignments", "incidents", "leases"):
             conn.execute(f"DROP TABLE {table}")
     errors: list[BaseException] = []
     start = threading.Barrier(8)
@@ -111,42 +111,60 @@ def test_a_token_is_seen_by_every_connection(database: Database) -> None:
     assert TokenStore(database.connect()).verify(secret).agent_id == "vps-de-1"
 
 
+def commit(
+    store: Store,
+    marks: list[tuple[str, int, list[list[int]]]],
+    counters: object,
+    histograms: list[tuple[tuple[str, ...], list[float]]],
+) -> dict[tuple[str, ...], list[float]]:
+    """One ingest commit: the fenced transaction, opened and committed."""
+    store.begin_fence([agent for agent, _, _ in marks])
+    return store.commit_fenced(marks, counters, histograms)  # type: ignore[arg-type]
+
+
 def test_marks_counters_histograms_round_trip(database: Database) -> None:
     store = Store(database)
-    store.commit_applied(
+    commit(
+        store,
         [("vps-1", BIG, [[BIG + 5, BIG + 9]]), ("vps-2", 7, [])],
-        [(("web", "vps-1", "DE", "success"), BIG), (("web", "vps-2", "BR", "failure"), 3)],
-        [(("web", "vps-1", "DE"), [0.25, 1.5, PRECISE])],
+        [(("results", "web", "vps-1", "DE", "success"), BIG),
+         (("results", "web", "vps-2", "BR", "failure"), 3)],
+        [(("duration", "web", "DE"), [0.25, 1.5, PRECISE])],
+    )  # fmt: skip
+    stored = commit(  # upserts; histogram deltas add up
+        store,
+        [("vps-2", 8, [[10, 11]])],
+        [(("results", "web", "vps-2", "BR", "failure"), 4)],
+        [(("duration", "web", "DE"), [1, 0, 0.5])],
     )
-    store.commit_applied(  # upserts
-        [("vps-2", 8, [[10, 11]])], [(("web", "vps-2", "BR", "failure"), 4)], []
-    )
+    assert stored == {("duration", "web", "DE"): [1.25, 1.5, PRECISE + 0.5]}
     store.close()
     reopened = Store(database)
     assert reopened.load_marks() == {"vps-1": (BIG, [[BIG + 5, BIG + 9]]), "vps-2": (8, [[10, 11]])}
     assert reopened.load_counters() == {
-        ("web", "vps-1", "DE", "success"): BIG,
-        ("web", "vps-2", "BR", "failure"): 4,
+        ("results", "web", "vps-1", "DE", "success"): BIG,
+        ("results", "web", "vps-2", "BR", "failure"): 4,
     }
-    assert reopened.load_histograms() == {("web", "vps-1", "DE"): [0.25, 1.5, PRECISE]}
+    assert reopened.load_histograms() == {("duration", "web", "DE"): [1.25, 1.5, PRECISE + 0.5]}
     reopened.close()
 
 
 def test_a_failed_commit_writes_nothing(database: Database) -> None:
     """Marks, counters and histograms are one transaction: a failure midway leaves none of them."""
     store = Store(database)
-    store.commit_applied([("vps-1", 5, [])], [(("web", "vps-1", "DE", "success"), 5)], [])
+    key = ("results", "web", "vps-1", "DE", "success")
+    commit(store, [("vps-1", 5, [])], [(key, 5)], [])
 
     def counters_then_failure():  # type: ignore[no-untyped-def]
-        yield (("web", "vps-1", "DE", "success"), 9)
+        yield (key, 9)
         raise RuntimeError("the process died mid-commit")
 
     with pytest.raises(RuntimeError):
-        store.commit_applied([("vps-1", 9, [])], counters_then_failure(), [])
+        commit(store, [("vps-1", 9, [])], counters_then_failure(), [])
     assert store.load_marks() == {"vps-1": (5, [])}
-    assert store.load_counters() == {("web", "vps-1", "DE", "success"): 5}
+    assert store.load_counters() == {key: 5}
     # The connection is usable after the rollback.
-    store.commit_applied([("vps-1", 10, [])], [], [])
+    commit(store, [("vps-1", 10, [])], [], [])
     assert store.load_marks()["vps-1"][0] == 10
     store.close()
 
