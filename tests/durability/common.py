@@ -218,12 +218,19 @@ class Relay:
     to them, without root). rate, when set, caps the agent-to-collector
     direction of each connection in bytes/s: a thin uplink that makes a
     replay last long enough to restart the collector in the middle of it.
+    freeze() stops the bytes both ways and keeps the connections open: the
+    agent gives up a stream that the collector still holds open (half-open).
+    hold_replies() stops only the collector's side (Acks): batches are applied
+    and committed while the agent still holds them as unacked.
     """
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.rate = 0.0
         self.open = True
+        self.upstream_flowing = threading.Event()  # agent -> collector
+        self.downstream_flowing = threading.Event()  # collector -> agent
+        self.thaw()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
@@ -253,17 +260,20 @@ class Relay:
             conn.settimeout(None)
             with self._lock:
                 self._conns += [conn, upstream]
-            for src, dst, throttled in ((conn, upstream, True), (upstream, conn, False)):
-                threading.Thread(target=self._pump, args=(src, dst, throttled), daemon=True).start()
+            for src, dst, up in ((conn, upstream, True), (upstream, conn, False)):
+                threading.Thread(target=self._pump, args=(src, dst, up), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, throttled: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        """Copy src to dst; up: the agent-to-collector direction (throttled)."""
+        flowing = self.upstream_flowing if up else self.downstream_flowing
         try:
             while True:
                 data = src.recv(4096)
                 if not data:
                     break
-                if throttled and self.rate:
+                if up and self.rate:
                     time.sleep(len(data) / self.rate)
+                flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -285,8 +295,20 @@ class Relay:
     def heal(self) -> None:
         self.open = True
 
+    def freeze(self) -> None:
+        self.upstream_flowing.clear()
+        self.downstream_flowing.clear()
+
+    def hold_replies(self) -> None:
+        self.downstream_flowing.clear()
+
+    def thaw(self) -> None:
+        self.upstream_flowing.set()
+        self.downstream_flowing.set()
+
     def close(self) -> None:
         self._stop = True
+        self.thaw()
         self.cut()
         self._thread.join(2)
         self.sock.close()
