@@ -204,6 +204,10 @@ class AlertmanagerNotifier:
                 target.queued = len(current)
                 target.wake.set()
 
+    def stand_by(self) -> None:
+        """The new evaluator posts the set now; re-sending ours would revive what it resolved."""
+        self.alerts = {}
+
     def payload(self) -> list[dict[str, Any]]:
         now = self.clock()
         return [a.payload(now, self.resend) for a in self.alerts.values()]

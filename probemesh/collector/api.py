@@ -24,7 +24,8 @@ from aiohttp import web
 from probemesh.collector.diagnosis import Diagnosis
 from probemesh.collector.incidents import OutageMonitor
 from probemesh.collector.reachability import LOCAL_PROBLEM, SUSPECT, Snapshot
-from probemesh.collector.runnable import Refusal, not_runnable
+from probemesh.collector.runnable import Refusal
+from probemesh.collector.verdicts import agent_doc
 from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -74,47 +75,32 @@ def reachability_json(
     return {"generated_at": rfc3339(snapshot.at), "checks": checks}
 
 
-def agents_json(state: MeshState, snapshot: Snapshot) -> list[dict[str, Any]]:
-    """Every known agent with the classifier's verdict on it (``suspect``: not settled yet)."""
+def agents_json(
+    state: MeshState, snapshot: Snapshot, fleet: Mapping[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Every known agent with the classifier's verdict on it (``suspect``: not settled yet).
+
+    fleet: the agents every collector of a mesh published (shared.py), served
+    instead of this collector's own so that every collector answers the same.
+    """
+    docs = fleet if fleet is not None else {a.agent_id: agent_doc(a) for a in state.agents.values()}
     return [
         {
-            "agent": agent.agent_id,
-            "country": agent.country,
-            "region": agent.region,
-            "connected": agent.connected,
-            "last_seen": rfc3339(agent.last_seen),
-            "local_problem": snapshot.agent_state(agent.agent_id) == LOCAL_PROBLEM,
-            "suspect": snapshot.agent_state(agent.agent_id) == SUSPECT,
-            "version": agent.version,
-            "features": list(agent.features),
-            "clock_offset_seconds": _rounded(agent.clock.offset),
-            "clock_rtt_seconds": _rounded(agent.clock.rtt),
-            "clock_skewed": agent.clock.skewed,
-            "last_result": rfc3339(agent.last_result) if agent.last_result else None,
-            # What the agent refuses, as announced in its Hello (null: not said).
-            "policy": {
-                "min_interval_seconds": agent.min_interval or None,
-                "allow_private_targets": agent.allow_private_targets,
-                "secrets_dir": agent.secrets_dir,
-            },
+            **doc,
+            "local_problem": snapshot.agent_state(agent) == LOCAL_PROBLEM,
+            "suspect": snapshot.agent_state(agent) == SUSPECT,
         }
-        for agent in sorted(state.agents.values(), key=lambda a: a.agent_id)
+        for agent, doc in sorted(docs.items())
     ]
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 4)
 
 
 def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: MeshState) -> None:
     """Register the outage API and the status page on the collector's HTTP app."""
 
-    def refusals() -> dict[str, list[Refusal]]:
-        return not_runnable(state.latest, state.agents, monitor.checks())
-
     async def reachability(_request: web.Request) -> web.Response:
         return web.json_response(
-            reachability_json(monitor.snapshot, monitor.diagnoses, refusals()), headers=_NO_CACHE
+            reachability_json(monitor.snapshot, monitor.diagnoses, monitor.refusals),
+            headers=_NO_CACHE,
         )
 
     def _incidents(request: web.Request) -> list[dict[str, Any]]:
@@ -133,12 +119,12 @@ def add_outage_routes(http: web.Application, monitor: OutageMonitor, state: Mesh
             if not (after.isascii() and after.isdigit() and len(after) < 19):
                 return web.json_response({"error": "after must be an integer"}, status=400)
             await monitor.wait_after(int(after), LONG_POLL_SECONDS)
-        body = reachability_json(monitor.snapshot, monitor.diagnoses, refusals())
+        body = reachability_json(monitor.snapshot, monitor.diagnoses, monitor.refusals)
         body["evaluation"] = monitor.evaluations
         active = monitor.book.incidents(active_only=True)
         recent = [i for i in monitor.book.incidents() if not i.active][:10]
         body["incidents"] = [i.to_json() for i in active + recent]
-        body["agents"] = agents_json(state, monitor.snapshot)
+        body["agents"] = agents_json(state, monitor.snapshot, monitor.fleet)
         return web.json_response(body, headers=_NO_CACHE)
 
     async def index(_request: web.Request) -> web.FileResponse:

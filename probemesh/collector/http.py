@@ -31,7 +31,9 @@ def build_http_app(app: CollectorApp) -> web.Application:
         return web.json_response({"status": "starting"}, status=503)
 
     async def agents(_request: web.Request) -> web.Response:
-        return web.json_response({"agents": agents_json(app.state, app.outage.snapshot)})
+        return web.json_response(
+            {"agents": agents_json(app.state, app.outage.snapshot, app.outage.fleet)}
+        )
 
     http.router.add_get("/metrics", collector_metrics(app.exporter, app.metrics_registry))
     http.router.add_get("/healthz", healthz)

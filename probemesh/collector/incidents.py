@@ -30,14 +30,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from probemesh.checks import ChecksFile
-from probemesh.collector.database import Connection, Database
+from probemesh.collector.database import Connection, Database, DatabaseError
 from probemesh.collector.diagnosis import (
     BLOCKING,
     KINDS,
@@ -46,6 +47,7 @@ from probemesh.collector.diagnosis import (
     Diagnosis,
     cause_of,
 )
+from probemesh.collector.evaluation_doc import from_doc, to_doc
 from probemesh.collector.reachability import (
     DEGRADED,
     DOWN,
@@ -57,12 +59,24 @@ from probemesh.collector.reachability import (
     Classifier,
     Snapshot,
 )
+from probemesh.collector.runnable import Refusal
 from probemesh.collector.state import Latest, MeshState
-from probemesh.collector.verdicts import InputBook, Pair, PairInput, Publication, Publisher
+from probemesh.collector.verdicts import (
+    FleetPublisher,
+    InputBook,
+    Pair,
+    PairInput,
+    Publication,
+    Publisher,
+    refusals_of,
+)
 from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
     from probemesh.collector.notify import Notifications
+    from probemesh.collector.shared import Election, SharedVerdicts
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -299,13 +313,25 @@ class IncidentBook:
         self.closed: list[Incident] = []  # oldest first
         self.next_id = 1
         if self.db is not None:
-            self._load()
+            self.reload()
+            if self.active or self.closed:
+                log.info("loaded %d incidents (%d open)", len(self.incidents()), len(self.active))
 
-    def _load(self) -> None:
+    def reload(self) -> None:
+        """Replace the book's content with the stored incidents: the open ones and the
+        newest KEEP_CLOSED closed ones (another collector of the mesh may have written them)."""
         assert self.db is not None
         rows = self.db.execute(
-            "SELECT id, check_name, started_at, ended_at, data FROM incidents ORDER BY id"
+            "SELECT id, check_name, started_at, ended_at, data FROM incidents "
+            "WHERE ended_at IS NULL OR id IN (SELECT id FROM incidents "
+            "WHERE ended_at IS NOT NULL ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (KEEP_CLOSED,),
         ).fetchall()
+        self.load_rows(rows)
+
+    def load_rows(self, rows: list[tuple[int, str, float, float | None, str]]) -> None:
+        """Replace the book's content with stored incident rows (oldest first)."""
+        self.active, self.closed = {}, []
         for row in rows:
             incident = Incident.from_row(row)
             self.next_id = max(self.next_id, incident.id + 1)
@@ -318,8 +344,6 @@ class IncidentBook:
             else:
                 self.closed.append(incident)
         self.closed = self.closed[-KEEP_CLOSED:]
-        if rows:
-            log.info("loaded %d incidents (%d open)", len(rows), len(self.active))
 
     def incidents(self, active_only: bool = False) -> list[Incident]:
         """Newest first."""
@@ -451,6 +475,8 @@ class OutageMonitor:
         clock: Callable[[], float] = time.time,
         notifications: Notifications | None = None,
         diagnoser: Diagnoser | None = None,
+        shared: SharedVerdicts | None = None,
+        election: Election | None = None,
     ) -> None:
         self.state = state
         self.checks = checks
@@ -465,9 +491,19 @@ class OutageMonitor:
         # check -> country -> diagnosis of every country that is not up, from the same
         # evaluation as ``snapshot``
         self.diagnoses: dict[str, dict[str, Diagnosis]] = {}
+        self.refusals: dict[str, list[Refusal]] = {}  # check -> agents refusing it by policy
+        # In a mesh, every agent as its collector described it (None: this collector's own).
+        self.fleet: dict[str, dict[str, Any]] | None = None
+        self.fleet_publisher = FleetPublisher()
         self.evaluations = 0
         self._tick = asyncio.Event()  # set (and replaced) after every evaluation
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
+        # A mesh sharing PostgreSQL publishes there and evaluates only while elected;
+        # a collector alone is always its own evaluator.
+        self.shared = shared
+        self.election = election
+        self.is_evaluator = shared is None
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="verdicts") if shared else None
 
     def evaluate(self) -> list[Incident]:
         """One round of a collector that is its own evaluator: publish, then judge."""
@@ -486,6 +522,7 @@ class OutageMonitor:
         """The evaluator's part: classify every agent's inputs, diagnose, update
         incidents, notify; returns the incidents that must be saved."""
         snapshot = self.classifier.evaluate(inputs, checks, now)
+        self.refusals = refusals_of(inputs, checks)
         self.diagnoses = self._diagnose(snapshot, checks)
         self.snapshot = snapshot
         self.evaluations += 1
@@ -554,20 +591,98 @@ class OutageMonitor:
             self._wake()  # release long-polling status pages so HTTP shutdown is quick
             if self._saving is not None:  # cancelling does not stop the thread: let it finish
                 await asyncio.gather(self._saving, return_exceptions=True)
+            if self._db is not None:
+                await asyncio.get_running_loop().run_in_executor(self._db, self._close_shared)
+                self._db.shutdown()
 
     async def _loop(self) -> None:
         while True:
             try:
-                dirty = self.evaluate()
-                if dirty:
-                    rows = [i.to_row() for i in dirty]
-                    self._saving = asyncio.ensure_future(asyncio.to_thread(self.book.save, rows))
-                    await asyncio.shield(self._saving)
+                if self.shared is None:
+                    await self._save(self.book.save, self.evaluate())
+                else:
+                    await self._shared_round(self.shared)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug here must not stop the collector; it is logged
+            except DatabaseError as exc:  # the database is down: try again next round
+                log.warning("outage round failed: %s", exc)
+            except Exception:  # a bug must not stop the collector
                 log.exception("outage evaluation failed")
             await asyncio.sleep(self.checks().outage.evaluate_every)
+
+    async def _save(self, save: Callable[[list[Any]], None], dirty: list[Incident]) -> None:
+        if dirty:
+            rows = [i.to_row() for i in dirty]
+            self._saving = asyncio.ensure_future(self._io(save, rows))
+            await asyncio.shield(self._saving)
+
+    async def _io(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a database call in the monitor's own thread (SQLite: any worker thread)."""
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def _shared_round(self, shared: SharedVerdicts) -> None:
+        """Publish this collector's inputs; then evaluate the mesh if elected, else follow.
+
+        The election comes first: a collector whose session is lost stops
+        evaluating (and re-sending alerts) even while the database is down.
+        """
+        elected = self.election is not None and await self._io(self.election.hold)
+        if elected and not self.is_evaluator:
+            await self._take_over(shared)
+        elif self.is_evaluator and not elected and self.notifications is not None:
+            self.notifications.stand_by()
+        self.is_evaluator = elected
+        checks = self.checks()
+        new = self.publisher.new_pairs(self.state.latest, checks)
+        if new:
+            self.publisher.resume(await self._io(shared.published, new))
+        publication = self.publish(checks, self.clock())
+        described = self.fleet_publisher.observe(self.state.agents, time.monotonic())
+        publication.agents, publication.agents_removed = described.agents, described.agents_removed
+        try:
+            await self._io(shared.publish, publication)
+        except Exception:
+            self.publisher.retry(publication)
+            self.fleet_publisher.retry(publication)
+            raise
+        self.fleet = await self._io(shared.read_fleet)
+        if elected:
+            inputs = await self._io(shared.read, self.inputs)
+            dirty = self.judge(inputs, checks, self.clock())
+            await self._save(self.book.save, dirty)
+            doc = to_doc(self.snapshot, self.diagnoses, self.refusals)
+            await self._io(shared.save_evaluation, self.evaluations, doc)
+        else:
+            await self._follow(shared)
+
+    async def _take_over(self, shared: SharedVerdicts) -> None:
+        """Become the evaluator: start from the stored incidents and every published input."""
+        await self._io(self.book.reload)
+        stored = await self._io(shared.load_evaluation)
+        if stored is not None:
+            self.evaluations = max(self.evaluations, stored[1])
+        shared.forget_reads()
+        self.inputs = InputBook()
+        self.classifier = Classifier()
+        if self.notifications is not None:
+            self.notifications.resume(self.book)
+        log.info("evaluating the mesh; %d incidents open", len(self.book.active))
+
+    async def _follow(self, shared: SharedVerdicts) -> None:
+        """Serve the evaluator's latest evaluation and incidents."""
+        stored = await self._io(shared.load_evaluation)
+        if stored is None or stored[1] == self.evaluations:
+            return
+        await self._io(self.book.reload)
+        self.snapshot, self.diagnoses, self.refusals = from_doc(stored[2])
+        self.evaluations = stored[1]
+        self._wake()
+
+    def _close_shared(self) -> None:
+        if self.election is not None:
+            self.election.close()
+        if self.shared is not None:
+            self.shared.close()
 
     def metric_families(self) -> Iterator[Metric]:
         outage = GaugeMetricFamily(
@@ -587,10 +702,22 @@ class OutageMonitor:
             "1 when the agent fails nearly everything while others see the same targets up",
             labels=["agent", "country"],
         )
+        evaluator = GaugeMetricFamily(
+            "probemesh_evaluator",
+            "1 while this collector is the mesh's evaluator: it alone exports the outage, "
+            "reachability, diagnosis and local-problem gauges and sends notifications",
+        )
+        evaluator.add_metric([], 1.0 if self.is_evaluator else 0.0)
+        yield evaluator
+        if not self.is_evaluator:
+            return
         snapshot = self.snapshot
-        for agent in list(self.state.agents.values()):
-            flagged = snapshot.agent_state(agent.agent_id) == LOCAL_PROBLEM
-            local.add_metric([agent.agent_id, agent.country], 1.0 if flagged else 0.0)
+        known = {a.agent_id: a.country for a in list(self.state.agents.values())}
+        for agent_id, health in snapshot.agents.items():  # agents served by other collectors
+            known.setdefault(agent_id, health.country)
+        for agent_id, country in known.items():
+            flagged = snapshot.agent_state(agent_id) == LOCAL_PROBLEM
+            local.add_metric([agent_id, country], 1.0 if flagged else 0.0)
         configured = self.checks().checks
         for name, view in snapshot.checks.items():
             if name not in configured:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import socket
 import time
@@ -36,6 +37,7 @@ from probemesh.collector.remote_results import Journal
 from probemesh.collector.remote_write import RemoteWriteMetrics, RemoteWriter
 from probemesh.collector.service import ProbeMeshService
 from probemesh.collector.sessions import SessionRegistry
+from probemesh.collector.shared import Election, SharedVerdicts
 from probemesh.collector.state import MeshState
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
@@ -144,14 +146,21 @@ class CollectorApp:
             self.history,
         )
         self._external_url: str | None = None
+        self.collector_id = f"{socket.gethostname()}:{secrets.token_hex(3)}"
         book = IncidentBook(self.database)
         self.notifications = Notifications(book, self._notifiers())
+        shared = election = None
+        if self.database.dialect == "postgresql":  # a mesh: publish there, evaluate if elected
+            shared = SharedVerdicts(self.database, self.collector_id)
+            election = Election(self.database, self.collector_id)
         self.outage = OutageMonitor(
             self.state,
             lambda: self.checks_file,
             book,
             notifications=self.notifications,
             diagnoser=Diagnoser(self.state.evidence, options.asn, self._ask),
+            shared=shared,
+            election=election,
         )
         self.loop_lag = LoopLag()
         self.exporter = MeshExporter(

@@ -52,6 +52,9 @@ class Notifier(Protocol):
 
     def notify(self, evaluation: Evaluation) -> None: ...
 
+    def stand_by(self) -> None:
+        """This collector stopped evaluating: drop what it would re-send on its own."""
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -64,11 +67,14 @@ class Notifications:
 
     def __init__(self, book: IncidentBook, notifiers: Sequence[Notifier]) -> None:
         self.notifiers = list(notifiers)
-        # incident id -> timeline events already handed out; incidents loaded at start
-        # have had theirs notified by the process that recorded them
+        self._local_since: dict[str, float] = {}
+        self.resume(book)
+
+    def resume(self, book: IncidentBook) -> None:
+        """Take the book as notified: incidents loaded at start, or from the database when
+        this collector becomes the evaluator, had their events sent by whoever recorded them."""
         self._seen = {i.id: len(i.timeline) for i in book.active.values()}
         self._open = {i.id: i for i in book.active.values()}
-        self._local_since: dict[str, float] = {}
 
     def observe(self, book: IncidentBook, snapshot: Snapshot) -> None:
         """Call after every evaluation of ``book``; never blocks."""
@@ -105,6 +111,11 @@ class Notifications:
                 notifier.notify(evaluation)
             except Exception:  # a bug in one notifier must not stop evaluations
                 log.exception("notifier %s failed", type(notifier).__name__)
+
+    def stand_by(self) -> None:
+        """Another collector evaluates now and notifies: stop re-sending our last view."""
+        for notifier in self.notifiers:
+            notifier.stand_by()
 
     async def start(self) -> None:
         for notifier in self.notifiers:

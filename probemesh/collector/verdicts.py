@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from probemesh.checks import ChecksFile
+from probemesh.collector.runnable import Refusal, not_runnable
 from probemesh.collector.state import REASON_NAMES, AgentInfo, Latest
+from probemesh.timefmt import rfc3339
 from probemesh.v1 import mesh_pb2 as pb
 
 Pair = tuple[str, str]  # (check, agent)
@@ -97,6 +100,7 @@ class PairInput:
     reason: str = ""  # failure reason name while the latest result fails
     detail: str = ""  # e.g. "HTTP 500"
     streak: int = 0  # rounds in the current raw streak, counted up to confirm_rounds
+    refused: bool = False  # the agent refuses the check by policy (reason: rule, detail: why)
     # Probe time of the newest result when this input was published; not part of
     # the comparison, so a steady pair is not published again for every result.
     last_ts: float = field(default=0.0, compare=False)
@@ -104,13 +108,17 @@ class PairInput:
 
 @dataclass
 class Publication:
-    """One round's changes: inputs that are new or differ, and pairs that are gone."""
+    """One round's changes: inputs that are new or differ, and pairs that are gone; in a
+    mesh also the agents whose description changed (agent, connected, last_seen, doc)
+    and the agents gone from this collector."""
 
     changed: list[PairInput] = field(default_factory=list)
     removed: list[Pair] = field(default_factory=list)
+    agents: list[tuple[str, bool, float, dict[str, Any]]] = field(default_factory=list)
+    agents_removed: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.changed or self.removed)
+        return bool(self.changed or self.removed or self.agents or self.agents_removed)
 
 
 class Publisher:
@@ -120,9 +128,16 @@ class Publisher:
         self.verdicts: dict[Pair, AgentVerdict] = {}
         self.published: dict[Pair, PairInput] = {}
 
-    def new_pairs(self, latest: Mapping[Pair, Latest]) -> list[Pair]:
+    def new_pairs(self, latest: Mapping[Pair, Latest], checks: ChecksFile) -> list[Pair]:
         """Pairs with a result but no streak here yet (resume them with ``resume``)."""
-        return [key for key in latest if key not in self.verdicts]
+        verdicts, configured = self.verdicts, checks.checks
+        return [
+            key
+            for key, entry in list(latest.items())
+            if key not in verdicts
+            and key[0] in configured
+            and entry.result.reason != pb.FAILURE_REASON_POLICY
+        ]
 
     def resume(self, inputs: Iterable[PairInput]) -> None:
         """Continue the streaks another collector published (the agent moved here)."""
@@ -167,7 +182,7 @@ class Publisher:
                 reason,
                 detail,
                 streak,
-                entry.timestamp,
+                last_ts=entry.timestamp,
             )
             by_agent.setdefault(agent, []).append((key, verdict, fresh))
         for rows in by_agent.values():
@@ -179,6 +194,11 @@ class Publisher:
                 key = (check, info.agent_id)
                 if key not in inputs and check in checks.checks:
                     inputs[key] = PairInput(check, info.agent_id, info.country, None)
+        for check, refusals in not_runnable(latest, agents, checks).items():
+            for r in refusals:
+                inputs[(check, r.agent)] = PairInput(
+                    check, r.agent, r.country, None, reason=r.rule, detail=r.detail, refused=True
+                )
         for key in [k for k in self.verdicts if k not in inputs or inputs[k].success is None]:
             del self.verdicts[key]
         publication = Publication(
@@ -188,6 +208,16 @@ class Publisher:
         self.published = inputs
         return publication
 
+    def retry(self, publication: Publication) -> None:
+        """The publication was not stored: publish its changes again next round."""
+        for item in publication.changed:
+            self.published.pop((item.check, item.agent), None)
+        for key in publication.removed:
+            self.published.setdefault(key, _REMOVED)
+
+
+_REMOVED = PairInput("", "", "", None)  # stands for a removal still to publish
+
 
 def _settled(rows: list[tuple[Pair, AgentVerdict, bool]]) -> bool:
     """Has every check of the agent reported since its latest raw change (any check's)?"""
@@ -196,6 +226,88 @@ def _settled(rows: list[tuple[Pair, AgentVerdict, bool]]) -> bool:
         return True
     edge = max(v.since for v in probed)
     return all(v.last_ts >= edge for v in probed)
+
+
+def refusals_of(inputs: Mapping[Pair, PairInput], checks: ChecksFile) -> dict[str, list[Refusal]]:
+    """check -> the agents refusing it by their own policy, as their collectors published."""
+    out: dict[str, list[Refusal]] = {}
+    for (check, agent), item in inputs.items():
+        if item.refused and check in checks.checks:
+            out.setdefault(check, []).append(
+                Refusal(check, agent, item.country, item.reason, item.detail)
+            )
+    for refusals in out.values():
+        refusals.sort(key=lambda r: r.agent)
+    return out
+
+
+VOLATILE = ("last_seen", "last_result", "clock_offset_seconds", "clock_rtt_seconds")
+AGENT_STAMP_EVERY = 10.0  # seconds between two publications of an agent whose times alone moved
+
+
+def agent_doc(agent: AgentInfo) -> dict[str, Any]:
+    """What the serving collector knows of one agent (without the classifier's verdicts)."""
+    return {
+        "agent": agent.agent_id,
+        "country": agent.country,
+        "region": agent.region,
+        "connected": agent.connected,
+        "last_seen": rfc3339(agent.last_seen),
+        "version": agent.version,
+        "features": list(agent.features),
+        "clock_offset_seconds": _rounded(agent.clock.offset),
+        "clock_rtt_seconds": _rounded(agent.clock.rtt),
+        "clock_skewed": agent.clock.skewed,
+        "last_result": rfc3339(agent.last_result) if agent.last_result else None,
+        # What the agent refuses, as announced in its Hello (null: not said).
+        "policy": {
+            "min_interval_seconds": agent.min_interval or None,
+            "allow_private_targets": agent.allow_private_targets,
+            "secrets_dir": agent.secrets_dir,
+        },
+    }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
+
+
+class FleetPublisher:
+    """Publishes what this collector knows of its agents (``agent_doc``) for every collector
+    to list: on any change, and every AGENT_STAMP_EVERY seconds when only its times moved."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, tuple[dict[str, Any], float]] = {}  # agent -> (doc, when)
+
+    def observe(self, agents: Mapping[str, AgentInfo], now: float) -> Publication:
+        publication = Publication()
+        current: dict[str, tuple[dict[str, Any], float]] = {}
+        for agent in list(agents.values()):
+            doc = agent_doc(agent)
+            previous = self.published.get(agent.agent_id)
+            if (
+                previous is None
+                or now - previous[1] >= AGENT_STAMP_EVERY
+                or _stable(previous[0]) != _stable(doc)
+            ):
+                publication.agents.append((agent.agent_id, agent.connected, agent.last_seen, doc))
+                current[agent.agent_id] = (doc, now)
+            else:
+                current[agent.agent_id] = previous
+        publication.agents_removed = [a for a in self.published if a not in current]
+        self.published = current
+        return publication
+
+    def retry(self, publication: Publication) -> None:
+        """The publication was not stored: publish these agents again next round."""
+        for agent_id, *_ in publication.agents:
+            self.published.pop(agent_id, None)
+        for agent_id in publication.agents_removed:
+            self.published.setdefault(agent_id, ({}, 0.0))
+
+
+def _stable(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in VOLATILE}
 
 
 class InputBook:

@@ -117,6 +117,9 @@ class WebhookNotifier:
         self._session: aiohttp.ClientSession | None = None
         self._outbox_writer: asyncio.Task[None] | None = None
 
+    def stand_by(self) -> None:
+        """Nothing to drop: each event is posted once, and those queued were ours to send."""
+
     def notify(self, evaluation: Evaluation) -> None:
         """Queue one post per new timeline event, per URL."""
         for incident, index, event in evaluation.events:

@@ -26,6 +26,9 @@ class Recorder:
     def notify(self, evaluation: Evaluation) -> None:
         self.evaluations.append(evaluation)
 
+    def stand_by(self) -> None:
+        pass
+
     async def start(self) -> None:
         pass
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
+from probemesh.collector.alertmanager import AlertmanagerNotifier
+from probemesh.collector.diagnosis import Diagnosis, PathHop
+from probemesh.collector.evaluation_doc import from_doc, to_doc
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
+from probemesh.collector.notify import Notifications
 from probemesh.collector.reachability import Classifier
+from probemesh.collector.runnable import not_runnable
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.verdicts import InputBook, Publisher
+from probemesh.v1 import mesh_pb2 as pb
 from tests.collector.mesh_script import COUNTRIES, ScriptedMesh, build_checks, result
 
 
@@ -114,7 +122,7 @@ def test_an_agent_that_moves_keeps_its_confirmed_verdict() -> None:
     assert first.published[("web", "a-br")].confirmed is False
     second = Publisher()  # another collector; the agent's next result arrives there
     mesh.round(web={"BR": "timeout"})
-    assert second.new_pairs(mesh.state.latest)
+    assert second.new_pairs(mesh.state.latest, mesh.checks)
     second.resume(first.published.values())
     second.observe(mesh.state.latest, mesh.checks, mesh.state.agents, mesh.now)
     assert second.published[("web", "a-br")].confirmed is False
@@ -129,3 +137,78 @@ def test_the_monitor_evaluates_what_it_publishes() -> None:
     monitor: OutageMonitor = mesh.monitor
     mesh.round()
     assert monitor.inputs.inputs == monitor.publisher.published
+
+
+def _families(monitor: OutageMonitor) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return {f.name: [(s.labels, s.value) for s in f.samples] for f in monitor.metric_families()}
+
+
+def test_the_outage_gauges_come_from_the_evaluator_alone() -> None:
+    mesh = ScriptedMesh(countries=("BR", "DE", "US"))
+    for _ in range(3):
+        mesh.round(web={"BR": "500"})
+    alone = _families(mesh.monitor)  # a collector alone is always the evaluator
+    assert alone["probemesh_evaluator"] == [({}, 1.0)]
+    assert ({"check": "web", "scope": "regional"}, 1.0) in alone["probemesh_outage"]
+    assert alone["probemesh_country_reachability_ratio"]
+    assert len(alone["probemesh_agent_local_problem"]) == 3
+    mesh.monitor.is_evaluator = False  # another collector of the mesh was elected
+    assert _families(mesh.monitor) == {"probemesh_evaluator": [({}, 0.0)]}
+
+
+def test_a_collector_that_stops_evaluating_stops_resending_its_alerts() -> None:
+    mesh = ScriptedMesh(countries=("BR", "DE", "US"))
+    alertmanager = AlertmanagerNotifier(["http://127.0.0.1:9/"])
+    mesh.monitor.notifications = Notifications(mesh.book, [alertmanager])
+    for _ in range(3):
+        mesh.round(web={"BR": "500"})
+    [alert] = alertmanager.payload()
+    assert alert["labels"]["check"] == "web"
+    mesh.monitor.notifications.stand_by()  # demoted: the new evaluator posts the set now
+    assert alertmanager.payload() == []
+
+
+def test_refusals_are_published_and_served_from_the_evaluation() -> None:
+    mesh = ScriptedMesh(countries=("BR", "JP"))
+    jp = mesh.state.agents["a-jp"]
+    mesh.now += 10.0
+    message = "interval_floor: interval 10s is below this agent's floor of 60s (--min-interval)"
+    mesh.state.apply(
+        jp,
+        pb.Result(
+            check="web", target="t", timestamp=mesh.now, reason=pb.FAILURE_REASON_POLICY,
+            message=message,
+        ),
+    )  # fmt: skip
+    jp.refusals["web"] = message
+    mesh.monitor.evaluate()
+    [refusal] = mesh.monitor.refusals["web"]
+    assert (refusal.agent, refusal.country, refusal.rule) == ("a-jp", "JP", "interval_floor")
+    assert mesh.monitor.refusals == not_runnable(mesh.state.latest, mesh.state.agents, mesh.checks)
+    doc = json.loads(json.dumps(to_doc(mesh.monitor.snapshot, {}, mesh.monitor.refusals)))
+    assert from_doc(doc)[2] == mesh.monitor.refusals  # what the other collectors serve
+
+
+def test_an_evaluation_reads_back_as_it_was_stored() -> None:
+    mesh = ScriptedMesh()
+    for _ in range(3):
+        mesh.round()
+    for _ in range(4):  # UG's agent has a local problem, BR is down
+        mesh.round(web={"UG": "timeout", "BR": "500"}, tcp={"UG": "timeout"})
+    diagnoses = {
+        "web": {
+            "BR": Diagnosis(
+                "path", "path lost after 10.0.0.1", "10.0.0.1", 64500,
+                (PathHop(1, "10.0.0.1", 0.001, 64500), PathHop(2, "", 0.0, None)),
+            )
+        }
+    }  # fmt: skip
+    snapshot = mesh.monitor.snapshot
+    doc = json.loads(json.dumps(to_doc(snapshot, diagnoses, {})))
+    back, back_diagnoses, _ = from_doc(doc)
+    assert back.checks == snapshot.checks and back.at == snapshot.at
+    assert back.local_problems == {"a-ug"} == snapshot.local_problems
+    assert {a: back.agent_state(a) for a in mesh.state.agents} == {
+        a: snapshot.agent_state(a) for a in mesh.state.agents
+    }
+    assert back_diagnoses == diagnoses
