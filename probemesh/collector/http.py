@@ -40,7 +40,13 @@ def build_http_app(app: CollectorApp) -> web.Application:
     http.router.add_get("/readyz", readyz)
 
     async def collector(_request: web.Request) -> web.Response:
-        return web.json_response({"collector_id": app.leases.holder, "version": __version__})
+        return web.json_response(
+            {
+                "collector_id": app.leases.holder,
+                "version": __version__,
+                "evaluator": app.outage.is_evaluator,  # it evaluates the mesh and notifies
+            }
+        )
 
     http.router.add_get("/api/v1/agents", agents)
     http.router.add_get("/api/v1/collector", collector)

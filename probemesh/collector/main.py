@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 import socket
 import time
@@ -146,13 +145,12 @@ class CollectorApp:
             self.history,
         )
         self._external_url: str | None = None
-        self.collector_id = f"{socket.gethostname()}:{secrets.token_hex(3)}"
         book = IncidentBook(self.database)
         self.notifications = Notifications(book, self._notifiers())
         shared = election = None
         if self.database.dialect == "postgresql":  # a mesh: publish there, evaluate if elected
-            shared = SharedVerdicts(self.database, self.collector_id)
-            election = Election(self.database, self.collector_id)
+            shared = SharedVerdicts(self.database, self.leases.holder)
+            election = Election(self.database, self.leases.holder)
         self.outage = OutageMonitor(
             self.state,
             lambda: self.checks_file,

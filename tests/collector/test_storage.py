@@ -63,6 +63,8 @@ def test_collectors_starting_together_migrate_once(database: Database, tmp_path:
             conn.execute(f"DROP TABLE {table}")
         for table in ("revisions", "assignments", "incidents", "leases"):
             conn.execute(f"DROP TABLE {table}")
+        for table in ("inputs", "agents", "publishers", "evaluation"):
+            conn.execute(f"DROP TABLE verdict_{table}")
     errors: list[BaseException] = []
     start = threading.Barrier(8)
 

@@ -146,6 +146,9 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
         evaluators = [c for c in collectors if c.evaluator() == 1.0]
         assert len(evaluators) == 1
         [evaluator] = evaluators
+        assert [c.get("/api/v1/collector")["evaluator"] for c in collectors] == [
+            c is evaluator for c in collectors
+        ]
         for c in collectors:  # outage and ratio gauges come from the evaluator alone
             exported = total(c.metrics(), "probemesh_country_reachability_ratio", check="web")
             assert (exported > 0) == (c is evaluator)
