@@ -17,6 +17,14 @@ make fresh-connection probes at the same concurrency, in one run:
   process's time.process_time(). Converting results to protobuf and sending
   them is not included (the collector link is batched; see docs/benchmarks.md).
 
+A third figure isolates the TLS handshake: blackbox's tcp prober with
+``tls: true`` against probemesh's tls prober (resolve, connect, full handshake,
+certificate metrics; no request), same server. Last, Python's floor: a blocking
+loop of bare ``ssl`` handshakes with no event loop and no probe around it.
+Every figure is repeated ``--runs`` times (alternating which side goes first)
+and printed as median and range. bench/tls_params.py shows that both sides
+negotiate the same cipher suite and group with this server.
+
 Diagnosis overhead: the agent's real Scheduler runs 200 HTTP checks (interval
 1 s) for 8 s, once with evidence gathering wired (as the agent runs) and once
 without, against the succeeding target, then against a closed port (every probe
@@ -42,6 +50,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,6 +307,29 @@ def start_nghttpd(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"https://localhost:{port}/index.html"
 
 
+BARE_HANDSHAKES = textwrap.dedent(
+    """
+    import socket, ssl, sys, time
+    host, port = sys.argv[1].rsplit(":", 1)
+    total, context = int(sys.argv[2]), ssl.create_default_context(cafile=sys.argv[3])
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    address = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    cpu0 = time.process_time()
+    for _ in range(total):
+        with socket.create_connection(address) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                pass
+    print((time.process_time() - cpu0) / total * 1000)
+    """
+)
+
+
+def bare_handshakes(host: str, ca: Path, total: int) -> float:
+    """CPU seconds per 1,000 handshakes of a plain blocking loop: Python's TLS floor."""
+    out, _ = python(BARE_HANDSHAKES, host, str(total), str(ca)).communicate()
+    return float(out)
+
+
 def run_worker(
     url: str, probes: int, concurrency: int, section: dict, tmp: Path, prober: str
 ) -> dict:
@@ -307,25 +339,25 @@ def run_worker(
 
 
 def measure(
-    name: str,
-    url: str,
-    section: dict,
-    tmp: Path,
-    probes: int,
-    concurrency: int,
-    blackbox_first: bool = True,
+    kind: Kind, url: str, tmp: Path, probes: int, concurrency: int, blackbox_first: bool
 ) -> dict[str, float]:
     """CPU seconds per 1,000 probes on both sides, plus successes and throughput.
 
     The two sides run one after the other; callers alternate which goes first
     so that load from other processes on the machine hits both alike.
     """
+    section = kind.section
     blackbox_section = json.loads(json.dumps(section))
     if "tls_config" in section:
         blackbox_section["tls_config"]["ca_file"] = str(tmp / section["tls_config"]["ca_file"])
-    module = {"prober": "http", "timeout": "5s", "http": blackbox_section}
+    blackbox_section.update(kind.blackbox_extra)
+    module = {
+        "prober": kind.blackbox_prober,
+        "timeout": "5s",
+        kind.blackbox_prober: blackbox_section,
+    }
     if not blackbox_first:
-        pm = run_worker(url, probes, concurrency, section, tmp, "http")
+        pm = run_worker(url, probes, concurrency, section, tmp, kind.prober)
     blackbox, base = start_blackbox({"http_2xx": module}, tmp)
     try:
         asyncio.run(drive_blackbox(base, url, 50, concurrency))  # warm-up
@@ -336,9 +368,9 @@ def measure(
         blackbox.terminate()
         blackbox.wait()
     if blackbox_first:
-        pm = run_worker(url, probes, concurrency, section, tmp, "http")
+        pm = run_worker(url, probes, concurrency, section, tmp, kind.prober)
     if pm["failures"]:
-        print(f"probemesh {name} failures:", pm["failures"])
+        print(f"probemesh {kind.label} failures:", pm["failures"])
     return {
         "bb": bb_cpu / probes * 1000,
         "pm": pm["cpu"] / probes * 1000,
@@ -347,6 +379,17 @@ def measure(
         "bb_rate": probes / bb_wall,
         "pm_rate": probes / pm["wall"],
     }
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One side-by-side figure: blackbox's module and probemesh's prober for the same work."""
+
+    label: str
+    prober: str  # probemesh's
+    section: dict
+    blackbox_prober: str
+    blackbox_extra: dict = field(default_factory=dict)
 
 
 def spread(values: list[float]) -> str:
@@ -395,34 +438,27 @@ def main() -> None:
         return
     ip4 = {"preferred_ip_protocol": "ip4"}
     h2 = {**ip4, "valid_http_versions": ["HTTP/2.0"], "tls_config": {"ca_file": "ca.pem"}}
-    figures: dict[str, list[dict[str, float]]] = {"HTTP/1.1": [], "HTTP/2 (TLS)": []}
-    handshakes: list[dict] = []
+    tls_only = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": "ca.pem"}}
     with tempfile.TemporaryDirectory() as tmp:
         nghttpd, h2_url = start_nghttpd(Path(tmp))
+        host = h2_url.split("/")[2]
+        kinds = (
+            (Kind("HTTP/1.1", "http", ip4, "http"), url),
+            (Kind("HTTP/2 (TLS)", "http", h2, "http"), h2_url),
+            # The handshake's share: connect + TLS, no request. blackbox's tcp
+            # prober with tls: true against probemesh's tls prober, same server.
+            (Kind("TLS connect only", "tls", tls_only, "tcp", {"tls": True}), host),
+        )
+        figures: dict[str, list[dict[str, float]]] = {kind.label: [] for kind, _ in kinds}
         try:
             for run in range(args.runs):
-                first = run % 2 == 0
-                for label, name, target_url, section in (
-                    ("HTTP/1.1", "h1", url, ip4),
-                    ("HTTP/2 (TLS)", "h2", h2_url, h2),
-                ):
-                    figures[label].append(
+                for kind, target_url in kinds:
+                    figures[kind.label].append(
                         measure(
-                            name,
-                            target_url,
-                            section,
-                            Path(tmp),
-                            args.probes,
-                            args.concurrency,
-                            first,
+                            kind, target_url, Path(tmp), args.probes, args.concurrency, run % 2 == 0
                         )
                     )
-                # The share of the TLS handshake: probemesh's tls prober, same server.
-                tls = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": "ca.pem"}}
-                host = h2_url.split("/")[2]
-                handshakes.append(
-                    run_worker(host, args.probes, args.concurrency, tls, Path(tmp), "tls")
-                )
+            floor = [bare_handshakes(host, Path(tmp) / "ca.pem", args.probes) for _ in range(3)]
         finally:
             nghttpd.terminate()
             nghttpd.wait()
@@ -430,10 +466,9 @@ def main() -> None:
     print(f"concurrency {args.concurrency}, fresh connection per probe")
     for label, runs in figures.items():
         report(label, runs, args.probes)
-    tls_only = [h["cpu"] / args.probes * 1000 for h in handshakes]
     print(
-        f"  of which resolve + connect + TLS handshake (probemesh tls prober, same server): "
-        f"{spread(tls_only)} CPU s / 1000 probes ({'/'.join(str(h['ok']) for h in handshakes)} ok)"
+        f"Python's floor: {args.probes} blocking ssl handshakes in a loop, no event loop, "
+        f"same server: {spread(floor)} CPU s / 1000"
     )
     if not args.cost_only:
         rss_proc = python(RSS_WORKER, url, str(args.checks))

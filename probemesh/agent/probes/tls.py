@@ -8,12 +8,12 @@ fails verification fails the probe with reason ``tls``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 
 from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
 from probemesh.agent.probes.result import ProbeResult
+from probemesh.agent.probes.tlsconn import TLSConnection
 from probemesh.modules import TLSSettings
 from probemesh.targets import split_host_port
 
@@ -24,7 +24,7 @@ async def probe(target: str, settings: TLSSettings, env: ProbeEnv, result: Probe
     if settings.source_ip_address:
         env = dataclasses.replace(env, source_address=settings.source_ip_address)
     phases = dict.fromkeys(("resolve", "connect", "handshake"), 0.0)
-    writer: asyncio.StreamWriter | None = None
+    conn: TLSConnection | None = None
     try:
         start = time.perf_counter()
         resolved = await resolve(
@@ -35,16 +35,19 @@ async def probe(target: str, settings: TLSSettings, env: ProbeEnv, result: Probe
         sock = await connect(resolved, port, env)
         connected_at = time.perf_counter()
         phases["connect"] = connected_at - resolved_at
-        _, writer = await asyncio.open_connection(sock=sock)
-        server_name = settings.tls_config.server_name or host
-        await writer.start_tls(
-            client_context(settings.tls_config, env.secrets), server_hostname=server_name
-        )
+        try:
+            server_name = settings.tls_config.server_name or host
+            context = client_context(settings.tls_config, env.secrets)
+            conn = TLSConnection(sock, context, server_name)
+        except BaseException:
+            sock.close()
+            raise
+        await conn.handshake()
         phases["handshake"] = time.perf_counter() - connected_at
-        record_tls(writer.get_extra_info("ssl_object"), result)
+        record_tls(conn.ssl_object, result)
         result.success = True
     finally:
-        if writer is not None:
-            writer.transport.abort()
+        if conn is not None:
+            conn.close()
         for phase, seconds in phases.items():
             result.add("probe_tls_duration_seconds", seconds, phase=phase)
