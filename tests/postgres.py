@@ -7,9 +7,10 @@ listens on 127.0.0.1 on a free port, and password authentication
 (scram-sha-256) is on, as in production. It is stopped and removed when the
 test session ends.
 
-Durability settings (fsync, synchronous_commit) are off: the tests crash
-collectors, never the database server, and a loaded CI machine should not wait
-on the disk for what a crash of the server alone would prove.
+Durability settings (fsync, synchronous_commit) are off for the tests: they
+crash collectors, never the database server, and a loaded CI machine should not
+wait on the disk for what a crash of the server alone would prove. Benchmarks
+start it with ``durable=True``, as a production server runs.
 
 Fixtures: ``postgres_cluster`` (one per session) and ``postgres_url`` (a fresh,
 empty database per test; CREATE DATABASE copies a template in milliseconds).
@@ -61,7 +62,8 @@ def unavailable() -> str | None:
 class PostgresCluster:
     """One server on 127.0.0.1:<free port>, its files in a temp dir."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         found = bin_dir()
         assert found is not None, unavailable()
         self.bin = found
@@ -111,9 +113,10 @@ class PostgresCluster:
             self.port = free_port()
             settings = (
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                 "-c max_connections=200"
             )
+            if not self.durable:
+                settings += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             started = self._run(
                 str(self.bin / "pg_ctl"),
                 "--pgdata",

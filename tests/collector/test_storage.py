@@ -208,3 +208,34 @@ def test_incidents_persist_and_resume(database: Database) -> None:
     assert resumed.closed[0].peak_countries == ["DE", "JP"]
     assert resumed.next_id == 3
     resumed.close()
+
+
+def test_a_sqlite_file_from_before_migrations_is_adopted_with_its_data(tmp_path: Path) -> None:
+    """A collector.sqlite3 written before schema_migrations existed keeps every row."""
+    import sqlite3
+
+    path = tmp_path / "collector.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE tokens (token_id TEXT PRIMARY KEY, hash TEXT NOT NULL,
+            agent_id TEXT NOT NULL, country TEXT NOT NULL, created_at REAL NOT NULL,
+            last_used REAL, revoked_at REAL);
+        CREATE TABLE marks (agent_id TEXT PRIMARY KEY, mark INTEGER NOT NULL, ranges TEXT NOT NULL);
+        CREATE TABLE counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE incidents (id INTEGER PRIMARY KEY, check_name TEXT NOT NULL,
+            started_at REAL NOT NULL, ended_at REAL, data TEXT NOT NULL);
+        INSERT INTO marks VALUES ('vps-1', 41, '[]');
+        INSERT INTO counters VALUES ('["results", "web", "vps-1", "DE", "success"]', 41);
+        """
+    )
+    old.commit()
+    old.close()
+    database = open_database(None, tmp_path)
+    store = Store(database)
+    assert store.load_marks() == {"vps-1": (41, [])}
+    assert store.load_counters() == {("results", "web", "vps-1", "DE", "success"): 41}
+    store.save_revision(1, "digest", PRECISE)  # the tables it lacked now exist
+    rows = store.db.execute("SELECT version FROM schema_migrations").fetchall()
+    assert [int(v) for (v,) in rows] == [s.version for s in steps("sqlite")]
+    store.close()
