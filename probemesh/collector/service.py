@@ -21,6 +21,7 @@ from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector import runnable
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
+from probemesh.collector.database import DatabaseError
 from probemesh.collector.diagnosis import EVIDENCE_FEATURE
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.leases import POLL_WINDOW, stream_taken_message
@@ -49,6 +50,7 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9.+_-]{0,64}$")
 REJECT_REASONS = (
     "unauthenticated", "cert_identity", "identity", "invalid_hello", "protocol",
     "rate_limited", "message_too_large", "batch_too_large", "malformed_batch", "unknown_evidence",
+    "database",
 )  # fmt: skip
 """Streams and messages the servicer refuses (rate_limited counts results)."""
 
@@ -217,6 +219,11 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             await self._refuse(
                 context, key, "unauthenticated", grpc.StatusCode.UNAUTHENTICATED, str(exc)
             )
+        except DatabaseError as exc:  # the agent retries, here or at another collector
+            await self._refuse(
+                context, key, "database", grpc.StatusCode.UNAVAILABLE,
+                "collector cannot read its database; retry", str(exc),
+            )  # fmt: skip
         key = f"agent {binding.agent_id}"
         if self.limits.require_cert_identity:
             names = _certificate_names(context)

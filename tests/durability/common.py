@@ -176,13 +176,13 @@ def assert_exact_accounting(
         "collector": total(samples, RESULTS) + total(samples, REFUSED),
         "duplicates": total(samples, "probemesh_duplicate_results_total"),
     }
-    # Evidence reports (diagnosis) are not results: a rejected one does not bear on
-    # the accounting, which counts results only.
+    # Evidence reports (diagnosis) are not results, and a stream refused while the
+    # database is unreachable carries none: neither bears on the accounting.
     reasons = {
         dict(labels).get("reason", ""): value
         for (name, labels), value in samples.items()
         if name == "probemesh_ingest_rejected_total" and value
-        and dict(labels).get("reason") != "unknown_evidence"
+        and dict(labels).get("reason") not in ("unknown_evidence", "database")
     }  # fmt: skip
     figures["rejected"] = sum(reasons.values())
     print(f"accounting: {figures} rejected: {reasons}")

@@ -54,9 +54,15 @@ def start_agent(mesh: Mesh) -> StartAgent:
     tokens: dict[str, str] = {}
 
     def start(
-        agent_id: str, country: str = "DE", *extra: str, collectors: str | None = None
+        agent_id: str,
+        country: str = "DE",
+        *extra: str,
+        collectors: str | None = None,
+        token: str | None = None,
     ) -> AgentRef:
         port = ports.setdefault(agent_id, free_port())
+        if token is not None:
+            tokens[agent_id] = token
         if agent_id not in tokens:
             tokens[agent_id] = mesh.token(agent_id, country)
         mesh.start_agent(

@@ -11,6 +11,7 @@ import json
 import time
 
 import psycopg
+import pytest
 
 from tests.durability.common import (
     AgentRef,
@@ -22,6 +23,7 @@ from tests.durability.common import (
 )
 from tests.durability.conftest import StartAgent
 from tests.harness import Mesh, total, wait_for
+from tests.postgres import PostgresCluster
 
 
 def test_collector_on_postgresql_survives_sigkill_and_restart(
@@ -30,14 +32,7 @@ def test_collector_on_postgresql_survives_sigkill_and_restart(
     mesh.database = postgres_url
     mesh.start_collector()
     agents: list[AgentRef] = [start_agent("pg-br", "BR"), start_agent("pg-de", "DE")]
-    for agent in agents:
-        wait_for(
-            lambda a=agent: total(
-                mesh.metrics(), "probemesh_probe_results_total", agent=a.agent_id
-            ),  # type: ignore[misc]
-            20,
-            f"results from {agent.agent_id}",
-        )
+    streaming(mesh, agents)
     for stop in ("kill", "stop"):
         time.sleep(1.5)  # batches in flight, marks and counters being committed
         assert mesh.collector is not None
@@ -51,6 +46,75 @@ def test_collector_on_postgresql_survives_sigkill_and_restart(
             return collector_total(mesh) > before
 
         wait_for(grew, 20, f"ingest after the collector's {stop}")
+    assert_stored_exactly(mesh, agents, targets, postgres_url)
+
+
+def test_collector_rides_out_a_database_outage(
+    mesh: Mesh,
+    start_agent: StartAgent,
+    targets: tuple[str, str],
+    postgres_cluster: PostgresCluster,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL refuses every connection for a while: the collector stays up, refuses new
+    streams with UNAVAILABLE (the agent retries), holds Acks while commits fail, and
+    resumes on its own once the database is back, with exact counts.
+
+    Batches whose commit failed stay unacked; the agent sends them again once
+    its in-flight batches went unacked for PROBEMESH_LINK_DEAD_AFTER (3 s here).
+    """
+    monkeypatch.setenv("PROBEMESH_LINK_DEAD_AFTER", "3")
+    mesh.database = postgres_url
+    dbname = postgres_url.rsplit("/", 1)[1]
+    mesh.start_collector()
+    first = start_agent("pg-br", "BR")
+    streaming(mesh, [first])
+    late_token = mesh.token("pg-de", "DE")  # created before the outage
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+        )
+        second = start_agent("pg-de", "DE", token=late_token)
+        wait_for(
+            lambda: total(mesh.metrics(), "probemesh_ingest_rejected_total", reason="database"),
+            20,
+            "a stream refused while the database is down",
+        )
+        acked = total(first.metrics(), "probemesh_agent_results_acked_total")
+        time.sleep(2.0)
+        # No commit, no Ack: the agent keeps its results.
+        assert total(first.metrics(), "probemesh_agent_results_acked_total") == acked
+        assert mesh.collector is not None and mesh.collector.alive()
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    streaming(mesh, [first, second])
+    wait_for(
+        lambda: total(first.metrics(), "probemesh_agent_results_acked_total") > acked,
+        20,
+        "Acks after the database came back",
+    )
+    log = mesh.collector.log()
+    assert "could not persist" in log, log[-3000:]
+    assert postgres_cluster.password not in log
+    assert_stored_exactly(mesh, [first, second], targets, postgres_url)
+
+
+def streaming(mesh: Mesh, agents: list[AgentRef]) -> None:
+    for agent in agents:
+        wait_for(
+            lambda a=agent: total(
+                mesh.metrics(), "probemesh_probe_results_total", agent=a.agent_id
+            ),  # type: ignore[misc]
+            20,
+            f"results from {agent.agent_id}",
+        )
+
+
+def assert_stored_exactly(
+    mesh: Mesh, agents: list[AgentRef], targets: tuple[str, str], postgres_url: str
+) -> None:
+    """Quiesce, then: exact accounting on /metrics, and PostgreSQL holds the same marks and counts."""
     quiesce(mesh, checks_yaml(*targets, countries="AQ"), agents)
     figures = assert_exact_accounting(mesh, agents)
     assert figures["produced"] > 200, "the rate was too low to prove anything"
