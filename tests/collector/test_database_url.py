@@ -11,7 +11,7 @@ import pytest
 
 from probemesh.collector.database import DatabaseError, open_database
 from probemesh.errors import ConfigError
-from tests.harness import free_port, run_cli
+from tests.harness import free_port, run_cli, wait_for
 from tests.postgres import PostgresCluster
 
 SECRET = "hunter2-do-not-print"
@@ -134,6 +134,6 @@ def test_one_session_at_a_time_holds_an_advisory_lock(postgres_url: str, tmp_pat
     first, second = database.connect(), database.connect()
     assert first.try_advisory_lock(42)
     assert not second.try_advisory_lock(42)
-    first.close()  # the lock goes with the session
-    assert second.try_advisory_lock(42)
+    first.close()  # the lock goes with the session, once its server process has ended
+    wait_for(lambda: second.try_advisory_lock(42), 10, "the lock after its session closed")
     second.close()
