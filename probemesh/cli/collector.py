@@ -42,7 +42,8 @@ log = logging.getLogger("probemesh")
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default="probemesh-data",
-    help="Directory for tokens, dedupe marks, counters, incidents and pending webhook events.",
+    help="Directory for pending webhook events and the remote-write journal, and, without "
+    "--database, for the SQLite database (tokens, dedupe marks, counters, incidents).",
 )
 @options.opt(
     "--database",
