@@ -44,14 +44,6 @@ SCOPE_OF = {REGIONAL_OUTAGE: "regional", GLOBAL_OUTAGE: "global"}
 HEALTHY, SUSPECT, LOCAL_PROBLEM = "ok", "suspect", "local_problem"
 
 
-@dataclass
-class Counting:
-    """The evaluator's own state of one check x agent: does its confirmed failure count?"""
-
-    counted: bool = False  # the confirmed failure counts towards its country
-    held_since: float | None = None  # evaluation time a lone failure began to wait
-
-
 @dataclass(frozen=True)
 class AgentHealth:
     """The classifier's verdict on one agent as a whole."""
@@ -129,35 +121,39 @@ class Snapshot:
         return health.state if health is not None else HEALTHY
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
-    agent: str
-    country: str
-    check: str
-    interval: float
+    """One reporting check x agent: its published input, and what the evaluator keeps
+    of it between evaluations (does its confirmed failure count?)."""
+
     input: PairInput
-    counting: Counting
+    interval: float
+    agent: str = ""
+    country: str = ""
+    check: str = ""
+    fresh: bool = False
+    success: bool = False
+    confirmed: bool | None = None
+    counted: bool = False  # the confirmed failure counts towards its country
+    held_since: float | None = None  # evaluation time a lone failure began to wait
     lonely: bool = False  # confirmed failing while most other agents are confirmed up
     lonely_now: bool = False  # latest result failed while most other agents' latest succeeded
 
-    @property
-    def fresh(self) -> bool:
-        return self.input.fresh
+    def __post_init__(self) -> None:
+        self.take(self.input, self.interval)
 
-    @property
-    def success(self) -> bool:
-        return self.input.success is True
-
-    @property
-    def confirmed(self) -> bool | None:
-        return self.input.confirmed
+    def take(self, item: PairInput, interval: float) -> None:
+        """The pair's newest input (read once here: every rule below reads these often)."""
+        self.input, self.interval = item, interval
+        self.agent, self.country, self.check = item.agent, item.country, item.check
+        self.fresh, self.success, self.confirmed = item.fresh, item.success is True, item.confirmed
 
 
 class Classifier:
     """Keeps which failures count and the local-problem flags between evaluations."""
 
     def __init__(self) -> None:
-        self.counting: dict[Pair, Counting] = {}
+        self.rows: dict[Pair, _Row] = {}
         self.local: frozenset[str] = frozenset()
 
     def evaluate(
@@ -187,6 +183,7 @@ class Classifier:
         rows: dict[str, list[_Row]] = {name: [] for name in checks.checks}
         listed: dict[str, set[str]] = {name: set() for name in checks.checks}
         seen: set[Pair] = set()
+        known = self.rows
         for key, item in list(inputs.items()):
             check = key[0]
             spec = checks.checks.get(check)
@@ -196,12 +193,15 @@ class Classifier:
             if item.success is None:
                 continue
             seen.add(key)
-            counting = self.counting.get(key)
-            if counting is None:
-                counting = self.counting[key] = Counting()
-            rows[check].append(_Row(item.agent, item.country, check, spec.interval, item, counting))
-        for key in [k for k in self.counting if k not in seen]:
-            del self.counting[key]
+            row = known.get(key)
+            if row is None:
+                row = known[key] = _Row(item, spec.interval)
+            elif row.input is not item or row.interval != spec.interval:
+                row.take(item, spec.interval)
+            row.lonely = row.lonely_now = False
+            rows[check].append(row)
+        for key in [k for k in known if k not in seen]:
+            del known[key]
         return rows, listed
 
     def _judge(self, rows: list[_Row], cfg: OutageSettings, now: float) -> AgentHealth:
@@ -234,20 +234,19 @@ class Classifier:
         settled = all(r.input.settled for r in rows)  # the serving collector's view
         held: list[str] = []
         for r in rows:
-            v = r.counting
             if not r.fresh or r.confirmed is not False or local or fails_nearly_all:
-                v.counted, v.held_since = False, None
-            elif v.counted:
+                r.counted, r.held_since = False, None
+            elif r.counted:
                 continue
             elif r.success:  # recovering: a failure starts to count only while it lasts
-                v.held_since = None
+                r.held_since = None
             elif not r.lonely_now or settled:
-                v.counted, v.held_since = True, None
+                r.counted, r.held_since = True, None
             else:
-                if v.held_since is None:
-                    v.held_since = now
-                if now - v.held_since >= r.interval:
-                    v.counted, v.held_since = True, None
+                if r.held_since is None:
+                    r.held_since = now
+                if now - r.held_since >= r.interval:
+                    r.counted, r.held_since = True, None
                 else:
                     held.append(r.check)
         if local:
@@ -304,7 +303,7 @@ def _check_view(
         excluded = sum(1 for r in members if health[r.agent].local_problem)
         suspects = len(members) - len(counted) - excluded
         up = sum(1 for r in counted if r.success)
-        failing = [r for r in counted if r.counting.counted]
+        failing = [r for r in counted if r.counted]
         # a confirmed failure still held or recovering is no verdict yet
         known = len(failing) + sum(1 for r in counted if r.confirmed is True)
         if not known:
