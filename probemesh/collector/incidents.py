@@ -495,6 +495,9 @@ class OutageMonitor:
         # In a mesh, every agent as its collector described it (None: this collector's own).
         self.fleet: dict[str, dict[str, Any]] | None = None
         self.fleet_publisher = FleetPublisher()
+        # CPU seconds of the last round's parts: "publish" (every collector), "evaluate"
+        # (the classifier over every input; the evaluator only)
+        self.round_seconds: dict[str, float] = {}
         self.evaluations = 0
         self._tick = asyncio.Event()  # set (and replaced) after every evaluation
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
@@ -514,14 +517,19 @@ class OutageMonitor:
 
     def publish(self, checks: ChecksFile, now: float) -> Publication:
         """This collector's part: its agents' inputs that changed since the last round."""
-        return self.publisher.observe(self.state.latest, checks, self.state.agents, now)
+        started = time.perf_counter()
+        publication = self.publisher.observe(self.state.latest, checks, self.state.agents, now)
+        self.round_seconds["publish"] = time.perf_counter() - started
+        return publication
 
     def judge(
         self, inputs: dict[Pair, PairInput], checks: ChecksFile, now: float
     ) -> list[Incident]:
         """The evaluator's part: classify every agent's inputs, diagnose, update
         incidents, notify; returns the incidents that must be saved."""
+        started = time.perf_counter()
         snapshot = self.classifier.evaluate(inputs, checks, now)
+        self.round_seconds["evaluate"] = time.perf_counter() - started
         self.refusals = refusals_of(inputs, checks)
         self.diagnoses = self._diagnose(snapshot, checks)
         self.snapshot = snapshot
@@ -709,6 +717,16 @@ class OutageMonitor:
         )
         evaluator.add_metric([], 1.0 if self.is_evaluator else 0.0)
         yield evaluator
+        seconds = GaugeMetricFamily(
+            "probemesh_outage_round_seconds",
+            "Seconds the last outage round spent in each part: publish (this collector's "
+            "agents' verdict inputs) and evaluate (the classifier over the whole mesh)",
+            labels=["part"],
+        )
+        for part, value in sorted(self.round_seconds.items()):
+            if part == "publish" or self.is_evaluator:
+                seconds.add_metric([part], value)
+        yield seconds
         if not self.is_evaluator:
             return
         snapshot = self.snapshot

@@ -260,7 +260,6 @@ def refusals_of(inputs: Mapping[Pair, PairInput], checks: ChecksFile) -> dict[st
     return out
 
 
-VOLATILE = ("last_seen", "last_result", "clock_offset_seconds", "clock_rtt_seconds")
 AGENT_STAMP_EVERY = 10.0  # seconds between two publications of an agent whose times alone moved
 
 
@@ -296,21 +295,18 @@ class FleetPublisher:
     to list: on any change, and every AGENT_STAMP_EVERY seconds when only its times moved."""
 
     def __init__(self) -> None:
-        self.published: dict[str, tuple[dict[str, Any], float]] = {}  # agent -> (doc, when)
+        self.published: dict[str, tuple[tuple[Any, ...], float]] = {}  # agent -> (stable, when)
 
     def observe(self, agents: Mapping[str, AgentInfo], now: float) -> Publication:
         publication = Publication()
-        current: dict[str, tuple[dict[str, Any], float]] = {}
+        current: dict[str, tuple[tuple[Any, ...], float]] = {}
         for agent in list(agents.values()):
-            doc = agent_doc(agent)
+            stable = _stable(agent)
             previous = self.published.get(agent.agent_id)
-            if (
-                previous is None
-                or now - previous[1] >= AGENT_STAMP_EVERY
-                or _stable(previous[0]) != _stable(doc)
-            ):
+            if previous is None or previous[0] != stable or now - previous[1] >= AGENT_STAMP_EVERY:
+                doc = agent_doc(agent)
                 publication.agents.append((agent.agent_id, agent.connected, agent.last_seen, doc))
-                current[agent.agent_id] = (doc, now)
+                current[agent.agent_id] = (stable, now)
             else:
                 current[agent.agent_id] = previous
         publication.agents_removed = [a for a in self.published if a not in current]
@@ -322,11 +318,15 @@ class FleetPublisher:
         for agent_id, *_ in publication.agents:
             self.published.pop(agent_id, None)
         for agent_id in publication.agents_removed:
-            self.published.setdefault(agent_id, ({}, 0.0))
+            self.published.setdefault(agent_id, ((), 0.0))
 
 
-def _stable(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k not in VOLATILE}
+def _stable(agent: AgentInfo) -> tuple[Any, ...]:
+    """What agent_doc shows of the agent, but its times (last seen, last result, clock)."""
+    return (
+        agent.connected, agent.country, agent.region, agent.version, agent.features,
+        agent.clock.skewed, agent.min_interval, agent.allow_private_targets, agent.secrets_dir,
+    )  # fmt: skip
 
 
 class InputBook:

@@ -152,8 +152,14 @@ def test_the_outage_gauges_come_from_the_evaluator_alone() -> None:
     assert ({"check": "web", "scope": "regional"}, 1.0) in alone["probemesh_outage"]
     assert alone["probemesh_country_reachability_ratio"]
     assert len(alone["probemesh_agent_local_problem"]) == 3
+    assert alone["probemesh_outage_round_seconds"][1][0] == {"part": "publish"}
     mesh.monitor.is_evaluator = False  # another collector of the mesh was elected
-    assert _families(mesh.monitor) == {"probemesh_evaluator": [({}, 0.0)]}
+    follower = _families(mesh.monitor)
+    assert follower["probemesh_evaluator"] == [({}, 0.0)]
+    assert [labels for labels, _ in follower["probemesh_outage_round_seconds"]] == [
+        {"part": "publish"}
+    ]
+    assert set(follower) == {"probemesh_evaluator", "probemesh_outage_round_seconds"}
 
 
 def test_a_collector_that_stops_evaluating_stops_resending_its_alerts() -> None:
