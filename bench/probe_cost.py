@@ -20,7 +20,8 @@ make fresh-connection probes at the same concurrency, in one run:
 A third figure isolates the TLS handshake: blackbox's tcp prober with
 ``tls: true`` against probemesh's tls prober (resolve, connect, full handshake,
 certificate metrics; no request), same server. Last, Python's floor: a blocking
-loop of bare ``ssl`` handshakes with no event loop and no probe around it.
+loop of bare ``ssl`` handshakes with no event loop and no probe around it,
+beside the same loop in Go (bench/handshake_floor.go, run when ``go`` is on PATH).
 Every figure is repeated ``--runs`` times (alternating which side goes first)
 and printed as median and range. bench/tls_params.py shows that both sides
 negotiate the same cipher suite and group with this server.
@@ -43,6 +44,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -330,6 +332,25 @@ def bare_handshakes(host: str, ca: Path, total: int) -> float:
     return float(out)
 
 
+def go_handshakes(host: str, ca: Path, total: int) -> tuple[float, str] | None:
+    """bench/handshake_floor.go's CPU seconds per 1,000 handshakes and Go's version.
+
+    None when no Go toolchain is installed.
+    """
+    go = shutil.which("go")
+    if go is None:
+        return None
+    source = str(ROOT / "bench" / "handshake_floor.go")
+    out = subprocess.run(
+        [go, "run", source, host, str(total), str(ca)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "GO111MODULE": "off"},
+    ).stdout
+    return float(out.split()[0]), out.split("(")[-1].rstrip(")\n")
+
+
 def run_worker(
     url: str, probes: int, concurrency: int, section: dict, tmp: Path, prober: str
 ) -> dict:
@@ -459,6 +480,7 @@ def main() -> None:
                         )
                     )
             floor = [bare_handshakes(host, Path(tmp) / "ca.pem", args.probes) for _ in range(3)]
+            go_floor = [go_handshakes(host, Path(tmp) / "ca.pem", args.probes) for _ in range(3)]
         finally:
             nghttpd.terminate()
             nghttpd.wait()
@@ -470,6 +492,14 @@ def main() -> None:
         f"Python's floor: {args.probes} blocking ssl handshakes in a loop, no event loop, "
         f"same server: {spread(floor)} CPU s / 1000"
     )
+    go_runs = [run for run in go_floor if run is not None]
+    if not go_runs:
+        print("Go's floor: skipped (no `go` on PATH; Debian package golang-go)")
+    else:
+        print(
+            f"Go's floor ({go_runs[0][1]}): the same loop in bench/handshake_floor.go, "
+            f"20 goroutines: {spread([run[0] for run in go_runs])} CPU s / 1000"
+        )
     if not args.cost_only:
         rss_proc = python(RSS_WORKER, url, str(args.checks))
         rss_out, _ = rss_proc.communicate()
