@@ -36,7 +36,7 @@ from probemesh.collector.leases import (
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.marks import AppliedSeqs
 from probemesh.collector.remote_results import Applied
-from probemesh.collector.samples import KeptSample, SampleFilter
+from probemesh.collector.samples import KeptSamples, SampleFilter
 from probemesh.collector.sessions import Session
 from probemesh.collector.state import REASON_NAMES, AgentInfo, MeshState
 from probemesh.collector.store import Store
@@ -244,7 +244,7 @@ class Ingest:
             agent = item.session.agent
             new: list[pb.Result] = []
             targets: list[str] = []
-            kept: list[list[KeptSample]] = []
+            kept: list[KeptSamples] = []
             # A slice of a batch at a time: a group of 64 batches would hold the
             # event loop for a second, and every stream, scrape and API call with it.
             for _ in self._apply_batch(item, new, targets, kept):
@@ -301,7 +301,7 @@ class Ingest:
         item: _Item,
         applied: list[pb.Result],
         applied_targets: list[str],
-        applied_samples: list[list[KeptSample]],
+        applied_samples: list[KeptSamples],
     ) -> Iterator[None]:
         """Validate and apply one batch's new results; the ingest hot path.
 

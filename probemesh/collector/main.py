@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -399,6 +400,19 @@ def _warn_unrunnable(checks: ChecksFile) -> None:
 
 async def run_collector(options: CollectorOptions) -> None:
     app = CollectorApp(options)
+    # A full collection walks every tracked object and holds the event loop
+    # meanwhile (docs/benchmarks.md, event-loop lag). Everything loaded so far
+    # (modules, descriptors, checks, the state read back from disk) lives as
+    # long as the process: take it out of the collector's sight. Ingest
+    # promotes short-lived objects to the oldest generation all the time, so a
+    # full collection waits for 100 collections of the middle one (CPython's
+    # default is 10), about one every few seconds at full ingest rate instead
+    # of several per second; refcounting still frees everything that is not a
+    # cycle at once.
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 100)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

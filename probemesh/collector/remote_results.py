@@ -28,7 +28,7 @@ import cramjam
 
 from probemesh.catalog import PROBE_METRICS
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
-from probemesh.collector.samples import KeptSample
+from probemesh.collector.samples import KeptSamples
 from probemesh.errors import StateError
 from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
@@ -52,7 +52,7 @@ class Applied:
     targets: Sequence[str]
     # Each result's samples as ingest's SampleFilter kept them: the catalog, the
     # per-result cap and duplicates are judged once, there, for every reader.
-    samples: Sequence[Sequence[KeptSample]]
+    samples: Sequence[KeptSamples]
 
 
 def result_series(

@@ -21,7 +21,7 @@ from probemesh.agent.safety import policy_rule
 from probemesh.catalog import HTTP_PHASE_ORDER
 from probemesh.collector.clock import ClockEstimate
 from probemesh.collector.evidence import EvidenceBook
-from probemesh.collector.samples import KeptSample
+from probemesh.collector.samples import KeptSamples
 from probemesh.v1 import mesh_pb2 as pb
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -163,7 +163,7 @@ class Latest:
     region: str
     timestamp: float  # result.timestamp, read once: protobuf field access is slow
     # The result's samples that the catalog admits, as ingest filtered them.
-    samples: list[KeptSample]
+    samples: KeptSamples
     target: str  # the assigned target the result ran against
 
 
@@ -283,7 +283,7 @@ class MeshState:
         self,
         agent: AgentInfo,
         result: pb.Result,
-        samples: list[KeptSample] | None = None,
+        samples: KeptSamples | None = None,
         current: bool = True,
     ) -> None:
         """Count one validated, not-yet-applied result and maybe make it the latest.
@@ -300,7 +300,7 @@ class MeshState:
             result.duration_seconds,
             result.timestamp,
             "" if success else REASON_NAMES[result.reason],
-            [] if samples is None else samples,
+            () if samples is None else samples,
             agent.assigned.get(result.check, result.target) if current else None,
         )
         if result.timestamp > agent.last_seen:
@@ -315,7 +315,7 @@ class MeshState:
         duration: float,
         timestamp: float,
         reason: str,
-        samples: list[KeptSample],
+        samples: KeptSamples,
         current_target: str | None,
     ) -> None:
         """apply() for a caller that has already read the result's fields (ingest).
@@ -361,7 +361,7 @@ class MeshState:
         tally: Tally,
         result: pb.Result,
         timestamp: float,
-        samples: list[KeptSample],
+        samples: KeptSamples,
         current_target: str | None,
     ) -> None:
         """A check the agent refused by policy: no probe ran, so only the refused
@@ -385,7 +385,7 @@ class MeshState:
         tally: Tally,
         result: pb.Result,
         timestamp: float,
-        samples: list[KeptSample],
+        samples: KeptSamples,
         current_target: str | None,
     ) -> None:
         for feed in self.feeds:

@@ -352,7 +352,7 @@ def test_too_many_samples_are_refused_at_ingest(tmp_path: Path) -> None:
     apply(exporter.ingest, state.agents["a-br"],
           pb.Result(check="web", timestamp=4.0, success=True, duration_seconds=0.1, samples=samples))  # fmt: skip
     assert exporter.rejections()["too_many_samples"] == 1
-    assert state.latest[("web", "a-br")].samples == [("probe_http_status_code", (), 200.0)]
+    assert state.latest[("web", "a-br")].samples == (("probe_http_status_code", (), 200.0),)
 
 
 def test_exporter_reads_state_without_writing_it(tmp_path: Path) -> None:

@@ -1,0 +1,63 @@
+"""SampleFilter: the catalog's verdict per sample, counted by reason, in a GC-cheap shape."""
+
+from __future__ import annotations
+
+import gc
+
+from probemesh.collector.samples import SampleFilter
+from probemesh.v1 import mesh_pb2 as pb
+
+
+def http_samples() -> list[pb.Sample]:
+    return [
+        pb.Sample(name="probe_http_duration_seconds", labels={"phase": "connect"}, value=0.01),
+        pb.Sample(name="probe_http_status_code", value=200),
+    ]
+
+
+def test_keeps_admitted_samples_in_order() -> None:
+    kept = SampleFilter().keep(http_samples())
+    assert kept == (
+        ("probe_http_duration_seconds", (("phase", "connect"),), 0.01),
+        ("probe_http_status_code", (), 200.0),
+    )
+
+
+def test_refusals_are_counted_by_reason_every_time() -> None:
+    samples = SampleFilter(max_samples=2)
+    bad = [
+        pb.Sample(name="probe_unknown", value=1),
+        pb.Sample(name="probe_http_status_code", value=float("nan")),
+        pb.Sample(name="probe_http_status_code", labels={"phase": "connect"}, value=1),
+        pb.Sample(name="probe_http_duration_seconds", labels={"phase": "bogus"}, value=1),
+        pb.Sample(name="probe_http_duration_seconds", labels={"stage": "connect"}, value=1),
+        pb.Sample(name="probe_http_duration_seconds", value=1),
+    ]
+    for _ in range(2):  # the second time every verdict comes from the cache
+        kept = samples.keep([*http_samples(), http_samples()[1], *bad, http_samples()[0]])
+        assert [name for name, _, _ in kept] == [
+            "probe_http_duration_seconds",
+            "probe_http_status_code",
+        ]
+    assert samples.rejected == {
+        "invalid_sample": 2 * len(bad),
+        "duplicate_sample": 2 * 2,
+        "too_many_samples": 0,
+    }
+
+
+def test_the_cap_counts_what_it_cuts() -> None:
+    samples = SampleFilter(max_samples=1)
+    assert len(samples.keep(http_samples())) == 1
+    assert samples.rejected["too_many_samples"] == 1
+
+
+def test_kept_samples_leave_the_garbage_collectors_books() -> None:
+    """A full collection walks every tracked container; ingest holds a group of
+    64,000 results' samples at a time, so they must not stay tracked."""
+    samples = SampleFilter()
+    kept = [samples.keep(http_samples()) for _ in range(100)]
+    for _ in range(4):  # CPython untracks one level of nesting per pass: 4 levels here
+        gc.collect()
+    assert not any(gc.is_tracked(k) for k in kept)
+    assert kept[0][0][1] is kept[99][0][1], "label tuples are shared"
