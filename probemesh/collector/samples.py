@@ -38,6 +38,8 @@ _PLAIN: dict[str, SeriesKey] = {name: (name, ()) for name, keys in _LABEL_KEYS.i
 _NO_SAMPLES: KeptSamples = ()
 _UNSEEN = object()
 _VERDICT_CACHE = 100_000  # bounded: hostile label values are not cached forever
+_SHAPE_CACHE = 10_000
+_isfinite = math.isfinite
 
 
 class SampleFilter:
@@ -49,15 +51,56 @@ class SampleFilter:
         # (name, label values in the catalog's key order) -> the series key, or
         # None when the catalog refuses it; the same few keys recur in every result.
         self._verdicts: dict[tuple[str | None, ...], SeriesKey | None] = {}
+        # A result's shape -> its series keys, for shapes whose every sample was admitted.
+        self._shapes: dict[tuple[str | int | None, ...], tuple[SeriesKey, ...]] = {}
 
     def keep(self, samples: Sequence[pb.Sample]) -> KeptSamples:
         """The admitted (name, sorted label items, value) triples, in order.
 
         A repeated name+labels keeps its first value: a duplicate series would
         spoil the whole exposition.
+
+        A check's results carry the same samples every time, only the values
+        change: a result whose shape (names and label values, in order) was
+        wholly admitted before is admitted again by one lookup, and only its
+        values are checked. Any other result is judged sample by sample.
         """
         if not samples:
             return _NO_SAMPLES
+        shape: list[str | int | None] | None = []
+        values: list[float] = []
+        for sample in samples:
+            name = sample.name
+            label_map = sample.labels
+            count = len(label_map)
+            shape.append(name)  # type: ignore[union-attr]
+            shape.append(count)  # type: ignore[union-attr]
+            if count:
+                keys = _LABEL_KEYS.get(name)
+                if keys is None or len(keys) != count:
+                    shape = None
+                    break
+                get = label_map.get
+                shape.extend([get(key) for key in keys])  # type: ignore[union-attr]
+            values.append(sample.value)
+        key = None if shape is None else tuple(shape)
+        if key is not None:
+            series = self._shapes.get(key)
+            if (
+                series is not None
+                and len(series) <= self.max_samples
+                and all(map(_isfinite, values))
+            ):
+                return tuple(
+                    [(n, labels, v) for (n, labels), v in zip(series, values, strict=True)]
+                )
+        kept = self._judge(samples)
+        if key is not None and len(kept) == len(samples) and len(self._shapes) < _SHAPE_CACHE:
+            self._shapes[key] = tuple([(n, labels) for n, labels, _ in kept])
+        return kept
+
+    def _judge(self, samples: Sequence[pb.Sample]) -> KeptSamples:
+        """keep(), one sample at a time, counting every refusal."""
         kept: list[KeptSample] = []
         seen: set[SeriesKey] = set()
         rejected = self.rejected

@@ -61,3 +61,19 @@ def test_kept_samples_leave_the_garbage_collectors_books() -> None:
         gc.collect()
     assert not any(gc.is_tracked(k) for k in kept)
     assert kept[0][0][1] is kept[99][0][1], "label tuples are shared"
+
+
+def test_a_known_shape_still_has_its_values_and_the_cap_checked() -> None:
+    samples = SampleFilter()
+    assert len(samples.keep(http_samples())) == 2  # the shape is now known
+    again = http_samples()
+    again[0].value = float("inf")
+    assert samples.keep(again) == (("probe_http_status_code", (), 200.0),)
+    assert samples.rejected["invalid_sample"] == 1
+    samples.max_samples = 1
+    assert len(samples.keep(http_samples())) == 1
+    assert samples.rejected["too_many_samples"] == 1
+    samples.max_samples = 64
+    other = http_samples()
+    other[0].labels["phase"] = "tls"  # another label value: another shape, judged anew
+    assert samples.keep(other)[0][1] == (("phase", "tls"),)
