@@ -448,9 +448,10 @@ class Module:
     timeout: float
     settings: Any
 
+    @cached_property
     def file_settings(self) -> tuple[str, ...]:
         """The settings that name files (e.g. "tls_config.ca_file"), which an agent reads
-        from its --secrets-dir."""
+        from its --secrets-dir. Computed once: every stream set-up asks for each check."""
         found: list[str] = []
 
         def walk(node: object, prefix: str) -> None:

@@ -172,6 +172,7 @@ class CollectorApp:
                 self.notifications.metric_families,
                 self.loop_lag.metric_families,
                 self.leases.metric_families,
+                self.service.admission.metric_families,
             ],
             stream_rejected=self.service.rejected,
         )
