@@ -6,6 +6,11 @@ one event loop, so anything that blocks it delays them all. A task sleeps
 the time the loop was busy with something else. The lags go into a histogram
 (``probemesh_event_loop_lag_seconds``) and the largest of the last minute into
 a gauge, so a dashboard or bench/loop_lag.py can read its p99 and its maximum.
+
+On a shared host a lag is partly the loop's own work and partly time the
+process waited for a CPU (or for the GIL, held by one of its threads). The
+loop thread's CPU time over the same wait tells them apart: the part of each
+lag it spent on a CPU goes into ``probemesh_event_loop_busy_lag_seconds``.
 """
 
 from __future__ import annotations
@@ -29,12 +34,17 @@ class LoopLag:
         self.interval = interval
         self.counts = [0] * (len(BUCKETS) + 1)
         self.total = 0.0
+        self.busy_counts = [0] * (len(BUCKETS) + 1)
+        self.busy_total = 0.0
         # (second, largest lag in it), newest last; at most WINDOW entries
         self._maxima: collections.deque[tuple[int, float]] = collections.deque()
 
-    def observe(self, lag: float) -> None:
+    def observe(self, lag: float, busy: float) -> None:
+        """One wake-up lag, and the part of it the loop thread spent running."""
         self.counts[bisect_left(BUCKETS, lag)] += 1
         self.total += lag
+        self.busy_counts[bisect_left(BUCKETS, busy)] += 1
+        self.busy_total += busy
         second = int(time.monotonic())
         maxima = self._maxima
         if maxima and maxima[-1][0] == second:
@@ -53,26 +63,41 @@ class LoopLag:
 
     async def run(self) -> None:
         """Measure until cancelled."""
-        clock = time.monotonic
+        clock, cpu = time.monotonic, time.thread_time
         while True:
             asked = clock() + self.interval
+            cpu_before = cpu()
             await asyncio.sleep(self.interval)
-            self.observe(max(0.0, clock() - asked))
+            lag = max(0.0, clock() - asked)
+            self.observe(lag, min(lag, cpu() - cpu_before))
 
     def metric_families(self) -> Iterator[Metric]:
-        histogram = HistogramMetricFamily(
+        yield _histogram(
             "probemesh_event_loop_lag_seconds",
             "How much later than asked the collector's event loop ran a timer "
             "(sampled every 10 ms): the time it was busy with something else",
+            self.counts,
+            self.total,
         )
-        cumulative, running = [], 0
-        for bound, count in zip([*(f"{b:g}" for b in BUCKETS), "+Inf"], self.counts, strict=True):
-            running += count
-            cumulative.append((bound, float(running)))
-        histogram.add_metric([], cumulative, self.total)
-        yield histogram
+        yield _histogram(
+            "probemesh_event_loop_busy_lag_seconds",
+            "The part of each event-loop lag that the loop thread spent on a CPU; "
+            "the rest it waited for a CPU or for the GIL",
+            self.busy_counts,
+            self.busy_total,
+        )
         yield GaugeMetricFamily(
             "probemesh_event_loop_lag_max_seconds",
             "Largest event-loop lag of the last minute",
             value=self.recent_max,
         )
+
+
+def _histogram(name: str, help_text: str, counts: list[int], total: float) -> Metric:
+    histogram = HistogramMetricFamily(name, help_text)
+    cumulative, running = [], 0
+    for bound, count in zip([*(f"{b:g}" for b in BUCKETS), "+Inf"], counts, strict=True):
+        running += count
+        cumulative.append((bound, float(running)))
+    histogram.add_metric([], cumulative, total)
+    return histogram
