@@ -19,7 +19,7 @@ from collections import deque
 from probemesh.v1 import mesh_pb2 as pb
 
 LANE_BYTES = 32 * 1024  # smaller messages are decoded on the spot
-BUDGET = 0.004  # seconds of decoding per loop iteration
+BUDGET = 0.002  # seconds of decoding per loop iteration
 
 
 class DecodeLane:

@@ -161,7 +161,7 @@ class MeshExporter(Collector):
             if tally.check in exported:
                 hists.update(zip(tally.hist_keys, tally.hists, strict=True))
             done += 1
-            if deadline is not None and done % 64 == 0 and time.perf_counter() > deadline:
+            if deadline is not None and done % 16 == 0 and time.perf_counter() > deadline:
                 feed.tallies.update(pending[done:])  # the next call goes on
                 break
         self._render_histograms(hists)
