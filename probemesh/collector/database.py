@@ -20,16 +20,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from probemesh.errors import ConfigError, StateError
 
 SQLITE_FILE = "collector.sqlite3"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 10  # seconds; a URL's own connect_timeout wins
+ERROR_KINDS = ("connect", "statement")
 
 
 class DatabaseError(StateError):
@@ -89,9 +93,29 @@ class Connection:
 
 
 class Database:
-    """Where the shared state lives; opens connections to it."""
+    """Where the shared state lives; opens connections to it, counts what failed."""
 
     dialect = ""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+
+    def failed(self, kind: str) -> None:
+        """Count a failure (connections report them from their threads)."""
+        with self._lock:
+            self.errors[kind] += 1
+
+    def metric_families(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
+            "probemesh_database_errors",
+            "Failures of the collector database: connect (a connection could not be opened) "
+            "or statement (a statement or transaction failed; its work is done again later)",
+            labels=["kind"],
+        )
+        for kind, count in self.errors.items():
+            errors.add_metric([kind], count)
+        yield errors
 
     @property
     def display(self) -> str:
@@ -108,6 +132,7 @@ class SqliteDatabase(Database):
     dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
 
     @property
@@ -131,20 +156,25 @@ class SqliteConnection(Connection):
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
         except (OSError, sqlite3.Error) as exc:
+            database.failed("connect")
             raise DatabaseError(f"{path}: cannot open the collector database: {exc}") from None
         self.raw = db
+
+    def _error(self, exc: sqlite3.Error) -> DatabaseError:
+        self.database.failed("statement")
+        return DatabaseError(f"{self.database.display}: {exc}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         try:
             return self.raw.execute(sql, params)
         except sqlite3.Error as exc:
-            raise DatabaseError(f"{self.database.display}: {exc}") from exc
+            raise self._error(exc) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         try:
             self.raw.executemany(sql, rows)
         except sqlite3.Error as exc:
-            raise DatabaseError(f"{self.database.display}: {exc}") from exc
+            raise self._error(exc) from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -152,7 +182,8 @@ class SqliteConnection(Connection):
         try:
             yield self
         except BaseException:
-            self.raw.execute("ROLLBACK")
+            if self.raw.in_transaction:  # some errors (a full disk) have rolled it back already
+                self.raw.execute("ROLLBACK")
             raise
         self.execute("COMMIT")
 
@@ -168,6 +199,7 @@ class PostgresDatabase(Database):
     def __init__(self, url: str) -> None:
         import psycopg.conninfo
 
+        super().__init__()
         self.url = url
         self.secrets = {_password(url)}
         try:
@@ -219,6 +251,7 @@ class PostgresConnection(Connection):
         try:
             return psycopg.connect(self.pg.url, autocommit=True, **self.pg.extra)
         except psycopg.Error as exc:
+            self.pg.failed("connect")
             raise DatabaseError(
                 f"--database {self.pg.display}: cannot connect: {self.pg.scrub(str(exc))}"
             ) from None
@@ -229,6 +262,7 @@ class PostgresConnection(Connection):
         return self.raw
 
     def _error(self, exc: Exception) -> DatabaseError:
+        self.pg.failed("statement")
         return DatabaseError(f"{self.pg.display}: {self.pg.scrub(str(exc))}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:

@@ -173,6 +173,7 @@ class CollectorApp:
                 self.loop_lag.metric_families,
                 self.leases.metric_families,
                 self.service.admission.metric_families,
+                self.database.metric_families,
             ],
             stream_rejected=self.service.rejected,
         )

@@ -125,6 +125,7 @@ def test_a_dropped_connection_is_opened_again(postgres_url: str, tmp_path: Path)
     with pytest.raises(DatabaseError):
         store.load_marks()
     assert store.load_marks() == {"vps-1": (3, [])}
+    assert store.database.errors == {"connect": 0, "statement": 2}
     store.close()
     admin.close()
 

@@ -239,3 +239,17 @@ def test_a_sqlite_file_from_before_migrations_is_adopted_with_its_data(tmp_path:
     rows = store.db.execute("SELECT version FROM schema_migrations").fetchall()
     assert [int(v) for (v,) in rows] == [s.version for s in steps("sqlite")]
     store.close()
+
+
+def test_a_failed_statement_is_counted_and_names_the_database(database: Database) -> None:
+    conn = database.connect()
+    with pytest.raises(DatabaseError) as caught:
+        conn.execute("SELECT * FROM no_such_table")
+    assert "no_such_table" in str(caught.value)
+    assert database.errors == {"connect": 0, "statement": 1}
+    with pytest.raises(DatabaseError), conn.transaction():
+        conn.execute("INSERT INTO marks(agent_id, mark, ranges) VALUES(?, ?, ?)", ("a", 1, "[]"))
+        conn.execute("INSERT INTO marks(agent_id, mark, ranges) VALUES(?, ?, ?)", ("a", 2, "[]"))
+    assert conn.execute("SELECT COUNT(*) FROM marks").fetchone()[0] == 0  # rolled back whole
+    assert database.errors["statement"] == 2
+    conn.close()

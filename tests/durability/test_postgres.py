@@ -97,6 +97,11 @@ def test_collector_rides_out_a_database_outage(
         20,
         "Acks after the database came back",
     )
+    errors = {
+        kind: total(mesh.metrics(), "probemesh_database_errors_total", kind=kind)
+        for kind in ("connect", "statement")
+    }
+    assert errors["connect"] > 0 and errors["statement"] > 0, errors
     log = mesh.collector.log()
     assert "could not persist" in log, log[-3000:]
     assert postgres_cluster.password not in log
