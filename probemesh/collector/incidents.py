@@ -498,6 +498,8 @@ class OutageMonitor:
         # CPU seconds of the last round's parts: "publish" (every collector), "evaluate"
         # (the classifier over every input; the evaluator only)
         self.round_seconds: dict[str, float] = {}
+        self._book_version = 0  # evaluator: rounds that saved incidents
+        self._book_seen: str | None = None  # follower: the incidents version last read
         self.evaluations = 0
         self._tick = asyncio.Event()  # set (and replaced) after every evaluation
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
@@ -658,7 +660,11 @@ class OutageMonitor:
             inputs = await self._io(shared.read, self.inputs)
             dirty = self.judge(inputs, checks, self.clock())
             await self._save(self.book.save, dirty)
+            if dirty:
+                self._book_version += 1
             doc = to_doc(self.snapshot, self.diagnoses, self.refusals)
+            # tells the other collectors whether to read the incidents again
+            doc["incidents_version"] = f"{shared.collector_id}:{self._book_version}"
             await self._io(shared.save_evaluation, self.evaluations, doc)
         else:
             await self._follow(shared)
@@ -681,7 +687,10 @@ class OutageMonitor:
         stored = await self._io(shared.load_evaluation)
         if stored is None or stored[1] == self.evaluations:
             return
-        await self._io(self.book.reload)
+        version = stored[2].get("incidents_version")
+        if version is None or version != self._book_seen:
+            await self._io(self.book.reload)
+            self._book_seen = version
         self.snapshot, self.diagnoses, self.refusals = from_doc(stored[2])
         self.evaluations = stored[1]
         self._wake()
