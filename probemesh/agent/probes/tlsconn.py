@@ -28,6 +28,7 @@ class TLSConnection:
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
         self._loop = asyncio.get_running_loop()
         self._sock = sock
+        self._fd = sock.fileno()
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.ssl_object = context.wrap_bio(
@@ -35,6 +36,7 @@ class TLSConnection:
         )
         self._unsent = bytearray()  # ciphertext the kernel has not taken yet
         self._writing = False  # waiting for the socket to take _unsent
+        self._reading = False  # a sock_recv is in flight
         self._write_error: OSError | None = None
         self._eof = False
         self._pump: asyncio.Task[None] | None = None
@@ -96,8 +98,10 @@ class TLSConnection:
         """
         if self._pump is not None:
             self._pump.cancel()
-        self._loop.remove_reader(self._sock)
-        self._loop.remove_writer(self._sock)
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
         self._sock.close()
 
     def _decrypt(self) -> bytes:
@@ -120,7 +124,11 @@ class TLSConnection:
         """Move what arrives on the socket into the TLS layer; False at TCP EOF."""
         if self._write_error is not None:
             raise self._write_error
-        data = await self._loop.sock_recv(self._sock, READ_SIZE)
+        self._reading = True
+        try:
+            data = await self._loop.sock_recv(self._sock, READ_SIZE)
+        finally:
+            self._reading = False
         if data:
             self._incoming.write(data)
         else:
@@ -149,10 +157,10 @@ class TLSConnection:
         del self._unsent[:sent]
         if self._unsent and not self._writing:
             self._writing = True
-            self._loop.add_writer(self._sock, self._send)
+            self._loop.add_writer(self._fd, self._send)
         elif not self._unsent and self._writing:
             self._writing = False
-            self._loop.remove_writer(self._sock)
+            self._loop.remove_writer(self._fd)
 
 
 class _ReadFlow(asyncio.ReadTransport):
