@@ -6,6 +6,7 @@ http/https: a URL. tcp, tls, grpc: host:port. dns: a server, host[:port]
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
@@ -59,8 +60,12 @@ def ascii_host(host: str, where: str) -> str:
         ) from None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_http_url(url: str) -> HttpURL:
     """Validate and encode an http(s) URL; ConfigError names the problem.
+
+    Cached: every probe of a check parses the same target (IDNA, escaping), and
+    the result is immutable.
 
     The path is percent-encoded like Go's ``URL.EscapedPath``: kept as written
     when it is validly encoded ASCII, otherwise decoded and re-encoded (so
