@@ -6,7 +6,7 @@ agent, and drives N gRPC streams from this process with pre-encoded batches
 honouring Acks exactly like the real agent. Prints results/s applied by the
 collector and the collector's CPU seconds per 100k results.
 
-    .venv/bin/python bench/ingest.py --agents 100 --seconds 20
+    .venv/bin/python bench/ingest.py --agents 100 --seconds 20 [--database postgresql://...]
 """
 
 from __future__ import annotations
@@ -116,6 +116,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--window", type=int, default=4)
+    parser.add_argument(
+        "--database", default=None, help="postgresql:// URL of an empty database [SQLite]"
+    )
     args = parser.parse_args()
     checks = "\n".join(
         f'  - {{name: c{i}, target: "http://127.0.0.1/", module: http_2xx, interval: 30s}}'
@@ -123,6 +126,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         mesh = Mesh(Path(tmp), f"modules:\n  http_2xx: {{prober: http}}\nchecks:\n{checks}\n")
+        mesh.database = args.database
         collector = mesh.start_collector()
         try:
             tokens = {

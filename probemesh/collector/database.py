@@ -96,6 +96,10 @@ class Database:
     """Where the shared state lives; opens connections to it, counts what failed."""
 
     dialect = ""
+    # Several collectors may write at once, kept apart by row locks (PostgreSQL);
+    # False: one collector owns the database (a SQLite file), whose write lock
+    # covers the whole file and is not held while ingest works in memory.
+    shared = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -195,6 +199,7 @@ class PostgresDatabase(Database):
     """A PostgreSQL database that several collectors share (libpq URL)."""
 
     dialect = "postgresql"
+    shared = True
 
     def __init__(self, url: str) -> None:
         import psycopg.conninfo

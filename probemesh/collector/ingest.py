@@ -99,6 +99,10 @@ class Ingest:
         self._dirty_marks: set[str] = set()  # agents whose mark a failed commit left unsaved
         # Marks as last committed: what Welcome may tell an agent to delete.
         self.durable: dict[str, int] = {}
+        # A lease take and a group apply of the same agent take turns (see take_lease).
+        self._turns = asyncio.Condition()
+        self._applying: set[str] = set()  # agents of the group being applied
+        self._taking: set[str] = set()  # agents whose lease is being taken
 
     def configure(self, limits: SecurityLimits) -> None:
         """Apply the per-result sample cap."""
@@ -175,19 +179,32 @@ class Ingest:
         Returns the lease epoch the stream's batches are applied under. The
         marks and counters read with the lease replace what memory holds:
         another collector may have applied the agent's results meanwhile.
+        It waits for a group of this collector's that is applying the agent's
+        batches (the old stream's): what that group commits is then read too.
+        Another collector's group is waited for by the database's row lock.
         """
         agent_id = agent.agent_id
-        takeover = await asyncio.wrap_future(
-            self.store.worker.submit(
-                self.store.take_lease, agent_id, self.leases.holder, time.time()
+        async with self._turns:
+            await self._turns.wait_for(
+                lambda: agent_id not in self._applying and agent_id not in self._taking
             )
-        )
-        self.leases.took(agent_id, takeover)
-        rows = takeover.rows
-        self.marks[agent_id] = AppliedSeqs(rows.mark, [list(r) for r in rows.ranges])
-        self.durable[agent_id] = rows.mark
-        self._dirty_marks.discard(agent_id)
-        self.state.adopt_counters(agent_id, rows.counters)
+            self._taking.add(agent_id)
+        try:
+            takeover = await asyncio.wrap_future(
+                self.store.worker.submit(
+                    self.store.take_lease, agent_id, self.leases.holder, time.time()
+                )
+            )
+            self.leases.took(agent_id, takeover)
+            rows = takeover.rows
+            self.marks[agent_id] = AppliedSeqs(rows.mark, [list(r) for r in rows.ranges])
+            self.durable[agent_id] = rows.mark
+            self._dirty_marks.discard(agent_id)
+            self.state.adopt_counters(agent_id, rows.counters)
+        finally:
+            async with self._turns:
+                self._taking.discard(agent_id)
+                self._turns.notify_all()
         return takeover.epoch
 
     def lease_lost(self, agent_id: str, row: LeaseRow | None) -> None:
@@ -205,16 +222,31 @@ class Ingest:
         return await asyncio.wrap_future(self.store.ingest_thread.submit(fn, *args))
 
     async def _apply_group(self, items: list[_Item]) -> None:
-        """Apply and commit a group of batches inside one fenced transaction."""
-        agents = {item.session.agent.agent_id for item in items}
-        agents |= self._dirty_marks | self.state.dirty_agents()
-        held = await self._in_ingest_thread(self.store.begin_fence, agents)
+        """Apply and commit a group of batches inside one fenced transaction.
+
+        Never at the same time as this collector's own take of one of the
+        group's agents: the take reads the rows this group commits.
+        """
+        async with self._turns:
+            while True:
+                agents = {item.session.agent.agent_id for item in items}
+                agents |= self._dirty_marks | self.state.dirty_agents()
+                if not agents & self._taking:
+                    break
+                await self._turns.wait()
+            self._applying = agents
         try:
-            await self._apply_fenced(items, agents, held)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._in_ingest_thread(self.store.rollback_fence)
-            raise
+            held = await self._in_ingest_thread(self.store.begin_fence, agents)
+            try:
+                await self._apply_fenced(items, agents, held)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._in_ingest_thread(self.store.rollback_fence)
+                raise
+        finally:
+            async with self._turns:
+                self._applying = set()
+                self._turns.notify_all()
 
     async def _apply_fenced(
         self, items: list[_Item], agents: set[str], held: dict[str, LeaseRow]

@@ -48,8 +48,9 @@ fences the stream at its next batch."""
 def default_collector_id(grpc_listen: str) -> str:
     """hostname:grpc-port-xxxxxx, with a random suffix per start: a restarted
     collector is a new holder, whose memory owes nothing to the previous one."""
-    port = grpc_listen.rsplit(":", 1)[-1]
-    return f"{socket.gethostname()}:{port}-{os.urandom(3).hex()}"
+    port = grpc_listen.rpartition(":")[2]
+    host = f"{socket.gethostname()}:{port}" if port else socket.gethostname()
+    return f"{host}-{os.urandom(3).hex()}"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from probemesh.collector.assignments import Span
-from probemesh.collector.database import Connection, Database
+from probemesh.collector.database import Connection, Database, DatabaseError
 from probemesh.collector.leases import AgentRows, LeaseRow, Takeover
 
 
@@ -42,6 +42,7 @@ class Store:
             max_workers=1, thread_name_prefix="collector-ingest"
         )
         self._fence: contextlib.AbstractContextManager[Connection] | None = None
+        self._fenced: dict[str, LeaseRow] = {}  # the lease rows the open fence checked
 
     def load_marks(self) -> dict[str, tuple[int, list[list[int]]]]:
         rows = self.db.execute("SELECT agent_id, mark, ranges FROM marks").fetchall()
@@ -82,24 +83,29 @@ class Store:
         return {agent: LeaseRow(holder, int(epoch)) for agent, holder, epoch in rows}
 
     def begin_fence(self, agent_ids: Iterable[str]) -> dict[str, LeaseRow]:
-        """Open the ingest transaction and lock the agents' lease rows (ingest thread).
+        """The agents' lease rows, as ingest checks them before applying (ingest thread).
 
-        The transaction stays open while ingest applies the batches in memory;
-        commit_fenced or rollback_fence ends it. Rows are locked in agent order,
-        so two collectors' fences never wait on each other in a cycle.
+        On a shared database this opens the ingest transaction and locks the
+        rows, in agent order (two collectors' fences never wait on each other
+        in a cycle); the transaction stays open while ingest applies the
+        batches in memory, and commit_fenced or rollback_fence ends it. A
+        database one collector owns (SQLite) is read without a lock: holding
+        its whole-file write lock during the apply would starve every other
+        writer; commit_fenced checks the rows again instead.
         """
         agents = sorted(agent_ids)
+        if not self.database.shared:
+            self._fenced = _lease_rows(self._ingest_db, agents, lock=False)
+            return self._fenced
         fence = self._ingest_db.transaction()
         db = fence.__enter__()
         self._fence = fence
         try:
-            rows = _locked_rows(
-                db, "SELECT agent_id, holder, epoch FROM leases WHERE agent_id IN ({})", agents
-            )
+            self._fenced = _lease_rows(db, agents, lock=True)
         except BaseException:
             self.rollback_fence()
             raise
-        return {agent: LeaseRow(holder, int(epoch)) for agent, (holder, epoch) in rows.items()}
+        return self._fenced
 
     def commit_fenced(
         self,
@@ -114,11 +120,23 @@ class Store:
         country: each is locked (in key order) and the delta added to it.
         """
         fence, self._fence = self._fence, None
-        assert fence is not None, "commit_fenced without begin_fence"
         db = self._ingest_db
+        if fence is None:  # an unshared database: the transaction starts here
+            fence = db.transaction()
+            fence.__enter__()
+            try:
+                # This collector's own takes meanwhile change epochs only; another's, a holder.
+                now = _lease_rows(db, sorted(self._fenced), lock=False)
+                if {a: r.holder for a, r in now.items()} != {
+                    a: r.holder for a, r in self._fenced.items()
+                }:
+                    raise DatabaseError("another collector took a lease while ingest applied")
+            except BaseException as exc:
+                fence.__exit__(type(exc), exc, exc.__traceback__)
+                raise
         try:
             deltas = dict(histograms)
-            before = _locked_rows(
+            before = _rows_of(
                 db, "SELECT key, state FROM histograms WHERE key IN ({})",
                 sorted(_key_text(key) for key in deltas),
             )  # fmt: skip
@@ -218,9 +236,15 @@ class Store:
         self.db.close()
 
 
-def _locked_rows(db: Connection, select: str, keys: list[str]) -> dict[str, Any]:
-    """Rows whose first column is one of keys (sorted), locked in that order until the
-    transaction ends: concurrent transactions that lock in key order never deadlock.
+def _lease_rows(db: Connection, agents: list[str], lock: bool) -> dict[str, LeaseRow]:
+    select = "SELECT agent_id, holder, epoch FROM leases WHERE agent_id IN ({})"
+    rows = _rows_of(db, select, agents, lock)
+    return {agent: LeaseRow(holder, int(epoch)) for agent, (holder, epoch) in rows.items()}
+
+
+def _rows_of(db: Connection, select: str, keys: list[str], lock: bool = True) -> dict[str, Any]:
+    """Rows whose first column is one of keys (sorted); with lock, locked in that order
+    until the transaction ends: transactions that lock in key order never deadlock.
 
     select has one ``{}`` for the placeholders; the value is the row's rest
     (one column: the value itself).
@@ -228,7 +252,9 @@ def _locked_rows(db: Connection, select: str, keys: list[str]) -> dict[str, Any]
     found: dict[str, Any] = {}
     for first in range(0, len(keys), 500):
         chunk = keys[first : first + 500]
-        statement = db.for_update(select.format(", ".join("?" * len(chunk))) + " ORDER BY 1")
+        statement = select.format(", ".join("?" * len(chunk))) + " ORDER BY 1"
+        if lock:
+            statement = db.for_update(statement)
         for key, *rest in db.execute(statement, chunk).fetchall():
             found[key] = rest[0] if len(rest) == 1 else tuple(rest)
     return found

@@ -1,9 +1,10 @@
 """Agent leases and the ingest fence: two collectors' ingest on one database.
 
 Each "collector" here is the real Ingest, MeshState and Store of a collector
-process, sharing one database (every test runs on SQLite and on PostgreSQL);
+process, sharing one PostgreSQL database (the collectors of a mesh share one);
 batches are the agent's real sequence ranges, resent to the other collector
-the way a failing-over agent does.
+the way a failing-over agent does. SQLite is owned by one collector: its tests
+here are that collector's own reconnects.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from probemesh.collector.assignments import AssignmentHistory
-from probemesh.collector.database import Database
+from probemesh.collector.database import Database, open_database
 from probemesh.collector.ingest import Ingest, _Item
 from probemesh.collector.leases import LeaseBook
 from probemesh.collector.remote_results import Applied
@@ -76,8 +78,14 @@ class Node:
 
 
 @pytest.fixture
-def nodes(database: Database) -> Iterator[list[Node]]:
-    made = [Node(database, "collector-a"), Node(database, "collector-b")]
+def shared(postgres_url: str, tmp_path: Path) -> Database:
+    """A database several collectors share: a fresh PostgreSQL one."""
+    return open_database(postgres_url, tmp_path)
+
+
+@pytest.fixture
+def nodes(shared: Database) -> Iterator[list[Node]]:
+    made = [Node(shared, "collector-a"), Node(shared, "collector-b")]
     yield made
     for node in made:
         node.close()
@@ -239,7 +247,7 @@ def test_failover_phases_count_each_result_once(nodes: list[Node], seed: int) ->
     asyncio.run(scenario())
 
 
-def test_two_collectors_applying_at_once_never_overcount(database: Database) -> None:
+def test_two_collectors_applying_at_once_never_overcount(shared: Database) -> None:
     """Threads of two real event loops racing: each keeps taking the lease and
     resending from the committed mark; the total stays exact."""
     produced = 400
@@ -249,7 +257,7 @@ def test_two_collectors_applying_at_once_never_overcount(database: Database) -> 
         rng = random.Random(seed)
 
         async def loop() -> None:
-            node = Node(database, name)
+            node = Node(shared, name)
             try:
                 deadline = time.monotonic() + 3
                 while time.monotonic() < deadline:
@@ -275,8 +283,43 @@ def test_two_collectors_applying_at_once_never_overcount(database: Database) -> 
         thread.join(30)
     assert len(counts) == 2, counts
     assert max(counts.values()) == produced and all(c <= produced for c in counts.values())
-    final = Store(database)
+    final = Store(shared)
     try:
         assert final.load_counters()[("results", "web", AGENT, "DE", "success")] == produced
     finally:
         final.close()
+
+
+def test_one_collector_on_sqlite_reconnects_during_an_apply(tmp_path: Path) -> None:
+    """SQLite, one collector: the agent's new stream takes the lease while the old
+    stream's batch is being applied. The take waits for that apply (not for the
+    file's write lock, which the apply holds only to commit), the old stream's
+    later batches are fenced, and the count is exact."""
+    node = Node(open_database(None, tmp_path), "collector-a")
+
+    async def scenario() -> None:
+        old = await node.connect()
+        await node.send(old, 1, 10)
+        node.hold = asyncio.Event()
+        applying = asyncio.create_task(node.send(old, 11, 20))
+        await node.sinking.wait()
+        other = await node.connect("vps-2")  # another agent's take goes through meanwhile
+        assert other.epoch == 1
+        taking = asyncio.create_task(node.connect())
+        await asyncio.sleep(0.3)
+        assert not taking.done(), "the take did not wait for the agent's apply"
+        node.hold.set()
+        node.hold = None
+        await applying
+        new = await taking
+        assert node.counted() == 20 and node.ingest.mark_of(AGENT) == 20
+        await node.send(old, 21, 30)  # the replaced stream: fenced, nothing counted
+        assert node.ingest.leases.fenced_batches_total == 1 and node.counted() == 20
+        await node.send(new, 21, 30)
+        stored = node.store.load_counters()[("results", "web", AGENT, "DE", "success")]
+        assert node.counted() == stored == 30 and node.ingest.mark_of(AGENT) == 30
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        node.close()

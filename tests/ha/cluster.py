@@ -101,9 +101,10 @@ class Cluster:
         assert node.proc is not None and node.alive(), self.log(index)
         node.proc.kill()
 
-    def log(self, index: int) -> str:
+    def log(self, index: int, lines: int | None = 40) -> str:
+        """The collector's output: its last lines, or all of it (lines=None)."""
         node = self.collectors[index]
-        return node.proc.log(40) if node.proc else ""
+        return node.proc.log(lines) if node.proc else ""
 
     def token(self, agent_id: str, country: str) -> str:
         args = ["token", "create", "--agent-id", agent_id, "--country", country]

@@ -6,9 +6,10 @@ ways, through the relay in front of the collector the agent leaves:
 
 - cut: both sides see the connection end at once;
 - freeze: no byte flows, the connections stay open; the agent gives the
-  stream up as dead while the old collector still holds it open, and
-  the bytes held in the relay reach the old collector after the other one
-  took the lease: its fence must refuse them;
+  stream up as dead while the old collector still holds it open. Either the
+  bytes held in the relay reach the old collector soon after the other one
+  took the lease (its fence must refuse them), or they are held until the
+  old collector's poll of recent takes closes that stream (ABORTED);
 - hold: only the old collector's Acks are held back; it applies and
   commits batches the agent still holds as unacked, and the agent resends
   them to the other collector, which must not count them again.
@@ -73,6 +74,7 @@ def run_race(root: Path, database_args: list[str], rounds: int, seed: int) -> Ra
             free_port(),
         )
         figures = RaceFigures()
+        polled = 0  # freezes left until the poll closed the old stream
         current = _wait_holder(cluster, agent, None)
         wait_for(lambda: cluster.counted() > 0, 30, "first results")
         for round_ in range(rounds):
@@ -94,7 +96,12 @@ def run_race(root: Path, database_args: list[str], rounds: int, seed: int) -> Ra
                     30,
                     f"{agent_id} on collector {other}",
                 )
-                time.sleep(rng.random() * 0.3)
+                if (seed + round_ // len(MODES)) % 2 == 0:
+                    # Idle, the old stream is closed by the poll of recent takes.
+                    polled += 1
+                    _wait_holder(cluster, agent, other)
+                else:
+                    time.sleep(rng.random() * 0.3)
                 relay.thaw()  # the held bytes reach the old stream: fenced, or it is closed
             _wait_holder(cluster, agent, other)
             relay.cut()  # held Acks, if any, are lost with the connections
@@ -114,6 +121,9 @@ def run_race(root: Path, database_args: list[str], rounds: int, seed: int) -> Ra
             figures.lost += total(samples, "probemesh_lease_lost_total")
             figures.duplicates += total(samples, "probemesh_duplicate_results_total")
         assert figures.applied == figures.produced, f"a result was applied twice: {figures}"
+        if polled:  # the stream the agent left was closed for the takeover (ABORTED)
+            logs = "".join(cluster.log(index, lines=None) for index in range(2))
+            assert f"took over agent {agent_id}; this stream is closed" in logs, logs[-3000:]
         return figures
     finally:
         cluster.stop()
