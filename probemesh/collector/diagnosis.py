@@ -451,7 +451,7 @@ class Diagnoser:
                 continue  # an older agent would ignore the request
             key = (check, agent_id)
             asked = book.requested.get(key)
-            if entry.country in failing_countries and not entry.result.success:
+            if entry.country in failing_countries and not entry.success:
                 have = book.failing.get(key)
                 if (
                     have is not None
@@ -463,7 +463,7 @@ class Diagnoser:
                     continue
                 if self.request(agent_id, pb.EvidenceRequest(check=check, path=True)):
                     book.requested[key] = now
-            elif entry.country in up_countries and entry.result.success:
+            elif entry.country in up_countries and entry.success:
                 if entry.country in controls_asked or len(controls_asked) >= CONTROL_AGENTS:
                     continue
                 controls_asked.add(entry.country)

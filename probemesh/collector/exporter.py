@@ -31,7 +31,6 @@ from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import SecurityLimits, SeriesGuard
 from probemesh.collector.runnable import rule_and_detail
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
-from probemesh.v1 import mesh_pb2 as pb
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
 _AGENT_FAMILIES = (
@@ -83,7 +82,7 @@ class MeshExporter(Collector):
         self.feed.tallies.update(self.state.tallies.values())
         # pair -> the families its latest result's lines are in; present = admitted and rendered
         self._latest_names: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._rendered: dict[tuple[str, str], pb.Result] = {}  # pair -> result its lines show
+        self._rendered: dict[tuple[str, str], Latest] = {}  # pair -> latest result its lines show
         self._name_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct set
         # exported check -> target its lines were rendered with ("" for a lingering check)
         self._targets: dict[str, str] = {}
@@ -206,7 +205,7 @@ class MeshExporter(Collector):
         latest = tally.latest
         if spec is None:  # lingering: counters only, no gauges
             self._drop_latest(pair)
-        elif latest is not None and self._rendered.get(pair) is not latest.result:
+        elif latest is not None and self._rendered.get(pair) is not latest:
             if self.guard.admit(pair, 2 + len(latest.samples)):
                 self._put_latest(pair, latest, spec)
             else:
@@ -230,7 +229,7 @@ class MeshExporter(Collector):
         family = self.text.family
         for name, chunk in chunks.items():
             family(name)[pair] = chunk
-        self._rendered[pair] = latest.result
+        self._rendered[pair] = latest
         names = tuple(chunks)
         names = self._name_sets.setdefault(names, names)
         old = self._latest_names.get(pair)
@@ -352,14 +351,12 @@ class MeshExporter(Collector):
         families: dict[str, GaugeMetricFamily] = {}
         for (check, agent), latest, spec in self._admitted():
             base = [check, spec.target, agent, latest.country, latest.region]
-            samples = latest.samples
-            result = latest.result
-            if result.reason == pb.FAILURE_REASON_POLICY:
-                not_runnable.add_metric([*base, rule_and_detail(result.message)[0]], 1.0)
+            if latest.refused:
+                not_runnable.add_metric([*base, rule_and_detail(latest.message)[0]], 1.0)
                 continue
-            success.add_metric(base, 1.0 if result.success else 0.0)
-            duration.add_metric(base, result.duration_seconds)
-            for name, labels, value in samples:
+            success.add_metric(base, 1.0 if latest.success else 0.0)
+            duration.add_metric(base, latest.duration)
+            for name, labels, value in latest.samples:
                 family = families.get(name)
                 if family is None:
                     keys = [k for k, _ in labels]

@@ -134,13 +134,12 @@ def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
     A check refused by policy ran no probe: it gets a not-runnable line and no
     probe_* gauge, so no probe_success=0 looks like an outage.
     """
-    result = latest.result
-    if result.reason == pb.FAILURE_REASON_POLICY:
-        rule = rule_and_detail(result.message)[0]
+    if latest.refused:
+        rule = rule_and_detail(latest.message)[0]
         return {NOT_RUNNABLE: f'{NOT_RUNNABLE}{{{base},rule="{rule}"}} 1.0\n'.encode()}
     out = {
-        SUCCESS: f"{SUCCESS}{{{base}}} {'1.0' if result.success else '0.0'}\n",
-        DURATION: f"{DURATION}{{{base}}} {result.duration_seconds!r}\n",
+        SUCCESS: f"{SUCCESS}{{{base}}} {'1.0' if latest.success else '0.0'}\n",
+        DURATION: f"{DURATION}{{{base}}} {latest.duration!r}\n",
     }
     for name, labels, value in latest.samples:
         if labels:

@@ -567,9 +567,7 @@ class OutageMonitor:
                 by_check[check][agent] = entry
         for name, (failing, up) in needy.items():
             latest = by_check[name]
-            controls = {
-                a: e.timestamp for a, e in latest.items() if e.country in up and e.result.success
-            }
+            controls = {a: e.timestamp for a, e in latest.items() if e.country in up and e.success}
             out[name] = diagnoser.diagnose_check(name, failing, controls, snapshot.at)
             diagnoser.ask(
                 name,

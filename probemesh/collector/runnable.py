@@ -30,7 +30,6 @@ from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector.state import AgentInfo, Latest
 from probemesh.errors import ConfigError
 from probemesh.targets import target_host
-from probemesh.v1 import mesh_pb2 as pb
 
 NOT_RUNNABLE = "probemesh_check_not_runnable"  # the metric that says so
 UNKNOWN_RULE = "policy"  # a refusal message that names no rule this collector knows
@@ -135,9 +134,9 @@ def not_runnable(
                 continue
             entry = latest.get((check, agent.agent_id))
             if entry is not None:
-                if entry.result.reason != pb.FAILURE_REASON_POLICY:
+                if not entry.refused:
                     continue  # it runs now
-                message = entry.result.message
+                message = entry.message
             rule, detail = rule_and_detail(message)
             out.setdefault(check, []).append(
                 Refusal(check, agent.agent_id, agent.country, rule, detail)

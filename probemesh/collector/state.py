@@ -12,6 +12,7 @@ only that reader drains it.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
@@ -21,7 +22,7 @@ from probemesh.agent.safety import policy_rule
 from probemesh.catalog import HTTP_PHASE_ORDER
 from probemesh.collector.clock import ClockEstimate
 from probemesh.collector.evidence import EvidenceBook
-from probemesh.collector.samples import KeptSamples
+from probemesh.collector.samples import KeptSamples, SampleFilter
 from probemesh.v1 import mesh_pb2 as pb
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -33,6 +34,7 @@ POLICY_REASON = REASON_NAMES[pb.FAILURE_REASON_POLICY]
 CounterKey = tuple[str, ...]
 
 log = logging.getLogger(__name__)
+_FILTER = SampleFilter()  # for apply() callers that did not filter (ingest always does)
 
 
 @dataclass
@@ -129,18 +131,14 @@ class Tally:
         self.refused = 0  # results the agent refused by policy: no probe ran
         self.reasons: dict[str, int] = {}
         self.latest: Latest | None = None  # the same object as MeshState.latest[(check, agent)]
-        self.hist_keys: list[CounterKey] = [("duration", check, country)]
-        self.phase_hists: tuple[Histogram, ...] = ()
-        if ("phase", check, country, HTTP_PHASE_ORDER[0]) in state.histograms:
-            self.add_phases(state)
-        self.hists = [state.histogram(key) for key in self.hist_keys]
+        phases = ("phase", check, country, HTTP_PHASE_ORDER[0]) in state.histograms
+        self.hist_keys, self.hists = state.histogram_set(check, country, phases)
+        self.phase_hists = self.hists[1:]
 
     def add_phases(self, state: MeshState) -> None:
         """HTTP checks also get one histogram per phase (created on first use)."""
-        country = self.country
-        self.hist_keys[1:] = [("phase", self.check, country, phase) for phase in HTTP_PHASE_ORDER]
-        self.hists = [state.histogram(key) for key in self.hist_keys]
-        self.phase_hists = tuple(self.hists[1:])
+        self.hist_keys, self.hists = state.histogram_set(self.check, self.country, True)
+        self.phase_hists = self.hists[1:]
 
     def counters(self) -> Iterator[tuple[CounterKey, int]]:
         base = (self.check, self.agent, self.country)
@@ -156,15 +154,28 @@ class Tally:
 
 @dataclass(slots=True)
 class Latest:
-    """The newest result of one check on one agent."""
+    """The newest result of one check on one agent: the fields its readers use.
 
-    result: pb.Result
+    Not the protobuf Result: with its samples that costs kilobytes, and the
+    collector holds one per check x agent. A newer result replaces the whole
+    object (never mutated), so a reader tells by identity whether it changed.
+    """
+
+    success: bool
+    reason: str  # failure reason name (REASON_NAMES); "" or "unspecified" on success
+    message: str  # the agent's refusal when reason is POLICY_REASON, else ""
+    duration: float
+    timestamp: float  # on the collector's clock
     country: str
     region: str
-    timestamp: float  # result.timestamp, read once: protobuf field access is slow
     # The result's samples that the catalog admits, as ingest filtered them.
     samples: KeptSamples
     target: str  # the assigned target the result ran against
+
+    @property
+    def refused(self) -> bool:
+        """The agent refused the check by its policy: no probe ran."""
+        return self.reason == POLICY_REASON
 
 
 class ChangeFeed:
@@ -201,6 +212,10 @@ class MeshState:
         self.agent_tallies: dict[str, dict[str, Tally]] = {}
         # ("duration", check, country) and ("phase", check, country, phase)
         self.histograms: dict[CounterKey, Histogram] = {}
+        # (check, country, with phases) -> the histogram keys and histograms its tallies share
+        self._histogram_sets: dict[
+            tuple[str, str, bool], tuple[tuple[CounterKey, ...], tuple[Histogram, ...]]
+        ] = {}
         self.dirty: set[Tally] = set()  # changed since ingest last persisted them
         self.feeds: list[ChangeFeed] = []
         # Agents' evidence for the diagnosis (written by the service, read by the evaluator).
@@ -226,6 +241,20 @@ class MeshState:
         if hist is None:
             hist = self.histograms[key] = Histogram()
         return hist
+
+    def histogram_set(
+        self, check: str, country: str, phases: bool
+    ) -> tuple[tuple[CounterKey, ...], tuple[Histogram, ...]]:
+        """The duration histogram key (and the phase ones) of check in country, and
+        the histograms: one shared pair of tuples for all its tallies."""
+        entry = self._histogram_sets.get((check, country, phases))
+        if entry is None:
+            keys: tuple[CounterKey, ...] = (("duration", check, country),)
+            if phases:
+                keys += tuple(("phase", check, country, phase) for phase in HTTP_PHASE_ORDER)
+            entry = keys, tuple(self.histogram(key) for key in keys)
+            self._histogram_sets[(check, country, phases)] = entry
+        return entry
 
     def restore(
         self, counters: dict[CounterKey, int], histograms: dict[CounterKey, list[float]]
@@ -273,6 +302,7 @@ class MeshState:
         """The tally of check x agent, created on first use."""
         tally = self.tallies.get((check, agent))
         if tally is None:
+            check = sys.intern(check)  # one copy of the name, not one per agent
             tally = self.tallies[(check, agent)] = Tally(check, agent, country, self)
             self.agent_tallies.setdefault(agent, {})[check] = tally
             for feed in self.feeds:
@@ -288,7 +318,8 @@ class MeshState:
     ) -> None:
         """Count one validated, not-yet-applied result and maybe make it the latest.
 
-        samples are the result's samples that SampleFilter kept (none if omitted);
+        samples are the result's samples that SampleFilter kept (filtered here
+        with the default limits if omitted);
         current: the result belongs to the agent's current assignment.
         """
         success = result.success
@@ -300,7 +331,7 @@ class MeshState:
             result.duration_seconds,
             result.timestamp,
             "" if success else REASON_NAMES[result.reason],
-            () if samples is None else samples,
+            _FILTER.keep(result.samples) if samples is None else samples,
             agent.assigned.get(result.check, result.target) if current else None,
         )
         if result.timestamp > agent.last_seen:
@@ -329,7 +360,7 @@ class MeshState:
         are passed in because every protobuf attribute read costs.
         """
         if reason == POLICY_REASON:
-            self._refused(agent, tally, result, timestamp, samples, current_target)
+            self._refused(agent, tally, result, duration, timestamp, samples, current_target)
             return
         if success:
             tally.success += 1
@@ -353,13 +384,16 @@ class MeshState:
         hist.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
         hist.total += duration
         self.dirty.add(tally)
-        self._set_latest(agent, tally, result, timestamp, samples, current_target)
+        self._set_latest(
+            agent, tally, success, reason, "", duration, timestamp, samples, current_target
+        )
 
     def _refused(
         self,
         agent: AgentInfo,
         tally: Tally,
         result: pb.Result,
+        duration: float,
         timestamp: float,
         samples: KeptSamples,
         current_target: str | None,
@@ -377,13 +411,26 @@ class MeshState:
                 "check %s cannot run on agent %s (%s): %s",
                 tally.check, agent.agent_id, agent.country, message,
             )  # fmt: skip
-        self._set_latest(agent, tally, result, timestamp, samples, current_target)
+        self._set_latest(
+            agent,
+            tally,
+            False,
+            POLICY_REASON,
+            message,
+            duration,
+            timestamp,
+            samples,
+            current_target,
+        )
 
     def _set_latest(
         self,
         agent: AgentInfo,
         tally: Tally,
-        result: pb.Result,
+        success: bool,
+        reason: str,
+        message: str,
+        duration: float,
         timestamp: float,
         samples: KeptSamples,
         current_target: str | None,
@@ -393,18 +440,18 @@ class MeshState:
         if current_target is None:
             return
         current = tally.latest
-        if current is None:
+        if current is None or timestamp >= current.timestamp:  # only forward in time
             tally.latest = self.latest[(tally.check, tally.agent)] = Latest(
-                result, agent.country, agent.region, timestamp, samples, current_target
-            )
-        elif timestamp >= current.timestamp:  # "latest" only moves forward in time
-            current.result, current.timestamp, current.region, current.samples = (
-                result,
+                success,
+                reason,
+                message,
+                duration,
                 timestamp,
+                agent.country if current is None else current.country,
                 agent.region,
                 samples,
+                current_target,
             )
-            current.target = current_target
 
     def linger(self, check: str, now: float) -> None:
         """Keep a check that left the file exported: a result for it just arrived."""

@@ -28,23 +28,22 @@ from typing import Any
 
 from probemesh.checks import ChecksFile
 from probemesh.collector.runnable import Refusal, not_runnable
-from probemesh.collector.state import REASON_NAMES, AgentInfo, Latest
+from probemesh.collector.state import AgentInfo, Latest
 from probemesh.timefmt import rfc3339
-from probemesh.v1 import mesh_pb2 as pb
 
 Pair = tuple[str, str]  # (check, agent)
 _STATUS_SAMPLE = "probe_http_status_code"
 
 
-def failure_detail(result: pb.Result) -> tuple[str, str]:
+def failure_detail(latest: Latest) -> tuple[str, str]:
     """(reason name, human detail): ("http_status", "HTTP 500") or ("timeout", "timeout")."""
-    reason = REASON_NAMES.get(result.reason, "other")
-    if reason == "unspecified":
+    reason = latest.reason
+    if reason in ("", "unspecified"):
         reason = "other"
     if reason == "http_status":
-        for sample in result.samples:
-            if sample.name == _STATUS_SAMPLE and sample.value > 0:
-                return reason, f"HTTP {int(sample.value)}"
+        for name, _, value in latest.samples:
+            if name == _STATUS_SAMPLE and value > 0:
+                return reason, f"HTTP {int(value)}"
     return reason, reason
 
 
@@ -134,9 +133,7 @@ class Publisher:
         return [
             key
             for key, entry in list(latest.items())
-            if key not in verdicts
-            and key[0] in configured
-            and entry.result.reason != pb.FAILURE_REASON_POLICY
+            if key not in verdicts and key[0] in configured and not entry.refused
         ]
 
     def resume(self, inputs: Iterable[PairInput]) -> None:
@@ -168,9 +165,8 @@ class Publisher:
             spec = configured.get(check)
             if spec is None:
                 continue
-            result = entry.result
-            success = result.success
-            if not success and result.reason == pb.FAILURE_REASON_POLICY:
+            success = entry.success
+            if entry.refused:
                 continue  # a check refused by the agent's policy is no report at all
             verdict = verdicts.get(key)
             if verdict is None:
@@ -188,7 +184,7 @@ class Publisher:
                 inputs[key] = previous
                 by_agent.setdefault(agent, []).append((key, verdict, fresh))
                 continue
-            reason, detail = ("", "") if success else failure_detail(result)
+            reason, detail = ("", "") if success else failure_detail(entry)
             streak = min(max(verdict.ok_streak, verdict.fail_streak), confirm_rounds)
             inputs[key] = PairInput(
                 check,

@@ -373,10 +373,10 @@ def test_requests_go_to_agents_that_announced_evidence() -> None:
         "de1": AgentInfo("de1", "DE", connected=False, features=("evidence",)),
     }
     latest = {
-        "ug1": Latest(pb.Result(success=False), "UG", "", 1.0, [], ""),
-        "ke2": Latest(pb.Result(success=True), "KE", "", 1.0, [], ""),
-        "ke1": Latest(pb.Result(success=True), "KE", "", 1.0, [], ""),
-        "de1": Latest(pb.Result(success=True), "DE", "", 1.0, [], ""),
+        "ug1": Latest(False, "timeout", "", 1.0, 1.0, "UG", "", (), ""),
+        "ke2": Latest(True, "", "", 0.1, 1.0, "KE", "", (), ""),
+        "ke1": Latest(True, "", "", 0.1, 1.0, "KE", "", (), ""),
+        "de1": Latest(True, "", "", 0.1, 1.0, "DE", "", (), ""),
     }
     diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 10.0)
     assert sorted(asked) == [("ke1", False), ("ug1", True)]

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from probemesh.collector.api import agents_json
-from probemesh.collector.state import AgentInfo
+from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.verdicts import failure_detail
 from probemesh.errors import ConfigError
 from tests.collector.mesh_script import (
@@ -124,12 +124,10 @@ def test_evaluation_reads_the_mesh_state_and_never_writes_it() -> None:
                 mode = "timeout" if agent.country == "UG" else ""
                 mesh.state.apply(agent, result(check, mesh.now - 0.5, mode))
         agents = {k: dataclasses.asdict(v) for k, v in mesh.state.agents.items()}
-        latest = {k: (v.result, v.timestamp, v.samples) for k, v in mesh.state.latest.items()}
+        latest = {k: dataclasses.astuple(v) for k, v in mesh.state.latest.items()}
         mesh.monitor.evaluate()
         assert {k: dataclasses.asdict(v) for k, v in mesh.state.agents.items()} == agents
-        assert {k: (v.result, v.timestamp, v.samples) for k, v in mesh.state.latest.items()} == (
-            latest
-        )
+        assert {k: dataclasses.astuple(v) for k, v in mesh.state.latest.items()} == latest
         states.append(mesh.monitor.snapshot.agent_state("a-ug"))
     assert states[-1] == "local_problem"
 
@@ -242,8 +240,12 @@ def test_stale_results_make_a_country_unknown() -> None:
 
 
 def test_failure_detail_names_http_status() -> None:
-    assert failure_detail(result("web", 1.0, "503")) == ("http_status", "HTTP 503")
-    assert failure_detail(result("web", 1.0, "timeout")) == ("timeout", "timeout")
+    state = MeshState()
+    agent = AgentInfo("a-de", "DE", assigned={"web": "t", "tcp": "t"})
+    state.apply(agent, result("web", 1.0, "503"))
+    state.apply(agent, result("tcp", 1.0, "timeout"))
+    assert failure_detail(state.latest[("web", "a-de")]) == ("http_status", "HTTP 503")
+    assert failure_detail(state.latest[("tcp", "a-de")]) == ("timeout", "timeout")
 
 
 def test_outage_section_rejects_unknown_and_bad_thresholds() -> None:
