@@ -260,8 +260,9 @@ class MeshState:
         self, counters: dict[CounterKey, int], histograms: dict[CounterKey, list[float]]
     ) -> None:
         """Load persisted counters and histograms at start-up."""
-        for key, state in histograms.items():
-            self.histograms[key] = Histogram(state)
+        for key, state in histograms.items():  # in place: tallies share these objects
+            loaded, hist = Histogram(state), self.histogram(key)
+            hist.counts, hist.total, hist.saved = loaded.counts, loaded.total, loaded.saved
         for key, value in counters.items():
             kind, check, agent, country, label = key
             tally = self.tally(check, agent, country)
