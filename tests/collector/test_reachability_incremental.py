@@ -1,0 +1,127 @@
+"""The classifier's incremental rounds give the verdicts a round from scratch gives.
+
+Classifier.evaluate only redoes what changed since the previous round (see
+reachability._Row). Here the same randomized mesh is published (verdicts.Publisher)
+and judged twice per step: by a classifier that keeps its rows, and by one that
+starts its rows, counts and health over before every round (keeping only what
+the algorithm itself carries from round to round: which failures count, held
+timers and local-problem flags). Every snapshot must be equal, through
+outages, local problems, silent agents, refusals, agents that leave, narrowed
+assignments and a reloaded checks file.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from probemesh.checks import ChecksFile, parse_checks
+from probemesh.collector.reachability import Classifier
+from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.verdicts import InputBook, Publisher
+from probemesh.v1 import mesh_pb2 as pb
+
+COUNTRIES = ("BR", "DE", "UG", "KE")
+CHECKS = ("web", "api", "dns", "tcp")
+
+
+def checks_file(interval: float) -> ChecksFile:
+    return parse_checks(
+        {
+            "modules": {"http_2xx": {"prober": "http"}},
+            "outage": {"local_problem_min_checks": 2},
+            "checks": [
+                {
+                    "name": name,
+                    "target": f"http://{name}.example/",
+                    "module": "http_2xx",
+                    "interval": f"{interval * (1 + i % 2):g}s",
+                }
+                for i, name in enumerate(CHECKS)
+            ],
+        }
+    )
+
+
+def from_scratch(classifier: Classifier, checks: ChecksFile) -> None:
+    """Forget every cached row, count and health; keep the algorithm's own memory."""
+    classifier._reset(checks)
+
+
+def outcome(rng: random.Random, agent: AgentInfo, check: str, step: int) -> pb.Result:
+    down = (check == "web" and agent.country == "UG" and 10 <= step < 40) or (
+        check == "api" and 25 <= step < 45
+    )
+    local = agent.agent_id == "a-03" and 15 <= step < 35
+    lonely = agent.agent_id == "a-10" and check == "web" and 5 <= step < 25
+    if rng.random() < 0.02:
+        return pb.Result(
+            check=check, success=False, reason=pb.FAILURE_REASON_POLICY,
+            message="private_target: target resolves to a private address",
+        )  # fmt: skip
+    if down or local or lonely or rng.random() < 0.05:
+        status = rng.choice((500, 503))
+        return pb.Result(
+            check=check,
+            success=False,
+            duration_seconds=0.1,
+            reason=pb.FAILURE_REASON_HTTP_STATUS,
+            samples=[pb.Sample(name="probe_http_status_code", value=status)],
+        )
+    return pb.Result(check=check, success=True, duration_seconds=0.05)
+
+
+@pytest.mark.parametrize("seed", range(1, 7))
+def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
+    rng = random.Random(seed)
+    checks = checks_file(10.0)
+    state = MeshState()
+    for i in range(16):
+        agent_id = f"a-{i:02d}"
+        state.agents[agent_id] = AgentInfo(
+            agent_id, COUNTRIES[i % len(COUNTRIES)], connected=True,
+            assigned={name: spec.target for name, spec in checks.checks.items()},
+        )  # fmt: skip
+    incremental, reference = Classifier(), Classifier()
+    publisher, book = Publisher(), InputBook()
+    now = 1_800_000_000.0
+    seen: set[str] = set()
+    for step in range(60):
+        now += rng.choice((1.0, 2.0, 5.0, 10.0))
+        for agent in list(state.agents.values()):
+            if step % 4 == 3:
+                break  # a quiet round: only time passes (held failures, freshness)
+            if agent.agent_id == "a-05" and 20 <= step < 30:
+                continue  # silent: its results go stale
+            # a-10 reports seldom: its held failure waits on the clock alone
+            rate = 0.15 if agent.agent_id == "a-10" else 0.4
+            for check in list(agent.assigned):
+                if rng.random() < rate:
+                    result = outcome(rng, agent, check, step)
+                    result.timestamp = now - rng.random()
+                    state.apply(agent, result)
+        if step == 30:  # an agent leaves, another arrives
+            state.forget_agent("a-07")
+            state.agents["a-99"] = AgentInfo(
+                "a-99", "LT", connected=True, assigned={"web": "http://web.example/"}
+            )
+        if step == 35:  # one agent's assignment is narrowed, its gauges end
+            agent = state.agents["a-08"]
+            state.assign(agent, {"web": agent.assigned["web"]}, 2)
+            state.forget_unassigned(now + 1)
+        if step == 45:  # a reload with other intervals
+            checks = checks_file(5.0)
+        book.apply(publisher.observe(state.latest, checks, state.agents, now))
+        from_scratch(reference, checks)
+        expected = reference.evaluate(book.inputs, checks, now)
+        got = incremental.evaluate(book.inputs, checks, now)
+        assert got == expected, f"step {step}"
+        assert incremental.local == reference.local
+        assert incremental.counting == reference.counting
+        seen.update(view.state for view in got.checks.values())
+        seen.update(c.state for view in got.checks.values() for c in view.countries)
+        seen.update(health.state for health in got.agents.values())
+    # the scenario went through what it is meant to exercise
+    assert {"regional_outage", "global_outage", "down", "degraded"} <= seen, seen
+    assert {"local_problem", "suspect"} <= seen, seen
