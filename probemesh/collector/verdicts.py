@@ -23,7 +23,7 @@ mesh sharing PostgreSQL carries it through the database (shared.py).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from probemesh.checks import ChecksFile
@@ -120,12 +120,43 @@ class Publication:
         return bool(self.changed or self.removed or self.agents or self.agents_removed)
 
 
+class _Track:
+    """One heard check x agent of this collector, kept between rounds."""
+
+    __slots__ = ("changed", "entry", "fresh", "input", "stale_after", "verdict")
+
+    def __init__(self, verdict: AgentVerdict, stale_after: float) -> None:
+        self.verdict = verdict
+        self.stale_after = stale_after  # seconds after which its result is stale
+        self.entry: Latest | None = None  # the latest result as last taken
+        self.fresh = False
+        self.changed = True  # its input must be built again
+        self.input: PairInput | None = None
+
+
 class Publisher:
-    """Keeps the streaks of the pairs this collector serves and publishes their changes."""
+    """Keeps the streaks of the pairs this collector serves and publishes their changes.
+
+    A round only redoes the work its changes call for: pairs whose latest
+    result changed (MeshState replaces it, so identity tells) or went stale,
+    and the agents they belong to; a steady mesh of 200,000 pairs costs one
+    pass over MeshState.latest.
+    """
 
     def __init__(self) -> None:
         self.verdicts: dict[Pair, AgentVerdict] = {}
         self.published: dict[Pair, PairInput] = {}
+        self._checks: ChecksFile | None = None
+        self._tracks: dict[Pair, _Track] = {}
+        self._by_agent: dict[str, dict[str, _Track]] = {}
+        self._settled: dict[str, bool] = {}
+        self._keys: dict[str, list[Pair]] = {}  # agent -> its keys in published, in order
+        # agent -> (its assigned dict, country) as last seen; MeshState.assign
+        # replaces the dict, so identity tells a change
+        self._assigned: dict[str, tuple[Mapping[str, str], str]] = {}
+        self._refusals: dict[Pair, PairInput] = {}
+        self._refused_by_agent: dict[str, dict[Pair, PairInput]] = {}
+        self._again: set[str] = set()  # agents whose publication failed (retry)
 
     def new_pairs(self, latest: Mapping[Pair, Latest], checks: ChecksFile) -> list[Pair]:
         """Pairs with a result but no streak here yet (resume them with ``resume``)."""
@@ -150,88 +181,164 @@ class Publisher:
         agents: Mapping[str, AgentInfo],
         now: float,
     ) -> Publication:
-        """Feed each pair's newest result into its streak; return what changed.
-
-        A pair with no new result and the same freshness keeps its previous
-        input object: a steady mesh costs a few look-ups per pair.
-        """
-        cfg = checks.outage
-        configured, verdicts, published = checks.checks, self.verdicts, self.published
-        confirm_rounds, stale_after = cfg.confirm_rounds, cfg.stale_after_intervals
-        inputs: dict[Pair, PairInput] = {}
-        by_agent: dict[str, list[tuple[Pair, AgentVerdict, bool]]] = {}
-        for key, entry in list(latest.items()):
-            check, agent = key
-            spec = configured.get(check)
-            if spec is None:
-                continue
-            success = entry.success
-            if entry.refused:
-                continue  # a check refused by the agent's policy is no report at all
-            verdict = verdicts.get(key)
-            if verdict is None:
-                verdict = verdicts[key] = AgentVerdict()
-            fresh = now - entry.timestamp <= stale_after * spec.interval
-            previous = published.get(key)
-            if entry.timestamp > verdict.last_ts:
-                verdict.observe(success, entry.timestamp, confirm_rounds)
-            elif (
-                previous is not None
-                and previous.fresh == fresh
-                and previous.settled
-                and previous.success is not None
-            ):
-                inputs[key] = previous
-                by_agent.setdefault(agent, []).append((key, verdict, fresh))
-                continue
-            reason, detail = ("", "") if success else failure_detail(entry)
-            streak = min(max(verdict.ok_streak, verdict.fail_streak), confirm_rounds)
-            inputs[key] = PairInput(
-                check,
-                agent,
-                entry.country,
-                success,
-                verdict.confirmed,
-                fresh,
-                True,
-                reason,
-                detail,
-                streak,
-                last_ts=entry.timestamp,
+        """Feed each pair's newest result into its streak; return what changed."""
+        touched = self._again
+        self._again = set()
+        if checks is not self._checks:  # a reload: intervals may differ, start the tracks over
+            self._checks = checks
+            self._tracks, self._by_agent, self._settled, self._assigned = {}, {}, {}, {}
+            touched.update(agent for _, agent in self.published)
+            touched.update(agents)
+        touched |= self._take(latest, checks, now)
+        touched |= self._assignments(agents)
+        refusals = {
+            (check, r.agent): PairInput(
+                check, r.agent, r.country, None, reason=r.rule, detail=r.detail, refused=True
             )
-            by_agent.setdefault(agent, []).append((key, verdict, fresh))
-        for rows in by_agent.values():
-            if not _settled(rows):
-                for key, _, _ in rows:
-                    inputs[key] = replace(inputs[key], settled=False)
-        for info in list(agents.values()):  # an assigned check's country is listed even unheard
-            for check in info.assigned:
-                key = (check, info.agent_id)
-                if key not in inputs and check in checks.checks:
-                    inputs[key] = PairInput(check, info.agent_id, info.country, None)
-        for check, refusals in not_runnable(latest, agents, checks).items():
-            for r in refusals:
-                inputs[(check, r.agent)] = PairInput(
-                    check, r.agent, r.country, None, reason=r.rule, detail=r.detail, refused=True
-                )
-        for key in [k for k in self.verdicts if k not in inputs or inputs[k].success is None]:
-            del self.verdicts[key]
-        publication = Publication(
-            changed=[p for k, p in inputs.items() if (q := published.get(k)) is not p and q != p],
-            removed=[k for k in published if k not in inputs],
-        )
-        self.published = inputs
+            for check, found in not_runnable(latest, agents, checks).items()
+            for r in found
+        }
+        if refusals != self._refusals:
+            touched.update(key[1] for key in refusals.keys() ^ self._refusals.keys())
+            touched.update(
+                key[1] for key, item in refusals.items() if self._refusals.get(key, item) != item
+            )
+            self._refusals = refusals
+            self._refused_by_agent = {}
+            for key, item in refusals.items():
+                self._refused_by_agent.setdefault(key[1], {})[key] = item
+        publication = Publication()
+        for agent in touched:
+            self._publish_agent(agent, agents.get(agent), checks, publication)
         return publication
+
+    def _take(self, latest: Mapping[Pair, Latest], checks: ChecksFile, now: float) -> set[str]:
+        """Feed new results into their streaks and refresh freshness; return the agents
+        whose pairs changed."""
+        cfg = checks.outage
+        confirm, stale = cfg.confirm_rounds, cfg.stale_after_intervals
+        tracks = self._tracks
+        get = tracks.get
+        touched: set[str] = set()
+        count = 0
+        for key, entry in latest.items():
+            track = get(key)
+            if track is not None and track.entry is entry:  # the common case: only time passed
+                fresh = now - entry.timestamp <= track.stale_after
+                if fresh is not track.fresh:
+                    track.fresh, track.changed = fresh, True
+                    touched.add(key[1])
+                count += 1
+                continue
+            spec = checks.checks.get(key[0])
+            if spec is None or entry.refused:
+                continue  # a check refused by the agent's policy is no report at all
+            if track is None:
+                verdict = self.verdicts.get(key)
+                if verdict is None:
+                    verdict = self.verdicts[key] = AgentVerdict()
+                track = tracks[key] = _Track(verdict, stale * spec.interval)
+                self._by_agent.setdefault(key[1], {})[key[0]] = track
+            if entry.timestamp > track.verdict.last_ts:
+                track.verdict.observe(entry.success, entry.timestamp, confirm)
+            track.entry = entry
+            track.fresh = now - entry.timestamp <= track.stale_after
+            track.changed = True
+            touched.add(key[1])
+            count += 1
+        if count != len(tracks):
+            for key in [k for k in tracks if k not in latest or latest[k].refused]:
+                del tracks[key]
+                agent_tracks = self._by_agent[key[1]]
+                del agent_tracks[key[0]]
+                if not agent_tracks:
+                    del self._by_agent[key[1]]
+                touched.add(key[1])
+        if len(self.verdicts) != len(tracks):  # streaks of pairs no longer heard here
+            for key in [k for k in self.verdicts if k not in tracks]:
+                del self.verdicts[key]
+        return touched
+
+    def _assignments(self, agents: Mapping[str, AgentInfo]) -> set[str]:
+        """Agents whose assigned checks or country changed, or that are gone."""
+        known = self._assigned
+        touched = set()
+        for agent_id, info in agents.items():
+            had = known.get(agent_id)
+            if had is None or had[0] is not info.assigned or had[1] != info.country:
+                known[agent_id] = (info.assigned, info.country)
+                touched.add(agent_id)
+        if len(known) != len(agents):
+            for agent_id in [a for a in known if a not in agents]:
+                del known[agent_id]
+                touched.add(agent_id)
+        return touched
+
+    def _publish_agent(
+        self,
+        agent: str,
+        info: AgentInfo | None,
+        checks: ChecksFile,
+        publication: Publication,
+    ) -> None:
+        """Build the agent's inputs anew where needed and publish those that differ."""
+        cfg = checks.outage
+        tracks = self._by_agent.get(agent, {})
+        settled = _settled([(("", ""), t.verdict, t.fresh) for t in tracks.values()])
+        if settled != self._settled.get(agent, True):
+            for track in tracks.values():
+                track.changed = True
+        if tracks:
+            self._settled[agent] = settled
+        else:
+            self._settled.pop(agent, None)
+        inputs: dict[Pair, PairInput] = {}
+        for check, track in tracks.items():
+            if track.changed or track.input is None:
+                entry, verdict = track.entry, track.verdict
+                assert entry is not None
+                reason, detail = ("", "") if entry.success else failure_detail(entry)
+                streak = min(max(verdict.ok_streak, verdict.fail_streak), cfg.confirm_rounds)
+                track.input = PairInput(
+                    check, agent, entry.country, entry.success, verdict.confirmed,
+                    track.fresh, settled, reason, detail, streak, last_ts=entry.timestamp,
+                )  # fmt: skip
+                track.changed = False
+            inputs[(check, agent)] = track.input
+        if info is not None:  # an assigned check's country is listed even unheard
+            for check in info.assigned:
+                key = (check, agent)
+                if key not in inputs and check in checks.checks:
+                    old = self.published.get(key)
+                    unheard = PairInput(check, agent, info.country, None)
+                    inputs[key] = old if old == unheard else unheard
+        inputs.update(self._refused_by_agent.get(agent, {}))
+        published = self.published
+        for key, item in inputs.items():
+            old = published.get(key)
+            if old is not item:
+                published[key] = item
+                if old != item:
+                    publication.changed.append(item)
+        for key in self._keys.get(agent, ()):
+            if key not in inputs:
+                published.pop(key, None)
+                publication.removed.append(key)
+        if inputs:
+            self._keys[agent] = list(inputs)
+        else:
+            self._keys.pop(agent, None)
 
     def retry(self, publication: Publication) -> None:
         """The publication was not stored: publish its changes again next round."""
         for item in publication.changed:
             self.published.pop((item.check, item.agent), None)
+            self._again.add(item.agent)
         for key in publication.removed:
-            self.published.setdefault(key, _REMOVED)
-
-
-_REMOVED = PairInput("", "", "", None)  # stands for a removal still to publish
+            keys = self._keys.setdefault(key[1], [])
+            if key not in keys:
+                keys.append(key)
+            self._again.add(key[1])
 
 
 def _settled(rows: list[tuple[Pair, AgentVerdict, bool]]) -> bool:

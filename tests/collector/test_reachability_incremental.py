@@ -1,13 +1,14 @@
-"""The classifier's incremental rounds give the verdicts a round from scratch gives.
+"""The outage round's incremental parts give what a round from scratch gives.
 
-Classifier.evaluate only redoes what changed since the previous round (see
-reachability._Row). Here the same randomized mesh is published (verdicts.Publisher)
-and judged twice per step: by a classifier that keeps its rows, and by one that
-starts its rows, counts and health over before every round (keeping only what
-the algorithm itself carries from round to round: which failures count, held
-timers and local-problem flags). Every snapshot must be equal, through
-outages, local problems, silent agents, refusals, agents that leave, narrowed
-assignments and a reloaded checks file.
+Publisher.observe and Classifier.evaluate only redo what changed since the
+previous round (see verdicts._Track and reachability._Row). Here the same
+randomized mesh is published and judged twice per step: by a publisher and a
+classifier that keep their state, and by ones that start their caches over
+before every round (keeping only what the algorithm itself carries from round
+to round: streaks, what was published, which failures count, held timers and
+local-problem flags). Every publication and every snapshot must be equal,
+through outages, local problems, silent agents, refusals, agents that leave,
+narrowed assignments, failed publications and a reloaded checks file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from probemesh.checks import ChecksFile, parse_checks
 from probemesh.collector.reachability import Classifier
 from probemesh.collector.state import AgentInfo, MeshState
-from probemesh.collector.verdicts import InputBook, Publisher
+from probemesh.collector.verdicts import InputBook, PairInput, Publication, Publisher
 from probemesh.v1 import mesh_pb2 as pb
 
 COUNTRIES = ("BR", "DE", "UG", "KE")
@@ -44,9 +45,14 @@ def checks_file(interval: float) -> ChecksFile:
     )
 
 
-def from_scratch(classifier: Classifier, checks: ChecksFile) -> None:
-    """Forget every cached row, count and health; keep the algorithm's own memory."""
+def from_scratch(classifier: Classifier, publisher: Publisher, checks: ChecksFile) -> None:
+    """Forget every cached row, track, count and health; keep the algorithm's own memory."""
     classifier._reset(checks)
+    publisher._checks = None
+
+
+def as_sets(publication: Publication) -> tuple[set[PairInput], set[tuple[str, str]]]:
+    return set(publication.changed), set(publication.removed)
 
 
 def outcome(rng: random.Random, agent: AgentInfo, check: str, step: int) -> pb.Result:
@@ -85,6 +91,7 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
         )  # fmt: skip
     incremental, reference = Classifier(), Classifier()
     publisher, book = Publisher(), InputBook()
+    reference_publisher, reference_book = Publisher(), InputBook()
     now = 1_800_000_000.0
     seen: set[str] = set()
     for step in range(60):
@@ -112,9 +119,19 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
             state.forget_unassigned(now + 1)
         if step == 45:  # a reload with other intervals
             checks = checks_file(5.0)
-        book.apply(publisher.observe(state.latest, checks, state.agents, now))
-        from_scratch(reference, checks)
-        expected = reference.evaluate(book.inputs, checks, now)
+        from_scratch(reference, reference_publisher, checks)
+        published = reference_publisher.observe(state.latest, checks, state.agents, now)
+        publication = publisher.observe(state.latest, checks, state.agents, now)
+        assert as_sets(publication) == as_sets(published), f"step {step}"
+        assert publisher.published == reference_publisher.published
+        if step % 9 == 5:  # the database refused the publication: it is sent again
+            publisher.retry(publication)
+            reference_publisher.retry(published)
+            continue
+        book.apply(publication)
+        reference_book.apply(published)
+        assert book.inputs == reference_book.inputs
+        expected = reference.evaluate(reference_book.inputs, checks, now)
         got = incremental.evaluate(book.inputs, checks, now)
         assert got == expected, f"step {step}"
         assert incremental.local == reference.local
