@@ -2,11 +2,13 @@
 
 Builds the collector's real state in-process (HTTP-like results, agents spread
 over 40 countries, a few failing pairs, one country down for one check), then
-times what the outage monitor does every ``evaluate_every`` seconds:
-Classifier.evaluate over every check x agent pair plus IncidentBook.update.
+times the outage monitor's round (every ``evaluate_every`` seconds) in its two
+parts: publish (verdicts.Publisher over this collector's MeshState.latest:
+streaks, freshness, what changed) and judge (Classifier.evaluate over every
+check x agent's inputs, diagnosis, IncidentBook.update), the evaluator's part.
 The first round creates every pair's streak; the rounds after it see a new
 result on 1/60 of the pairs (checks every 60 s, evaluated every second), which
-is the steady state the figure is about.
+is the steady state the figures are about.
 
     .venv/bin/python bench/evaluator_round.py --agents 10000 --checks 20
 """
@@ -14,6 +16,7 @@ is the steady state the figure is about.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -23,8 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from probemesh.checks import parse_checks
-from probemesh.collector.incidents import IncidentBook
-from probemesh.collector.reachability import Classifier
+from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.v1 import mesh_pb2 as pb
 
@@ -84,31 +86,38 @@ def main() -> None:
         for agent in agents:
             for n in names:
                 state.apply(agent, result(n, now - 180 + 60 * round_, not fails(agent, n)))
-    classifier = Classifier()
-    book = IncidentBook()
+    clock = [now]
+    monitor = OutageMonitor(state, lambda: checks, IncidentBook(), clock=lambda: clock[0])
     t0 = time.perf_counter()
-    book.update(classifier.evaluate(state.latest, checks, state.agents, now), checks)
+    monitor.evaluate()
     first = time.perf_counter() - t0
     pairs = list(state.tallies)
     per_round = max(1, len(pairs) // 60)
-    times = []
+    publish, judge = [], []
     for r in range(args.rounds):
-        at = now + 1 + r
+        at = clock[0] = now + 1 + r
         by_agent = state.agents
         for check, agent_id in rng.sample(pairs, per_round):
             agent = by_agent[agent_id]
             state.apply(agent, result(check, at, not fails(agent, check)))
         t0 = time.perf_counter()
-        snapshot = classifier.evaluate(state.latest, checks, state.agents, at)
-        book.update(snapshot, checks)
-        times.append(time.perf_counter() - t0)
+        monitor.inputs.apply(monitor.publish(checks, at))
+        t1 = time.perf_counter()
+        monitor.judge(monitor.inputs.inputs, checks, at)
+        publish.append(t1 - t0)
+        judge.append(time.perf_counter() - t1)
+    book = monitor.book
     print(f"agents={args.agents:,} checks={args.checks} pairs={len(pairs):,} "
           f"new results per round={per_round:,}")  # fmt: skip
     print(f"first round (every streak created): {first * 1000:.0f} ms")
-    print(
-        f"steady round (classify + incidents): median {statistics.median(times) * 1000:.0f} ms, "
-        f"best {min(times) * 1000:.0f} ms, worst {max(times) * 1000:.0f} ms of {len(times)}"
-    )
+    for name, times in (("publish", publish), ("judge", judge)):
+        print(
+            f"steady round, {name}: median {statistics.median(times) * 1000:.0f} ms, "
+            f"best {min(times) * 1000:.0f} ms, worst {max(times) * 1000:.0f} ms of {len(times)}"
+        )
+    total = [p + j for p, j in zip(publish, judge, strict=True)]
+    print(f"steady round, both: median {statistics.median(total) * 1000:.0f} ms; "
+          f"host load average {os.getloadavg()[0]:.1f} (2 cores, shared)")  # fmt: skip
     print(f"incidents open: {len(book.active)} ({', '.join(sorted(book.active))})")
 
 

@@ -6,6 +6,9 @@ exposition: a cold render (every result new since the last scrape), the
 background pre-render after half the results changed (checks every 30 s,
 Prometheus scraping every 15 s), and the steady-state /metrics response body
 exactly as the HTTP handler builds it, several times (best and median).
+It also prints the process's resident memory per check x agent pair: once the
+state and the rendered text are built (between scrapes), and at its peak
+(while a response body is built).
 
     .venv/bin/python bench/scrape.py --agents 1000 --checks 100
 """
@@ -13,6 +16,8 @@ exactly as the HTTP handler builds it, several times (best and median).
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +55,19 @@ def http_result(check: str, ts: float) -> pb.Result:
                      duration_seconds=0.05, samples=samples, http_phase_seconds=[0.01] * 5)  # fmt: skip
 
 
+def rss() -> int:
+    """Resident bytes of this process now."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    """The most resident bytes this process had (VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,6 +87,7 @@ def main() -> None:
     )
     import tempfile
 
+    idle = rss()
     state = MeshState()
     store = Store(open_database(None, Path(tempfile.mkdtemp())))
     ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
@@ -87,6 +106,7 @@ def main() -> None:
     t0 = time.perf_counter()
     body = exporter.render_bulk()
     cold = time.perf_counter() - t0
+    response_lines, response_bytes = body.count(b"\n"), len(body)
     for agent in agents:  # half the results are newer at the next scrape
         for c in range(0, args.checks, 2):
             result = http_result(f"check-{c:03d}", now + 30)
@@ -94,21 +114,30 @@ def main() -> None:
     t0 = time.perf_counter()
     exporter.prerender()
     prerender = time.perf_counter() - t0
+    del body
+    gc.collect()
+    held = rss() - idle
     scrapes = []
     for _ in range(args.repeat):  # what the /metrics handler does
         t0 = time.perf_counter()
         response = exporter.render_bulk(generate_latest(rest))
         scrapes.append(time.perf_counter() - t0)
         del response
+    peak = peak_rss() - idle
     typical = sorted(scrapes)[len(scrapes) // 2]
-    lines = body.count(b"\n")
+    lines = response_lines
     print(f"agents={args.agents} checks={args.checks} series={args.agents * args.checks:,} lines={lines:,} "
-          f"bytes={len(body):,}")  # fmt: skip
+          f"bytes={response_bytes:,}")  # fmt: skip
     print(f"cold render (every result new): {cold:.2f} s")
     print(f"half the results changed: background pre-render {prerender:.2f} s")
     print(
         f"steady-state /metrics response: best {min(scrapes):.3f} s, "
         f"median {typical:.3f} s of {len(scrapes)}"
+    )
+    pairs = args.agents * args.checks
+    print(
+        f"RSS per check x agent pair: {held / pairs / 1024:.2f} KiB between scrapes "
+        f"(state and rendered text), {peak / pairs / 1024:.2f} KiB at the peak of a scrape"
     )
 
 
