@@ -1,4 +1,4 @@
-"""Incidents: open, track and close outages of a check, persisted in SQLite.
+"""Incidents: open, track and close outages of a check, persisted in the collector database.
 
 An incident opens when a check leaves ``ok`` (the classifier already damps
 flapping) and closes once the check has been ``ok`` for ``close_after_rounds``
@@ -12,13 +12,17 @@ Incidents live in their own table of the collector database (SQLite in
 --data-dir, or PostgreSQL) and are written from a worker thread through their
 own connection, so a restarted collector resumes the incidents that were open.
 
-OutageMonitor ties it together: it runs the classifier every
-``evaluate_every`` seconds, keeps the latest Snapshot (the verdicts every
-reader takes, the agents' local-problem flags included), diagnoses the failing
-countries, updates the incidents, hands the result to the notifications
-(Alertmanager, webhooks) and exports ``probemesh_outage``,
+OutageMonitor ties it together. Every ``evaluate_every`` seconds it publishes
+this collector's verdict inputs (verdicts.Publisher) and, on the evaluator,
+runs the classifier over every input of the mesh, keeps the latest Snapshot
+(the verdicts every reader takes, the agents' local-problem flags included),
+diagnoses the failing countries, updates the incidents, hands the result to
+the notifications (Alertmanager, webhooks) and exports ``probemesh_outage``,
 ``probemesh_country_reachability_ratio``, ``probemesh_country_diagnosis`` and
-``probemesh_agent_local_problem``. It only reads MeshState.
+``probemesh_agent_local_problem``. A collector alone is always the evaluator
+and publishes to itself in process; collectors sharing PostgreSQL publish
+through it, elect one evaluator, and the others serve the evaluation and
+incidents it stores (shared.py). It only reads MeshState.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ steady mesh publishes nothing. :class:`InputBook` is the evaluator's copy of
 every published input, wherever the agent is connected.
 
 A single collector hands its publication to its own InputBook in process; a
-mesh sharing PostgreSQL carries it through the database (shared.py).
+mesh sharing PostgreSQL carries it through the database (shared.py), with
+what each collector knows of its agents (``agent_doc``, published by
+:class:`FleetPublisher`) so that every collector lists every agent.
 """
 
 from __future__ import annotations
