@@ -504,6 +504,7 @@ class OutageMonitor:
         self.round_seconds: dict[str, float] = {}
         self._book_version = 0  # evaluator: rounds that saved incidents
         self._book_seen: str | None = None  # follower: the incidents version last read
+        self._connected: set[str] = set()  # agents connected here at the previous round
         self.evaluations = 0
         self._tick = asyncio.Event()  # set (and replaced) after every evaluation
         self._saving: asyncio.Future[None] | None = None  # the incident write in flight
@@ -645,6 +646,9 @@ class OutageMonitor:
             self.notifications.stand_by()
         self.is_evaluator = elected
         checks = self.checks()
+        connected = {a.agent_id for a in list(self.state.agents.values()) if a.connected}
+        self.publisher.forget_agents(connected - self._connected)
+        self._connected = connected
         new = self.publisher.new_pairs(self.state.latest, checks)
         if new:
             self.publisher.resume(await self._io(shared.published, new))

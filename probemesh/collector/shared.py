@@ -237,7 +237,8 @@ class SharedVerdicts:
         self._beat_at = now
 
     def published(self, pairs: Iterable[Pair]) -> list[PairInput]:
-        """The inputs other collectors published for these pairs (to resume their streaks)."""
+        """The inputs published for these pairs, by whichever collector served them last
+        (to resume their streaks)."""
         wanted = set(pairs)
         agents = sorted({agent for _, agent in wanted})
         found: list[PairInput] = []
@@ -247,8 +248,8 @@ class SharedVerdicts:
                 chunk = agents[i : i + _IN_CHUNK]
                 rows = conn.execute(
                     f"SELECT {_COLUMNS} FROM verdict_inputs WHERE agent_id IN "
-                    f"({', '.join('?' * len(chunk))}) AND NOT gone AND collector_id <> ?",
-                    (*chunk, self.collector_id),
+                    f"({', '.join('?' * len(chunk))}) AND NOT gone",
+                    chunk,
                 ).fetchall()
                 found.extend(_input(r) for r in rows if (r[0], r[1]) in wanted)
 

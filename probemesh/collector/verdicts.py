@@ -169,6 +169,12 @@ class Publisher:
             if key not in verdicts and key[0] in configured and not entry.refused
         ]
 
+    def forget_agents(self, agents: set[str]) -> None:
+        """Drop the streaks of agents that (re)connected: another collector may have served
+        them meanwhile, so they resume from what was published last (``resume``)."""
+        for key in [k for k in self.verdicts if k[1] in agents]:
+            del self.verdicts[key]
+
     def resume(self, inputs: Iterable[PairInput]) -> None:
         """Continue the streaks another collector published (the agent moved here)."""
         for item in inputs:

@@ -106,3 +106,44 @@ def test_the_incident_keeps_its_id_whatever_the_round_the_evaluator_dies(
 ) -> None:
     monkeypatch.setattr(shared_mod, "ELECTION_RETRY", 0.0)
     assert asyncio.run(_run(open_database(postgres_url, tmp_path), kill)) == [1]
+
+
+async def _ping_pong(database: Database) -> list[str]:
+    """BR's agent moves from a to b during its outage and back to a once it recovered."""
+    clock = [T0]
+    collectors = {name: Collector(name, database, clock) for name in SERVED}
+    agents = {cc: (name, collectors[name].serve(cc)) for name in SERVED for cc in SERVED[name]}
+    states = []
+    for n in range(ROUNDS):
+        if n in (5, 11):  # the stream moves: the old collector keeps the agent, disconnected
+            new = "b" if n == 5 else "a"
+            agents["BR"][1].connected = False
+            moved = collectors[new].state.agents.get("a-br") or collectors[new].serve("BR")
+            moved.connected = True
+            agents["BR"] = (new, moved)
+        clock[0] += INTERVAL
+        for cc, (name, agent) in agents.items():
+            mode = "500" if cc == "BR" and n in FAILING else ""
+            for check in ("web", "tcp"):
+                state = collectors[name].state
+                state.apply(agent, result(check, clock[0] - 0.5, mode if check == "web" else ""))
+        for name in SERVED:
+            await collectors[name].round()
+        [evaluator] = [c for c in collectors.values() if c.monitor.is_evaluator]
+        view = evaluator.monitor.snapshot.checks["web"]
+        states.append({c.country: c.state for c in view.countries}["BR"])
+    for collector in collectors.values():
+        await collector.monitor._io(collector.monitor._close_shared)
+        collector.monitor.book.close()
+    return states
+
+
+def test_an_agent_back_on_its_old_collector_resumes_the_newest_streak(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    states = asyncio.run(_ping_pong(open_database(postgres_url, tmp_path)))
+    known = states[states.index("up") :]
+    assert "unknown" not in known and "down" in known, states
+    # Back on a at round 11, BR is up at once: a resumed the streak b published (confirmed
+    # up), not its own from before the move (still failing), which would hold BR down.
+    assert states[11:] == ["up"] * (ROUNDS - 11), states
