@@ -104,6 +104,7 @@ class PostgresCluster:
             "--auth-local=trust",
             "--auth-host=scram-sha-256",
             "--encoding=UTF8",
+            "--no-locale",  # whatever locales the machine has generated
             "--no-sync",
         )
         pwfile.unlink()
