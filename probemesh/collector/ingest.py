@@ -171,6 +171,12 @@ class Ingest:
                 await self._apply_group(items)
             except Exception:  # the applier must outlive one failed commit
                 log.exception("ingest: could not persist %d batches; they stay unacked", len(items))
+                # The agents resend what is unacked on a new stream: end these now
+                # rather than leave them waiting out their dead-after time.
+                for item in items:
+                    item.session.end(
+                        grpc.StatusCode.UNAVAILABLE, "collector could not store the results; resend"
+                    )
                 await asyncio.sleep(0.5)
 
     async def take_lease(self, agent: AgentInfo) -> int:
