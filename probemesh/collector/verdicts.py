@@ -172,6 +172,10 @@ class Publisher:
     def forget_agents(self, agents: set[str]) -> None:
         """Drop the streaks of agents that (re)connected: another collector may have served
         them meanwhile, so they resume from what was published last (``resume``)."""
+        for agent in agents & self._by_agent.keys():
+            for check in self._by_agent.pop(agent):
+                del self._tracks[(check, agent)]
+            self._again.add(agent)
         for key in [k for k in self.verdicts if k[1] in agents]:
             del self.verdicts[key]
 
