@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -82,29 +83,53 @@ async def ingest_stream(
     batch: list[bytes],
     period: float,
     stop: float,
+    ended: list[str],
 ) -> int:
-    call = stub(channel)(metadata=(("authorization", f"Bearer {token}"),))
-    await call.write(pb.AgentMessage(hello=pb.Hello(agent_id=agent, country="DE", version="bench")))
-    seq = (await call.read()).welcome.acked_seq
-    inflight = asyncio.Semaphore(4)
+    """Offer a batch every period until stop, 4 in flight; reconnect (as an
+    agent does) when the collector ends the stream, noting why in ended."""
     sent = 0
-
-    async def reader() -> None:
-        while (message := await call.read()) is not grpc.aio.EOF:
-            if message.WhichOneof("payload") == "ack":
-                inflight.release()
-
-    task = asyncio.create_task(reader())
     next_at = time.monotonic()
     while time.monotonic() < stop:
-        await inflight.acquire()
-        await call.write(encode_batch(seq + 1, 1, batch))
-        seq += len(batch)
-        sent += len(batch)
-        next_at += period
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-    task.cancel()
-    call.cancel()
+        call = stub(channel)(metadata=(("authorization", f"Bearer {token}"),))
+        inflight = asyncio.Semaphore(4)
+        over = asyncio.Event()
+
+        async def reader(call: grpc.aio.StreamStreamCall, inflight: asyncio.Semaphore,
+                         over: asyncio.Event) -> None:  # fmt: skip
+            try:
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    if message.WhichOneof("payload") == "ack":
+                        inflight.release()
+            except grpc.aio.AioRpcError as exc:
+                if not over.is_set():
+                    ended.append(f"{exc.code().name}: {exc.details()}")
+            finally:
+                over.set()
+                inflight.release()  # the writer stops waiting for an Ack
+
+        try:
+            await call.write(
+                pb.AgentMessage(hello=pb.Hello(agent_id=agent, country="DE", version="bench"))
+            )
+            seq = (await asyncio.wait_for(call.read(), 30)).welcome.acked_seq
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            ended.append(f"set-up: {type(exc).__name__}")
+            call.cancel()
+            await asyncio.sleep(1)
+            continue
+        task = asyncio.create_task(reader(call, inflight, over))
+        while time.monotonic() < stop and not over.is_set():
+            await inflight.acquire()
+            if over.is_set():
+                break
+            await call.write(encode_batch(seq + 1, 1, batch))
+            seq += len(batch)
+            sent += len(batch)
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        over.set()
+        task.cancel()
+        call.cancel()
     return sent
 
 
@@ -115,24 +140,30 @@ async def storm_agent(channel: grpc.aio.Channel, agent: str, token: str, hold: f
         await call.write(
             pb.AgentMessage(hello=pb.Hello(agent_id=agent, country="JP", version="bench"))
         )
-        welcomed = (await call.read()).WhichOneof("payload") == "welcome"
+        # an agent gives up on a handshake after 30 s
+        welcomed = (await asyncio.wait_for(call.read(), 30)).WhichOneof("payload") == "welcome"
         await asyncio.sleep(hold)
         return welcomed
-    except grpc.aio.AioRpcError:
+    except (grpc.aio.AioRpcError, TimeoutError):
         return False
     finally:
         call.cancel()
 
 
-async def drive(address: str, tokens: dict[str, str], args: argparse.Namespace) -> tuple[int, int]:
+async def drive(
+    address: str, tokens: dict[str, str], args: argparse.Namespace
+) -> tuple[int, int, list[str]]:
     ingest = {a: t for a, t in tokens.items() if a.startswith("ingest-")}
     storm = {a: t for a, t in tokens.items() if a.startswith("storm-")}
     batch = payloads(1000)
     period = len(ingest) * len(batch) / args.rate
     channels = [grpc.aio.insecure_channel(address) for _ in range(8)]
     stop = time.monotonic() + args.seconds
+    ended: list[str] = []
     feeders = [
-        asyncio.create_task(ingest_stream(channels[i % len(channels)], a, t, batch, period, stop))
+        asyncio.create_task(
+            ingest_stream(channels[i % len(channels)], a, t, batch, period, stop, ended)
+        )
         for i, (a, t) in enumerate(ingest.items())
     ]
     welcomed = 0
@@ -149,7 +180,7 @@ async def drive(address: str, tokens: dict[str, str], args: argparse.Namespace) 
     sent = sum(await asyncio.gather(*feeders))
     for channel in channels:
         await channel.close()
-    return sent, welcomed
+    return sent, welcomed, ended
 
 
 def main() -> None:
@@ -194,7 +225,7 @@ def one_run(args: argparse.Namespace) -> None:
             applied0 = total(mesh.metrics(), "probemesh_ingest_results_total")
             cpu0 = cpu_seconds(collector.pid)
             t0 = time.monotonic()
-            sent, welcomed = asyncio.run(drive(f"127.0.0.1:{mesh.grpc_port}", tokens, args))
+            sent, welcomed, ended = asyncio.run(drive(f"127.0.0.1:{mesh.grpc_port}", tokens, args))
             elapsed = time.monotonic() - t0
             cpu = cpu_seconds(collector.pid) - cpu0
             after = lag_buckets(mesh.metrics_url)
@@ -213,6 +244,11 @@ def one_run(args: argparse.Namespace) -> None:
     print(
         f"results sent={sent} applied={applied:.0f} in {elapsed:.1f}s: {applied / elapsed:,.0f} results/s"
     )
+    if ended:
+        reasons = Counter(ended).most_common(3)
+        print(
+            f"ingest streams the collector ended (the bench reconnected): {len(ended)}, {reasons}"
+        )
     print(f"collector CPU: {cpu / elapsed:.2f} cores; host load average (1 min) "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
     print(f"event-loop lag over {delta[-1]:.0f} samples: p50 {quantile(0.5, delta) * 1000:.1f} ms, "
