@@ -227,6 +227,8 @@ class AssignmentHistory:
 
 
 def _log_failure(future: Future[object]) -> None:
+    if future.cancelled():  # its stream ended first: the agent never got these Checks
+        return
     exc = future.exception()
     if exc is not None:
         log.error("could not write the assignment history: %s", exc)

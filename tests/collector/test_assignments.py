@@ -4,10 +4,14 @@ what survives a restart, how results are judged, and what pruning forgets."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
+
 from probemesh.checks import ChecksFile, parse_checks
-from probemesh.collector.assignments import PRUNE_MARGIN, AssignmentHistory
+from probemesh.collector.assignments import PRUNE_MARGIN, AssignmentHistory, _log_failure
 from probemesh.collector.database import open_database
 from probemesh.collector.ingest import Ingest, _Item
 from probemesh.collector.sessions import Session
@@ -163,3 +167,18 @@ def test_gauges_of_a_check_narrowed_away_expire_like_a_gone_agents() -> None:
     assert set(state.latest) == {("web", "vps-1")}, "only the narrowed check's gauges go"
     assert state.tallies[("de", "vps-1")].success == 1, "its counters stay"
     assert not state.unassigned
+
+
+def test_a_write_cancelled_with_its_stream_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A stream that ends while its history write waits cancels the write; the
+    done callback must not raise (concurrent.futures would log a traceback)."""
+    future: Future[object] = Future()
+    future.add_done_callback(_log_failure)
+    with caplog.at_level(logging.ERROR):
+        assert future.cancel()
+    assert caplog.records == []
+    failed: Future[object] = Future()
+    failed.add_done_callback(_log_failure)
+    with caplog.at_level(logging.ERROR):
+        failed.set_exception(OSError("disk full"))
+    assert "could not write the assignment history: disk full" in caplog.text
