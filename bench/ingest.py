@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -29,6 +30,7 @@ from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
 from tests.harness import Mesh, total
 
 CHECKS = 20
+ENDED: list[str] = []  # why the collector ended a stream before the run was over
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,21 +77,30 @@ async def agent_stream(
         inflight = asyncio.Semaphore(window)
         sent = 0
 
+        over = asyncio.Event()
+
         async def reader() -> None:
-            while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
-                    return
-                if message.WhichOneof("payload") == "ack":
-                    inflight.release()
+            try:
+                while (message := await call.read()) is not grpc.aio.EOF:
+                    if message.WhichOneof("payload") == "ack":
+                        inflight.release()
+            except grpc.aio.AioRpcError as exc:
+                ENDED.append(f"{exc.code().name}: {exc.details()}")
+            finally:
+                over.set()
+                inflight.release()  # the writer stops waiting for an Ack
 
         task = asyncio.create_task(reader())
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not over.is_set():
             await inflight.acquire()
+            if over.is_set():
+                break
             await call.write(encode_batch(seq + 1, 1, batch))
             seq += len(batch)
             sent += len(batch)
         for _ in range(window):  # wait for the last acks
+            if over.is_set():
+                break
             await asyncio.wait_for(inflight.acquire(), 30)
         task.cancel()
         call.cancel()
@@ -146,6 +157,8 @@ def main() -> None:
             mesh.stop()
     print(f"agents={args.agents} batch={args.batch} window={args.window} seconds={elapsed:.1f}")
     print(f"results sent={sent} applied={applied:.0f}")
+    if ENDED:
+        print(f"streams the collector ended: {len(ENDED)}, {Counter(ENDED).most_common(2)}")
     print(f"ingest rate: {applied / elapsed:,.0f} results/s")
     print(f"collector CPU: {cpu:.2f} s total, {cpu / applied * 100_000:.2f} s per 100k results")
     print(f"GET /metrics afterwards: {scrape * 1000:.0f} ms")

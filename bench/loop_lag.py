@@ -126,7 +126,7 @@ async def ingest_stream(
             seq += len(batch)
             sent += len(batch)
             next_at += period
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await asyncio.sleep(max(0.0, min(next_at, stop) - time.monotonic()))
         over.set()
         task.cancel()
         call.cancel()
