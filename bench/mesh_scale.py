@@ -1,0 +1,713 @@
+"""The mesh at scale: 10,000 simulated agents x 20 checks at 60 s into real collectors.
+
+Everything but the probing is real: ``probemesh collector`` processes (one on
+SQLite, or several sharing one PostgreSQL with ``--postgres``), remote write
+into a real VictoriaMetrics, and agents that are gRPC streams with real tokens
+created in the collectors' database. The agents run in ``--processes`` load
+processes, many asyncio streams each over a few channels: each agent sends
+Hello, takes the checks the collector pushes, and from then on produces one
+result per check and interval (at a random phase), tagged with the pushed
+revision, in batches as a real agent sends them, honouring Acks. A result is
+an HTTP, DNS, TCP or ICMP result with the samples blackbox_exporter's prober
+emits; 1 % of them fail.
+
+The first interval is warm-up (every pair gets its first result); the figures
+are taken over the rest of the run. Per collector:
+
+* CPU per 1,000 results applied (the process's CPU over results applied);
+* RSS per check x agent pair: (RSS - RSS before any agent) / pairs served,
+  and the gross RSS / pairs;
+* /metrics: time of a full GET (median of 3) and body size;
+* the outage round (probemesh_outage_round_seconds, the last round's seconds per
+  part, read every 15 s): the evaluator's evaluate over every pair of the
+  mesh, and each collector's publish of its own agents' inputs;
+* database writes per second (PostgreSQL: commits and rows written, from
+  pg_stat_database, for the whole mesh; SQLite: bytes the collector wrote to disk);
+* remote-write lag: probe time to queryable in VictoriaMetrics, for tracer
+  pairs the load processes poll (no flush forced), p50 / p99 / max;
+* samples lost: results each agent produced vs probe_success samples stored
+  in VictoriaMetrics per agent x check, after the journals drained.
+
+    .venv/bin/python bench/mesh_scale.py                             # the full run
+    .venv/bin/python bench/mesh_scale.py --agents 300 --seconds 150   # a short one
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pycountry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ingest import cpu_seconds
+from probemesh.checks import parse_checks
+from probemesh.collector.database import open_database
+from probemesh.collector.samples import SampleFilter
+from probemesh.collector.tokens import TokenStore
+from probemesh.v1 import mesh_pb2 as pb
+from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
+from tests.harness import Mesh, Proc, total, wait_for
+
+COUNTRIES = 40
+FAILURE_RATE = 0.01
+KINDS = ("http", "http", "dns", "tcp", "http", "icmp", "http", "dns", "tcp", "http")
+"""The prober of check i is KINDS[i % 10]: half HTTP, the rest DNS, TCP and ICMP."""
+MODULES = {
+    "http": ("http_2xx", "https://www.example.org/"),
+    "dns": ("dns_a", "192.0.2.53"),
+    "tcp": ("tcp_connect", "www.example.org:443"),
+    "icmp": ("icmp", "www.example.org"),
+}
+_TIMESTAMP_TAG = b"\x19"  # Result.timestamp: field 3, wire type 1 (64-bit)
+
+
+def checks_yaml(count: int, interval: float) -> str:
+    lines = [
+        "modules:",
+        "  http_2xx: {prober: http}",
+        "  dns_a: {prober: dns, dns: {query_name: www.example.org, query_type: A}}",
+        "  tcp_connect: {prober: tcp}",
+        "  icmp: {prober: icmp}",
+        "checks:",
+    ]
+    for i in range(count):
+        module, target = MODULES[KINDS[i % len(KINDS)]]
+        lines.append(
+            f'  - {{name: c{i:02d}, target: "{target}", module: {module}, interval: {interval:g}s}}'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def samples_of(kind: str) -> list[pb.Sample]:
+    """What blackbox_exporter's prober of that kind emits for one probe."""
+    s = pb.Sample
+    common = [
+        s(name="probe_ip_protocol", value=4),
+        s(name="probe_dns_lookup_time_seconds", value=0.002),
+    ]
+    if kind == "http":
+        return [
+            *(s(name="probe_http_duration_seconds", labels={"phase": p}, value=0.01)
+              for p in ("resolve", "connect", "tls", "processing", "transfer")),
+            s(name="probe_http_status_code", value=200), s(name="probe_http_content_length", value=5120),
+            s(name="probe_http_uncompressed_body_length", value=5120), s(name="probe_http_redirects", value=0),
+            s(name="probe_http_ssl", value=1), s(name="probe_http_version", value=1.1),
+            s(name="probe_failed_due_to_regex", value=0), s(name="probe_ssl_earliest_cert_expiry", value=1.8e9),
+            s(name="probe_tls_version_info", labels={"version": "TLS 1.3"}, value=1), *common,
+        ]  # fmt: skip
+    if kind == "dns":
+        return [
+            *(s(name="probe_dns_duration_seconds", labels={"phase": p}, value=0.003)
+              for p in ("resolve", "connect", "request")),
+            s(name="probe_dns_answer_rrs", value=1), s(name="probe_dns_authority_rrs", value=0),
+            s(name="probe_dns_additional_rrs", value=0), s(name="probe_dns_query_succeeded", value=1), *common,
+        ]  # fmt: skip
+    if kind == "icmp":
+        return [
+            *(s(name="probe_icmp_duration_seconds", labels={"phase": p}, value=0.004)
+              for p in ("resolve", "setup", "rtt")),
+            s(name="probe_icmp_reply_hop_limit", value=56), *common,
+        ]  # fmt: skip
+    return common
+
+
+# ---------------------------------------------------------------- load process
+
+
+@dataclass
+class AgentSpec:
+    """One simulated agent: its identity, token and the collector it streams to."""
+
+    agent_id: str
+    country: str
+    token: str
+    address: str
+
+
+@dataclass
+class LoadSpec:
+    """What one load process runs (written by the driver as JSON)."""
+
+    agents: list[AgentSpec]
+    go: str  # the driver writes [start, stop] wall times here once every process is connected
+    interval: float
+    channels: int
+    tracers: list[tuple[str, str]]  # (agent, check) pairs whose lag this process measures
+    victoria_url: str
+    out: str
+    seed: int
+
+
+@dataclass
+class AgentRun:
+    """One agent's stream in a load process: its checks, sequence, buffer and counts."""
+
+    spec: AgentSpec
+    call: Any = None
+    revision: int = 0
+    checks: list[str] = field(default_factory=list)
+    templates: list[tuple[bytes, bytes]] = field(default_factory=list)  # (ok, failed) per check
+    seq: int = 0  # last sequence number sent
+    pending: list[bytes] = field(default_factory=list)  # produced, not sent yet (the "disk")
+    inflight: int = 0  # batches sent and not acked
+    produced: list[int] = field(default_factory=list)  # results per check
+    acked: int = 0
+    error: str = ""
+
+
+class Templates:
+    """Each check's result, encoded once without its timestamp; appending the
+    timestamp field gives a result (protobuf: the last occurrence of a field wins)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, str, int, str], tuple[bytes, bytes]] = {}
+        self.filter = SampleFilter()
+
+    def of(self, check: pb.Check, revision: int) -> tuple[bytes, bytes]:
+        key = (check.name, check.target, revision, check.prober)
+        cached = self.cache.get(key)
+        if cached is None:
+            samples = samples_of(check.prober)
+            self.filter.keep(samples)
+            assert not +self.filter.rejected, f"{check.prober}: samples the catalog refuses"
+            ok = pb.Result(
+                check=check.name, target=check.target, success=True, duration_seconds=0.05,
+                samples=samples, revision=revision,
+                http_phase_seconds=[0.01] * 5 if check.prober == "http" else [],
+            )  # fmt: skip
+            failed = pb.Result(
+                check=check.name, target=check.target, success=False, duration_seconds=5.0,
+                reason=pb.FAILURE_REASON_TIMEOUT, message="probe timed out", revision=revision,
+            )  # fmt: skip
+            cached = self.cache[key] = (ok.SerializeToString(), failed.SerializeToString())
+        return cached
+
+
+async def run_load(spec: LoadSpec) -> dict[str, Any]:
+    import grpc
+
+    rng = random.Random(spec.seed)
+    channels: dict[str, list[grpc.aio.Channel]] = {}
+    for address in sorted({a.address for a in spec.agents}):
+        channels[address] = [grpc.aio.insecure_channel(address) for _ in range(spec.channels)]
+    templates = Templates()
+    runs = [AgentRun(a) for a in spec.agents]
+    tracer_set = set(spec.tracers)
+    lags: list[float] = []
+    pending_tracers: list[tuple[str, str, float]] = []
+    windows = 4
+
+    async def connect(i: int, run: AgentRun) -> None:
+        channel = channels[run.spec.address][i % spec.channels]
+        call = channel.stream_stream(
+            SERVICE_METHOD, request_serializer=serialize,
+            response_deserializer=pb.CollectorMessage.FromString,
+        )(metadata=(("authorization", f"Bearer {run.spec.token}"),))  # fmt: skip
+        await call.write(
+            pb.AgentMessage(
+                hello=pb.Hello(
+                    agent_id=run.spec.agent_id, country=run.spec.country, version="bench",
+                    capabilities=["http", "dns", "tcp", "icmp"], allow_private_targets=True,
+                    min_interval_seconds=1.0,
+                )
+            )
+        )  # fmt: skip
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                raise RuntimeError("stream ended before the checks came")
+            kind = message.WhichOneof("payload")
+            if kind == "welcome":
+                run.seq = message.welcome.acked_seq
+            elif kind == "checks":
+                run.revision = message.checks.revision
+                run.checks = [c.name for c in message.checks.checks]
+                run.templates = [templates.of(c, run.revision) for c in message.checks.checks]
+                run.produced = [0] * len(run.checks)
+                break
+        run.call = call
+
+    async def reader(run: AgentRun) -> None:
+        while True:
+            message = await run.call.read()
+            if message is grpc.aio.EOF:
+                return
+            if message.WhichOneof("payload") == "ack":
+                ack = message.ack
+                run.inflight -= 1
+                run.acked = max(run.acked, ack.seq)
+
+    semaphore = asyncio.Semaphore(200)  # connections set up at once
+
+    async def connect_one(i: int, run: AgentRun) -> None:
+        async with semaphore:
+            try:
+                await connect(i, run)
+            except Exception as exc:
+                run.error = f"{type(exc).__name__}: {exc}"
+
+    started = time.time()
+    await asyncio.gather(*(connect_one(i, r) for i, r in enumerate(runs)))
+    live = [r for r in runs if r.call is not None]
+    readers = [asyncio.create_task(reader(r)) for r in live]
+    connected_at = time.time()
+    # Each check x agent at its own phase within the interval, as an agent's scheduler spreads them.
+    slots: dict[int, list[tuple[AgentRun, int]]] = {}
+    for run in live:
+        for c in range(len(run.checks)):
+            slots.setdefault(rng.randrange(int(spec.interval)), []).append((run, c))
+    start_at, stop_at = await asyncio.to_thread(_handshake, spec, len(live))
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+
+    async def flush(run: AgentRun) -> None:
+        if not run.pending or run.inflight >= windows:
+            return  # backpressure: the agent buffers, as on disk
+        batch, run.pending = run.pending, []
+        first = run.seq + 1
+        run.seq += len(batch)
+        run.inflight += 1
+        try:
+            await run.call.write(encode_batch(first, 1, batch))
+        except Exception as exc:
+            run.error = f"{type(exc).__name__}: {exc}"
+
+    async def tracer_poll() -> None:
+        params = {"nocache": "1"}
+        while time.time() < stop_at + 120 and (pending_tracers or time.time() < stop_at):
+            for item in list(pending_tracers):
+                agent, check, ts = item
+                params["query"] = f'timestamp(probe_success{{agent="{agent}",check="{check}"}})'
+                url = f"{spec.victoria_url}/api/v1/query?{urllib.parse.urlencode(params)}"
+                try:
+                    body = await asyncio.to_thread(_get_json, url)
+                except OSError:
+                    continue
+                values = [float(r["value"][1]) for r in body["data"]["result"]]
+                if values and max(values) >= ts - 0.001:
+                    lags.append(time.time() - ts)
+                    pending_tracers.remove(item)
+            await asyncio.sleep(0.25)
+
+    poller = asyncio.create_task(tracer_poll())
+    tick = int(time.time())
+    while time.time() < stop_at:
+        due = slots.get(tick % int(spec.interval), ())
+        for run, c in due:
+            ts = time.time()
+            ok, failed = run.templates[c]
+            body = failed if rng.random() < FAILURE_RATE else ok
+            run.pending.append(body + _TIMESTAMP_TAG + struct.pack("<d", ts))
+            run.produced[c] += 1
+            if (run.spec.agent_id, run.checks[c]) in tracer_set:
+                pending_tracers.append((run.spec.agent_id, run.checks[c], ts))
+        for run in live:
+            if run.pending:
+                await flush(run)
+        tick += 1
+        await asyncio.sleep(max(0.0, tick - time.time()))
+    drain_until = time.time() + 120
+    while time.time() < drain_until and any(r.pending or r.inflight for r in live if not r.error):
+        for run in live:
+            await flush(run)
+        await asyncio.sleep(0.2)
+    await poller
+    for task in readers:
+        task.cancel()
+    for run in live:
+        run.call.cancel()
+    for group in channels.values():
+        for channel in group:
+            await channel.close()
+    return {
+        "produced": {r.spec.agent_id: dict(zip(r.checks, r.produced, strict=True)) for r in live},
+        "unacked": sum(r.seq - r.acked for r in live),
+        "errors": [f"{r.spec.agent_id}: {r.error}" for r in runs if r.error][:20],
+        "error_count": sum(1 for r in runs if r.error),
+        "connected": len(live),
+        "connect_seconds": connected_at - started,
+        "lags": lags,
+        "tracers_unseen": len(pending_tracers),
+    }
+
+
+def _handshake(spec: LoadSpec, connected: int) -> tuple[float, float]:
+    """Say this process is connected; wait for the driver's start and stop times."""
+    Path(spec.out + ".ready").write_text(str(connected))
+    go = Path(spec.go)
+    while not go.exists():
+        time.sleep(0.2)
+    start_at, stop_at = json.loads(go.read_text())
+    return float(start_at), float(stop_at)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def load_main(path: str) -> None:
+    raw = json.loads(Path(path).read_text())
+    raw["agents"] = [AgentSpec(**a) for a in raw["agents"]]
+    raw["tracers"] = [tuple(t) for t in raw["tracers"]]
+    spec = LoadSpec(**raw)
+    started = time.process_time()
+    report = asyncio.run(run_load(spec))
+    report["cpu_seconds"] = time.process_time() - started
+    Path(spec.out).write_text(json.dumps(report))
+
+
+# ---------------------------------------------------------------- the driver
+
+
+@dataclass
+class Collector:
+    name: str
+    mesh: Mesh
+    proc: Proc | None = None
+    rss0: int = 0
+    agents: list[str] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def disk_writes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def read_marks(collector: Collector) -> dict[str, float]:
+    assert collector.proc is not None
+    samples = collector.mesh.metrics()
+    pid = collector.proc.pid
+    return {
+        "at": time.time(),
+        "cpu": cpu_seconds(pid),
+        "results": total(samples, "probemesh_ingest_results_total"),
+        "disk": disk_writes(pid),
+        "lag_max": total(samples, "probemesh_event_loop_lag_max_seconds"),
+        "queue": total(samples, "probemesh_ingest_queue_depth"),
+        "rw_pending": total(samples, "probemesh_remote_write_pending_requests"),
+    }
+
+
+def round_parts(collector: Collector) -> dict[str, float]:
+    """The last outage round's seconds per part (publish; evaluate on the evaluator)."""
+    samples = collector.mesh.metrics()
+    return {
+        dict(labels)["part"]: value
+        for (name, labels), value in samples.items()
+        if name == "probemesh_outage_round_seconds"
+    }
+
+
+def round_figure(values: list[float]) -> str:
+    if not values:
+        return "none (not the evaluator)"
+    return (
+        f"median {statistics.median(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms "
+        f"({len(values)} samples)"
+    )
+
+
+def pg_stats(url: str | None) -> dict[str, float]:
+    """The database's commits and rows written so far (pg_stat_database), or {} on SQLite."""
+    if not url:
+        return {}
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    return {"commits": float(row[0]), "rows": float(row[1] + row[2] + row[3])}
+
+
+def time_metrics(url: str) -> tuple[float, int, int]:
+    """Median seconds of 3 full GETs, body bytes, probe_success lines."""
+    times, body = [], b""
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=300) as response:
+            body = response.read()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), len(body), body.count(b"\nprobe_success{")
+
+
+def stored_counts(victoria_url: str, checks: list[str], seconds: int) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for check in checks:
+        query = f'count_over_time(probe_success{{check="{check}"}}[{seconds}s])'
+        params = urllib.parse.urlencode({"query": query, "nocache": "1"})
+        body = _get_json(f"{victoria_url}/api/v1/query?{params}")
+        for row in body["data"]["result"]:
+            out[(row["metric"]["agent"], check)] = int(float(row["value"][1]))
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(n):
+        yield items[i::n]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--checks", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds between results")
+    parser.add_argument(
+        "--seconds", type=float, default=300.0, help="producing time, warm-up included"
+    )
+    parser.add_argument("--processes", type=int, default=4, help="load processes")
+    parser.add_argument(
+        "--channels", type=int, default=16, help="gRPC channels per process and collector"
+    )
+    parser.add_argument(
+        "--tracers", type=int, default=40, help="pairs whose remote-write lag is polled"
+    )
+    parser.add_argument("--collectors", type=int, default=1, help="more than one needs --postgres")
+    parser.add_argument("--postgres", action="store_true",
+                        help="collectors share a throwaway PostgreSQL (tests/postgres.py)")  # fmt: skip
+    parser.add_argument("--connect-timeout", type=float, default=1800,
+                        help="seconds the agents may take to connect")  # fmt: skip
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        load_main(args.worker)
+        return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the servers on SIGTERM
+    if args.collectors > 1 and not args.postgres:
+        parser.error("--collectors above 1 share a database: add --postgres")
+    if args.seconds < 2 * args.interval:
+        parser.error("--seconds must cover at least two intervals (the first is warm-up)")
+    from tests.prometheus.victoria import run_victoria_metrics
+
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
+        root = Path(tmp)
+        yaml_text = checks_yaml(args.checks, args.interval)
+        parse_checks(__import__("yaml").safe_load(yaml_text))  # fails early on a bad file
+        check_names = [f"c{i:02d}" for i in range(args.checks)]
+        with contextlib.ExitStack() as stack:
+            vm = stack.enter_context(run_victoria_metrics(root / "vm"))
+            database_url = None
+            if args.postgres:
+                from tests.postgres import PostgresCluster, unavailable
+
+                problem = unavailable()
+                if problem:
+                    parser.error(f"--postgres: {problem}")
+                cluster = PostgresCluster()
+                stack.callback(cluster.stop)
+                cluster.start()
+                database_url = cluster.create_database()
+            collectors = [
+                Collector(f"c{n + 1}", Mesh(root / f"c{n + 1}", yaml_text))
+                for n in range(args.collectors)
+            ]
+            for c in collectors:
+                c.mesh.root.mkdir(parents=True)
+                if database_url:
+                    c.mesh.collector_args += ["--database", database_url]
+            agent_ids = [f"a{i:05d}" for i in range(args.agents)]
+            codes = sorted(c.alpha_2 for c in pycountry.countries)[:COUNTRIES]
+            countries = {a: codes[i % len(codes)] for i, a in enumerate(agent_ids)}
+            t0 = time.monotonic()
+            db = open_database(database_url, collectors[0].mesh.data_dir).connect()
+            store = TokenStore(db)
+            tokens = {a: store.create(a, countries[a]) for a in agent_ids}
+            db.close()
+            print(f"{len(tokens):,} tokens created in {time.monotonic() - t0:.1f} s "
+                  f"({'PostgreSQL' if database_url else 'SQLite'})", flush=True)  # fmt: skip
+            for c in collectors:
+                c.proc = c.mesh.start_collector(
+                    "--remote-write-url", vm.write_url,
+                    "--external-label", f"collector={c.name}",
+                    "--rate-limit", "0", "--log-level", "warning",
+                )  # fmt: skip
+                stack.callback(c.proc.stop)
+            time.sleep(3)
+            for c in collectors:
+                assert c.proc is not None
+                c.rss0 = rss_bytes(c.proc.pid)
+            specs = []
+            for i, agent in enumerate(agent_ids):
+                c = collectors[i % len(collectors)]
+                c.agents.append(agent)
+                specs.append(AgentSpec(agent, countries[agent], tokens[agent],
+                                       f"127.0.0.1:{c.mesh.grpc_port}"))  # fmt: skip
+            rng = random.Random(7)
+            tracers = [
+                (rng.choice(agent_ids), rng.choice(check_names)) for _ in range(args.tracers)
+            ]
+            go = root / "go.json"
+            workers = []
+            for n, part in enumerate(chunks(specs, args.processes)):
+                mine = {s.agent_id for s in part}
+                spec_path = root / f"load-{n}.json"
+                spec_path.write_text(json.dumps({
+                    "agents": [s.__dict__ for s in part], "go": str(go),
+                    "interval": args.interval, "channels": args.channels,
+                    "tracers": [t for t in tracers if t[0] in mine], "victoria_url": vm.url,
+                    "out": str(root / f"load-{n}.out.json"), "seed": n,
+                }))  # fmt: skip
+                workers.append(
+                    subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path)])
+                )
+            print(f"{args.processes} load processes connecting {args.agents:,} agents", flush=True)
+            t0 = time.monotonic()
+            ready = [root / f"load-{n}.out.json.ready" for n in range(args.processes)]
+            wait_for(lambda: all(r.exists() for r in ready), args.connect_timeout,
+                     "every load process connected")  # fmt: skip
+            connect_seconds = time.monotonic() - t0
+            start_at = time.time() + 2
+            stop_at = start_at + args.seconds
+            go.write_text(json.dumps([start_at, stop_at]))
+            print(f"connected in {connect_seconds:.0f} s; producing "
+                  f"{args.agents * args.checks / args.interval:,.0f} results/s for {args.seconds:g} s",
+                  flush=True)  # fmt: skip
+            time.sleep(max(0.0, start_at + args.interval - time.time()))  # warm-up: one interval
+            for c in collectors:
+                c.marks = read_marks(c)
+            pg_start = (pg_stats(database_url), time.time())
+            rss_peak = {c.name: 0 for c in collectors}
+            rounds: dict[tuple[str, str], list[float]] = {}
+            metrics_figures: dict[str, tuple[float, int, int]] = {}
+            timed = False
+            next_scrape = 0.0
+            while True:  # RSS every 2 s; the round gauges every 15 s, as Prometheus would scrape
+                for c in collectors:
+                    assert c.proc is not None
+                    rss_peak[c.name] = max(rss_peak[c.name], rss_bytes(c.proc.pid))
+                if time.time() >= next_scrape:
+                    next_scrape = time.time() + 15
+                    for c in collectors:
+                        for part, value in round_parts(c).items():
+                            rounds.setdefault((c.name, part), []).append(value)
+                if not timed and time.time() > (start_at + args.interval + stop_at) / 2:
+                    for c in collectors:
+                        metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
+                    timed = True
+                if time.time() >= stop_at:
+                    break
+                time.sleep(2)
+            ends = {c.name: read_marks(c) for c in collectors}
+            pg_window = (pg_stats(database_url), time.time())
+            rss_end = {c.name: rss_bytes(c.proc.pid) for c in collectors if c.proc}
+            if not timed:
+                for c in collectors:
+                    metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
+            for w in workers:
+                w.wait(300)
+            reports = [json.loads((root / f"load-{n}.out.json").read_text())
+                       for n in range(args.processes)]  # fmt: skip
+            # Let every journal drain before counting what VictoriaMetrics stored.
+            wait_for(lambda: all(read_marks(c)["rw_pending"] == 0 for c in collectors), 300,
+                     "remote-write journals drained")  # fmt: skip
+            time.sleep(3)
+            with urllib.request.urlopen(f"{vm.url}/internal/force_flush", timeout=30):
+                pass
+            window = int(time.time() - start_at + 600)
+            stored = stored_counts(vm.url, check_names, window)
+    load1 = os.getloadavg()
+    produced: dict[tuple[str, str], int] = {}
+    for report in reports:
+        for agent, counts in report["produced"].items():
+            for check, n in counts.items():
+                produced[(agent, check)] = n
+    lost = sum(max(0, n - stored.get(key, 0)) for key, n in produced.items())
+    duplicated = sum(max(0, stored.get(key, 0) - n) for key, n in produced.items())
+    extra_pairs = len(set(stored) - set(produced))
+    lags = [lag for r in reports for lag in r["lags"]]
+    print()
+    storage = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"agents={args.agents:,} checks={args.checks} interval={args.interval:g}s "
+          f"pairs={args.agents * args.checks:,} collectors={len(collectors)} storage={storage} "
+          f"seconds={args.seconds:g} (first {args.interval:g} s warm-up)")  # fmt: skip
+    print(f"load processes: {args.processes}, connected {sum(r['connected'] for r in reports):,} "
+          f"agents in {connect_seconds:.0f} s, stream errors "
+          f"{sum(r['error_count'] for r in reports)}, CPU "
+          f"{sum(r['cpu_seconds'] for r in reports):.0f} s; host load average "
+          f"{load0[0]:.1f} before, {load1[0]:.1f} after (2 cores, shared)")  # fmt: skip
+    for r in reports:
+        for e in r["errors"][:3]:
+            print(f"  stream error: {e}")
+    for c in collectors:
+        start, end = c.marks, ends[c.name]
+        elapsed = end["at"] - start["at"]
+        results = end["results"] - start["results"]
+        cpu = end["cpu"] - start["cpu"]
+        seconds, body, series = metrics_figures[c.name]
+        pairs = len(c.agents) * args.checks
+        print(f"collector {c.name}: {len(c.agents):,} agents, {pairs:,} pairs, "
+              f"{results / elapsed:,.0f} results/s applied")  # fmt: skip
+        print(f"  CPU per 1,000 results:   {cpu / max(results, 1) * 1000:.3f} s "
+              f"({cpu / elapsed:.2f} cores)")  # fmt: skip
+        print(f"  RSS per pair:            {(rss_end[c.name] - c.rss0) / pairs / 1024:.2f} KiB "
+              f"over the idle collector ({rss_end[c.name] / 2**20:,.0f} MiB in all, "
+              f"{rss_end[c.name] / pairs / 1024:.2f} KiB/pair gross, peak "
+              f"{rss_peak[c.name] / 2**20:,.0f} MiB)")  # fmt: skip
+        print(f"  /metrics:                {seconds:.2f} s, {body / 2**20:,.0f} MiB, "
+              f"{series:,} probe_success series")  # fmt: skip
+        evaluate = round_figure(rounds.get((c.name, "evaluate"), []))
+        publish = round_figure(rounds.get((c.name, "publish"), []))
+        print(f"  evaluate (all pairs):    {evaluate}")
+        print(f"  publish (its pairs):     {publish}")
+        print(f"  event loop:              lag max {end['lag_max'] * 1000:.0f} ms (last minute), "
+              f"ingest queue {end['queue']:.0f} batches at the end")  # fmt: skip
+        if not args.postgres:
+            print(f"  database writes:         SQLite, {(end['disk'] - start['disk']) / elapsed / 2**20:.2f} "
+                  f"MiB/s written to disk by the collector")  # fmt: skip
+    if args.postgres:
+        (a, at0), (b, at1) = pg_start, pg_window
+        span = at1 - at0
+        print(f"database writes (PostgreSQL, the whole mesh): {(b['commits'] - a['commits']) / span:,.0f} "
+              f"commits/s, {(b['rows'] - a['rows']) / span:,.0f} rows written/s")  # fmt: skip
+    print(f"remote-write lag (probe time -> queryable in VictoriaMetrics, {len(lags)} tracer results): "
+          f"p50 {percentile(lags, 0.5):.2f} s, p99 {percentile(lags, 0.99):.2f} s, "
+          f"max {max(lags, default=float('nan')):.2f} s; "
+          f"{sum(r['tracers_unseen'] for r in reports)} never seen")  # fmt: skip
+    print(f"samples: produced {sum(produced.values()):,}, probe_success stored {sum(stored.values()):,}; "
+          f"lost {lost:,}, duplicated {duplicated:,}, pairs stored but never produced {extra_pairs}; "
+          f"unacked at the end {sum(r['unacked'] for r in reports):,}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
