@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import pycountry
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -65,7 +66,7 @@ from probemesh.collector.samples import SampleFilter
 from probemesh.collector.tokens import TokenStore
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
-from tests.harness import Mesh, Proc, total, wait_for
+from tests.harness import Mesh, Proc, Samples, total, wait_for
 
 COUNTRIES = 40
 FAILURE_RATE = 0.01
@@ -402,9 +403,20 @@ def disk_writes(pid: int) -> int:
     return 0
 
 
+def metrics(collector: Collector) -> Samples:
+    """Every sample of the collector's /metrics; a loaded collector may take a while."""
+    with urllib.request.urlopen(collector.mesh.metrics_url, timeout=300) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def read_marks(collector: Collector) -> dict[str, float]:
     assert collector.proc is not None
-    samples = collector.mesh.metrics()
+    samples = metrics(collector)
     pid = collector.proc.pid
     return {
         "at": time.time(),
@@ -413,13 +425,13 @@ def read_marks(collector: Collector) -> dict[str, float]:
         "disk": disk_writes(pid),
         "lag_max": total(samples, "probemesh_event_loop_lag_max_seconds"),
         "queue": total(samples, "probemesh_ingest_queue_depth"),
-        "rw_pending": total(samples, "probemesh_remote_write_pending_requests"),
+        "rw_pending": total(samples, "probemesh_remote_write_pending_requests", stream="results"),
     }
 
 
 def round_parts(collector: Collector) -> dict[str, float]:
     """The last outage round's seconds per part (publish; evaluate on the evaluator)."""
-    samples = collector.mesh.metrics()
+    samples = metrics(collector)
     return {
         dict(labels)["part"]: value
         for (name, labels), value in samples.items()
@@ -638,7 +650,7 @@ def main() -> None:
                 w.wait(300)
             reports = [json.loads((root / f"load-{n}.out.json").read_text())
                        for n in range(args.processes)]  # fmt: skip
-            # Let every journal drain before counting what VictoriaMetrics stored.
+            # Let every result journal drain before counting what VictoriaMetrics stored.
             wait_for(lambda: all(read_marks(c)["rw_pending"] == 0 for c in collectors), 300,
                      "remote-write journals drained")  # fmt: skip
             time.sleep(3)
