@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT, run_cli
+from tests.harness import ROOT, Mesh, free_port, run_cli
 
 
 def error_line(*args: str, env: dict[str, str] | None = None) -> str:
@@ -112,6 +112,27 @@ def test_collector_refuses_a_grpc_port_another_process_holds(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     ours = [line for line in result.stderr.splitlines() if line.startswith("probemesh: ")]
     assert ours == [f"probemesh: error: --grpc-listen: cannot listen on 127.0.0.1:{port}"]
+
+
+def test_a_second_collector_on_one_sqlite_database_refuses_to_start(tmp_path: Path) -> None:
+    """A SQLite database belongs to one collector (its leases live in that process)."""
+    mesh = Mesh(tmp_path, "modules: {m: {prober: tcp}}\nchecks: []\n")
+    try:
+        first = mesh.start_collector()
+        second = run_cli("collector", "--checks", str(mesh.checks_path), "--grpc-listen",
+                         f"127.0.0.1:{free_port()}", "--http-listen", "127.0.0.1:0",
+                         "--data-dir", str(mesh.data_dir), check=False)  # fmt: skip
+        assert first.alive(), "the collector that holds the database goes on"
+        first.kill()  # the lock goes with the process, however it ends
+        mesh.start_collector()
+    finally:
+        mesh.stop()
+    assert second.returncode == 1, second.stderr  # unusable state, not a bad flag
+    assert second.stderr.splitlines()[-1] == (
+        f"probemesh: error: {mesh.data_dir / 'collector.sqlite3'}: another collector is using "
+        "this database; a SQLite database belongs to one collector (several collectors share "
+        "PostgreSQL: --database)"
+    )
 
 
 def test_bad_asn_db_names_the_file_and_line(tmp_path: Path) -> None:

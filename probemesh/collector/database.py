@@ -18,7 +18,9 @@ password of a PostgreSQL URL.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import os
 import sqlite3
 import threading
 import urllib.parse
@@ -126,6 +128,12 @@ class Database:
         """The database as logs and errors may show it (no password)."""
         raise NotImplementedError
 
+    def claim(self) -> None:
+        """Claim the database for this collector process, if it is one collector's alone."""
+
+    def release(self) -> None:
+        """Give back what claim took."""
+
     def connect(self) -> Connection:
         raise NotImplementedError
 
@@ -138,10 +146,35 @@ class SqliteDatabase(Database):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
+        self._claim: int | None = None
 
     @property
     def display(self) -> str:
         return str(self.path)
+
+    def claim(self) -> None:
+        """Lock the file for this collector: a second collector on it fails to start.
+
+        The collector keeps leases and dedupe marks of a SQLite database in
+        memory (it alone writes them), which two collectors would corrupt.
+        The lock is the kernel's: it goes with the process, however it ends.
+        """
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateError(
+                f"{self.path}: another collector is using this database; a SQLite database "
+                "belongs to one collector (several collectors share PostgreSQL: --database)"
+            ) from None
+        self._claim = fd
+
+    def release(self) -> None:
+        if self._claim is not None:
+            os.close(self._claim)
+            self._claim = None
 
     def connect(self) -> Connection:
         return SqliteConnection(self)

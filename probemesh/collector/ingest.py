@@ -197,16 +197,17 @@ class Ingest:
             self._taking.add(agent_id)
         try:
             takeover = await asyncio.wrap_future(
-                self.store.worker.submit(
+                self.store.lease_thread.submit(
                     self.store.take_lease, agent_id, self.leases.holder, time.time()
                 )
             )
             self.leases.took(agent_id, takeover)
             rows = takeover.rows
-            self.marks[agent_id] = AppliedSeqs(rows.mark, [list(r) for r in rows.ranges])
-            self.durable[agent_id] = rows.mark
-            self._dirty_marks.discard(agent_id)
-            self.state.adopt_counters(agent_id, rows.counters)
+            if rows is not None:
+                self.marks[agent_id] = AppliedSeqs(rows.mark, [list(r) for r in rows.ranges])
+                self.durable[agent_id] = rows.mark
+                self._dirty_marks.discard(agent_id)
+                self.state.adopt_counters(agent_id, rows.counters)
         finally:
             async with self._turns:
                 self._taking.discard(agent_id)

@@ -19,6 +19,9 @@ ownership: a row per agent naming its holder and an epoch.
 - A collector that finds its lease taken closes the agent's stream with
   ABORTED (at its next batch, or within a second from the poll of recent takes).
 
+A database one collector owns (SQLite, locked by that collector at start)
+keeps its leases in that collector's memory: there is nobody to fence.
+
 The epoch, not a clock, decides: nothing expires, and a collector that comes
 back after a pause finds its epoch stale at its first commit.
 """
@@ -68,7 +71,7 @@ class Takeover:
 
     epoch: int
     previous: str | None  # None: the agent's first lease
-    rows: AgentRows
+    rows: AgentRows | None  # None: memory already holds the agent's committed rows
 
 
 @dataclass(frozen=True)

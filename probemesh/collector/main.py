@@ -94,6 +94,7 @@ class CollectorApp:
         self.checks_file: ChecksFile = load_checks(options.checks_path)
         _warn_unrunnable(self.checks_file)
         self.database = open_database(options.database, options.data_dir)
+        self.database.claim()
         log.info("collector database: %s (%s)", self.database.display, self.database.dialect)
         self.store = Store(self.database)
         self.history = AssignmentHistory(
@@ -352,6 +353,7 @@ class CollectorApp:
             await self.tokens.close_thread()
             self.store.close()
             self.outage.book.close()
+            self.database.release()
             log.info("collector stopped")
 
     async def _housekeeping(self) -> None:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from probemesh.collector.assignments import Span
-from probemesh.collector.database import Connection, Database, DatabaseError
+from probemesh.collector.database import Connection, Database
 from probemesh.collector.leases import AgentRows, LeaseRow, Takeover
 
 
@@ -43,6 +43,18 @@ class Store:
         )
         self._fence: contextlib.AbstractContextManager[Connection] | None = None
         self._fenced: dict[str, LeaseRow] = {}  # the lease rows the open fence checked
+        if database.shared:
+            self.lease_thread = self.worker
+        else:
+            # A database one collector owns keeps its leases in memory (see
+            # take_lease); the first take of an agent only reads, on a
+            # connection and thread of its own, so it never queues behind a
+            # write that waits for the file's lock (a token's last use).
+            self._own: dict[str, LeaseRow] = {}
+            self._reader_db = database.connect()
+            self.lease_thread = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="collector-leases"
+            )
 
     def load_marks(self) -> dict[str, tuple[int, list[list[int]]]]:
         rows = self.db.execute("SELECT agent_id, mark, ranges FROM marks").fetchall()
@@ -57,11 +69,14 @@ class Store:
         return {tuple(json.loads(key)): json.loads(state) for key, state in rows}
 
     def take_lease(self, agent_id: str, holder: str, now: float) -> Takeover:
-        """Take the agent's lease (epoch + 1) and read its rows, in one transaction.
+        """Take the agent's lease (epoch + 1) and read its rows, in one transaction
+        (run on lease_thread).
 
         The lease row is locked first: a fenced commit of the previous holder
         in progress keeps it locked, so the rows read here include that commit.
         """
+        if not self.database.shared:
+            return self._take_own(agent_id, holder)
         with self.db.transaction() as db:
             row = db.execute(
                 db.for_update("SELECT holder FROM leases WHERE agent_id = ?"), (agent_id,)
@@ -75,8 +90,26 @@ class Store:
             rows = _agent_rows(db, agent_id)
         return Takeover(int(epoch), row[0] if row else None, rows)
 
+    def _take_own(self, agent_id: str, holder: str) -> Takeover:
+        """A lease on a database this collector alone writes (claimed at start).
+
+        Nobody else can apply the agent's results, so the lease is memory only
+        and needs no write: a stream set-up never waits for the file's write
+        lock, which ingest commits hold under load. The first take in this
+        process reads the agent's committed rows (a WAL read, never blocked by
+        a writer); later ones keep what memory holds, which is what was
+        committed since.
+        """
+        previous = self._own.get(agent_id)
+        row = LeaseRow(holder, previous.epoch + 1 if previous else 1)
+        rows = None if previous else _agent_rows(self._reader_db, agent_id)
+        self._own[agent_id] = row
+        return Takeover(row.epoch, holder if previous else None, rows)
+
     def recent_leases(self, since: float) -> dict[str, LeaseRow]:
         """Leases taken since a time (the poll for streams another collector took)."""
+        if not self.database.shared:
+            return {}
         rows = self.db.execute(
             "SELECT agent_id, holder, epoch FROM leases WHERE taken_at >= ?", (since,)
         ).fetchall()
@@ -89,13 +122,11 @@ class Store:
         rows, in agent order (two collectors' fences never wait on each other
         in a cycle); the transaction stays open while ingest applies the
         batches in memory, and commit_fenced or rollback_fence ends it. A
-        database one collector owns (SQLite) is read without a lock: holding
-        its whole-file write lock during the apply would starve every other
-        writer; commit_fenced checks the rows again instead.
+        database one collector owns (SQLite) has its leases in memory.
         """
         agents = sorted(agent_ids)
         if not self.database.shared:
-            self._fenced = _lease_rows(self._ingest_db, agents, lock=False)
+            self._fenced = {a: self._own[a] for a in agents if a in self._own}
             return self._fenced
         fence = self._ingest_db.transaction()
         db = fence.__enter__()
@@ -124,16 +155,6 @@ class Store:
         if fence is None:  # an unshared database: the transaction starts here
             fence = db.transaction()
             fence.__enter__()
-            try:
-                # This collector's own takes meanwhile change epochs only; another's, a holder.
-                now = _lease_rows(db, sorted(self._fenced), lock=False)
-                if {a: r.holder for a, r in now.items()} != {
-                    a: r.holder for a, r in self._fenced.items()
-                }:
-                    raise DatabaseError("another collector took a lease while ingest applied")
-            except BaseException as exc:
-                fence.__exit__(type(exc), exc, exc.__traceback__)
-                raise
         try:
             deltas = dict(histograms)
             before = _rows_of(
@@ -232,6 +253,9 @@ class Store:
         """Finish the queued writes, then close."""
         self.worker.shutdown()
         self.ingest_thread.shutdown()
+        if not self.database.shared:
+            self.lease_thread.shutdown()
+            self._reader_db.close()
         self._ingest_db.close()
         self.db.close()
 
