@@ -30,6 +30,7 @@ from probemesh.collector import exposition
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import SecurityLimits, SeriesGuard
 from probemesh.collector.runnable import rule_and_detail
+from probemesh.collector.samples import sample_items
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
@@ -206,7 +207,7 @@ class MeshExporter(Collector):
         if spec is None:  # lingering: counters only, no gauges
             self._drop_latest(pair)
         elif latest is not None and self._rendered.get(pair) is not latest:
-            if self.guard.admit(pair, 2 + len(latest.samples)):
+            if self.guard.admit(pair, 2 + len(latest.samples[0])):
                 self._put_latest(pair, latest, spec)
             else:
                 self._drop_latest(pair)
@@ -356,7 +357,7 @@ class MeshExporter(Collector):
                 continue
             success.add_metric(base, 1.0 if latest.success else 0.0)
             duration.add_metric(base, latest.duration)
-            for name, labels, value in latest.samples:
+            for name, labels, value in sample_items(latest.samples):
                 family = families.get(name)
                 if family is None:
                     keys = [k for k, _ in labels]

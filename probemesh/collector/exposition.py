@@ -141,7 +141,8 @@ def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
         SUCCESS: f"{SUCCESS}{{{base}}} {'1.0' if latest.success else '0.0'}\n",
         DURATION: f"{DURATION}{{{base}}} {latest.duration!r}\n",
     }
-    for name, labels, value in latest.samples:
+    keys, values = latest.samples
+    for (name, labels), value in zip(keys, memoryview(values).cast("d"), strict=True):
         if labels:
             extra = "".join(f',{k}="{escape(v)}"' for k, v in labels)
             line = f"{name}{{{base}{extra}}} {value!r}\n"

@@ -28,7 +28,7 @@ import cramjam
 
 from probemesh.catalog import PROBE_METRICS
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
-from probemesh.collector.samples import KeptSamples
+from probemesh.collector.samples import KeptSamples, sample_items
 from probemesh.errors import StateError
 from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
@@ -73,7 +73,7 @@ def result_series(
             continue
         yield _series("probe_success", base, {}, 1.0 if result.success else 0.0, timestamp)
         yield _series("probe_duration_seconds", base, {}, result.duration_seconds, timestamp)
-        for name, labels, value in kept:
+        for name, labels, value in sample_items(kept):
             yield _series(name, base, dict(labels), value, timestamp)
 
 

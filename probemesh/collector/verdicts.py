@@ -30,6 +30,7 @@ from typing import Any
 
 from probemesh.checks import ChecksFile
 from probemesh.collector.runnable import Refusal, not_runnable
+from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, Latest
 from probemesh.timefmt import rfc3339
 
@@ -43,7 +44,7 @@ def failure_detail(latest: Latest) -> tuple[str, str]:
     if reason in ("", "unspecified"):
         reason = "other"
     if reason == "http_status":
-        for name, _, value in latest.samples:
+        for name, _, value in sample_items(latest.samples):
             if name == _STATUS_SAMPLE and value > 0:
                 return reason, f"HTTP {int(value)}"
     return reason, reason

@@ -1,0 +1,92 @@
+"""The compact per-pair forms render exactly what the result said.
+
+Kept samples are stored as a shared key tuple and packed doubles; these tests
+build the expected exposition lines straight from the protobuf samples (the
+value's own repr, the labels as sent) and compare them byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+
+from probemesh.collector.exposition import escape, latest_lines
+from probemesh.collector.samples import SampleFilter, sample_items
+from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.v1 import mesh_pb2 as pb
+
+# Values whose text a lossy or single-precision store would change.
+AWKWARD = [
+    0.1, 0.30000000000000004, 1e-300, 5e-324, -0.0, 1.7976931348623157e308,
+    1.8e9, 123456789.123456789, 2.0**53 + 1, -7.25, 0.0,
+]  # fmt: skip
+BASE = 'check="web",agent="a"'
+
+
+def awkward_samples() -> list[pb.Sample]:
+    phases = ("resolve", "connect", "tls", "processing", "transfer")
+    samples = [
+        pb.Sample(name="probe_http_duration_seconds", labels={"phase": phase}, value=value)
+        for phase, value in zip(phases, AWKWARD, strict=False)
+    ]
+    names = ("probe_http_status_code", "probe_http_content_length", "probe_http_redirects",
+             "probe_http_ssl", "probe_ip_protocol", "probe_ssl_earliest_cert_expiry")  # fmt: skip
+    samples += [
+        pb.Sample(name=name, value=value) for name, value in zip(names, AWKWARD[5:], strict=True)
+    ]
+    samples.append(pb.Sample(name="probe_tls_version_info", labels={"version": "TLS 1.3"}, value=1))
+    return samples
+
+
+def expected_lines(samples: list[pb.Sample]) -> dict[str, bytes]:
+    """Each family's lines as the text format writes the protobuf values."""
+    out: dict[str, str] = {}
+    for sample in samples:
+        extra = "".join(f',{k}="{escape(v)}"' for k, v in sorted(sample.labels.items()))
+        out[sample.name] = out.get(sample.name, "") + (
+            f"{sample.name}{{{BASE}{extra}}} {sample.value!r}\n"
+        )
+    return {name: text.encode() for name, text in out.items()}
+
+
+def test_kept_samples_keep_every_value_bit_for_bit() -> None:
+    samples = awkward_samples()
+    filter_ = SampleFilter()
+    for _ in range(2):  # the second time through the known-shape path
+        kept = filter_.keep(samples)
+        items = list(sample_items(kept))
+        assert [name for name, _, _ in items] == [s.name for s in samples]
+        for (_, _, value), sample in zip(items, samples, strict=True):
+            assert value == sample.value and math.copysign(1, value) == math.copysign(
+                1, sample.value
+            ), "-0.0 keeps its sign"
+            assert value.hex() == float(sample.value).hex()
+
+
+def test_latest_renders_exactly_as_the_result_was_sent() -> None:
+    state = MeshState()
+    agent = state.agents["a"] = AgentInfo("a", "DE", region="eu")
+    filter_ = SampleFilter()
+    samples = awkward_samples()
+    result = pb.Result(check="web", timestamp=1.0, success=True, duration_seconds=0.1,
+                       samples=samples)  # fmt: skip
+    state.apply(agent, result, filter_.keep(samples))
+    lines = latest_lines(state.latest[("web", "a")], BASE)
+    assert lines.pop("probe_success") == f"probe_success{{{BASE}}} 1.0\n".encode()
+    assert lines.pop("probe_duration_seconds") == f"probe_duration_seconds{{{BASE}}} 0.1\n".encode()
+    assert lines == expected_lines(samples)
+
+
+def test_results_of_one_shape_share_their_keys_and_differ_in_values() -> None:
+    """Two pairs whose results have one shape hold one key tuple; each keeps its own values."""
+    state = MeshState()
+    agent = state.agents["a"] = AgentInfo("a", "DE")
+    filter_ = SampleFilter()
+    for check, value in (("one", 200.0), ("two", 503.0)):
+        samples = [pb.Sample(name="probe_http_status_code", value=value)]
+        result = pb.Result(check=check, timestamp=1.0, success=True, duration_seconds=0.1,
+                           samples=samples)  # fmt: skip
+        state.apply(agent, result, filter_.keep(samples))
+    one, two = state.latest[("one", "a")].samples, state.latest[("two", "a")].samples
+    assert one[0] is two[0]
+    assert [v for _, _, v in sample_items(one)] == [200.0]
+    assert [v for _, _, v in sample_items(two)] == [503.0]
