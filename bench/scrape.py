@@ -4,36 +4,52 @@ Builds the collector's real state and exporter in-process with HTTP-like
 results (the samples an HTTP probe really emits), then times the text
 exposition: a cold render (every result new since the last scrape), the
 background pre-render after half the results changed (checks every 30 s,
-Prometheus scraping every 15 s), and the steady-state /metrics response body
-exactly as the HTTP handler builds it, several times (best and median).
-It also prints the process's resident memory per check x agent pair: once the
+Prometheus scraping every 15 s), and the steady-state /metrics response,
+several times (best and median): streamed a piece at a time as the HTTP
+handler does, and (for comparison) joined into one body. Last, it serves
+/metrics through the collector's real aiohttp handler on a loopback port and
+fetches it with curl (gzip accepted, as Prometheus asks).
+
+It prints the process's resident memory per check x agent pair: once the
 state and the rendered text are built (between scrapes), and at its peak
-(while a response body is built).
+during each kind of scrape (the high-water mark is reset before each).
 
     .venv/bin/python bench/scrape.py --agents 1000 --checks 100
+    .venv/bin/python bench/scrape.py --agents 1000 --checks 100 --baseline /tmp/main-tree
+
+--baseline runs the same measurement on another source tree (say an export
+of main) first, in its own process, and prints both side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+TREE = Path(__file__).resolve().parent.parent
+if "--tree" in sys.argv:  # a child measuring another tree imports probemesh from there
+    TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
+sys.path.insert(0, str(TREE))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
-from probemesh.checks import parse_checks
-from probemesh.collector.assignments import AssignmentHistory
-from probemesh.collector.database import open_database
-from probemesh.collector.exporter import MeshExporter, RestView
-from probemesh.collector.ingest import Ingest
-from probemesh.collector.state import AgentInfo, MeshState
-from probemesh.collector.store import Store
-from probemesh.v1 import mesh_pb2 as pb
+from probemesh.checks import parse_checks  # noqa: E402
+from probemesh.collector.assignments import AssignmentHistory  # noqa: E402
+from probemesh.collector.database import open_database  # noqa: E402
+from probemesh.collector.exporter import MeshExporter, RestView  # noqa: E402
+from probemesh.collector.ingest import Ingest  # noqa: E402
+from probemesh.collector.state import AgentInfo, MeshState  # noqa: E402
+from probemesh.collector.store import Store  # noqa: E402
+from probemesh.v1 import mesh_pb2 as pb  # noqa: E402
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 
@@ -68,6 +84,138 @@ def peak_rss() -> int:
     return 0
 
 
+def reset_peak() -> None:
+    """Start a new high-water mark (Linux: clear_refs 5 resets VmHWM)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def timed_scrapes(scrape: Any, repeat: int, idle: int) -> tuple[list[float], int]:
+    """Seconds of each scrape, and the peak RSS over idle while they ran."""
+    gc.collect()
+    reset_peak()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        scrape()
+        times.append(time.perf_counter() - t0)
+    return times, peak_rss() - idle
+
+
+async def http_scrapes(exporter: MeshExporter, rest: CollectorRegistry, repeat: int) -> list[str]:
+    """/metrics through the collector's aiohttp handler, fetched by curl: curl's figures."""
+    from aiohttp import web
+
+    from probemesh.collector.http import collector_metrics
+
+    app = web.Application()
+    app.router.add_get("/metrics", collector_metrics(exporter, rest))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    out = []
+    try:
+        for _ in range(repeat):
+            curl = await asyncio.create_subprocess_exec(
+                "curl", "-sS", "-o", "/dev/null", "-H", "Accept-Encoding: gzip",
+                "-w", "%{time_total} %{size_download}", f"http://127.0.0.1:{port}/metrics",
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            stdout, _ = await curl.communicate()
+            out.append(stdout.decode())
+    finally:
+        await runner.cleanup()
+    return out
+
+
+def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
+    checks = parse_checks(
+        {
+            "modules": {"http_2xx": {"prober": "http"}},
+            "checks": [
+                {"name": f"check-{i:03d}", "target": "https://example.org/", "module": "http_2xx"}
+                for i in range(checks_n)
+            ],
+        }
+    )
+    idle = rss()
+    state = MeshState()
+    store = Store(open_database(None, Path(tempfile.mkdtemp())))
+    ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
+    exporter = MeshExporter(state, ingest, lambda: checks, lambda: agents_n)
+    rest = CollectorRegistry(auto_describe=False)
+    rest.register(RestView(exporter))
+    now = time.time()
+    agents = [
+        AgentInfo(f"agent-{i:04d}", "DE", region="eu", version="0.1.0") for i in range(agents_n)
+    ]
+    for agent in agents:
+        state.agents[agent.agent_id] = agent
+        for c in range(checks_n):
+            result = http_result(f"check-{c:03d}", now)
+            state.apply(agent, result, ingest.samples.keep(result.samples))
+    t0 = time.perf_counter()
+    body = exporter.render_bulk()
+    cold = time.perf_counter() - t0
+    lines, size = body.count(b"\n"), len(body)
+    del body
+    for agent in agents:  # half the results are newer at the next scrape
+        for c in range(0, checks_n, 2):
+            result = http_result(f"check-{c:03d}", now + 30)
+            state.apply(agent, result, ingest.samples.keep(result.samples))
+    t0 = time.perf_counter()
+    exporter.prerender()
+    prerender = time.perf_counter() - t0
+    gc.collect()
+    held = rss() - idle
+    figures: dict[str, Any] = {
+        "tree": str(TREE), "lines": lines, "bytes": size, "cold": cold,
+        "prerender": prerender, "held": held,
+    }  # fmt: skip
+    if hasattr(exporter, "render_batches"):  # the handler's way: a piece at a time
+
+        def streamed() -> None:
+            for piece in exporter.render_batches(generate_latest(rest)):
+                del piece
+
+        figures["streamed"] = timed_scrapes(streamed, repeat, idle)
+    figures["whole"] = timed_scrapes(  # one body, as a handler holding it whole does
+        lambda: exporter.render_bulk(generate_latest(rest)), repeat, idle
+    )
+    gc.collect()
+    reset_peak()
+    figures["http"] = asyncio.run(http_scrapes(exporter, rest, max(repeat // 2, 1)))
+    figures["http_peak"] = peak_rss() - idle
+    return figures
+
+
+def report(label: str, f: dict[str, Any], pairs: int) -> list[str]:
+    def per_pair(value: int) -> str:
+        return f"{value / pairs / 1024:.2f} KiB ({value / pairs / 1000:.2f} kB)"
+
+    def times(values: list[float]) -> str:
+        return f"best {min(values):.3f} s, median {sorted(values)[len(values) // 2]:.3f} s"
+
+    out = [f"[{label}] {f['tree']}", f"  cold render (every result new): {f['cold']:.2f} s",
+           f"  half the results changed: background pre-render {f['prerender']:.2f} s",
+           f"  RSS per pair between scrapes (state and rendered text): {per_pair(f['held'])}"]  # fmt: skip
+    if "streamed" in f:
+        t, peak = f["streamed"]
+        out.append(
+            f"  /metrics streamed in pieces (the handler): {times(t)}; peak RSS per pair {per_pair(peak)}"
+        )
+    t, peak = f["whole"]
+    out.append(f"  /metrics joined into one body: {times(t)}; peak RSS per pair {per_pair(peak)}")
+    http = [line.split() for line in f["http"]]
+    seconds = [float(s) for s, _ in http]
+    out.append(
+        f"  /metrics over HTTP (curl, gzip accepted): {times(seconds)}, {int(http[0][1]):,} bytes "
+        f"received; server peak RSS per pair {per_pair(f['http_peak'])}"
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,70 +223,30 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--checks", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5, help="steady-state scrapes to time")
+    parser.add_argument("--baseline", type=Path, help="another source tree, measured first")
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)  # child: print JSON
     args = parser.parse_args()
-    checks = parse_checks(
-        {
-            "modules": {"http_2xx": {"prober": "http"}},
-            "checks": [
-                {"name": f"check-{i:03d}", "target": "https://example.org/", "module": "http_2xx"}
-                for i in range(args.checks)
-            ],
-        }
-    )
-    import tempfile
-
-    idle = rss()
-    state = MeshState()
-    store = Store(open_database(None, Path(tempfile.mkdtemp())))
-    ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
-    exporter = MeshExporter(state, ingest, lambda: checks, lambda: args.agents)
-    rest = CollectorRegistry(auto_describe=False)
-    rest.register(RestView(exporter))
-    now = time.time()
-    agents = [
-        AgentInfo(f"agent-{i:04d}", "DE", region="eu", version="0.1.0") for i in range(args.agents)
-    ]
-    for agent in agents:
-        state.agents[agent.agent_id] = agent
-        for c in range(args.checks):
-            result = http_result(f"check-{c:03d}", now)
-            state.apply(agent, result, ingest.samples.keep(result.samples))
-    t0 = time.perf_counter()
-    body = exporter.render_bulk()
-    cold = time.perf_counter() - t0
-    response_lines, response_bytes = body.count(b"\n"), len(body)
-    for agent in agents:  # half the results are newer at the next scrape
-        for c in range(0, args.checks, 2):
-            result = http_result(f"check-{c:03d}", now + 30)
-            state.apply(agent, result, ingest.samples.keep(result.samples))
-    t0 = time.perf_counter()
-    exporter.prerender()
-    prerender = time.perf_counter() - t0
-    del body
-    gc.collect()
-    held = rss() - idle
-    scrapes = []
-    for _ in range(args.repeat):  # what the /metrics handler does
-        t0 = time.perf_counter()
-        response = exporter.render_bulk(generate_latest(rest))
-        scrapes.append(time.perf_counter() - t0)
-        del response
-    peak = peak_rss() - idle
-    typical = sorted(scrapes)[len(scrapes) // 2]
-    lines = response_lines
-    print(f"agents={args.agents} checks={args.checks} series={args.agents * args.checks:,} lines={lines:,} "
-          f"bytes={response_bytes:,}")  # fmt: skip
-    print(f"cold render (every result new): {cold:.2f} s")
-    print(f"half the results changed: background pre-render {prerender:.2f} s")
-    print(
-        f"steady-state /metrics response: best {min(scrapes):.3f} s, "
-        f"median {typical:.3f} s of {len(scrapes)}"
-    )
+    if args.tree:
+        print(json.dumps(measure(args.agents, args.checks, args.repeat)))
+        return
+    runs = []
+    for label, tree in (("baseline", args.baseline), ("this tree", TREE)):
+        if tree is None:
+            continue
+        load = os.getloadavg()
+        child = subprocess.run(
+            [sys.executable, __file__, "--tree", str(tree), "--agents", str(args.agents),
+             "--checks", str(args.checks), "--repeat", str(args.repeat)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        runs.append((label, json.loads(child.stdout), load, os.getloadavg()))
     pairs = args.agents * args.checks
-    print(
-        f"RSS per check x agent pair: {held / pairs / 1024:.2f} KiB between scrapes "
-        f"(state and rendered text), {peak / pairs / 1024:.2f} KiB at the peak of a scrape"
-    )
+    first = runs[0][1]
+    print(f"agents={args.agents} checks={args.checks} pairs={pairs:,} lines={first['lines']:,} "
+          f"bytes={first['bytes']:,}")  # fmt: skip
+    for label, figures, before, after in runs:
+        print("\n".join(report(label, figures, pairs)))
+        print(f"  load average {before[0]:.2f} before, {after[0]:.2f} after")
 
 
 if __name__ == "__main__":

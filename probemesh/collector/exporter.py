@@ -34,6 +34,7 @@ from probemesh.collector.samples import sample_items
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
+BATCH_PARTS = 8192  # cached chunks per streamed piece: about 1 MB of text
 _AGENT_FAMILIES = (
     ("probemesh_agent_connected", "1 while the agent has a live stream"),
     ("probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything"),
@@ -60,6 +61,7 @@ class MeshExporter(Collector):
         self.active_streams = active_streams
         self.extra = list(extra)
         self.last_render_seconds = 0.0
+        self.batch_parts = BATCH_PARTS  # cached chunks per streamed piece of /metrics
         # Every series of probemesh_ingest_rejected_total has one owner, the
         # module that refuses: the servicer (streams), ingest (results and
         # samples) and this exporter's series guard (cardinality).
@@ -107,19 +109,45 @@ class MeshExporter(Collector):
         yield from self._self_families()
 
     def render_bulk(self, suffix: bytes = b"") -> bytes:
-        """Probe gauges, counters, histograms and agent gauges as exposition text.
+        """Probe gauges, counters, histograms and agent gauges as one exposition body.
 
-        Whatever changed since the last prerender is rendered first, so the
-        text is current; the rest is cached lines, joined once with suffix
-        (the small families' text) so the body is copied only once.
+        For tests and tools; /metrics streams the same text (render_batches).
         """
         started = time.perf_counter()
+        text = b"".join(self._parts(suffix))
+        self.last_render_seconds = time.perf_counter() - started
+        return text
+
+    def render_batches(self, suffix: bytes = b"", parts: int | None = None) -> Iterator[bytes]:
+        """render_bulk's body in pieces of `parts` cached chunks (batch_parts: about 1 MB).
+
+        The chunks are taken at the first step, so the body is one snapshot
+        however slowly the client reads; after that only one piece at a time
+        is joined. A large mesh's body is hundreds of MB: held whole (and copied
+        again into the transport's buffer) it would double the collector's
+        memory at every scrape.
+        """
+        started = time.perf_counter()
+        chunks = self._parts(suffix)
+        parts = parts or self.batch_parts
+        spent = time.perf_counter() - started
+        for start in range(0, len(chunks), parts):
+            started = time.perf_counter()
+            piece = b"".join(chunks[start : start + parts])
+            spent += time.perf_counter() - started
+            yield piece
+        self.last_render_seconds = spent
+
+    def _parts(self, suffix: bytes) -> list[bytes]:
+        """The body as the list of its cached chunks, suffix (the small families) last.
+
+        Whatever changed since the last prerender is rendered first, so the
+        text is current.
+        """
         self.prerender()
         parts = self.text.render([])
         parts += (self._agent_text(), suffix)
-        text = b"".join(parts)
-        self.last_render_seconds = time.perf_counter() - started
-        return text
+        return parts
 
     def prerender(self, budget: float | None = None) -> int:
         """Render what changed since the last call; return how many tallies that was.

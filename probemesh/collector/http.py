@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -16,6 +17,8 @@ from probemesh.httpserver import Handler
 
 if TYPE_CHECKING:
     from probemesh.collector.main import CollectorApp
+
+log = logging.getLogger(__name__)
 
 
 def build_http_app(app: CollectorApp) -> web.Application:
@@ -55,10 +58,24 @@ def build_http_app(app: CollectorApp) -> web.Application:
 
 
 def collector_metrics(exporter: MeshExporter, rest: CollectorRegistry) -> Handler:
-    """/metrics: the bulk families from cached text, the rest (rest) through prometheus_client."""
+    """/metrics: the bulk families from cached text, the rest (rest) through prometheus_client.
 
-    async def handle(_request: web.Request) -> web.Response:
-        body = exporter.render_bulk(generate_latest(rest))
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    The body is streamed a piece at a time (chunked transfer encoding), never
+    held whole: see MeshExporter.render_batches.
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        pieces = exporter.render_batches(generate_latest(rest))
+        first = next(pieces)  # the snapshot: taken before anything is sent
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+        await response.prepare(request)
+        try:
+            await response.write(first)
+            for piece in pieces:
+                await response.write(piece)
+            await response.write_eof()
+        except ConnectionResetError:  # the scraper went away (its timeout): nothing to answer
+            log.debug("/metrics client disconnected mid-body")
+        return response
 
     return handle
