@@ -223,7 +223,7 @@ class MeshExporter(Collector):
 
     def _render_tally(self, tally: Tally, specs: Mapping[str, CheckSpec]) -> None:
         """(Re)render the lines of one check x agent: its latest result and its counters."""
-        pair = (tally.check, tally.agent)
+        pair = tally.pair
         spec = specs.get(tally.check)
         text = self.text
         if spec is None and tally.check not in self._targets:  # check gone and not lingering

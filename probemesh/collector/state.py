@@ -32,6 +32,7 @@ REASON_NAMES = {
 }
 POLICY_REASON = REASON_NAMES[pb.FAILURE_REASON_POLICY]
 CounterKey = tuple[str, ...]
+NO_REASONS: dict[str, int] = {}  # every tally's reasons until it fails; never written
 
 log = logging.getLogger(__name__)
 _FILTER = SampleFilter()  # for apply() callers that did not filter (ingest always does)
@@ -113,32 +114,47 @@ class Histogram:
         self.saved = self.state()
 
 
+HistogramSet = tuple[tuple[CounterKey, ...], tuple[Histogram, ...], tuple[Histogram, ...]]
+
+
 class Tally:
     """Counters of one check on one agent, with its country's histograms and latest result.
 
     One object per check x agent keeps the per-result work on the ingest hot
     path to a single dict lookup; the exporter and the store see flat keys.
+    The collector holds one per check x agent, so everything a tally can share
+    is shared: its (check, agent) key tuple (every dict keyed by the pair uses
+    this one), the histogram tuples of its check and country, and an empty
+    reasons dict until its first failure.
     """
 
     __slots__ = (
-        "agent", "check", "country", "failure", "hist_keys", "hists", "latest", "phase_hists", "reasons", "refused", "success",
+        "agent", "check", "country", "failure", "hist_keys", "hists", "latest", "pair", "phase_hists", "reasons", "refused", "success",
     )  # fmt: skip
 
-    def __init__(self, check: str, agent: str, country: str, state: MeshState) -> None:
-        self.check, self.agent, self.country = check, agent, country
+    def __init__(self, pair: tuple[str, str], country: str, state: MeshState) -> None:
+        self.pair = pair
+        self.check, self.agent = pair
+        self.country = country
         self.success = 0
         self.failure = 0
         self.refused = 0  # results the agent refused by policy: no probe ran
-        self.reasons: dict[str, int] = {}
-        self.latest: Latest | None = None  # the same object as MeshState.latest[(check, agent)]
-        phases = ("phase", check, country, HTTP_PHASE_ORDER[0]) in state.histograms
-        self.hist_keys, self.hists = state.histogram_set(check, country, phases)
-        self.phase_hists = self.hists[1:]
+        self.reasons = NO_REASONS  # failure reason -> count; replaced by its own dict when written
+        self.latest: Latest | None = None  # the same object as MeshState.latest[pair]
+        phases = ("phase", pair[0], country, HTTP_PHASE_ORDER[0]) in state.histograms
+        self.hist_keys, self.hists, self.phase_hists = state.histogram_set(pair[0], country, phases)
 
     def add_phases(self, state: MeshState) -> None:
         """HTTP checks also get one histogram per phase (created on first use)."""
-        self.hist_keys, self.hists = state.histogram_set(self.check, self.country, True)
-        self.phase_hists = self.hists[1:]
+        self.hist_keys, self.hists, self.phase_hists = state.histogram_set(
+            self.check, self.country, True
+        )
+
+    def own_reasons(self) -> dict[str, int]:
+        """The reasons dict to write to: this tally's own, never the shared empty one."""
+        if self.reasons is NO_REASONS:
+            self.reasons = {}
+        return self.reasons
 
     def counters(self) -> Iterator[tuple[CounterKey, int]]:
         base = (self.check, self.agent, self.country)
@@ -212,10 +228,9 @@ class MeshState:
         self.agent_tallies: dict[str, dict[str, Tally]] = {}
         # ("duration", check, country) and ("phase", check, country, phase)
         self.histograms: dict[CounterKey, Histogram] = {}
-        # (check, country, with phases) -> the histogram keys and histograms its tallies share
-        self._histogram_sets: dict[
-            tuple[str, str, bool], tuple[tuple[CounterKey, ...], tuple[Histogram, ...]]
-        ] = {}
+        # (check, country, with phases) -> the histogram keys, histograms and phase
+        # histograms its tallies share
+        self._histogram_sets: dict[tuple[str, str, bool], HistogramSet] = {}
         self.dirty: set[Tally] = set()  # changed since ingest last persisted them
         self.feeds: list[ChangeFeed] = []
         # Agents' evidence for the diagnosis (written by the service, read by the evaluator).
@@ -242,17 +257,16 @@ class MeshState:
             hist = self.histograms[key] = Histogram()
         return hist
 
-    def histogram_set(
-        self, check: str, country: str, phases: bool
-    ) -> tuple[tuple[CounterKey, ...], tuple[Histogram, ...]]:
-        """The duration histogram key (and the phase ones) of check in country, and
-        the histograms: one shared pair of tuples for all its tallies."""
+    def histogram_set(self, check: str, country: str, phases: bool) -> HistogramSet:
+        """The duration histogram key (and the phase ones) of check in country, the
+        histograms, and the phase histograms alone: tuples shared by all its tallies."""
         entry = self._histogram_sets.get((check, country, phases))
         if entry is None:
             keys: tuple[CounterKey, ...] = (("duration", check, country),)
             if phases:
                 keys += tuple(("phase", check, country, phase) for phase in HTTP_PHASE_ORDER)
-            entry = keys, tuple(self.histogram(key) for key in keys)
+            hists = tuple(self.histogram(key) for key in keys)
+            entry = keys, hists, hists[1:]
             self._histogram_sets[(check, country, phases)] = entry
         return entry
 
@@ -267,7 +281,7 @@ class MeshState:
             kind, check, agent, country, label = key
             tally = self.tally(check, agent, country)
             if kind == "failures":
-                tally.reasons[label] = value
+                tally.own_reasons()[label] = value
             elif kind == "refused":
                 tally.refused = value
             elif label == "success":
@@ -284,7 +298,7 @@ class MeshState:
         tallies = self.agent_tallies.get(agent_id, {})
         for tally in tallies.values():
             tally.success = tally.failure = tally.refused = 0
-            tally.reasons = {}
+            tally.reasons = NO_REASONS
             self.dirty.discard(tally)
             for feed in self.feeds:
                 feed.tallies.add(tally)
@@ -303,9 +317,9 @@ class MeshState:
         """The tally of check x agent, created on first use."""
         tally = self.tallies.get((check, agent))
         if tally is None:
-            check = sys.intern(check)  # one copy of the name, not one per agent
-            tally = self.tallies[(check, agent)] = Tally(check, agent, country, self)
-            self.agent_tallies.setdefault(agent, {})[check] = tally
+            pair = (sys.intern(check), agent)  # one copy of the name, not one per agent
+            tally = self.tallies[pair] = Tally(pair, country, self)
+            self.agent_tallies.setdefault(agent, {})[pair[0]] = tally
             for feed in self.feeds:
                 feed.tallies.add(tally)
         return tally
@@ -379,7 +393,7 @@ class MeshState:
                         hist.total += seconds
         else:
             tally.failure += 1
-            reasons = tally.reasons
+            reasons = tally.own_reasons()
             reasons[reason] = reasons.get(reason, 0) + 1
         hist = tally.hists[0]
         hist.counts[bisect_left(DURATION_BUCKETS, duration)] += 1
@@ -442,7 +456,7 @@ class MeshState:
             return
         current = tally.latest
         if current is None or timestamp >= current.timestamp:  # only forward in time
-            tally.latest = self.latest[(tally.check, tally.agent)] = Latest(
+            tally.latest = self.latest[tally.pair] = Latest(
                 success,
                 reason,
                 message,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from probemesh.collector.exposition import escape, latest_lines
-from probemesh.collector.samples import SampleFilter, sample_items
-from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.samples import NO_SAMPLES, SampleFilter, sample_items
+from probemesh.collector.state import NO_REASONS, AgentInfo, MeshState
 from probemesh.v1 import mesh_pb2 as pb
 
 # Values whose text a lossy or single-precision store would change.
@@ -90,3 +90,27 @@ def test_results_of_one_shape_share_their_keys_and_differ_in_values() -> None:
     assert one[0] is two[0]
     assert [v for _, _, v in sample_items(one)] == [200.0]
     assert [v for _, _, v in sample_items(two)] == [503.0]
+
+
+def test_tallies_share_what_they_can_and_write_only_their_own() -> None:
+    state = MeshState()
+    agent = state.agents["a"] = AgentInfo("a", "DE")
+    for check, reason in (("ok", 0), ("down", pb.FAILURE_REASON_TIMEOUT), ("late", 0)):
+        result = pb.Result(check=check, timestamp=1.0, success=not reason, duration_seconds=0.1,
+                           reason=reason, http_phase_seconds=[0.01] * 5)  # fmt: skip
+        state.apply(agent, result, NO_SAMPLES)
+    other = state.agents["b"] = AgentInfo("b", "DE")
+    state.apply(other, pb.Result(check="ok", timestamp=1.0, success=True, duration_seconds=0.1,
+                                 http_phase_seconds=[0.01] * 5), NO_SAMPLES)  # fmt: skip
+    state.restore({("failures", "late", "a", "DE", "connect"): 2}, {})
+    ok, down, late = (state.tallies[(c, "a")] for c in ("ok", "down", "late"))
+    assert NO_REASONS == {}, "the shared empty reasons were never written"
+    assert ok.reasons is NO_REASONS
+    assert down.reasons == {"timeout": 1} and late.reasons == {"connect": 2}
+    assert ok.phase_hists is state.tallies[("ok", "b")].phase_hists, "one per check and country"
+    for pair, tally in state.tallies.items():
+        assert tally.pair is pair
+        latest_key = next(k for k in state.latest if k == pair)
+        assert latest_key is pair, "the latest results are keyed by the tally's tuple"
+    state.adopt_counters("a", {})
+    assert down.reasons is NO_REASONS and NO_REASONS == {}
