@@ -34,7 +34,7 @@ from probemesh.collector.samples import sample_items
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
-BATCH_PARTS = 8192  # cached chunks per streamed piece: about 1 MB of text
+PIECE_BYTES = 1 << 19  # the size of a streamed piece of /metrics
 _AGENT_FAMILIES = (
     ("probemesh_agent_connected", "1 while the agent has a live stream"),
     ("probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything"),
@@ -61,7 +61,7 @@ class MeshExporter(Collector):
         self.active_streams = active_streams
         self.extra = list(extra)
         self.last_render_seconds = 0.0
-        self.batch_parts = BATCH_PARTS  # cached chunks per streamed piece of /metrics
+        self.piece_bytes = PIECE_BYTES
         # Every series of probemesh_ingest_rejected_total has one owner, the
         # module that refuses: the servicer (streams), ingest (results and
         # samples) and this exporter's series guard (cardinality).
@@ -79,9 +79,7 @@ class MeshExporter(Collector):
 
     def _reset(self) -> None:
         """Forget every rendered line; the next prerender renders the whole state."""
-        self.text = exposition.FamilyText(
-            (exposition.SUCCESS, exposition.DURATION, *exposition.COUNTERS)
-        )
+        self.text = exposition.FamilyText((exposition.SUCCESS, exposition.DURATION))
         self.feed.tallies.update(self.state.tallies.values())
         # pair -> the families its latest result's lines are in; present = admitted and rendered
         self._latest_names: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -113,41 +111,49 @@ class MeshExporter(Collector):
 
         For tests and tools; /metrics streams the same text (render_batches).
         """
-        started = time.perf_counter()
-        text = b"".join(self._parts(suffix))
-        self.last_render_seconds = time.perf_counter() - started
-        return text
+        return b"".join(list(self.render_batches(suffix)))
 
-    def render_batches(self, suffix: bytes = b"", parts: int | None = None) -> Iterator[bytes]:
-        """render_bulk's body in pieces of `parts` cached chunks (batch_parts: about 1 MB).
+    def render_batches(self, suffix: bytes = b"", size: int | None = None) -> Iterator[bytes]:
+        """The body in pieces of about size bytes (piece_bytes by default).
 
-        The chunks are taken at the first step, so the body is one snapshot
-        however slowly the client reads; after that only one piece at a time
-        is joined. A large mesh's body is hundreds of MB: held whole (and copied
-        again into the transport's buffer) it would double the collector's
-        memory at every scrape.
+        Everything is taken at the first step (the cached chunks, a snapshot of
+        the counts), so the body is one snapshot however slowly the client
+        reads; after that only one piece at a time is built. A large mesh's
+        body is hundreds of MB: held whole (and copied again into the
+        transport's buffer) it would double the collector's memory at every
+        scrape. last_render_seconds is the time spent building pieces.
         """
-        started = time.perf_counter()
-        chunks = self._parts(suffix)
-        parts = parts or self.batch_parts
-        spent = time.perf_counter() - started
-        for start in range(0, len(chunks), parts):
+        pieces = self._pieces(suffix, size or self.piece_bytes)
+        spent = 0.0
+        while True:
             started = time.perf_counter()
-            piece = b"".join(chunks[start : start + parts])
+            piece = next(pieces, None)
             spent += time.perf_counter() - started
+            if piece is None:
+                break
             yield piece
         self.last_render_seconds = spent
 
-    def _parts(self, suffix: bytes) -> list[bytes]:
-        """The body as the list of its cached chunks, suffix (the small families) last.
+    def _pieces(self, suffix: bytes, size: int) -> Iterator[bytes]:
+        """Whatever changed since the last prerender is rendered first, so the text
+        is current; then the cached gauges, the counters, the agents and suffix.
 
-        Whatever changed since the last prerender is rendered first, so the
-        text is current.
+        A family's chunks are of one kind (one latest result's lines of that
+        family, or one histogram), so its first chunk sizes its pieces.
         """
         self.prerender()
-        parts = self.text.render([])
-        parts += (self._agent_text(), suffix)
-        return parts
+        families = self.text.snapshot()
+        rows = exposition.counter_rows(self._exported_tallies())
+        tail = self._agent_text() + suffix
+        while families:
+            header, chunks = families.pop(0)
+            yield header
+            step = max(size // len(chunks[0]), 1)
+            for start in range(0, len(chunks), step):
+                yield b"".join(chunks[start : start + step])
+            del chunks  # this family's old chunks may go as the cache replaces them
+        yield from exposition.counter_pieces(rows, max(size // 1024, 1))  # a row is ~1 KB
+        yield tail
 
     def prerender(self, budget: float | None = None) -> int:
         """Render what changed since the last call; return how many tallies that was.
@@ -222,32 +228,18 @@ class MeshExporter(Collector):
         self.guard.retain({pair for pair in self.state.latest if pair[0] in specs})
 
     def _render_tally(self, tally: Tally, specs: Mapping[str, CheckSpec]) -> None:
-        """(Re)render the lines of one check x agent: its latest result and its counters."""
+        """(Re)render the gauge lines of one check x agent's latest result, or drop
+        them; its counters are rendered at each scrape (_pieces)."""
         pair = tally.pair
         spec = specs.get(tally.check)
-        text = self.text
-        if spec is None and tally.check not in self._targets:  # check gone and not lingering
-            self._drop_latest(pair)
-            for name in exposition.COUNTERS:
-                text.drop(name, pair)
-            return
         latest = tally.latest
-        if spec is None:  # lingering: counters only, no gauges
+        if spec is None:  # check gone, or lingering: counters only, no gauges
             self._drop_latest(pair)
         elif latest is not None and self._rendered.get(pair) is not latest:
             if self.guard.admit(pair, 2 + len(latest.samples[0])):
                 self._put_latest(pair, latest, spec)
             else:
                 self._drop_latest(pair)
-        if pair in self.guard.refused:
-            for name in exposition.COUNTERS:
-                text.drop(name, pair)
-        else:
-            for name, lines in zip(exposition.COUNTERS, exposition.tally_lines(tally), strict=True):
-                if lines:
-                    text.put(name, pair, lines)
-                else:
-                    text.drop(name, pair)
 
     def _put_latest(self, pair: tuple[str, str], latest: Latest, spec: CheckSpec) -> None:
         base = (

@@ -1,12 +1,19 @@
 """Fast text exposition of the large families: probe gauges, result counters, histograms.
 
-A mesh of 1,000 agents x 100 checks exports about two million probe lines;
+A mesh of 1,000 agents x 100 checks exports about three million probe lines;
 building prometheus_client Metric objects for them takes a minute, and even
 grouping cached per-series text at scrape time takes over a second. Instead
-each series owner (a latest result, a tally, a histogram) renders its lines
-once when it changed, into a per-family ordered dict keyed by the owner
-(``FamilyText``); a scrape is one C-level ``b"".join`` per family. Replacing
-a key keeps its place, so the order is stable between scrapes.
+each gauge owner (a latest result, a histogram) renders its lines once when
+it changed, into a per-family ordered dict keyed by the owner
+(``FamilyText``); a scrape joins the cached chunks in C. Replacing a key
+keeps its place, so the order is stable between scrapes.
+
+The result counters (ten lines per check x agent, a third of the text) are
+not cached: a scrape takes a snapshot of every exported tally's counts
+(``counter_rows``) and renders them from templates in slices
+(``counter_pieces``). Caching them cost about 1.1 KB per pair; rendering
+them costs about as much CPU as re-rendering the cached lines of every
+changed tally did, since a tally's counters change with each of its results.
 
 The exporter's collect() still yields the same data as Metric families (remote
 write, tests) from the same validated samples, and a test checks the two
@@ -15,7 +22,7 @@ renderings agree.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 
 from probemesh.catalog import PROBE_METRICS
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
@@ -31,7 +38,7 @@ HIST_DURATION = "probemesh_probe_duration_seconds"
 HIST_PHASE = "probemesh_probe_phase_duration_seconds"
 BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
 COUNTERS = (RESULTS, FAILURES, REFUSED)
-"""The counter families of one check x agent, in tally_lines' order."""
+"""The counter families of one check x agent, in the order they are rendered."""
 OUTCOMES = ("success", "failure")
 FAILURE_REASONS = tuple(
     name
@@ -114,18 +121,18 @@ class FamilyText:
         if chunks:
             chunks.pop(key, None)
 
-    def render(self, parts: list[bytes]) -> list[bytes]:
-        """Append every non-empty family's chunks under its header, for one b"".join.
+    def snapshot(self) -> list[tuple[bytes, list[bytes]]]:
+        """Every non-empty family's header and chunks as of now (list() copies in C).
 
-        One join of all chunks: the body is hundreds of megabytes for a large
-        mesh, and each extra copy of it costs about as much as the join.
-        list.extend keeps the per-chunk work in C.
+        The chunks are immutable, so the lists stay this scrape's text while
+        the families change; joining them is left to the caller, a piece at a
+        time (the body is hundreds of megabytes for a large mesh).
         """
-        for name, chunks in self.families.items():
-            if chunks:
-                parts.append(self.headers[name])
-                parts.extend(chunks.values())
-        return parts
+        return [
+            (self.headers[name], list(chunks.values()))
+            for name, chunks in self.families.items()
+            if chunks
+        ]
 
 
 def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
@@ -160,23 +167,76 @@ def tally_counts(tally: Tally) -> tuple[tuple[int, int], list[tuple[str, int]]]:
     return (tally.success, tally.failure), failures
 
 
-def tally_lines(tally: Tally) -> tuple[bytes, bytes, bytes]:
-    """The counter lines of one check x agent: (results, failures, refused).
+CounterRow = tuple[str, str, str, int, int, int, Mapping[str, int]]
+"""check, agent, country, success, failure, refused and failure reasons of one tally."""
+
+# base.join(_ZERO_FAILURES): the failure lines of a pair that never failed, in one call
+_ZERO_FAILURES = [
+    f"{FAILURES}{{",
+    *(f',reason="{reason}"}} 0.0\n{FAILURES}{{' for reason in FAILURE_REASONS[:-1]),
+    f',reason="{FAILURE_REASONS[-1]}"}} 0.0\n',
+]
+
+
+def counter_rows(tallies: Iterable[Tally]) -> list[CounterRow]:
+    """The tallies' counts as of now, for a scrape to render a slice at a time."""
+    return [
+        (t.check, t.agent, t.country, t.success, t.failure, t.refused,
+         t.reasons.copy() if t.reasons else t.reasons)
+        for t in tallies
+    ]  # fmt: skip
+
+
+def counter_pieces(rows: list[CounterRow], per_piece: int) -> Iterator[bytes]:
+    """The counter families of rows, each under its header, per_piece rows at a time.
 
     The refused line exists once the agent refused the check: a pair that never
     was refused would otherwise export a zero for every check on every agent.
     """
-    base = f'check="{tally.check}",agent="{tally.agent}",country="{tally.country}"'
-    outcomes, reasons = tally_counts(tally)
-    results = "".join(
-        f'{RESULTS}{{{base},result="{outcome}"}} {float(count)!r}\n'
-        for outcome, count in zip(OUTCOMES, outcomes, strict=True)
-    )
-    failures = "".join(
-        f'{FAILURES}{{{base},reason="{reason}"}} {float(count)!r}\n' for reason, count in reasons
-    )
-    refused = f"{REFUSED}{{{base}}} {float(tally.refused)!r}\n" if tally.refused else ""
-    return results.encode(), failures.encode(), refused.encode()
+    refused = [row for row in rows if row[5]]
+    for name, render, owners in (
+        (RESULTS, _results_text, rows),
+        (FAILURES, _failures_text, rows),
+        (REFUSED, _refused_text, refused),
+    ):
+        if owners:
+            yield header(name)
+        for start in range(0, len(owners), per_piece):
+            yield render(owners[start : start + per_piece]).encode()
+
+
+def _base(row: CounterRow) -> str:
+    return f'check="{row[0]}",agent="{row[1]}",country="{row[2]}"'
+
+
+def _results_text(rows: list[CounterRow]) -> str:
+    lines = []
+    for row in rows:
+        base = _base(row)
+        lines.append(
+            f'{RESULTS}{{{base},result="success"}} {float(row[3])!r}\n'
+            f'{RESULTS}{{{base},result="failure"}} {float(row[4])!r}\n'
+        )
+    return "".join(lines)
+
+
+def _failures_text(rows: list[CounterRow]) -> str:
+    lines: list[str] = []
+    for row in rows:
+        base = _base(row)
+        reasons = row[6]
+        if reasons:
+            lines.extend(
+                f'{FAILURES}{{{base},reason="{reason}"}} {float(reasons.get(reason, 0))!r}\n'
+                for reason in FAILURE_REASONS
+            )
+        else:
+            lines.append(base.join(_ZERO_FAILURES))
+    return "".join(lines)
+
+
+def _refused_text(rows: list[CounterRow]) -> str:
+    return "".join([f"{REFUSED}{{{_base(row)}}} {float(row[5])!r}\n" for row in rows])
 
 
 def histogram_lines(key: tuple[str, ...], hist: Histogram) -> bytes:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import math
 
-from probemesh.collector.exposition import escape, latest_lines
+from probemesh.collector.exposition import (
+    FAILURE_REASONS,
+    FAILURES,
+    REFUSED,
+    RESULTS,
+    counter_pieces,
+    counter_rows,
+    escape,
+    header,
+    latest_lines,
+)
 from probemesh.collector.samples import NO_SAMPLES, SampleFilter, sample_items
 from probemesh.collector.state import NO_REASONS, AgentInfo, MeshState
 from probemesh.v1 import mesh_pb2 as pb
@@ -114,3 +124,44 @@ def test_tallies_share_what_they_can_and_write_only_their_own() -> None:
         assert latest_key is pair, "the latest results are keyed by the tally's tuple"
     state.adopt_counters("a", {})
     assert down.reasons is NO_REASONS and NO_REASONS == {}
+
+
+def expected_counters(rows: list[tuple[str, str, str, int, int, int, dict[str, int]]]) -> bytes:
+    """The counter families as the text format writes them, straight from the counts."""
+    results, failures, refused = [], [], []
+    for check, agent, country, success, failure, refusals, reasons in rows:
+        base = f'check="{check}",agent="{agent}",country="{country}"'
+        for outcome, count in (("success", success), ("failure", failure)):
+            results.append(f'{RESULTS}{{{base},result="{outcome}"}} {float(count)!r}\n')
+        for reason in FAILURE_REASONS:
+            failures.append(
+                f'{FAILURES}{{{base},reason="{reason}"}} {float(reasons.get(reason, 0))!r}\n'
+            )
+        if refusals:
+            refused.append(f"{REFUSED}{{{base}}} {float(refusals)!r}\n")
+    text = (
+        header(RESULTS) + "".join(results).encode() + header(FAILURES) + "".join(failures).encode()
+    )
+    return text + (header(REFUSED) + "".join(refused).encode() if refused else b"")
+
+
+def test_counters_rendered_at_scrape_time_are_the_counts_in_every_slicing() -> None:
+    """Counters are rendered from a snapshot of the tallies, a slice at a time."""
+    state = MeshState()
+    counts = [
+        ("web", "a-1", "DE", 0, 0, 0, {}),
+        ("web", "a-2", "BR", 3, 2, 0, {"timeout": 1, "http_status": 1}),
+        ("dns", "a-1", "DE", 2**53 + 1, 7, 4, {"connect": 7}),
+        ("dns", "a-2", "BR", 10**17, 0, 1, {}),
+    ]
+    for check, agent, country, success, failure, refusals, reasons in counts:
+        tally = state.tally(check, agent, country)
+        tally.success, tally.failure, tally.refused = success, failure, refusals
+        for reason, count in reasons.items():
+            tally.own_reasons()[reason] = count
+    rows = counter_rows(state.tallies.values())
+    state.tallies[("web", "a-1")].success = 99  # after the snapshot: not in this scrape
+    state.tallies[("web", "a-2")].own_reasons()["timeout"] = 99
+    for per_piece in (1, 2, 3, 100):
+        assert b"".join(counter_pieces(rows, per_piece)) == expected_counters(counts)
+    assert b"".join(counter_pieces(counter_rows([]), 10)) == b"", "no tallies: no families"
