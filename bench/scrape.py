@@ -40,12 +40,14 @@ if "--tree" in sys.argv:  # a child measuring another tree imports probemesh fro
     TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
 sys.path.insert(0, str(TREE))
 
+from aiohttp import web  # noqa: E402
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
 from probemesh.checks import parse_checks  # noqa: E402
 from probemesh.collector.assignments import AssignmentHistory  # noqa: E402
 from probemesh.collector.database import open_database  # noqa: E402
 from probemesh.collector.exporter import MeshExporter, RestView  # noqa: E402
+from probemesh.collector.http import collector_metrics  # noqa: E402
 from probemesh.collector.ingest import Ingest  # noqa: E402
 from probemesh.collector.state import AgentInfo, MeshState  # noqa: E402
 from probemesh.collector.store import Store  # noqa: E402
@@ -103,10 +105,6 @@ def timed_scrapes(scrape: Any, repeat: int, idle: int) -> tuple[list[float], int
 
 async def http_scrapes(exporter: MeshExporter, rest: CollectorRegistry, repeat: int) -> list[str]:
     """/metrics through the collector's aiohttp handler, fetched by curl: curl's figures."""
-    from aiohttp import web
-
-    from probemesh.collector.http import collector_metrics
-
     app = web.Application()
     app.router.add_get("/metrics", collector_metrics(exporter, rest))
     runner = web.AppRunner(app)
