@@ -95,6 +95,9 @@ class AssignmentHistory:
         # event loop, and one thread keeps them in order. Without one they run inline.
         self.writer = writer
         self.spans: dict[str, dict[str, list[Span]]] = {}
+        # Agents whose last span write failed or was cancelled: memory is ahead
+        # of the database, so their next record() writes all their spans again.
+        self._unsaved: set[str] = set()
         for agent_id, spans in store.load_spans().items():
             by_check = self.spans.setdefault(agent_id, {})
             for span in sorted(spans, key=lambda s: s.first):
@@ -167,10 +170,20 @@ class AssignmentHistory:
             span = Span(spec.name, spec.target, spec.module.name, revision, revision)
             current.setdefault(spec.name, []).append(span)
             changed.append(span)
+        if agent_id in self._unsaved:
+            self._unsaved.discard(agent_id)
+            changed = [span for spans in current.values() for span in spans]
         if not changed:
             return None
         self._oldest = min(self._oldest or revision, revision)
-        return self._write(self.store.save_spans, agent_id, changed)
+        future = self._write(self.store.save_spans, agent_id, changed)
+        future.add_done_callback(lambda done: self._note_unsaved(agent_id, done))
+        return future
+
+    def _note_unsaved(self, agent_id: str, write: Future[object]) -> None:
+        """Remember an agent whose spans did not reach the database (from the writer thread)."""
+        if write.cancelled() or write.exception() is not None:
+            self._unsaved.add(agent_id)
 
     def target_of(
         self, agent_id: str, check: str, revision: int, target: str, assigned: Mapping[str, str]

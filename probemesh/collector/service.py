@@ -148,10 +148,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     features=FEATURES,
                 )
             )
-            if recorded is not None:
-                await asyncio.wrap_future(recorded)  # a write error ends the stream
-            slot.release()
-            yield checks
+            if await self._stored(session, recorded):
+                slot.release()
+                yield checks
             # Heartbeats go out on schedule even while acks flow: each is a clock probe.
             next_heartbeat = time.monotonic() + self.heartbeat_interval
             while True:
@@ -184,6 +183,22 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             )  # fmt: skip
         if session.end_code is not None and session.end_code != grpc.StatusCode.OK:
             await context.abort(session.end_code, session.end_details)
+
+    async def _stored(self, session: Session, recorded: Future[object] | None) -> bool:
+        """Wait for the history's write of the session's assignment; on a database
+        failure end the stream with UNAVAILABLE (the agent reconnects and the
+        write is tried again) and count it, instead of letting the error escape
+        as UNKNOWN."""
+        if recorded is None:
+            return True
+        try:
+            await asyncio.wrap_future(recorded)
+        except Exception as exc:
+            self.rejected["database"] += 1
+            log.warning("cannot record the checks of agent %s: %s", session.agent.agent_id, exc)
+            session.end(grpc.StatusCode.UNAVAILABLE, "collector cannot record the checks; retry")
+            return False
+        return True
 
     async def close_taken_over(self) -> None:
         """Close the streams of agents whose lease another collector took lately.
