@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -517,10 +517,16 @@ class OutageMonitor:
 
     def evaluate(self) -> list[Incident]:
         """One round of a collector that is its own evaluator: publish, then judge."""
+        return _run_steps(self._evaluate_steps())
+
+    def _evaluate_steps(self) -> Generator[None, None, list[Incident]]:
+        """evaluate() in steps; the event loop may run between two (see _stepped)."""
         checks = self.checks()
         now = self.clock()
-        self.inputs.apply(self.publish(checks, now))
-        return self.judge(self.inputs.inputs, checks, now)
+        publication = self.publish(checks, now)
+        yield
+        self.inputs.apply(publication)
+        return (yield from self._judge_steps(self.inputs.inputs, checks, now))
 
     def publish(self, checks: ChecksFile, now: float) -> Publication:
         """This collector's part: its agents' inputs that changed since the last round."""
@@ -534,12 +540,23 @@ class OutageMonitor:
     ) -> list[Incident]:
         """The evaluator's part: classify every agent's inputs, diagnose, update
         incidents, notify; returns the incidents that must be saved."""
+        return _run_steps(self._judge_steps(inputs, checks, now))
+
+    def _judge_steps(
+        self, inputs: dict[Pair, PairInput], checks: ChecksFile, now: float
+    ) -> Generator[None, None, list[Incident]]:
+        """judge() in steps. Only this monitor's task touches inputs and the
+        classifier; what readers see (snapshot, diagnoses, refusals, incidents)
+        changes in the last step, all of one round at once."""
         started = time.perf_counter()
         snapshot = self.classifier.evaluate(inputs, checks, now)
         self.round_seconds["evaluate"] = time.perf_counter() - started
-        self.refusals = refusals_of(inputs, checks)
-        self.diagnoses = self._diagnose(snapshot, checks)
-        self.snapshot = snapshot
+        yield
+        refusals = refusals_of(inputs, checks)
+        yield
+        diagnoses = self._diagnose(snapshot, checks)
+        yield
+        self.snapshot, self.diagnoses, self.refusals = snapshot, diagnoses, refusals
         self.evaluations += 1
         dirty = self.book.update(snapshot, checks, self.diagnoses)
         if self.notifications is not None:
@@ -612,7 +629,7 @@ class OutageMonitor:
         while True:
             try:
                 if self.shared is None:
-                    await self._save(self.book.save, self.evaluate())
+                    await self._save(self.book.save, await _stepped(self._evaluate_steps()))
                 else:
                     await self._shared_round(self.shared)
             except asyncio.CancelledError:
@@ -664,7 +681,7 @@ class OutageMonitor:
         self.fleet = await self._io(shared.read_fleet)
         if elected:
             inputs = await self._io(shared.read, self.inputs)
-            dirty = self.judge(inputs, checks, self.clock())
+            dirty = await _stepped(self._judge_steps(inputs, checks, self.clock()))
             await self._save(self.book.save, dirty)
             if dirty:
                 self._book_version += 1
@@ -775,3 +792,24 @@ class OutageMonitor:
         yield ratio
         yield diagnosis
         yield local
+
+
+def _run_steps(steps: Generator[None, None, _T]) -> _T:
+    """All of a stepped computation at once (tests, benches)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+async def _stepped(steps: Generator[None, None, _T]) -> _T:
+    """A stepped computation, letting the event loop go round between two steps:
+    a round over every pair would otherwise hold ingest, streams and scrapes for
+    tens of milliseconds (docs/benchmarks.md, event-loop lag)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(0)
