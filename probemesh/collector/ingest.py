@@ -279,9 +279,13 @@ class Ingest:
         touched: set[str] = set()
         # Results a failed sink call left, of agents still held (the others are the new holder's).
         applied = [a for a in self._unsunk if leases.holds(a.agent, held.get(a.agent))]
+        sink = self.result_sink is not None
         for item in live:
             agent = item.session.agent
-            new: list[pb.Result] = []
+            # What the sink is given; without one, nothing of a result outlives its
+            # application (a group's 64,000 results held until the commit would each
+            # survive into the garbage collector's oldest generation).
+            new: list[pb.Result] | None = [] if sink else None
             targets: list[str] = []
             kept: list[KeptSamples] = []
             # A slice of a batch at a time: a group of 64 batches would hold the
@@ -289,7 +293,7 @@ class Ingest:
             for _ in self._apply_batch(item, new, targets, kept):
                 await asyncio.sleep(0)
             touched.add(agent.agent_id)
-            if new and self.result_sink is not None:
+            if new:
                 applied.append(
                     Applied(agent.agent_id, agent.country, agent.region, new, targets, kept)
                 )
@@ -338,16 +342,16 @@ class Ingest:
     def _apply_batch(
         self,
         item: _Item,
-        applied: list[pb.Result],
+        applied: list[pb.Result] | None,
         applied_targets: list[str],
         applied_samples: list[KeptSamples],
     ) -> Iterator[None]:
         """Validate and apply one batch's new results; the ingest hot path.
 
-        Appends them to applied, with the target each ran against to
-        applied_targets, as this collector assigned it (a late result of a
-        re-targeted check keeps its old target), and their kept samples to
-        applied_samples. Yields every SLICE results,
+        Unless applied is None, appends them to applied, with the target each
+        ran against to applied_targets, as this collector assigned it (a late
+        result of a re-targeted check keeps its old target), and their kept
+        samples to applied_samples. Yields every SLICE results,
         so that the caller can let the event loop run in between.
 
         Each result's fields are read once here and handed to MeshState.record:
@@ -380,6 +384,7 @@ class Ingest:
         rejected = self.rejected
         keep = self.samples.keep
         newest = 0.0
+        count = 0
         correction = agent.clock.correction
         for index, result in enumerate(new):
             if index and not index % SLICE:
@@ -426,12 +431,14 @@ class Ingest:
             )  # fmt: skip
             if current is None:
                 state.linger(check, now)  # a no-op unless the check left the file
-            applied.append(result)
-            applied_targets.append(target)
-            applied_samples.append(samples)
+            count += 1
+            if applied is not None:
+                applied.append(result)
+                applied_targets.append(target)
+                applied_samples.append(samples)
             if timestamp > newest:
                 newest = timestamp
-        self.results_total += len(applied)
+        self.results_total += count
         if newest > agent.last_result:
             agent.last_result = newest
         if newest > agent.last_seen:
