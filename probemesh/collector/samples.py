@@ -81,33 +81,31 @@ class SampleFilter:
         """
         if not samples:
             return NO_SAMPLES
-        shape: list[str | int | None] | None = []
+        shape: list[str | int | None] = []
+        add = shape.append
         values: list[float] = []
         for sample in samples:
             name = sample.name
             label_map = sample.labels
             count = len(label_map)
-            shape.append(name)  # type: ignore[union-attr]
-            shape.append(count)  # type: ignore[union-attr]
+            add(name)
+            add(count)
             if count:
                 keys = _LABEL_KEYS.get(name)
                 if keys is None or len(keys) != count:
-                    shape = None
-                    break
-                get = label_map.get
-                shape.extend([get(key) for key in keys])  # type: ignore[union-attr]
+                    return self._judge(samples)  # refused whatever was seen before
+                if count == 1:  # the common case (an HTTP phase): no list to build
+                    add(label_map.get(keys[0]))
+                else:
+                    get = label_map.get
+                    shape.extend([get(key) for key in keys])
             values.append(sample.value)
-        key = None if shape is None else tuple(shape)
-        if key is not None:
-            series = self._shapes.get(key)
-            if (
-                series is not None
-                and len(series) <= self.max_samples
-                and all(map(_isfinite, values))
-            ):
-                return series, pack(values)
+        key = tuple(shape)
+        series = self._shapes.get(key)
+        if series is not None and len(series) <= self.max_samples and all(map(_isfinite, values)):
+            return series, pack(values)
         kept = self._judge(samples)
-        if key is not None and len(kept[0]) == len(samples) and len(self._shapes) < _SHAPE_CACHE:
+        if len(kept[0]) == len(samples) and len(self._shapes) < _SHAPE_CACHE:
             self._shapes[key] = kept[0]
         return kept
 
