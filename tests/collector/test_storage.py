@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from probemesh.collector.database import Database, DatabaseError, open_database
 from probemesh.collector.incidents import Event, Incident, IncidentBook
 from probemesh.collector.migrations import migrate, steps
 from probemesh.collector.store import Store
-from probemesh.collector.tokens import TokenStore
+from probemesh.collector.tokens import INACTIVE_CHUNK, TokenStore
 from probemesh.errors import AuthError
 
 # Seconds since the epoch with microseconds: a 4-byte REAL would round it to minutes.
@@ -105,6 +106,30 @@ def test_tokens_create_verify_list_revoke(database: Database) -> None:
         tokens.verify(secret)
     other_id = tokens.verify(other).token_id
     assert tokens.inactive({binding.token_id, other_id, "gone"}) == {binding.token_id, "gone"}
+
+
+def test_inactive_asks_in_chunks_not_per_token(database: Database) -> None:
+    """The per-second revocation check of every live stream's token costs a
+    few statements, not one per token, and still names each revoked or gone one."""
+    db = database.connect()
+    tokens = TokenStore(db)
+    count = 2 * INACTIVE_CHUNK + 7
+    for i in range(count):
+        tokens.create(f"vps-{i}", "DE")
+    ids = {info.token_id for info in tokens.list()}
+    revoked = {info.token_id for info in tokens.list() if info.agent_id in ("vps-3", "vps-900")}
+    assert tokens.revoke("vps-3") == 1 and tokens.revoke("vps-900") == 1
+    statements = 0
+    execute = db.execute
+
+    def counting(sql: str, params: Any = ()) -> Any:
+        nonlocal statements
+        statements += 1
+        return execute(sql, params)
+
+    db.execute = counting  # type: ignore[method-assign]
+    assert tokens.inactive(ids | {"gone"}) == revoked | {"gone"}
+    assert statements == 3
 
 
 def test_a_token_is_seen_by_every_connection(database: Database) -> None:
