@@ -22,7 +22,7 @@ from probemesh.collector.asn import AsnLookup, NoAsnDatabase
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import DatabaseError, open_database
 from probemesh.collector.diagnosis import Diagnoser
-from probemesh.collector.exporter import MeshExporter, RestView
+from probemesh.collector.exporter import AggregateView, MeshExporter, RestView
 from probemesh.collector.http import build_http_app
 from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
@@ -182,7 +182,8 @@ class CollectorApp:
         self.ingest.configure(options.security)
         self.service.clock_threshold = options.clock_skew_threshold
         self.exporter.configure(options.security)
-        self.registry.register(self.exporter)
+        # Remote write journals every result's probe gauges: its snapshot takes the rest.
+        self.registry.register(AggregateView(self.exporter))
         # /metrics renders the exporter's bulk families from cached text and
         # everything else from this registry.
         self.metrics_registry = CollectorRegistry(auto_describe=False)

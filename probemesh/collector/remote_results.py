@@ -93,6 +93,19 @@ def encode(series: Sequence[remote_pb2.TimeSeries]) -> bytes:
     return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
+def merge(bodies: Sequence[bytes]) -> bytes:
+    """One snappy-compressed WriteRequest holding the series of every body.
+
+    WriteRequests without metadata concatenate: a repeated field's occurrences
+    add up when protobuf parses them, so the decompressed bodies side by side
+    are one request with all their series.
+    """
+    if len(bodies) == 1:
+        return bodies[0]
+    joined = b"".join(bytes(cramjam.snappy.decompress_raw(body)) for body in bodies)
+    return bytes(cramjam.snappy.compress_raw(joined))
+
+
 @dataclass(frozen=True)
 class Entry:
     """One journaled request."""
@@ -179,14 +192,23 @@ class Journal:
             ).fetchall()
         return [Entry(int(r[0]), bytes(r[1]), int(r[2]), float(r[3])) for r in rows]
 
-    def remove(self, entry: Entry) -> None:
-        """Forget a delivered (or given up) entry."""
+    def remove(self, entries: Sequence[Entry]) -> None:
+        """Forget delivered (or given up) entries, in one transaction."""
         with self._lock:
-            cursor = self._db.execute("DELETE FROM requests WHERE id = ?", (entry.id,))
-            if cursor.rowcount:
-                self.requests -= 1
-                self.bytes -= len(entry.body)
-            self._refresh_head()
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in entries:
+                    cursor = db.execute("DELETE FROM requests WHERE id = ?", (entry.id,))
+                    if cursor.rowcount:
+                        self.requests -= 1
+                        self.bytes -= len(entry.body)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                self._refresh_head()
 
     def close(self) -> None:
         with self._lock:

@@ -47,7 +47,7 @@ import random
 import re
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -63,6 +63,7 @@ from probemesh.collector.remote_results import (
     Entry,
     Journal,
     encode,
+    merge,
     result_series,
 )
 from probemesh.errors import ConfigError
@@ -99,6 +100,10 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _CREATED_TYPES = frozenset({"counter", "histogram", "gaugehistogram", "summary"})
 
 LabelSet = tuple[tuple[str, str], ...]
+SLICE_SAMPLES = 5000
+"""Snapshot samples handled between two yields to the event loop (a few ms)."""
+READ_AHEAD = 256
+"""Journal entries read at a time; those that fit in one request are sent as one."""
 
 
 @dataclass
@@ -136,20 +141,39 @@ def series_from_registry(
     the series does not have them already; empty label values are dropped (they
     mean "no label" in Prometheus).
     """
-    extra = dict(external_labels or {})
     series: dict[LabelSet, float] = {}
     metadata: list[remote_pb2.MetricMetadata] = []
+    for _ in _registry_series(registry, external_labels, exclude, series, metadata):
+        pass
+    return series, metadata
+
+
+def _registry_series(
+    registry: CollectorRegistry,
+    external_labels: Mapping[str, str] | None,
+    exclude: frozenset[str],
+    series: dict[LabelSet, float],
+    metadata: list[remote_pb2.MetricMetadata],
+) -> Iterator[None]:
+    """Fill series and metadata as series_from_registry returns them, yielding
+    every SLICE_SAMPLES samples so that a caller on the event loop can let it run."""
+    extra = dict(external_labels or {})
+    done = 0
     for family in registry.collect():
         if family.name in exclude:
             continue
         metadata.append(_metadata(family))
+        created = family.type in _CREATED_TYPES
         for sample in family.samples:
-            if family.type in _CREATED_TYPES and sample.name.endswith("_created"):
+            if created and sample.name.endswith("_created"):
                 continue
             labels = {**extra, **sample.labels, "__name__": sample.name}
             key = tuple(sorted((k, v) for k, v in labels.items() if v != ""))
             series[key] = float(sample.value)
-    return series, metadata
+            done += 1
+            if not done % SLICE_SAMPLES:
+                yield
+        yield
 
 
 def _metadata(family: Metric) -> remote_pb2.MetricMetadata:
@@ -167,29 +191,57 @@ def encode_requests(
     timestamp_ms: int,
     metadata: Iterable[remote_pb2.MetricMetadata] = (),
     max_samples: int = 5000,
+    labels_cache: dict[LabelSet, bytes] | None = None,
 ) -> Iterator[tuple[bytes, int]]:
     """Yield (snappy-compressed WriteRequest, sample count) chunks of series.
 
-    Metadata rides along with the first chunk only.
+    Metadata rides along with the first chunk only. ``labels_cache`` keeps
+    each series' encoded labels from one snapshot to the next: they are most
+    of a request's bytes and never change for a series.
     """
+    cache = {} if labels_cache is None else labels_cache
+    stamp = b"\x10" + _varint(timestamp_ms)
     items = list(series.items())
-    meta = list(metadata)
+    meta = b"".join(_field(3, m.SerializeToString()) for m in metadata)
     for start in range(0, max(len(items), 1), max_samples):
         chunk = items[start : start + max_samples]
         if not chunk and not meta:
             return
-        request = remote_pb2.WriteRequest(
-            timeseries=[
-                remote_pb2.TimeSeries(
-                    labels=[remote_pb2.Label(name=k, value=v) for k, v in key],
-                    samples=[remote_pb2.Sample(value=value, timestamp=timestamp_ms)],
-                )
-                for key, value in chunk
-            ],
-            metadata=meta,
-        )
-        meta = []
-        yield bytes(cramjam.snappy.compress_raw(request.SerializeToString())), len(chunk)
+        parts = []
+        for key, value in chunk:
+            labels = cache.get(key)
+            if labels is None:
+                labels = cache[key] = _encode_labels(key)
+            sample = b"\x09" + _DOUBLE.pack(value) + stamp
+            parts.append(_field(1, labels + _field(2, sample)))
+        parts.append(meta)
+        meta = b""
+        yield bytes(cramjam.snappy.compress_raw(b"".join(parts))), len(chunk)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1  # a negative int64 is ten bytes, as protobuf writes it
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _encode_labels(key: LabelSet) -> bytes:
+    """A TimeSeries' repeated Label field (name = 1, value = 2 in Label)."""
+    return b"".join(
+        _field(1, _field(1, name.encode()) + _field(2, value.encode())) for name, value in key
+    )
+
+
+_DOUBLE = struct.Struct("<d")
 
 
 def decode_request(body: bytes) -> remote_pb2.WriteRequest:
@@ -322,7 +374,8 @@ class RemoteWriter:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._previous: set[LabelSet] = set()
+        # The encoded labels of every series of the last snapshot (its stale markers' too).
+        self._labels: dict[LabelSet, bytes] = {}
         self._last_ts_ms = 0
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -424,19 +477,40 @@ class RemoteWriter:
     def snapshot(self) -> int:
         """Snapshot the aggregates now, superseding what is unsent of the previous one;
         return the number of samples."""
-        series, metadata = series_from_registry(self.registry, self.external_labels, self._exclude)
-        current = set(series)
-        for gone in self._previous - current:
-            series[gone] = STALE_NAN
-        self._previous = current
+        steps = self._snapshot_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return int(done.value)
+
+    def _snapshot_steps(self) -> Generator[None, None, int]:
+        """The snapshot's work, yielding between slices of SLICE_SAMPLES samples
+        (the snapshot loop lets the event loop run there); returns the samples."""
+        series: dict[LabelSet, float] = {}
+        metadata: list[remote_pb2.MetricMetadata] = []
+        yield from _registry_series(
+            self.registry, self.external_labels, self._exclude, series, metadata
+        )
+        cache = self._labels
+        gone = cache.keys() - series.keys()
+        for key in gone:
+            series[key] = STALE_NAN
         now_ms = max(int(self._clock.time() * 1000), self._last_ts_ms + 1)
         self._last_ts_ms = now_ms
+        encoded: list[_Pending] = []
+        total = 0
+        for body, count in encode_requests(
+            series, now_ms, metadata, self.max_samples_per_request, cache
+        ):
+            encoded.append(_Pending(body, count, self._clock.monotonic()))
+            total += count
+            yield
+        for key in gone:  # a stale marker is sent once
+            del cache[key]
         while self._snapshots:
             self._drop(self._snapshots.popleft(), "superseded")
-        total = 0
-        for body, count in encode_requests(series, now_ms, metadata, self.max_samples_per_request):
-            self._snapshots.append(_Pending(body, count, self._clock.monotonic()))
-            total += count
+        self._snapshots.extend(encoded)
         if self._snapshots:
             self._idle.clear()
             self._wakeup.set()
@@ -458,26 +532,47 @@ class RemoteWriter:
             next_at += self.interval
             await asyncio.sleep(max(0.0, next_at - self._clock.monotonic()))
             try:
-                self.snapshot()
+                for _ in self._snapshot_steps():
+                    await asyncio.sleep(0)  # a slice at a time: the loop serves streams between
             except Exception:  # a broken collector must not stop remote write
                 log.exception("remote write: snapshot of the registry failed")
 
-    async def _next_result(self) -> Entry | None:
-        if not self._journaled and self.journal is not None and self.journal.requests:
-            self._journaled.extend(await asyncio.to_thread(self.journal.head, 16))
-        return self._journaled[0] if self._journaled else None
+    async def _next_results(self) -> list[Entry]:
+        """The oldest journaled entries that fit in one request (at least one).
+
+        Ingest journals one entry per commit, a few results each when agents
+        send one result at a time: sent one by one, each would wait a round
+        trip of its own and the journal would outgrow what one sender delivers.
+        """
+        journal = self.journal
+        if journal is None:
+            return []
+        pending = self._journaled
+        if journal.requests > len(pending) and sum(e.samples for e in pending) < (
+            self.max_samples_per_request
+        ):
+            pending.clear()
+            pending.extend(await asyncio.to_thread(journal.head, READ_AHEAD))
+        taken: list[Entry] = []
+        samples = 0
+        for entry in pending:
+            if taken and samples + entry.samples > self.max_samples_per_request:
+                break
+            taken.append(entry)
+            samples += entry.samples
+        return taken
 
     async def _send_loop(self) -> None:
         while True:
-            entry = await self._next_result()
-            if entry is None and not self._snapshots:
+            entries = await self._next_results()
+            if not entries and not self._snapshots:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             self._results_turn = not self._results_turn
-            if entry is not None and (self._results_turn or not self._snapshots):
-                await self._send_result(entry)
+            if entries and (self._results_turn or not self._snapshots):
+                await self._send_results(entries)
             else:
                 await self._send_snapshot(self._snapshots.popleft())
 
@@ -493,13 +588,16 @@ class RemoteWriter:
         if outcome != "sent":
             self._drop(item, outcome)
 
-    async def _send_result(self, entry: Entry) -> None:
-        outcome = await self._deliver(entry.body, entry.samples, None)
+    async def _send_results(self, entries: list[Entry]) -> None:
+        samples = sum(e.samples for e in entries)
+        body = await asyncio.to_thread(merge, [e.body for e in entries])
+        outcome = await self._deliver(body, samples, None)
         if outcome != "sent":
-            self._count_drop(entry.samples, outcome)
+            self._count_drop(samples, outcome)
         assert self.journal is not None
-        await asyncio.to_thread(self.journal.remove, entry)
-        self._journaled.popleft()
+        await asyncio.to_thread(self.journal.remove, entries)
+        for _ in entries:
+            self._journaled.popleft()
 
     async def _deliver(self, body: bytes, samples: int, created: float | None) -> str:
         """Send one request, retrying recoverable failures with backoff.

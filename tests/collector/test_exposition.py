@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from probemesh.checks import parse_checks
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import open_database
-from probemesh.collector.exporter import MeshExporter, RestView
+from probemesh.collector.exporter import AggregateView, MeshExporter, RestView
 from probemesh.collector.exposition import FAILURE_REASONS
 from probemesh.collector.ingest import REJECT_REASONS, Ingest
 from probemesh.collector.limits import SecurityLimits
+from probemesh.collector.remote_results import RESULT_FAMILIES
 from probemesh.collector.samples import REASONS as SAMPLE_REASONS
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, MeshState
@@ -167,6 +168,17 @@ def test_fast_text_matches_metric_families(tmp_path: Path) -> None:
     assert "not_in_catalog" not in names
     target = {dict(labels).get("target") for name, labels, _ in fast if name == "probe_success"}
     assert target == {'https://example.org/a"b\\c'}
+
+
+def test_aggregate_view_is_every_family_but_the_journaled_ones(tmp_path: Path) -> None:
+    """Remote write's snapshot reads AggregateView: the full set of families
+    less exactly those written result by result from the journal."""
+    _, exporter = build(tmp_path)
+    full = {family.name for family in exporter.collect()}
+    aggregates = {family.name for family in AggregateView(exporter).collect()}
+    assert aggregates == full - RESULT_FAMILIES
+    assert {"probe_success", "probe_http_status_code"} <= full - aggregates
+    assert "probemesh_probe_results" in aggregates
 
 
 def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:

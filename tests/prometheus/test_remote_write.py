@@ -8,6 +8,7 @@ and two real collectors (CLI processes, --remote-write-url) with disjoint agents
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -20,12 +21,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from probemesh.collector.remote_results import Applied, Journal
 from probemesh.collector.remote_write import (
     HEADERS,
+    SLICE_SAMPLES,
+    STALE_NAN,
     RemoteWriter,
     decode_request,
+    encode_requests,
     series_from_registry,
 )
 from probemesh.collector.samples import SampleFilter
 from probemesh.errors import ConfigError
+from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
 from tests.prometheus.mesh import Mesh, Targets
 from tests.prometheus.promserver import (
@@ -355,6 +360,81 @@ async def test_a_full_journal_drops_its_oldest_requests_and_counts_them(tmp_path
     dropped = writer.stats.dropped_requests["journal_full"]
     assert dropped > 0 and dropped + writer.pending_results == 50
     assert writer.stats.dropped_samples["journal_full"] == dropped * 4
+
+
+async def test_small_journal_entries_go_out_merged_into_few_requests(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Ingest journals one entry per commit, often one result: the sender packs
+    the oldest entries into requests of up to max_samples_per_request samples,
+    in order, and forgets every entry it delivered."""
+    registry, _ = sample_registry()
+    writer = RemoteWriter(
+        registry, receiver.url, interval=3600, journal=Journal(tmp_path / "rw.sqlite3", 1 << 20),
+        stop_timeout=5, max_samples_per_request=100,
+    )  # fmt: skip
+    for i in range(60):  # 60 entries of 4 samples: 240 samples, 3 requests of <= 100
+        await writer.write_results(
+            [applied("de-1", "DE", "", [_result("web", 1000.0 + i, True)], [WEB])]
+        )
+    assert writer.pending_results == 60
+    await writer.start()
+    await writer.stop()
+    success = _decoded_samples(receiver, "probe_success")
+    assert [s[1] for s in success] == [1_000_000 + 1000 * i for i in range(60)]
+    result_requests = [
+        body for _, body in receiver.requests
+        if any(labels_of(ts)["__name__"] == "probe_success" for ts in decode_request(body).timeseries)
+    ]  # fmt: skip
+    assert [len(decode_request(b).timeseries) for b in result_requests] == [100, 100, 40]
+    assert writer.pending_results == 0 and writer.stats.dropped_requests["rejected"] == 0
+
+
+def test_encoded_snapshot_requests_match_protobuf() -> None:
+    """The snapshot's hand-encoded WriteRequests parse back to the series, values,
+    timestamp and metadata given, the labels cache changes nothing in the bytes."""
+    series = {
+        (("__name__", "up"), ("agent", "de-1"), ("city", "São Paulo")): 1.0,
+        (("__name__", "up"), ("agent", "us-1")): STALE_NAN,
+        (("__name__", "probemesh_x_total"), ("agent", "de-1")): 12345.5,
+    }
+    metadata = [remote_pb2.MetricMetadata(metric_family_name="up", help="h", type=3)]
+    cache: dict[tuple[tuple[str, str], ...], bytes] = {}
+    first = list(encode_requests(series, 1_700_000_000_123, metadata, 2, cache))
+    again = list(encode_requests(series, 1_700_000_000_123, metadata, 2, cache))
+    assert first == again and len(cache) == 3
+    assert [n for _, n in first] == [2, 1]
+    decoded = [decode_request(body) for body, _ in first]
+    assert [m.metric_family_name for m in decoded[0].metadata] == ["up"]
+    assert not decoded[1].metadata
+    got = {
+        tuple((label.name, label.value) for label in ts.labels): (s.value, s.timestamp)
+        for request in decoded
+        for ts in request.timeseries
+        for s in ts.samples
+    }
+    assert got.keys() == series.keys()
+    for key, value in series.items():
+        assert struct.pack("<d", got[key][0]) == struct.pack("<d", value)
+        assert got[key][1] == 1_700_000_000_123
+
+
+def test_a_large_snapshot_lets_the_event_loop_run_between_slices() -> None:
+    """The snapshot loop runs the snapshot a slice at a time (it awaits between
+    the steps); one snapshot of 3.5 slices' worth of samples takes several."""
+    registry = CollectorRegistry()
+    gauge = Gauge("many", "m", ["i"], registry=registry)
+    for i in range(SLICE_SAMPLES * 3 + SLICE_SAMPLES // 2):
+        gauge.labels(str(i)).set(i)
+    writer = RemoteWriter(registry, "http://127.0.0.1:9/api/v1/write")
+    steps = writer._snapshot_steps()
+    slices = 0
+    with contextlib.suppress(StopIteration):
+        while True:
+            next(steps)
+            slices += 1
+    assert slices >= 4
+    assert sum(p.samples for p in writer._snapshots) == SLICE_SAMPLES * 3 + SLICE_SAMPLES // 2
 
 
 def test_bad_settings_are_config_errors() -> None:
