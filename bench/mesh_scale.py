@@ -25,8 +25,10 @@ are taken over the rest of the run. Per collector:
   pg_stat_database, for the whole mesh; SQLite: bytes the collector wrote to disk);
 * remote-write lag: probe time to queryable in VictoriaMetrics, for tracer
   pairs the load processes poll (no flush forced), p50 / p99 / max;
-* samples lost: results each agent produced vs probe_success samples stored
-  in VictoriaMetrics per agent x check, after the journals drained.
+* samples lost: results each agent produced, less those it still holds
+  unacked when the run ends (a real agent keeps them on disk and sends them
+  again), vs probe_success samples stored in VictoriaMetrics per agent x check,
+  after the journals drained; duplicated: samples stored beyond those produced.
 
     .venv/bin/python bench/mesh_scale.py                             # the full run
     .venv/bin/python bench/mesh_scale.py --agents 300 --seconds 150   # a short one
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -151,6 +154,7 @@ class LoadSpec:
     agents: list[AgentSpec]
     go: str  # the driver writes [start, stop] wall times here once every process is connected
     interval: float
+    drain: float  # seconds the agents may take to send what they hold after the run
     channels: int
     tracers: list[tuple[str, str]]  # (agent, check) pairs whose lag this process measures
     victoria_url: str
@@ -169,6 +173,9 @@ class AgentRun:
     templates: list[tuple[bytes, bytes]] = field(default_factory=list)  # (ok, failed) per check
     seq: int = 0  # last sequence number sent
     pending: list[bytes] = field(default_factory=list)  # produced, not sent yet (the "disk")
+    pending_checks: list[int] = field(default_factory=list)  # the check of each pending result
+    sent: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
+    """(seq, check) of every result sent and not acked yet: the agent still holds it."""
     inflight: int = 0  # batches sent and not acked
     produced: list[int] = field(default_factory=list)  # results per check
     acked: int = 0
@@ -256,6 +263,8 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 ack = message.ack
                 run.inflight -= 1
                 run.acked = max(run.acked, ack.seq)
+                while run.sent and run.sent[0][0] <= run.acked:
+                    run.sent.popleft()
 
     semaphore = asyncio.Semaphore(200)  # connections set up at once
 
@@ -283,7 +292,9 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         if not run.pending or run.inflight >= windows:
             return  # backpressure: the agent buffers, as on disk
         batch, run.pending = run.pending, []
+        checks, run.pending_checks = run.pending_checks, []
         first = run.seq + 1
+        run.sent.extend(enumerate(checks, first))
         run.seq += len(batch)
         run.inflight += 1
         try:
@@ -317,6 +328,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             ok, failed = run.templates[c]
             body = failed if rng.random() < FAILURE_RATE else ok
             run.pending.append(body + _TIMESTAMP_TAG + struct.pack("<d", ts))
+            run.pending_checks.append(c)
             run.produced[c] += 1
             if (run.spec.agent_id, run.checks[c]) in tracer_set:
                 pending_tracers.append((run.spec.agent_id, run.checks[c], ts))
@@ -325,7 +337,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 await flush(run)
         tick += 1
         await asyncio.sleep(max(0.0, tick - time.time()))
-    drain_until = time.time() + 120
+    drain_until = time.time() + spec.drain
     while time.time() < drain_until and any(r.pending or r.inflight for r in live if not r.error):
         for run in live:
             await flush(run)
@@ -338,9 +350,14 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     for group in channels.values():
         for channel in group:
             await channel.close()
+    held: dict[str, dict[str, int]] = {}
+    for r in live:
+        for c in [*r.pending_checks, *(c for _, c in r.sent)]:
+            counts = held.setdefault(r.spec.agent_id, {})
+            counts[r.checks[c]] = counts.get(r.checks[c], 0) + 1
     return {
         "produced": {r.spec.agent_id: dict(zip(r.checks, r.produced, strict=True)) for r in live},
-        "unacked": sum(r.seq - r.acked for r in live),
+        "held": held,
         "errors": [f"{r.spec.agent_id}: {r.error}" for r in runs if r.error][:20],
         "error_count": sum(1 for r in runs if r.error),
         "connected": len(live),
@@ -403,20 +420,32 @@ def disk_writes(pid: int) -> int:
     return 0
 
 
-def metrics(collector: Collector) -> Samples:
-    """Every sample of the collector's /metrics; a loaded collector may take a while."""
+def metrics(collector: Collector, names: tuple[str, ...]) -> Samples:
+    """The samples of the families named (by prefix) on the collector's /metrics.
+
+    Only their lines are parsed: the whole body of a large collector takes the
+    text parser minutes, on the cores the collectors need.
+    """
     with urllib.request.urlopen(collector.mesh.metrics_url, timeout=300) as response:
-        text = response.read().decode()
+        body = response.read()
+    prefixes = tuple(name.encode() for name in names)
+    wanted = b"\n".join(line for line in body.split(b"\n") if line.startswith(prefixes))
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(wanted.decode() + "\n")
         for sample in family.samples
     }
 
 
+_MARKS = (
+    "probemesh_ingest_results_total", "probemesh_event_loop_lag_max_seconds",
+    "probemesh_ingest_queue_depth", "probemesh_remote_write_pending_requests",
+)  # fmt: skip
+
+
 def read_marks(collector: Collector) -> dict[str, float]:
     assert collector.proc is not None
-    samples = metrics(collector)
+    samples = metrics(collector, _MARKS)
     pid = collector.proc.pid
     return {
         "at": time.time(),
@@ -431,7 +460,7 @@ def read_marks(collector: Collector) -> dict[str, float]:
 
 def round_parts(collector: Collector) -> dict[str, float]:
     """The last outage round's seconds per part (publish; evaluate on the evaluator)."""
-    samples = metrics(collector)
+    samples = metrics(collector, ("probemesh_outage_round_seconds",))
     return {
         dict(labels)["part"]: value
         for (name, labels), value in samples.items()
@@ -519,6 +548,8 @@ def main() -> None:
                         help="collectors share a throwaway PostgreSQL (tests/postgres.py)")  # fmt: skip
     parser.add_argument("--connect-timeout", type=float, default=1800,
                         help="seconds the agents may take to connect")  # fmt: skip
+    parser.add_argument("--drain", type=float, default=300,
+                        help="seconds the agents may take to deliver what they hold at the end")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -596,7 +627,7 @@ def main() -> None:
                 spec_path = root / f"load-{n}.json"
                 spec_path.write_text(json.dumps({
                     "agents": [s.__dict__ for s in part], "go": str(go),
-                    "interval": args.interval, "channels": args.channels,
+                    "interval": args.interval, "drain": args.drain, "channels": args.channels,
                     "tracers": [t for t in tracers if t[0] in mine], "victoria_url": vm.url,
                     "out": str(root / f"load-{n}.out.json"), "seed": n,
                 }))  # fmt: skip
@@ -660,11 +691,17 @@ def main() -> None:
             stored = stored_counts(vm.url, check_names, window)
     load1 = os.getloadavg()
     produced: dict[tuple[str, str], int] = {}
+    held: dict[tuple[str, str], int] = {}
     for report in reports:
         for agent, counts in report["produced"].items():
             for check, n in counts.items():
                 produced[(agent, check)] = n
-    lost = sum(max(0, n - stored.get(key, 0)) for key, n in produced.items())
+        for agent, counts in report["held"].items():
+            for check, n in counts.items():
+                held[(agent, check)] = n
+    # A result the agent still holds (never acked) is not lost: a real agent keeps
+    # it on disk and sends it again; lost is what was acked and is not stored.
+    lost = sum(max(0, n - held.get(key, 0) - stored.get(key, 0)) for key, n in produced.items())
     duplicated = sum(max(0, stored.get(key, 0) - n) for key, n in produced.items())
     extra_pairs = len(set(stored) - set(produced))
     lags = [lag for r in reports for lag in r["lags"]]
@@ -717,8 +754,9 @@ def main() -> None:
           f"max {max(lags, default=float('nan')):.2f} s; "
           f"{sum(r['tracers_unseen'] for r in reports)} never seen")  # fmt: skip
     print(f"samples: produced {sum(produced.values()):,}, probe_success stored {sum(stored.values()):,}; "
-          f"lost {lost:,}, duplicated {duplicated:,}, pairs stored but never produced {extra_pairs}; "
-          f"unacked at the end {sum(r['unacked'] for r in reports):,}")  # fmt: skip
+          f"lost {lost:,} (acked, not stored), duplicated {duplicated:,}, pairs stored but never "
+          f"produced {extra_pairs}; still held by the agents at the end (unacked, they resend) "
+          f"{sum(held.values()):,}")  # fmt: skip
 
 
 if __name__ == "__main__":

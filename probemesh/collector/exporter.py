@@ -101,14 +101,20 @@ class MeshExporter(Collector):
         yield from self.collect_rest()
 
     def collect_aggregates(self) -> Iterator[Metric]:
-        """Every family but the per-result probe gauges, which remote write
-        journals result by result: building them only to leave them out of its
-        snapshot cost seconds of event loop at tens of thousands of pairs."""
+        """The families remote write snapshots every interval: histograms, agent
+        gauges and the small ones. Not the per-result probe gauges (journaled
+        result by result) nor the per-pair counters (collect_pair_counters):
+        building them every interval cost seconds of event loop at tens of
+        thousands of pairs."""
         self.prerender()
-        yield from self._counter_families()
         yield from self._histogram_families()
         yield from self._agent_families()
         yield from self.collect_rest()
+
+    def collect_pair_counters(self) -> Iterator[Metric]:
+        """The result, failure and refusal counters of every check x agent pair."""
+        self.prerender()
+        yield from self._counter_families()
 
     def collect_rest(self) -> Iterator[Metric]:
         """The families that are few series: outages and the collector's own."""
@@ -548,11 +554,20 @@ class RestView(Collector):
 
 
 class AggregateView(Collector):
-    """The exporter's families without the per-result probe gauges (remote
-    write's periodic snapshot, which journals those per result instead)."""
+    """The families remote write snapshots every interval (collect_aggregates)."""
 
     def __init__(self, exporter: MeshExporter) -> None:
         self.exporter = exporter
 
     def collect(self) -> Iterator[Metric]:
         return self.exporter.collect_aggregates()
+
+
+class PairCounterView(Collector):
+    """The per-pair counters, which remote write snapshots less often."""
+
+    def __init__(self, exporter: MeshExporter) -> None:
+        self.exporter = exporter
+
+    def collect(self) -> Iterator[Metric]:
+        return self.exporter.collect_pair_counters()

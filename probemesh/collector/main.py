@@ -22,7 +22,12 @@ from probemesh.collector.asn import AsnLookup, NoAsnDatabase
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import DatabaseError, open_database
 from probemesh.collector.diagnosis import Diagnoser
-from probemesh.collector.exporter import AggregateView, MeshExporter, RestView
+from probemesh.collector.exporter import (
+    AggregateView,
+    MeshExporter,
+    PairCounterView,
+    RestView,
+)
 from probemesh.collector.http import build_http_app
 from probemesh.collector.httpauth import HttpAuth
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
@@ -117,6 +122,7 @@ class CollectorApp:
                 self.state.linger(check, now)
         self.remote_writer: RemoteWriter | None = None
         self.registry = CollectorRegistry()
+        self.pair_registry = CollectorRegistry()
         if options.remote_write_url:
             self.remote_writer = RemoteWriter(
                 self.registry,
@@ -127,6 +133,7 @@ class CollectorApp:
                 journal=Journal(
                     options.data_dir / "remote-write.sqlite3", options.remote_write_journal_bytes
                 ),
+                pair_registry=self.pair_registry,
             )
         self.leases = LeaseBook(options.collector_id or default_collector_id(options.grpc_listen))
         self.ingest = Ingest(
@@ -182,8 +189,10 @@ class CollectorApp:
         self.ingest.configure(options.security)
         self.service.clock_threshold = options.clock_skew_threshold
         self.exporter.configure(options.security)
-        # Remote write journals every result's probe gauges: its snapshot takes the rest.
+        # Remote write journals every result's probe gauges: its snapshots take the
+        # rest, the per-pair counters at a longer interval.
         self.registry.register(AggregateView(self.exporter))
+        self.pair_registry.register(PairCounterView(self.exporter))
         # /metrics renders the exporter's bulk families from cached text and
         # everything else from this registry.
         self.metrics_registry = CollectorRegistry(auto_describe=False)

@@ -392,19 +392,16 @@ async def test_small_journal_entries_go_out_merged_into_few_requests(
 
 def test_encoded_snapshot_requests_match_protobuf() -> None:
     """The snapshot's hand-encoded WriteRequests parse back to the series, values,
-    timestamp and metadata given, the labels cache changes nothing in the bytes."""
+    timestamp and metadata given (metadata in the first request only)."""
     series = {
         (("__name__", "up"), ("agent", "de-1"), ("city", "São Paulo")): 1.0,
         (("__name__", "up"), ("agent", "us-1")): STALE_NAN,
         (("__name__", "probemesh_x_total"), ("agent", "de-1")): 12345.5,
     }
     metadata = [remote_pb2.MetricMetadata(metric_family_name="up", help="h", type=3)]
-    cache: dict[tuple[tuple[str, str], ...], bytes] = {}
-    first = list(encode_requests(series, 1_700_000_000_123, metadata, 2, cache))
-    again = list(encode_requests(series, 1_700_000_000_123, metadata, 2, cache))
-    assert first == again and len(cache) == 3
-    assert [n for _, n in first] == [2, 1]
-    decoded = [decode_request(body) for body, _ in first]
+    encoded = list(encode_requests(series, 1_700_000_000_123, metadata, 2))
+    assert [n for _, n in encoded] == [2, 1]
+    decoded = [decode_request(body) for body, _ in encoded]
     assert [m.metric_family_name for m in decoded[0].metadata] == ["up"]
     assert not decoded[1].metadata
     got = {
@@ -417,6 +414,29 @@ def test_encoded_snapshot_requests_match_protobuf() -> None:
     for key, value in series.items():
         assert struct.pack("<d", got[key][0]) == struct.pack("<d", value)
         assert got[key][1] == 1_700_000_000_123
+
+
+async def test_the_pair_registry_is_snapshotted_every_nth_time_and_never_superseded_by_the_rest(
+    receiver: Receiver,
+) -> None:
+    """Every snapshot reads the registry; every pair_every-th also the pair
+    registry. A snapshot that does not read it neither supersedes its unsent
+    requests nor marks its series stale."""
+    registry, _ = sample_registry()
+    pairs = CollectorRegistry()
+    counter = Counter("probemesh_probe_failures", "f", ["agent"], registry=pairs)
+    counter.labels("de-1").inc()
+    writer = RemoteWriter(registry, receiver.url, pair_registry=pairs, pair_every=3)
+    sizes = [writer.snapshot() for _ in range(6)]
+    small, both = sizes[1], sizes[0]
+    assert both == small + 1 and sizes == [both, small, small, both, small, small]
+    pending = [decode_request(p.body) for p in writer._snapshots]
+    names = [labels_of(ts)["__name__"] for r in pending for ts in r.timeseries]
+    assert names.count("probemesh_probe_failures_total") == 1  # the 4th snapshot's, unsent
+    assert writer.stats.dropped_requests["superseded"] == 5 + 1  # each registry's own
+    for request in pending:
+        for ts in request.timeseries:
+            assert not math.isnan(ts.samples[0].value), "no stale marker for a series still there"
 
 
 def test_a_large_snapshot_lets_the_event_loop_run_between_slices() -> None:
