@@ -27,10 +27,10 @@ from pathlib import Path
 import cramjam
 
 from probemesh.catalog import PROBE_METRICS
+from probemesh.collector import remote_wire
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
 from probemesh.collector.samples import KeptSamples, sample_items
 from probemesh.errors import StateError
-from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
 
 RESULT_FAMILIES = frozenset(
@@ -55,42 +55,78 @@ class Applied:
     samples: Sequence[KeptSamples]
 
 
-def result_series(
-    applied: Applied, external_labels: Mapping[str, str]
-) -> Iterable[remote_pb2.TimeSeries]:
-    """The series of each result: probe_success, probe_duration_seconds and the
-    samples the catalog admits, labelled as on /metrics, at the result's time;
-    a check the agent refused by policy is probemesh_check_not_runnable instead."""
-    common = {**external_labels, "agent": applied.agent, "country": applied.country}
-    if applied.region:
-        common["region"] = applied.region
-    for result, target, kept in zip(applied.results, applied.targets, applied.samples, strict=True):
-        base = {**common, "check": result.check, "target": target}
-        timestamp = int(result.timestamp * 1000)
-        if result.reason == pb.FAILURE_REASON_POLICY:  # no probe ran: no probe_success of 0
-            rule = rule_and_detail(result.message)[0]
-            yield _series(NOT_RUNNABLE, base, {"rule": rule}, 1.0, timestamp)
-            continue
-        yield _series("probe_success", base, {}, 1.0 if result.success else 0.0, timestamp)
-        yield _series("probe_duration_seconds", base, {}, result.duration_seconds, timestamp)
-        for name, labels, value in sample_items(kept):
-            yield _series(name, base, dict(labels), value, timestamp)
+def encode_results(
+    applied: Iterable[Applied], external_labels: Mapping[str, str], max_samples: int
+) -> list[tuple[bytes, int]]:
+    """The series of each result as (snappy-compressed WriteRequest, samples)
+    requests of at most max_samples samples: probe_success,
+    probe_duration_seconds and the samples the catalog admits, labelled as on
+    /metrics, at the result's time; a check the agent refused by policy is
+    probemesh_check_not_runnable instead."""
+    label = remote_wire.label
+    parts: list[bytes] = []
+    requests: list[tuple[bytes, int]] = []
+    for group in applied:
+        common = {**external_labels, "agent": group.agent, "country": group.country}
+        if group.region:
+            common["region"] = group.region
+        # "__name__" sorts before every lower-case name: a sample without labels
+        # of its own is then its name followed by the sorted base labels.
+        name_first = all(k > "__name__" for k in common)
+        for result, target, kept in zip(group.results, group.targets, group.samples, strict=True):
+            base = {**common, "check": result.check, "target": target}
+            stamp = remote_wire.stamp(int(result.timestamp * 1000))
+            plain = b"".join([label(k, base[k]) for k in sorted(base) if base[k]])
+            if result.reason == pb.FAILURE_REASON_POLICY:  # no probe ran: no probe_success of 0
+                rule = rule_and_detail(result.message)[0]
+                parts.append(_series(NOT_RUNNABLE, base, (("rule", rule),), 1.0, stamp))
+            else:
+                success = 1.0 if result.success else 0.0
+                duration = result.duration_seconds
+                if name_first:
+                    parts.append(remote_wire.timeseries(_SUCCESS + plain, success, stamp))
+                    parts.append(remote_wire.timeseries(_DURATION + plain, duration, stamp))
+                else:
+                    parts.append(_series("probe_success", base, (), success, stamp))
+                    parts.append(_series("probe_duration_seconds", base, (), duration, stamp))
+                for name, labels, value in sample_items(kept):
+                    if labels or not name_first:
+                        parts.append(_series(name, base, labels, value, stamp))
+                    else:
+                        parts.append(
+                            remote_wire.timeseries(label("__name__", name) + plain, value, stamp)
+                        )
+            if len(parts) >= max_samples:
+                requests += _requests(parts, max_samples)
+                parts = parts[len(parts) - len(parts) % max_samples :]
+    if parts:
+        requests += _requests(parts, max_samples)
+    return requests
+
+
+def _requests(parts: list[bytes], max_samples: int) -> list[tuple[bytes, int]]:
+    """Requests of max_samples series each, and the rest when it is all there is."""
+    whole = len(parts) - len(parts) % max_samples if len(parts) >= max_samples else len(parts)
+    return [
+        (remote_wire.request(parts[i : i + max_samples]), len(parts[i : i + max_samples]))
+        for i in range(0, whole, max_samples)
+    ]
 
 
 def _series(
-    name: str, base: Mapping[str, str], extra: Mapping[str, str], value: float, timestamp: int
-) -> remote_pb2.TimeSeries:
-    labels = {**base, **extra, "__name__": name}
-    return remote_pb2.TimeSeries(
-        labels=[remote_pb2.Label(name=k, value=labels[k]) for k in sorted(labels) if labels[k]],
-        samples=[remote_pb2.Sample(value=value, timestamp=timestamp)],
-    )
+    name: str,
+    base: Mapping[str, str],
+    extra: Iterable[tuple[str, str]],
+    value: float,
+    stamp: bytes,
+) -> bytes:
+    labels = {**base, **dict(extra), "__name__": name}
+    encoded = b"".join([remote_wire.label(k, labels[k]) for k in sorted(labels) if labels[k]])
+    return remote_wire.timeseries(encoded, value, stamp)
 
 
-def encode(series: Sequence[remote_pb2.TimeSeries]) -> bytes:
-    """One snappy-compressed WriteRequest."""
-    request = remote_pb2.WriteRequest(timeseries=series)
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+_SUCCESS = remote_wire.label("__name__", "probe_success")
+_DURATION = remote_wire.label("__name__", "probe_duration_seconds")
 
 
 def merge(bodies: Sequence[bytes]) -> bytes:

@@ -19,7 +19,8 @@ from probemesh.collector.database import open_database
 from probemesh.collector.exporter import MeshExporter, RestView
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.reachability import LOCAL_PROBLEM
-from probemesh.collector.remote_results import result_series
+from probemesh.collector.remote_results import encode_results
+from probemesh.collector.remote_write import decode_request
 from probemesh.collector.runnable import not_runnable, predict, refused_everywhere
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.store import Store
@@ -183,7 +184,8 @@ def test_metadata_literal_is_refused_everywhere() -> None:
 
 def test_remote_write_sends_not_runnable_instead_of_probe_success() -> None:
     refusal = applied("a-de", "DE", "", [refused("db", 10.0)], ["10.0.0.1:5432"])
-    (series,) = list(result_series(refusal, {}))
+    ((body, _),) = encode_results([refusal], {}, 5000)
+    (series,) = decode_request(body).timeseries
     labels = {label.name: label.value for label in series.labels}
     assert labels["__name__"] == "probemesh_check_not_runnable"
     assert labels["rule"] == "private_target" and series.samples[0].value == 1.0

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from probemesh.collector.remote_results import Applied, Journal
+from probemesh.collector.remote_results import Applied, Journal, encode_results
 from probemesh.collector.remote_write import (
     HEADERS,
     SLICE_SAMPLES,
@@ -28,6 +28,7 @@ from probemesh.collector.remote_write import (
     encode_requests,
     series_from_registry,
 )
+from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
 from probemesh.collector.samples import SampleFilter
 from probemesh.errors import ConfigError
 from probemesh.remotewrite import remote_pb2
@@ -388,6 +389,38 @@ async def test_small_journal_entries_go_out_merged_into_few_requests(
     ]  # fmt: skip
     assert [len(decode_request(b).timeseries) for b in result_requests] == [100, 100, 40]
     assert writer.pending_results == 0 and writer.stats.dropped_requests["rejected"] == 0
+
+
+@pytest.mark.parametrize("external", [{"collector": "c1"}, {"Zone": "eu", "collector": "c1"}])
+def test_journaled_requests_hold_each_result_sorted_and_chunked(external: dict[str, str]) -> None:
+    """Every result's series, labels sorted by name as remote write requires
+    (an upper-case external label sorts before __name__), in requests of at
+    most max_samples samples; a check refused by policy is not_runnable only."""
+    refused = pb.Result(
+        check="web", timestamp=1003.0, success=False, reason=pb.FAILURE_REASON_POLICY,
+        message="rule private_target: 10.0.0.1 is private",
+    )  # fmt: skip
+    results = [_result("web", 1000.0 + i, success=i != 1) for i in range(3)] + [refused]
+    group = applied("de-1", "DE", "eu", results, [WEB] * 4)
+    requests = encode_results([group, group], external, max_samples=5)
+    series = [ts for body, _ in requests for ts in decode_request(body).timeseries]
+    assert [n for _, n in requests] == [5] * 5 + [1]
+    assert sum(len(decode_request(body).timeseries) for body, _ in requests) == 26
+    for ts in series:
+        names = [label.name for label in ts.labels]
+        assert names == sorted(names)
+    assert labels_of(series[0]) == {
+        "__name__": "probe_success", "agent": "de-1", "check": "web", "country": "DE",
+        "region": "eu", "target": WEB, **external,
+    }  # fmt: skip
+    assert series[0].samples[0].timestamp == 1_000_000
+    phases = [
+        labels_of(ts) for ts in series if labels_of(ts)["__name__"] == "probe_http_duration_seconds"
+    ]
+    assert phases and all(p["phase"] == "connect" and p["agent"] == "de-1" for p in phases)
+    not_runnable = [labels_of(ts) for ts in series if labels_of(ts)["__name__"] == NOT_RUNNABLE]
+    assert len(not_runnable) == 2 and not_runnable[0]["rule"] == rule_and_detail(refused.message)[0]
+    assert sum(labels_of(ts)["__name__"] == "probe_success" for ts in series) == 6
 
 
 def test_encoded_snapshot_requests_match_protobuf() -> None:

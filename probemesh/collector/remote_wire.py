@@ -1,0 +1,57 @@
+"""Remote-write 1.0 WriteRequest bytes, written without message objects.
+
+Building a ``remote_pb2.TimeSeries`` per sample costs several microseconds of
+Python; a collector writes every result's dozen or so samples and snapshots
+hundreds of thousands of counter series, so the messages are written here
+field by field instead (``tests/prometheus/test_remote_write.py`` parses them
+back with the generated classes). Label pairs recur across series (check,
+agent, country names) and are encoded once each.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+
+import cramjam
+
+_DOUBLE = struct.Struct("<d")
+
+
+def varint(n: int) -> bytes:
+    """A protobuf varint; a negative int64 takes ten bytes, as protobuf writes it."""
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def label(name: str, value: str) -> bytes:
+    """One Label (name = 1, value = 2) as a TimeSeries' labels field (1)."""
+    return field(1, field(1, name.encode()) + field(2, value.encode()))
+
+
+def stamp(timestamp_ms: int) -> bytes:
+    """A Sample's timestamp field (2), shared by the samples of one moment."""
+    return b"\x10" + varint(timestamp_ms)
+
+
+def timeseries(labels: bytes, value: float, stamp_bytes: bytes) -> bytes:
+    """One TimeSeries (WriteRequest field 1) of encoded labels and one sample
+    (Sample: value = 1, a double; timestamp = 2)."""
+    sample = b"\x09" + _DOUBLE.pack(value) + stamp_bytes
+    return field(1, labels + field(2, sample))
+
+
+def request(parts: list[bytes]) -> bytes:
+    """A snappy-compressed WriteRequest of encoded fields (series, metadata)."""
+    return bytes(cramjam.snappy.compress_raw(b"".join(parts)))
