@@ -58,7 +58,12 @@ class IngestLimits:
 
     max_batch_results: int = 5_000
     queue_batches: int = 512
-    group_batches: int = 64  # batches applied per transaction at most
+    # What one transaction applies at most. A group's fixed cost (the fence,
+    # the journal write, the commit: a few thread hops, each waiting for a busy
+    # event loop's turn) is the same for one batch as for hundreds, and agents
+    # mostly send one-result batches: the groups are as large as the queue.
+    group_batches: int = 512
+    group_results: int = 20_000
 
 
 @dataclass
@@ -165,8 +170,16 @@ class Ingest:
             except TimeoutError:
                 continue
             items = [first]
-            while len(items) < self.limits.group_batches and not self.queue.empty():
-                items.append(self.queue.get_nowait())
+            results = len(first.batch.results)
+            limits = self.limits
+            while (
+                len(items) < limits.group_batches
+                and results < limits.group_results
+                and not self.queue.empty()
+            ):
+                item = self.queue.get_nowait()
+                items.append(item)
+                results += len(item.batch.results)
             try:
                 await self._apply_group(items)
             except Exception:  # the applier must outlive one failed commit
