@@ -82,6 +82,7 @@ MODULES = {
     "icmp": ("icmp", "www.example.org"),
 }
 _TIMESTAMP_TAG = b"\x19"  # Result.timestamp: field 3, wire type 1 (64-bit)
+HEARTBEAT = 10.0  # seconds, an agent's default heartbeat interval
 
 
 def checks_yaml(count: int, interval: float) -> str:
@@ -179,6 +180,7 @@ class AgentRun:
     inflight: int = 0  # batches sent and not acked
     produced: list[int] = field(default_factory=list)  # results per check
     acked: int = 0
+    last_sent: float = 0.0  # when the agent last wrote to its stream
     error: str = ""
 
 
@@ -297,10 +299,22 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         run.sent.extend(enumerate(checks, first))
         run.seq += len(batch)
         run.inflight += 1
+        await write(run, encode_batch(first, 1, batch))
+
+    async def write(run: AgentRun, message: Any) -> None:
+        run.last_sent = time.monotonic()
         try:
-            await run.call.write(encode_batch(first, 1, batch))
+            await run.call.write(message)
         except Exception as exc:
             run.error = f"{type(exc).__name__}: {exc}"
+
+    async def heartbeats() -> None:
+        """As an agent's link does: a Heartbeat after HEARTBEAT s without sending
+        anything (a backpressured agent too), or the collector presumes it dead."""
+        now = time.monotonic()
+        for run in live:
+            if not run.error and now - run.last_sent >= HEARTBEAT:
+                await write(run, pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time())))
 
     async def tracer_poll() -> None:
         params = {"nocache": "1"}
@@ -335,12 +349,14 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         for run in live:
             if run.pending:
                 await flush(run)
+        await heartbeats()
         tick += 1
         await asyncio.sleep(max(0.0, tick - time.time()))
     drain_until = time.time() + spec.drain
     while time.time() < drain_until and any(r.pending or r.inflight for r in live if not r.error):
         for run in live:
             await flush(run)
+        await heartbeats()
         await asyncio.sleep(0.2)
     await poller
     for task in readers:
