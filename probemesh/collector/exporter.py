@@ -101,20 +101,20 @@ class MeshExporter(Collector):
         yield from self.collect_rest()
 
     def collect_aggregates(self) -> Iterator[Metric]:
-        """The families remote write snapshots every interval: histograms, agent
-        gauges and the small ones. Not the per-result probe gauges (journaled
-        result by result) nor the per-pair counters (collect_pair_counters):
-        building them every interval cost seconds of event loop at tens of
-        thousands of pairs."""
+        """The families remote write snapshots every interval: agent gauges and
+        the small ones. Not the per-result probe gauges (journaled result by
+        result) nor the bulk ones (collect_bulk): building them every interval
+        cost seconds of event loop at tens of thousands of pairs."""
         self.prerender()
-        yield from self._histogram_families()
         yield from self._agent_families()
         yield from self.collect_rest()
 
-    def collect_pair_counters(self) -> Iterator[Metric]:
-        """The result, failure and refusal counters of every check x agent pair."""
+    def collect_bulk(self) -> Iterator[Metric]:
+        """The result, failure and refusal counters of every check x agent pair
+        and the per check x country histograms: most of a snapshot's series."""
         self.prerender()
         yield from self._counter_families()
+        yield from self._histogram_families()
 
     def collect_rest(self) -> Iterator[Metric]:
         """The families that are few series: outages and the collector's own."""
@@ -563,11 +563,12 @@ class AggregateView(Collector):
         return self.exporter.collect_aggregates()
 
 
-class PairCounterView(Collector):
-    """The per-pair counters, which remote write snapshots less often."""
+class BulkView(Collector):
+    """The per-pair counters and the histograms, which remote write snapshots
+    less often (collect_bulk)."""
 
     def __init__(self, exporter: MeshExporter) -> None:
         self.exporter = exporter
 
     def collect(self) -> Iterator[Metric]:
-        return self.exporter.collect_pair_counters()
+        return self.exporter.collect_bulk()

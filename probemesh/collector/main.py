@@ -24,8 +24,8 @@ from probemesh.collector.database import DatabaseError, open_database
 from probemesh.collector.diagnosis import Diagnoser
 from probemesh.collector.exporter import (
     AggregateView,
+    BulkView,
     MeshExporter,
-    PairCounterView,
     RestView,
 )
 from probemesh.collector.http import build_http_app
@@ -122,7 +122,7 @@ class CollectorApp:
                 self.state.linger(check, now)
         self.remote_writer: RemoteWriter | None = None
         self.registry = CollectorRegistry()
-        self.pair_registry = CollectorRegistry()
+        self.bulk_registry = CollectorRegistry()
         if options.remote_write_url:
             self.remote_writer = RemoteWriter(
                 self.registry,
@@ -133,7 +133,7 @@ class CollectorApp:
                 journal=Journal(
                     options.data_dir / "remote-write.sqlite3", options.remote_write_journal_bytes
                 ),
-                pair_registry=self.pair_registry,
+                bulk_registry=self.bulk_registry,
             )
         self.leases = LeaseBook(options.collector_id or default_collector_id(options.grpc_listen))
         self.ingest = Ingest(
@@ -192,7 +192,7 @@ class CollectorApp:
         # Remote write journals every result's probe gauges: its snapshots take the
         # rest, the per-pair counters at a longer interval.
         self.registry.register(AggregateView(self.exporter))
-        self.pair_registry.register(PairCounterView(self.exporter))
+        self.bulk_registry.register(BulkView(self.exporter))
         # /metrics renders the exporter's bulk families from cached text and
         # everything else from this registry.
         self.metrics_registry = CollectorRegistry(auto_describe=False)

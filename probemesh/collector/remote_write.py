@@ -325,15 +325,15 @@ class RemoteWriter:
         metrics_registry: CollectorRegistry | None = None,
         journal: Journal | None = None,
         clock: _Clock | None = None,
-        pair_registry: CollectorRegistry | None = None,
-        pair_every: int = 4,
+        bulk_registry: CollectorRegistry | None = None,
+        bulk_every: int = 4,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"remote write url {url!r}: must start with http:// or https://")
-        if interval <= 0 or timeout <= 0 or max_samples_per_request < 1 or pair_every < 1:
+        if interval <= 0 or timeout <= 0 or max_samples_per_request < 1 or bulk_every < 1:
             raise ConfigError(
                 "remote write: interval and timeout must be > 0, max_samples_per_request "
-                "and pair_every >= 1"
+                "and bulk_every >= 1"
             )
         for name in external_labels or {}:
             if not _LABEL_NAME.match(name) or name.startswith("__"):
@@ -353,8 +353,8 @@ class RemoteWriter:
         self._clock = clock or _Clock()
         exclude = RESULT_FAMILIES if journal is not None else frozenset()
         self._sources = [_Source(registry, 1, exclude, set())]
-        if pair_registry is not None:
-            self._sources.append(_Source(pair_registry, pair_every, exclude, set()))
+        if bulk_registry is not None:
+            self._sources.append(_Source(bulk_registry, bulk_every, exclude, set()))
         self._snapshot_count = 0
         self._snapshots: collections.deque[_Pending] = collections.deque()
         self._journaled: collections.deque[Entry] = collections.deque()  # read ahead
@@ -471,10 +471,10 @@ class RemoteWriter:
         """The snapshot's work, yielding between slices of SLICE_SAMPLES samples
         (the snapshot loop lets the event loop run there); returns the samples.
 
-        The registry is read every time, the pair registry (a counter series per
-        check x agent pair and outcome or reason, hundreds of thousands in a
-        large mesh) every pair_every-th time: what a scrape of that family at a
-        longer interval would give, for a fraction of the cost.
+        The registry is read every time, the bulk registry (ten counter series
+        per check x agent pair, hundreds of thousands in a large mesh, and the
+        histograms) every bulk_every-th time: what a scrape of those families
+        at a longer interval would give, for a fraction of the cost.
         """
         count = self._snapshot_count
         self._snapshot_count += 1

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from probemesh.checks import parse_checks
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import open_database
-from probemesh.collector.exporter import AggregateView, MeshExporter, PairCounterView, RestView
+from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter, RestView
 from probemesh.collector.exposition import FAILURE_REASONS
 from probemesh.collector.ingest import REJECT_REASONS, Ingest
 from probemesh.collector.limits import SecurityLimits
@@ -172,15 +172,18 @@ def test_fast_text_matches_metric_families(tmp_path: Path) -> None:
 
 def test_remote_write_views_are_every_family_but_the_journaled_ones(tmp_path: Path) -> None:
     """Remote write's snapshots read AggregateView (every interval) and
-    PairCounterView (less often): between them, the full set of families less
+    BulkView (less often): between them, the full set of families less
     exactly those written result by result from the journal, each once."""
     _, exporter = build(tmp_path)
     full = [family.name for family in exporter.collect()]
     aggregates = [family.name for family in AggregateView(exporter).collect()]
-    pairs = [family.name for family in PairCounterView(exporter).collect()]
-    assert sorted(aggregates + pairs) == sorted(set(full) - RESULT_FAMILIES)
+    bulk = [family.name for family in BulkView(exporter).collect()]
+    assert sorted(aggregates + bulk) == sorted(set(full) - RESULT_FAMILIES)
     assert {"probe_success", "probe_http_status_code"} <= set(full) - set(aggregates)
-    assert set(pairs) == {"probemesh_probe_results", "probemesh_probe_failures"}
+    assert set(bulk) == {
+        "probemesh_probe_results", "probemesh_probe_failures",
+        "probemesh_probe_duration_seconds", "probemesh_probe_phase_duration_seconds",
+    }  # fmt: skip
 
 
 def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:

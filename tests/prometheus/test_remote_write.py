@@ -449,17 +449,17 @@ def test_encoded_snapshot_requests_match_protobuf() -> None:
         assert got[key][1] == 1_700_000_000_123
 
 
-async def test_the_pair_registry_is_snapshotted_every_nth_time_and_never_superseded_by_the_rest(
+async def test_the_bulk_registry_is_snapshotted_every_nth_time_and_never_superseded_by_the_rest(
     receiver: Receiver,
 ) -> None:
-    """Every snapshot reads the registry; every pair_every-th also the pair
+    """Every snapshot reads the registry; every bulk_every-th also the pair
     registry. A snapshot that does not read it neither supersedes its unsent
     requests nor marks its series stale."""
     registry, _ = sample_registry()
     pairs = CollectorRegistry()
     counter = Counter("probemesh_probe_failures", "f", ["agent"], registry=pairs)
     counter.labels("de-1").inc()
-    writer = RemoteWriter(registry, receiver.url, pair_registry=pairs, pair_every=3)
+    writer = RemoteWriter(registry, receiver.url, bulk_registry=pairs, bulk_every=3)
     sizes = [writer.snapshot() for _ in range(6)]
     small, both = sizes[1], sizes[0]
     assert both == small + 1 and sizes == [both, small, small, both, small, small]
