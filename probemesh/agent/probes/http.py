@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 from probemesh.agent.probes.cookies import CookieJar
 from probemesh.agent.probes.http2 import exchange_h2
 from probemesh.agent.probes.httpwire import MAX_HEADER_BYTES, Request, Response, exchange_h1
-from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
+from probemesh.agent.probes.net import ProbeEnv, connect, probe_context, record_tls, resolve
 from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
 from probemesh.agent.probes.tlsconn import TLSConnection
 from probemesh.agent.secrets import SecretFiles
@@ -280,15 +280,15 @@ async def _round_trip(
             # Like blackbox, server_name applies to the target's host only.
             name = settings.tls_config.server_name if url.host == first_host else ""
             alpn = _ALPN_H2 if settings.enable_http2 else ()
-            context = client_context(settings.tls_config, env.secrets, alpn)
+            context = probe_context(settings.tls_config, env.secrets, alpn)
             tls = TLSConnection(sock, context, name or url.host)
             await tls.handshake()
             ready_at = time.perf_counter()
             phases["tls"] += ready_at - connected_at
             sink = ProbeResult()
-            record_tls(tls.ssl_object, sink)
+            record_tls(tls.peer(), sink)
             tls_samples = sink.samples
-            if tls.ssl_object.selected_alpn_protocol() == "h2":
+            if tls.alpn == "h2":
                 await exchange_h2(tls, request, settings, tls_samples, hop.append, first_byte)
             else:
                 reader = tls.stream_reader(MAX_HEADER_BYTES + 1)

@@ -8,15 +8,22 @@ agent's address policy on the resolved address.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+
 from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason, Sample
+from probemesh.agent.probes.tlsconn import ClientContext, TLSPeer, build_context
 from probemesh.agent.safety import AddressPolicy
 from probemesh.agent.secrets import SecretFiles
 from probemesh.modules import TLSConfig
@@ -124,9 +131,9 @@ async def connect(target: Resolved, port: int, env: ProbeEnv) -> socket.socket:
     return sock
 
 
-# Built contexts by (tls_config, ALPN, secrets dir), each with the stamps of its
-# files when it was built: loading CAs costs milliseconds, a stat does not.
-_CONTEXTS: dict[tuple, tuple[tuple | None, ssl.SSLContext]] = {}
+# Built contexts by (kind, tls_config, ALPN, secrets dir), each with the stamps of
+# its files when it was built: loading CAs costs milliseconds, a stat does not.
+_CONTEXTS: dict[tuple, tuple[tuple | None, object]] = {}
 _MAX_CONTEXTS = 256
 _TLS_FILES = ("ca_file", "cert_file", "key_file")
 
@@ -134,7 +141,53 @@ _TLS_FILES = ("ca_file", "cert_file", "key_file")
 def client_context(
     config: TLSConfig, secrets: SecretFiles, alpn: tuple[str, ...] = ()
 ) -> ssl.SSLContext:
-    """The SSLContext for a tls_config, rebuilt when a CA, certificate or key file changes.
+    """The ``ssl`` context for a tls_config, rebuilt when a CA, certificate or key file changes.
+
+    For the probes that run TLS through asyncio (tcp, dns, grpc) and for
+    evidence; see ``_cached`` for rotation and the secrets dir.
+    """
+
+    def build(ca_path: Path | None, cert_path: Path | None, key_path: Path | None) -> object:
+        context = ssl.create_default_context(cafile=ca_path)
+        if cert_path:
+            context.load_cert_chain(cert_path, key_path)
+        if config.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if config.min_version:
+            context.minimum_version = _TLS_VERSIONS[config.min_version]
+        if config.max_version:
+            context.maximum_version = _TLS_VERSIONS[config.max_version]
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
+        return context
+
+    context = _cached("ssl", config, secrets, alpn, build)
+    assert isinstance(context, ssl.SSLContext)
+    return context
+
+
+def probe_context(
+    config: TLSConfig, secrets: SecretFiles, alpn: tuple[str, ...] = ()
+) -> ClientContext:
+    """The ``TLSConnection`` context for a tls_config (http and tls probes), cached like ``client_context``."""
+
+    def build(ca_path: Path | None, cert_path: Path | None, key_path: Path | None) -> object:
+        return build_context(config, ca_path, cert_path, key_path, alpn)
+
+    context = _cached("probe", config, secrets, alpn, build)
+    assert isinstance(context, ClientContext)
+    return context
+
+
+def _cached(
+    kind: str,
+    config: TLSConfig,
+    secrets: SecretFiles,
+    alpn: tuple[str, ...],
+    build: Callable[[Path | None, Path | None, Path | None], object],
+) -> object:
+    """A built context, rebuilt when a CA, certificate or key file changes.
 
     Like Prometheus, the files are checked at every use, so rotated material is
     picked up without a restart. Files resolve inside the agent's secrets dir
@@ -145,31 +198,19 @@ def client_context(
     Unreadable files are the agent's configuration problem, reported as reason
     ``other``, never as the target being unreachable.
     """
-    key = (config, alpn, secrets.root)
+    key = (kind, config, alpn, secrets.root)
     cached = _CONTEXTS.get(key)
     if cached is not None and cached[0] is not None and cached[0] == _name_stamps(config, secrets):
         return cached[1]
     paths = tls_paths(config, secrets)
     file_stamps(paths)  # a missing file fails the probe with its name
     stamp = _name_stamps(config, secrets)  # before loading: a change while loading rebuilds
-    ca_path, cert_path, key_path = paths
     try:
-        context = ssl.create_default_context(cafile=ca_path)
-        if cert_path:
-            context.load_cert_chain(cert_path, key_path)
-    except (OSError, ssl.SSLError) as exc:
+        context = build(*paths)
+    except (OSError, ssl.SSLError, SSL.Error) as exc:
         raise ProbeFailure(
             Reason.OTHER, f"tls_config: cannot load CA or client certificate: {exc}"
         ) from None
-    if config.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if config.min_version:
-        context.minimum_version = _TLS_VERSIONS[config.min_version]
-    if config.max_version:
-        context.maximum_version = _TLS_VERSIONS[config.max_version]
-    if alpn:
-        context.set_alpn_protocols(list(alpn))
     if key not in _CONTEXTS and len(_CONTEXTS) >= _MAX_CONTEXTS:
         del _CONTEXTS[next(iter(_CONTEXTS))]
     _CONTEXTS[key] = (stamp, context)
@@ -226,28 +267,27 @@ def file_stamps(paths: tuple[Path | None, ...]) -> tuple[tuple[int, int] | None,
 # Certificate samples by the DER bytes of the presented and verified chains. They
 # are a function of those bytes alone, so each distinct chain is decoded into
 # Python once; OpenSSL still parses and verifies the chain in every handshake.
-_CHAIN_SAMPLES: dict[tuple, list[Sample]] = {}
+_CHAIN_SAMPLES: dict[TLSPeer, list[Sample]] = {}
 _MAX_CHAINS = 1024
+_NAME_KEYS = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O", NameOID.COUNTRY_NAME: "C"}
 
 
-def record_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -> None:
+def record_tls(peer: TLSPeer, result: ProbeResult) -> None:
     """Record blackbox's TLS metrics for a finished handshake.
 
     Like blackbox, probe_ssl_earliest_cert_expiry is the earliest notAfter of
     every certificate the server presented, and
     probe_ssl_last_chain_expiry_timestamp_seconds the earliest notAfter of the
     verified chain (up to the trust anchor), only when verification ran.
-    Python 3.11 exposes both chains only on the private ``_sslobj``; when it is
-    missing the leaf alone is used.
     """
-    version = _TLS_VERSION_NAMES.get(ssl_object.version() or "")
+    version = _TLS_VERSION_NAMES.get(peer.version)
     if version:
         result.add("probe_tls_version_info", 1, version=version)
-    key = _chain_key(ssl_object)
+    key = dataclasses.replace(peer, version="")
     samples = _CHAIN_SAMPLES.get(key)
     if samples is None:
         sink = ProbeResult()
-        _record_chain(ssl_object, sink)
+        _record_chain(peer, sink)
         samples = sink.samples
         if len(_CHAIN_SAMPLES) >= _MAX_CHAINS:
             del _CHAIN_SAMPLES[next(iter(_CHAIN_SAMPLES))]
@@ -255,66 +295,62 @@ def record_tls(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -
     result.samples.extend(samples)
 
 
-def _chain_key(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple:
-    """The DER of both chains (the leaf alone without ``_sslobj``) and whether verification ran."""
+def ssl_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> TLSPeer:
+    """The ``TLSPeer`` of an ``ssl``-module connection (the probes that use asyncio's TLS).
+
+    Python 3.11 exposes both chains only on the private ``_sslobj``; when it is
+    missing the leaf alone is used.
+    """
     verified = ssl_object.context.verify_mode != ssl.CERT_NONE
+    version = ssl_object.version() or ""
     raw = getattr(ssl_object, "_sslobj", None)
     try:
         if raw is not None:
-            return (
-                verified,
-                tuple(cert.public_bytes(_DER) for cert in raw.get_unverified_chain() or ()),
-                tuple(cert.public_bytes(_DER) for cert in raw.get_verified_chain() or ()),
-            )
+            presented = tuple(c.public_bytes(_DER) for c in raw.get_unverified_chain() or ())
+            chain = tuple(c.public_bytes(_DER) for c in raw.get_verified_chain() or ())
+            if presented:
+                return TLSPeer(version, verified, presented, chain if verified else ())
     except (AttributeError, ssl.SSLError, ValueError):
         pass
-    return (verified, ssl_object.getpeercert(binary_form=True))
+    leaf = ssl_object.getpeercert(binary_form=True)
+    presented = (leaf,) if leaf else ()
+    return TLSPeer(version, verified, presented, presented if verified else ())
 
 
-def _record_chain(ssl_object: ssl.SSLObject | ssl.SSLSocket, result: ProbeResult) -> None:
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
+def _record_chain(peer: TLSPeer, result: ProbeResult) -> None:
+    if not peer.presented:
         return
-    presented, verified = _chains(ssl_object)
-    leaf = presented[0] if presented else {}
-    expiries = [_not_after(info) for info in presented]
-    known = [e for e in expiries if e is not None]
-    if known:
-        result.add("probe_ssl_earliest_cert_expiry", min(known))
-    chain_expiries = [e for e in (_not_after(info) for info in verified) if e is not None]
-    if chain_expiries:
-        result.add("probe_ssl_last_chain_expiry_timestamp_seconds", min(chain_expiries))
+    presented = [x509.load_der_x509_certificate(der) for der in peer.presented]
+    verified = [x509.load_der_x509_certificate(der) for der in peer.verified_chain]
+    result.add("probe_ssl_earliest_cert_expiry", min(_not_after(cert) for cert in presented))
+    if verified:
+        result.add(
+            "probe_ssl_last_chain_expiry_timestamp_seconds",
+            min(_not_after(cert) for cert in verified),
+        )
+    leaf = presented[0]
     result.add(
         "probe_ssl_last_chain_info",
         1,
-        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
-        subject=_dn(leaf.get("subject", ())),
-        issuer=_dn(leaf.get("issuer", ())),
+        fingerprint_sha256=hashlib.sha256(peer.presented[0]).hexdigest(),
+        subject=_name(leaf.subject),
+        issuer=_name(leaf.issuer),
     )
 
 
-def _chains(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> tuple[list[dict], list[dict]]:
-    """(presented certificates, verified chain) as getpeercert()-style dicts."""
-    raw = getattr(ssl_object, "_sslobj", None)
-    presented: list[dict] = []
-    verified: list[dict] = []
-    try:
-        if raw is not None:
-            presented = [cert.get_info() for cert in raw.get_unverified_chain() or ()]
-            verified = [cert.get_info() for cert in raw.get_verified_chain() or ()]
-    except (AttributeError, ssl.SSLError, ValueError):
-        presented, verified = [], []
-    if not presented:
-        leaf = ssl_object.getpeercert()
-        presented = verified = [leaf] if leaf else []
-    if ssl_object.context.verify_mode == ssl.CERT_NONE:
-        verified = []  # like Go: no verification, no verified chain
-    return presented, verified
+def _not_after(cert: x509.Certificate) -> float:
+    return cert.not_valid_after_utc.timestamp()
 
 
-def _not_after(info: dict) -> float | None:
-    value = info.get("notAfter")
-    return ssl.cert_time_to_seconds(value) if isinstance(value, str) else None
+def _name(name: x509.Name) -> str:
+    """Render a certificate name like Go's pkix.Name.String() (CN, O and C)."""
+    parts = [
+        f"{_NAME_KEYS[attr.oid]}={attr.value!s}"
+        for rdn in name.rdns
+        for attr in rdn
+        if attr.oid in _NAME_KEYS
+    ]
+    return ",".join(reversed(parts))[:128]
 
 
 def _dn(rdns: object) -> str:

@@ -12,7 +12,14 @@ import asyncio
 import dataclasses
 import re
 
-from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
+from probemesh.agent.probes.net import (
+    ProbeEnv,
+    client_context,
+    connect,
+    record_tls,
+    resolve,
+    ssl_peer,
+)
 from probemesh.agent.probes.result import ProbeFailure, ProbeResult, Reason
 from probemesh.modules import TCPSettings
 from probemesh.targets import split_host_port
@@ -53,7 +60,7 @@ async def _dialogue(
             await writer.start_tls(
                 client_context(settings.tls_config, env.secrets), server_hostname=server_name
             )
-            record_tls(writer.get_extra_info("ssl_object"), result)
+            record_tls(ssl_peer(writer.get_extra_info("ssl_object")), result)
         for i, step in enumerate(settings.query_response):
             send = step.send
             if step.pattern is not None:
@@ -67,7 +74,7 @@ async def _dialogue(
             if step.starttls:
                 context = client_context(settings.tls_config, env.secrets)
                 await writer.start_tls(context, server_hostname=server_name)
-                record_tls(writer.get_extra_info("ssl_object"), result)
+                record_tls(ssl_peer(writer.get_extra_info("ssl_object")), result)
         result.success = True
     finally:
         writer.transport.abort()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from probemesh.agent.probes.net import ProbeEnv, client_context, connect, record_tls, resolve
+from probemesh.agent.probes.net import ProbeEnv, connect, probe_context, record_tls, resolve
 from probemesh.agent.probes.result import ProbeResult
 from probemesh.agent.probes.tlsconn import TLSConnection
 from probemesh.modules import TLSSettings
@@ -37,14 +37,14 @@ async def probe(target: str, settings: TLSSettings, env: ProbeEnv, result: Probe
         phases["connect"] = connected_at - resolved_at
         try:
             server_name = settings.tls_config.server_name or host
-            context = client_context(settings.tls_config, env.secrets)
+            context = probe_context(settings.tls_config, env.secrets)
             conn = TLSConnection(sock, context, server_name)
         except BaseException:
             sock.close()
             raise
         await conn.handshake()
         phases["handshake"] = time.perf_counter() - connected_at
-        record_tls(conn.ssl_object, result)
+        record_tls(conn.peer(), result)
         result.success = True
     finally:
         if conn is not None:
