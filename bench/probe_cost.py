@@ -88,6 +88,7 @@ WORKER = textwrap.dedent(
     """
     import asyncio, json, sys, time
     from pathlib import Path
+    from probemesh.agent import eventloop
     from probemesh.agent.probes import PROBERS
     from probemesh.agent.secrets import SecretFiles
     from probemesh.agent.probes.net import ProbeEnv
@@ -130,13 +131,14 @@ WORKER = textwrap.dedent(
         wall = time.perf_counter() - wall0
         print(json.dumps({"cpu": cpu, "wall": wall, "ok": ok, "failures": failures}))
 
-    asyncio.run(main())
+    eventloop.run(main())
     """
 )
 
 RSS_WORKER = textwrap.dedent(
     """
     import asyncio, sys
+    from probemesh.agent import eventloop
     from probemesh.agent.probes.net import ProbeEnv
     from probemesh.agent.safety import AddressPolicy
     from probemesh.agent.scheduler import Scheduler
@@ -163,7 +165,7 @@ RSS_WORKER = textwrap.dedent(
                 print(int(line.split()[1]) // 1024, flush=True)
         await scheduler.stop()
 
-    asyncio.run(main())
+    eventloop.run(main())
     """
 )
 
@@ -171,6 +173,7 @@ RSS_WORKER = textwrap.dedent(
 DIAG_WORKER = textwrap.dedent(
     """
     import asyncio, json, sys, time
+    from probemesh.agent import eventloop
     from probemesh.agent.probes.net import ProbeEnv
     from probemesh.agent.safety import AddressPolicy
     from probemesh.agent.scheduler import Scheduler
@@ -199,7 +202,7 @@ DIAG_WORKER = textwrap.dedent(
         ok = sum(r.success for r in produced)
         print(json.dumps({"cpu": cpu, "probes": len(produced), "ok": ok, "reports": len(reports)}))
 
-    asyncio.run(main())
+    eventloop.run(main())
     """
 )
 
@@ -326,9 +329,28 @@ BARE_HANDSHAKES = textwrap.dedent(
 )
 
 
-def bare_handshakes(host: str, ca: Path, total: int) -> float:
+BARE_PROBE_HANDSHAKES = textwrap.dedent(
+    """
+    import socket, sys, time
+    from pathlib import Path
+    from probemesh.agent.probes.tlsconn import build_context, new_connection
+    from probemesh.modules import TLSConfig
+    host, port = sys.argv[1].rsplit(":", 1)
+    total = int(sys.argv[2])
+    context = build_context(TLSConfig(), Path(sys.argv[3]), None, None, ("h2", "http/1.1"))
+    address = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    cpu0 = time.process_time()
+    for _ in range(total):
+        with socket.create_connection(address) as sock:
+            new_connection(context, host, sock).do_handshake()
+    print((time.process_time() - cpu0) / total * 1000)
+    """
+)
+
+
+def bare_handshakes(host: str, ca: Path, total: int, code: str = BARE_HANDSHAKES) -> float:
     """CPU seconds per 1,000 handshakes of a plain blocking loop: Python's TLS floor."""
-    out, _ = python(BARE_HANDSHAKES, host, str(total), str(ca)).communicate()
+    out, _ = python(code, host, str(total), str(ca)).communicate()
     return float(out)
 
 
@@ -480,6 +502,10 @@ def main() -> None:
                         )
                     )
             floor = [bare_handshakes(host, Path(tmp) / "ca.pem", args.probes) for _ in range(3)]
+            probe_floor = [
+                bare_handshakes(host, Path(tmp) / "ca.pem", args.probes, BARE_PROBE_HANDSHAKES)
+                for _ in range(3)
+            ]
             go_floor = [go_handshakes(host, Path(tmp) / "ca.pem", args.probes) for _ in range(3)]
         finally:
             nghttpd.terminate()
@@ -491,6 +517,10 @@ def main() -> None:
     print(
         f"Python's floor: {args.probes} blocking ssl handshakes in a loop, no event loop, "
         f"same server: {spread(floor)} CPU s / 1000"
+    )
+    print(
+        "the probes' TLS (pyOpenSSL on cryptography's OpenSSL), the same loop: "
+        f"{spread(probe_floor)} CPU s / 1000"
     )
     go_runs = [run for run in go_floor if run is not None]
     if not go_runs:

@@ -9,7 +9,6 @@ variables override it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -176,6 +175,7 @@ def agent(ctx: click.Context, **kw: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from probemesh.agent import eventloop
     from probemesh.agent.credentials import TokenSource, TokenUnavailable
     from probemesh.agent.link import ChannelTLS, Identity, LinkSettings
     from probemesh.agent.main import AgentOptions, run_agent
@@ -229,7 +229,7 @@ def agent(ctx: click.Context, **kw: Any) -> None:
         queue_max_age=kw["queue_max_age"],
         link=link,
     )
-    asyncio.run(run_agent(settings))
+    eventloop.run(run_agent(settings))
 
 
 @agent.command("join")

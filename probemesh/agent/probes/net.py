@@ -8,7 +8,6 @@ agent's address policy on the resolved address.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
 import socket
@@ -267,7 +266,7 @@ def file_stamps(paths: tuple[Path | None, ...]) -> tuple[tuple[int, int] | None,
 # Certificate samples by the DER bytes of the presented and verified chains. They
 # are a function of those bytes alone, so each distinct chain is decoded into
 # Python once; OpenSSL still parses and verifies the chain in every handshake.
-_CHAIN_SAMPLES: dict[TLSPeer, list[Sample]] = {}
+_CHAIN_SAMPLES: dict[tuple, list[Sample]] = {}
 _MAX_CHAINS = 1024
 _NAME_KEYS = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O", NameOID.COUNTRY_NAME: "C"}
 
@@ -283,7 +282,7 @@ def record_tls(peer: TLSPeer, result: ProbeResult) -> None:
     version = _TLS_VERSION_NAMES.get(peer.version)
     if version:
         result.add("probe_tls_version_info", 1, version=version)
-    key = dataclasses.replace(peer, version="")
+    key = (peer.verified, peer.presented, peer.verified_chain)
     samples = _CHAIN_SAMPLES.get(key)
     if samples is None:
         sink = ProbeResult()

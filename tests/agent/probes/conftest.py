@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from probemesh.agent import eventloop
 from tests.agent.probes.cert_fixtures import (  # noqa: F401 - fixtures
     ca,
     ca_file,
@@ -27,3 +28,8 @@ def delay_line() -> Iterator[DelayLine]:
         yield line
     finally:
         line.close()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    """Probe tests run on the agent's own event loop (uvloop), where the agent runs probes."""
+    return {"agent loop": eventloop.new_event_loop}

@@ -394,8 +394,9 @@ async def test_http2_phases_are_honest(
     phase = {p: value(result, "probe_http_duration_seconds", phase=p) for p in PHASES}
     assert phase["tls"] > 0
     # Each hold lands in its own phase: a misplaced boundary would show 0 or 2 x HOLD.
-    assert HOLD <= phase["processing"] < 2 * HOLD, phase
-    assert HOLD <= phase["transfer"] < 2 * HOLD, phase
+    # The server's sleeps may end up to a millisecond early (uvloop's timer resolution).
+    assert HOLD - 0.002 <= phase["processing"] < 2 * HOLD, phase
+    assert HOLD - 0.002 <= phase["transfer"] < 2 * HOLD, phase
 
 
 def h2_answering(*heads: list[tuple[str, str]]) -> Handler:
