@@ -8,7 +8,8 @@ descriptor is closed, or the next socket given that number breaks. Each run
 starts 10 probes against a server that never answers (timeout varied per run,
 0.2-0.5 s) and 40 probes against a server that answers, started around those
 timeouts. Prints per run and in total how many slow probes did not end as
-timeouts and how many answered probes failed; both must be 0.
+timeouts and how many answered probes failed; both must be 0. Runs on the
+agent's event loop (uvloop).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import trustme
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from probemesh.agent import eventloop  # noqa: E402
 from probemesh.agent.probes.result import Reason  # noqa: E402
 from tests.agent.probes.probe_helpers import (  # noqa: E402
     read_request,
@@ -86,4 +88,4 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
-    asyncio.run(main(parser.parse_args().runs))
+    eventloop.run(main(parser.parse_args().runs))
