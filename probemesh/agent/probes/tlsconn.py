@@ -1,14 +1,14 @@
 """A client TLS connection on the probe's own socket, on the OpenSSL that ``cryptography`` ships.
 
 The http and tls probes drive the handshake and the records themselves over
-memory BIOs, waiting for the socket with ``loop.add_reader``: asyncio's SSL protocol layer (buffers,
-flow control, state machine and the stream on top) costs about 0.15-0.2 ms of
-CPU per probe, a tenth of a whole HTTP/2 probe. The TLS engine is pyOpenSSL on
-the OpenSSL bundled in ``cryptography``'s wheel (4.x) rather than the ``ssl``
-module on the system's OpenSSL 3.0, whose handshake costs about a quarter more
-CPU, mostly in decoding keys and certificates (docs/architecture.md has the
-figures). The rest of the agent (tcp, dns and grpc probes, evidence, its own
-gRPC link) keeps the ``ssl`` module.
+memory BIOs, waiting for the socket with ``loop.add_reader``: asyncio's SSL
+protocol layer (buffers, flow control, state machine and the stream on top)
+costs about 0.15-0.2 ms of CPU per probe, a tenth of a whole HTTP/2 probe. The
+TLS engine is pyOpenSSL on the OpenSSL bundled in ``cryptography``'s wheel (4.x)
+rather than the ``ssl`` module on the system's OpenSSL 3.0, whose handshake
+costs about 40% more CPU, mostly in decoding keys and certificates
+(docs/architecture.md has the figures). The rest of the agent (tcp, dns and
+grpc probes, evidence, its own gRPC link) keeps the ``ssl`` module.
 
 Verification is the ``ssl`` module's, done by OpenSSL inside the handshake: the
 chain against the CA file (or the system's trust store, the paths the ``ssl``
