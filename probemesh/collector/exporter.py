@@ -263,9 +263,9 @@ class MeshExporter(Collector):
             f'country="{latest.country}",region="{exposition.escape(latest.region)}"'
         )
         chunks = exposition.latest_lines(latest, base)
-        family = self.text.family
+        put = self.text.put
         for name, chunk in chunks.items():
-            family(name)[pair] = chunk
+            put(name, pair, chunk)
         self._rendered[pair] = latest
         names = tuple(chunks)
         names = self._name_sets.setdefault(names, names)

@@ -14,6 +14,8 @@ from probemesh.collector.exposition import (
     FAILURES,
     REFUSED,
     RESULTS,
+    SUCCESS,
+    FamilyText,
     counter_pieces,
     counter_rows,
     escape,
@@ -165,3 +167,26 @@ def test_counters_rendered_at_scrape_time_are_the_counts_in_every_slicing() -> N
     for per_piece in (1, 2, 3, 100):
         assert b"".join(counter_pieces(rows, per_piece)) == expected_counters(counts)
     assert b"".join(counter_pieces(counter_rows([]), 10)) == b"", "no tallies: no families"
+
+
+def test_family_text_gives_each_owner_one_slot_and_reuses_freed_ones() -> None:
+    text = FamilyText((SUCCESS,))
+    text.put(SUCCESS, "a", b"a1\n")
+    text.put(SUCCESS, "b", b"b1\n")
+    text.put("probe_http_ssl", "b", b"b2\n")
+    text.put(SUCCESS, "a", b"a3\n")  # replaced in place: the order stays
+    assert [(h.split(b"\n")[1], c) for h, c in text.snapshot()] == [
+        (b"# TYPE probe_success gauge", [b"a3\n", b"b1\n"]),
+        (b"# TYPE probe_http_ssl gauge", [b"b2\n"]),
+    ]
+    text.drop(SUCCESS, "b")
+    assert "b" in text.slots, "b still has a line in another family"
+    text.drop("probe_http_ssl", "b")
+    text.drop("probe_http_ssl", "b")  # twice: nothing more happens
+    assert set(text.slots) == {"a"}
+    text.put(SUCCESS, "c", b"c1\n")
+    assert text.slots["c"] == 1, "c takes b's freed slot"
+    assert len(text.families[SUCCESS]) == 2
+    text.put(SUCCESS, "a", b"")  # an empty chunk removes
+    assert [c for _, c in text.snapshot()] == [[b"c1\n"]]
+    assert set(text.slots) == {"c"}
