@@ -81,10 +81,8 @@ class MeshExporter(Collector):
         """Forget every rendered line; the next prerender renders the whole state."""
         self.text = exposition.FamilyText((exposition.SUCCESS, exposition.DURATION))
         self.feed.tallies.update(self.state.tallies.values())
-        # pair -> the families its latest result's lines are in; present = admitted and rendered
-        self._latest_names: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._rendered: dict[tuple[str, str], Latest] = {}  # pair -> latest result its lines show
-        self._name_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct set
+        # pair -> the latest result its lines show; present = admitted and rendered
+        self._rendered: dict[tuple[str, str], Latest] = {}
         # exported check -> target its lines were rendered with ("" for a lingering check)
         self._targets: dict[str, str] = {}
         self._checks: ChecksFile | None = None
@@ -229,7 +227,7 @@ class MeshExporter(Collector):
         if not stale:
             return
         state = self.state
-        for pair in [p for p in self._latest_names if p[0] in stale]:
+        for pair in [p for p in self._rendered if p[0] in stale]:
             self._drop_latest(pair)
         self._retain(checks.checks)
         for pair, tally in state.tallies.items():
@@ -266,21 +264,17 @@ class MeshExporter(Collector):
         put = self.text.put
         for name, chunk in chunks.items():
             put(name, pair, chunk)
+        old = self._rendered.get(pair)
         self._rendered[pair] = latest
-        names = tuple(chunks)
-        names = self._name_sets.setdefault(names, names)
-        old = self._latest_names.get(pair)
-        if old is not None and old is not names:
-            for name in old:
+        if old is not None:
+            for name in exposition.latest_families(old):
                 if name not in chunks:
                     self.text.drop(name, pair)
-        self._latest_names[pair] = names
 
     def _drop_latest(self, pair: tuple[str, str]) -> None:
-        self._rendered.pop(pair, None)
-        names = self._latest_names.pop(pair, None)
-        if names:
-            for name in names:
+        old = self._rendered.pop(pair, None)
+        if old is not None:
+            for name in exposition.latest_families(old):
                 self.text.drop(name, pair)
 
     def _render_histograms(self, hists: Mapping[tuple[str, ...], Histogram]) -> None:
@@ -362,7 +356,7 @@ class MeshExporter(Collector):
         """Latest results the series guard admitted, as rendered by the last prerender."""
         specs = self.checks().checks
         latest = self.state.latest
-        for pair in self._latest_names:
+        for pair in self._rendered:
             yield pair, latest[pair], specs[pair[0]]
 
     def _exported_tallies(self) -> Iterator[Tally]:

@@ -159,6 +159,13 @@ class FamilyText:
         return out
 
 
+def latest_families(latest: Latest) -> tuple[str, ...]:
+    """The families latest_lines puts lines of latest in."""
+    if latest.refused:
+        return (NOT_RUNNABLE,)
+    return (SUCCESS, DURATION, *dict.fromkeys([name for name, _ in latest.samples[0]]))
+
+
 def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
     """The lines one latest result contributes, per family; base is its label prefix.
 

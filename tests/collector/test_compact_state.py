@@ -20,6 +20,7 @@ from probemesh.collector.exposition import (
     counter_rows,
     escape,
     header,
+    latest_families,
     latest_lines,
 )
 from probemesh.collector.samples import NO_SAMPLES, SampleFilter, sample_items
@@ -83,6 +84,7 @@ def test_latest_renders_exactly_as_the_result_was_sent() -> None:
                        samples=samples)  # fmt: skip
     state.apply(agent, result, filter_.keep(samples))
     lines = latest_lines(state.latest[("web", "a")], BASE)
+    assert latest_families(state.latest[("web", "a")]) == tuple(lines)
     assert lines.pop("probe_success") == f"probe_success{{{BASE}}} 1.0\n".encode()
     assert lines.pop("probe_duration_seconds") == f"probe_duration_seconds{{{BASE}}} 0.1\n".encode()
     assert lines == expected_lines(samples)
