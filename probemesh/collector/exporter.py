@@ -359,12 +359,18 @@ class MeshExporter(Collector):
         for pair in self._rendered:
             yield pair, latest[pair], specs[pair[0]]
 
-    def _exported_tallies(self) -> Iterator[Tally]:
+    def _exported_tallies(self) -> list[Tally]:
+        """Tallies whose counters are exported: check exported, pair not refused.
+
+        A list comprehension: every scrape runs it over every pair.
+        """
         checks = self._targets
         refused = self.guard.refused
-        for pair, tally in self.state.tallies.items():
-            if pair[0] in checks and not (refused and pair in refused):
-                yield tally
+        return [
+            tally
+            for pair, tally in self.state.tallies.items()
+            if pair[0] in checks and pair not in refused
+        ]
 
     def _probe_families(self) -> Iterator[Metric]:
         headers = exposition.HEADERS
