@@ -10,7 +10,11 @@ Starts ``probemesh collector`` as a subprocess and drives it from this process:
 
 The collector measures its own loop lag (``probemesh_event_loop_lag_seconds``,
 a timer every 10 ms); the figures are the difference of that histogram over the
-run, so the start-up does not count. Goal: p99 <= 20 ms, max <= 100 ms.
+run, so the start-up does not count: the max is the bucket of the largest lag
+in the run, and the count of lags above 100 ms says whether the goal's max was
+kept. The gauge ``probemesh_event_loop_lag_max_seconds`` (largest of the last
+minute) is printed too, but it also covers the start-up and the teardown of
+the run's streams. Goal: p99 <= 20 ms, max <= 100 ms.
 "busy" is the part of the lag the loop thread spent on a CPU
 (``probemesh_event_loop_busy_lag_seconds``): on a shared host the rest is time
 the collector waited for a CPU. Each run prints the host's load average before
@@ -239,6 +243,7 @@ def one_run(args: argparse.Namespace) -> None:
     busy = [a - b for a, b in zip(busy_after, busy_before, strict=True)]
     worst = next((BOUNDS[i] for i in range(len(delta) - 1, -1, -1)
                   if delta[i] > (delta[i - 1] if i else 0)), "0")  # fmt: skip
+    over_max = delta[-1] - delta[BOUNDS.index("0.1")]  # lags above 100 ms in the run
     print(f"storm: {args.storm_agents} agents every {args.wave_every:g}s, {welcomed} streams welcomed; "
           f"ingest: {args.ingest_agents} streams offering {args.rate:,.0f} results/s")  # fmt: skip
     print(
@@ -252,8 +257,10 @@ def one_run(args: argparse.Namespace) -> None:
     print(f"collector CPU: {cpu / elapsed:.2f} cores; host load average (1 min) "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")  # fmt: skip
     print(f"event-loop lag over {delta[-1]:.0f} samples: p50 {quantile(0.5, delta) * 1000:.1f} ms, "
-          f"p99 {quantile(0.99, delta) * 1000:.1f} ms, max {recent_max * 1000:.1f} ms "
-          f"(bucket le={worst}); goal p99 <= 20 ms, max <= 100 ms")  # fmt: skip
+          f"p99 {quantile(0.99, delta) * 1000:.1f} ms, max in bucket le={worst} "
+          f"({over_max:.0f} samples above 100 ms); goal p99 <= 20 ms, max <= 100 ms")  # fmt: skip
+    print(f"  largest lag of the last minute (the gauge; includes start-up and teardown): "
+          f"{recent_max * 1000:.1f} ms")  # fmt: skip
     print(f"  busy (loop thread on a CPU): p50 {quantile(0.5, busy) * 1000:.1f} ms, "
           f"p99 {quantile(0.99, busy) * 1000:.1f} ms")  # fmt: skip
 
