@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -61,7 +62,11 @@ def collector_metrics(exporter: MeshExporter, rest: CollectorRegistry) -> Handle
     """/metrics: the bulk families from cached text, the rest (rest) through prometheus_client.
 
     The body is streamed a piece at a time (chunked transfer encoding), never
-    held whole: see MeshExporter.render_batches.
+    held whole: see MeshExporter.render_batches. The handler yields to the
+    event loop after each piece (a write into a socket with room returns
+    without yielding), so a scrape of a large mesh never holds ingest for the
+    whole body; the pieces come from one snapshot, so what runs meanwhile
+    does not change them.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -72,6 +77,7 @@ def collector_metrics(exporter: MeshExporter, rest: CollectorRegistry) -> Handle
         try:
             await response.write(first)
             for piece in pieces:
+                await asyncio.sleep(0)
                 await response.write(piece)
             await response.write_eof()
         except ConnectionResetError:  # the scraper went away (its timeout): nothing to answer

@@ -80,6 +80,24 @@ async def test_metrics_over_http_is_the_rendered_body(tmp_path: Path) -> None:
                 ]
                 parse_strict(body.decode())
                 assert f"}} {timestamp!r}\n".encode() in body
+            # The scrape lets the loop run between pieces: a task that counts the
+            # loop's turns advances while the body is built.
+            turns = 0
+
+            async def count_turns() -> None:
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            counter = asyncio.create_task(count_turns())
+            await asyncio.sleep(0)
+            pieces = len(list(exporter.render_batches(generate_latest(rest))))
+            before = turns
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                await response.read()
+            counter.cancel()
+            assert turns - before >= pieces, (turns - before, pieces)
             # A client that goes away without reading leaves the server fine.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
