@@ -103,8 +103,21 @@ def timed_scrapes(scrape: Any, repeat: int, idle: int) -> tuple[list[float], int
     return times, peak_rss() - idle
 
 
-async def http_scrapes(exporter: MeshExporter, rest: CollectorRegistry, repeat: int) -> list[str]:
-    """/metrics through the collector's aiohttp handler, fetched by curl: curl's figures."""
+async def http_scrapes(
+    exporter: MeshExporter, rest: CollectorRegistry, repeat: int
+) -> tuple[list[str], float]:
+    """/metrics through the collector's aiohttp handler, fetched by curl: curl's figures,
+    and the longest the event loop was held meanwhile (a 1 ms ticker's largest gap)."""
+    longest = 0.0
+
+    async def ticker() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
     app = web.Application()
     app.router.add_get("/metrics", collector_metrics(exporter, rest))
     runner = web.AppRunner(app)
@@ -113,6 +126,7 @@ async def http_scrapes(exporter: MeshExporter, rest: CollectorRegistry, repeat: 
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     out = []
+    tick = asyncio.create_task(ticker())
     try:
         for _ in range(repeat):
             curl = await asyncio.create_subprocess_exec(
@@ -123,8 +137,9 @@ async def http_scrapes(exporter: MeshExporter, rest: CollectorRegistry, repeat: 
             stdout, _ = await curl.communicate()
             out.append(stdout.decode())
     finally:
+        tick.cancel()
         await runner.cleanup()
-    return out
+    return out, longest
 
 
 def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
@@ -180,7 +195,9 @@ def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
         figures["streamed"] = timed_scrapes(streamed, repeat, idle)
     gc.collect()
     reset_peak()
-    figures["http"] = asyncio.run(http_scrapes(exporter, rest, max(repeat // 2, 1)))
+    figures["http"], figures["loop_held"] = asyncio.run(
+        http_scrapes(exporter, rest, max(repeat // 2, 1))
+    )
     figures["http_peak"] = peak_rss() - idle
     # Last: memory freed after a whole body may stay resident and raise later peaks.
     figures["whole"] = timed_scrapes(  # one body, as a handler holding it whole does
@@ -210,7 +227,8 @@ def report(label: str, f: dict[str, Any], pairs: int) -> list[str]:
     seconds = [float(s) for s, _ in http]
     out.append(
         f"  /metrics over HTTP (curl, gzip accepted): {times(seconds)}, {int(http[0][1]):,} bytes "
-        f"received; server peak RSS per pair {per_pair(f['http_peak'])}"
+        f"received; server peak RSS per pair {per_pair(f['http_peak'])}; event loop held "
+        f"at most {f['loop_held'] * 1000:.0f} ms"
     )
     return out
 
