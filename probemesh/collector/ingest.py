@@ -395,7 +395,7 @@ class Ingest:
             new = [r for i, r in enumerate(results) if not seqs.is_applied(first_seq + i)]
             self.duplicates_total += len(results) - len(new)
         rejected = self.rejected
-        keep = self.samples.keep
+        keep = self.samples.keep_result
         newest = 0.0
         count = 0
         correction = agent.clock.correction
@@ -438,7 +438,7 @@ class Ingest:
             if tally is None:
                 tally = state.tally(check, agent_id, country)
                 tallies = state.agent_tallies[agent_id]
-            samples = keep(result.samples)
+            samples = keep(result, check, revision)
             record(
                 agent, tally, result, success, duration, timestamp, reason, samples, current,
             )  # fmt: skip

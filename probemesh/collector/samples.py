@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 from probemesh.catalog import PROBE_METRICS
+from probemesh.collector import sample_templates
 from probemesh.v1 import mesh_pb2 as pb
 
 Labels = tuple[tuple[str, str], ...]
@@ -46,6 +47,7 @@ NO_SAMPLES: KeptSamples = ((), b"")
 _UNSEEN = object()
 _VERDICT_CACHE = 100_000  # bounded: hostile label values are not cached forever
 _SHAPE_CACHE = 10_000
+_TEMPLATE_CHECKS = 10_000  # checks with templates, at most
 _isfinite = math.isfinite
 _PACKERS = [struct.Struct(f"{n}d") for n in range(65)]  # by count; the cap is 64 by default
 
@@ -67,6 +69,61 @@ class SampleFilter:
         self._verdicts: dict[tuple[str | None, ...], SeriesKey | None] = {}
         # A result's shape -> its series keys, for shapes whose every sample was admitted.
         self._shapes: dict[tuple[str | int | None, ...], tuple[SeriesKey, ...]] = {}
+        # check -> encodings of wholly admitted samples, newest first (sample_templates.py)
+        self._templates: dict[str, list[sample_templates.Template]] = {}
+
+    def keep_result(self, result: pb.Result, check: str, revision: int) -> KeptSamples:
+        """keep(result.samples), first tried on the result's encoding (ingest's hot path).
+
+        revision is the result's revision as received. A result whose samples
+        are encoded exactly as those of an earlier, wholly admitted result of
+        the check is admitted by matching its bytes; any other is judged by keep().
+        """
+        samples = result.samples
+        count = len(samples)
+        if not count:
+            return NO_SAMPLES
+        templates = self._templates.get(check)
+        encoded = b""
+        if templates:
+            encoded = result.SerializeToString()
+            end = len(encoded) - sample_templates.tail_size(
+                len(result.http_phase_seconds), revision
+            )
+            for template in templates:
+                if template.count != count or len(template.series) > self.max_samples:
+                    continue
+                values = template.values(encoded, end)
+                if values is not None and all(map(_isfinite, memoryview(values).cast("d"))):
+                    return template.series, values
+        kept = self.keep(samples)
+        if len(kept[0]) == count and sample_templates.USABLE:
+            self._learn(result, check, revision, kept[0], encoded)
+        return kept
+
+    def _learn(
+        self,
+        result: pb.Result,
+        check: str,
+        revision: int,
+        series: tuple[SeriesKey, ...],
+        encoded: bytes,
+    ) -> None:
+        """Keep the encoding of a wholly admitted result's samples, if it matches itself."""
+        template = sample_templates.learn(list(result.samples), series)
+        if template is None:
+            return
+        encoded = encoded or result.SerializeToString()
+        end = len(encoded) - sample_templates.tail_size(len(result.http_phase_seconds), revision)
+        if template.values(encoded, end) is None:
+            return
+        templates = self._templates.get(check)
+        if templates is None:
+            if len(self._templates) >= _TEMPLATE_CHECKS:
+                return
+            templates = self._templates[check] = []
+        templates.insert(0, template)
+        del templates[sample_templates.PER_CHECK :]
 
     def keep(self, samples: Sequence[pb.Sample]) -> KeptSamples:
         """The admitted samples, in order: ((name, sorted label items) keys, values).

@@ -56,16 +56,16 @@ def apply_one_batch(tmp_path: Path, sink: bool) -> tuple[int, int, int]:
     agent = AgentInfo("vps-1", "DE")
     agent.assigned, agent.revision = {"web": "http://a/"}, 1
     seen: list[int] = []
-    keep = ingest.samples.keep
+    keep = ingest.samples.keep_result
 
-    def counting_keep(samples: object) -> KeptSamples:
+    def counting_keep(result: pb.Result, check: str, revision: int) -> KeptSamples:
         if len(seen) == N - 1:  # the last result: what the ones before left alive
             seen.append(live_results())
         else:
             seen.append(0)
-        return keep(samples)  # type: ignore[arg-type]
+        return keep(result, check, revision)
 
-    ingest.samples.keep = counting_keep  # type: ignore[method-assign]
+    ingest.samples.keep_result = counting_keep  # type: ignore[method-assign]
 
     async def scenario() -> None:
         epoch = await ingest.take_lease(agent)
