@@ -22,7 +22,8 @@ renderings agree.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
+from typing import NamedTuple
 
 from probemesh.catalog import PROBE_METRICS
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
@@ -198,8 +199,19 @@ def tally_counts(tally: Tally) -> tuple[tuple[int, int], list[tuple[str, int]]]:
     return (tally.success, tally.failure), failures
 
 
-CounterRow = tuple[str, str, str, int, int, int, Mapping[str, int]]
-"""check, agent, country, success, failure, refused and failure reasons of one tally."""
+class CounterRows(NamedTuple):
+    """The counts of a scrape's exported tallies, column by column.
+
+    Columns, not a tuple per tally: a snapshot of 100,000 tuples made the
+    garbage collector run while it held the event loop.
+    """
+
+    tallies: list[Tally]  # their check, agent and country never change
+    success: list[int]
+    failure: list[int]
+    refused: list[int]
+    reasons: list[dict[str, int] | None]  # a copy for tallies that ever failed
+
 
 # base.join(_ZERO_FAILURES): the failure lines of a pair that never failed, in one call
 _ZERO_FAILURES = [
@@ -209,50 +221,61 @@ _ZERO_FAILURES = [
 ]
 
 
-def counter_rows(tallies: Iterable[Tally]) -> list[CounterRow]:
+def counter_rows(tallies: list[Tally]) -> CounterRows:
     """The tallies' counts as of now, for a scrape to render a slice at a time."""
-    return [
-        (t.check, t.agent, t.country, t.success, t.failure, t.refused,
-         t.reasons.copy() if t.reasons else t.reasons)
-        for t in tallies
-    ]  # fmt: skip
+    return CounterRows(
+        tallies,
+        [t.success for t in tallies],
+        [t.failure for t in tallies],
+        [t.refused for t in tallies],
+        [t.reasons.copy() if t.reasons else None for t in tallies],
+    )
 
 
-def counter_pieces(rows: list[CounterRow], per_piece: int) -> Iterator[bytes]:
-    """The counter families of rows, each under its header, per_piece rows at a time.
+def counter_pieces(rows: CounterRows, per_piece: int) -> Iterator[bytes]:
+    """The counter families of rows, each under its header, per_piece tallies at a time.
 
     The refused line exists once the agent refused the check: a pair that never
     was refused would otherwise export a zero for every check on every agent.
     """
-    refused = [row for row in rows if row[5]]
-    for name, render, owners in (
-        (RESULTS, _results_text, rows),
-        (FAILURES, _failures_text, rows),
-        (REFUSED, _refused_text, refused),
-    ):
-        if owners:
-            yield header(name)
-        for start in range(0, len(owners), per_piece):
-            yield render(owners[start : start + per_piece]).encode()
+    tallies = rows.tallies
+    slices = [slice(start, start + per_piece) for start in range(0, len(tallies), per_piece)]
+    if tallies:
+        yield header(RESULTS)
+    for part in slices:
+        yield _results_text(tallies[part], rows.success[part], rows.failure[part]).encode()
+    if tallies:
+        yield header(FAILURES)
+    for part in slices:
+        yield _failures_text(tallies[part], rows.reasons[part]).encode()
+    refused = [i for i, count in enumerate(rows.refused) if count]
+    if refused:
+        yield header(REFUSED)
+    for start in range(0, len(refused), per_piece):
+        picked = refused[start : start + per_piece]
+        yield _refused_text(
+            [tallies[i] for i in picked], [rows.refused[i] for i in picked]
+        ).encode()
 
 
 # The renderers below run for every exported pair at every scrape: one
 # comprehension each, the labels formatted inline (a call per row costs more).
 
 
-def _results_text(rows: list[CounterRow]) -> str:
+def _results_text(tallies: list[Tally], ok: list[int], failed: list[int]) -> str:
     return "".join([
-        f'{RESULTS}{{check="{c}",agent="{a}",country="{k}",result="success"}} {float(ok)!r}\n'
-        f'{RESULTS}{{check="{c}",agent="{a}",country="{k}",result="failure"}} {float(failed)!r}\n'
-        for c, a, k, ok, failed, _, _ in rows
+        f'{RESULTS}{{check="{t.check}",agent="{t.agent}",country="{t.country}",result="success"}} {float(s)!r}\n'
+        f'{RESULTS}{{check="{t.check}",agent="{t.agent}",country="{t.country}",result="failure"}} {float(f)!r}\n'
+        for t, s, f in zip(tallies, ok, failed, strict=True)
     ])  # fmt: skip
 
 
-def _failures_text(rows: list[CounterRow]) -> str:
+def _failures_text(tallies: list[Tally], reasons: list[dict[str, int] | None]) -> str:
     return "".join([
-        _failure_lines(f'check="{c}",agent="{a}",country="{k}"', reasons) if reasons
-        else f'check="{c}",agent="{a}",country="{k}"'.join(_ZERO_FAILURES)
-        for c, a, k, _, _, _, reasons in rows
+        _failure_lines(f'check="{t.check}",agent="{t.agent}",country="{t.country}"', counts)
+        if counts
+        else f'check="{t.check}",agent="{t.agent}",country="{t.country}"'.join(_ZERO_FAILURES)
+        for t, counts in zip(tallies, reasons, strict=True)
     ])  # fmt: skip
 
 
@@ -263,10 +286,10 @@ def _failure_lines(base: str, reasons: Mapping[str, int]) -> str:
     ])  # fmt: skip
 
 
-def _refused_text(rows: list[CounterRow]) -> str:
+def _refused_text(tallies: list[Tally], refused: list[int]) -> str:
     return "".join([
-        f'{REFUSED}{{check="{c}",agent="{a}",country="{k}"}} {float(refused)!r}\n'
-        for c, a, k, _, _, refused, _ in rows
+        f'{REFUSED}{{check="{t.check}",agent="{t.agent}",country="{t.country}"}} {float(n)!r}\n'
+        for t, n in zip(tallies, refused, strict=True)
     ])  # fmt: skip
 
 

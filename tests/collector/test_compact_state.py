@@ -163,7 +163,7 @@ def test_counters_rendered_at_scrape_time_are_the_counts_in_every_slicing() -> N
         tally.success, tally.failure, tally.refused = success, failure, refusals
         for reason, count in reasons.items():
             tally.own_reasons()[reason] = count
-    rows = counter_rows(state.tallies.values())
+    rows = counter_rows(list(state.tallies.values()))
     state.tallies[("web", "a-1")].success = 99  # after the snapshot: not in this scrape
     state.tallies[("web", "a-2")].own_reasons()["timeout"] = 99
     for per_piece in (1, 2, 3, 100):
