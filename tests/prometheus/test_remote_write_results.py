@@ -74,14 +74,22 @@ def test_every_result_lands_once_at_its_probe_time(kind: str, tmp_path: Path) ->
                     agent_id, country, "--source-address", source,
                     metrics_port=metrics_ports[agent_id],
                 )  # fmt: skip
-            time.sleep(3)
+
+            def agent_metrics(agent_id: str) -> dict[Any, float]:
+                return scrape(f"http://127.0.0.1:{metrics_ports[agent_id]}/metrics")
+
+            def all_delivering() -> bool:
+                return all(
+                    total(agent_metrics(a), "probemesh_agent_results_acked_total") > 0
+                    for a, _, _ in AGENTS
+                )
+
+            # Every agent has its checks before the cut, so each buffers during it.
+            wait_for(all_delivering, 30, "every agent's first acked results")
             assert mesh.collector is not None
             mesh.collector.stop()  # the agents buffer on disk meanwhile
             time.sleep(3)
             mesh.start_collector(*collector_args)
-
-            def agent_metrics(agent_id: str) -> dict[Any, float]:
-                return scrape(f"http://127.0.0.1:{metrics_ports[agent_id]}/metrics")
 
             def drained() -> bool:
                 return all(
