@@ -70,9 +70,13 @@ def collector_metrics(exporter: MeshExporter, rest: CollectorRegistry) -> Handle
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+        if request.method == "HEAD":  # headers only: a streamed body would be sent anyway
+            await response.prepare(request)
+            await response.write_eof()
+            return response
         pieces = exporter.render_batches(generate_latest(rest))
         first = next(pieces)  # the snapshot: taken before anything is sent
-        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
         await response.prepare(request)
         try:
             await response.write(first)

@@ -98,6 +98,12 @@ async def test_metrics_over_http_is_the_rendered_body(tmp_path: Path) -> None:
                 await response.read()
             counter.cancel()
             assert turns - before >= pieces, (turns - before, pieces)
+            # HEAD answers the headers alone, and the connection stays usable.
+            async with session.head(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200 and b"probe_success" in await response.read()
             # A client that goes away without reading leaves the server fine.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
