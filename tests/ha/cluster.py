@@ -32,7 +32,17 @@ from tests.durability.common import (
     AgentRef,
     wait_no_checks,
 )
-from tests.harness import Proc, Samples, free_port, http_get, run_cli, scrape, total, wait_for
+from tests.harness import (
+    Proc,
+    Samples,
+    free_port,
+    http_get,
+    run_cli,
+    scrape,
+    stop_all,
+    total,
+    wait_for,
+)
 
 
 @dataclass
@@ -164,11 +174,8 @@ class Cluster:
             node.proc.signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        for proc in self.agents.values():
-            proc.stop()
-        for node in self.collectors:
-            if node.proc is not None:
-                node.proc.stop()
+        stop_all(self.agents.values())
+        stop_all(node.proc for node in self.collectors)
 
 
 def per_check(samples: Samples, agent_id: str) -> dict[str, float]:

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Proc, free_port, http_get, run_cli, scrape, total, wait_for
+from tests.harness import Proc, free_port, http_get, run_cli, scrape, stop_all, total, wait_for
 
 TAKEOVER_LIMIT = 10.0  # seconds from the evaluator's death to a new evaluator
 AGENTS = {  # agent -> (country, loopback source address)
@@ -210,9 +210,6 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
         wait_for(same_fleet, 30, "every collector lists every agent, connected")
         return takeover
     finally:
-        for proc in agents:
-            proc.stop()
-        for c in collectors:
-            if c.proc is not None:
-                c.proc.stop()
+        stop_all(agents)
+        stop_all(c.proc for c in collectors)
         target.close()

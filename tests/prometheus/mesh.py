@@ -29,7 +29,7 @@ import dns.message
 import dns.rrset
 import trustme
 
-from tests.harness import Proc, free_port, run_cli
+from tests.harness import Proc, free_port, run_cli, stop_all
 from tests.harness import wait_for as wait_until
 
 
@@ -239,8 +239,5 @@ class Mesh:
         return "\n".join(parts)
 
     def close(self) -> None:
-        for proc in self.agents.values():
-            proc.stop()
-        for c in self.collectors:
-            if c.proc:
-                c.proc.stop()
+        stop_all(self.agents.values())
+        stop_all(c.proc for c in self.collectors)
