@@ -14,6 +14,7 @@ import gzip
 import os
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -28,6 +29,7 @@ import grpc
 import pytest
 import trustme
 import yaml
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -42,6 +44,7 @@ from tests.agent.probes.probe_helpers import (
     serve,
     server_context,
 )
+from tests.agent.probes.test_tls_verification import _cert, _key, _pem
 from tests.harness import free_port
 
 # The trustme fixtures of the probe tests, made available to this module.
@@ -727,3 +730,47 @@ async def test_http2_matches_blackbox(
     for module in ("h1_only", "h2_off"):
         assert verdicts[(module, index)] == 0.0, module
     assert verdicts[("h2_default", f"http://127.0.0.1:{plain_port}/")] == 0.0
+
+
+async def test_a_name_only_in_the_subject_cn_fails_as_in_blackbox(
+    blackbox: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A certificate without SAN whose CN names the host: Go (since 1.15) refuses
+    it as a legacy Common Name certificate, and so do the http and tcp probes."""
+    root_key = _key()
+    root = _cert("parity root", root_key, None, root_key, ca=True)
+    leaf_key = _key()
+    leaf = _cert("localhost", leaf_key, root, root_key, ca=False)
+    (tmp_path / "ca.pem").write_bytes(_pem(root))
+    (tmp_path / "leaf.pem").write_bytes(_pem(leaf))
+    (tmp_path / "leaf.key").write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    tls = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": "ca.pem"}}
+    modules: dict[str, tuple[str, dict[str, Any]]] = {
+        "cn_http": ("http", tls),
+        "cn_tcp": ("tcp", {**tls, "tls": True}),
+    }
+    config, base = blackbox
+    theirs_config = {
+        name: {"prober": prober, "timeout": "2s", prober: section}
+        for name, (prober, section) in modules.items()
+    }
+    config.write_text(yaml.safe_dump({"modules": with_absolute_files(theirs_config, tmp_path)}))
+    await asyncio.to_thread(
+        urllib.request.urlopen, urllib.request.Request(f"{base}/-/reload", method="POST")
+    )
+    async with serve(http_routes, server) as port:
+        for module, (prober, section) in modules.items():
+            target = f"https://localhost:{port}/" if prober == "http" else f"localhost:{port}"
+            theirs = shared(await asyncio.to_thread(blackbox_probe, base, module, target))
+            result = await run(prober, target, section, module_timeout=2, secrets=tmp_path)
+            assert theirs[("probe_success", ())] == 0.0, module
+            assert shared(ours(result)) == theirs, module
+            assert result.reason == Reason.TLS, (module, result.message)

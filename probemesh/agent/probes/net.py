@@ -148,6 +148,7 @@ def client_context(
 
     def build(ca_path: Path | None, cert_path: Path | None, key_path: Path | None) -> object:
         context = ssl.create_default_context(cafile=ca_path)
+        context.hostname_checks_common_name = False  # as Go: host names come from the SAN only
         if cert_path:
             context.load_cert_chain(cert_path, key_path)
         if config.insecure_skip_verify:

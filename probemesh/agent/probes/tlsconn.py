@@ -105,7 +105,8 @@ def new_connection(
 
     As the ``ssl`` module does: an IP literal is sent no SNI and is checked
     against the certificate's IP addresses; a name is checked against its DNS
-    names (the subject CN when it has none), partial wildcards refused.
+    names, partial wildcards refused. The subject CN is never a host name: Go
+    (so blackbox_exporter) has refused a certificate without SAN since 1.15.
     """
     conn = SSL.Connection(context.context, sock)
     conn.set_connect_state()
@@ -115,7 +116,10 @@ def new_connection(
         conn.set_tlsext_host_name(name)
     if context.verify:
         param = _lib.SSL_get0_param(conn._ssl)
-        _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+        _lib.X509_VERIFY_PARAM_set_hostflags(
+            param,
+            _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | _lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT,
+        )
         if address is None:
             ok = _lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))
         else:
