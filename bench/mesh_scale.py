@@ -475,13 +475,21 @@ def read_marks(collector: Collector) -> dict[str, float]:
 
 
 def round_parts(collector: Collector) -> dict[str, float]:
-    """The last outage round's seconds per part (publish; evaluate on the evaluator)."""
-    samples = metrics(collector, ("probemesh_outage_round_seconds",))
-    return {
+    """The last outage round's seconds per part (publish; evaluate on the evaluator),
+    and where results wait: the ingest queue (batches) and the oldest journaled
+    remote-write request (seconds)."""
+    samples = metrics(collector, (
+        "probemesh_outage_round_seconds", "probemesh_ingest_queue_depth",
+        "probemesh_remote_write_lag_seconds",
+    ))  # fmt: skip
+    parts = {
         dict(labels)["part"]: value
         for (name, labels), value in samples.items()
         if name == "probemesh_outage_round_seconds"
     }
+    parts["queue"] = total(samples, "probemesh_ingest_queue_depth")
+    parts["journal"] = total(samples, "probemesh_remote_write_lag_seconds")
+    return parts
 
 
 def round_figure(values: list[float]) -> str:
@@ -757,6 +765,11 @@ def main() -> None:
         print(f"  publish (its pairs):     {publish}")
         print(f"  event loop:              lag max {end['lag_max'] * 1000:.0f} ms (last minute), "
               f"ingest queue {end['queue']:.0f} batches at the end")  # fmt: skip
+        queue = rounds.get((c.name, "queue"), [0.0])
+        journal = rounds.get((c.name, "journal"), [0.0])
+        print(f"  where results wait:      ingest queue median {statistics.median(queue):.0f}, "
+              f"max {max(queue):.0f} batches; oldest remote-write request median "
+              f"{statistics.median(journal):.1f} s, max {max(journal):.1f} s (every 15 s)")  # fmt: skip
         if not args.postgres:
             print(f"  database writes:         SQLite, {(end['disk'] - start['disk']) / elapsed / 2**20:.2f} "
                   f"MiB/s written to disk by the collector")  # fmt: skip
