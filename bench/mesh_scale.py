@@ -254,6 +254,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 run.templates = [templates.of(c, run.revision) for c in message.checks.checks]
                 run.produced = [0] * len(run.checks)
                 break
+        run.last_sent = time.monotonic()
         run.call = call
 
     async def reader(run: AgentRun) -> None:
@@ -270,17 +271,44 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
 
     semaphore = asyncio.Semaphore(200)  # connections set up at once
 
+    readers: list[asyncio.Task[None]] = []
+
     async def connect_one(i: int, run: AgentRun) -> None:
         async with semaphore:
             try:
                 await connect(i, run)
             except Exception as exc:
                 run.error = f"{type(exc).__name__}: {exc}"
+                return
+        readers.append(asyncio.create_task(reader(run)))
 
+    async def write(run: AgentRun, message: Any) -> None:
+        run.last_sent = time.monotonic()
+        try:
+            await run.call.write(message)
+        except Exception as exc:
+            run.error = f"{type(exc).__name__}: {exc}"
+
+    async def heartbeats(runs: list[AgentRun]) -> None:
+        """As an agent's link does: a Heartbeat after HEARTBEAT s without sending
+        anything (while the others connect, or backpressured), or the collector
+        presumes the agent dead and ends its stream."""
+        now = time.monotonic()
+        for run in runs:
+            if run.call is not None and not run.error and now - run.last_sent >= HEARTBEAT:
+                await write(run, pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time())))
+
+    waiting = True  # until production starts, the keepalive task alone writes
+
+    async def keepalive() -> None:
+        while waiting:
+            await heartbeats(runs)
+            await asyncio.sleep(1.0)
+
+    keeper = asyncio.create_task(keepalive())
     started = time.time()
     await asyncio.gather(*(connect_one(i, r) for i, r in enumerate(runs)))
     live = [r for r in runs if r.call is not None]
-    readers = [asyncio.create_task(reader(r)) for r in live]
     connected_at = time.time()
     # Each check x agent at its own phase within the interval, as an agent's scheduler spreads them.
     slots: dict[int, list[tuple[AgentRun, int]]] = {}
@@ -289,6 +317,8 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             slots.setdefault(rng.randrange(int(spec.interval)), []).append((run, c))
     start_at, stop_at = await asyncio.to_thread(_handshake, spec, len(live))
     await asyncio.sleep(max(0.0, start_at - time.time()))
+    waiting = False
+    await keeper
 
     async def flush(run: AgentRun) -> None:
         if not run.pending or run.inflight >= windows:
@@ -300,21 +330,6 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         run.seq += len(batch)
         run.inflight += 1
         await write(run, encode_batch(first, 1, batch))
-
-    async def write(run: AgentRun, message: Any) -> None:
-        run.last_sent = time.monotonic()
-        try:
-            await run.call.write(message)
-        except Exception as exc:
-            run.error = f"{type(exc).__name__}: {exc}"
-
-    async def heartbeats() -> None:
-        """As an agent's link does: a Heartbeat after HEARTBEAT s without sending
-        anything (a backpressured agent too), or the collector presumes it dead."""
-        now = time.monotonic()
-        for run in live:
-            if not run.error and now - run.last_sent >= HEARTBEAT:
-                await write(run, pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time())))
 
     async def tracer_poll() -> None:
         params = {"nocache": "1"}
@@ -349,14 +364,14 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         for run in live:
             if run.pending:
                 await flush(run)
-        await heartbeats()
+        await heartbeats(live)
         tick += 1
         await asyncio.sleep(max(0.0, tick - time.time()))
     drain_until = time.time() + spec.drain
     while time.time() < drain_until and any(r.pending or r.inflight for r in live if not r.error):
         for run in live:
             await flush(run)
-        await heartbeats()
+        await heartbeats(live)
         await asyncio.sleep(0.2)
     await poller
     for task in readers:
@@ -658,6 +673,7 @@ def main() -> None:
                 workers.append(
                     subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path)])
                 )
+                stack.callback(workers[-1].kill)  # a no-op once it has exited
             print(f"{args.processes} load processes connecting {args.agents:,} agents", flush=True)
             t0 = time.monotonic()
             ready = [root / f"load-{n}.out.json.ready" for n in range(args.processes)]
