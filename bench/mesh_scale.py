@@ -259,7 +259,12 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
 
     async def reader(run: AgentRun) -> None:
         while True:
-            message = await run.call.read()
+            try:
+                message = await run.call.read()
+            except grpc.aio.AioRpcError as exc:  # the collector ended the stream: say why
+                if not run.error:
+                    run.error = f"ended by the collector: {exc.code().name}: {exc.details()}"
+                return
             if message is grpc.aio.EOF:
                 return
             if message.WhichOneof("payload") == "ack":
