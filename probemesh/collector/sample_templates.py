@@ -41,6 +41,7 @@ from probemesh.v1 import mesh_pb2 as pb
 
 USABLE = sys.byteorder == "little"  # wire doubles are little-endian; kept values native
 PER_CHECK = 4  # templates tried per check, most recently learnt first
+RELEARN_EVERY = 64  # with all taken, a check's results judged sample by sample per new template
 _ZERO = bytes(8)  # a value of 0.0 is not encoded at all
 _SAMPLE_TAG = b"\x42"  # Result.samples: field 8, length-delimited
 _VALUE_TAG = b"\x19"  # Sample.value: field 3, 64-bit

@@ -71,6 +71,7 @@ class SampleFilter:
         self._shapes: dict[tuple[str | int | None, ...], tuple[SeriesKey, ...]] = {}
         # check -> encodings of wholly admitted samples, newest first (sample_templates.py)
         self._templates: dict[str, list[sample_templates.Template]] = {}
+        self._misses: Counter[str] = Counter()  # by check, once its templates are all taken
 
     def keep_result(self, result: pb.Result, check: str, revision: int) -> KeptSamples:
         """keep(result.samples), first tried on the result's encoding (ingest's hot path).
@@ -98,6 +99,13 @@ class SampleFilter:
                     return template.series, values
         kept = self.keep(samples)
         if len(kept[0]) == count and sample_templates.USABLE:
+            # Learning costs tens of microseconds (a regular expression is
+            # compiled): a check whose results come in more encodings than it
+            # keeps templates for replaces one only now and then.
+            if templates is not None and len(templates) >= sample_templates.PER_CHECK:
+                self._misses[check] += 1
+                if self._misses[check] % sample_templates.RELEARN_EVERY:
+                    return kept
             self._learn(result, check, revision, kept[0], encoded)
         return kept
 
