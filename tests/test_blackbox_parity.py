@@ -29,7 +29,6 @@ import grpc
 import pytest
 import trustme
 import yaml
-from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,7 +43,7 @@ from tests.agent.probes.probe_helpers import (
     serve,
     server_context,
 )
-from tests.agent.probes.test_tls_verification import _cert, _key, _pem
+from tests.agent.probes.test_tls_verification import _cert, _key, _key_pem, _pem
 from tests.harness import free_port
 
 # The trustme fixtures of the probe tests, made available to this module.
@@ -743,13 +742,7 @@ async def test_a_name_only_in_the_subject_cn_fails_as_in_blackbox(
     leaf = _cert("localhost", leaf_key, root, root_key, ca=False)
     (tmp_path / "ca.pem").write_bytes(_pem(root))
     (tmp_path / "leaf.pem").write_bytes(_pem(leaf))
-    (tmp_path / "leaf.key").write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (tmp_path / "leaf.key").write_bytes(_key_pem(leaf_key))
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
     tls = {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": "ca.pem"}}

@@ -18,9 +18,10 @@ sample it already holds at that timestamp stores it once.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,21 @@ class Journal:
         self.requests, self.bytes = int(row[0]), int(row[1])
         self._refresh_head()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the journal (the caller holds the lock); the
+        head's time is read again after it, committed or not."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            self._refresh_head()
+
     def _refresh_head(self) -> None:
         row = self._db.execute("SELECT queued_at FROM requests ORDER BY id LIMIT 1").fetchone()
         self.head_queued_at = None if row is None else float(row[0])
@@ -193,10 +209,8 @@ class Journal:
             return self._append(items, now)
 
     def _append(self, items: Iterable[tuple[bytes, int]], now: float) -> list[int]:
-        db = self._db
         dropped: list[int] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             for body, samples in items:
                 db.execute(
                     "INSERT INTO requests (body, samples, queued_at) VALUES (?, ?, ?)",
@@ -212,12 +226,6 @@ class Journal:
                 self.requests -= 1
                 self.bytes -= int(row[1])
                 dropped.append(int(row[2]))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        finally:
-            self._refresh_head()
         return dropped
 
     def head(self, count: int) -> list[Entry]:
@@ -230,21 +238,12 @@ class Journal:
 
     def remove(self, entries: Sequence[Entry]) -> None:
         """Forget delivered (or given up) entries, in one transaction."""
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for entry in entries:
-                    cursor = db.execute("DELETE FROM requests WHERE id = ?", (entry.id,))
-                    if cursor.rowcount:
-                        self.requests -= 1
-                        self.bytes -= len(entry.body)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                self._refresh_head()
+        with self._lock, self._transaction() as db:
+            for entry in entries:
+                cursor = db.execute("DELETE FROM requests WHERE id = ?", (entry.id,))
+                if cursor.rowcount:
+                    self.requests -= 1
+                    self.bytes -= len(entry.body)
 
     def close(self) -> None:
         with self._lock:

@@ -126,6 +126,12 @@ def _pem(*certs: x509.Certificate) -> bytes:
     return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in certs)
 
 
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> tuple[x509.Certificate, object, Path]:
     """A root CA and the secrets dir holding it as ca.pem."""
@@ -162,13 +168,7 @@ def _server(case: Case, root: tuple[x509.Certificate, object, Path], tmp: Path) 
         not_after=case.not_after,
     )
     (tmp / "chain.pem").write_bytes(_pem(leaf, *chain))
-    (tmp / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (tmp / "key.pem").write_bytes(_key_pem(key))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp / "chain.pem", tmp / "key.pem")
     if case.server_version:
