@@ -38,8 +38,6 @@ REFUSED = "probemesh_probe_refused_total"
 HIST_DURATION = "probemesh_probe_duration_seconds"
 HIST_PHASE = "probemesh_probe_phase_duration_seconds"
 BUCKET_BOUNDS = [*(f"{b:g}" for b in DURATION_BUCKETS), "+Inf"]
-COUNTERS = (RESULTS, FAILURES, REFUSED)
-"""The counter families of one check x agent, in the order they are rendered."""
 OUTCOMES = ("success", "failure")
 FAILURE_REASONS = tuple(
     name
