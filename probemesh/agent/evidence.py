@@ -34,8 +34,9 @@ import dns.asyncresolver
 import dns.exception
 import dns.rcode
 import dns.resolver
+from cryptography import x509
 
-from probemesh.agent.probes.net import ProbeEnv, _dn, client_context
+from probemesh.agent.probes.net import ProbeEnv, client_context, distinguished_name
 from probemesh.agent.probes.result import ProbeFailure
 from probemesh.agent.runner import PreparedCheck
 from probemesh.agent.traceroute import trace
@@ -255,7 +256,7 @@ class Gatherer:
                 if der:
                     tls.leaf_sha256 = hashlib.sha256(der).hexdigest()
                     info: dict[str, Any] = ssl_object.getpeercert() or {}
-                    tls.issuer = _dn(info.get("issuer", ()))
+                    tls.issuer = distinguished_name(x509.load_der_x509_certificate(der).issuer)
                     tls.name_matches = bool(info) and ssl_object.context.check_hostname
             if endpoint.url:
                 await _get(endpoint, reader, writer, budget, evidence, address)

@@ -333,8 +333,8 @@ def _record_chain(peer: TLSPeer, result: ProbeResult) -> None:
         "probe_ssl_last_chain_info",
         1,
         fingerprint_sha256=hashlib.sha256(peer.presented[0]).hexdigest(),
-        subject=_name(leaf.subject),
-        issuer=_name(leaf.issuer),
+        subject=distinguished_name(leaf.subject),
+        issuer=distinguished_name(leaf.issuer),
     )
 
 
@@ -342,7 +342,7 @@ def _not_after(cert: x509.Certificate) -> float:
     return cert.not_valid_after_utc.timestamp()
 
 
-def _name(name: x509.Name) -> str:
+def distinguished_name(name: x509.Name) -> str:
     """Render a certificate name like Go's pkix.Name.String() (CN, O and C)."""
     parts = [
         f"{_NAME_KEYS[attr.oid]}={attr.value!s}"
@@ -350,15 +350,4 @@ def _name(name: x509.Name) -> str:
         for attr in rdn
         if attr.oid in _NAME_KEYS
     ]
-    return ",".join(reversed(parts))[:128]
-
-
-def _dn(rdns: object) -> str:
-    """Render an ssl-module distinguished name like Go's pkix.Name.String()."""
-    parts = []
-    for rdn in rdns:  # type: ignore[attr-defined]
-        for key, value in rdn:
-            short = {"commonName": "CN", "organizationName": "O", "countryName": "C"}.get(key)
-            if short:
-                parts.append(f"{short}={value}")
     return ",".join(reversed(parts))[:128]
