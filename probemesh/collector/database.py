@@ -36,6 +36,7 @@ SQLITE_FILE = "collector.sqlite3"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 10  # seconds; a URL's own connect_timeout wins
 ERROR_KINDS = ("connect", "statement")
+KEYS_PER_STATEMENT = 500  # parameters of one IN list (SQLite's old bound is 999)
 
 
 class DatabaseError(StateError):
@@ -74,6 +75,24 @@ class Connection:
     def for_update(self, select: str) -> str:
         """select, locking the rows it reads until the transaction ends."""
         return select
+
+    def rows_by_key(self, select: str, keys: list[str], lock: bool = False) -> dict[str, Any]:
+        """Rows whose first column is one of keys (sorted), a few statements of
+        KEYS_PER_STATEMENT keys each; with lock, locked in key order until the
+        transaction ends: transactions that lock in key order never deadlock.
+
+        select has one ``{}`` for the placeholders; the value is the row's rest
+        (one column: the value itself).
+        """
+        found: dict[str, Any] = {}
+        for first in range(0, len(keys), KEYS_PER_STATEMENT):
+            chunk = keys[first : first + KEYS_PER_STATEMENT]
+            statement = select.format(", ".join("?" * len(chunk))) + " ORDER BY 1"
+            if lock:
+                statement = self.for_update(statement)
+            for key, *rest in self.execute(statement, chunk).fetchall():
+                found[key] = rest[0] if len(rest) == 1 else tuple(rest)
+        return found
 
     def advisory_xact_lock(self, key: int) -> None:
         """Wait for an exclusive lock on key, held until the transaction ends.

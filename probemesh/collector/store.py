@@ -16,7 +16,6 @@ import functools
 import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from probemesh.collector.assignments import Span
 from probemesh.collector.database import Connection, Database
@@ -157,10 +156,11 @@ class Store:
             fence.__enter__()
         try:
             deltas = dict(histograms)
-            before = _rows_of(
-                db, "SELECT key, state FROM histograms WHERE key IN ({})",
+            before = db.rows_by_key(
+                "SELECT key, state FROM histograms WHERE key IN ({})",
                 sorted(_key_text(key) for key in deltas),
-            )  # fmt: skip
+                lock=True,
+            )
             stored = {}
             for key, delta in deltas.items():
                 was = json.loads(before.get(_key_text(key), "[]"))
@@ -262,26 +262,8 @@ class Store:
 
 def _lease_rows(db: Connection, agents: list[str], lock: bool) -> dict[str, LeaseRow]:
     select = "SELECT agent_id, holder, epoch FROM leases WHERE agent_id IN ({})"
-    rows = _rows_of(db, select, agents, lock)
+    rows = db.rows_by_key(select, agents, lock)
     return {agent: LeaseRow(holder, int(epoch)) for agent, (holder, epoch) in rows.items()}
-
-
-def _rows_of(db: Connection, select: str, keys: list[str], lock: bool = True) -> dict[str, Any]:
-    """Rows whose first column is one of keys (sorted); with lock, locked in that order
-    until the transaction ends: transactions that lock in key order never deadlock.
-
-    select has one ``{}`` for the placeholders; the value is the row's rest
-    (one column: the value itself).
-    """
-    found: dict[str, Any] = {}
-    for first in range(0, len(keys), 500):
-        chunk = keys[first : first + 500]
-        statement = select.format(", ".join("?" * len(chunk))) + " ORDER BY 1"
-        if lock:
-            statement = db.for_update(statement)
-        for key, *rest in db.execute(statement, chunk).fetchall():
-            found[key] = rest[0] if len(rest) == 1 else tuple(rest)
-    return found
 
 
 def _agent_rows(db: Connection, agent_id: str) -> AgentRows:

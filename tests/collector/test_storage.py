@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from probemesh.collector.assignments import Span
-from probemesh.collector.database import Database, DatabaseError, open_database
+from probemesh.collector.database import KEYS_PER_STATEMENT, Database, DatabaseError, open_database
 from probemesh.collector.incidents import Event, Incident, IncidentBook
 from probemesh.collector.migrations import migrate, steps
 from probemesh.collector.store import Store
-from probemesh.collector.tokens import INACTIVE_CHUNK, TokenStore
+from probemesh.collector.tokens import TokenStore
 from probemesh.errors import AuthError
 
 # Seconds since the epoch with microseconds: a 4-byte REAL would round it to minutes.
@@ -113,7 +113,7 @@ def test_inactive_asks_in_chunks_not_per_token(database: Database) -> None:
     few statements, not one per token, and still names each revoked or gone one."""
     db = database.connect()
     tokens = TokenStore(db)
-    count = 2 * INACTIVE_CHUNK + 7
+    count = 2 * KEYS_PER_STATEMENT + 7
     for i in range(count):
         tokens.create(f"vps-{i}", "DE")
     ids = {info.token_id for info in tokens.list()}
