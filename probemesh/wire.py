@@ -19,16 +19,15 @@ _RESULTS_TAG = b"\x1a"  # ResultBatch.results: field 3, wire type 2
 _BATCH_TAG = b"\x12"  # AgentMessage.results: field 2, wire type 2
 
 
-def _varint(value: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf varint; a negative int64 takes ten bytes, as protobuf writes it."""
     out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    n &= (1 << 64) - 1
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def encode_batch(first_seq: int, floor_seq: int, payloads: Sequence[bytes]) -> bytes:
@@ -36,9 +35,9 @@ def encode_batch(first_seq: int, floor_seq: int, payloads: Sequence[bytes]) -> b
     header = pb.ResultBatch(
         first_seq=first_seq, last_seq=first_seq + len(payloads) - 1, floor_seq=floor_seq
     ).SerializeToString()
-    body = b"".join(_RESULTS_TAG + _varint(len(p)) + p for p in payloads)
+    body = b"".join(_RESULTS_TAG + varint(len(p)) + p for p in payloads)
     inner = header + body
-    return _BATCH_TAG + _varint(len(inner)) + inner
+    return _BATCH_TAG + varint(len(inner)) + inner
 
 
 def serialize(message: Message | bytes) -> bytes:

@@ -15,18 +15,9 @@ import struct
 
 import cramjam
 
+from probemesh.wire import varint
+
 _DOUBLE = struct.Struct("<d")
-
-
-def varint(n: int) -> bytes:
-    """A protobuf varint; a negative int64 takes ten bytes, as protobuf writes it."""
-    out = bytearray()
-    n &= (1 << 64) - 1
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def field(number: int, payload: bytes) -> bytes:

@@ -38,6 +38,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from probemesh.v1 import mesh_pb2 as pb
+from probemesh.wire import varint
 
 USABLE = sys.byteorder == "little"  # wire doubles are little-endian; kept values native
 PER_CHECK = 4  # templates tried per check, most recently learnt first
@@ -65,17 +66,6 @@ def _before_samples_type() -> type[Message]:
 
 
 _BeforeSamples = _before_samples_type()
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if not value:
-            out.append(byte)
-            return bytes(out)
-        out.append(byte | 0x80)
 
 
 def _varint_size(value: int) -> int:
@@ -139,7 +129,7 @@ def learn(
     length = 0
     for index, sample in enumerate(samples):
         body = sample.SerializeToString()
-        entry = _SAMPLE_TAG + _varint(len(body)) + body
+        entry = _SAMPLE_TAG + varint(len(body)) + body
         length += len(entry)
         value = struct.pack("<d", sample.value)
         if value == _ZERO:
@@ -155,6 +145,6 @@ def learn(
                 return None
         except DecodeError:
             return None
-        parts.append(re.escape(_SAMPLE_TAG + _varint(len(body)) + head) + b"(.{8})")
+        parts.append(re.escape(_SAMPLE_TAG + varint(len(body)) + head) + b"(.{8})")
     pattern = re.compile(b"".join(parts), re.DOTALL)
     return Template(pattern, length, len(samples), tuple(zeros), series)
