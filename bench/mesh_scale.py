@@ -40,9 +40,12 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import datetime
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import statistics
 import struct
@@ -69,7 +72,7 @@ from probemesh.collector.samples import SampleFilter
 from probemesh.collector.tokens import TokenStore
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD, encode_batch, serialize
-from tests.harness import Mesh, Proc, Samples, total, wait_for
+from tests.harness import Mesh, Proc, Samples, free_port, total, wait_for
 
 COUNTRIES = 40
 FAILURE_RATE = 0.01
@@ -157,8 +160,7 @@ class LoadSpec:
     interval: float
     drain: float  # seconds the agents may take to send what they hold after the run
     channels: int
-    tracers: list[tuple[str, str]]  # (agent, check) pairs whose lag this process measures
-    victoria_url: str
+    tracers: list[tuple[str, str]]  # (agent, check) pairs whose sending this process times
     out: str
     seed: int
 
@@ -181,6 +183,8 @@ class AgentRun:
     produced: list[int] = field(default_factory=list)  # results per check
     acked: int = 0
     last_sent: float = 0.0  # when the agent last wrote to its stream
+    pending_traced: list[tuple[str, int]] = field(default_factory=list)
+    """(check, timestamp ms) of the tracer results among pending."""
     error: str = ""
 
 
@@ -222,8 +226,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     templates = Templates()
     runs = [AgentRun(a) for a in spec.agents]
     tracer_set = set(spec.tracers)
-    lags: list[float] = []
-    pending_tracers: list[tuple[str, str, float]] = []
+    traced: list[tuple[str, str, int, float]] = []  # (agent, check, timestamp ms, written at)
     windows = 4
 
     async def connect(i: int, run: AgentRun) -> None:
@@ -292,7 +295,15 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         try:
             await run.call.write(message)
         except Exception as exc:
-            run.error = f"{type(exc).__name__}: {exc}"
+            if not run.error:
+                run.error = await ended_because(run.call, exc)
+
+    async def ended_because(call: Any, exc: BaseException) -> str:
+        """The status the collector ended a stream with, or the local error."""
+        if call is not None and call.done():
+            code, details = await call.code(), await call.details()
+            return f"ended by the collector: {code.name}: {details}"
+        return f"{type(exc).__name__}: {exc}"
 
     async def heartbeats(runs: list[AgentRun]) -> None:
         """As an agent's link does: a Heartbeat after HEARTBEAT s without sending
@@ -330,30 +341,15 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             return  # backpressure: the agent buffers, as on disk
         batch, run.pending = run.pending, []
         checks, run.pending_checks = run.pending_checks, []
+        tracing, run.pending_traced = run.pending_traced, []
         first = run.seq + 1
         run.sent.extend(enumerate(checks, first))
         run.seq += len(batch)
         run.inflight += 1
         await write(run, encode_batch(first, 1, batch))
+        written = time.time()
+        traced.extend((run.spec.agent_id, check, ms, written) for check, ms in tracing)
 
-    async def tracer_poll() -> None:
-        params = {"nocache": "1"}
-        while time.time() < stop_at + 120 and (pending_tracers or time.time() < stop_at):
-            for item in list(pending_tracers):
-                agent, check, ts = item
-                params["query"] = f'timestamp(probe_success{{agent="{agent}",check="{check}"}})'
-                url = f"{spec.victoria_url}/api/v1/query?{urllib.parse.urlencode(params)}"
-                try:
-                    body = await asyncio.to_thread(_get_json, url)
-                except OSError:
-                    continue
-                values = [float(r["value"][1]) for r in body["data"]["result"]]
-                if values and max(values) >= ts - 0.001:
-                    lags.append(time.time() - ts)
-                    pending_tracers.remove(item)
-            await asyncio.sleep(0.25)
-
-    poller = asyncio.create_task(tracer_poll())
     tick = int(time.time())
     while time.time() < stop_at:
         due = slots.get(tick % int(spec.interval), ())
@@ -365,7 +361,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             run.pending_checks.append(c)
             run.produced[c] += 1
             if (run.spec.agent_id, run.checks[c]) in tracer_set:
-                pending_tracers.append((run.spec.agent_id, run.checks[c], ts))
+                run.pending_traced.append((run.checks[c], int(ts * 1000)))
         for run in live:
             if run.pending:
                 await flush(run)
@@ -378,7 +374,6 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             await flush(run)
         await heartbeats(live)
         await asyncio.sleep(0.2)
-    await poller
     for task in readers:
         task.cancel()
     for run in live:
@@ -395,11 +390,11 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         "produced": {r.spec.agent_id: dict(zip(r.checks, r.produced, strict=True)) for r in live},
         "held": held,
         "errors": [f"{r.spec.agent_id}: {r.error}" for r in runs if r.error][:20],
+        "error_kinds": collections.Counter(r.error for r in runs if r.error),
         "error_count": sum(1 for r in runs if r.error),
         "connected": len(live),
         "connect_seconds": connected_at - started,
-        "lags": lags,
-        "tracers_unseen": len(pending_tracers),
+        "traced": traced,
     }
 
 
@@ -494,6 +489,25 @@ def read_marks(collector: Collector) -> dict[str, float]:
     }
 
 
+_DISCONNECT = re.compile(
+    r"^(\S+ \S+) INFO probemesh.collector.streams: agent \S+ \(\S+\) from \S+ "
+    r"disconnected after [^:]+: (.*)$"
+)
+
+
+def disconnect_reasons(collector: Collector, before: float) -> collections.Counter[str]:
+    """Why the collector ended streams before the agents stopped (from its log)."""
+    reasons: collections.Counter[str] = collections.Counter()
+    for line in (collector.mesh.root / "collector.log").read_text(errors="replace").splitlines():
+        match = _DISCONNECT.match(line)
+        if match is None:
+            continue
+        at = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if at < before:
+            reasons[match[2]] += 1
+    return reasons
+
+
 def round_parts(collector: Collector) -> dict[str, float]:
     """The last outage round's seconds per part (publish; evaluate on the evaluator),
     and where results wait: the ingest queue (batches) and the oldest journaled
@@ -558,6 +572,83 @@ def stored_counts(victoria_url: str, checks: list[str], seconds: int) -> dict[tu
     return out
 
 
+class Observing:
+    """The observer process (bench/rw_observer.py): relay, tracer poller, canary."""
+
+    def __init__(self, root: Path, victoria_url: str, tracers: list[tuple[str, str]]) -> None:
+        self.port = free_port()
+        self.spec = root / "observer.json"
+        self.out = root / "observer.out.json"
+        self.spec.write_text(json.dumps({
+            "port": self.port, "victoria_url": victoria_url, "tracers": tracers,
+            "out": str(self.out),
+        }))  # fmt: skip
+
+    @property
+    def write_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/write"
+
+    def start(self) -> None:
+        script = Path(__file__).resolve().parent / "rw_observer.py"
+        self.process = subprocess.Popen([sys.executable, str(script), str(self.spec)])
+        wait_for(lambda: Path(f"{self.out}.ready").exists(), 30, "the remote-write observer")
+
+    def finish(self) -> dict[str, Any]:
+        self.process.terminate()
+        self.process.wait(60)
+        return dict(json.loads(self.out.read_text()))
+
+
+def print_lag(
+    written: dict[tuple[str, str, int], float],
+    observed: dict[str, Any],
+    since: float,
+    until: float,
+    direct: bool,
+) -> None:
+    """Remote-write lag of the tracer results produced after the warm-up, split per hop."""
+    times = {
+        name: {(a, c, ms): at for a, c, ms, at in observed[name]}
+        for name in ("posted", "accepted", "seen")
+    }
+    keys = [k for k in written if since <= k[2] / 1000 < until]
+    seen = [k for k in keys if k in times["seen"]]
+    lags = [times["seen"][k] - k[2] / 1000 for k in seen]
+
+    def figure(values: list[float]) -> str:
+        return (
+            f"p50 {percentile(values, 0.5):.2f} s, p99 {percentile(values, 0.99):.2f} s, "
+            f"max {max(values, default=float('nan')):.2f} s"
+        )
+
+    print(f"remote-write lag, probe time -> queryable in VictoriaMetrics ({len(seen)} tracer "
+          f"results after the warm-up, {len(keys) - len(seen)} never seen): {figure(lags)}")  # fmt: skip
+    hops = [("produced -> written by the agent", None, "written")]
+    if not direct:
+        hops += [
+            ("written -> posted by its collector (applied, journaled, sent)", "written", "posted"),
+            ("posted -> accepted by VictoriaMetrics", "posted", "accepted"),
+            ("accepted -> queryable", "accepted", "seen"),
+        ]
+    else:
+        hops.append(("written -> queryable", "written", "seen"))
+    times["written"] = written
+    for label, frm, to in hops:
+        values = [
+            times[to][k] - (k[2] / 1000 if frm is None else times[frm][k])
+            for k in seen
+            if k in times[to] and (frm is None or k in times[frm])
+        ]
+        print(f"  {label + ':':<66}{figure(values)}")
+    canary = observed["canary_lags"]
+    print(f"  VictoriaMetrics alone: a sample written straight to it, accepted -> queryable "
+          f"({len(canary)} canaries, {observed['canaries_unseen']} unseen): {figure(canary)}")  # fmt: skip
+    relay = observed["relay_seconds"]
+    if relay:
+        print(f"  remote-write requests relayed: {observed['requests']:,}, VictoriaMetrics "
+              f"answered in {figure(relay)}")  # fmt: skip
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -594,6 +685,11 @@ def main() -> None:
                         help="seconds the agents may take to connect")  # fmt: skip
     parser.add_argument("--drain", type=float, default=300,
                         help="seconds the agents may take to deliver what they hold at the end")  # fmt: skip
+    parser.add_argument("--direct", action="store_true",
+                        help="collectors write straight to VictoriaMetrics, not through the "
+                             "observer's relay (the lag is then not split per hop)")  # fmt: skip
+    parser.add_argument("--logs", type=Path,
+                        help="copy the collectors' logs into this directory")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -643,11 +739,19 @@ def main() -> None:
             db.close()
             print(f"{len(tokens):,} tokens created in {time.monotonic() - t0:.1f} s "
                   f"({'PostgreSQL' if database_url else 'SQLite'})", flush=True)  # fmt: skip
+            rng = random.Random(7)
+            tracers = [
+                (rng.choice(agent_ids), rng.choice(check_names)) for _ in range(args.tracers)
+            ]
+            observer = Observing(root, vm.url, tracers)
+            observer.start()
+            stack.callback(observer.process.kill)  # a no-op once it has exited
+            write_url = vm.write_url if args.direct else observer.write_url
             for c in collectors:
                 c.proc = c.mesh.start_collector(
-                    "--remote-write-url", vm.write_url,
+                    "--remote-write-url", write_url,
                     "--external-label", f"collector={c.name}",
-                    "--rate-limit", "0", "--log-level", "warning",
+                    "--rate-limit", "0", "--log-level", "info",
                 )  # fmt: skip
                 stack.callback(c.proc.stop)
             time.sleep(3)
@@ -660,10 +764,6 @@ def main() -> None:
                 c.agents.append(agent)
                 specs.append(AgentSpec(agent, countries[agent], tokens[agent],
                                        f"127.0.0.1:{c.mesh.grpc_port}"))  # fmt: skip
-            rng = random.Random(7)
-            tracers = [
-                (rng.choice(agent_ids), rng.choice(check_names)) for _ in range(args.tracers)
-            ]
             go = root / "go.json"
             workers = []
             for n, part in enumerate(chunks(specs, args.processes)):
@@ -672,7 +772,7 @@ def main() -> None:
                 spec_path.write_text(json.dumps({
                     "agents": [s.__dict__ for s in part], "go": str(go),
                     "interval": args.interval, "drain": args.drain, "channels": args.channels,
-                    "tracers": [t for t in tracers if t[0] in mine], "victoria_url": vm.url,
+                    "tracers": [t for t in tracers if t[0] in mine],
                     "out": str(root / f"load-{n}.out.json"), "seed": n,
                 }))  # fmt: skip
                 workers.append(
@@ -730,10 +830,16 @@ def main() -> None:
             wait_for(lambda: all(read_marks(c)["rw_pending"] == 0 for c in collectors), 300,
                      "remote-write journals drained")  # fmt: skip
             time.sleep(3)
+            observed = observer.finish()
             with urllib.request.urlopen(f"{vm.url}/internal/force_flush", timeout=30):
                 pass
             window = int(time.time() - start_at + 600)
             stored = stored_counts(vm.url, check_names, window)
+            disconnects = {c.name: disconnect_reasons(c, stop_at) for c in collectors}
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for c in collectors:
+                    shutil.copy(c.mesh.root / "collector.log", args.logs / f"{c.name}.log")
     load1 = os.getloadavg()
     produced: dict[tuple[str, str], int] = {}
     held: dict[tuple[str, str], int] = {}
@@ -749,7 +855,7 @@ def main() -> None:
     lost = sum(max(0, n - held.get(key, 0) - stored.get(key, 0)) for key, n in produced.items())
     duplicated = sum(max(0, stored.get(key, 0) - n) for key, n in produced.items())
     extra_pairs = len(set(stored) - set(produced))
-    lags = [lag for r in reports for lag in r["lags"]]
+    written = {(a, c, ms): at for r in reports for a, c, ms, at in r["traced"]}
     print()
     storage = "PostgreSQL" if args.postgres else "SQLite"
     print(f"agents={args.agents:,} checks={args.checks} interval={args.interval:g}s "
@@ -760,9 +866,14 @@ def main() -> None:
           f"{sum(r['error_count'] for r in reports)}, CPU "
           f"{sum(r['cpu_seconds'] for r in reports):.0f} s; host load average "
           f"{load0[0]:.1f} before, {load1[0]:.1f} after (2 cores, shared)")  # fmt: skip
+    kinds: collections.Counter[str] = collections.Counter()
     for r in reports:
-        for e in r["errors"][:3]:
-            print(f"  stream error: {e}")
+        kinds.update(r["error_kinds"])
+    for kind, n in kinds.most_common():
+        print(f"  stream error x {n}: {kind}")
+    for name, reasons in disconnects.items():
+        for reason, n in reasons.most_common():
+            print(f"  collector {name} ended {n} streams during the run: {reason}")
     for c in collectors:
         start, end = c.marks, ends[c.name]
         elapsed = end["at"] - start["at"]
@@ -799,10 +910,7 @@ def main() -> None:
         span = at1 - at0
         print(f"database writes (PostgreSQL, the whole mesh): {(b['commits'] - a['commits']) / span:,.0f} "
               f"commits/s, {(b['rows'] - a['rows']) / span:,.0f} rows written/s")  # fmt: skip
-    print(f"remote-write lag (probe time -> queryable in VictoriaMetrics, {len(lags)} tracer results): "
-          f"p50 {percentile(lags, 0.5):.2f} s, p99 {percentile(lags, 0.99):.2f} s, "
-          f"max {max(lags, default=float('nan')):.2f} s; "
-          f"{sum(r['tracers_unseen'] for r in reports)} never seen")  # fmt: skip
+    print_lag(written, observed, start_at + args.interval, stop_at, direct=args.direct)
     print(f"samples: produced {sum(produced.values()):,}, probe_success stored {sum(stored.values()):,}; "
           f"lost {lost:,} (acked, not stored), duplicated {duplicated:,}, pairs stored but never "
           f"produced {extra_pairs}; still held by the agents at the end (unacked, they resend) "
