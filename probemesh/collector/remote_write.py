@@ -27,7 +27,9 @@ VictoriaMetrics accept them.
 ``external_labels`` (e.g. ``collector="eu-1"``) are added to every series unless
 the series already has that label, as Prometheus does.
 
-Delivery: one sender alternates between the two streams. 5xx, 429 and
+Delivery: each stream has its own sender, one request in flight each, so a
+result never waits behind a snapshot (hundreds of thousands of counter series
+every few intervals in a large mesh). 5xx, 429 and
 connection errors are retried with exponential backoff (``Retry-After`` is
 honoured); a snapshot request is given up once older than ``max_age``, a journal
 request only when the journal outgrows its cap (``journal_full``, oldest first).
@@ -35,6 +37,9 @@ Other 4xx answers mean the receiver will never take it, so it is dropped
 (``rejected``). Every drop is counted by reason in
 ``probemesh_remote_write_dropped_requests_total`` and
 ``probemesh_remote_write_dropped_samples_total``; loss is visible, never silent.
+``probemesh_remote_write_result_delay_seconds`` is how long journaled results
+waited for the receiver to accept them: the collector's part of the lag from
+probe to queryable (the agent's buffer before, the receiver's own flush after).
 """
 
 from __future__ import annotations
@@ -47,12 +52,18 @@ import random
 import re
 import struct
 import time
+from bisect import bisect_left
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 import cramjam
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from probemesh import __version__
@@ -116,6 +127,8 @@ SLICE_SAMPLES = 5000
 """Snapshot samples handled between two yields to the event loop (a few ms)."""
 READ_AHEAD = 256
 """Journal entries read at a time; those that fit in one request are sent as one."""
+DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Buckets of probemesh_remote_write_result_delay_seconds."""
 
 
 @dataclass
@@ -141,6 +154,13 @@ class _Stats:
     def __post_init__(self) -> None:
         self.dropped_requests: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.dropped_samples: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.delay_counts = [0] * (len(DELAY_BUCKETS) + 1)
+        self.delay_sum = 0.0
+
+    def delayed(self, seconds: float) -> None:
+        """One journaled entry accepted by the receiver this long after it was journaled."""
+        self.delay_counts[bisect_left(DELAY_BUCKETS, seconds)] += 1
+        self.delay_sum += seconds
 
 
 def series_from_registry(
@@ -296,7 +316,20 @@ class RemoteWriteMetrics(Collector):
             "Unix time of the last request the receiver accepted (0 = never).",
         )
         last.add_metric([], stats.last_success)
+        delay = HistogramMetricFamily(
+            "probemesh_remote_write_result_delay_seconds",
+            "Seconds from results being applied and journaled to the receiver accepting "
+            "them, per journal entry (one ingest commit's results).",
+        )
+        cumulative, running = [], 0
+        for bound, count in zip(
+            [*(f"{b:g}" for b in DELAY_BUCKETS), "+Inf"], stats.delay_counts, strict=True
+        ):
+            running += count
+            cumulative.append((bound, float(running)))
+        delay.add_metric([], cumulative, stats.delay_sum)
         yield from (sent, samples, failed, retries, dropped, dropped_samples, pending, lag, last)
+        yield delay
 
 
 class RemoteWriter:
@@ -358,11 +391,15 @@ class RemoteWriter:
         self._snapshot_count = 0
         self._snapshots: collections.deque[_Pending] = collections.deque()
         self._journaled: collections.deque[Entry] = collections.deque()  # read ahead
-        self._in_flight = 0
-        self._results_turn = True
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._in_flight = 0  # snapshot requests in flight
+        # Each sender sleeps on its own event; "idle" = nothing waits or is in flight.
+        self._results_ready = asyncio.Event()
+        self._snapshot_ready = asyncio.Event()
+        self._results_idle = asyncio.Event()
+        if not self.pending_results:  # a journal left by the last run is sent first
+            self._results_idle.set()
+        self._snapshot_idle = asyncio.Event()
+        self._snapshot_idle.set()
         self._last_ts_ms = 0
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -404,7 +441,8 @@ class RemoteWriter:
         self.snapshot(every_source=True)  # the first snapshot at once, then one per interval
         self._tasks = [
             asyncio.create_task(self._snapshot_loop(), name="remote-write-snapshot"),
-            asyncio.create_task(self._send_loop(), name="remote-write-send"),
+            asyncio.create_task(self._send_results_loop(), name="remote-write-send-results"),
+            asyncio.create_task(self._send_snapshot_loop(), name="remote-write-send-snapshot"),
         ]
 
     async def stop(self) -> None:
@@ -416,17 +454,18 @@ class RemoteWriter:
         """
         if not self._tasks:
             return
-        snapshot_task, send_task = self._tasks
+        snapshot_task, *senders = self._tasks
         snapshot_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await snapshot_task
         self.snapshot(every_source=True)
         if self.pending:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.stop_timeout)
-        send_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await send_task
+                await asyncio.wait_for(self._all_idle(), self.stop_timeout)
+        for task in senders:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         while self._snapshots:
             self._drop(self._snapshots.popleft(), "shutdown")
         self._tasks = []
@@ -446,8 +485,8 @@ class RemoteWriter:
             return
         bodies = await asyncio.to_thread(self._journal_results, applied)
         if bodies:
-            self._idle.clear()
-            self._wakeup.set()
+            self._results_idle.clear()
+            self._results_ready.set()
 
     def _journal_results(self, applied: Sequence[Applied]) -> int:
         assert self.journal is not None
@@ -505,8 +544,8 @@ class RemoteWriter:
                 self._drop(item, "superseded")
             self._snapshots.extend(encoded)
         if self._snapshots:
-            self._idle.clear()
-            self._wakeup.set()
+            self._snapshot_idle.clear()
+            self._snapshot_ready.set()
         return total
 
     def _drop(self, item: _Pending, reason: str) -> None:
@@ -555,19 +594,28 @@ class RemoteWriter:
             samples += entry.samples
         return taken
 
-    async def _send_loop(self) -> None:
+    async def _all_idle(self) -> None:
+        await self._results_idle.wait()
+        await self._snapshot_idle.wait()
+
+    async def _send_results_loop(self) -> None:
         while True:
+            self._results_ready.clear()  # before looking: a wake-up after it is kept
             entries = await self._next_results()
-            if not entries and not self._snapshots:
-                self._idle.set()
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            if not entries:
+                self._results_idle.set()
+                await self._results_ready.wait()
                 continue
-            self._results_turn = not self._results_turn
-            if entries and (self._results_turn or not self._snapshots):
-                await self._send_results(entries)
-            else:
-                await self._send_snapshot(self._snapshots.popleft())
+            await self._send_results(entries)
+
+    async def _send_snapshot_loop(self) -> None:
+        while True:
+            self._snapshot_ready.clear()
+            if not self._snapshots:
+                self._snapshot_idle.set()
+                await self._snapshot_ready.wait()
+                continue
+            await self._send_snapshot(self._snapshots.popleft())
 
     async def _send_snapshot(self, item: _Pending) -> None:
         self._in_flight = 1
@@ -585,7 +633,11 @@ class RemoteWriter:
         samples = sum(e.samples for e in entries)
         body = await asyncio.to_thread(merge, [e.body for e in entries])
         outcome = await self._deliver(body, samples, None)
-        if outcome != "sent":
+        if outcome == "sent":
+            now = self._clock.time()
+            for entry in entries:
+                self.stats.delayed(max(0.0, now - entry.queued_at))
+        else:
             self._count_drop(samples, outcome)
         assert self.journal is not None
         await asyncio.to_thread(self.journal.remove, entries)

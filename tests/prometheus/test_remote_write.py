@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import math
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,9 +63,12 @@ class Receiver:
         self.statuses: list[int] = []
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.port = 0
+        self.gate: Callable[[bytes], Awaitable[None]] | None = None  # awaited before answering
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.gate is not None:
+            await self.gate(body)
         self.requests.append((dict(request.headers), body))
         status = self.statuses.pop(0) if self.statuses else 204
         return web.Response(status=status, text="" if status < 300 else "nope")
@@ -389,6 +392,51 @@ async def test_small_journal_entries_go_out_merged_into_few_requests(
     ]  # fmt: skip
     assert [len(decode_request(b).timeseries) for b in result_requests] == [100, 100, 40]
     assert writer.pending_results == 0 and writer.stats.dropped_requests["rejected"] == 0
+
+
+async def test_results_never_wait_behind_a_snapshot_request(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """A snapshot request the receiver is slow to answer (hundreds of thousands
+    of counter series in a large mesh) does not hold up the results journaled
+    meanwhile: they go out at once, and their wait is in the delay histogram."""
+    stalled = asyncio.Event()
+    release = asyncio.Event()
+
+    async def gate(body: bytes) -> None:
+        names = {labels_of(ts)["__name__"] for ts in decode_request(body).timeseries}
+        if "probe_success" not in names:  # a snapshot: hang until released
+            stalled.set()
+            await release.wait()
+
+    receiver.gate = gate
+    registry, _ = sample_registry()
+    metrics = CollectorRegistry()
+    writer = RemoteWriter(
+        registry, receiver.url, interval=3600, timeout=60, stop_timeout=5,
+        journal=Journal(tmp_path / "rw.sqlite3", 1 << 20), metrics_registry=metrics,
+    )  # fmt: skip
+    await writer.start()
+    try:
+        await asyncio.wait_for(stalled.wait(), 5)
+        await writer.write_results(
+            [applied("de-1", "DE", "", [_result("web", 1000.0, True)], [WEB])]
+        )
+        for _ in range(200):
+            if _decoded_samples(receiver, "probe_success"):
+                break
+            await asyncio.sleep(0.01)
+        assert _decoded_samples(receiver, "probe_success"), "results waited for the snapshot"
+        assert writer.pending_snapshot == 0 and writer.pending == 1  # the snapshot, in flight
+    finally:
+        release.set()
+        await writer.stop()
+    assert metrics.get_sample_value("probemesh_remote_write_result_delay_seconds_count") == 1
+    assert (
+        metrics.get_sample_value("probemesh_remote_write_result_delay_seconds_bucket", {"le": "1"})
+        == 1
+    )
+    assert writer.stats.sent_requests == 3 and writer.pending == 0
 
 
 @pytest.mark.parametrize("external", [{"collector": "c1"}, {"Zone": "eu", "collector": "c1"}])
