@@ -526,6 +526,29 @@ def round_parts(collector: Collector) -> dict[str, float]:
     return parts
 
 
+def delay_buckets(collectors: list[Collector]) -> list[tuple[float, float]]:
+    """The collectors' result-delay histograms added up: (upper bound, cumulative count)."""
+    name = "probemesh_remote_write_result_delay_seconds_bucket"
+    counts: dict[float, float] = {}
+    for c in collectors:
+        for (sample, labels), value in metrics(c, (name,)).items():
+            if sample == name:
+                bound = float(dict(labels)["le"])
+                counts[bound] = counts.get(bound, 0.0) + value
+    return sorted(counts.items())
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> str:
+    """The bucket a quantile falls in, as "<= 1 s" (histograms give no more)."""
+    rank = q * buckets[-1][1]
+    lower = 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            return f"{lower:g}-{bound:g} s"
+        lower = bound
+    return "?"
+
+
 def round_figure(values: list[float]) -> str:
     if not values:
         return "none (not the evaluator)"
@@ -605,6 +628,7 @@ def print_lag(
     since: float,
     until: float,
     direct: bool,
+    load: str,
 ) -> None:
     """Remote-write lag of the tracer results produced after the warm-up, split per hop."""
     times = {
@@ -622,7 +646,8 @@ def print_lag(
         )
 
     print(f"remote-write lag, probe time -> queryable in VictoriaMetrics ({len(seen)} tracer "
-          f"results after the warm-up, {len(keys) - len(seen)} never seen): {figure(lags)}")  # fmt: skip
+          f"results after the warm-up, {len(keys) - len(seen)} never seen; {load}): "
+          f"{figure(lags)}")  # fmt: skip
     hops = [("produced -> written by the agent", None, "written")]
     if not direct:
         hops += [
@@ -831,6 +856,7 @@ def main() -> None:
                      "remote-write journals drained")  # fmt: skip
             time.sleep(3)
             observed = observer.finish()
+            delays = delay_buckets(collectors)
             with urllib.request.urlopen(f"{vm.url}/internal/force_flush", timeout=30):
                 pass
             window = int(time.time() - start_at + 600)
@@ -910,7 +936,13 @@ def main() -> None:
         span = at1 - at0
         print(f"database writes (PostgreSQL, the whole mesh): {(b['commits'] - a['commits']) / span:,.0f} "
               f"commits/s, {(b['rows'] - a['rows']) / span:,.0f} rows written/s")  # fmt: skip
-    print_lag(written, observed, start_at + args.interval, stop_at, direct=args.direct)
+    load = f"host load {load0[0]:.1f} before, {load1[0]:.1f} after"
+    print_lag(written, observed, start_at + args.interval, stop_at, args.direct, load)
+    if delays:
+        print(f"  collectors: journaled -> accepted by VictoriaMetrics, every result "
+              f"(probemesh_remote_write_result_delay_seconds, {int(delays[-1][1]):,} journal "
+              f"entries): p50 {bucket_quantile(delays, 0.5)}, "
+              f"p99 {bucket_quantile(delays, 0.99)}")  # fmt: skip
     print(f"samples: produced {sum(produced.values()):,}, probe_success stored {sum(stored.values()):,}; "
           f"lost {lost:,} (acked, not stored), duplicated {duplicated:,}, pairs stored but never "
           f"produced {extra_pairs}; still held by the agents at the end (unacked, they resend) "
