@@ -42,6 +42,9 @@ class Store:
         )
         self._fence: contextlib.AbstractContextManager[Connection] | None = None
         self._fenced: dict[str, LeaseRow] = {}  # the lease rows the open fence checked
+        # Histogram rows known to exist (they are never deleted): commit_fenced
+        # creates the others before it locks them.
+        self._histogram_rows: set[str] = set()
         if database.shared:
             self.lease_thread = self.worker
         else:
@@ -147,7 +150,11 @@ class Store:
         fenced transaction; return the histograms' new stored states.
 
         Histogram rows are shared by the collectors serving agents of one
-        country: each is locked (in key order) and the delta added to it.
+        country: each is locked (in key order) and the delta added to it. Rows
+        not stored yet are created first, in key order too: inserted in each
+        collector's own order, two commits adding the same new rows (every
+        collector's first results, a new check or country) could each hold a
+        row the other waits for, and PostgreSQL would abort one as a deadlock.
         """
         fence, self._fence = self._fence, None
         db = self._ingest_db
@@ -156,10 +163,16 @@ class Store:
             fence.__enter__()
         try:
             deltas = dict(histograms)
+            keys = sorted(_key_text(key) for key in deltas)
+            new = [(key,) for key in keys if key not in self._histogram_rows]
+            if new:
+                db.executemany(
+                    "INSERT INTO histograms(key, state) VALUES(?, '[]') "
+                    "ON CONFLICT(key) DO NOTHING",
+                    new,
+                )
             before = db.rows_by_key(
-                "SELECT key, state FROM histograms WHERE key IN ({})",
-                sorted(_key_text(key) for key in deltas),
-                lock=True,
+                "SELECT key, state FROM histograms WHERE key IN ({})", keys, lock=True
             )
             stored = {}
             for key, delta in deltas.items():
@@ -188,6 +201,7 @@ class Store:
             fence.__exit__(type(exc), exc, exc.__traceback__)
             raise
         fence.__exit__(None, None, None)
+        self._histogram_rows.update(keys)
         return stored
 
     def rollback_fence(self) -> None:

@@ -6,6 +6,7 @@ kind, migrated; these tests hold the two backends to the same behaviour.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -194,6 +195,55 @@ def test_a_failed_commit_writes_nothing(database: Database) -> None:
     commit(store, [("vps-1", 10, [])], [], [])
     assert store.load_marks()["vps-1"][0] == 10
     store.close()
+
+
+def test_commits_adding_the_same_new_histogram_rows_wait_instead_of_deadlocking(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Two collectors' commits add the same new histogram rows (every collector's
+    first results), each in its own order, while a third transaction still
+    holds one of them: the first has added b and waits for z, the second has
+    added a and waits for b. Once z is free the first would wait for a, held by
+    the second, and PostgreSQL would abort one of them as a deadlock; rows
+    created and locked in key order make the second wait for the first instead."""
+    database = open_database(postgres_url, tmp_path / "data")
+    first, second = Store(database), Store(database)
+    a, b, z = (("duration", "web", country) for country in ("AT", "BE", "ZA"))
+    watcher = database.connect()
+
+    def waiting() -> int:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()
+        return int(row[0])
+
+    failures: list[BaseException] = []
+
+    def run(store: Store, histograms: list[tuple[tuple[str, ...], list[float]]]) -> None:
+        try:
+            commit(store, [], [], histograms)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(first, [(b, [1.0]), (z, [1.0]), (a, [1.0])])),
+        threading.Thread(target=run, args=(second, [(a, [2.0]), (b, [2.0])])),
+    ]
+    with database.connect().transaction() as third:
+        third.execute("INSERT INTO histograms(key, state) VALUES(?, ?)", (json.dumps(z), "[4.0]"))
+        for count, thread in enumerate(threads, 1):
+            thread.start()
+            deadline = time.monotonic() + 10
+            while waiting() < count:  # the first waits for the third, the second for the first
+                assert time.monotonic() < deadline, "the commits never waited for each other"
+                time.sleep(0.02)
+    for thread in threads:
+        thread.join(30)
+    assert failures == []
+    assert first.load_histograms() == {a: [3.0], b: [3.0], z: [5.0]}
+    first.close()
+    second.close()
 
 
 def test_revisions_and_assignment_spans(database: Database) -> None:
