@@ -135,6 +135,8 @@ def test_every_result_lands_once_at_its_probe_time(kind: str, tmp_path: Path) ->
                     sum(n for (a, _), n in expected.items() if a == agent_id) == produced[agent_id]
                 )
             assert total(counted, "probemesh_remote_write_dropped_samples_total") == 0
+            # Delivered journal entries' waits (journaled -> accepted) are exported.
+            assert total(counted, "probemesh_remote_write_result_delay_seconds_count") > 0
             # Every sample sits at its probe time: none in the collector's outage is missing.
             assert query('probe_success{check="mixed",agent="us-1"} == 0')
     finally:
