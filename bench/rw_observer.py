@@ -13,7 +13,11 @@ load processes nor the driver's /metrics parsing delay what it times):
   the probe time, so the lag is seen - probe time, with nothing between;
 * a **canary**: every few seconds it writes one sample stamped "now" straight
   to VictoriaMetrics and the same query picks it up: how long the receiver
-  itself takes to show a sample it accepted, under the same load.
+  itself takes to show a sample it accepted, under the same load. Canaries
+  take turns over CANARY_SERIES series, so that two shown by one flush are
+  both seen (the query shows each series' latest sample only). The first
+  sample of each is not timed: a new series takes VictoriaMetrics longer to
+  show (its index), and every tracer series is older than the warm-up.
 
 The driver stops it with SIGTERM; it then writes its report.
 """
@@ -43,6 +47,7 @@ from probemesh.remotewrite import remote_pb2
 POLL = 0.2  # seconds between two queries
 CANARY_EVERY = 2.0
 CANARY = "bench_remote_write_canary"
+CANARY_SERIES = 8
 
 
 @dataclass
@@ -65,7 +70,7 @@ class Observer:
         self.accepted: dict[tuple[str, str, int], float] = {}
         self.seen: dict[tuple[str, str, int], float] = {}
         self.latest: dict[tuple[str, str], int] = {}
-        self.canaries: dict[int, float] = {}  # timestamp ms -> when it was accepted
+        self.canaries: dict[tuple[str, int], float] = {}  # (series, ms) -> accepted at
         self.canary_lags: list[float] = []
         self.requests = 0
         self.relay_seconds: list[float] = []  # VictoriaMetrics' answer time per request
@@ -126,8 +131,9 @@ class Observer:
                 labels = row["metric"]
                 stamp = round(float(row["value"][1]) * 1000)
                 if labels.get("bench") == "canary":
-                    if stamp in self.canaries:
-                        self.canary_lags.append(now - self.canaries.pop(stamp))
+                    accepted = self.canaries.pop((labels.get("n", ""), stamp), None)
+                    if accepted is not None:
+                        self.canary_lags.append(now - accepted)
                     continue
                 pair = (labels.get("agent", ""), labels.get("check", ""))
                 if pair in self.tracers and stamp > self.latest.get(pair, 0):
@@ -138,13 +144,16 @@ class Observer:
                 await asyncio.wait_for(self.stopping.wait(), delay)
 
     async def canary(self) -> None:
-        series = {(("__name__", CANARY), ("bench", "canary")): 1.0}
+        turn = 0
         while not self.stopping.is_set():
+            n = str(turn % CANARY_SERIES)
+            turn += 1
+            series = {(("__name__", CANARY), ("bench", "canary"), ("n", n)): 1.0}
             stamp = int(time.time() * 1000)
             body = b"".join(b for b, _ in encode_requests(series, stamp))
             async with self.session.post(self.write_url, data=body, headers=HEADERS) as answer:
-                if 200 <= answer.status < 300:
-                    self.canaries[stamp] = time.time()
+                if 200 <= answer.status < 300 and turn > CANARY_SERIES:
+                    self.canaries[(n, stamp)] = time.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), CANARY_EVERY)
 
