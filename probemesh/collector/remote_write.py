@@ -569,22 +569,29 @@ class RemoteWriter:
             except Exception:  # a broken collector must not stop remote write
                 log.exception("remote write: snapshot of the registry failed")
 
-    async def _next_results(self) -> list[Entry]:
-        """The oldest journaled entries that fit in one request (at least one).
+    def _take_results(self, delivered: Sequence[Entry]) -> tuple[list[Entry], bytes]:
+        """In a worker thread: forget the entries just delivered, then return the
+        oldest journaled entries that fit in one request (at least one) and that
+        request's body.
 
         Ingest journals one entry per commit, a few results each when agents
         send one result at a time: sent one by one, each would wait a round
         trip of its own and the journal would outgrow what one sender delivers.
+        One thread hop per request: on a busy event loop every hop waits for
+        the loop's turn, and the sender's pace with it.
         """
         journal = self.journal
-        if journal is None:
-            return []
+        assert journal is not None
         pending = self._journaled
+        if delivered:
+            journal.remove(delivered)
+            for _ in delivered:
+                pending.popleft()
         if journal.requests > len(pending) and sum(e.samples for e in pending) < (
             self.max_samples_per_request
         ):
             pending.clear()
-            pending.extend(await asyncio.to_thread(journal.head, READ_AHEAD))
+            pending.extend(journal.head(READ_AHEAD))
         taken: list[Entry] = []
         samples = 0
         for entry in pending:
@@ -592,21 +599,25 @@ class RemoteWriter:
                 break
             taken.append(entry)
             samples += entry.samples
-        return taken
+        return taken, merge([e.body for e in taken]) if taken else b""
 
     async def _all_idle(self) -> None:
         await self._results_idle.wait()
         await self._snapshot_idle.wait()
 
     async def _send_results_loop(self) -> None:
+        if self.journal is None:
+            return
+        delivered: list[Entry] = []
         while True:
             self._results_ready.clear()  # before looking: a wake-up after it is kept
-            entries = await self._next_results()
+            entries, body = await asyncio.to_thread(self._take_results, delivered)
+            delivered = entries
             if not entries:
                 self._results_idle.set()
                 await self._results_ready.wait()
                 continue
-            await self._send_results(entries)
+            await self._send_results(entries, body)
 
     async def _send_snapshot_loop(self) -> None:
         while True:
@@ -629,9 +640,9 @@ class RemoteWriter:
         if outcome != "sent":
             self._drop(item, outcome)
 
-    async def _send_results(self, entries: list[Entry]) -> None:
+    async def _send_results(self, entries: list[Entry], body: bytes) -> None:
+        """Deliver one request of journaled entries; the next _take_results forgets them."""
         samples = sum(e.samples for e in entries)
-        body = await asyncio.to_thread(merge, [e.body for e in entries])
         outcome = await self._deliver(body, samples, None)
         if outcome == "sent":
             now = self._clock.time()
@@ -639,10 +650,6 @@ class RemoteWriter:
                 self.stats.delayed(max(0.0, now - entry.queued_at))
         else:
             self._count_drop(samples, outcome)
-        assert self.journal is not None
-        await asyncio.to_thread(self.journal.remove, entries)
-        for _ in entries:
-            self._journaled.popleft()
 
     async def _deliver(self, body: bytes, samples: int, created: float | None) -> str:
         """Send one request, retrying recoverable failures with backoff.
