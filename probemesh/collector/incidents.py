@@ -74,6 +74,7 @@ from probemesh.collector.verdicts import (
     Publisher,
     refusals_of,
 )
+from probemesh.collector.work_lane import Steps, WorkLane, run_steps
 from probemesh.timefmt import rfc3339
 
 if TYPE_CHECKING:
@@ -481,9 +482,11 @@ class OutageMonitor:
         diagnoser: Diagnoser | None = None,
         shared: SharedVerdicts | None = None,
         election: Election | None = None,
+        lane: WorkLane | None = None,
     ) -> None:
         self.state = state
         self.checks = checks
+        self.lane = lane or WorkLane()  # runs the rounds' steps
         self.book = book
         self.clock = clock
         self.notifications = notifications
@@ -517,30 +520,38 @@ class OutageMonitor:
 
     def evaluate(self) -> list[Incident]:
         """One round of a collector that is its own evaluator: publish, then judge."""
-        return _run_steps(self._evaluate_steps())
+        return run_steps(self._evaluate_steps())
 
     def _evaluate_steps(self) -> Generator[None, None, list[Incident]]:
-        """evaluate() in steps; the event loop may run between two (see _stepped)."""
+        """evaluate() in steps, for the work lane: a round over every pair would
+        otherwise hold ingest, streams and scrapes for tens of milliseconds."""
         checks = self.checks()
         now = self.clock()
-        publication = self.publish(checks, now)
+        publication = yield from self._publish_steps(checks, now)
         yield
         self.inputs.apply(publication)
         return (yield from self._judge_steps(self.inputs.inputs, checks, now))
 
-    def publish(self, checks: ChecksFile, now: float) -> Publication:
-        """This collector's part: its agents' inputs that changed since the last round."""
-        started = time.perf_counter()
-        publication = self.publisher.observe(self.state.latest, checks, self.state.agents, now)
-        self.round_seconds["publish"] = time.perf_counter() - started
-        return publication
+    def _publish_steps(self, checks: ChecksFile, now: float) -> Steps[Publication]:
+        """This collector's part, in steps: its agents' inputs that changed since the last round."""
+        steps = self.publisher.observe_steps(self.state.latest, checks, self.state.agents, now)
+        spent = 0.0
+        while True:
+            started = time.perf_counter()
+            try:
+                next(steps)
+            except StopIteration as done:
+                self.round_seconds["publish"] = spent + time.perf_counter() - started
+                return done.value
+            spent += time.perf_counter() - started
+            yield
 
     def judge(
         self, inputs: dict[Pair, PairInput], checks: ChecksFile, now: float
     ) -> list[Incident]:
         """The evaluator's part: classify every agent's inputs, diagnose, update
         incidents, notify; returns the incidents that must be saved."""
-        return _run_steps(self._judge_steps(inputs, checks, now))
+        return run_steps(self._judge_steps(inputs, checks, now))
 
     def _judge_steps(
         self, inputs: dict[Pair, PairInput], checks: ChecksFile, now: float
@@ -629,7 +640,7 @@ class OutageMonitor:
         while True:
             try:
                 if self.shared is None:
-                    await self._save(self.book.save, await _stepped(self._evaluate_steps()))
+                    await self._save(self.book.save, await self.lane.run(self._evaluate_steps()))
                 else:
                     await self._shared_round(self.shared)
             except asyncio.CancelledError:
@@ -669,7 +680,7 @@ class OutageMonitor:
         new = self.publisher.new_pairs(self.state.latest, checks)
         if new:
             self.publisher.resume(await self._io(shared.published, new))
-        publication = self.publish(checks, self.clock())
+        publication = await self.lane.run(self._publish_steps(checks, self.clock()))
         described = self.fleet_publisher.observe(self.state.agents, time.monotonic())
         publication.agents, publication.agents_removed = described.agents, described.agents_removed
         try:
@@ -681,7 +692,7 @@ class OutageMonitor:
         self.fleet = await self._io(shared.read_fleet)
         if elected:
             inputs = await self._io(shared.read, self.inputs)
-            dirty = await _stepped(self._judge_steps(inputs, checks, self.clock()))
+            dirty = await self.lane.run(self._judge_steps(inputs, checks, self.clock()))
             await self._save(self.book.save, dirty)
             if dirty:
                 self._book_version += 1
@@ -792,24 +803,3 @@ class OutageMonitor:
         yield ratio
         yield diagnosis
         yield local
-
-
-def _run_steps(steps: Generator[None, None, _T]) -> _T:
-    """All of a stepped computation at once (tests, benches)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-
-
-async def _stepped(steps: Generator[None, None, _T]) -> _T:
-    """A stepped computation, letting the event loop go round between two steps:
-    a round over every pair would otherwise hold ingest, streams and scrapes for
-    tens of milliseconds (docs/benchmarks.md, event-loop lag)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-        await asyncio.sleep(0)

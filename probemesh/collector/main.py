@@ -47,6 +47,7 @@ from probemesh.collector.state import MeshState
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
 from probemesh.collector.webhooks import WebhookNotifier
+from probemesh.collector.work_lane import Steps, WorkLane
 from probemesh.errors import ConfigError, ProbemeshError
 from probemesh.grpc_options import server_options
 from probemesh.httpserver import parse_listen, start_site
@@ -136,6 +137,9 @@ class CollectorApp:
                 bulk_registry=self.bulk_registry,
             )
         self.leases = LeaseBook(options.collector_id or default_collector_id(options.grpc_listen))
+        # One lane for the heavy work (decoding, ingest, outage rounds, pre-render):
+        # a few milliseconds of it per loop iteration, whatever is queued.
+        self.lane = WorkLane()
         self.ingest = Ingest(
             self.state,
             self.store,
@@ -143,6 +147,7 @@ class CollectorApp:
             options.limits,
             result_sink=self.remote_writer.write_results if self.remote_writer else None,
             leases=self.leases,
+            lane=self.lane,
         )
         self.sessions = SessionRegistry()
         self.service = ProbeMeshService(
@@ -152,6 +157,7 @@ class CollectorApp:
             self.sessions,
             lambda: self.checks_file,
             self.history,
+            self.lane,
         )
         self._external_url: str | None = None
         book = IncidentBook(self.database)
@@ -168,6 +174,7 @@ class CollectorApp:
             diagnoser=Diagnoser(self.state.evidence, options.asn, self._ask),
             shared=shared,
             election=election,
+            lane=self.lane,
         )
         self.loop_lag = LoopLag()
         self.exporter = MeshExporter(
@@ -366,18 +373,19 @@ class CollectorApp:
             self.database.release()
             log.info("collector stopped")
 
+    def _prerender_steps(self, until: float) -> Steps[None]:
+        """The pre-render in 1 ms slices, for the work lane (ingest and the API keep
+        flowing), and until ``until`` at most, so the chores after it still run."""
+        while self.exporter.prerender(budget=0.001) and self.exporter.behind:
+            if time.monotonic() > until:
+                return
+            yield
+
     async def _housekeeping(self) -> None:
         """Cut revoked tokens' streams, expire gone agents, pre-render changed series."""
         while True:
             await asyncio.sleep(1.0)
-            # In 4 ms slices, yielding between them so ingest and the API keep
-            # flowing (docs/benchmarks.md, event-loop lag), and for at most 0.8 s
-            # so the chores below still run.
-            slices_until = time.monotonic() + 0.8
-            while self.exporter.prerender(budget=0.004) and self.exporter.behind:
-                if time.monotonic() > slices_until:
-                    break
-                await asyncio.sleep(0)  # a yield between slices
+            await self.lane.run(self._prerender_steps(time.monotonic() + 0.8))
             live = {s.token_id for s in self.sessions.by_agent.values()}
             try:
                 revoked = await self.tokens.in_thread(self.tokens.inactive, live)

@@ -23,7 +23,6 @@ from probemesh.collector.admission import Admission, Slot
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.clock import CLOCK_ECHO, MAX_HELD_SECONDS
 from probemesh.collector.database import DatabaseError
-from probemesh.collector.decode_lane import DecodeLane
 from probemesh.collector.diagnosis import EVIDENCE_FEATURE
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.leases import POLL_WINDOW, stream_taken_message
@@ -33,6 +32,7 @@ from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.streamlog import RefusalLog, peer, transport
 from probemesh.collector.streamlog import log as streams_log
 from probemesh.collector.tokens import TokenStore
+from probemesh.collector.work_lane import WorkLane
 from probemesh.errors import AuthError
 from probemesh.grpc_options import MAX_MESSAGE_BYTES
 from probemesh.identity import valid_region
@@ -68,6 +68,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         sessions: SessionRegistry,
         checks: Callable[[], ChecksFile],
         history: AssignmentHistory,
+        lane: WorkLane | None = None,
     ) -> None:
         self.state = state
         self.ingest = ingest
@@ -76,7 +77,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.checks = checks
         self.history = history
         self.admission = Admission()
-        self.decode_lane = DecodeLane()
+        self.lane = lane or WorkLane()  # decodes large messages
         self.rejected: Counter[str] = Counter(dict.fromkeys(REJECT_REASONS, 0))
         self.refusal_log = RefusalLog()
         self.heartbeat_interval = HEARTBEAT_INTERVAL
@@ -510,7 +511,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 session.agent.last_seen = max(session.agent.last_seen, time.time())
                 problem = self._size_problem(len(data))
                 if problem is None:
-                    message = await self.decode_lane.decode(data)
+                    message = await self.lane.decode(data)
                     kind = message.WhichOneof("payload")
                     if kind == "results":
                         problem = self.ingest.framing_problem(message.results)

@@ -24,6 +24,7 @@ what each collector knows of its agents (``agent_doc``, published by
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +33,11 @@ from probemesh.checks import ChecksFile
 from probemesh.collector.runnable import Refusal, not_runnable
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, Latest
+from probemesh.collector.work_lane import Steps, run_steps
 from probemesh.timefmt import rfc3339
 
 Pair = tuple[str, str]  # (check, agent)
+STEP_SECONDS = 0.001  # agents published in one step of a round, about this long
 _STATUS_SAMPLE = "probe_http_status_code"
 
 
@@ -195,6 +198,25 @@ class Publisher:
         now: float,
     ) -> Publication:
         """Feed each pair's newest result into its streak; return what changed."""
+        return run_steps(self.observe_steps(latest, checks, agents, now))
+
+    def observe_steps(
+        self,
+        latest: Mapping[Pair, Latest],
+        checks: ChecksFile,
+        agents: Mapping[str, AgentInfo],
+        now: float,
+    ) -> Steps[Publication]:
+        """observe() in steps, for the work lane: after the streaks are fed (one
+        step), the touched agents' inputs are built about STEP_SECONDS at a time.
+
+        A storm of reconnecting agents touches every pair of theirs: built at
+        once, their inputs held the event loop for tens of milliseconds. Each
+        agent is published whole from its own tracks (the settled rule needs
+        all of an agent's checks at once); between two steps ingest may move
+        an agent's assignment or country, which the next round's
+        ``_assignments`` sees and publishes again. The publication is handed
+        on only once every step ran."""
         touched = self._again
         self._again = set()
         if checks is not self._checks:  # a reload: intervals may differ, start the tracks over
@@ -221,8 +243,12 @@ class Publisher:
             for key, item in refusals.items():
                 self._refused_by_agent.setdefault(key[1], {})[key] = item
         publication = Publication()
+        started = time.perf_counter()
         for agent in touched:
             self._publish_agent(agent, agents.get(agent), checks, publication)
+            if time.perf_counter() - started >= STEP_SECONDS:
+                yield
+                started = time.perf_counter()
         return publication
 
     def _take(self, latest: Mapping[Pair, Latest], checks: ChecksFile, now: float) -> set[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from probemesh.collector.work_lane import WorkLane
 from tests.collector.mesh_script import INTERVAL, ScriptedMesh, result
 
 
@@ -27,6 +28,7 @@ def test_the_round_yields_between_steps_and_publishes_one_round_at_once() -> Non
     whole.monitor.evaluate()
 
     monitor = stepped.monitor
+    monitor.lane = WorkLane(budget=0)  # one step per loop iteration
     before = (monitor.snapshot, monitor.diagnoses, monitor.refusals)
     evaluations = monitor.evaluations
     seen: list[tuple[Any, ...]] = []

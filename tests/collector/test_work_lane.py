@@ -8,7 +8,7 @@ import itertools
 import pytest
 from google.protobuf.message import DecodeError
 
-from probemesh.collector.decode_lane import LANE_BYTES, DecodeLane
+from probemesh.collector.work_lane import LANE_BYTES, WorkLane
 from probemesh.v1 import mesh_pb2 as pb
 
 
@@ -29,7 +29,7 @@ def batch(first_seq: int, results: int = 1000) -> bytes:
 
 
 async def test_large_messages_are_spread_over_loop_iterations_in_order() -> None:
-    lane = DecodeLane(budget=0)  # no budget: one decode per loop iteration
+    lane = WorkLane(budget=0)  # no budget: one decode per loop iteration
     decoded_per_tick: list[int] = []
     done = False
     futures = [asyncio.ensure_future(lane.decode(batch(1 + 1000 * i))) for i in range(20)]
@@ -49,7 +49,7 @@ async def test_large_messages_are_spread_over_loop_iterations_in_order() -> None
 
 
 async def test_bad_bytes_fail_only_their_own_caller() -> None:
-    lane = DecodeLane()
+    lane = WorkLane()
     garbage = b"\xff" * LANE_BYTES
     good, bad = await asyncio.gather(
         lane.decode(batch(1)), lane.decode(garbage), return_exceptions=True
@@ -61,7 +61,7 @@ async def test_bad_bytes_fail_only_their_own_caller() -> None:
 
 
 async def test_a_caller_that_gives_up_is_skipped() -> None:
-    lane = DecodeLane()
+    lane = WorkLane()
     gone = asyncio.ensure_future(lane.decode(batch(1)))
     await asyncio.sleep(0)
     gone.cancel()
