@@ -1,14 +1,16 @@
-"""The decode lane: large messages decoded in order, a few milliseconds per loop iteration."""
+"""The work lane: heavy work in steps, round robin, a few milliseconds per loop iteration."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections.abc import Generator
 
 import pytest
 from google.protobuf.message import DecodeError
 
-from probemesh.collector.work_lane import LANE_BYTES, WorkLane
+from probemesh.collector.work_lane import LANE_BYTES, WorkLane, run_steps
 from probemesh.v1 import mesh_pb2 as pb
 
 
@@ -67,3 +69,82 @@ async def test_a_caller_that_gives_up_is_skipped() -> None:
     gone.cancel()
     message = await lane.decode(batch(1001))
     assert message.results.first_seq == 1001
+
+
+def busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def job(
+    name: str, steps: int, trace: list[str], step_seconds: float = 0.0
+) -> Generator[None, None, str]:
+    for i in range(steps):
+        busy(step_seconds)
+        trace.append(f"{name}{i}")
+        if i < steps - 1:
+            yield
+    return name
+
+
+async def test_steps_run_round_robin_within_the_budget_per_iteration() -> None:
+    lane = WorkLane(budget=0.004)
+    trace: list[str] = []
+    iterations: list[tuple[float, int]] = []  # (when, steps done so far)
+    done = False
+
+    async def ticker() -> None:
+        while not done:
+            started = time.perf_counter()
+            await asyncio.sleep(0)
+            iterations.append((time.perf_counter() - started, len(trace)))
+
+    tick = asyncio.create_task(ticker())
+    results = await asyncio.gather(
+        lane.run(job("a", 20, trace, 0.001)), lane.run(job("b", 20, trace, 0.001))
+    )
+    done = True
+    await tick
+    assert results == ["a", "b"]
+    assert trace[:4] == ["a0", "b0", "a1", "b1"], "the computations take turns"
+    per_iteration = [b - a for (_, a), (_, b) in itertools.pairwise(iterations)]
+    assert max(per_iteration) <= 5, "a budget and one step at most per iteration"
+    assert len(iterations) >= 40 // 5
+
+
+async def test_a_failing_step_fails_its_caller_only_and_a_cancelled_one_stops() -> None:
+    lane = WorkLane(budget=0)
+    trace: list[str] = []
+
+    def failing() -> Generator[None, None, None]:
+        yield
+        raise ValueError("bad step")
+
+    closed: list[bool] = []
+
+    def endless() -> Generator[None, None, None]:
+        try:
+            while True:
+                trace.append("e")
+                yield
+        finally:
+            closed.append(True)
+
+    gone = asyncio.ensure_future(lane.run(endless()))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    gone.cancel()
+    good, bad = await asyncio.gather(
+        lane.run(job("g", 3, trace)), lane.run(failing()), return_exceptions=True
+    )
+    assert good == "g" and isinstance(bad, ValueError)
+    assert closed == [True], "the cancelled caller's computation was closed"
+    steps = len(trace)
+    await lane.run(job("h", 1, trace))
+    assert len(trace) == steps + 1
+
+
+def test_run_steps_runs_a_computation_at_once() -> None:
+    trace: list[str] = []
+    assert run_steps(job("x", 3, trace)) == "x" and trace == ["x0", "x1", "x2"]
