@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import re
@@ -452,7 +453,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
     def _assignment(
         self, session: Session, remind: bool = False
     ) -> tuple[list[CheckSpec], list[pb.Check], bytes]:
-        """The agent's check set now, as specs, wire checks and their fingerprint.
+        """The agent's check set now, as specs, wire checks and their fingerprint
+        (a digest of the wire checks).
 
         Warns, naming check, agent and rule, about assigned checks the agent's
         announced policy will refuse: new ones, or all of them when remind is
@@ -473,7 +475,8 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         # the latest result, and only the agent can judge a host name.
         agent.refusals = {**agent.refusals, **refusals}
         checks = [self._proto(spec) for spec in specs]
-        return specs, checks, b"".join(c.SerializeToString(deterministic=True) for c in checks)
+        encoded = b"".join(c.SerializeToString(deterministic=True) for c in checks)
+        return specs, checks, hashlib.blake2b(encoded, digest_size=32).digest()
 
     def _proto(self, spec: CheckSpec) -> pb.Check:
         """The wire form of a spec, built once per checks file: encoding a module's

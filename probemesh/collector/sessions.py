@@ -27,6 +27,7 @@ class Session:
     last_recv: float = field(default_factory=time.monotonic)
     end_code: grpc.StatusCode | None = None
     end_details: str = ""
+    # A digest of the wire checks last sent, not their bytes (12 KB an agent for 20 checks)
     checks_fingerprint: bytes = b""
     opened: float = field(default_factory=time.monotonic)
     # When the token's last use was written (at admission, then at most once a minute)

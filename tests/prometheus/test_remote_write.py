@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from probemesh.collector.remote_results import Applied, Journal, encode_results
 from probemesh.collector.remote_write import (
@@ -181,6 +183,72 @@ async def test_vanished_series_get_a_stale_marker(receiver: Receiver) -> None:
     value = stale[0].samples[0].value
     assert math.isnan(value)
     assert struct.pack("<d", value) == struct.pack("<Q", 0x7FF0000000000002)
+
+
+def test_stale_markers_follow_many_series_from_a_compact_record() -> None:
+    """Of 30,000 series over three snapshots, exactly those gone since the
+    previous snapshot get one stale marker each, wherever they were, and every
+    other series its value; the record of a snapshot's series is a few bytes
+    a series, not their label tuples; a series a registry yields twice is sent
+    once (the first)."""
+    registry = CollectorRegistry()
+    gauge = Gauge("pair", "p", ["check", "agent"], registry=registry)
+    pairs = [(f"c{i % 20:02d}", f"a{i // 20:05d}") for i in range(30_000)]
+    for i, pair in enumerate(pairs):
+        gauge.labels(*pair).set(i)
+    writer = RemoteWriter(registry, "http://127.0.0.1:9/api/v1/write", interval=3600)
+
+    def sent() -> dict[tuple[str, str], list[float]]:
+        out: dict[tuple[str, str], list[float]] = {}
+        for pending in writer._snapshots:
+            for ts in decode_request(pending.body).timeseries:
+                labels = labels_of(ts)
+                if labels["__name__"] == "pair":
+                    out.setdefault((labels["check"], labels["agent"]), []).append(
+                        ts.samples[0].value
+                    )
+        return out
+
+    assert writer.snapshot() == 30_000
+    first = sent()
+    assert {k: v[0] for k, v in first.items()} == {p: float(i) for i, p in enumerate(pairs)}
+    record = writer._sources[0].previous
+    assert record.count == 30_000 and len(record.packed) < 30_000 * 8
+    gone = set(pairs[::7]) | set(pairs[-3:])
+    for pair in gone:
+        gauge.remove(*pair)
+    writer.snapshot()
+    second = sent()
+    assert second.keys() == set(pairs)
+    for i, pair in enumerate(pairs):
+        if pair in gone:
+            assert len(second[pair]) == 1 and struct.pack("<d", second[pair][0]) == struct.pack(
+                "<d", STALE_NAN
+            )
+        else:
+            assert second[pair] == [float(i)]
+    gauge.labels(*pairs[0]).set(-1.0)  # back again
+    writer.snapshot()
+    third = sent()
+    assert third.keys() == set(pairs) - gone | {pairs[0]}  # the gone are marked once only
+    assert third[pairs[0]] == [-1.0]
+
+
+def test_a_series_yielded_twice_is_sent_once() -> None:
+    registry = CollectorRegistry()
+
+    class Twice(Collector):
+        def collect(self) -> Iterator[Metric]:
+            for value in (1.0, 2.0):
+                family = GaugeMetricFamily("twice", "t", labels=["agent"])
+                family.add_metric(["de-1"], value)
+                yield family
+
+    registry.register(Twice())
+    writer = RemoteWriter(registry, "http://127.0.0.1:9/api/v1/write", interval=3600)
+    assert writer.snapshot() == 1
+    (request,) = [decode_request(p.body) for p in writer._snapshots]
+    assert [ts.samples[0].value for ts in request.timeseries] == [1.0]
 
 
 async def test_retries_5xx_and_429_then_delivers(receiver: Receiver) -> None:
