@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from probemesh import ports
 from probemesh.checks import ChecksFile, load_checks
-from probemesh.collector import runnable
+from probemesh.collector import heap, runnable
 from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.asn import AsnLookup, NoAsnDatabase
 from probemesh.collector.assignments import AssignmentHistory
@@ -338,6 +338,7 @@ class CollectorApp:
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
         lag = asyncio.create_task(self.loop_lag.run())
+        trimmer = asyncio.create_task(heap.trim_periodically())
         await self.notifications.start()
         outage = asyncio.create_task(self.outage.run())
         if self.remote_writer is not None:
@@ -358,7 +359,8 @@ class CollectorApp:
             housekeeping.cancel()
             lag.cancel()
             outage.cancel()
-            await asyncio.gather(housekeeping, outage, lag, return_exceptions=True)
+            trimmer.cancel()
+            await asyncio.gather(housekeeping, outage, lag, trimmer, return_exceptions=True)
             await self.notifications.stop()
             await applier  # drains what was queued: ack only what was applied
             if self.remote_writer is not None:
