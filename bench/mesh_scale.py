@@ -432,9 +432,57 @@ class Collector:
     name: str
     mesh: Mesh
     proc: Proc | None = None
-    rss0: int = 0
+    rss0: int = 0  # before any agent connects
+    rss_warm: int = 0  # at the end of the warm-up interval
+    rss_window: list[int] = field(default_factory=list)  # every 2 s after warm-up
+    heap_prefix: str = ""  # --heap-report: where the collector writes its reports
+    heaps: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     agents: list[str] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
+
+
+def heap_env(args: argparse.Namespace, collector: Collector) -> dict[str, str] | None:
+    """With --heap-report, the collector loads bench/heap_probe (its sitecustomize)."""
+    if not args.heap_report:
+        return None
+    collector.heap_prefix = str(collector.mesh.root / "heap")
+    env = {
+        "PYTHONPATH": str(Path(__file__).resolve().parent / "heap_probe"),
+        "PROBEMESH_HEAP_REPORT": collector.heap_prefix,
+    }
+    if args.tracemalloc:
+        env["PYTHONTRACEMALLOC"] = "1"
+    return env
+
+
+def heap_report(collector: Collector, moment: str) -> None:
+    """Ask a collector started with --heap-report for its report (bench/heap_probe)."""
+    assert collector.proc is not None
+    path = Path(f"{collector.heap_prefix}.{len(collector.heaps) + 1}.json")
+    os.kill(collector.proc.pid, signal.SIGUSR2)
+    wait_for(path.exists, 120, f"{collector.name}'s heap report")
+    collector.heaps.append((moment, json.loads(path.read_text())))
+
+
+def print_heaps(collector: Collector, pairs: int) -> None:
+    """Where the collector's memory is, at each moment reported, and its growth per pair."""
+    mib = 2**20
+    print("  heap (MiB; growth over idle per pair in kB = 1000 bytes):")
+    idle: dict[str, float] = {}
+    for moment, r in collector.heaps:
+        py, c = r["pymalloc"], r["c_heap"]
+        figures = {
+            "rss": r["rss"], "pymalloc live": py.get("live_blocks", 0),
+            "pymalloc free": py.get("free_blocks", 0) + py.get("unused_pools", 0),
+            "C heap in use": c.get("in_use", 0), "C heap free": c.get("free", 0),
+        }  # fmt: skip
+        idle = idle or figures
+        print(f"    {moment:<5} " + ", ".join(
+            f"{name} {value / mib:,.0f} ({(value - idle[name]) / pairs / 1000:+.2f})"
+            for name, value in figures.items()
+        ) + f"; {r['gc_objects']:,} GC-tracked objects")  # fmt: skip
+        for size, count, where in r.get("top", []):
+            print(f"      {size / mib:8.1f} MiB {count:>9,} {where}")
 
 
 def rss_bytes(pid: int) -> int:
@@ -715,6 +763,12 @@ def main() -> None:
                              "observer's relay (the lag is then not split per hop)")  # fmt: skip
     parser.add_argument("--logs", type=Path,
                         help="copy the collectors' logs into this directory")  # fmt: skip
+    parser.add_argument("--heap-report", action="store_true",
+                        help="print where each collector's memory is (idle, end of warm-up, end): "
+                             "pymalloc and C heap, live and free (bench/heap_probe)")  # fmt: skip
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="with --heap-report, also the lines holding the most memory (the "
+                             "collectors run several times slower: other figures do not count)")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -777,12 +831,15 @@ def main() -> None:
                     "--remote-write-url", write_url,
                     "--external-label", f"collector={c.name}",
                     "--rate-limit", "0", "--log-level", "info",
+                    env=heap_env(args, c),
                 )  # fmt: skip
                 stack.callback(c.proc.stop)
             time.sleep(3)
             for c in collectors:
                 assert c.proc is not None
                 c.rss0 = rss_bytes(c.proc.pid)
+                if c.heap_prefix:
+                    heap_report(c, "idle")
             specs = []
             for i, agent in enumerate(agent_ids):
                 c = collectors[i % len(collectors)]
@@ -819,8 +876,10 @@ def main() -> None:
             time.sleep(max(0.0, start_at + args.interval - time.time()))  # warm-up: one interval
             for c in collectors:
                 c.marks = read_marks(c)
+                c.rss_warm = rss_bytes(c.proc.pid)
+                if c.heap_prefix:
+                    heap_report(c, "warm")
             pg_start = (pg_stats(database_url), time.time())
-            rss_peak = {c.name: 0 for c in collectors}
             rounds: dict[tuple[str, str], list[float]] = {}
             metrics_figures: dict[str, tuple[float, int, int]] = {}
             timed = False
@@ -828,7 +887,7 @@ def main() -> None:
             while True:  # RSS every 2 s; the round gauges every 15 s, as Prometheus would scrape
                 for c in collectors:
                     assert c.proc is not None
-                    rss_peak[c.name] = max(rss_peak[c.name], rss_bytes(c.proc.pid))
+                    c.rss_window.append(rss_bytes(c.proc.pid))
                 if time.time() >= next_scrape:
                     next_scrape = time.time() + 15
                     for c in collectors:
@@ -844,6 +903,9 @@ def main() -> None:
             ends = {c.name: read_marks(c) for c in collectors}
             pg_window = (pg_stats(database_url), time.time())
             rss_end = {c.name: rss_bytes(c.proc.pid) for c in collectors if c.proc}
+            for c in collectors:
+                if c.heap_prefix:
+                    heap_report(c, "end")
             if not timed:
                 for c in collectors:
                     metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
@@ -911,10 +973,19 @@ def main() -> None:
               f"{results / elapsed:,.0f} results/s applied")  # fmt: skip
         print(f"  CPU per 1,000 results:   {cpu / max(results, 1) * 1000:.3f} s "
               f"({cpu / elapsed:.2f} cores)")  # fmt: skip
-        print(f"  RSS per pair:            {(rss_end[c.name] - c.rss0) / pairs / 1024:.2f} KiB "
-              f"over the idle collector ({rss_end[c.name] / 2**20:,.0f} MiB in all, "
-              f"{rss_end[c.name] / pairs / 1024:.2f} KiB/pair gross, peak "
-              f"{rss_peak[c.name] / 2**20:,.0f} MiB)")  # fmt: skip
+        steady = statistics.median(c.rss_window)
+        peak = max(c.rss_window)
+
+        def per_pair(rss: float, c: Collector = c, pairs: int = pairs) -> str:
+            return f"{(rss - c.rss0) / pairs / 1000:.2f} kB"
+
+        print(f"  RSS per pair:            steady state {per_pair(steady)} over the idle collector "
+              f"(median of {len(c.rss_window)} readings every 2 s after warm-up), peak "
+              f"{per_pair(peak)}, end of warm-up {per_pair(c.rss_warm)}, end {per_pair(rss_end[c.name])}; "
+              f"idle {c.rss0 / 2**20:,.0f} MiB, steady {steady / 2**20:,.0f} MiB, peak "
+              f"{peak / 2**20:,.0f} MiB")  # fmt: skip
+        if c.heaps:
+            print_heaps(c, pairs)
         print(f"  /metrics:                {seconds:.2f} s, {body / 2**20:,.0f} MiB, "
               f"{series:,} probe_success series")  # fmt: skip
         evaluate = round_figure(rounds.get((c.name, "evaluate"), []))

@@ -1,0 +1,116 @@
+"""Where a benchmarked collector's memory is: on SIGUSR2, a JSON report.
+
+bench/mesh_scale.py --heap-report puts this directory on the collectors'
+PYTHONPATH (Python imports ``sitecustomize`` at start-up) with
+PROBEMESH_HEAP_REPORT naming the report's path prefix. Each SIGUSR2 writes
+``<prefix>.<n>.json``: RSS and the anonymous memory (/proc/self/smaps_rollup);
+Python's small-object allocator (pymalloc: bytes in live blocks, in free
+blocks, in unused pools, arenas in all, from sys._debugmallocstats); the C
+heap (glibc mallinfo2: bytes in use, free but resident); the objects the
+garbage collector tracks; and, when tracemalloc runs (PYTHONTRACEMALLOC=1),
+the lines that allocated the most live memory. Benchmark instrumentation only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import re
+import signal
+import tempfile
+import tracemalloc
+from typing import Any
+
+PREFIX = os.environ.get("PROBEMESH_HEAP_REPORT", "")
+TOP_LINES = 25
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _c_heap() -> dict[str, int]:
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return {}
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return {"in_use": info.uordblks + info.hblkhd, "free": info.fordblks}
+
+
+def _pymalloc() -> dict[str, int]:
+    """sys._debugmallocstats' totals (it writes to the C stderr: caught in a file).
+    Empty while tracemalloc runs (its hooks hide pymalloc from the report)."""
+    with tempfile.TemporaryFile("w+") as out:
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            __import__("sys")._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    figures: dict[str, int] = {}
+    for key, pattern in (
+        ("live_blocks", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+        ("free_blocks", r"# bytes in available blocks\s*=\s*([\d,]+)"),
+        ("unused_pools", r"unused pools \* \d+ bytes\s*=\s*([\d,]+)"),
+        ("arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+        ("total", r"\nTotal\s*=\s*([\d,]+)"),
+    ):
+        found = re.search(pattern, text)
+        if found:
+            figures[key] = int(found.group(1).replace(",", ""))
+    return figures
+
+
+def _rollup() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            parts = line.split()
+            if parts[0] in ("Rss:", "Anonymous:"):
+                out[parts[0].rstrip(":").lower()] = int(parts[1]) * 1024
+    return out
+
+
+def report() -> dict[str, Any]:
+    body: dict[str, Any] = {
+        **_rollup(),
+        "pymalloc": _pymalloc(),
+        "c_heap": _c_heap(),
+        "gc_objects": len(gc.get_objects()),
+    }
+    if tracemalloc.is_tracing():
+        stats = tracemalloc.take_snapshot().statistics("lineno")
+        body["traced"] = sum(s.size for s in stats)
+        body["top"] = [
+            [s.size, s.count, f"{s.traceback[0].filename}:{s.traceback[0].lineno}"]
+            for s in stats[:TOP_LINES]
+        ]
+    return body
+
+
+_written = [0]
+
+
+def _on_signal(*_: object) -> None:
+    _written[0] += 1
+    path = f"{PREFIX}.{_written[0]}.json"
+    with open(path + ".part", "w") as out:
+        json.dump(report(), out)
+    os.replace(path + ".part", path)
+
+
+if PREFIX:
+    signal.signal(signal.SIGUSR2, _on_signal)
