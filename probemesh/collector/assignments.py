@@ -38,7 +38,7 @@ PRUNE_MARGIN = 3600.0
 MAX_ANNOUNCED_AGE = 366 * 86400.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """Check ``check`` was sent to one agent, unchanged, from revision first to last."""
 

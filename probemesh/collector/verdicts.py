@@ -53,7 +53,7 @@ def failure_detail(latest: Latest) -> tuple[str, str]:
     return reason, reason
 
 
-@dataclass
+@dataclass(slots=True)
 class AgentVerdict:
     """Damped view of one check on one agent: streaks of equal rounds and the confirmed verdict."""
 
