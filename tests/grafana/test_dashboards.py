@@ -219,7 +219,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus,
                 prom.wait_for("rate(probemesh_agent_results_acked_total[30s]) > 0", count=3)
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{mesh.logs()}") from None
-            yield prom, names
+            try:
+                yield prom, names
+            finally:
+                mesh.close()  # while Prometheus is up: a stopping collector drains to it
     finally:
         mesh.close()
         targets.close()

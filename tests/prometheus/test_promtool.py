@@ -66,6 +66,8 @@ checks:
             mesh.start_agent(agent, country, metrics_port=metrics_ports[agent])
         yield mesh, metrics_ports
     finally:
+        if mesh.collector is not None:
+            mesh.collector.kill()  # its remote write has no receiver: a clean stop waits 5 s
         mesh.stop()
         server.terminate()
         server.wait(5)

@@ -653,7 +653,10 @@ def remote_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prom
                 )  # fmt: skip
                 for agent_id, country, source in agents:
                     mesh.agent(collector, agent_id, country, "--source-address", source)
-            yield prom, mesh
+            try:
+                yield prom, mesh
+            finally:
+                mesh.close()  # while Prometheus is up: a stopping collector drains to it
     finally:
         mesh.close()
         targets.close()

@@ -139,6 +139,7 @@ def test_every_result_lands_once_at_its_probe_time(kind: str, tmp_path: Path) ->
             assert total(counted, "probemesh_remote_write_result_delay_seconds_count") > 0
             # Every sample sits at its probe time: none in the collector's outage is missing.
             assert query('probe_success{check="mixed",agent="us-1"} == 0')
+            mesh.stop()  # while the receiver is up: a stopping collector drains to it
     finally:
         mesh.stop()
         targets.close()
