@@ -29,7 +29,7 @@ from probemesh.v1 import mesh_pb2 as pb
 _T = TypeVar("_T")
 
 LANE_BYTES = 32 * 1024  # smaller messages are decoded on the spot
-BUDGET = 0.002  # seconds of heavy work per loop iteration
+BUDGET = 0.001  # seconds of heavy work per loop iteration (docs/benchmarks.md)
 
 Steps = Generator[None, None, _T]
 
