@@ -238,10 +238,13 @@ def _samples(
     loop can let it run."""
     extra = dict(external_labels or {})
     done = 0
+    described: set[str] = set()
     for family in registry.collect():
         if family.name in exclude:
             continue
-        metadata.append(_metadata(family))
+        if family.name not in described:  # a collector may yield a family in parts
+            described.add(family.name)
+            metadata.append(_metadata(family))
         created = family.type in _CREATED_TYPES
         for sample in family.samples:
             if created and sample.name.endswith("_created"):

@@ -9,13 +9,16 @@ without _total, which promtool rejects).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 
 from probemesh.checks import parse_checks
+from probemesh.collector import exporter as exporter_module
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import open_database
 from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter, RestView
@@ -23,6 +26,7 @@ from probemesh.collector.exposition import FAILURE_REASONS
 from probemesh.collector.ingest import REJECT_REASONS, Ingest
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.remote_results import RESULT_FAMILIES
+from probemesh.collector.remote_write import series_from_registry
 from probemesh.collector.samples import REASONS as SAMPLE_REASONS
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, MeshState
@@ -184,6 +188,35 @@ def test_remote_write_views_are_every_family_but_the_journaled_ones(tmp_path: Pa
         "probemesh_probe_results", "probemesh_probe_failures",
         "probemesh_probe_duration_seconds", "probemesh_probe_phase_duration_seconds",
     }  # fmt: skip
+
+
+def test_bulk_counters_come_in_parts_that_add_up_to_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """collect_bulk builds the counter families BULK_TALLIES pairs at a time;
+    remote write reads the same series from the parts as from whole families,
+    and describes each family once."""
+    _, exporter = build(tmp_path)
+    monkeypatch.setattr(exporter_module, "BULK_TALLIES", 1)
+    names = [family.name for family in BulkView(exporter).collect()]
+    assert names.count("probemesh_probe_results") == 2  # two pairs, one a part
+    bulk = CollectorRegistry()
+    bulk.register(BulkView(exporter))
+    parts, metadata = series_from_registry(bulk)
+
+    class Whole:
+        def collect(self) -> Iterator[Metric]:
+            return (f for f in exporter.collect() if f.name in set(names))
+
+    whole = CollectorRegistry()
+    whole.register(Whole())  # type: ignore[arg-type]
+    expected, expected_metadata = series_from_registry(whole)
+    assert parts == expected
+    results = [k for k in parts if ("__name__", "probemesh_probe_results_total") in k]
+    assert len(results) == 4  # both pairs, success and failure
+    assert [m.metric_family_name for m in metadata] == [
+        m.metric_family_name for m in expected_metadata
+    ]
 
 
 def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:
