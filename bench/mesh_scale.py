@@ -15,8 +15,10 @@ The first interval is warm-up (every pair gets its first result); the figures
 are taken over the rest of the run. Per collector:
 
 * CPU per 1,000 results applied (the process's CPU over results applied);
-* RSS per check x agent pair: (RSS - RSS before any agent) / pairs served,
-  and the gross RSS / pairs;
+* RSS per check x agent pair, over the idle collector ((RSS - RSS before any
+  agent) / pairs served, in kB = 1,000 bytes): the steady state (median of the
+  readings every 2 s after warm-up), their peak, and the values at the end of
+  the warm-up and of the run; --heap-report says where the memory is;
 * /metrics: time of a full GET (median of 3) and body size;
 * the outage round (probemesh_outage_round_seconds, the last round's seconds per
   part, read every 15 s): the evaluator's evaluate over every pair of the
