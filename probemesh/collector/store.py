@@ -154,7 +154,9 @@ class Store:
         not stored yet are created first, in key order too: inserted in each
         collector's own order, two commits adding the same new rows (every
         collector's first results, a new check or country) could each hold a
-        row the other waits for, and PostgreSQL would abort one as a deadlock.
+        row the other waits for, and PostgreSQL would abort one as a deadlock;
+        or both would read a row as absent and the second overwrite the
+        first's delta.
         """
         fence, self._fence = self._fence, None
         db = self._ingest_db
