@@ -26,7 +26,13 @@ are taken over the rest of the run. Per collector:
 * database writes per second (PostgreSQL: commits and rows written, from
   pg_stat_database, for the whole mesh; SQLite: bytes the collector wrote to disk);
 * remote-write lag: probe time to queryable in VictoriaMetrics, for tracer
-  pairs the load processes poll (no flush forced), p50 / p99 / max;
+  pairs, p50 / p99 / max, split per hop (produced -> written by the agent ->
+  posted by its collector -> accepted -> queryable) by an idle observer
+  process (bench/rw_observer.py: a relay between the collectors and
+  VictoriaMetrics, one query per poll, no flush forced, and a canary for
+  VictoriaMetrics' own delay);
+* the streams a collector ended during the run, with the status the agent
+  got and the reason the collector logged;
 * samples lost: results each agent produced, less those it still holds
   unacked when the run ends (a real agent keeps them on disk and sends them
   again), vs probe_success samples stored in VictoriaMetrics per agent x check,
