@@ -484,6 +484,8 @@ def print_heaps(collector: Collector, pairs: int) -> None:
             "pymalloc free": py.get("free_blocks", 0) + py.get("unused_pools", 0),
             "C heap in use": c.get("in_use", 0), "C heap free": c.get("free", 0),
         }  # fmt: skip
+        if "rss_after_trim" in r:
+            figures["rss trimmed"] = r["rss_after_trim"]
         idle = idle or figures
         print(f"    {moment:<5} " + ", ".join(
             f"{name} {value / mib:,.0f} ({(value - idle[name]) / pairs / 1000:+.2f})"

@@ -7,7 +7,8 @@ PROBEMESH_HEAP_REPORT naming the report's path prefix. Each SIGUSR2 writes
 Python's small-object allocator (pymalloc: bytes in live blocks, in free
 blocks, in unused pools, arenas in all, from sys._debugmallocstats); the C
 heap (glibc mallinfo2: bytes in use, free but resident); the objects the
-garbage collector tracks; and, when tracemalloc runs (PYTHONTRACEMALLOC=1),
+garbage collector tracks; the RSS once the C heap is trimmed (malloc_trim,
+as the collector does every 30 s); and, when tracemalloc runs (PYTHONTRACEMALLOC=1),
 the lines that allocated the most live memory. Benchmark instrumentation only.
 """
 
@@ -91,6 +92,10 @@ def report() -> dict[str, Any]:
         "c_heap": _c_heap(),
         "gc_objects": len(gc.get_objects()),
     }
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:  # what of the C heap's free memory a trim gives back now
+        trim(0)
+        body["rss_after_trim"] = _rollup()["rss"]
     if tracemalloc.is_tracing():
         stats = tracemalloc.take_snapshot().statistics("lineno")
         body["traced"] = sum(s.size for s in stats)
