@@ -28,7 +28,7 @@ from probemesh.collector.diagnosis import EVIDENCE_FEATURE
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.leases import POLL_WINDOW, stream_taken_message
 from probemesh.collector.limits import RateLimiter, SecurityLimits
-from probemesh.collector.sessions import Session, SessionRegistry
+from probemesh.collector.sessions import HEARTBEAT_DUE, Session, SessionRegistry
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.streamlog import RefusalLog, peer, transport
 from probemesh.collector.streamlog import log as streams_log
@@ -154,26 +154,19 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 slot.release()
                 yield checks
             # Heartbeats go out on schedule even while acks flow: each is a clock probe.
-            next_heartbeat = time.monotonic() + self.heartbeat_interval
+            self._heartbeat_later(session)
+            outbox = session.outbox
             while True:
-                try:
-                    message = await asyncio.wait_for(
-                        session.outbox.get(), max(0.0, next_heartbeat - time.monotonic())
-                    )
-                except TimeoutError:
-                    if time.monotonic() - session.last_recv > self.dead_after:
-                        session.end(
-                            grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead"
-                        )
-                        continue
-                    next_heartbeat = time.monotonic() + self.heartbeat_interval
+                message = await outbox.get()
+                if message is None:
+                    break
+                if message is HEARTBEAT_DUE:  # stamped as it goes out, not when it was due
                     message = pb.CollectorMessage(
                         heartbeat=pb.Heartbeat(timestamp=session.clock_probe())
                     )
-                if message is None:
-                    break
                 yield message
         finally:
+            session.stop_heartbeats()
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             self.sessions.close(session)
@@ -185,6 +178,24 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             )  # fmt: skip
         if session.end_code is not None and session.end_code != grpc.StatusCode.OK:
             await context.abort(session.end_code, session.end_details)
+
+    def _heartbeat_later(self, session: Session) -> None:
+        """Arm the session's heartbeat timer, one heartbeat_interval from now.
+
+        One timer per heartbeat, not one per outgoing message: waiting for the
+        outbox with a timeout cost a task and a timer for every Ack."""
+        session.heartbeat_timer = asyncio.get_running_loop().call_later(
+            self.heartbeat_interval, self._heartbeat, session
+        )
+
+    def _heartbeat(self, session: Session) -> None:
+        """A heartbeat is due: end the stream of an agent silent for dead_after,
+        else queue the heartbeat and arm the next one."""
+        if time.monotonic() - session.last_recv > self.dead_after:
+            session.end(grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead")
+            return
+        session.send(HEARTBEAT_DUE)
+        self._heartbeat_later(session)
 
     async def _stored(self, session: Session, recorded: Future[object] | None) -> bool:
         """Wait for the history's write of the session's assignment; on a database

@@ -15,6 +15,10 @@ from probemesh.v1 import mesh_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_DUE = pb.CollectorMessage()
+"""Queued in an outbox when a heartbeat is due; the stream sends a Heartbeat in
+its place, stamped as it goes out (a clock probe's send time)."""
+
 
 @dataclass
 class Session:
@@ -34,6 +38,11 @@ class Session:
     token_touched: float = field(default_factory=time.monotonic)
     # Timestamps of the clock probes sent on this stream and not answered yet.
     probes: deque[float] = field(default_factory=lambda: deque(maxlen=4))
+    heartbeat_timer: asyncio.TimerHandle | None = None
+
+    def stop_heartbeats(self) -> None:
+        if self.heartbeat_timer is not None:
+            self.heartbeat_timer.cancel()
 
     def clock_probe(self) -> float:
         """A timestamp for an outgoing clock probe (Welcome, Heartbeat), remembered."""
