@@ -292,26 +292,12 @@ class Ingest:
             leases.fenced_batches_total += 1
             if row is None or row.holder != leases.holder:
                 item.session.end(grpc.StatusCode.ABORTED, stream_taken_message(agent_id, row))
-        touched: set[str] = set()
         # Results a failed sink call left, of agents still held (the others are the new holder's).
         applied = [a for a in self._unsunk if leases.holds(a.agent, held.get(a.agent))]
-        sink = self.result_sink is not None
-        for item in live:
-            agent = item.session.agent
-            # What the sink is given; without one, nothing of a result outlives its
-            # application (a group's 64,000 results held until the commit would each
-            # survive into the garbage collector's oldest generation).
-            new: list[pb.Result] | None = [] if sink else None
-            targets: list[str] = []
-            kept: list[KeptSamples] = []
-            # A slice of a batch at a time: a group of 64 batches would hold the
-            # event loop for a second, and every stream, scrape and API call with it.
-            await self.lane.run(self._apply_batch(item, new, targets, kept))
-            touched.add(agent.agent_id)
-            if new:
-                applied.append(
-                    Applied(agent.agent_id, agent.country, agent.region, new, targets, kept)
-                )
+        # The whole group is one computation of the work lane, a slice at a time:
+        # applied at once it would hold the event loop for up to a second, and
+        # every stream, scrape and API call with it.
+        touched = await self.lane.run(self._apply_items(live, applied))
         # Marks left unsaved are written under this fence only for agents it locked;
         # one reset since (a restarted agent's sequence) waits for the next group.
         touched |= self._dirty_marks & agents
@@ -354,20 +340,49 @@ class Ingest:
                 )
             )
 
+    def _apply_items(self, items: list[_Item], applied: list[Applied]) -> Steps[set[str]]:
+        """Apply the batches of items in turn, yielding every SLICE results;
+        append what the result sink is to be given to applied; return the
+        agents whose marks moved.
+
+        One computation for the whole group: agents mostly send one-result
+        batches, and handing the lane each batch on its own cost a future and
+        a loop iteration per batch."""
+        sink = self.result_sink is not None
+        touched: set[str] = set()
+        done = 0  # results since the last yield
+        for item in items:
+            agent = item.session.agent
+            # What the sink is given; without one, nothing of a result outlives its
+            # application (a group's 64,000 results held until the commit would each
+            # survive into the garbage collector's oldest generation).
+            new: list[pb.Result] | None = [] if sink else None
+            targets: list[str] = []
+            kept: list[KeptSamples] = []
+            done = yield from self._apply_batch(item, new, targets, kept, done)
+            touched.add(agent.agent_id)
+            if new:
+                applied.append(
+                    Applied(agent.agent_id, agent.country, agent.region, new, targets, kept)
+                )
+        return touched
+
     def _apply_batch(
         self,
         item: _Item,
         applied: list[pb.Result] | None,
         applied_targets: list[str],
         applied_samples: list[KeptSamples],
-    ) -> Steps[None]:
+        done: int = 0,
+    ) -> Steps[int]:
         """Validate and apply one batch's new results; the ingest hot path.
 
         Unless applied is None, appends them to applied, with the target each
         ran against to applied_targets, as this collector assigned it (a late
         result of a re-targeted check keeps its old target), and their kept
-        samples to applied_samples. Yields every SLICE results: the work
-        lane runs it a step at a time.
+        samples to applied_samples. Yields every SLICE results, counting the
+        done before it (the work lane runs it a step at a time); returns the
+        results done since the last yield.
 
         Each result's fields are read once here and handed to MeshState.record:
         protobuf attribute reads are the main per-result cost.
@@ -401,9 +416,11 @@ class Ingest:
         newest = 0.0
         count = 0
         correction = agent.clock.correction
-        for index, result in enumerate(new):
-            if index and not index % SLICE:
+        for result in new:
+            if done >= SLICE:
                 yield
+                done = 0
+            done += 1
             check = result.check
             revision = result.revision
             if revision == assigned_revision and check in assigned:
@@ -459,6 +476,7 @@ class Ingest:
         if newest > agent.last_seen:
             agent.last_seen = min(newest, now)
         seqs.add(first_seq, batch.last_seq)
+        return done
 
 
 _INF = math.inf

@@ -7,16 +7,20 @@ up to group_batches batches or group_results results.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import math
 from pathlib import Path
 
 import pytest
 
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import open_database
-from probemesh.collector.ingest import Ingest, IngestLimits, _Item
+from probemesh.collector.ingest import SLICE, Ingest, IngestLimits, _Item
 from probemesh.collector.sessions import Session
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.store import Store
+from probemesh.collector.work_lane import WorkLane
 from probemesh.v1 import mesh_pb2 as pb
 
 
@@ -65,3 +69,60 @@ async def test_a_group_takes_what_is_queued_up_to_its_bounds(
         assert message is not None
         acks.append(message.ack.last_seq)
     assert acks == [3 * n + 3 for n in range(10)]
+
+
+@pytest.mark.parametrize(("batches", "per_batch"), [(200, 1), (1, 200), (40, 5)])
+async def test_a_group_is_applied_in_slices_of_results_whatever_its_batches(
+    tmp_path: Path, batches: int, per_batch: int
+) -> None:
+    """The lane runs a group a slice of SLICE results at a time: 200 one-result
+    batches take as many loop iterations as one batch of 200 results, not one
+    each, and never all at once."""
+    store = Store(open_database(None, tmp_path))
+    state = MeshState()
+    lane = WorkLane(budget=0)  # one step per loop iteration
+    ingest = Ingest(state, store, AssignmentHistory(store, "digest"), lane=lane)
+    items = []
+    for a in range(batches):
+        agent = state.agents[f"vps-{a}"] = AgentInfo(f"vps-{a}", "DE")
+        agent.assigned, agent.revision = {"web": "t.example:80"}, 1
+        session = Session(agent, "token", await ingest.take_lease(agent))
+        results = [
+            pb.Result(check="web", revision=1, timestamp=1000.0 + seq, success=True,
+                      duration_seconds=0.01)
+            for seq in range(1, per_batch + 1)
+        ]  # fmt: skip
+        items.append(
+            _Item(session, pb.ResultBatch(first_seq=1, last_seq=per_batch, results=results))
+        )
+    applied: list[int] = []
+    done = False
+
+    async def ticker() -> None:  # results counted at each loop iteration
+        while not done:
+            applied.append(sum(t.success for t in state.tallies.values()))
+            await asyncio.sleep(0)
+
+    tick = asyncio.create_task(ticker())
+    try:
+        await ingest._apply_group(items)
+    finally:
+        done = True
+        await tick
+        store.close()
+    total = batches * per_batch
+    assert ingest.results_total == total
+    steps = [b - a for a, b in itertools.pairwise(applied) if b != a]
+    assert max(steps) <= SLICE, steps
+    assert len(steps) == math.ceil(total / SLICE), steps
+    assert sum(1 for m in drain(items) if m.ack.last_seq == per_batch) == batches
+
+
+def drain(items: list[_Item]) -> list[pb.CollectorMessage]:
+    messages = []
+    for item in items:
+        while not item.session.outbox.empty():
+            message = item.session.outbox.get_nowait()
+            assert message is not None
+            messages.append(message)
+    return messages
