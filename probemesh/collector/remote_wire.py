@@ -22,7 +22,19 @@ _DOUBLE = struct.Struct("<d")
 
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
+    return varint(number << 3 | 2) + _length(len(payload)) + payload
+
+
+def _length(n: int) -> bytes:
+    """varint(n), without its loop for the lengths of a series (under 16 KiB)."""
+    if n < 0x80:
+        return _BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    return varint(n)
+
+
+_BYTE = [bytes((n,)) for n in range(0x80)]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -39,8 +51,12 @@ def stamp(timestamp_ms: int) -> bytes:
 def timeseries(labels: bytes, value: float, stamp_bytes: bytes) -> bytes:
     """One TimeSeries (WriteRequest field 1) of encoded labels and one sample
     (Sample: value = 1, a double; timestamp = 2)."""
-    sample = b"\x09" + _DOUBLE.pack(value) + stamp_bytes
-    return field(1, labels + field(2, sample))
+    # The sample is 9 bytes and the stamp at most 11: its length is one byte.
+    body = labels + _SAMPLE_HEADS[len(stamp_bytes)] + _DOUBLE.pack(value) + stamp_bytes
+    return b"\x0a" + _length(len(body)) + body
+
+
+_SAMPLE_HEADS = [b"\x12" + bytes((9 + n,)) + b"\x09" for n in range(12)]
 
 
 def request(parts: list[bytes]) -> bytes:

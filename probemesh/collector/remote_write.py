@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -202,28 +203,16 @@ def series_from_registry(
 
     Families named in ``exclude`` are left out. External labels are added where
     the series does not have them already; empty label values are dropped (they
-    mean "no label" in Prometheus).
+    mean "no label" in Prometheus). The label sets are read back from the
+    encoding a snapshot sends.
     """
     series: dict[LabelSet, float] = {}
     metadata: list[remote_pb2.MetricMetadata] = []
-    for _ in _registry_series(registry, external_labels, exclude, series, metadata):
-        pass
+    for encoded, value in _samples(registry, external_labels, exclude, metadata):
+        if encoded is not None and value is not None:
+            labels = remote_pb2.TimeSeries.FromString(encoded).labels
+            series[tuple((label.name, label.value) for label in labels)] = value
     return series, metadata
-
-
-def _registry_series(
-    registry: CollectorRegistry,
-    external_labels: Mapping[str, str] | None,
-    exclude: frozenset[str],
-    series: dict[LabelSet, float],
-    metadata: list[remote_pb2.MetricMetadata],
-) -> Iterator[None]:
-    """Fill series and metadata as series_from_registry returns them, yielding
-    every SLICE_SAMPLES samples so that a caller on the event loop can let it run."""
-    for key, value in _samples(registry, external_labels, exclude, metadata):
-        if key is not None and value is not None:
-            series[key] = value
-        yield
 
 
 def _samples(
@@ -231,12 +220,18 @@ def _samples(
     external_labels: Mapping[str, str] | None,
     exclude: frozenset[str],
     metadata: list[remote_pb2.MetricMetadata],
-) -> Iterator[tuple[LabelSet, float] | tuple[None, None]]:
-    """Each series of the registry as (sorted label set incl. __name__, value),
-    appending each family's metadata as it comes; (None, None) after every
-    SLICE_SAMPLES samples and after each family, where a caller on the event
-    loop can let it run."""
+) -> Iterator[tuple[bytes, float] | tuple[None, None]]:
+    """Each series of the registry as (its label set incl. __name__, sorted and
+    encoded as a TimeSeries' labels, value), appending each family's metadata
+    as it comes; (None, None) after every SLICE_SAMPLES samples and after each
+    family, where a caller on the event loop can let it run.
+
+    The series of a family come in a few shapes (name and label names); each
+    shape's sorted order and its constant labels (the name, external labels)
+    are worked out once, so a series costs a lookup per label of its own.
+    """
     extra = dict(external_labels or {})
+    shapes: dict[tuple[str, ...], list[tuple[str, bytes]]] = {}
     done = 0
     described: set[str] = set()
     for family in registry.collect():
@@ -247,14 +242,40 @@ def _samples(
             metadata.append(_metadata(family))
         created = family.type in _CREATED_TYPES
         for sample in family.samples:
-            if created and sample.name.endswith("_created"):
+            name, labels = sample.name, sample.labels
+            if created and name.endswith("_created"):
                 continue
-            labels = {**extra, **sample.labels, "__name__": sample.name}
-            yield tuple(sorted((k, v) for k, v in labels.items() if v != "")), float(sample.value)
+            shape = (name, *labels)
+            plan = shapes.get(shape)
+            if plan is None:
+                plan = shapes[shape] = _plan(name, labels, extra)
+            yield b"".join([c or _label(k, labels[k]) for k, c in plan]), float(sample.value)
             done += 1
             if not done % SLICE_SAMPLES:
                 yield None, None
         yield None, None
+
+
+def _plan(
+    name: str, labels: Mapping[str, str], extra: Mapping[str, str]
+) -> list[tuple[str, bytes]]:
+    """A shape's labels in sorted order, as (name, encoded): the constant ones
+    (the name, external labels) encoded, the sample's own ones (which win over
+    external labels) with nothing, to be encoded from each sample."""
+    merged = {**extra, **labels, "__name__": name}
+    plan = []
+    for k in sorted(merged):
+        if k in labels and k != "__name__":
+            plan.append((k, b""))
+        elif merged[k]:
+            plan.append((k, _label(k, merged[k])))
+    return plan
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _label(name: str, value: str) -> bytes:
+    """An encoded label, or nothing for an empty value (no label in Prometheus)."""
+    return remote_wire.label(name, value) if value else b""
 
 
 def _metadata(family: Metric) -> remote_pb2.MetricMetadata:
@@ -590,12 +611,12 @@ class RemoteWriter:
         of its previous snapshot that are gone; metadata rides with the last
         request. A series is known by the hash of its encoded label set."""
         stamp = remote_wire.stamp(now_ms)
-        label = remote_wire.label
         limit = self.max_samples_per_request
         metadata: list[remote_pb2.MetricMetadata] = []
         seen: set[int] = set()
         packer = zlib.compressobj(1)
         packed: list[bytes] = []
+        recorded: list[bytes] = []  # label sets for the next record, since the last slice
         parts: list[bytes] = []
         encoded: list[_Pending] = []
 
@@ -613,23 +634,26 @@ class RemoteWriter:
                 encoded.append(_Pending(body, samples, self._clock.monotonic(), index))
             parts.clear()
 
-        for key, value in _samples(source.registry, self.external_labels, source.exclude, metadata):
-            if key is None or value is None:
+        for labels, value in _samples(
+            source.registry, self.external_labels, source.exclude, metadata
+        ):
+            if labels is None or value is None:
+                packed.append(packer.compress(b"".join(recorded)))
+                recorded.clear()
                 yield
                 continue
-            labels = b"".join([label(k, v) for k, v in key])
             token = hash(labels)
             if token in seen:  # the same series twice: the first one counts
                 continue
             seen.add(token)
-            packed.append(packer.compress(_LENGTH.pack(len(labels)) + labels))
+            recorded += (_LENGTH.pack(len(labels)), labels)
             add(labels, value)
         for done, labels in enumerate(source.previous.label_sets(), 1):
             if hash(labels) not in seen:
                 add(labels, STALE_NAN)
             if not done % SLICE_SAMPLES:
                 yield
-        packed.append(packer.flush())
+        packed += (packer.compress(b"".join(recorded)), packer.flush())
         source.previous = SeriesRecord(b"".join(packed), len(seen))
         flush(b"".join(remote_wire.field(3, m.SerializeToString()) for m in metadata))
         return encoded

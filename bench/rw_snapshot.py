@@ -1,0 +1,150 @@
+"""CPU of one remote-write snapshot of the aggregates (default 1,000 agents x 20 checks).
+
+Builds the collector's real state, exporter and remote writer in-process (HTTP
+results, 1 % failing, 40 countries), then takes whole snapshots as the
+collector's snapshot loop does every fourth interval: the per-pair counters
+and histograms (BulkView) and the aggregates (AggregateView), encoded into
+requests and compared with the previous snapshot for stale series. Nothing
+is sent. It prints the CPU time per snapshot (median of --repeat) and per
+series, and the part of it spent building the families (the exporter's
+collect) rather than encoding them.
+
+    .venv/bin/python bench/rw_snapshot.py
+    .venv/bin/python bench/rw_snapshot.py --baseline /tmp/main-tree
+
+--baseline runs the same measurement on another source tree (say an export
+of main) first, in its own process, and prints both side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TREE = Path(__file__).resolve().parent.parent
+if "--tree" in sys.argv:  # a child measuring another tree imports probemesh from there
+    TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
+sys.path.insert(0, str(TREE))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from probemesh.checks import parse_checks  # noqa: E402
+from probemesh.collector.assignments import AssignmentHistory  # noqa: E402
+from probemesh.collector.database import open_database  # noqa: E402
+from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter  # noqa: E402
+from probemesh.collector.ingest import Ingest  # noqa: E402
+from probemesh.collector.remote_write import RemoteWriter  # noqa: E402
+from probemesh.collector.state import AgentInfo, MeshState  # noqa: E402
+from probemesh.collector.store import Store  # noqa: E402
+from probemesh.v1 import mesh_pb2 as pb  # noqa: E402
+
+COUNTRIES = 40
+
+
+def result(check: str, ts: float, failed: bool) -> pb.Result:
+    if failed:
+        return pb.Result(check=check, target="https://example.org/", timestamp=ts, success=False,
+                         duration_seconds=5.0, reason=pb.FAILURE_REASON_TIMEOUT)  # fmt: skip
+    samples = [
+        pb.Sample(name="probe_http_duration_seconds", labels={"phase": p}, value=0.01)
+        for p in ("resolve", "connect", "tls", "processing", "transfer")
+    ]
+    samples.append(pb.Sample(name="probe_http_status_code", value=200))
+    return pb.Result(check=check, target="https://example.org/", timestamp=ts, success=True,
+                     duration_seconds=0.05, samples=samples, http_phase_seconds=[0.01] * 5)  # fmt: skip
+
+
+def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
+    checks = parse_checks(
+        {
+            "modules": {"http_2xx": {"prober": "http"}},
+            "checks": [
+                {"name": f"c{i:02d}", "target": "https://example.org/", "module": "http_2xx"}
+                for i in range(checks_n)
+            ],
+        }
+    )
+    state = MeshState()
+    store = Store(open_database(None, Path(tempfile.mkdtemp())))
+    ingest = Ingest(state, store, AssignmentHistory(store, checks.digest))
+    exporter = MeshExporter(state, ingest, lambda: checks, lambda: agents_n)
+    registry, bulk = CollectorRegistry(), CollectorRegistry()
+    registry.register(AggregateView(exporter))
+    bulk.register(BulkView(exporter))
+    writer = RemoteWriter(
+        registry, "http://127.0.0.1:9/api/v1/write", bulk_registry=bulk,
+        external_labels={"collector": "c1"},
+    )  # fmt: skip
+    now = time.time()
+    n = 0
+    for i in range(agents_n):
+        agent = state.agents[f"a{i:05d}"] = AgentInfo(
+            f"a{i:05d}", f"C{i % COUNTRIES:02d}", version="bench", connected=True, last_seen=now
+        )
+        for c in range(checks_n):
+            r = result(f"c{c:02d}", now, failed=n % 100 == 0)
+            n += 1
+            state.apply(agent, r, ingest.samples.keep(r.samples))
+    exporter.prerender()
+    collect = []
+    for _ in range(repeat):
+        started = time.thread_time()
+        for source in (bulk, registry):
+            for family in source.collect():
+                for _sample in family.samples:
+                    pass
+        collect.append(time.thread_time() - started)
+    seconds, samples = [], 0
+    writer.snapshot(every_source=True)  # the first one has no previous series to compare
+    for _ in range(repeat):
+        started = time.thread_time()
+        samples = writer.snapshot(every_source=True)
+        seconds.append(time.thread_time() - started)
+    store.close()
+    return {
+        "tree": str(TREE), "samples": samples, "snapshot": statistics.median(seconds),
+        "best": min(seconds), "collect": statistics.median(collect),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--checks", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5, help="snapshots to time")
+    parser.add_argument("--baseline", type=Path, help="another source tree, measured first")
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)  # child: print JSON
+    args = parser.parse_args()
+    if args.tree:
+        print(json.dumps(measure(args.agents, args.checks, args.repeat)))
+        return
+    print(f"agents={args.agents} checks={args.checks} pairs={args.agents * args.checks:,}")
+    for label, tree in (("baseline", args.baseline), ("this tree", TREE)):
+        if tree is None:
+            continue
+        load = os.getloadavg()
+        child = subprocess.run(
+            [sys.executable, __file__, "--tree", str(tree), "--agents", str(args.agents),
+             "--checks", str(args.checks), "--repeat", str(args.repeat)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        f = json.loads(child.stdout)
+        print(f"{label} ({f['tree']}): {f['samples']:,} samples; snapshot CPU median "
+              f"{f['snapshot'] * 1000:,.0f} ms (best {f['best'] * 1000:,.0f} ms), "
+              f"{f['snapshot'] / f['samples'] * 1e6:.2f} µs a sample, of which building the "
+              f"families {f['collect'] * 1000:,.0f} ms; load average {load[0]:.2f} before, "
+              f"{os.getloadavg()[0]:.2f} after")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
