@@ -30,7 +30,7 @@ import cramjam
 from probemesh.catalog import PROBE_METRICS
 from probemesh.collector import remote_wire
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
-from probemesh.collector.samples import KeptSamples, sample_items
+from probemesh.collector.samples import KeptSamples
 from probemesh.errors import StateError
 from probemesh.v1 import mesh_pb2 as pb
 
@@ -67,6 +67,9 @@ def encode_results(
     label = remote_wire.label
     parts: list[bytes] = []
     requests: list[tuple[bytes, int]] = []
+    # The labels of a result's samples in sorted order, per shape of its kept
+    # samples and set of base label names: worked out once per call, not per sample.
+    plans: dict[tuple[object, ...], list[list[tuple[tuple[str, ...], bytes]]]] = {}
     for group in applied:
         common = {**external_labels, "agent": group.agent, "country": group.country}
         if group.region:
@@ -74,35 +77,71 @@ def encode_results(
         # "__name__" sorts before every lower-case name: a sample without labels
         # of its own is then its name followed by the sorted base labels.
         name_first = all(k > "__name__" for k in common)
+        names = tuple(sorted({*common, "check", "target"}))
         for result, target, kept in zip(group.results, group.targets, group.samples, strict=True):
             base = {**common, "check": result.check, "target": target}
             stamp = remote_wire.stamp(int(result.timestamp * 1000))
-            plain = b"".join([label(k, base[k]) for k in sorted(base) if base[k]])
+            encoded = {k: label(k, base[k]) for k in names if base[k]}
+            plain = b"".join(encoded.values())
             if result.reason == pb.FAILURE_REASON_POLICY:  # no probe ran: no probe_success of 0
                 rule = rule_and_detail(result.message)[0]
                 parts.append(_series(NOT_RUNNABLE, base, (("rule", rule),), 1.0, stamp))
+                continue
+            success = 1.0 if result.success else 0.0
+            duration = result.duration_seconds
+            if name_first:
+                parts.append(remote_wire.timeseries(_SUCCESS + plain, success, stamp))
+                parts.append(remote_wire.timeseries(_DURATION + plain, duration, stamp))
             else:
-                success = 1.0 if result.success else 0.0
-                duration = result.duration_seconds
-                if name_first:
-                    parts.append(remote_wire.timeseries(_SUCCESS + plain, success, stamp))
-                    parts.append(remote_wire.timeseries(_DURATION + plain, duration, stamp))
-                else:
-                    parts.append(_series("probe_success", base, (), success, stamp))
-                    parts.append(_series("probe_duration_seconds", base, (), duration, stamp))
-                for name, labels, value in sample_items(kept):
-                    if labels or not name_first:
-                        parts.append(_series(name, base, labels, value, stamp))
-                    else:
-                        parts.append(
-                            remote_wire.timeseries(label("__name__", name) + plain, value, stamp)
-                        )
+                parts.append(_series("probe_success", base, (), success, stamp))
+                parts.append(_series("probe_duration_seconds", base, (), duration, stamp))
+            keys, values = kept
+            shape = (keys, *names)
+            plan = plans.get(shape)
+            if plan is None:
+                plan = plans[shape] = [_plan(name, own, names) for name, own in keys]
+            runs = {names: plain}  # each run of base labels, encoded once per result
+            for sample_plan, value in zip(plan, memoryview(values).cast("d"), strict=True):
+                pieces = []
+                for run, constant in sample_plan:
+                    if not run:
+                        pieces.append(constant)
+                        continue
+                    joined = runs.get(run)
+                    if joined is None:
+                        joined = runs[run] = b"".join([encoded.get(k, b"") for k in run])
+                    pieces.append(joined)
+                parts.append(remote_wire.timeseries(b"".join(pieces), value, stamp))
             if len(parts) >= max_samples:
                 requests += _requests(parts, max_samples)
                 parts = parts[len(parts) - len(parts) % max_samples :]
     if parts:
         requests += _requests(parts, max_samples)
     return requests
+
+
+def _plan(
+    name: str, labels: Iterable[tuple[str, str]], base: Iterable[str]
+) -> list[tuple[tuple[str, ...], bytes]]:
+    """A sample's labels in sorted order, as pieces: (names, b"") for a run of
+    base labels, taken from each result, or ((), encoded) for its name or one
+    of its own labels, which win over the base ones (an empty value is no label)."""
+    own = dict(labels)
+    merged = {**dict.fromkeys(base, ""), **own, "__name__": name}
+    own["__name__"] = name
+    plan: list[tuple[tuple[str, ...], bytes]] = []
+    run: list[str] = []
+    for k in sorted(merged):
+        if k not in own:
+            run.append(k)
+            continue
+        if run:
+            plan.append((tuple(run), b""))
+            run = []
+        plan.append(((), remote_wire.label(k, own[k]) if own[k] else b""))
+    if run:
+        plan.append((tuple(run), b""))
+    return plan
 
 
 def _requests(parts: list[bytes], max_samples: int) -> list[tuple[bytes, int]]:

@@ -1,16 +1,19 @@
-"""CPU of one remote-write snapshot of the aggregates (default 1,000 agents x 20 checks).
+"""CPU of remote write's encoding (default 1,000 agents x 20 checks).
 
-Builds the collector's real state, exporter and remote writer in-process (HTTP
-results, 1 % failing, 40 countries), then takes whole snapshots as the
-collector's snapshot loop does every fourth interval: the per-pair counters
-and histograms (BulkView) and the aggregates (AggregateView), encoded into
-requests and compared with the previous snapshot for stale series. Nothing
-is sent. It prints the CPU time per snapshot (median of --repeat) and per
-series, and the part of it spent building the families (the exporter's
-collect) rather than encoding them.
+* A whole snapshot of the aggregates: builds the collector's real state,
+  exporter and remote writer in-process (HTTP results, 1 % failing, 40
+  countries), then takes snapshots as the snapshot loop does every fourth
+  interval: the per-pair counters and histograms (BulkView) and the aggregates
+  (AggregateView), encoded into requests and compared with the previous
+  snapshot for stale series. Nothing is sent. It prints the CPU time per
+  snapshot (median of --repeat) and per series, and the part of it spent
+  building the families (the exporter's collect) rather than encoding them.
+* The journal entries of 1,000 results (HTTP, DNS, TCP and ICMP with the
+  samples blackbox_exporter emits, ten per agent, as ingest hands them over):
+  the CPU of encode_results, best of --repeat.
 
-    .venv/bin/python bench/rw_snapshot.py
-    .venv/bin/python bench/rw_snapshot.py --baseline /tmp/main-tree
+    .venv/bin/python bench/rw_encode.py
+    .venv/bin/python bench/rw_encode.py --baseline /tmp/main-tree
 
 --baseline runs the same measurement on another source tree (say an export
 of main) first, in its own process, and prints both side by side.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -41,7 +45,9 @@ from probemesh.collector.assignments import AssignmentHistory  # noqa: E402
 from probemesh.collector.database import open_database  # noqa: E402
 from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter  # noqa: E402
 from probemesh.collector.ingest import Ingest  # noqa: E402
+from probemesh.collector.remote_results import Applied, encode_results  # noqa: E402
 from probemesh.collector.remote_write import RemoteWriter  # noqa: E402
+from probemesh.collector.samples import SampleFilter  # noqa: E402
 from probemesh.collector.state import AgentInfo, MeshState  # noqa: E402
 from probemesh.collector.store import Store  # noqa: E402
 from probemesh.v1 import mesh_pb2 as pb  # noqa: E402
@@ -109,10 +115,44 @@ def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
         samples = writer.snapshot(every_source=True)
         seconds.append(time.thread_time() - started)
     store.close()
+    journal, journal_samples = journal_encoding(repeat)
     return {
         "tree": str(TREE), "samples": samples, "snapshot": statistics.median(seconds),
-        "best": min(seconds), "collect": statistics.median(collect),
+        "best": min(seconds), "collect": statistics.median(collect), "journal": journal,
+        "journal_samples": journal_samples,
     }  # fmt: skip
+
+
+def journal_encoding(repeat: int) -> tuple[float, int]:
+    """The best CPU time of encode_results over 1,000 results, and their samples."""
+    from bench.mesh_scale import KINDS, samples_of
+
+    keep = SampleFilter().keep
+    results, kept = [], []
+    for i in range(1000):
+        r = pb.Result(check=f"c{i % 20:02d}", target="https://example.org/", timestamp=1.7e9 + i,
+                      success=True, duration_seconds=0.05, samples=samples_of(KINDS[i % 10]))  # fmt: skip
+        results.append(r)
+        kept.append(keep(r.samples))
+    targets = ["https://example.org/"] * 10
+    groups = [
+        Applied(
+            f"a{g:05d}",
+            "DE",
+            "",
+            results[g * 10 : g * 10 + 10],
+            targets,
+            kept[g * 10 : g * 10 + 10],
+        )
+        for g in range(100)
+    ]
+    best, samples = math.inf, 0
+    for _ in range(max(repeat, 5)):
+        started = time.thread_time()
+        requests = encode_results(groups, {"collector": "c1"}, 5000)
+        best = min(best, time.thread_time() - started)
+        samples = sum(n for _, n in requests)
+    return best, samples
 
 
 def main() -> None:
@@ -142,8 +182,9 @@ def main() -> None:
         print(f"{label} ({f['tree']}): {f['samples']:,} samples; snapshot CPU median "
               f"{f['snapshot'] * 1000:,.0f} ms (best {f['best'] * 1000:,.0f} ms), "
               f"{f['snapshot'] / f['samples'] * 1e6:.2f} µs a sample, of which building the "
-              f"families {f['collect'] * 1000:,.0f} ms; load average {load[0]:.2f} before, "
-              f"{os.getloadavg()[0]:.2f} after")  # fmt: skip
+              f"families {f['collect'] * 1000:,.0f} ms; journal entries of 1,000 results "
+              f"({f['journal_samples']:,} samples): {f['journal'] * 1000:.1f} ms; load average "
+              f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
 
 
 if __name__ == "__main__":
