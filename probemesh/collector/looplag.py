@@ -62,14 +62,26 @@ class LoopLag:
         return max((lag for second, lag in self._maxima if second > horizon), default=0.0)
 
     async def run(self) -> None:
-        """Measure until cancelled."""
-        clock, cpu = time.monotonic, time.thread_time
-        while True:
-            asked = clock() + self.interval
-            cpu_before = cpu()
-            await asyncio.sleep(self.interval)
-            lag = max(0.0, clock() - asked)
-            self.observe(lag, min(lag, cpu() - cpu_before))
+        """Measure until cancelled.
+
+        Each sample is a bare timer callback that arms the next one: a sleeping
+        task would add a future and a task step to every one of the hundred
+        wake-ups a second."""
+        loop = asyncio.get_running_loop()
+        self._arm(loop)
+        try:
+            await loop.create_future()  # until cancelled
+        finally:
+            self._timer.cancel()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        asked = loop.time() + self.interval
+        self._timer = loop.call_at(asked, self._woke, loop, asked, time.thread_time())
+
+    def _woke(self, loop: asyncio.AbstractEventLoop, asked: float, cpu_before: float) -> None:
+        lag = max(0.0, loop.time() - asked)
+        self.observe(lag, min(lag, time.thread_time() - cpu_before))
+        self._arm(loop)
 
     def metric_families(self) -> Iterator[Metric]:
         yield _histogram(
