@@ -80,9 +80,9 @@ class MeshExporter(Collector):
 
     def _reset(self) -> None:
         """Forget every rendered line; the next prerender renders the whole state."""
-        self.text = exposition.FamilyText((exposition.SUCCESS, exposition.DURATION))
+        self.text = exposition.FamilyText((exposition.HIST_DURATION, exposition.HIST_PHASE))
         self.feed.tallies.update(self.state.tallies.values())
-        # pair -> the latest result its lines show; present = admitted and rendered
+        # pair -> the latest result its gauges show; present = admitted by the guard
         self._rendered: dict[tuple[str, str], Latest] = {}
         # exported check -> target its lines were rendered with ("" for a lingering check)
         self._targets: dict[str, str] = {}
@@ -158,16 +158,21 @@ class MeshExporter(Collector):
         self.last_render_seconds = spent
 
     def _pieces(self, suffix: bytes, size: int) -> Iterator[bytes]:
-        """Whatever changed since the last prerender is rendered first, so the text
-        is current; then the cached gauges, the counters, the agents and suffix.
+        """Whatever changed since the last prerender is admitted first, so the text
+        is current; then the gauges, the cached histograms, the counters, the
+        agents and suffix.
 
-        A family's chunks are of one kind (one latest result's lines of that
-        family, or one histogram), so its first chunk sizes its pieces.
+        A histogram family's chunks are one histogram each, so its first chunk
+        sizes its pieces.
         """
         self.prerender()
+        rendered = self._rendered
+        targets = {check: exposition.escape(target) for check, target in self._targets.items()}
+        gauges = exposition.GaugeRows(list(rendered), list(rendered.values()), targets)
         families = self.text.snapshot()
         rows = exposition.counter_rows(self._exported_tallies())
         tail = self._agent_text() + suffix
+        yield from exposition.gauge_pieces(gauges, size)
         while families:
             header, chunks = families.pop(0)
             yield header
@@ -179,15 +184,14 @@ class MeshExporter(Collector):
         yield tail
 
     def prerender(self, budget: float | None = None) -> int:
-        """Render what changed since the last call; return how many tallies that was.
+        """Admit the pairs whose result changed since the last call and render
+        their histograms; return how many tallies that was.
 
         With a budget (seconds), stop once it is spent and leave the rest for the
         next call, so a burst of changes never stalls the event loop for long.
 
-        Run between scrapes (the collector calls it every second): the CPU is
-        the same, but a scrape of a large mesh no longer waits for it. This is
-        also where the series guard admits pairs, so admission follows the
-        data, not the scrapes.
+        Run between scrapes (the collector calls it every second), so admission
+        follows the data, not the scrapes, and a scrape has little left to do.
         """
         state = self.state
         feed = self.feed
@@ -251,8 +255,8 @@ class MeshExporter(Collector):
         self.guard.retain({pair for pair in self.state.latest if pair[0] in specs})
 
     def _render_tally(self, tally: Tally, specs: Mapping[str, CheckSpec]) -> None:
-        """(Re)render the gauge lines of one check x agent's latest result, or drop
-        them; its counters are rendered at each scrape (_pieces)."""
+        """Admit (or drop) the gauges of one check x agent's latest result; its
+        gauges and counters are rendered at each scrape (_pieces)."""
         pair = tally.pair
         spec = specs.get(tally.check)
         latest = tally.latest
@@ -260,31 +264,12 @@ class MeshExporter(Collector):
             self._drop_latest(pair)
         elif latest is not None and self._rendered.get(pair) is not latest:
             if self.guard.admit(pair, 2 + len(latest.samples[0])):
-                self._put_latest(pair, latest, spec)
+                self._rendered[pair] = latest
             else:
                 self._drop_latest(pair)
 
-    def _put_latest(self, pair: tuple[str, str], latest: Latest, spec: CheckSpec) -> None:
-        base = (
-            f'check="{pair[0]}",target="{exposition.escape(spec.target)}",agent="{pair[1]}",'
-            f'country="{latest.country}",region="{exposition.escape(latest.region)}"'
-        )
-        chunks = exposition.latest_lines(latest, base)
-        put = self.text.put
-        for name, chunk in chunks.items():
-            put(name, pair, chunk)
-        old = self._rendered.get(pair)
-        self._rendered[pair] = latest
-        if old is not None:
-            for name in exposition.latest_families(old):
-                if name not in chunks:
-                    self.text.drop(name, pair)
-
     def _drop_latest(self, pair: tuple[str, str]) -> None:
-        old = self._rendered.pop(pair, None)
-        if old is not None:
-            for name in exposition.latest_families(old):
-                self.text.drop(name, pair)
+        self._rendered.pop(pair, None)
 
     def _render_histograms(self, hists: Mapping[tuple[str, ...], Histogram]) -> None:
         checks = self._targets

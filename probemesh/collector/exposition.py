@@ -1,19 +1,21 @@
 """Fast text exposition of the large families: probe gauges, result counters, histograms.
 
 A mesh of 1,000 agents x 100 checks exports about three million probe lines;
-building prometheus_client Metric objects for them takes a minute, and even
-grouping cached per-series text at scrape time takes over a second. Instead
-each gauge owner (a latest result, a histogram) renders its lines once when
-it changed, into per-family lists indexed by the owner's slot
-(``FamilyText``); a scrape joins the cached chunks in C. Replacing a chunk
-keeps its place, so the order is stable between scrapes.
+building prometheus_client Metric objects for them takes a minute. Instead a
+scrape renders the text itself, from templates in comprehensions, a piece at
+a time from one snapshot taken when it begins:
 
-The result counters (ten lines per check x agent, a third of the text) are
-not cached: a scrape takes a snapshot of every exported tally's counts
-(``counter_rows``) and renders them from templates in slices
-(``counter_pieces``). Caching them cost about 1.1 KB per pair; rendering
-them costs about as much CPU as re-rendering the cached lines of every
-changed tally did, since a tally's counters change with each of its results.
+- the probe gauges of every admitted latest result (``gauge_pieces``): about
+  18 lines per HTTP check x agent, two thirds of the text;
+- the result counters of every exported tally (``counter_rows``,
+  ``counter_pieces``): ten lines per pair.
+
+Neither is cached. Cached text cost about 2.3 KB (gauges) and 1.1 KB
+(counters) per pair, and was rendered again each time a result changed it,
+so with a check every 30-60 s and a scrape every 15 s rendering at each
+scrape costs about as much CPU. Only the histograms (per check x country, a
+few lines per pair at most) are cached, in per-family lists indexed by the
+owner's slot (``FamilyText``).
 
 The exporter's collect() still yields the same data as Metric families (remote
 write, tests) from the same validated samples, and a test checks the two
@@ -22,12 +24,22 @@ renderings agree.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping
+import functools
+import struct
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import NamedTuple
 
 from probemesh.catalog import PROBE_METRICS
 from probemesh.collector.runnable import NOT_RUNNABLE, rule_and_detail
-from probemesh.collector.state import DURATION_BUCKETS, REASON_NAMES, Histogram, Latest, Tally
+from probemesh.collector.samples import SeriesKey
+from probemesh.collector.state import (
+    DURATION_BUCKETS,
+    POLICY_REASON,
+    REASON_NAMES,
+    Histogram,
+    Latest,
+    Tally,
+)
 from probemesh.v1 import mesh_pb2 as pb
 
 SUCCESS = "probe_success"
@@ -95,6 +107,9 @@ def header(name: str) -> bytes:
     return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
 
 
+_HEADERS = {name: header(name) for name in HEADERS}
+
+
 class FamilyText:
     """Rendered chunks per family, each family a list indexed by the owner's slot.
 
@@ -108,7 +123,6 @@ class FamilyText:
 
     def __init__(self, order: tuple[str, ...]) -> None:
         self.families: dict[str, list[bytes | None]] = {name: [] for name in order}
-        self.headers = {name: header(name) for name in HEADERS}
         self.slots: dict[Hashable, int] = {}
         self._held = bytearray()  # by slot: how many families hold a chunk of its owner
         self._free: list[int] = []
@@ -154,40 +168,110 @@ class FamilyText:
         for name, chunks in self.families.items():
             present = list(filter(None, chunks))
             if present:
-                out.append((self.headers[name], present))
+                out.append((_HEADERS[name], present))
         return out
 
 
-def latest_families(latest: Latest) -> tuple[str, ...]:
-    """The families latest_lines puts lines of latest in."""
-    if latest.refused:
-        return (NOT_RUNNABLE,)
-    return (SUCCESS, DURATION, *dict.fromkeys([name for name, _ in latest.samples[0]]))
+class GaugeRows(NamedTuple):
+    """The latest results a scrape exports, column by column (no tuple per pair)."""
+
+    pairs: list[tuple[str, str]]  # (check, agent)
+    latest: list[Latest]  # never mutated: a newer result replaces the object
+    targets: Mapping[str, str]  # check -> its target, escaped
 
 
-def latest_lines(latest: Latest, base: str) -> dict[str, bytes]:
-    """The lines one latest result contributes, per family; base is its label prefix.
+_VALUE = struct.Struct("d")
+_LINE_BYTES = 200  # about one gauge line, to size pieces
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape_plan(keys: tuple[SeriesKey, ...]) -> dict[str, list[tuple[int, str]]]:
+    """Per family of a sample shape: each line's value offset and extra labels."""
+    plan: dict[str, list[tuple[int, str]]] = {}
+    for index, (name, labels) in enumerate(keys):
+        extra = "".join(f',{k}="{escape(v)}"' for k, v in labels)
+        plan.setdefault(name, []).append((8 * index, extra))
+    return plan
+
+
+def gauge_pieces(rows: GaugeRows, size: int) -> Iterator[bytes]:
+    """The probe gauge families of rows, about size bytes a piece.
+
+    Rendered at each scrape, family after family as the text format needs:
+    cached, the lines cost about 2.3 KB per HTTP check x agent, and were
+    rendered again each time a result replaced them. Each pair's label set is
+    formatted once per scrape, during the first family, and kept for the rest.
 
     A check refused by policy ran no probe: it gets a not-runnable line and no
     probe_* gauge, so no probe_success=0 looks like an outage.
     """
-    if latest.refused:
-        rule = rule_and_detail(latest.message)[0]
-        return {NOT_RUNNABLE: f'{NOT_RUNNABLE}{{{base},rule="{rule}"}} 1.0\n'.encode()}
-    out = {
-        SUCCESS: f"{SUCCESS}{{{base}}} {'1.0' if latest.success else '0.0'}\n",
-        DURATION: f"{DURATION}{{{base}}} {latest.duration!r}\n",
-    }
-    keys, values = latest.samples
-    for (name, labels), value in zip(keys, memoryview(values).cast("d"), strict=True):
-        if labels:
-            extra = "".join(f',{k}="{escape(v)}"' for k, v in labels)
-            line = f"{name}{{{base}{extra}}} {value!r}\n"
-        else:
-            line = f"{name}{{{base}}} {value!r}\n"
-        previous = out.get(name)
-        out[name] = line if previous is None else previous + line
-    return {name: text.encode() for name, text in out.items()}
+    pairs, latest, targets = rows
+    per = max(size // _LINE_BYTES, 1)
+    bases: list[str] = []
+    live: list[int] = []
+    refused: list[int] = []
+    shapes: dict[int, list[int]] = {}  # id of a shape's keys -> its pairs
+    keys_of: dict[int, tuple[SeriesKey, ...]] = {}
+    success_lines = 0  # live pairs whose success line is out
+    for start in range(0, len(latest), per):
+        end = min(start + per, len(latest))
+        bases += [
+            f'check="{check}",target="{targets[check]}",agent="{agent}",'
+            f'country="{lat.country}",region="{escape(lat.region)}"'
+            for (check, agent), lat in zip(pairs[start:end], latest[start:end], strict=True)
+        ]
+        for index in range(start, end):
+            lat = latest[index]
+            if lat.reason == POLICY_REASON:
+                refused.append(index)
+                continue
+            live.append(index)
+            keys = lat.samples[0]
+            if keys:
+                shape = shapes.get(id(keys))
+                if shape is None:
+                    shape = shapes[id(keys)] = []
+                    keys_of[id(keys)] = keys
+                shape.append(index)
+        text = "".join([
+            f"{SUCCESS}{{{bases[i]}}} {'1.0' if latest[i].success else '0.0'}\n"
+            for i in live[success_lines:]
+        ])  # fmt: skip
+        if text:
+            yield (b"" if success_lines else _HEADERS[SUCCESS]) + text.encode()
+        success_lines = len(live)
+    yield from _parts(DURATION, live, per, lambda part: "".join([
+        f"{DURATION}{{{bases[i]}}} {latest[i].duration!r}\n" for i in part
+    ]))  # fmt: skip
+    families: dict[str, list[tuple[list[tuple[int, str]], list[int]]]] = {}
+    for shape_id, members in shapes.items():
+        for name, lines in _shape_plan(keys_of[shape_id]).items():
+            families.setdefault(name, []).append((lines, members))
+    unpack = _VALUE.unpack_from
+    for name, groups in families.items():
+        yield _HEADERS[name]
+        for lines, members in groups:
+            step = max(per // len(lines), 1)
+            for start in range(0, len(members), step):
+                yield "".join([
+                    f"{name}{{{bases[i]}{extra}}} {unpack(latest[i].samples[1], offset)[0]!r}\n"
+                    for i in members[start : start + step]
+                    for offset, extra in lines
+                ]).encode()  # fmt: skip
+    yield from _parts(NOT_RUNNABLE, refused, per, lambda part: "".join([
+        f'{NOT_RUNNABLE}{{{bases[i]},rule="{rule_and_detail(latest[i].message)[0]}"}} 1.0\n'
+        for i in part
+    ]))  # fmt: skip
+
+
+def _parts(
+    name: str, indices: list[int], per: int, render: Callable[[list[int]], str]
+) -> Iterator[bytes]:
+    """Family name's header, then render's text of indices, per at a time."""
+    if indices:
+        yield _HEADERS[name]
+    for start in range(0, len(indices), per):
+        yield render(indices[start : start + per]).encode()
 
 
 def tally_counts(tally: Tally) -> tuple[tuple[int, int], list[tuple[str, int]]]:

@@ -16,12 +16,12 @@ from probemesh.collector.exposition import (
     RESULTS,
     SUCCESS,
     FamilyText,
+    GaugeRows,
     counter_pieces,
     counter_rows,
     escape,
+    gauge_pieces,
     header,
-    latest_families,
-    latest_lines,
 )
 from probemesh.collector.samples import NO_SAMPLES, SampleFilter, sample_items
 from probemesh.collector.state import NO_REASONS, AgentInfo, MeshState
@@ -32,7 +32,8 @@ AWKWARD = [
     0.1, 0.30000000000000004, 1e-300, 5e-324, -0.0, 1.7976931348623157e308,
     1.8e9, 123456789.123456789, 2.0**53 + 1, -7.25, 0.0,
 ]  # fmt: skip
-BASE = 'check="web",agent="a"'
+BASE = 'check="web",target="https://x.test/?q=\\"1\\"",agent="a",country="DE",region="eu"'
+TARGETS = {"web": 'https://x.test/?q=\\"1\\"'}
 
 
 def awkward_samples() -> list[pb.Sample]:
@@ -75,6 +76,20 @@ def test_kept_samples_keep_every_value_bit_for_bit() -> None:
             assert value.hex() == float(sample.value).hex()
 
 
+def families(body: bytes) -> dict[str, bytes]:
+    """Each family's sample lines in body, which must hold each family once."""
+    out: dict[str, bytes] = {}
+    name = ""
+    for line in body.splitlines(keepends=True):
+        if line.startswith(b"# TYPE "):
+            name = line.split()[2].decode()
+            assert name not in out, f"{name} twice"
+            out[name] = b""
+        elif not line.startswith(b"#"):
+            out[name] += line
+    return out
+
+
 def test_latest_renders_exactly_as_the_result_was_sent() -> None:
     state = MeshState()
     agent = state.agents["a"] = AgentInfo("a", "DE", region="eu")
@@ -83,11 +98,62 @@ def test_latest_renders_exactly_as_the_result_was_sent() -> None:
     result = pb.Result(check="web", timestamp=1.0, success=True, duration_seconds=0.1,
                        samples=samples)  # fmt: skip
     state.apply(agent, result, filter_.keep(samples))
-    lines = latest_lines(state.latest[("web", "a")], BASE)
-    assert latest_families(state.latest[("web", "a")]) == tuple(lines)
+    rows = GaugeRows([("web", "a")], [state.latest[("web", "a")]], TARGETS)
+    lines = families(b"".join(gauge_pieces(rows, 1 << 19)))
     assert lines.pop("probe_success") == f"probe_success{{{BASE}}} 1.0\n".encode()
     assert lines.pop("probe_duration_seconds") == f"probe_duration_seconds{{{BASE}}} 0.1\n".encode()
     assert lines == expected_lines(samples)
+
+
+def test_gauges_rendered_at_scrape_time_group_every_family_in_every_slicing() -> None:
+    """Pairs of several shapes, a refused one among them: each family's lines come
+    together under one header, whatever the piece size, and say what each result said."""
+    state = MeshState()
+    filter_ = SampleFilter()
+    http = awkward_samples()
+    dns = [pb.Sample(name="probe_dns_lookup_time_seconds", value=0.25),
+           pb.Sample(name="probe_ip_protocol", value=6)]  # fmt: skip
+    expected: dict[str, list[str]] = {}
+    pairs = []
+    for index in range(7):
+        agent = state.agents[f"a{index}"] = AgentInfo(f"a{index}", "BR", region='s"p')
+        samples = (http, dns, [])[index % 3]
+        if index == 4:
+            result = pb.Result(check="web", timestamp=1.0, reason=pb.FAILURE_REASON_POLICY,
+                               message="private_target: 10.0.0.1 is private")  # fmt: skip
+        else:
+            result = pb.Result(check="web", timestamp=1.0, success=index % 2 == 0,
+                               duration_seconds=index / 3, samples=samples)  # fmt: skip
+        state.apply(agent, result, filter_.keep(list(result.samples)))
+        pairs.append(("web", f"a{index}"))
+        base = BASE.replace('agent="a"', f'agent="a{index}"').replace(
+            'country="DE",region="eu"', 'country="BR",region="s\\"p"'
+        )
+        if index == 4:
+            expected.setdefault("probemesh_check_not_runnable", []).append(
+                f'probemesh_check_not_runnable{{{base},rule="private_target"}} 1.0\n'
+            )
+            continue
+        expected.setdefault("probe_success", []).append(
+            f"probe_success{{{base}}} {float(index % 2 == 0)!r}\n"
+        )
+        expected.setdefault("probe_duration_seconds", []).append(
+            f"probe_duration_seconds{{{base}}} {index / 3!r}\n"
+        )
+        for sample in samples:
+            extra = "".join(f',{k}="{escape(v)}"' for k, v in sorted(sample.labels.items()))
+            expected.setdefault(sample.name, []).append(
+                f"{sample.name}{{{base}{extra}}} {sample.value!r}\n"
+            )
+    rows = GaugeRows(pairs, [state.latest[p] for p in pairs], TARGETS)
+    for size in (1, 300, 1000, 1 << 19):
+        body = b"".join(gauge_pieces(rows, size))
+        got = {name: sorted(text.decode().splitlines(keepends=True))
+               for name, text in families(body).items()}  # fmt: skip
+        assert got == {name: sorted(lines) for name, lines in expected.items()}
+        for name in got:
+            assert body.count(header(name)) == 1
+    assert b"".join(gauge_pieces(GaugeRows([], [], {}), 100)) == b"", "nothing: no families"
 
 
 def test_results_of_one_shape_share_their_keys_and_differ_in_values() -> None:
