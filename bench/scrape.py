@@ -221,6 +221,14 @@ def report(label: str, f: dict[str, Any], pairs: int) -> list[str]:
         out.append(
             f"  /metrics streamed in pieces (the handler): {times(t)}; peak RSS per pair {per_pair(peak)}"
         )
+    if "streamed" in f:  # every pair changes once per check interval; a scrape every 15 s
+        scrape = sorted(f["streamed"][0])[len(f["streamed"][0]) // 2]
+        for interval in (60, 30):
+            cpu = 2 * f["prerender"] * 60 / interval + 4 * scrape
+            out.append(
+                f"  rendering CPU a minute, checks every {interval} s and a scrape every 15 s: "
+                f"{cpu:.2f} s (pre-render of every changed pair + 4 streamed scrapes)"
+            )
     t, peak = f["whole"]
     out.append(f"  /metrics joined into one body: {times(t)}; peak RSS per pair {per_pair(peak)}")
     http = [line.split() for line in f["http"]]
