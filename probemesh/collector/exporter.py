@@ -144,17 +144,29 @@ class MeshExporter(Collector):
         reads; after that only one piece at a time is built. A large mesh's
         body is hundreds of MB: held whole (and copied again into the
         transport's buffer) it would double the collector's memory at every
-        scrape. last_render_seconds is the time spent building pieces.
+        scrape. Small parts (a header, a family of a few lines) are sent
+        together: each piece costs the handler a turn of the event loop.
+        last_render_seconds is the time spent building pieces.
         """
-        pieces = self._pieces(suffix, size or self.piece_bytes)
+        size = size or self.piece_bytes
+        parts = self._pieces(suffix, size)
         spent = 0.0
+        held: list[bytes] = []
+        held_bytes = 0
         while True:
             started = time.perf_counter()
-            piece = next(pieces, None)
+            part = next(parts, None)
+            piece = None
+            if part is None or (held and held_bytes + len(part) > size):
+                piece, held, held_bytes = b"".join(held), [], 0
+            if part is not None:
+                held.append(part)
+                held_bytes += len(part)
             spent += time.perf_counter() - started
-            if piece is None:
+            if piece:
+                yield piece
+            if part is None:
                 break
-            yield piece
         self.last_render_seconds = spent
 
     def _pieces(self, suffix: bytes, size: int) -> Iterator[bytes]:

@@ -36,6 +36,8 @@ def test_pieces_join_to_the_whole_body(tmp_path: Path, size: int) -> None:
     pieces = list(exporter.render_batches(b"# tail\n", size=size))
     assert b"".join(pieces) == whole
     assert max(map(len, pieces)) < max(size, 2000), "pieces are about size bytes (or one chunk)"
+    if len(whole) <= size:
+        assert pieces == [whole], "small parts (headers, short families) go out together"
 
 
 def test_the_body_is_the_state_when_the_scrape_began(tmp_path: Path) -> None:
