@@ -491,7 +491,7 @@ class OutageMonitor:
         self.clock = clock
         self.notifications = notifications
         self.publisher = Publisher()  # this collector's agents' inputs
-        self.inputs = InputBook()  # every agent's inputs, as the evaluator reads them
+        self.inputs = InputBook()  # in a mesh, every agent's inputs as the evaluator reads them
         self.classifier = Classifier()
         self.diagnoser = diagnoser
         self.snapshot = Snapshot(0.0)
@@ -527,10 +527,11 @@ class OutageMonitor:
         otherwise hold ingest, streams and scrapes for tens of milliseconds."""
         checks = self.checks()
         now = self.clock()
-        publication = yield from self._publish_steps(checks, now)
+        yield from self._publish_steps(checks, now)
         yield
-        self.inputs.apply(publication)
-        return (yield from self._judge_steps(self.inputs.inputs, checks, now))
+        # Alone, every input of the mesh is this publisher's: judged as it holds them,
+        # not copied into an InputBook (a dict entry and a key tuple a pair).
+        return (yield from self._judge_steps(self.publisher.published, checks, now))
 
     def _publish_steps(self, checks: ChecksFile, now: float) -> Steps[Publication]:
         """This collector's part, in steps: its agents' inputs that changed since the last round."""

@@ -126,13 +126,25 @@ class Publication:
         return bool(self.changed or self.removed or self.agents or self.agents_removed)
 
 
-class _Track:
-    """One heard check x agent of this collector, kept between rounds."""
+class _Track(AgentVerdict):
+    """One heard check x agent of this collector, kept between rounds: its streaks
+    (the track is the pair's verdict) and what the rounds took of it.
 
-    __slots__ = ("changed", "entry", "fresh", "input", "stale_after", "verdict")
+    A collector holds one per pair it serves, so it is one object that shares
+    what it can: MeshState's key tuple and one stale_after float per check.
+    """
 
-    def __init__(self, verdict: AgentVerdict, stale_after: float) -> None:
-        self.verdict = verdict
+    __slots__ = ("changed", "entry", "fresh", "input", "pair", "stale_after")
+
+    def __init__(self, pair: Pair, stale_after: float, verdict: AgentVerdict | None) -> None:
+        if verdict is None:
+            AgentVerdict.__init__(self)
+        else:  # resumed, or kept over a reload
+            AgentVerdict.__init__(
+                self, verdict.last_ts, verdict.since, verdict.ok_streak, verdict.fail_streak,
+                verdict.confirmed,
+            )  # fmt: skip
+        self.pair = pair  # MeshState's (check, agent) tuple: also the key in published
         self.stale_after = stale_after  # seconds after which its result is stale
         self.entry: Latest | None = None  # the latest result as last taken
         self.fresh = False
@@ -150,10 +162,13 @@ class Publisher:
     """
 
     def __init__(self) -> None:
-        self.verdicts: dict[Pair, AgentVerdict] = {}
         self.published: dict[Pair, PairInput] = {}
         self._checks: ChecksFile | None = None
-        self._tracks: dict[Pair, _Track] = {}
+        self._tracks: dict[Pair, _Track] = {}  # each pair's streaks (its verdict) and state
+        # Streaks waiting for their pair's track (the next round takes them): resumed
+        # from another collector's publication, or kept over a reload.
+        self._pending: dict[Pair, AgentVerdict] = {}
+        self._stale_after: dict[str, float] = {}  # check -> its tracks' shared stale_after
         self._by_agent: dict[str, dict[str, _Track]] = {}
         self._settled: dict[str, bool] = {}
         self._keys: dict[str, list[Pair]] = {}  # agent -> its keys in published, in order
@@ -166,12 +181,13 @@ class Publisher:
 
     def new_pairs(self, latest: Mapping[Pair, Latest], checks: ChecksFile) -> list[Pair]:
         """Pairs with a result but no streak here yet (resume them with ``resume``)."""
-        verdicts, configured = self.verdicts, checks.checks
+        tracks, pending, configured = self._tracks, self._pending, checks.checks
         return [
             key
             for key, entry in list(latest.items())
-            if key not in verdicts and key[0] in configured and not entry.refused
-        ]
+            if key not in tracks and key not in pending and key[0] in configured
+            and not entry.refused
+        ]  # fmt: skip
 
     def forget_agents(self, agents: set[str]) -> None:
         """Drop the streaks of agents that (re)connected: another collector may have served
@@ -180,15 +196,20 @@ class Publisher:
             for check in self._by_agent.pop(agent):
                 del self._tracks[(check, agent)]
             self._again.add(agent)
-        for key in [k for k in self.verdicts if k[1] in agents]:
-            del self.verdicts[key]
+        for key in [k for k in self._pending if k[1] in agents]:
+            del self._pending[key]
 
     def resume(self, inputs: Iterable[PairInput]) -> None:
         """Continue the streaks another collector published (the agent moved here)."""
         for item in inputs:
             key = (item.check, item.agent)
-            if key not in self.verdicts and item.fresh and item.success is not None:
-                self.verdicts[key] = AgentVerdict.resumed(item)
+            if (
+                key not in self._tracks
+                and key not in self._pending
+                and item.fresh
+                and item.success is not None
+            ):
+                self._pending[key] = AgentVerdict.resumed(item)
 
     def observe(
         self,
@@ -221,7 +242,9 @@ class Publisher:
         self._again = set()
         if checks is not self._checks:  # a reload: intervals may differ, start the tracks over
             self._checks = checks
+            self._pending = {**self._tracks, **self._pending}  # the streaks go on
             self._tracks, self._by_agent, self._settled, self._assigned = {}, {}, {}, {}
+            self._stale_after = {}
             touched.update(agent for _, agent in self.published)
             touched.update(agents)
         touched |= self._take(latest, checks, now)
@@ -273,13 +296,13 @@ class Publisher:
             if spec is None or entry.refused:
                 continue  # a check refused by the agent's policy is no report at all
             if track is None:
-                verdict = self.verdicts.get(key)
-                if verdict is None:
-                    verdict = self.verdicts[key] = AgentVerdict()
-                track = tracks[key] = _Track(verdict, stale * spec.interval)
+                stale_after = self._stale_after.get(key[0])
+                if stale_after is None:
+                    stale_after = self._stale_after[key[0]] = stale * spec.interval
+                track = tracks[key] = _Track(key, stale_after, self._pending.pop(key, None))
                 self._by_agent.setdefault(key[1], {})[key[0]] = track
-            if entry.timestamp > track.verdict.last_ts:
-                track.verdict.observe(entry.success, entry.timestamp, confirm)
+            if entry.timestamp > track.last_ts:
+                track.observe(entry.success, entry.timestamp, confirm)
             track.entry = entry
             track.fresh = now - entry.timestamp <= track.stale_after
             track.changed = True
@@ -293,9 +316,8 @@ class Publisher:
                 if not agent_tracks:
                     del self._by_agent[key[1]]
                 touched.add(key[1])
-        if len(self.verdicts) != len(tracks):  # streaks of pairs no longer heard here
-            for key in [k for k in self.verdicts if k not in tracks]:
-                del self.verdicts[key]
+        if self._pending:  # streaks of pairs no longer heard here
+            self._pending = {}
         return touched
 
     def _assignments(self, agents: Mapping[str, AgentInfo]) -> set[str]:
@@ -323,7 +345,7 @@ class Publisher:
         """Build the agent's inputs anew where needed and publish those that differ."""
         cfg = checks.outage
         tracks = self._by_agent.get(agent, {})
-        settled = _settled([(("", ""), t.verdict, t.fresh) for t in tracks.values()])
+        settled = _settled(tracks.values())
         if settled != self._settled.get(agent, True):
             for track in tracks.values():
                 track.changed = True
@@ -334,16 +356,16 @@ class Publisher:
         inputs: dict[Pair, PairInput] = {}
         for check, track in tracks.items():
             if track.changed or track.input is None:
-                entry, verdict = track.entry, track.verdict
+                entry = track.entry
                 assert entry is not None
                 reason, detail = ("", "") if entry.success else failure_detail(entry)
-                streak = min(max(verdict.ok_streak, verdict.fail_streak), cfg.confirm_rounds)
+                streak = min(max(track.ok_streak, track.fail_streak), cfg.confirm_rounds)
                 track.input = PairInput(
-                    check, agent, entry.country, entry.success, verdict.confirmed,
+                    check, agent, entry.country, entry.success, track.confirmed,
                     track.fresh, settled, reason, detail, streak, last_ts=entry.timestamp,
                 )  # fmt: skip
                 track.changed = False
-            inputs[(check, agent)] = track.input
+            inputs[track.pair] = track.input
         if info is not None:  # an assigned check's country is listed even unheard
             for check in info.assigned:
                 key = (check, agent)
@@ -356,6 +378,8 @@ class Publisher:
         for key, item in inputs.items():
             old = published.get(key)
             if old is not item:
+                if old is not None and old.success is None and item.success is not None:
+                    del published[key]  # heard at last: key it by MeshState's tuple (track.pair)
                 published[key] = item
                 if old != item:
                     publication.changed.append(item)
@@ -380,9 +404,9 @@ class Publisher:
             self._again.add(key[1])
 
 
-def _settled(rows: list[tuple[Pair, AgentVerdict, bool]]) -> bool:
+def _settled(tracks: Iterable[_Track]) -> bool:
     """Has every check of the agent reported since its latest raw change (any check's)?"""
-    probed = [v for _, v, fresh in rows if fresh and v.confirmed is not None]
+    probed = [t for t in tracks if t.fresh and t.confirmed is not None]
     if not probed:
         return True
     edge = max(v.since for v in probed)
@@ -472,13 +496,19 @@ def _stable(agent: AgentInfo) -> tuple[Any, ...]:
 
 
 class InputBook:
-    """The evaluator's copy of every published input, by check x agent."""
+    """The evaluator's copy of every published input, by check x agent (in a mesh:
+    a collector alone judges its publisher's own)."""
 
     def __init__(self) -> None:
         self.inputs: dict[Pair, PairInput] = {}
 
-    def apply(self, publication: Publication) -> None:
+    def apply(self, publication: Publication, keys: Iterable[Pair] | None = None) -> None:
+        """Take a publication; keys: each changed input's pair, as a tuple the caller
+        shares with its own dicts (one tuple a pair, not one per dict)."""
+        inputs = self.inputs
         for key in publication.removed:
-            self.inputs.pop(key, None)
-        for item in publication.changed:
-            self.inputs[(item.check, item.agent)] = item
+            inputs.pop(key, None)
+        if keys is None:
+            keys = ((item.check, item.agent) for item in publication.changed)
+        for key, item in zip(keys, publication.changed, strict=True):
+            inputs[key] = item

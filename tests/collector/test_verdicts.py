@@ -132,11 +132,25 @@ def test_an_agent_that_moves_keeps_its_confirmed_verdict() -> None:
     assert fresh.published[("web", "a-br")].confirmed is None
 
 
+def test_published_inputs_are_keyed_by_the_pair_tuple_of_the_mesh_state() -> None:
+    mesh = ScriptedMesh(countries=("BR", "DE"))
+    publisher = Publisher()
+    _observe(publisher, mesh)  # assigned, not heard yet
+    mesh.round()
+    _observe(publisher, mesh)
+    assert {p.success for p in publisher.published.values()} == {True}
+    assert {id(key) for key in publisher.published} == {id(key) for key in mesh.state.tallies}
+
+
 def test_the_monitor_evaluates_what_it_publishes() -> None:
     mesh = ScriptedMesh(countries=("BR", "DE", "US"))
     monitor: OutageMonitor = mesh.monitor
     mesh.round()
-    assert monitor.inputs.inputs == monitor.publisher.published
+    mesh.round(web={"BR": "500"})
+    published = monitor.publisher.published
+    assert {p.success for p in published.values()} == {True, False}
+    assert monitor.classifier._seen == published  # alone: judged as published, no copy
+    assert not monitor.inputs.inputs
 
 
 def _families(monitor: OutageMonitor) -> dict[str, list[tuple[dict[str, str], float]]]:
