@@ -48,14 +48,6 @@ SCOPE_OF = {REGIONAL_OUTAGE: "regional", GLOBAL_OUTAGE: "global"}
 HEALTHY, SUSPECT, LOCAL_PROBLEM = "ok", "suspect", "local_problem"
 
 
-@dataclass(slots=True)
-class Counting:
-    """The evaluator's own state of one check x agent: does its confirmed failure count?"""
-
-    counted: bool = False  # the confirmed failure counts towards its country
-    held_since: float | None = None  # evaluation time a lone failure began to wait
-
-
 @dataclass(frozen=True)
 class AgentHealth:
     """The classifier's verdict on one agent as a whole."""
@@ -141,16 +133,25 @@ class _Row:
     tells), agents with such a row or with a failure held on a timer, and the
     per-check and per-country counts, by delta. A round over 200,000 pairs
     with a few thousand changes then costs one pass over the inputs.
+
+    It also holds the evaluator's own state of the pair (does its confirmed
+    failure count, since when a lone failure waits): the evaluator holds a row
+    for every pair of the mesh, so that is one object a pair, not two.
     """
 
     __slots__ = (
-        "agent", "check", "confirmed", "counting", "country", "detail", "fresh", "input",
-        "inputs", "interval", "lonely", "lonely_now", "place", "share", "success",
+        "agent", "check", "confirmed", "counted", "country", "detail", "fresh", "held_since",
+        "input", "inputs", "interval", "lonely", "lonely_now", "place", "share", "success",
     )  # fmt: skip
 
-    def __init__(self, item: PairInput, interval: float, counting: Counting) -> None:
+    def __init__(
+        self, item: PairInput, interval: float, counting: tuple[bool, float | None] | None
+    ) -> None:
         self.agent, self.check, self.interval = item.agent, item.check, interval
-        self.counting = counting
+        self.counted = False  # the confirmed failure counts towards its country
+        self.held_since: float | None = None  # evaluation time a lone failure began to wait
+        if counting is not None:  # kept over a reload
+            self.counted, self.held_since = counting
         self.lonely = False  # confirmed failing while most other agents are confirmed up
         self.lonely_now = False  # latest result failed while most other agents' latest succeeded
         self.inputs = 0  # what it adds to its _CheckCounts (see _inputs)
@@ -203,11 +204,12 @@ class Classifier:
     """Keeps which failures count and the local-problem flags between evaluations."""
 
     def __init__(self) -> None:
-        self.counting: dict[Pair, Counting] = {}
         self.local: frozenset[str] = frozenset()
         self._checks: ChecksFile | None = None
         self._seen: dict[Pair, PairInput] = {}  # every configured input, as last taken
         self._rows: dict[Pair, _Row] = {}
+        # (counted, held_since) of the rows a reload dropped, until the next round takes them
+        self._carried: dict[Pair, tuple[bool, float | None]] = {}
         self._by_check: dict[str, dict[str, _Row]] = {}
         self._by_agent: dict[str, dict[str, _Row]] = {}
         self._counts: dict[str, _CheckCounts] = {}
@@ -252,8 +254,10 @@ class Classifier:
     def _reset(self, checks: ChecksFile) -> None:
         """A new checks file: intervals and thresholds may differ, so start the rows over.
 
-        Which failures count (self.counting) is kept for the pairs still configured.
+        Which failures count (the rows' counted and held_since) is kept for the
+        pairs still configured.
         """
+        self._carried.update((key, (r.counted, r.held_since)) for key, r in self._rows.items())
         self._checks = checks
         self._seen, self._rows, self._by_check, self._by_agent = {}, {}, {}, {}
         self._counts = {name: _CheckCounts() for name in checks.checks}
@@ -290,10 +294,11 @@ class Classifier:
                     touched.add(row.agent)
                 continue
             if row is None:
-                counting = self.counting.get(key)
-                if counting is None:
-                    counting = self.counting[key] = Counting()
-                row = self._rows[key] = _Row(item, spec.interval, counting)
+                if previous is not None:  # listed unheard: key it by the tuple its rows share
+                    del seen[key]
+                    seen[key] = item
+                carried = self._carried.pop(key, None) if self._carried else None
+                row = self._rows[key] = _Row(item, spec.interval, carried)
                 self._by_check.setdefault(row.check, {})[row.agent] = row
                 self._by_agent.setdefault(row.agent, {})[row.check] = row
             else:
@@ -306,9 +311,7 @@ class Classifier:
                 if row is not None:
                     self._remove(row)
                     touched.add(row.agent)
-        if len(self.counting) != len(self._rows):  # streaks of pairs that no longer report
-            for key in [k for k in self.counting if k not in self._rows]:
-                del self.counting[key]
+        self._carried = {}  # of pairs that no longer report
         return changed, touched
 
     def _list(self, key: Pair, old: PairInput | None, new: PairInput | None) -> None:
@@ -320,9 +323,7 @@ class Classifier:
             listed[new.country] += 1
 
     def _remove(self, row: _Row) -> None:
-        key = (row.check, row.agent)
-        del self._rows[key]
-        self.counting.pop(key, None)
+        del self._rows[(row.check, row.agent)]
         del self._by_check[row.check][row.agent]
         agent_rows = self._by_agent[row.agent]
         del agent_rows[row.check]
@@ -451,20 +452,19 @@ class Classifier:
         settled = all(r.input.settled for r in rows)  # the serving collector's view
         held: list[str] = []
         for r in rows:
-            v = r.counting
             if not r.fresh or r.confirmed is not False or local or fails_nearly_all:
-                v.counted, v.held_since = False, None
-            elif v.counted:
+                r.counted, r.held_since = False, None
+            elif r.counted:
                 continue
             elif r.success:  # recovering: a failure starts to count only while it lasts
-                v.held_since = None
+                r.held_since = None
             elif not r.lonely_now or settled:
-                v.counted, v.held_since = True, None
+                r.counted, r.held_since = True, None
             else:
-                if v.held_since is None:
-                    v.held_since = now
-                if now - v.held_since >= r.interval:
-                    v.counted, v.held_since = True, None
+                if r.held_since is None:
+                    r.held_since = now
+                if now - r.held_since >= r.interval:
+                    r.counted, r.held_since = True, None
                 else:
                     held.append(r.check)
         if local:
@@ -530,7 +530,7 @@ def _share(row: _Row, health: AgentHealth) -> tuple[int, tuple[str, str] | None]
     if row.success:
         share |= _UP
     detail = None
-    if row.counting.counted:
+    if row.counted:
         share |= _FAILING
         if not row.success:
             detail = (row.input.reason, row.input.detail)
