@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -103,18 +104,22 @@ def _row(item: PairInput) -> tuple[Any, ...]:
 
 
 def _input(row: tuple[Any, ...]) -> PairInput:
-    """The PairInput of a row read with _COLUMNS first (SQLite gives booleans as 0/1)."""
+    """The PairInput of a row read with _COLUMNS first (SQLite gives booleans as 0/1).
+
+    The driver gives each row its own strings; the evaluator holds an input for
+    every pair of the mesh, so the names are interned (one copy each).
+    """
     check, agent, country, success, confirmed, fresh, settled, reason, detail = row[:9]
     return PairInput(
-        check,
-        agent,
-        country,
+        sys.intern(check),
+        sys.intern(agent),
+        sys.intern(country),
         None if success is None else bool(success),
         None if confirmed is None else bool(confirmed),
         bool(fresh),
         bool(settled),
-        reason,
-        detail,
+        sys.intern(reason),
+        sys.intern(detail),
         int(row[9]),
         bool(row[10]),
         float(row[11]),
@@ -286,16 +291,19 @@ class SharedVerdicts:
                     "WHERE collector_id = ? AND seq > ?",
                     (collector, seen),
                 ).fetchall()
-                changed, removed = [], []
+                changed, keys, removed = [], [], []
                 for row in rows:
-                    key = (row[0], row[1])
                     if row[12]:  # gone
+                        key = (row[0], row[1])
                         removed.append(key)
                         self.owners.pop(key, None)
                     else:
-                        changed.append(_input(row))
+                        item = _input(row)
+                        key = (item.check, item.agent)  # shared by owners and the book
+                        changed.append(item)
+                        keys.append(key)
                         self.owners[key] = collector
-                book.apply(Publication(changed, removed))
+                book.apply(Publication(changed, removed), keys)
                 self.seen[collector] = seq
 
         self._run(work)

@@ -44,6 +44,10 @@ def test_the_evaluator_reads_what_each_collector_published(pg_database: Database
     for _ in range(3):
         snapshot = round_()
     assert snapshot.checks == mesh.monitor.snapshot.checks
+    # one key tuple a pair, one copy of each name: the evaluator holds every pair of the mesh
+    assert {id(key) for key in book.inputs} == {id(key) for key in evaluator.owners}
+    assert book.inputs[("web", "a-br")].agent is book.inputs[("tcp", "a-br")].agent
+    assert book.inputs[("web", "a-br")].country is book.inputs[("tcp", "a-br")].country
     seq = dict(evaluator.seen)
     snapshot = round_()  # steady: nothing new to read
     assert evaluator.seen == seq
