@@ -13,6 +13,11 @@ agent is sent a set without C, or with C changed. Results named after a closed
 span can only come from the agent's buffer, which drops results older than its
 ``--queue-max-age`` (announced in Hello); so a closed span is kept that long
 after it closed, plus a margin, and then pruned.
+
+The collector holds this history for every check x agent, and agents sent
+the same checks at the same revisions have equal histories: a span is never
+changed but replaced, and a check's spans are one tuple, shared by every
+agent whose spans of the check are equal while the latest is open.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from probemesh.agent.queue import DEFAULT_MAX_AGE
@@ -38,7 +43,7 @@ PRUNE_MARGIN = 3600.0
 MAX_ANNOUNCED_AGE = 366 * 86400.0
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Span:
     """Check ``check`` was sent to one agent, unchanged, from revision first to last."""
 
@@ -94,14 +99,17 @@ class AssignmentHistory:
         # The collector hands its database thread: writes then never hold up the
         # event loop, and one thread keeps them in order. Without one they run inline.
         self.writer = writer
-        self.spans: dict[str, dict[str, list[Span]]] = {}
+        self.spans: dict[str, dict[str, tuple[Span, ...]]] = {}  # agent -> check -> spans
+        self._shared: dict[tuple[Span, ...], tuple[Span, ...]] = {}  # see _share
         # Agents whose last span write failed or was cancelled: memory is ahead
         # of the database, so their next record() writes all their spans again.
         self._unsaved: set[str] = set()
         for agent_id, spans in store.load_spans().items():
             by_check = self.spans.setdefault(agent_id, {})
             for span in sorted(spans, key=lambda s: s.first):
-                by_check.setdefault(span.check, []).append(span)
+                by_check[span.check] = (*by_check.get(span.check, ()), span)
+            for check, history in by_check.items():
+                by_check[check] = self._share(history)
         loaded = store.load_revision()
         self.revision = 0
         self.digest = ""
@@ -152,23 +160,24 @@ class AssignmentHistory:
         current = self.spans.setdefault(agent_id, {})
         wanted = {spec.name: spec for spec in specs}
         changed: list[Span] = []
-        for check, spans in current.items():
+        for check, spans in list(current.items()):
             span = spans[-1]
             if span.closed_at is not None:
                 continue
             spec = wanted.get(check)
             if spec is not None and (spec.target, spec.module.name) == (span.target, span.module):
                 del wanted[check]
-                if revision > span.last:
-                    span.last = revision
-                    changed.append(span)
+                if revision <= span.last:
+                    continue
+                span = replace(span, last=revision)
             else:
-                span.closed_at = now
-                span.expires_at = now + announced_max_age(max_age) + PRUNE_MARGIN
-                changed.append(span)
+                expires_at = now + announced_max_age(max_age) + PRUNE_MARGIN
+                span = replace(span, closed_at=now, expires_at=expires_at)
+            current[check] = self._share((*spans[:-1], span))
+            changed.append(span)
         for spec in wanted.values():
             span = Span(spec.name, spec.target, spec.module.name, revision, revision)
-            current.setdefault(spec.name, []).append(span)
+            current[spec.name] = self._share((*current.get(spec.name, ()), span))
             changed.append(span)
         if agent_id in self._unsaved:
             self._unsaved.discard(agent_id)
@@ -179,6 +188,13 @@ class AssignmentHistory:
         future = self._write(self.store.save_spans, agent_id, changed)
         future.add_done_callback(lambda done: self._note_unsaved(agent_id, done))
         return future
+
+    def _share(self, spans: tuple[Span, ...]) -> tuple[Span, ...]:
+        """The one tuple of these spans that every agent with them holds (while the
+        latest is open: a closed span carries its agent's own times)."""
+        if spans[-1].closed_at is not None:
+            return spans
+        return self._shared.setdefault(spans, spans)
 
     def _note_unsaved(self, agent_id: str, write: Future[object]) -> None:
         """Remember an agent whose spans did not reach the database (from the writer thread)."""
@@ -217,11 +233,13 @@ class AssignmentHistory:
         removed = 0
         for agent_id in list(self.spans):
             by_check = self.spans[agent_id]
-            for check in list(by_check):
-                kept = [s for s in by_check[check] if s.expires_at is None or s.expires_at >= now]
-                removed += len(by_check[check]) - len(kept)
+            for check, spans in list(by_check.items()):
+                kept = tuple(s for s in spans if s.expires_at is None or s.expires_at >= now)
+                if len(kept) == len(spans):
+                    continue
+                removed += len(spans) - len(kept)
                 if kept:
-                    by_check[check] = kept
+                    by_check[check] = self._share(kept)
                 else:
                     del by_check[check]
             if not by_check:
@@ -229,6 +247,9 @@ class AssignmentHistory:
         if removed:
             self._write(self.store.prune_spans, now)
             self._oldest = self._compute_oldest()
+        # forget the shared tuples no agent holds any more (those of older revisions)
+        held = {id(t) for by in self.spans.values() for t in by.values()}
+        self._shared = {t: t for t in self._shared if id(t) in held}
         return removed
 
     def span_count(self) -> int:

@@ -182,3 +182,23 @@ def test_a_write_cancelled_with_its_stream_is_no_error(caplog: pytest.LogCapture
     with caplog.at_level(logging.ERROR):
         failed.set_exception(OSError("disk full"))
     assert "could not write the assignment history: disk full" in caplog.text
+
+
+def test_agents_sent_the_same_checks_share_spans_yet_change_alone(tmp_path: Path) -> None:
+    store = Store(open_database(None, tmp_path))
+    history = AssignmentHistory(store, V1.digest)
+    for agent in ("vps-1", "vps-2"):
+        history.record(agent, 1, V1.for_agent(agent, "DE"), 0.0, now=1000.0)
+    assert history.spans["vps-1"]["web"] is history.spans["vps-2"]["web"]
+    history.new_revision(V2.digest)
+    history.record("vps-1", 2, V2.for_agent("vps-1", "DE"), 0.0, now=2000.0)
+    # vps-2 was not sent revision 2: what it was sent at 1 stays open
+    assert all(spans[-1].closed_at is None for spans in history.spans["vps-2"].values())
+    assert history.target_of("vps-2", "web", 1, "a.example:80", {}) == "a.example:80"
+    assert history.target_of("vps-1", "api", 2, "b.example:80", {}) is None
+    assert history.spans["vps-1"]["api"][-1].closed_at == 2000.0
+    history.record("vps-2", 2, V2.for_agent("vps-2", "DE"), 0.0, now=2000.0)
+    assert history.spans["vps-1"]["web"] is history.spans["vps-2"]["web"]
+    reopened = AssignmentHistory(Store(open_database(None, tmp_path)), V2.digest)
+    assert reopened.spans == history.spans, "every change is persisted"
+    assert reopened.spans["vps-1"]["web"] is reopened.spans["vps-2"]["web"]
