@@ -10,24 +10,49 @@ The first round creates every pair's streak; the rounds after it see a new
 result on 1/60 of the pairs (checks every 60 s, evaluated every second), which
 is the steady state the figures are about.
 
-    .venv/bin/python bench/evaluator_round.py --agents 10000 --checks 20
+With ``--memory`` it then prints the bytes each part of the round holds per
+check x agent pair (tracemalloc, the round's state built again under it): the
+serving collector's publisher, the evaluator's copy of the inputs (in process,
+and read back from a collector database as an evaluator of several
+collectors reads it), the classifier, and the assignment history's spans.
+``--baseline DIR`` first runs the same on another tree (a ``git archive`` copy
+of main), in its own process, for a side-by-side figure.
+
+    .venv/bin/python bench/evaluator_round.py --agents 10000 --checks 20 [--memory]
+        [--baseline /tmp/main-tree]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import tracemalloc
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# --tree DIR: import probemesh from DIR (how --baseline runs the other tree)
+sys.path.insert(
+    0,
+    sys.argv[sys.argv.index("--tree") + 1]
+    if "--tree" in sys.argv
+    else str(Path(__file__).resolve().parent.parent),
+)
 
-from probemesh.checks import parse_checks
+from probemesh.checks import ChecksFile, parse_checks
+from probemesh.collector.assignments import AssignmentHistory, Span
+from probemesh.collector.database import open_database
 from probemesh.collector.incidents import IncidentBook, OutageMonitor
+from probemesh.collector.reachability import Classifier
+from probemesh.collector.shared import SharedVerdicts
 from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.verdicts import InputBook, Publisher
 from probemesh.v1 import mesh_pb2 as pb
 
 COUNTRIES = 40
@@ -44,6 +69,94 @@ def result(check: str, ts: float, success: bool) -> pb.Result:
     )
 
 
+class _NoStore:
+    """An assignment store that keeps nothing: the bench measures the history's memory."""
+
+    def load_revision(self) -> tuple[int, str] | None:
+        return None
+
+    def save_revision(self, revision: int, digest: str, created_at: float) -> None:
+        pass
+
+    def load_spans(self) -> dict[str, list[Span]]:
+        return {}
+
+    def save_spans(self, agent_id: str, spans: Iterable[Span]) -> None:
+        pass
+
+    def prune_spans(self, now: float) -> int:
+        return 0
+
+
+def _traced() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def memory(
+    state: MeshState,
+    checks: ChecksFile,
+    at: float,
+    steady: Callable[[float], None],
+) -> None:
+    """Bytes per pair held by each part of the round, built again under tracemalloc."""
+    pairs = len(state.tallies)
+    tracemalloc.start()
+    base = _traced()
+    monitor = OutageMonitor(state, lambda: checks, IncidentBook(), clock=lambda: at)
+    monitor.evaluate()  # a collector alone: publisher, evaluator's inputs, classifier
+    whole = _traced() - base
+    publisher = Publisher()
+    base = _traced()
+    publication = publisher.observe(state.latest, checks, state.agents, at)
+    lists = sum(sys.getsizeof(x) for x in (publication.changed, publication.removed))
+    published = _traced() - base - lists
+    del publisher
+    # an evaluator of several collectors reads every input back from the database
+    with tempfile.TemporaryDirectory() as tmp:
+        database = open_database(None, Path(tmp))
+        SharedVerdicts(database, "serving").publish(publication)
+        del publication
+        base = _traced()
+        reader, book = SharedVerdicts(database, "evaluator"), InputBook()
+        inputs = reader.read(book)
+        read = _traced() - base
+        classifier = Classifier()
+        classifier.evaluate(inputs, checks, at)
+        judged = _traced() - base - read
+        del classifier, reader, book, inputs
+    history = AssignmentHistory(_NoStore(), "digest", now=at)
+    specs = list(checks.checks.values())
+    base = _traced()
+    for revision in (1, 2):  # sent at start-up, then again after a reconnect
+        for agent_id in state.agents:
+            history.record(agent_id, revision, specs, 0.0, at)
+    spans = _traced() - base
+    for second in range(1, 4):
+        steady(at + second)
+        monitor.evaluate()
+    rounds = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(True, f"*{name}") for name in ("verdicts.py", "reachability.py",
+                                                           "incidents.py", "<string>")]
+    )  # fmt: skip
+    held = sum(stat.size for stat in rounds.statistics("filename"))
+    tracemalloc.stop()
+
+    def per_pair(size: float) -> str:
+        return f"{size / pairs:,.0f} B"
+
+    print(f"memory per pair (tracemalloc, {pairs:,} pairs):")
+    print(f"  one collector alone, the whole round: {per_pair(whole)}")
+    print(f"    of which its publisher (any serving collector): {per_pair(published)}")
+    print(f"    and the evaluator's part (inputs, classifier, incidents): "
+          f"{per_pair(whole - published)}")  # fmt: skip
+    print(f"  evaluator of several collectors, per pair of the mesh: inputs read from the "
+          f"database {per_pair(read)}, classifier {per_pair(judged)}")  # fmt: skip
+    print(f"  assignment spans: {per_pair(spans)}")
+    print(f"  one collector alone after 3 steady rounds, held by the round's modules: "
+          f"{per_pair(held)}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,7 +164,17 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--checks", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=10, help="steady-state rounds to time")
+    parser.add_argument("--memory", action="store_true", help="print bytes per pair by part")
+    parser.add_argument("--baseline", metavar="DIR", help="run the same on this tree first")
+    parser.add_argument("--tree", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline:
+        argv = sys.argv[1:]
+        at = argv.index("--baseline")
+        del argv[at : at + 2]
+        print(f"== baseline: {args.baseline}", flush=True)
+        subprocess.run([sys.executable, __file__, *argv, "--tree", args.baseline], check=True)
+        print("== this tree", flush=True)
     names = [f"check-{i:02d}" for i in range(args.checks)]
     checks = parse_checks(
         {
@@ -94,14 +217,19 @@ def main() -> None:
     pairs = list(state.tallies)
     per_round = max(1, len(pairs) // 60)
     publish, judge = [], []
-    for r in range(args.rounds):
-        at = clock[0] = now + 1 + r
+
+    def new_results(at: float) -> None:
         by_agent = state.agents
         for check, agent_id in rng.sample(pairs, per_round):
             agent = by_agent[agent_id]
             state.apply(agent, result(check, at, not fails(agent, check)))
+
+    for r in range(args.rounds):
+        at = clock[0] = now + 1 + r
+        new_results(at)
         t0 = time.perf_counter()
-        monitor.inputs.apply(monitor.publish(checks, at))
+        publisher = monitor.publisher
+        monitor.inputs.apply(publisher.observe(state.latest, checks, state.agents, at))
         t1 = time.perf_counter()
         monitor.judge(monitor.inputs.inputs, checks, at)
         publish.append(t1 - t0)
@@ -119,6 +247,9 @@ def main() -> None:
     print(f"steady round, both: median {statistics.median(total) * 1000:.0f} ms; "
           f"host load average {os.getloadavg()[0]:.1f} (2 cores, shared)")  # fmt: skip
     print(f"incidents open: {len(book.active)} ({', '.join(sorted(book.active))})")
+    if args.memory:
+        del monitor, book
+        memory(state, checks, now + 1 + args.rounds, new_results)
 
 
 if __name__ == "__main__":
