@@ -135,19 +135,21 @@ class _Row:
     with a few thousand changes then costs one pass over the inputs.
 
     It also holds the evaluator's own state of the pair (does its confirmed
-    failure count, since when a lone failure waits): the evaluator holds a row
-    for every pair of the mesh, so that is one object a pair, not two.
+    failure count, since when a lone failure waits). The evaluator holds a row
+    for every pair of the mesh, so that is one object a pair, not two, and what
+    the input says is read from the input, not copied.
     """
 
     __slots__ = (
-        "agent", "check", "confirmed", "counted", "country", "detail", "fresh", "held_since",
-        "input", "inputs", "interval", "lonely", "lonely_now", "place", "share", "success",
+        "counted", "detail", "held_since", "input", "inputs", "interval", "lonely",
+        "lonely_now", "place", "share",
     )  # fmt: skip
 
     def __init__(
         self, item: PairInput, interval: float, counting: tuple[bool, float | None] | None
     ) -> None:
-        self.agent, self.check, self.interval = item.agent, item.check, interval
+        self.input = item  # the pair's input as last taken
+        self.interval = interval
         self.counted = False  # the confirmed failure counts towards its country
         self.held_since: float | None = None  # evaluation time a lone failure began to wait
         if counting is not None:  # kept over a reload
@@ -158,15 +160,18 @@ class _Row:
         self.place: _CountryCounts | None = None  # the counts its share is in
         self.share = 0  # what it adds to them (see _share)
         self.detail: tuple[str, str] | None = None  # its failure detail, when counted failing
-        self.take(item)
 
-    def take(self, item: PairInput) -> None:
-        """The pair's newly published input."""
-        self.input = item
-        self.country = item.country
-        self.fresh = item.fresh
-        self.success = item.success is True
-        self.confirmed = item.confirmed
+    @property
+    def agent(self) -> str:
+        return self.input.agent
+
+    @property
+    def check(self) -> str:
+        return self.input.check
+
+    @property
+    def country(self) -> str:
+        return self.input.country
 
 
 class _CountryCounts:
@@ -302,7 +307,7 @@ class Classifier:
                 self._by_check.setdefault(row.check, {})[row.agent] = row
                 self._by_agent.setdefault(row.agent, {})[row.check] = row
             else:
-                row.take(item)
+                row.input = item
             changed.append(row)
         if count != len(seen):
             for key in [k for k in seen if k not in inputs]:
@@ -434,7 +439,7 @@ class Classifier:
         interval of that check, whichever comes first.
         """
         agent, country = rows[0].agent, rows[0].country
-        probed = [r for r in rows if r.fresh and r.confirmed is not None]
+        probed = [r for r in rows if r.input.fresh and r.input.confirmed is not None]
         lonely = sum(r.lonely for r in probed)
         lonely_now = sum(r.lonely_now for r in probed)
         enough = len(probed) >= cfg.local_problem_min_checks
@@ -452,11 +457,12 @@ class Classifier:
         settled = all(r.input.settled for r in rows)  # the serving collector's view
         held: list[str] = []
         for r in rows:
-            if not r.fresh or r.confirmed is not False or local or fails_nearly_all:
+            item = r.input
+            if not item.fresh or item.confirmed is not False or local or fails_nearly_all:
                 r.counted, r.held_since = False, None
             elif r.counted:
                 continue
-            elif r.success:  # recovering: a failure starts to count only while it lasts
+            elif item.success:  # recovering: a failure starts to count only while it lasts
                 r.held_since = None
             elif not r.lonely_now or settled:
                 r.counted, r.held_since = True, None
@@ -487,10 +493,11 @@ class Classifier:
 
 def _inputs(row: _Row) -> int:
     """What a row adds to its check's counts: bit 0 fresh, 1 up, 2 confirmed, 3 confirmed up."""
-    if not row.fresh:
+    item = row.input
+    if not item.fresh:
         return 0
-    inputs = 3 if row.success else 1
-    confirmed = row.confirmed
+    inputs = 3 if item.success else 1
+    confirmed = item.confirmed
     if confirmed is not None:
         inputs |= 12 if confirmed else 4
     return inputs
@@ -512,8 +519,9 @@ def _set_lonely(row: _Row, tally: _CheckCounts) -> bool:
 
     A failing agent is not among the ups, so every up is another agent.
     """
-    lonely_now = row.fresh and tally.lonely_now and not row.success
-    lonely = row.fresh and tally.lonely and row.confirmed is False
+    item = row.input
+    lonely_now = item.fresh and tally.lonely_now and not item.success
+    lonely = item.fresh and tally.lonely and item.confirmed is False
     if lonely_now is row.lonely_now and lonely is row.lonely:
         return False
     row.lonely_now, row.lonely = lonely_now, lonely
@@ -522,19 +530,20 @@ def _set_lonely(row: _Row, tally: _CheckCounts) -> bool:
 
 def _share(row: _Row, health: AgentHealth) -> tuple[int, tuple[str, str] | None]:
     """The row's bits in its country's view (see _MEMBER...), and its failure detail."""
-    if not row.fresh:
+    item = row.input
+    if not item.fresh:
         return 0, None
     if health.excluded:
         return (_MEMBER | _EXCLUDED if health.local_problem else _MEMBER), None
     share = _MEMBER | _COUNTED
-    if row.success:
+    if item.success:
         share |= _UP
     detail = None
     if row.counted:
         share |= _FAILING
-        if not row.success:
-            detail = (row.input.reason, row.input.detail)
-    if row.confirmed is True:
+        if not item.success:
+            detail = (item.reason, item.detail)
+    if item.confirmed is True:
         share |= _KNOWN_UP
     return share, detail
 
