@@ -5,8 +5,9 @@ over 40 countries, a few failing pairs, one country down for one check), then
 times the outage monitor's round (every ``evaluate_every`` seconds) in its two
 parts: publish (verdicts.Publisher over this collector's MeshState.latest:
 streaks, freshness, what changed) and judge (Classifier.evaluate over every
-check x agent's inputs, diagnosis, IncidentBook.update), the evaluator's part.
-The first round creates every pair's streak; the rounds after it see a new
+check x agent's inputs, diagnosis, IncidentBook.update), the evaluator's part:
+one collector's whole round (OutageMonitor.evaluate), split by the publish
+time it records. The first round creates every pair's streak; the rounds after it see a new
 result on 1/60 of the pairs (checks every 60 s, evaluated every second), which
 is the steady state the figures are about.
 
@@ -228,12 +229,10 @@ def main() -> None:
         at = clock[0] = now + 1 + r
         new_results(at)
         t0 = time.perf_counter()
-        publisher = monitor.publisher
-        monitor.inputs.apply(publisher.observe(state.latest, checks, state.agents, at))
-        t1 = time.perf_counter()
-        monitor.judge(monitor.inputs.inputs, checks, at)
-        publish.append(t1 - t0)
-        judge.append(time.perf_counter() - t1)
+        monitor.evaluate()
+        spent = time.perf_counter() - t0
+        publish.append(monitor.round_seconds["publish"])
+        judge.append(spent - monitor.round_seconds["publish"])
     book = monitor.book
     print(f"agents={args.agents:,} checks={args.checks} pairs={len(pairs):,} "
           f"new results per round={per_round:,}")  # fmt: skip
