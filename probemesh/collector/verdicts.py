@@ -360,10 +360,14 @@ class Publisher:
                 assert entry is not None
                 reason, detail = ("", "") if entry.success else failure_detail(entry)
                 streak = min(max(track.ok_streak, track.fail_streak), cfg.confirm_rounds)
-                track.input = PairInput(
+                item = PairInput(
                     check, agent, entry.country, entry.success, track.confirmed,
                     track.fresh, settled, reason, detail, streak, last_ts=entry.timestamp,
                 )  # fmt: skip
+                # An equal input stays the one published: the classifier, which judges
+                # these same objects when the collector is alone, tells changes by identity.
+                old = self.published.get(track.pair)
+                track.input = old if old == item else item
                 track.changed = False
             inputs[track.pair] = track.input
         if info is not None:  # an assigned check's country is listed even unheard
