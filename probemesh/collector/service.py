@@ -196,7 +196,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
     def _heartbeat(self, session: Session) -> None:
         """A heartbeat is due: end the stream of an agent silent for dead_after,
         else queue the heartbeat and arm the next one."""
-        if time.monotonic() - session.last_recv > self.dead_after:
+        if not session.held_back and time.monotonic() - session.last_recv > self.dead_after:
             session.end(grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead")
             return
         session.send(HEARTBEAT_DUE)
@@ -550,7 +550,14 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                         return
                     if not await self._within_rate(session, len(message.results.results)):
                         return
-                    await self.ingest.submit(session, message.results)
+                    # While the ingest queue is full the stream is not read: the
+                    # agent's silence then is ours, not a sign of a dead agent.
+                    session.held_back = True
+                    try:
+                        await self.ingest.submit(session, message.results)
+                    finally:
+                        session.held_back = False
+                    session.last_recv = time.monotonic()
                 elif not await self._within_rate(session, 1):  # heartbeats and empty messages
                     return
                 elif kind == "heartbeat" and message.heartbeat.echo_timestamp:

@@ -29,6 +29,7 @@ class Session:
     epoch: int = 0  # the agent's lease epoch this stream's batches are applied under
     outbox: asyncio.Queue[pb.CollectorMessage | None] = field(default_factory=asyncio.Queue)
     last_recv: float = field(default_factory=time.monotonic)
+    held_back: bool = False  # the stream waits for room in the ingest queue, unread
     end_code: grpc.StatusCode | None = None
     end_details: str = ""
     # A digest of the wire checks last sent, not their bytes (12 KB an agent for 20 checks)

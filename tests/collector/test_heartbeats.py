@@ -3,7 +3,7 @@
 Each heartbeat is a clock probe, so it goes out every heartbeat_interval
 whatever else the stream carries; an agent that sends nothing for dead_after
 is presumed dead when a heartbeat falls due, and its stream ends with
-UNAVAILABLE.
+UNAVAILABLE; not while the collector itself leaves the stream unread.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import pytest
 
+from probemesh.collector.ingest import IngestLimits, _Item
 from probemesh.collector.main import CollectorApp, CollectorOptions
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD
@@ -97,3 +99,78 @@ def test_heartbeats_go_out_while_acks_flow_and_a_silent_agent_is_presumed_dead(
     assert ended - silent_from >= DEAD_AFTER
     after = [at for kind, at in received if kind == "heartbeat" and at > silent_from]
     assert after, "heartbeats go on until the agent is presumed dead"
+
+
+def test_a_stream_held_back_by_a_full_ingest_queue_is_not_presumed_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the ingest queue is full the collector does not read the stream:
+    that silence is the collector's, so the agent is not presumed dead for it."""
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(checks_yaml(1))
+    options = CollectorOptions(
+        checks, grpc_listen=f"127.0.0.1:{free_port()}", http_listen="127.0.0.1:0",
+        data_dir=tmp_path / "data", limits=IngestLimits(queue_batches=1),
+    )  # fmt: skip
+
+    async def scenario() -> tuple[list[str], str]:
+        app = CollectorApp(options)
+        app.service.heartbeat_interval = INTERVAL
+        app.service.dead_after = DEAD_AFTER
+        token = app.tokens.create("hb2", "DE")
+        release = asyncio.Event()
+        apply_group = app.ingest._apply_group
+
+        async def held(items: list[_Item]) -> None:  # the applier stalls, as on a slow disk
+            await release.wait()
+            await apply_group(items)
+
+        monkeypatch.setattr(app.ingest, "_apply_group", held)
+        stop = asyncio.Event()
+        server = asyncio.create_task(app.run(stop))
+        await wait_ready(app)
+        kinds: list[str] = []
+        assigned = asyncio.Event()
+
+        async def messages() -> AsyncIterator[pb.AgentMessage]:
+            yield pb.AgentMessage(hello=pb.Hello(agent_id="hb2", country="DE"))
+            await assigned.wait()
+            # The applier takes one or two, one waits in the queue, the stream holds the next.
+            for seq in range(1, 6):
+                result = pb.Result(check="c00", revision=app.revision, timestamp=time.time(),
+                                   success=True, duration_seconds=0.01)  # fmt: skip
+                yield pb.AgentMessage(
+                    results=pb.ResultBatch(first_seq=seq, last_seq=seq, results=[result])
+                )
+            await asyncio.sleep(3 * DEAD_AFTER)  # held back all along
+            release.set()
+            while kinds.count("ack") < 5:
+                yield pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time()))
+                await asyncio.sleep(0.05)
+
+        async with grpc.aio.insecure_channel(options.grpc_listen) as channel:
+            call = channel.stream_stream(
+                SERVICE_METHOD,
+                request_serializer=pb.AgentMessage.SerializeToString,
+                response_deserializer=pb.CollectorMessage.FromString,
+            )(messages(), metadata=(("authorization", f"Bearer {token}"),))
+            try:
+                async with asyncio.timeout(10):
+                    async for message in call:
+                        kinds.append(message.WhichOneof("payload"))
+                        if message.HasField("checks"):
+                            assigned.set()
+                status = "OK"
+            except grpc.aio.AioRpcError as exc:
+                status = f"{exc.code().name}: {exc.details()}"
+            except TimeoutError:
+                status = "still open after 10 s"
+                call.cancel()
+        release.set()
+        stop.set()
+        await server
+        return kinds, status
+
+    kinds, status = asyncio.run(scenario())
+    assert kinds.count("ack") == 5, (kinds, status)
+    assert status == "OK"
