@@ -94,6 +94,9 @@ MODULES = {
 }
 _TIMESTAMP_TAG = b"\x19"  # Result.timestamp: field 3, wire type 1 (64-bit)
 HEARTBEAT = 10.0  # seconds, an agent's default heartbeat interval
+END_READING = 6.0
+"""Seconds before the load stops that the end-of-run RSS and heap are read: the
+agents disconnect as soon as it stops, and what their streams held is freed."""
 
 
 def checks_yaml(count: int, interval: float) -> str:
@@ -493,6 +496,10 @@ def print_heaps(collector: Collector, pairs: int) -> None:
         ) + f"; {r['gc_objects']:,} GC-tracked objects")  # fmt: skip
         for size, count, where in r.get("top", []):
             print(f"      {size / mib:8.1f} MiB {count:>9,} {where}")
+        if moment == "conn" and collector.agents:
+            streams = len(collector.agents)
+            print(f"          streams alone: {(r['rss'] - idle['rss']) / streams / 1024:.1f} KiB RSS "
+                  f"per connected agent ({streams:,} agents, checks pushed, no results yet)")  # fmt: skip
 
 
 def rss_bytes(pid: int) -> int:
@@ -880,6 +887,9 @@ def main() -> None:
             start_at = time.time() + 2
             stop_at = start_at + args.seconds
             go.write_text(json.dumps([start_at, stop_at]))
+            for c in collectors:  # every stream up, (almost) no result applied yet
+                if c.heap_prefix:
+                    heap_report(c, "conn")
             print(f"connected in {connect_seconds:.0f} s; producing "
                   f"{args.agents * args.checks / args.interval:,.0f} results/s for {args.seconds:g} s",
                   flush=True)  # fmt: skip
@@ -894,10 +904,16 @@ def main() -> None:
             metrics_figures: dict[str, tuple[float, int, int]] = {}
             timed = False
             next_scrape = 0.0
+            rss_end: dict[str, int] = {}
             while True:  # RSS every 2 s; the round gauges every 15 s, as Prometheus would scrape
                 for c in collectors:
                     assert c.proc is not None
                     c.rss_window.append(rss_bytes(c.proc.pid))
+                if not rss_end and time.time() >= stop_at - END_READING:
+                    rss_end = {c.name: c.rss_window[-1] for c in collectors}
+                    for c in collectors:
+                        if c.heap_prefix:
+                            heap_report(c, "end")
                 if time.time() >= next_scrape:
                     next_scrape = time.time() + 15
                     for c in collectors:
@@ -912,10 +928,6 @@ def main() -> None:
                 time.sleep(2)
             ends = {c.name: read_marks(c) for c in collectors}
             pg_window = (pg_stats(database_url), time.time())
-            rss_end = {c.name: rss_bytes(c.proc.pid) for c in collectors if c.proc}
-            for c in collectors:
-                if c.heap_prefix:
-                    heap_report(c, "end")
             if not timed:
                 for c in collectors:
                     metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
