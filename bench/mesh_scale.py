@@ -502,6 +502,14 @@ def print_heaps(collector: Collector, pairs: int) -> None:
                   f"per connected agent ({streams:,} agents, checks pushed, no results yet)")  # fmt: skip
 
 
+def end_readings(collectors: list[Collector]) -> dict[str, int]:
+    """Each collector's RSS now, and its heap report with --heap-report."""
+    for c in collectors:
+        if c.heap_prefix:
+            heap_report(c, "end")
+    return {c.name: rss_bytes(c.proc.pid) for c in collectors if c.proc}
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -910,10 +918,7 @@ def main() -> None:
                     assert c.proc is not None
                     c.rss_window.append(rss_bytes(c.proc.pid))
                 if not rss_end and time.time() >= stop_at - END_READING:
-                    rss_end = {c.name: c.rss_window[-1] for c in collectors}
-                    for c in collectors:
-                        if c.heap_prefix:
-                            heap_report(c, "end")
+                    rss_end = end_readings(collectors)
                 if time.time() >= next_scrape:
                     next_scrape = time.time() + 15
                     for c in collectors:
@@ -926,6 +931,7 @@ def main() -> None:
                 if time.time() >= stop_at:
                     break
                 time.sleep(2)
+            rss_end = rss_end or end_readings(collectors)  # slow readings may skip the moment
             ends = {c.name: read_marks(c) for c in collectors}
             pg_window = (pg_stats(database_url), time.time())
             if not timed:
