@@ -38,13 +38,7 @@ import tracemalloc
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# --tree DIR: import probemesh from DIR (how --baseline runs the other tree)
-sys.path.insert(
-    0,
-    sys.argv[sys.argv.index("--tree") + 1]
-    if "--tree" in sys.argv
-    else str(Path(__file__).resolve().parent.parent),
-)
+import trees  # noqa: F401  (imports probemesh from --tree DIR, as --baseline runs it)
 
 from probemesh.checks import ChecksFile, parse_checks
 from probemesh.collector.assignments import AssignmentHistory, Span

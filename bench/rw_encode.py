@@ -24,33 +24,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-TREE = Path(__file__).resolve().parent.parent
-if "--tree" in sys.argv:  # a child measuring another tree imports probemesh from there
-    TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
-sys.path.insert(0, str(TREE))
+from prometheus_client import CollectorRegistry
+from trees import TREE, measure_trees
 
-from prometheus_client import CollectorRegistry  # noqa: E402
-
-from probemesh.checks import parse_checks  # noqa: E402
-from probemesh.collector.assignments import AssignmentHistory  # noqa: E402
-from probemesh.collector.database import open_database  # noqa: E402
-from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter  # noqa: E402
-from probemesh.collector.ingest import Ingest  # noqa: E402
-from probemesh.collector.remote_results import Applied, encode_results  # noqa: E402
-from probemesh.collector.remote_write import RemoteWriter  # noqa: E402
-from probemesh.collector.samples import SampleFilter  # noqa: E402
-from probemesh.collector.state import AgentInfo, MeshState  # noqa: E402
-from probemesh.collector.store import Store  # noqa: E402
-from probemesh.v1 import mesh_pb2 as pb  # noqa: E402
+from probemesh.checks import parse_checks
+from probemesh.collector.assignments import AssignmentHistory
+from probemesh.collector.database import open_database
+from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter
+from probemesh.collector.ingest import Ingest
+from probemesh.collector.remote_results import Applied, encode_results
+from probemesh.collector.remote_write import RemoteWriter
+from probemesh.collector.samples import SampleFilter
+from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.store import Store
+from probemesh.v1 import mesh_pb2 as pb
 
 COUNTRIES = 40
 
@@ -169,22 +162,21 @@ def main() -> None:
         print(json.dumps(measure(args.agents, args.checks, args.repeat)))
         return
     print(f"agents={args.agents} checks={args.checks} pairs={args.agents * args.checks:,}")
-    for label, tree in (("baseline", args.baseline), ("this tree", TREE)):
-        if tree is None:
-            continue
-        load = os.getloadavg()
-        child = subprocess.run(
-            [sys.executable, __file__, "--tree", str(tree), "--agents", str(args.agents),
-             "--checks", str(args.checks), "--repeat", str(args.repeat)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        f = json.loads(child.stdout)
+    argv = [
+        "--agents",
+        str(args.agents),
+        "--checks",
+        str(args.checks),
+        "--repeat",
+        str(args.repeat),
+    ]
+    for label, f, before, after in measure_trees(__file__, args.baseline, argv):
         print(f"{label} ({f['tree']}): {f['samples']:,} samples; snapshot CPU median "
               f"{f['snapshot'] * 1000:,.0f} ms (best {f['best'] * 1000:,.0f} ms), "
               f"{f['snapshot'] / f['samples'] * 1e6:.2f} µs a sample, of which building the "
               f"families {f['collect'] * 1000:,.0f} ms; journal entries of 1,000 results "
               f"({f['journal_samples']:,} samples): {f['journal'] * 1000:.1f} ms; load average "
-              f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
+              f"{before:.2f} before, {after:.2f} after")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,29 +29,24 @@ import gc
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-TREE = Path(__file__).resolve().parent.parent
-if "--tree" in sys.argv:  # a child measuring another tree imports probemesh from there
-    TREE = Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
-sys.path.insert(0, str(TREE))
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from trees import TREE, measure_trees
 
-from aiohttp import web  # noqa: E402
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-
-from probemesh.checks import parse_checks  # noqa: E402
-from probemesh.collector.assignments import AssignmentHistory  # noqa: E402
-from probemesh.collector.database import open_database  # noqa: E402
-from probemesh.collector.exporter import MeshExporter, RestView  # noqa: E402
-from probemesh.collector.http import collector_metrics  # noqa: E402
-from probemesh.collector.ingest import Ingest  # noqa: E402
-from probemesh.collector.state import AgentInfo, MeshState  # noqa: E402
-from probemesh.collector.store import Store  # noqa: E402
-from probemesh.v1 import mesh_pb2 as pb  # noqa: E402
+from probemesh.checks import parse_checks
+from probemesh.collector.assignments import AssignmentHistory
+from probemesh.collector.database import open_database
+from probemesh.collector.exporter import MeshExporter, RestView
+from probemesh.collector.http import collector_metrics
+from probemesh.collector.ingest import Ingest
+from probemesh.collector.state import AgentInfo, MeshState
+from probemesh.collector.store import Store
+from probemesh.v1 import mesh_pb2 as pb
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 
@@ -254,24 +249,16 @@ def main() -> None:
     if args.tree:
         print(json.dumps(measure(args.agents, args.checks, args.repeat)))
         return
-    runs = []
-    for label, tree in (("baseline", args.baseline), ("this tree", TREE)):
-        if tree is None:
-            continue
-        load = os.getloadavg()
-        child = subprocess.run(
-            [sys.executable, __file__, "--tree", str(tree), "--agents", str(args.agents),
-             "--checks", str(args.checks), "--repeat", str(args.repeat)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        runs.append((label, json.loads(child.stdout), load, os.getloadavg()))
+    runs = measure_trees(__file__, args.baseline, [
+        "--agents", str(args.agents), "--checks", str(args.checks), "--repeat", str(args.repeat)
+    ])  # fmt: skip
     pairs = args.agents * args.checks
     first = runs[0][1]
     print(f"agents={args.agents} checks={args.checks} pairs={pairs:,} lines={first['lines']:,} "
           f"bytes={first['bytes']:,}")  # fmt: skip
     for label, figures, before, after in runs:
         print("\n".join(report(label, figures, pairs)))
-        print(f"  load average {before[0]:.2f} before, {after[0]:.2f} after")
+        print(f"  load average {before:.2f} before, {after:.2f} after")
 
 
 if __name__ == "__main__":
