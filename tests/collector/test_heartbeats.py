@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -26,6 +26,33 @@ from tests.security.test_rotation import wait_ready
 
 INTERVAL = 0.1
 DEAD_AFTER = 0.35
+
+
+async def converse(
+    target: str,
+    token: str,
+    messages: AsyncIterator[pb.AgentMessage],
+    heard: Callable[[pb.CollectorMessage], None],
+) -> tuple[str, float]:
+    """One agent stream, each collector message handed to heard, until it ends or
+    10 s pass: its final status, and when it ended (time.monotonic)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_stream(
+            SERVICE_METHOD,
+            request_serializer=pb.AgentMessage.SerializeToString,
+            response_deserializer=pb.CollectorMessage.FromString,
+        )(messages, metadata=(("authorization", f"Bearer {token}"),))
+        try:
+            async with asyncio.timeout(10):
+                async for message in call:
+                    heard(message)
+            status = "OK"
+        except grpc.aio.AioRpcError as exc:
+            status = f"{exc.code().name}: {exc.details()}"
+        except TimeoutError:
+            status = "still open after 10 s"
+            call.cancel()
+        return status, time.monotonic()
 
 
 def test_heartbeats_go_out_while_acks_flow_and_a_silent_agent_is_presumed_dead(
@@ -65,25 +92,12 @@ def test_heartbeats_go_out_while_acks_flow_and_a_silent_agent_is_presumed_dead(
                 await asyncio.sleep(0.02)
             await asyncio.sleep(30)  # silent, the stream left open
 
-        async with grpc.aio.insecure_channel(options.grpc_listen) as channel:
-            call = channel.stream_stream(
-                SERVICE_METHOD,
-                request_serializer=pb.AgentMessage.SerializeToString,
-                response_deserializer=pb.CollectorMessage.FromString,
-            )(messages(), metadata=(("authorization", f"Bearer {token}"),))
-            try:
-                async with asyncio.timeout(10):
-                    async for message in call:
-                        received.append((message.WhichOneof("payload"), time.monotonic()))
-                        if message.HasField("checks"):
-                            assigned.set()
-                status = "OK"
-            except grpc.aio.AioRpcError as exc:
-                status = f"{exc.code().name}: {exc.details()}"
-            except TimeoutError:
-                status = "still open after 10 s"
-                call.cancel()
-            ended = time.monotonic()
+        def heard(message: pb.CollectorMessage) -> None:
+            received.append((message.WhichOneof("payload"), time.monotonic()))
+            if message.HasField("checks"):
+                assigned.set()
+
+        status, ended = await converse(options.grpc_listen, token, messages(), heard)
         stop.set()
         await server
         return received, silent_from, ended, status
@@ -148,24 +162,12 @@ def test_a_stream_held_back_by_a_full_ingest_queue_is_not_presumed_dead(
                 yield pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time()))
                 await asyncio.sleep(0.05)
 
-        async with grpc.aio.insecure_channel(options.grpc_listen) as channel:
-            call = channel.stream_stream(
-                SERVICE_METHOD,
-                request_serializer=pb.AgentMessage.SerializeToString,
-                response_deserializer=pb.CollectorMessage.FromString,
-            )(messages(), metadata=(("authorization", f"Bearer {token}"),))
-            try:
-                async with asyncio.timeout(10):
-                    async for message in call:
-                        kinds.append(message.WhichOneof("payload"))
-                        if message.HasField("checks"):
-                            assigned.set()
-                status = "OK"
-            except grpc.aio.AioRpcError as exc:
-                status = f"{exc.code().name}: {exc.details()}"
-            except TimeoutError:
-                status = "still open after 10 s"
-                call.cancel()
+        def heard(message: pb.CollectorMessage) -> None:
+            kinds.append(message.WhichOneof("payload"))
+            if message.HasField("checks"):
+                assigned.set()
+
+        status, _ = await converse(options.grpc_listen, token, messages(), heard)
         release.set()
         stop.set()
         await server
