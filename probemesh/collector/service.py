@@ -154,6 +154,9 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             if await self._stored(session, recorded):
                 slot.release()
                 yield checks
+            # The Checks message is about 1 KB of C heap a check: this frame
+            # lives as long as the stream and must not hold it.
+            del checks, recorded
             # Heartbeats go out on schedule even while acks flow: each is a clock probe.
             self._heartbeat_later(session)
             outbox = session.outbox
