@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import accumulate
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,6 +30,7 @@ from probemesh.checks import ChecksFile, CheckSpec
 from probemesh.collector import exposition
 from probemesh.collector.ingest import Ingest
 from probemesh.collector.limits import SecurityLimits, SeriesGuard
+from probemesh.collector.row_families import Column, Row, RowFamily
 from probemesh.collector.runnable import rule_and_detail
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
@@ -41,6 +43,25 @@ _AGENT_FAMILIES = (
     ("probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything"),
     ("probemesh_agent_info", "Agent metadata (always 1)"),
 )
+
+
+_RESULT_COLUMNS = tuple(
+    Column("probemesh_probe_results_total", "result", o) for o in exposition.OUTCOMES
+)
+_FAILURE_COLUMNS = tuple(
+    Column("probemesh_probe_failures_total", "reason", r) for r in exposition.FAILURE_REASONS
+)
+_REFUSED_COLUMNS = (Column("probemesh_probe_refused_total"),)
+_HISTOGRAMS = (
+    ("duration", exposition.HIST_DURATION, ("check", "country")),
+    ("phase", exposition.HIST_PHASE, ("check", "country", "phase")),
+)
+
+
+def _histogram_columns(name: str) -> list[Column]:
+    """A histogram's cumulative buckets, then _count and _sum (prometheus_client's order)."""
+    buckets = [Column(f"{name}_bucket", "le", bound) for bound in exposition.BUCKET_BOUNDS]
+    return [*buckets, Column(f"{name}_count"), Column(f"{name}_sum")]
 
 
 class MeshExporter(Collector):
@@ -112,16 +133,16 @@ class MeshExporter(Collector):
         """The result, failure and refusal counters of every check x agent pair
         and the per check x country histograms: most of a snapshot's series.
 
-        The counters come as several families of each name, BULK_TALLIES pairs
-        each, built as the reader gets to them: built whole, they were ten
-        sample objects with a label dict each per pair at once (about 80 MB at
-        20,000 pairs), a peak that left the small-object heap fragmented.
+        Row families (row_families.py), which remote write encodes without a
+        Sample per series. The counters come as several families of each
+        name, BULK_TALLIES pairs each, built as the reader gets to them, so
+        a snapshot never holds every pair's rows at once.
         """
         self.prerender()
         tallies = self._exported_tallies()
         for start in range(0, len(tallies), BULK_TALLIES):
-            yield from self._counter_families(tallies[start : start + BULK_TALLIES])
-        yield from self._histogram_families()
+            yield from self._counter_rows(tallies[start : start + BULK_TALLIES])
+        yield from self._histogram_rows()
 
     def collect_rest(self) -> Iterator[Metric]:
         """The families that are few series: outages and the collector's own."""
@@ -413,7 +434,7 @@ class MeshExporter(Collector):
         if not_runnable.samples:  # the text exposition leaves an empty family out too
             yield not_runnable
 
-    def _counter_families(self, tallies: list[Tally] | None = None) -> Iterator[Metric]:
+    def _counter_families(self) -> Iterator[Metric]:
         headers = exposition.HEADERS
         results = CounterMetricFamily(
             "probemesh_probe_results",
@@ -430,7 +451,7 @@ class MeshExporter(Collector):
             headers[exposition.REFUSED][1],
             labels=["check", "agent", "country"],
         )
-        for tally in self._exported_tallies() if tallies is None else tallies:
+        for tally in self._exported_tallies():
             base = [tally.check, tally.agent, tally.country]
             outcomes, reasons = exposition.tally_counts(tally)
             for outcome, count in zip(exposition.OUTCOMES, outcomes, strict=True):
@@ -468,6 +489,49 @@ class MeshExporter(Collector):
             family.add_metric(list(key[1:]), cumulative, hist.total)
         yield duration
         yield phase
+
+    def _counter_rows(self, tallies: list[Tally]) -> Iterator[RowFamily]:
+        """The counters of tallies as the families _counter_families builds."""
+        headers = exposition.HEADERS
+        labels = ("check", "agent", "country")
+        results: list[Row] = []
+        failures: list[Row] = []
+        refused: list[Row] = []
+        for tally in tallies:
+            base = (tally.check, tally.agent, tally.country)
+            reasons = tally.reasons
+            results.append((base, (tally.success, tally.failure)))
+            failures.append((base, [reasons.get(r, 0) for r in exposition.FAILURE_REASONS]))
+            if tally.refused:
+                refused.append((base, (tally.refused,)))
+        yield RowFamily(
+            "probemesh_probe_results", headers[exposition.RESULTS][1], "counter",
+            labels, _RESULT_COLUMNS, results,
+        )  # fmt: skip
+        yield RowFamily(
+            "probemesh_probe_failures", headers[exposition.FAILURES][1], "counter",
+            labels, _FAILURE_COLUMNS, failures,
+        )  # fmt: skip
+        if refused:  # the text exposition leaves an empty family out too
+            yield RowFamily(
+                "probemesh_probe_refused", headers[exposition.REFUSED][1], "counter",
+                labels, _REFUSED_COLUMNS, refused,
+            )  # fmt: skip
+
+    def _histogram_rows(self) -> Iterator[RowFamily]:
+        """The histograms as the families _histogram_families builds."""
+        checks = self._targets
+        rows: dict[str, list[Row]] = {"duration": [], "phase": []}
+        for key, hist in self.state.histograms.items():
+            if key[1] in checks:
+                counts = list(accumulate(hist.counts))
+                kind = "duration" if key[0] == "duration" else "phase"
+                rows[kind].append((key[1:], [*counts, counts[-1], hist.total]))
+        headers = exposition.HEADERS
+        for kind, name, labels in _HISTOGRAMS:
+            yield RowFamily(
+                name, headers[name][1], "histogram", labels, _histogram_columns(name), rows[kind]
+            )
 
     def _agent_families(self) -> Iterator[Metric]:
         labels = ["agent", "country"]

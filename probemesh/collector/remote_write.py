@@ -79,6 +79,7 @@ from probemesh.collector.remote_results import (
     encode_results,
     merge,
 )
+from probemesh.collector.row_families import RowFamily
 from probemesh.errors import ConfigError
 from probemesh.remotewrite import remote_pb2
 
@@ -240,6 +241,14 @@ def _samples(
         if family.name not in described:  # a collector may yield a family in parts
             described.add(family.name)
             metadata.append(_metadata(family))
+        if isinstance(family, RowFamily):
+            for encoded, value in _row_series(family, extra):
+                yield encoded, value
+                done += 1
+                if not done % SLICE_SAMPLES:
+                    yield None, None
+            yield None, None
+            continue
         created = family.type in _CREATED_TYPES
         for sample in family.samples:
             name, labels = sample.name, sample.labels
@@ -254,6 +263,55 @@ def _samples(
             if not done % SLICE_SAMPLES:
                 yield None, None
         yield None, None
+
+
+def _row_series(family: RowFamily, extra: Mapping[str, str]) -> Iterator[tuple[bytes, float]]:
+    """A row family's series as _samples gives them, without a Sample each.
+
+    Columns whose sorted label order is the same (a counter's outcomes, a
+    histogram's buckets) share a skeleton: the row's labels before and after
+    the column's own label are joined once per row, and each series is those
+    two around the column's encoded label. A skeleton part is (the index of
+    one of the row's labels, or -1 for a constant; the constant's encoding).
+    """
+    names = family.labels
+    slots = {name: index for index, name in enumerate(names)}
+    skeletons: dict[tuple[object, ...], _Skeleton] = {}
+    for index, column in enumerate(family.columns):
+        own = {column.label: column.value} if column.label is not None else {}
+        merged = {**extra, **own, "__name__": column.sample}
+        parts: list[tuple[int, bytes]] = []
+        mark = -1
+        for k in sorted(merged.keys() | slots.keys()):
+            if k in slots:
+                parts.append((slots[k], b""))
+            elif k == column.label:
+                mark = len(parts)
+            else:
+                parts.append((-1, _label(k, merged[k])))
+        key = (mark, *parts)
+        skeleton = skeletons.get(key)
+        if skeleton is None:
+            cut = len(parts) if mark < 0 else mark
+            skeleton = skeletons[key] = _Skeleton(parts[:cut], parts[cut:], [])
+        skeleton.columns.append((index, _label(column.label, column.value) if own else b""))
+    shapes = list(skeletons.values())
+    for values, numbers in family.rows:
+        encoded = [_label(k, v) for k, v in zip(names, values, strict=True)]
+        for shape in shapes:
+            head = b"".join([encoded[i] if i >= 0 else c for i, c in shape.before])
+            tail = b"".join([encoded[i] if i >= 0 else c for i, c in shape.after])
+            for index, own_label in shape.columns:
+                yield head + own_label + tail, float(numbers[index])
+
+
+@dataclass
+class _Skeleton:
+    """Columns of a row family sharing one sorted label order (see _row_series)."""
+
+    before: list[tuple[int, bytes]]
+    after: list[tuple[int, bytes]]
+    columns: list[tuple[int, bytes]]  # (number's index in a row, the column's own label)
 
 
 def _plan(

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cramjam
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
@@ -22,11 +23,11 @@ from probemesh.collector import exporter as exporter_module
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import open_database
 from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter, RestView
-from probemesh.collector.exposition import FAILURE_REASONS
+from probemesh.collector.exposition import BUCKET_BOUNDS, FAILURE_REASONS
 from probemesh.collector.ingest import REJECT_REASONS, Ingest
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.remote_results import RESULT_FAMILIES
-from probemesh.collector.remote_write import series_from_registry
+from probemesh.collector.remote_write import RemoteWriter, decode_request, series_from_registry
 from probemesh.collector.samples import REASONS as SAMPLE_REASONS
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, MeshState
@@ -217,6 +218,58 @@ def test_bulk_counters_come_in_parts_that_add_up_to_the_whole(
     assert [m.metric_family_name for m in metadata] == [
         m.metric_family_name for m in expected_metadata
     ]
+
+
+def test_bulk_snapshot_requests_are_those_of_the_metric_families(tmp_path: Path) -> None:
+    """Remote write encodes the bulk view's row families without Sample
+    objects; its requests are byte for byte those of the same data as
+    prometheus_client families (collect()): the same series in the same
+    order, the same values, the same metadata. External labels sort between
+    the pairs' own (collector) and after them (zone); one pair has refusals."""
+    state, exporter = build(tmp_path)
+    agent = state.agents["a-br"]
+    apply(exporter.ingest, agent, pb.Result(
+        check="web", timestamp=2.0, success=False, duration_seconds=0.0001,
+        reason=pb.FAILURE_REASON_POLICY, message="private target",
+    ))  # fmt: skip
+    bulk = CollectorRegistry()
+    bulk.register(BulkView(exporter))
+    names = {family.name for family in BulkView(exporter).collect()}
+    assert "probemesh_probe_refused" in names
+
+    class Whole:
+        def collect(self) -> Iterator[Metric]:
+            return (f for f in exporter.collect() if f.name in names)
+
+    whole = CollectorRegistry()
+    whole.register(Whole())  # type: ignore[arg-type]
+    labels = {"collector": "eu-1", "zone": "z", "country": "XX"}
+    bodies = []
+    for registry in (bulk, whole):
+        writer = RemoteWriter(registry, "http://127.0.0.1:9/", external_labels=labels)
+        writer._clock = FixedClock()
+        writer.snapshot()
+        bodies.append([decompress(p.body) for p in writer._snapshots])
+    assert bodies[0] == bodies[1]
+    request = decode_request(writer._snapshots[0].body)
+    sample_names = {label.value for ts in request.timeseries for label in ts.labels
+                    if label.name == "__name__"}  # fmt: skip
+    assert len(sample_names) == 3 + 2 * 3  # the counters; each histogram's _bucket, _count, _sum
+    assert len(request.timeseries) == 2 * (2 + len(FAILURE_REASONS)) + 1 + 7 * (
+        len(BUCKET_BOUNDS) + 2
+    )  # two pairs, one refusal; BR's duration and 5 phases, DE's duration
+
+
+class FixedClock:
+    def time(self) -> float:
+        return 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+def decompress(body: bytes) -> bytes:
+    return bytes(cramjam.snappy.decompress_raw(body))
 
 
 def test_prerendered_lines_follow_new_results(tmp_path: Path) -> None:
