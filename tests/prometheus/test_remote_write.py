@@ -234,6 +234,26 @@ def test_stale_markers_follow_many_series_from_a_compact_record() -> None:
     assert third[pairs[0]] == [-1.0]
 
 
+def test_a_series_replaced_by_another_is_marked_stale() -> None:
+    """As many series as before, one of them new: the one gone still gets its
+    stale marker (a snapshot skips reading its record only when the series
+    are the same), and a snapshot of the same series marks none."""
+    registry, gauge = sample_registry()
+    writer = RemoteWriter(registry, "http://127.0.0.1:9/api/v1/write", interval=3600)
+
+    def stale_agents() -> list[str]:
+        writer.snapshot()
+        requests = [decode_request(p.body) for p in writer._snapshots]
+        return [labels_of(ts)["agent"] for r in requests for ts in r.timeseries
+                if math.isnan(ts.samples[0].value)]  # fmt: skip
+
+    assert stale_agents() == []
+    gauge.remove("web", "us-1", "US", "us-east")
+    gauge.labels("web", "us-2", "US", "us-east").set(1)
+    assert stale_agents() == ["us-1"]
+    assert stale_agents() == []
+
+
 def test_a_series_yielded_twice_is_sent_once() -> None:
     registry = CollectorRegistry()
 
