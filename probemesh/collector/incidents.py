@@ -490,7 +490,7 @@ class OutageMonitor:
         self.book = book
         self.clock = clock
         self.notifications = notifications
-        self.publisher = Publisher()  # this collector's agents' inputs
+        self.publisher = Publisher(state.feed())  # this collector's agents' inputs
         self.inputs = InputBook()  # in a mesh, every agent's inputs as the evaluator reads them
         self.classifier = Classifier()
         self.diagnoser = diagnoser

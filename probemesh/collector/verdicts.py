@@ -24,6 +24,7 @@ what each collector knows of its agents (``agent_doc``, published by
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,12 +33,15 @@ from typing import Any
 from probemesh.checks import ChecksFile
 from probemesh.collector.runnable import Refusal, not_runnable
 from probemesh.collector.samples import sample_items
-from probemesh.collector.state import AgentInfo, Latest
+from probemesh.collector.state import AgentInfo, ChangeFeed, Latest
 from probemesh.collector.work_lane import Steps, run_steps
 from probemesh.timefmt import rfc3339
 
 Pair = tuple[str, str]  # (check, agent)
 STEP_SECONDS = 0.001  # agents published in one step of a round, about this long
+# A round visits a pair due to go stale this much before its deadline: the visit
+# decides with the same test as a whole pass, whatever the rounding of the deadline.
+_EARLY = 0.001
 _STATUS_SAMPLE = "probe_http_status_code"
 
 
@@ -134,7 +138,7 @@ class _Track(AgentVerdict):
     what it can: MeshState's key tuple and one stale_after float per check.
     """
 
-    __slots__ = ("changed", "entry", "fresh", "input", "pair", "stale_after")
+    __slots__ = ("changed", "due", "entry", "fresh", "input", "pair", "stale_after")
 
     def __init__(self, pair: Pair, stale_after: float, verdict: AgentVerdict | None) -> None:
         if verdict is None:
@@ -150,6 +154,7 @@ class _Track(AgentVerdict):
         self.fresh = False
         self.changed = True  # its input must be built again
         self.input: PairInput | None = None
+        self.due = False  # it has an entry in the publisher's deadline heap
 
 
 class Publisher:
@@ -157,11 +162,21 @@ class Publisher:
 
     A round only redoes the work its changes call for: pairs whose latest
     result changed (MeshState replaces it, so identity tells) or went stale,
-    and the agents they belong to; a steady mesh of 200,000 pairs costs one
-    pass over MeshState.latest.
+    and the agents they belong to. Without a change feed a round finds them
+    with one pass over MeshState.latest. With one (the feed of the MeshState
+    whose latest it is given), a round visits only the pairs the feed names,
+    those whose tracks were forgotten and those due to go stale, kept in a
+    heap by the time their result stops being fresh: at 20,000 pairs the pass
+    was most of a steady round. A round after a reload, or with a clock that
+    went back, still makes the whole pass.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, feed: ChangeFeed | None = None) -> None:
+        self._feed = feed
+        self._scan = True  # the next round makes the whole pass (no feed: every round)
+        self._now = float("-inf")  # the previous round's time
+        self._due: list[tuple[float, Pair]] = []  # (stale after this time, pair) of fresh tracks
+        self._revisit: set[Pair] = set()  # pairs whose tracks were forgotten
         self.published: dict[Pair, PairInput] = {}
         self._checks: ChecksFile | None = None
         self._tracks: dict[Pair, _Track] = {}  # each pair's streaks (its verdict) and state
@@ -182,11 +197,16 @@ class Publisher:
     def new_pairs(self, latest: Mapping[Pair, Latest], checks: ChecksFile) -> list[Pair]:
         """Pairs with a result but no streak here yet (resume them with ``resume``)."""
         tracks, pending, configured = self._tracks, self._pending, checks.checks
+        if self._feed is None or self._scan or checks is not self._checks:
+            candidates = list(latest)
+        else:  # a pair without a track got a result since the last round, or was forgotten
+            candidates = [tally.pair for tally in self._feed.tallies]
+            candidates += self._revisit
         return [
             key
-            for key, entry in list(latest.items())
+            for key in candidates
             if key not in tracks and key not in pending and key[0] in configured
-            and not entry.refused
+            and (entry := latest.get(key)) is not None and not entry.refused
         ]  # fmt: skip
 
     def forget_agents(self, agents: set[str]) -> None:
@@ -195,6 +215,7 @@ class Publisher:
         for agent in agents & self._by_agent.keys():
             for check in self._by_agent.pop(agent):
                 del self._tracks[(check, agent)]
+                self._revisit.add((check, agent))
             self._again.add(agent)
         for key in [k for k in self._pending if k[1] in agents]:
             del self._pending[key]
@@ -245,6 +266,7 @@ class Publisher:
             self._pending = {**self._tracks, **self._pending}  # the streaks go on
             self._tracks, self._by_agent, self._settled, self._assigned = {}, {}, {}, {}
             self._stale_after = {}
+            self._scan = True
             touched.update(agent for _, agent in self.published)
             touched.update(agents)
         touched |= self._take(latest, checks, now)
@@ -277,8 +299,41 @@ class Publisher:
     def _take(self, latest: Mapping[Pair, Latest], checks: ChecksFile, now: float) -> set[str]:
         """Feed new results into their streaks and refresh freshness; return the agents
         whose pairs changed."""
-        cfg = checks.outage
-        confirm, stale = cfg.confirm_rounds, cfg.stale_after_intervals
+        feed = self._feed
+        scan = feed is None or self._scan or now < self._now
+        self._now = now
+        if feed is not None:
+            changed, feed.tallies = feed.tallies, set()
+            removed, feed.removed = feed.removed, set()
+        if scan:
+            self._scan = False
+            self._revisit = set()
+            touched = self._take_all(latest, checks, now)
+            if feed is not None:
+                self._due = []
+                for track in self._tracks.values():
+                    track.due = False
+                    self._schedule(track, push=False)
+                heapq.heapify(self._due)
+        else:
+            keys = {tally.pair for tally in changed}
+            keys |= removed
+            keys |= self._revisit  # resumed streaks are of these pairs (new_pairs)
+            self._revisit = set()
+            due = self._due
+            while due and due[0][0] < now + _EARLY:
+                key = heapq.heappop(due)[1]
+                popped = self._tracks.get(key)
+                if popped is not None:
+                    popped.due = False
+                    keys.add(key)
+            touched = self._take_some(keys, latest, checks, now)
+        if self._pending:  # streaks of pairs no longer heard here
+            self._pending = {}
+        return touched
+
+    def _take_all(self, latest: Mapping[Pair, Latest], checks: ChecksFile, now: float) -> set[str]:
+        """_take over every pair of latest."""
         tracks = self._tracks
         get = tracks.get
         touched: set[str] = set()
@@ -292,33 +347,83 @@ class Publisher:
                     touched.add(key[1])
                 count += 1
                 continue
-            spec = checks.checks.get(key[0])
-            if spec is None or entry.refused:
-                continue  # a check refused by the agent's policy is no report at all
-            if track is None:
-                stale_after = self._stale_after.get(key[0])
-                if stale_after is None:
-                    stale_after = self._stale_after[key[0]] = stale * spec.interval
-                track = tracks[key] = _Track(key, stale_after, self._pending.pop(key, None))
-                self._by_agent.setdefault(key[1], {})[key[0]] = track
-            if entry.timestamp > track.last_ts:
-                track.observe(entry.success, entry.timestamp, confirm)
-            track.entry = entry
-            track.fresh = now - entry.timestamp <= track.stale_after
-            track.changed = True
-            touched.add(key[1])
-            count += 1
+            if self._take_new(key, entry, track, checks, now) is not None:
+                touched.add(key[1])
+                count += 1
         if count != len(tracks):
             for key in [k for k in tracks if k not in latest or latest[k].refused]:
-                del tracks[key]
-                agent_tracks = self._by_agent[key[1]]
-                del agent_tracks[key[0]]
-                if not agent_tracks:
-                    del self._by_agent[key[1]]
+                self._drop(key)
                 touched.add(key[1])
-        if self._pending:  # streaks of pairs no longer heard here
-            self._pending = {}
         return touched
+
+    def _take_some(
+        self, keys: set[Pair], latest: Mapping[Pair, Latest], checks: ChecksFile, now: float
+    ) -> set[str]:
+        """_take over the pairs keys name, the same way as _take_all."""
+        tracks = self._tracks
+        touched: set[str] = set()
+        for key in keys:
+            entry = latest.get(key)
+            track = tracks.get(key)
+            if entry is None or entry.refused:
+                if track is not None:
+                    self._drop(key)
+                    touched.add(key[1])
+                continue
+            if track is not None and track.entry is entry:
+                fresh = now - entry.timestamp <= track.stale_after
+                if fresh is not track.fresh:
+                    track.fresh, track.changed = fresh, True
+                    touched.add(key[1])
+                self._schedule(track)
+                continue
+            taken = self._take_new(key, entry, track, checks, now)
+            if taken is not None:
+                touched.add(key[1])
+                self._schedule(taken)
+        return touched
+
+    def _take_new(
+        self, key: Pair, entry: Latest, track: _Track | None, checks: ChecksFile, now: float
+    ) -> _Track | None:
+        """A pair's new latest result (or its first): its track, None if it has none
+        (a check not configured, or refused by the agent's policy: no report at all)."""
+        spec = checks.checks.get(key[0])
+        if spec is None or entry.refused:
+            return None
+        cfg = checks.outage
+        if track is None:
+            stale_after = self._stale_after.get(key[0])
+            if stale_after is None:
+                stale_after = self._stale_after[key[0]] = cfg.stale_after_intervals * spec.interval
+            track = self._tracks[key] = _Track(key, stale_after, self._pending.pop(key, None))
+            self._by_agent.setdefault(key[1], {})[key[0]] = track
+        if entry.timestamp > track.last_ts:
+            track.observe(entry.success, entry.timestamp, cfg.confirm_rounds)
+        track.entry = entry
+        track.fresh = now - entry.timestamp <= track.stale_after
+        track.changed = True
+        return track
+
+    def _schedule(self, track: _Track, push: bool = True) -> None:
+        """Put a fresh track in the deadline heap, once: a round pops it when its
+        result may have gone stale and visits it (a later result moves the deadline;
+        the visit then schedules it again). push=False: append, the caller heapifies."""
+        if track.fresh and not track.due and track.entry is not None:
+            track.due = True
+            item = (track.entry.timestamp + track.stale_after, track.pair)
+            if push:
+                heapq.heappush(self._due, item)
+            else:
+                self._due.append(item)
+
+    def _drop(self, key: Pair) -> None:
+        """Forget the track of a pair no longer heard (result gone or refused)."""
+        del self._tracks[key]
+        agent_tracks = self._by_agent[key[1]]
+        del agent_tracks[key[0]]
+        if not agent_tracks:
+            del self._by_agent[key[1]]
 
     def _assignments(self, agents: Mapping[str, AgentInfo]) -> set[str]:
         """Agents whose assigned checks or country changed, or that are gone."""

@@ -64,7 +64,7 @@ def test_changes_between_steps_are_published_by_the_next_round(
     rng, twin = random.Random(seed), random.Random(seed)
     checks = checks_file(10.0)
     state, reference_state = mesh(60), mesh(60)
-    publisher, reference = Publisher(), Publisher()
+    publisher, reference = Publisher(state.feed()), Publisher()
     book, reference_book = InputBook(), InputBook()
     now = 1_800_000_000.0
     for step in range(12):

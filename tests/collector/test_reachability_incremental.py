@@ -1,7 +1,9 @@
 """The outage round's incremental parts give what a round from scratch gives.
 
 Publisher.observe and Classifier.evaluate only redo what changed since the
-previous round (see verdicts._Track and reachability._Row). Here the same
+previous round (see verdicts._Track and reachability._Row); the publisher,
+given MeshState's change feed, visits only the pairs it names and those due
+to go stale. Here the same
 randomized mesh is published and judged twice per step: by a publisher and a
 classifier that keep their state, and by ones that start their caches over
 before every round (keeping only what the algorithm itself carries from round
@@ -95,7 +97,7 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
             assigned={name: spec.target for name, spec in checks.checks.items()},
         )  # fmt: skip
     incremental, reference = Classifier(), Classifier()
-    publisher, book = Publisher(), InputBook()
+    publisher, book = Publisher(state.feed()), InputBook()  # visits only what changed or is due
     reference_publisher, reference_book = Publisher(), InputBook()
     now = 1_800_000_000.0
     seen: set[str] = set()

@@ -14,7 +14,7 @@ from probemesh.collector.runnable import not_runnable
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.verdicts import InputBook, Publisher
 from probemesh.v1 import mesh_pb2 as pb
-from tests.collector.mesh_script import COUNTRIES, ScriptedMesh, build_checks, result
+from tests.collector.mesh_script import COUNTRIES, INTERVAL, ScriptedMesh, build_checks, result
 
 
 def _observe(publisher: Publisher, mesh: ScriptedMesh) -> tuple[set[str], list[str]]:
@@ -61,6 +61,44 @@ def test_the_stamp_going_stale_is_a_flip() -> None:
     changed, _ = _observe(publisher, mesh)
     assert changed == {"web/a-br", "tcp/a-br"}
     assert not publisher.published[("web", "a-br")].fresh
+
+
+def test_a_pair_due_to_go_stale_is_published_without_a_visit_from_its_feed() -> None:
+    """Given the state's change feed, a round visits only the pairs it names
+    and those due to go stale: a silent agent's pairs still turn stale in the
+    round a pass over every pair turns them, a clock that goes back makes them
+    fresh again, and a forgotten track is taken up again, as without a feed."""
+    mesh = ScriptedMesh(countries=("BR", "DE"))
+    fed, whole = Publisher(mesh.state.feed()), Publisher()
+
+    def both() -> tuple[set[str], list[str]]:
+        seen = _observe(fed, mesh)
+        assert seen == _observe(whole, mesh)
+        assert fed.published == whole.published
+        return seen
+
+    for _ in range(3):
+        mesh.round()
+        both()
+    mesh.round(silent=("BR",))
+    assert both() == (set(), [])  # one missed round is still fresh
+    mesh.now += 1.0
+    assert both() == (set(), [])
+    mesh.round(silent=("BR",))
+    assert both() == ({"web/a-br", "tcp/a-br"}, [])  # due: no result, no feed entry
+    assert not fed.published[("web", "a-br")].fresh
+    mesh.now -= INTERVAL  # the clock goes back: fresh again
+    assert both() == ({"web/a-br", "tcp/a-br"}, [])
+    assert fed.published[("web", "a-br")].fresh
+    mesh.now += INTERVAL
+    both()
+    for publisher in (fed, whole):  # a-de reconnected: its tracks start over
+        publisher.forget_agents({"a-de"})
+    both()
+    assert ("web", "a-de") in fed._tracks
+    mesh.round(silent=("BR", "DE"))
+    mesh.round(silent=("BR", "DE"))
+    assert both() == ({"web/a-de", "tcp/a-de"}, [])  # its taken-up track went stale too
 
 
 class SplitMesh:
