@@ -23,6 +23,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from probemesh.collector.database import open_database
+from probemesh.collector.tokens import TokenStore
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -129,6 +132,19 @@ def run_in_isolated_netns(
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(netns_etc, ignore_errors=True)
+
+
+def create_token(agent_id: str, country: str, data_dir: Path, database: str | None = None) -> str:
+    """What ``probemesh token create`` prints, made in this process.
+
+    The command itself is tested in test_cli.py and test_database_url.py; the
+    other tests need tokens by the hundred, and a CLI process costs a second each.
+    """
+    conn = open_database(database, data_dir).connect()
+    try:
+        return TokenStore(conn).create(agent_id, country)
+    finally:
+        conn.close()
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
@@ -270,18 +286,7 @@ class Mesh:
         return self.collector
 
     def token(self, agent_id: str, country: str) -> str:
-        result = run_cli(
-            "token",
-            "create",
-            "--data-dir",
-            str(self.data_dir),
-            *self.database_args,
-            "--agent-id",
-            agent_id,
-            "--country",
-            country,
-        )
-        return result.stdout.strip()
+        return create_token(agent_id, country, self.data_dir, self.database)
 
     def start_agent(
         self,

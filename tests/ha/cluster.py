@@ -35,9 +35,9 @@ from tests.durability.common import (
 from tests.harness import (
     Proc,
     Samples,
+    create_token,
     free_port,
     http_get,
-    run_cli,
     scrape,
     stop_all,
     total,
@@ -117,14 +117,10 @@ class Cluster:
         return node.proc.log(lines) if node.proc else ""
 
     def token(self, agent_id: str, country: str) -> str:
-        args = ["token", "create", "--agent-id", agent_id, "--country", country]
-        return run_cli(*args, *self.token_args()).stdout.strip()
-
-    def token_args(self) -> list[str]:
-        """token create's database flags: the collectors' shared database."""
-        if "--database" in self.database_args:
-            return self.database_args
-        return ["--data-dir", str(self.collectors[0].data_dir), *self.database_args]
+        """A token in the collectors' shared database."""
+        args = self.database_args
+        database = args[args.index("--database") + 1] if "--database" in args else None
+        return create_token(agent_id, country, self.collectors[0].data_dir, database)
 
     def start_agent(
         self, agent_id: str, country: str, token: str, addresses: list[str], metrics_port: int

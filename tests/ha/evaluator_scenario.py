@@ -19,7 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Proc, free_port, http_get, run_cli, scrape, stop_all, total, wait_for
+from tests.harness import (
+    Proc,
+    create_token,
+    free_port,
+    http_get,
+    scrape,
+    stop_all,
+    total,
+    wait_for,
+)
 
 TAKEOVER_LIMIT = 10.0  # seconds from the evaluator's death to a new evaluator
 AGENTS = {  # agent -> (country, loopback source address)
@@ -121,10 +130,7 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
             wait_for(lambda c=c: http_get(f"http://127.0.0.1:{c.http_port}/readyz"), 30, c.name)
         addresses = [f"127.0.0.1:{c.grpc_port}" for c in collectors]
         for i, (agent, (country, source)) in enumerate(AGENTS.items()):
-            token = run_cli(
-                "token", "create", "--database", postgres_url,
-                "--agent-id", agent, "--country", country,
-            ).stdout.strip()  # fmt: skip
+            token = create_token(agent, country, tmp_path, postgres_url)
             order = addresses[i % 3 :] + addresses[: i % 3]  # spread over the collectors
             args = [
                 "agent", "--collector", ",".join(order), "--agent-id", agent,

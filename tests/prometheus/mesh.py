@@ -29,7 +29,7 @@ import dns.message
 import dns.rrset
 import trustme
 
-from tests.harness import Proc, free_port, run_cli, stop_all
+from tests.harness import Proc, create_token, free_port, stop_all
 from tests.harness import wait_for as wait_until
 
 
@@ -181,10 +181,7 @@ class Collector:
         return self
 
     def token(self, agent_id: str, country: str) -> str:
-        created = run_cli(
-            "token", "create", "--data-dir", str(self.data_dir), "--agent-id", agent_id, "--country", country
-        )  # fmt: skip
-        return created.stdout.strip()
+        return create_token(agent_id, country, self.data_dir)
 
 
 @dataclass
