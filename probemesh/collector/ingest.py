@@ -104,6 +104,7 @@ class Ingest:
         self.batches_total = 0
         self.duplicates_total = 0
         self.accepting = True
+        self._getter: asyncio.Future[_Item] | None = None  # the idle applier's wait
         self._dirty_marks: set[str] = set()  # agents whose mark a failed commit left unsaved
         # Marks as last committed: what Welcome may tell an agent to delete.
         self.durable: dict[str, int] = {}
@@ -168,10 +169,16 @@ class Ingest:
         safe: everything queued is applied and acked, nothing half-written.
         """
         while self.accepting or not self.queue.empty():
+            self._getter = getter = asyncio.ensure_future(self.queue.get())
             try:
-                first = await asyncio.wait_for(self.queue.get(), 0.5)
-            except TimeoutError:
-                continue
+                first = await getter
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if getter.cancelled() and task is not None and not task.cancelling():
+                    continue  # woken by stop_accepting
+                raise
+            finally:
+                self._getter = None
             items = [first]
             results = len(first.batch.results)
             limits = self.limits
@@ -194,6 +201,12 @@ class Ingest:
                         grpc.StatusCode.UNAVAILABLE, "collector could not store the results; resend"
                     )
                 await asyncio.sleep(0.5)
+
+    def stop_accepting(self) -> None:
+        """Let run() return once the queue is empty: at once when it waits for a batch."""
+        self.accepting = False
+        if self._getter is not None:
+            self._getter.cancel()  # a cancelled Queue.get takes no item
 
     async def take_lease(self, agent: AgentInfo) -> int:
         """Take the agent's lease for a new stream and continue from its committed rows.

@@ -355,7 +355,7 @@ class CollectorApp:
             await stop.wait()
         finally:
             self.ready = False
-            self.ingest.accepting = False
+            self.ingest.stop_accepting()
             housekeeping.cancel()
             lag.cancel()
             outage.cancel()

@@ -118,6 +118,45 @@ async def test_a_group_is_applied_in_slices_of_results_whatever_its_batches(
     assert sum(1 for m in drain(items) if m.ack.last_seq == per_batch) == batches
 
 
+async def test_stop_accepting_ends_an_idle_applier_at_once_and_a_busy_one_after_the_queue(
+    tmp_path: Path,
+) -> None:
+    """The collector's shutdown waits for the applier: an idle one must not sit out
+    a poll interval, and a batch queued as the stop comes is still applied."""
+    store = Store(open_database(None, tmp_path))
+    state = MeshState()
+    ingest = Ingest(state, store, AssignmentHistory(store, "digest"))
+    agent = state.agents["vps-1"] = AgentInfo("vps-1", "DE")
+    agent.assigned, agent.revision = {"web": "t.example:80"}, 1
+    session = Session(agent, "token", await ingest.take_lease(agent))
+    result = pb.Result(check="web", revision=1, timestamp=1000.0, success=True)
+    idle = asyncio.create_task(ingest.run())
+    busy = None
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)  # the applier waits for a batch
+        ingest.stop_accepting()
+        for _ in range(5):  # loop turns, no clock: a poll would take its whole interval
+            await asyncio.sleep(0)
+        assert idle.done()
+        await idle
+
+        ingest.accepting = True
+        busy = asyncio.create_task(ingest.run())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await ingest.submit(session, pb.ResultBatch(first_seq=1, last_seq=1, results=[result]))
+        ingest.stop_accepting()  # the woken wait must not lose the batch
+        await busy
+        assert state.tallies[("web", "vps-1")].success == 1
+        assert [m.ack.last_seq for m in drain([_Item(session, pb.ResultBatch())])] == [1]
+    finally:
+        for task in (idle, busy):
+            if task is not None:
+                task.cancel()
+        store.close()
+
+
 def drain(items: list[_Item]) -> list[pb.CollectorMessage]:
     messages = []
     for item in items:
