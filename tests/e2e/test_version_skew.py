@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from probemesh import __version__
+from tests.durability.common import FAST_LINK_ENV
 from tests.harness import ROOT, Mesh, free_port, http_get, probemesh_cmd, total, wait_for
 
 # Release 0.1.0, the last commit before the wire gained protocol features and
@@ -140,7 +141,8 @@ def test_older_agent_backlog_survives_a_checks_edit(
     mesh = Mesh(tmp_path, _checks(target))
     mesh.start_collector()
     try:
-        mesh.start_agent("old-agent", "DE", env=env)
+        # FAST_LINK_ENV: the agent is back within a second of the restart.
+        mesh.start_agent("old-agent", "DE", env={**env, **FAST_LINK_ENV})
         wait_for(
             lambda: total(mesh.metrics(), "probemesh_probe_results_total", check="closed") >= 5,
             30,

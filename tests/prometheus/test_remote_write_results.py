@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.durability.common import queue_counters
+from tests.durability.common import FAST_LINK_ENV, queue_counters
 from tests.harness import Mesh, free_port, scrape, total, wait_for
 from tests.prometheus.mesh import Targets
 from tests.prometheus.promserver import MISSING_REASON as PROMETHEUS_MISSING
@@ -72,7 +72,7 @@ def test_every_result_lands_once_at_its_probe_time(kind: str, tmp_path: Path) ->
             for agent_id, country, source in AGENTS:
                 mesh.start_agent(
                     agent_id, country, "--source-address", source,
-                    metrics_port=metrics_ports[agent_id],
+                    metrics_port=metrics_ports[agent_id], env=FAST_LINK_ENV,
                 )  # fmt: skip
 
             def agent_metrics(agent_id: str) -> dict[Any, float]:

@@ -26,7 +26,7 @@ import yaml
 from probemesh.collector.database import open_database
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
-from tests.harness import Proc
+from tests.harness import Proc, stop_all
 from tests.scenario.netns import _enter_netns, sh
 
 COUNTRIES = ("UG", "ET", "CN", "NG", "GH", "KE", "DE")
@@ -267,8 +267,8 @@ class Scenario:
         return {cc: (c["diagnosis"] or {}).get("kind") for cc, c in self.countries().items()}
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(timeout=10)
+        stop_all(self.procs[1:], timeout=10)  # the agents drain to the collector: it goes last
+        stop_all(self.procs[:1], timeout=10)
         for server in self.servers:
             server.terminate()
             server.wait(10)

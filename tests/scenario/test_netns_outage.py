@@ -25,7 +25,7 @@ import yaml
 from probemesh.collector.database import open_database
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
-from tests.harness import Proc, wait_for
+from tests.harness import Proc, stop_all, wait_for
 from tests.scenario.netns import HUB_IP, Topology, netns_problem
 
 COUNTRIES = ("BR", "PH", "UG", "DE", "ZA", "LT", "US", "JP")
@@ -165,8 +165,8 @@ class Scenario:
         return active[0] if active else None
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop(timeout=10)
+        stop_all(self.procs[1:], timeout=10)  # the agents drain to the collector: it goes last
+        stop_all(self.procs[:1], timeout=10)
         if self.target is not None and self.target.poll() is None:
             self.target.terminate()
             self.target.wait(10)

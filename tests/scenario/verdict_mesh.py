@@ -29,7 +29,7 @@ import yaml
 from probemesh.collector.database import open_database
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
-from tests.harness import Proc, wait_for
+from tests.harness import Proc, stop_all, wait_for
 from tests.scenario.netns import HUB_IP, Topology
 
 COUNTRIES = ("BR", "DE", "JP", "UG")
@@ -251,8 +251,8 @@ class VerdictMesh:
         return rep
 
     def stop(self) -> None:
-        for proc in [*self.agents, *([self.collector] if self.collector else [])]:
-            proc.stop(timeout=10)
+        stop_all(self.agents, timeout=10)  # they drain to the collector: it goes last
+        stop_all([self.collector], timeout=10)
         if self.target is not None and self.target.poll() is None:
             self.target.terminate()
             self.target.wait(10)
