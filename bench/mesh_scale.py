@@ -496,6 +496,9 @@ def print_heaps(collector: Collector, pairs: int) -> None:
         ) + f"; {r['gc_objects']:,} GC-tracked objects")  # fmt: skip
         for size, count, where in r.get("top", []):
             print(f"      {size / mib:8.1f} MiB {count:>9,} {where}")
+        for label in ("types", "handles"):
+            census = ", ".join(f"{name} {count:,}" for name, count in r.get(label, []))
+            print(f"      {label}: {census or '-'}")
         if moment == "conn" and collector.agents:
             streams = len(collector.agents)
             print(f"          streams alone: {(r['rss'] - idle['rss']) / streams / 1024:.1f} KiB RSS "

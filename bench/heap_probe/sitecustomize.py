@@ -9,11 +9,13 @@ blocks, in unused pools, arenas in all, from sys._debugmallocstats); the C
 heap (glibc mallinfo2: bytes in use, free but resident); the objects the
 garbage collector tracks; the RSS once the C heap is trimmed (malloc_trim,
 as the collector does every 30 s); and, when tracemalloc runs (PYTHONTRACEMALLOC=1),
-the lines that allocated the most live memory. Benchmark instrumentation only.
+the lines that allocated the most live memory; the most numerous object types
+and the event loop's live handles by callback. Benchmark instrumentation only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import json
@@ -22,10 +24,12 @@ import re
 import signal
 import tempfile
 import tracemalloc
+from collections import Counter
 from typing import Any
 
 PREFIX = os.environ.get("PROBEMESH_HEAP_REPORT", "")
 TOP_LINES = 25
+TOP_TYPES = 8
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -85,13 +89,32 @@ def _rollup() -> dict[str, int]:
     return out
 
 
+def _object_census(objects: list[Any]) -> dict[str, list[list[Any]]]:
+    """The most numerous GC-tracked types, and what the event loop's live
+    handles (callbacks and timers, cancelled ones still in its heap) call."""
+    handles = Counter(
+        getattr(o._callback, "__qualname__", type(o._callback).__name__)
+        + (" (cancelled)" if o.cancelled() else "")
+        for o in objects
+        if isinstance(o, asyncio.Handle)
+    )
+    types = Counter(type(o).__name__ for o in objects)
+    return {
+        "types": [list(t) for t in types.most_common(TOP_TYPES)],
+        "handles": [list(h) for h in handles.most_common(TOP_TYPES)],
+    }
+
+
 def report() -> dict[str, Any]:
+    objects = gc.get_objects()
     body: dict[str, Any] = {
         **_rollup(),
         "pymalloc": _pymalloc(),
         "c_heap": _c_heap(),
-        "gc_objects": len(gc.get_objects()),
+        "gc_objects": len(objects),
+        **_object_census(objects),
     }
+    del objects
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:  # what of the C heap's free memory a trim gives back now
         trim(0)

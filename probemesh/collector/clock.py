@@ -18,7 +18,6 @@ correcting by a noise-sized estimate would only add noise.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
 
 CLOCK_ECHO = "clock_echo"  # protocol feature name, in Hello.features and Welcome.features
@@ -36,7 +35,9 @@ class ClockEstimate:
     # it exceeds the threshold, else 0.
     correction: float = 0.0
     skewed: bool = False
-    samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    # (offset, round trip) of the last SAMPLES echoes; a list, as a deque costs
+    # 600 bytes for every agent however few it holds
+    samples: list[tuple[float, float]] = field(default_factory=list)
 
     def add(self, t1: float, t2: float, t3: float, t4: float, threshold: float) -> bool:
         """Take one echo (t1, t4 on the collector's clock; t2, t3 on the agent's).
@@ -48,6 +49,8 @@ class ClockEstimate:
             return False
         rtt = max(rtt, 0.0)
         self.samples.append((((t2 - t1) + (t3 - t4)) / 2, rtt))
+        if len(self.samples) > SAMPLES:
+            del self.samples[0]
         self.offset, self.rtt = min(self.samples, key=lambda s: s[1])
         self.skewed = abs(self.offset) > threshold
         self.correction = self.offset if self.skewed else 0.0

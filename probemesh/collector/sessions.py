@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,6 +19,57 @@ HEARTBEAT_DUE = pb.CollectorMessage()
 its place, stamped as it goes out (a clock probe's send time)."""
 
 
+class SendQueue:
+    """The messages waiting to go out on one stream; its handler alone reads them.
+
+    Not an asyncio.Queue: that is four deques and an Event, about 2.5 KB for
+    every connected agent, for a queue that seldom holds more than an Ack.
+    A list read from a head index, compacted as the head moves on.
+    """
+
+    __slots__ = ("_head", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[pb.CollectorMessage | None] = []
+        self._head = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    def put(self, item: pb.CollectorMessage | None) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> pb.CollectorMessage | None:
+        """The oldest message, waiting for one if there is none."""
+        while self._head == len(self._items):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, head = self._items, self._head
+        item = items[head]
+        head += 1
+        if head == len(items):
+            items.clear()
+            head = 0
+        elif head >= _COMPACT_AT and head * 2 >= len(items):
+            del items[:head]
+            head = 0
+        self._head = head
+        return item
+
+
+_COMPACT_AT = 64
+"""A send queue drops what it has sent once that is this many messages and half
+of the list: a stream that always has more to send still frees them."""
+PROBES_KEPT = 4  # clock probes remembered per stream
+
+
 @dataclass
 class Session:
     """One agent stream: its outbox and why it ended, if it did."""
@@ -27,7 +77,7 @@ class Session:
     agent: AgentInfo
     token_id: str
     epoch: int = 0  # the agent's lease epoch this stream's batches are applied under
-    outbox: asyncio.Queue[pb.CollectorMessage | None] = field(default_factory=asyncio.Queue)
+    outbox: SendQueue = field(default_factory=SendQueue)
     last_recv: float = field(default_factory=time.monotonic)
     held_back: bool = False  # the stream waits for room in the ingest queue, unread
     end_code: grpc.StatusCode | None = None
@@ -37,8 +87,9 @@ class Session:
     opened: float = field(default_factory=time.monotonic)
     # When the token's last use was written (at admission, then at most once a minute)
     token_touched: float = field(default_factory=time.monotonic)
-    # Timestamps of the clock probes sent on this stream and not answered yet.
-    probes: deque[float] = field(default_factory=lambda: deque(maxlen=4))
+    # Timestamps of the last clock probes sent on this stream and not answered
+    # yet (a list: a deque costs 600 bytes however short).
+    probes: list[float] = field(default_factory=list)
     heartbeat_timer: asyncio.TimerHandle | None = None
 
     def stop_heartbeats(self) -> None:
@@ -49,6 +100,8 @@ class Session:
         """A timestamp for an outgoing clock probe (Welcome, Heartbeat), remembered."""
         now = time.time()
         self.probes.append(now)
+        if len(self.probes) > PROBES_KEPT:
+            del self.probes[0]
         return now
 
     def answered(self, timestamp: float) -> bool:
@@ -59,13 +112,13 @@ class Session:
         return False
 
     def send(self, message: pb.CollectorMessage) -> None:
-        self.outbox.put_nowait(message)
+        self.outbox.put(message)
 
     def end(self, code: grpc.StatusCode | None, details: str) -> None:
         """Ask the stream handler to finish (with a status when code is set)."""
         if self.end_code is None:
             self.end_code, self.end_details = code, details
-        self.outbox.put_nowait(None)
+        self.outbox.put(None)
 
 
 class SessionRegistry:

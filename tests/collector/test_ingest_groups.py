@@ -64,8 +64,8 @@ async def test_a_group_takes_what_is_queued_up_to_its_bounds(
     assert sizes == groups
     assert state.tallies[("web", "vps-1")].success == 30
     acks = []
-    while not session.outbox.empty():
-        message = session.outbox.get_nowait()
+    while session.outbox:
+        message = await session.outbox.get()
         assert message is not None
         acks.append(message.ack.last_seq)
     assert acks == [3 * n + 3 for n in range(10)]
@@ -115,7 +115,7 @@ async def test_a_group_is_applied_in_slices_of_results_whatever_its_batches(
     steps = [b - a for a, b in itertools.pairwise(applied) if b != a]
     assert max(steps) <= SLICE, steps
     assert len(steps) == math.ceil(total / SLICE), steps
-    assert sum(1 for m in drain(items) if m.ack.last_seq == per_batch) == batches
+    assert sum(1 for m in await drain(items) if m.ack.last_seq == per_batch) == batches
 
 
 async def test_stop_accepting_ends_an_idle_applier_at_once_and_a_busy_one_after_the_queue(
@@ -149,7 +149,7 @@ async def test_stop_accepting_ends_an_idle_applier_at_once_and_a_busy_one_after_
         ingest.stop_accepting()  # the woken wait must not lose the batch
         await busy
         assert state.tallies[("web", "vps-1")].success == 1
-        assert [m.ack.last_seq for m in drain([_Item(session, pb.ResultBatch())])] == [1]
+        assert [m.ack.last_seq for m in await drain([_Item(session, pb.ResultBatch())])] == [1]
     finally:
         for task in (idle, busy):
             if task is not None:
@@ -157,11 +157,11 @@ async def test_stop_accepting_ends_an_idle_applier_at_once_and_a_busy_one_after_
         store.close()
 
 
-def drain(items: list[_Item]) -> list[pb.CollectorMessage]:
+async def drain(items: list[_Item]) -> list[pb.CollectorMessage]:
     messages = []
     for item in items:
-        while not item.session.outbox.empty():
-            message = item.session.outbox.get_nowait()
+        while item.session.outbox:
+            message = await item.session.outbox.get()
             assert message is not None
             messages.append(message)
     return messages
