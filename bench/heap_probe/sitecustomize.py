@@ -96,7 +96,7 @@ def _object_census(objects: list[Any]) -> dict[str, list[list[Any]]]:
         getattr(o._callback, "__qualname__", type(o._callback).__name__)
         + (" (cancelled)" if o.cancelled() else "")
         for o in objects
-        if isinstance(o, asyncio.Handle)
+        if issubclass(type(o), asyncio.Handle)  # not isinstance: a dead weakref proxy raises
     )
     types = Counter(type(o).__name__ for o in objects)
     return {
