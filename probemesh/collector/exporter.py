@@ -20,7 +20,6 @@ from itertools import accumulate
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
@@ -115,8 +114,8 @@ class MeshExporter(Collector):
         """Every family as Metric objects (remote write, tests)."""
         self.prerender()
         yield from self._probe_families()
-        yield from self._counter_families()
-        yield from self._histogram_families()
+        yield from self._counter_rows(self._exported_tallies())
+        yield from self._histogram_rows()
         yield from self._agent_families()
         yield from self.collect_rest()
 
@@ -434,64 +433,8 @@ class MeshExporter(Collector):
         if not_runnable.samples:  # the text exposition leaves an empty family out too
             yield not_runnable
 
-    def _counter_families(self) -> Iterator[Metric]:
-        headers = exposition.HEADERS
-        results = CounterMetricFamily(
-            "probemesh_probe_results",
-            headers[exposition.RESULTS][1],
-            labels=["check", "agent", "country", "result"],
-        )
-        failures = CounterMetricFamily(
-            "probemesh_probe_failures",
-            headers[exposition.FAILURES][1],
-            labels=["check", "agent", "country", "reason"],
-        )
-        refused = CounterMetricFamily(
-            "probemesh_probe_refused",
-            headers[exposition.REFUSED][1],
-            labels=["check", "agent", "country"],
-        )
-        for tally in self._exported_tallies():
-            base = [tally.check, tally.agent, tally.country]
-            outcomes, reasons = exposition.tally_counts(tally)
-            for outcome, count in zip(exposition.OUTCOMES, outcomes, strict=True):
-                results.add_metric([*base, outcome], count)
-            for reason, count in reasons:
-                failures.add_metric([*base, reason], count)
-            if tally.refused:
-                refused.add_metric(base, tally.refused)
-        yield results
-        yield failures
-        if refused.samples:  # the text exposition leaves an empty family out too
-            yield refused
-
-    def _histogram_families(self) -> Iterator[Metric]:
-        headers = exposition.HEADERS
-        duration = HistogramMetricFamily(
-            exposition.HIST_DURATION,
-            headers[exposition.HIST_DURATION][1],
-            labels=["check", "country"],
-        )
-        phase = HistogramMetricFamily(
-            exposition.HIST_PHASE,
-            headers[exposition.HIST_PHASE][1],
-            labels=["check", "country", "phase"],
-        )
-        checks = self._targets
-        for key, hist in self.state.histograms.items():
-            if key[1] not in checks:
-                continue
-            cumulative, running = [], 0
-            for bound, count in zip(exposition.BUCKET_BOUNDS, hist.counts, strict=True):
-                running += count
-                cumulative.append((bound, running))
-            family = duration if key[0] == "duration" else phase
-            family.add_metric(list(key[1:]), cumulative, hist.total)
-        yield duration
-        yield phase
-
     def _counter_rows(self, tallies: list[Tally]) -> Iterator[RowFamily]:
-        """The counters of tallies as the families _counter_families builds."""
+        """The result, failure and refusal counters of tallies, as row families."""
         headers = exposition.HEADERS
         labels = ("check", "agent", "country")
         results: list[Row] = []
@@ -519,7 +462,7 @@ class MeshExporter(Collector):
             )  # fmt: skip
 
     def _histogram_rows(self) -> Iterator[RowFamily]:
-        """The histograms as the families _histogram_families builds."""
+        """The per check x country histograms of exported checks, as row families."""
         checks = self._targets
         rows: dict[str, list[Row]] = {"duration": [], "phase": []}
         for key, hist in self.state.histograms.items():

@@ -274,13 +274,6 @@ def _parts(
         yield render(indices[start : start + per]).encode()
 
 
-def tally_counts(tally: Tally) -> tuple[tuple[int, int], list[tuple[str, int]]]:
-    """((success, failure), [(reason, count)]) of one check x agent, zeros included."""
-    reasons = tally.reasons
-    failures = [(reason, reasons.get(reason, 0)) for reason in FAILURE_REASONS]
-    return (tally.success, tally.failure), failures
-
-
 class CounterRows(NamedTuple):
     """The counts of a scrape's exported tallies, column by column.
 

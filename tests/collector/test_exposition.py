@@ -16,18 +16,29 @@ from pathlib import Path
 import cramjam
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from probemesh.checks import parse_checks
 from probemesh.collector import exporter as exporter_module
 from probemesh.collector.assignments import AssignmentHistory
 from probemesh.collector.database import open_database
 from probemesh.collector.exporter import AggregateView, BulkView, MeshExporter, RestView
-from probemesh.collector.exposition import BUCKET_BOUNDS, FAILURE_REASONS
+from probemesh.collector.exposition import (
+    BUCKET_BOUNDS,
+    FAILURE_REASONS,
+    FAILURES,
+    HEADERS,
+    HIST_DURATION,
+    HIST_PHASE,
+    OUTCOMES,
+    REFUSED,
+    RESULTS,
+)
 from probemesh.collector.ingest import REJECT_REASONS, Ingest
 from probemesh.collector.limits import SecurityLimits
 from probemesh.collector.remote_results import RESULT_FAMILIES
 from probemesh.collector.remote_write import RemoteWriter, decode_request, series_from_registry
+from probemesh.collector.row_families import RowFamily
 from probemesh.collector.samples import REASONS as SAMPLE_REASONS
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, MeshState
@@ -153,10 +164,72 @@ def build(tmp_path: Path) -> tuple[MeshState, MeshExporter]:
     return state, exporter
 
 
+class Reference:
+    """The exporter's families with its per-pair counters and histograms built
+    as prometheus_client's own CounterMetricFamily and HistogramMetricFamily,
+    not as the row families it yields: the independent reference the /metrics
+    text and remote write's encoding of the rows are checked against."""
+
+    def __init__(self, exporter: MeshExporter, names: set[str] | None = None) -> None:
+        self.exporter, self.names = exporter, names
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.exporter.collect():
+            if self.names is not None and family.name not in self.names:
+                continue
+            if family.name == "probemesh_probe_results":
+                yield from self._counters()
+            elif family.name == HIST_DURATION:
+                yield from self._histograms()
+            elif not isinstance(family, RowFamily):
+                yield family
+
+    def _counters(self) -> Iterator[Metric]:
+        labels = ["check", "agent", "country"]
+        results = CounterMetricFamily(
+            "probemesh_probe_results", HEADERS[RESULTS][1], labels=[*labels, "result"]
+        )
+        failures = CounterMetricFamily(
+            "probemesh_probe_failures", HEADERS[FAILURES][1], labels=[*labels, "reason"]
+        )
+        refused = CounterMetricFamily("probemesh_probe_refused", HEADERS[REFUSED][1], labels=labels)
+        for tally in self.exporter._exported_tallies():
+            base = [tally.check, tally.agent, tally.country]
+            for outcome, count in zip(OUTCOMES, (tally.success, tally.failure), strict=True):
+                results.add_metric([*base, outcome], count)
+            for reason in FAILURE_REASONS:
+                failures.add_metric([*base, reason], tally.reasons.get(reason, 0))
+            if tally.refused:
+                refused.add_metric(base, tally.refused)
+        yield results
+        yield failures
+        if refused.samples:
+            yield refused
+
+    def _histograms(self) -> Iterator[Metric]:
+        duration = HistogramMetricFamily(
+            HIST_DURATION, HEADERS[HIST_DURATION][1], labels=["check", "country"]
+        )
+        phase = HistogramMetricFamily(
+            HIST_PHASE, HEADERS[HIST_PHASE][1], labels=["check", "country", "phase"]
+        )
+        for key, hist in self.exporter.state.histograms.items():
+            if key[1] not in self.exporter._targets:
+                continue
+            cumulative, running = [], 0
+            for bound, count in zip(BUCKET_BOUNDS, hist.counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family = duration if key[0] == "duration" else phase
+            family.add_metric(list(key[1:]), cumulative, hist.total)
+        yield duration
+        yield phase
+
+
 def test_fast_text_matches_metric_families(tmp_path: Path) -> None:
     _, exporter = build(tmp_path)
     full = CollectorRegistry()
-    full.register(exporter)
+    full.register(Reference(exporter))  # type: ignore[arg-type]
     reference = parse_strict(generate_latest(full).decode())
     rest = CollectorRegistry(auto_describe=False)
     rest.register(RestView(exporter))
@@ -237,12 +310,8 @@ def test_bulk_snapshot_requests_are_those_of_the_metric_families(tmp_path: Path)
     names = {family.name for family in BulkView(exporter).collect()}
     assert "probemesh_probe_refused" in names
 
-    class Whole:
-        def collect(self) -> Iterator[Metric]:
-            return (f for f in exporter.collect() if f.name in names)
-
     whole = CollectorRegistry()
-    whole.register(Whole())  # type: ignore[arg-type]
+    whole.register(Reference(exporter, names))  # type: ignore[arg-type]
     labels = {"collector": "eu-1", "zone": "z", "country": "XX"}
     bodies = []
     for registry in (bulk, whole):
@@ -305,7 +374,7 @@ def fast_and_reference(exporter: MeshExporter) -> tuple[set[Sample], set[Sample]
     rest.register(RestView(exporter))
     fast = samples_of(exporter.render_bulk(generate_latest(rest)).decode())
     full = CollectorRegistry()
-    full.register(exporter)
+    full.register(Reference(exporter))  # type: ignore[arg-type]
     return fast, samples_of(generate_latest(full).decode())
 
 
