@@ -98,6 +98,16 @@ def test_every_result_lands_once_at_its_probe_time(kind: str, tmp_path: Path) ->
                 )
 
             wait_for(drained, 60, "the agents' backlog to drain")
+
+            def enough() -> bool:  # results after the cut too, however fast the replay
+                samples = scrape(mesh.metrics_url)
+                return all(
+                    total(samples, "probemesh_probe_results_total", agent=a, check=c) > 10
+                    for a, _, _ in AGENTS
+                    for c in ("up", "down", "mixed")
+                )
+
+            wait_for(enough, 30, "more than 10 results of every check from every agent")
             for proc in mesh.agents.values():
                 proc.stop()  # drains what is in flight: the counts are final after this
             produced = {}
