@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -11,7 +10,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import NoReturn
 
@@ -98,26 +97,45 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
 
     async def Connect(
         self,
-        request_iterator: AsyncIterator[bytes],
+        request_iterator: object,  # unread: the stream reads with context.read
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.CollectorMessage]:
+    ) -> None:
+        """One agent's stream: admit it, send Welcome and its checks, then what
+        its session queues, while the session's reader feeds ingest.
+
+        A coroutine on gRPC's reader-writer API (context.read and write), not an
+        async generator: gRPC's loop over a generator holds the last message it
+        sent until the next one (the Checks message, about 1 KB of C heap a
+        check, until the first heartbeat), and the generators it and the request
+        iterator add are frames every stream keeps for its whole life. So the
+        messages are read with context.read, and nothing this frame keeps while
+        it waits holds a message (docs/architecture.md).
+        """
         # Set-up after the Hello runs in a bounded slot (see admission.py);
         # released once the assignment is recorded, or when the stream ends.
         slot = self.admission.slot()
         try:
-            async with contextlib.aclosing(self._serve(request_iterator, context, slot)) as serve:
-                async for message in serve:
-                    yield message
+            session = await self._open(context, slot)
+            try:
+                if await self._start(context, session, slot):
+                    outbox = session.outbox
+                    while (message := await outbox.get()) is not None:
+                        if message is HEARTBEAT_DUE:  # stamped as it goes out, not when due
+                            message = pb.CollectorMessage(
+                                heartbeat=pb.Heartbeat(timestamp=session.clock_probe())
+                            )
+                        await context.write(message)
+                        del message  # not kept while the stream idles: ~0.8 KB of C heap
+            finally:
+                await self._close(context, session)
         finally:
             slot.release()
+        if session.end_code is not None and session.end_code != grpc.StatusCode.OK:
+            await context.abort(session.end_code, session.end_details)
 
-    async def _serve(
-        self,
-        request_iterator: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
-        slot: Slot,
-    ) -> AsyncGenerator[pb.CollectorMessage, None]:
-        token_id, agent, last_seq = await self._admit(request_iterator, context)
+    async def _open(self, context: grpc.aio.ServicerContext, slot: Slot) -> Session:
+        """Admit the stream (token, Hello, lease, a set-up slot) and register its session."""
+        token_id, agent, last_seq = await self._admit(context)
         try:
             epoch = await self.ingest.take_lease(agent)
         except Exception as exc:  # the database is down or refuses: the agent tries another
@@ -128,22 +146,28 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         await slot.acquire()
         self.ingest.reconcile(agent.agent_id, last_seq)
         session = Session(agent, token_id, epoch)
-        address = peer(context)
         streams_log.info(
             "agent %s (%s) connected from %s over %s, version %s",
-            agent.agent_id, agent.country, address, transport(context), agent.version or "?",
+            agent.agent_id, agent.country, peer(context), transport(context), agent.version or "?",
         )  # fmt: skip
         self.sessions.open(session)
         agent.connected = True
+        return session
+
+    async def _start(self, context: grpc.aio.ServicerContext, session: Session, slot: Slot) -> bool:
+        """Assign the agent its checks, start its reader, send Welcome, and the
+        Checks once the assignment is stored; False if it could not be.
+
+        The Checks message lives in this frame only, which ends once it is sent."""
         # Assign the checks before anything can be ingested: a live result of
         # this session names the revision recorded here.
         checks, recorded = self.checks_message(session)
-        pump = asyncio.create_task(self._pump(request_iterator, session))
-        try:
-            yield pb.CollectorMessage(
+        session.reader = asyncio.create_task(self._pump(context, session))
+        await context.write(
+            pb.CollectorMessage(
                 welcome=pb.Welcome(
                     collector_version=__version__,
-                    acked_seq=self.ingest.mark_of(agent.agent_id),
+                    acked_seq=self.ingest.mark_of(session.agent.agent_id),
                     heartbeat_interval_seconds=int(self.heartbeat_interval),
                     max_batch_results=self.ingest.limits.max_batch_results,
                     max_message_bytes=self.max_message_bytes,
@@ -151,37 +175,29 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     features=FEATURES,
                 )
             )
-            if await self._stored(session, recorded):
-                slot.release()
-                yield checks
-            # The Checks message is about 1 KB of C heap a check: this frame
-            # lives as long as the stream and must not hold it.
-            del checks, recorded
-            # Heartbeats go out on schedule even while acks flow: each is a clock probe.
-            self._heartbeat_later(session)
-            outbox = session.outbox
-            while True:
-                message = await outbox.get()
-                if message is None:
-                    break
-                if message is HEARTBEAT_DUE:  # stamped as it goes out, not when it was due
-                    message = pb.CollectorMessage(
-                        heartbeat=pb.Heartbeat(timestamp=session.clock_probe())
-                    )
-                yield message
-        finally:
-            session.stop_heartbeats()
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
-            self.sessions.close(session)
-            streams_log.info(
-                "agent %s (%s) from %s disconnected after %s: %s",
-                agent.agent_id, agent.country, address,
-                _duration(time.monotonic() - session.opened),
-                session.end_details or "the stream ended",
-            )  # fmt: skip
-        if session.end_code is not None and session.end_code != grpc.StatusCode.OK:
-            await context.abort(session.end_code, session.end_details)
+        )
+        if not await self._stored(session, recorded):
+            return False
+        slot.release()
+        await context.write(checks)
+        # Heartbeats go out on schedule even while acks flow: each is a clock probe.
+        self._heartbeat_later(session)
+        return True
+
+    async def _close(self, context: grpc.aio.ServicerContext, session: Session) -> None:
+        """Stop the session's heartbeats and reader, unregister it, log why it ended."""
+        session.stop_heartbeats()
+        if session.reader is not None:
+            session.reader.cancel()
+            await asyncio.gather(session.reader, return_exceptions=True)
+        self.sessions.close(session)
+        agent = session.agent
+        streams_log.info(
+            "agent %s (%s) from %s disconnected after %s: %s",
+            agent.agent_id, agent.country, peer(context),
+            _duration(time.monotonic() - session.opened),
+            session.end_details or "the stream ended",
+        )  # fmt: skip
 
     def _heartbeat_later(self, session: Session) -> None:
         """Arm the session's heartbeat timer, one heartbeat_interval from now,
@@ -256,9 +272,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         await context.abort(code, details)
         raise AssertionError("unreachable: abort raises")
 
-    async def _admit(
-        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> tuple[str, AgentInfo, int]:
+    async def _admit(self, context: grpc.aio.ServicerContext) -> tuple[str, AgentInfo, int]:
         """Check the token and the Hello; abort with the right status otherwise."""
         metadata = dict(context.invocation_metadata() or ())
         header = str(metadata.get("authorization", ""))
@@ -293,14 +307,10 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                     f"{sorted(names)[:4]}",
                 )  # fmt: skip
         try:
-            first = pb.AgentMessage.FromString(
-                await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
-            )
-        except (TimeoutError, StopAsyncIteration):
-            await self._refuse(
-                context, key, "protocol", grpc.StatusCode.INVALID_ARGUMENT,
-                "expected Hello as the first message",
-            )  # fmt: skip
+            data = await asyncio.wait_for(context.read(), HELLO_TIMEOUT)
+            first = None if data is grpc.aio.EOF else pb.AgentMessage.FromString(data)
+        except TimeoutError:
+            first = None
         except grpc.aio.AioRpcError:
             raise
         except Exception as exc:  # bytes that do not parse: no traceback per hostile stream
@@ -308,7 +318,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                 context, key, "protocol", grpc.StatusCode.INVALID_ARGUMENT,
                 f"cannot read Hello: {type(exc).__name__}",
             )  # fmt: skip
-        if first.WhichOneof("payload") != "hello":
+        if first is None or first.WhichOneof("payload") != "hello":
             await self._refuse(
                 context, key, "protocol", grpc.StatusCode.INVALID_ARGUMENT,
                 "expected Hello as the first message",
@@ -522,56 +532,15 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         session.checks_fingerprint = fingerprint
         return pb.CollectorMessage(checks=pb.Checks(revision=revision, checks=checks)), recorded
 
-    async def _pump(self, request_iterator: AsyncIterator[bytes], session: Session) -> None:
-        """Read the agent's messages into ingest until the stream ends."""
+    async def _pump(self, context: grpc.aio.ServicerContext, session: Session) -> None:
+        """Read the agent's messages into ingest until the stream ends.
+
+        Each message is taken in a call of its own, so this frame, which lives as
+        long as the stream, holds none while it waits for the next: a parsed
+        batch of one result is about 5 KB of protobuf's C heap."""
         try:
-            async for data in request_iterator:
-                session.last_recv = now = time.monotonic()
-                if now - session.token_touched >= TOKEN_TOUCH_EVERY:
-                    self.tokens.touch_later(session.token_id)  # 'token list' shows last activity
-                    session.token_touched = now
-                session.agent.last_seen = max(session.agent.last_seen, time.time())
-                problem = self._size_problem(len(data))
-                if problem is None:
-                    message = await self.lane.decode(data)
-                    kind = message.WhichOneof("payload")
-                    if kind == "results":
-                        problem = self.ingest.framing_problem(message.results)
-                if problem:
-                    reason, details = problem
-                    self.rejected[reason] += 1
-                    code = (
-                        grpc.StatusCode.RESOURCE_EXHAUSTED
-                        if reason in _EXHAUSTED
-                        else grpc.StatusCode.INVALID_ARGUMENT
-                    )
-                    session.end(code, details)
-                    return
-                if kind == "results":
-                    if not self.ingest.accepting:
-                        session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
-                        return
-                    if not await self._within_rate(session, len(message.results.results)):
-                        return
-                    # While the ingest queue is full the stream is not read: the
-                    # agent's silence then is ours, not a sign of a dead agent.
-                    session.held_back = True
-                    try:
-                        await self.ingest.submit(session, message.results)
-                    finally:
-                        session.held_back = False
-                    session.last_recv = time.monotonic()
-                elif not await self._within_rate(session, 1):  # heartbeats and empty messages
-                    return
-                elif kind == "heartbeat" and message.heartbeat.echo_timestamp:
-                    self._clock_sample(session, message.heartbeat)
-                elif kind == "hello":
-                    self.rejected["protocol"] += 1
-                    session.end(grpc.StatusCode.INVALID_ARGUMENT, "Hello sent twice")
-                    return
-                elif kind == "evidence":
-                    self._take_evidence(session, message.evidence)
-            session.end(None, "the agent closed the stream")
+            while await self._take(session, await context.read()):
+                pass
         except grpc.aio.AioRpcError as exc:
             session.end(None, f"stream broken ({exc.code().name})")
         except Exception as exc:  # malformed message from the network: end only this stream
@@ -579,6 +548,58 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             session.end(
                 grpc.StatusCode.INVALID_ARGUMENT, f"cannot read message: {type(exc).__name__}"
             )
+
+    async def _take(self, session: Session, data: bytes | grpc.aio.EOFType) -> bool:
+        """One message from the agent; False once the stream is to end."""
+        if data is grpc.aio.EOF:
+            session.end(None, "the agent closed the stream")
+            return False
+        session.last_recv = now = time.monotonic()
+        if now - session.token_touched >= TOKEN_TOUCH_EVERY:
+            self.tokens.touch_later(session.token_id)  # 'token list' shows last activity
+            session.token_touched = now
+        session.agent.last_seen = max(session.agent.last_seen, time.time())
+        problem = self._size_problem(len(data))
+        if problem is None:
+            message = await self.lane.decode(data)
+            kind = message.WhichOneof("payload")
+            if kind == "results":
+                problem = self.ingest.framing_problem(message.results)
+        if problem:
+            reason, details = problem
+            self.rejected[reason] += 1
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if reason in _EXHAUSTED
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            session.end(code, details)
+            return False
+        if kind == "results":
+            if not self.ingest.accepting:
+                session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
+                return False
+            if not await self._within_rate(session, len(message.results.results)):
+                return False
+            # While the ingest queue is full the stream is not read: the
+            # agent's silence then is ours, not a sign of a dead agent.
+            session.held_back = True
+            try:
+                await self.ingest.submit(session, message.results)
+            finally:
+                session.held_back = False
+            session.last_recv = time.monotonic()
+        elif not await self._within_rate(session, 1):  # heartbeats and empty messages
+            return False
+        elif kind == "heartbeat" and message.heartbeat.echo_timestamp:
+            self._clock_sample(session, message.heartbeat)
+        elif kind == "hello":
+            self.rejected["protocol"] += 1
+            session.end(grpc.StatusCode.INVALID_ARGUMENT, "Hello sent twice")
+            return False
+        elif kind == "evidence":
+            self._take_evidence(session, message.evidence)
+        return True
 
 
 _EXHAUSTED = {"batch_too_large", "message_too_large"}

@@ -91,6 +91,7 @@ class Session:
     # yet (a list: a deque costs 600 bytes however short).
     probes: list[float] = field(default_factory=list)
     heartbeat_timer: asyncio.TimerHandle | None = None
+    reader: asyncio.Task[None] | None = None  # reads the agent's messages into ingest
 
     def stop_heartbeats(self) -> None:
         if self.heartbeat_timer is not None:
