@@ -24,14 +24,14 @@ from tests.security.conftest import checks_yaml
 from tests.security.test_rotation import wait_ready
 
 
-def live_messages() -> list[str]:
+def live_messages() -> dict[int, str]:
     """The protobuf messages alive in this process (the client's are bytes), by payload."""
     gc.collect()
-    return [
-        f"{type(o).__name__}.{o.WhichOneof('payload')}"
+    return {
+        id(o): f"{type(o).__name__}.{o.WhichOneof('payload')}"
         for o in gc.get_objects()
         if isinstance(o, pb.AgentMessage | pb.CollectorMessage) and o is not HEARTBEAT_DUE
-    ]
+    }
 
 
 def encode(**payload: object) -> bytes:
@@ -57,6 +57,7 @@ def test_a_waiting_stream_holds_no_message(tmp_path: Path) -> None:
                 return message
 
     async def scenario() -> tuple[list[str], list[str]]:
+        before = live_messages()  # what earlier tests in this process left
         app = CollectorApp(options)
         token = app.tokens.create("held1", "DE")
         stop = asyncio.Event()
@@ -69,7 +70,7 @@ def test_a_waiting_stream_holds_no_message(tmp_path: Path) -> None:
             await call.write(encode(hello=pb.Hello(agent_id="held1", country="DE")))
             revision = (await read(call, "checks")).checks.revision
             await asyncio.sleep(0.1)
-            after_checks = live_messages()
+            after_checks = [m for i, m in live_messages().items() if i not in before]
             result = pb.Result(check="c00", revision=revision, timestamp=time.time(),
                                success=True, duration_seconds=0.01)  # fmt: skip
             await call.write(
@@ -78,7 +79,7 @@ def test_a_waiting_stream_holds_no_message(tmp_path: Path) -> None:
             await read(call, "ack")
             await call.write(encode(heartbeat=pb.Heartbeat(timestamp=time.time())))
             await asyncio.sleep(0.1)
-            after_ack = live_messages()
+            after_ack = [m for i, m in live_messages().items() if i not in before]
             call.cancel()
         stop.set()
         await server
