@@ -39,14 +39,16 @@ def batch() -> pb.ResultBatch:
     )  # fmt: skip
 
 
-def live_results() -> int:
-    return sum(1 for o in gc.get_objects() if type(o) is pb.Result)
+def result_ids() -> set[int]:
+    return {id(o) for o in gc.get_objects() if type(o) is pb.Result}
 
 
 def apply_one_batch(tmp_path: Path, sink: bool) -> tuple[int, int, int]:
     """(Results alive while the last one is applied, results applied, results sunk)."""
     store = Store(open_database(None, tmp_path))
     sunk: list[Applied] = []
+    gc.collect()
+    before = result_ids()  # what earlier tests in this process left
 
     async def result_sink(applied: list[Applied]) -> None:
         sunk.extend(applied)
@@ -60,7 +62,7 @@ def apply_one_batch(tmp_path: Path, sink: bool) -> tuple[int, int, int]:
 
     def counting_keep(result: pb.Result, check: str, revision: int) -> KeptSamples:
         if len(seen) == N - 1:  # the last result: what the ones before left alive
-            seen.append(live_results())
+            seen.append(len(result_ids() - before))
         else:
             seen.append(0)
         return keep(result, check, revision)
