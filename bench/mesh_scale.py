@@ -499,6 +499,9 @@ def print_heaps(collector: Collector, pairs: int) -> None:
         for label in ("types", "handles"):
             census = ", ".join(f"{name} {count:,}" for name, count in r.get(label, []))
             print(f"      {label}: {census or '-'}")
+        for where, size, items, owners in r.get("containers", []):
+            print(f"      {size / mib:8.2f} MiB {size / pairs:6.0f} B/pair {items:>9,} items "
+                  f"in {owners:,} {where}")  # fmt: skip
         if moment == "conn" and collector.agents:
             streams = len(collector.agents)
             print(f"          streams alone: {(r['rss'] - idle['rss']) / streams / 1024:.1f} KiB RSS "

@@ -9,8 +9,10 @@ blocks, in unused pools, arenas in all, from sys._debugmallocstats); the C
 heap (glibc mallinfo2: bytes in use, free but resident); the objects the
 garbage collector tracks; the RSS once the C heap is trimmed (malloc_trim,
 as the collector does every 30 s); and, when tracemalloc runs (PYTHONTRACEMALLOC=1),
-the lines that allocated the most live memory; the most numerous object types
-and the event loop's live handles by callback. Benchmark instrumentation only.
+the lines that allocated the most live memory; the most numerous object types,
+the event loop's live handles by callback, and the largest containers held in
+objects' attributes (with the containers nested in them: a dict of dicts per
+agent counts its inner tables). Benchmark instrumentation only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 import tracemalloc
 from collections import Counter
@@ -30,6 +33,8 @@ from typing import Any
 PREFIX = os.environ.get("PROBEMESH_HEAP_REPORT", "")
 TOP_LINES = 25
 TOP_TYPES = 8
+TOP_CONTAINERS = 16
+BIG = 1000  # a container with at least this many items, or nesting them, is reported
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -105,6 +110,57 @@ def _object_census(objects: list[Any]) -> dict[str, list[list[Any]]]:
     }
 
 
+def _footprint(container: Any) -> tuple[int, int]:
+    """Bytes of a container's own table plus those of the containers directly in
+    it (a dict of per-agent dicts, say), and how many items they hold in all."""
+    size, items = sys.getsizeof(container), len(container)
+    values = container.values() if isinstance(container, dict) else container
+    for inner in values:
+        if type(inner) in (dict, list, set, tuple):
+            size += sys.getsizeof(inner)
+            items += len(inner)
+    return size, items
+
+
+def _every_object(objects: list[Any]) -> list[Any]:
+    """gc.get_objects() and what the collector froze at start-up (gc.freeze):
+    its long-lived state is in the permanent generation, which get_objects skips.
+    Found by following references from the modules, the threads' frames and the
+    objects gc does list."""
+    if not gc.get_freeze_count():
+        return objects
+    found = {id(o): o for o in objects}
+    stack: list[Any] = [sys.modules, *sys._current_frames().values(), *objects]
+    while stack:
+        for ref in gc.get_referents(stack.pop()):
+            if gc.is_tracked(ref) and id(ref) not in found:
+                found[id(ref)] = ref
+                stack.append(ref)
+    return list(found.values())
+
+
+def _containers(objects: list[Any]) -> list[list[Any]]:
+    """The largest dicts, lists and sets held in an object's attribute, by owner
+    class and attribute: what each index over every pair costs."""
+    found: dict[str, list[int]] = {}
+    for owner in _every_object(objects):
+        attrs = getattr(owner, "__dict__", None)
+        if type(attrs) is not dict or isinstance(owner, type):
+            continue
+        for name, value in attrs.items():
+            if type(value) not in (dict, list, set) or len(value) < 2:
+                continue
+            size, items = _footprint(value)
+            if items < BIG:
+                continue
+            entry = found.setdefault(f"{type(owner).__qualname__}.{name}", [0, 0, 0])
+            entry[0] += size
+            entry[1] += items
+            entry[2] += 1
+    top = sorted(found.items(), key=lambda kv: -kv[1][0])[:TOP_CONTAINERS]
+    return [[where, *figures] for where, figures in top]
+
+
 def report() -> dict[str, Any]:
     objects = gc.get_objects()
     body: dict[str, Any] = {
@@ -113,6 +169,7 @@ def report() -> dict[str, Any]:
         "c_heap": _c_heap(),
         "gc_objects": len(objects),
         **_object_census(objects),
+        "containers": _containers(objects),
     }
     del objects
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)

@@ -24,13 +24,13 @@ what each collector knows of its agents (``agent_doc``, published by
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from probemesh.checks import ChecksFile
+from probemesh.collector.deadlines import DeadlineWheel
 from probemesh.collector.runnable import Refusal, not_runnable
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, ChangeFeed, Latest
@@ -154,7 +154,7 @@ class _Track(AgentVerdict):
         self.fresh = False
         self.changed = True  # its input must be built again
         self.input: PairInput | None = None
-        self.due = False  # it has an entry in the publisher's deadline heap
+        self.due = False  # it is filed in the publisher's deadline wheel
 
 
 class Publisher:
@@ -165,8 +165,8 @@ class Publisher:
     and the agents they belong to. Without a change feed a round finds them
     with one pass over MeshState.latest. With one (the feed of the MeshState
     whose latest it is given), a round visits only the pairs the feed names,
-    those whose tracks were forgotten and those due to go stale, kept in a
-    heap by the time their result stops being fresh: at 20,000 pairs the pass
+    those whose tracks were forgotten and those due to go stale, filed by the
+    second their result stops being fresh: at 20,000 pairs the pass
     was most of a steady round. A round after a reload, or with a clock that
     went back, still makes the whole pass.
     """
@@ -175,7 +175,7 @@ class Publisher:
         self._feed = feed
         self._scan = True  # the next round makes the whole pass (no feed: every round)
         self._now = float("-inf")  # the previous round's time
-        self._due: list[tuple[float, Pair]] = []  # (stale after this time, pair) of fresh tracks
+        self._due: DeadlineWheel[Pair] = DeadlineWheel()  # fresh tracks, by when they go stale
         self._revisit: set[Pair] = set()  # pairs whose tracks were forgotten
         self.published: dict[Pair, PairInput] = {}
         self._checks: ChecksFile | None = None
@@ -310,19 +310,16 @@ class Publisher:
             self._revisit = set()
             touched = self._take_all(latest, checks, now)
             if feed is not None:
-                self._due = []
+                self._due = DeadlineWheel()
                 for track in self._tracks.values():
                     track.due = False
-                    self._schedule(track, push=False)
-                heapq.heapify(self._due)
+                    self._schedule(track)
         else:
             keys = {tally.pair for tally in changed}
             keys |= removed
             keys |= self._revisit  # resumed streaks are of these pairs (new_pairs)
             self._revisit = set()
-            due = self._due
-            while due and due[0][0] < now + _EARLY:
-                key = heapq.heappop(due)[1]
+            for key in self._due.take(now + _EARLY):
                 popped = self._tracks.get(key)
                 if popped is not None:
                     popped.due = False
@@ -405,17 +402,13 @@ class Publisher:
         track.changed = True
         return track
 
-    def _schedule(self, track: _Track, push: bool = True) -> None:
-        """Put a fresh track in the deadline heap, once: a round pops it when its
+    def _schedule(self, track: _Track) -> None:
+        """File a fresh track under its deadline, once: a round takes it when its
         result may have gone stale and visits it (a later result moves the deadline;
-        the visit then schedules it again). push=False: append, the caller heapifies."""
+        the visit then files it again)."""
         if track.fresh and not track.due and track.entry is not None:
             track.due = True
-            item = (track.entry.timestamp + track.stale_after, track.pair)
-            if push:
-                heapq.heappush(self._due, item)
-            else:
-                self._due.append(item)
+            self._due.add(track.pair, track.entry.timestamp + track.stale_after)
 
     def _drop(self, key: Pair) -> None:
         """Forget the track of a pair no longer heard (result gone or refused)."""
