@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from probemesh.checks import ChecksFile, OutageSettings
-from probemesh.collector.verdicts import Pair, PairInput
+from probemesh.collector.verdicts import Pair, PairInput, rebuilt
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ class Classifier:
         self.local: frozenset[str] = frozenset()
         self._checks: ChecksFile | None = None
         self._seen: dict[Pair, PairInput] = {}  # every configured input, as last taken
+        self._rekeyed = 0  # entries of _seen keyed anew since it was last rebuilt
         self._rows: dict[Pair, _Row] = {}
         # (counted, held_since) of the rows a reload dropped, until the next round takes them
         self._carried: dict[Pair, tuple[bool, float | None]] = {}
@@ -265,6 +266,7 @@ class Classifier:
         self._carried.update((key, (r.counted, r.held_since)) for key, r in self._rows.items())
         self._checks = checks
         self._seen, self._rows, self._by_check, self._by_agent = {}, {}, {}, {}
+        self._rekeyed = 0
         self._counts = {name: _CheckCounts() for name in checks.checks}
         self._health, self._holding = {}, set()
 
@@ -302,6 +304,7 @@ class Classifier:
                 if previous is not None:  # listed unheard: key it by the tuple its rows share
                     del seen[key]
                     seen[key] = item
+                    self._rekeyed += 1
                 carried = self._carried.pop(key, None) if self._carried else None
                 row = self._rows[key] = _Row(item, spec.interval, carried)
                 self._by_check.setdefault(row.check, {})[row.agent] = row
@@ -317,6 +320,9 @@ class Classifier:
                     self._remove(row)
                     touched.add(row.agent)
         self._carried = {}  # of pairs that no longer report
+        if self._rekeyed > len(seen) // 2:
+            self._seen = rebuilt(seen)
+            self._rekeyed = 0
         return changed, touched
 
     def _list(self, key: Pair, old: PairInput | None, new: PairInput | None) -> None:

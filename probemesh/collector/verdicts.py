@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from probemesh.checks import ChecksFile
 from probemesh.collector.deadlines import DeadlineWheel
@@ -38,6 +38,8 @@ from probemesh.collector.work_lane import Steps, run_steps
 from probemesh.timefmt import rfc3339
 
 Pair = tuple[str, str]  # (check, agent)
+K = TypeVar("K")
+V = TypeVar("V")
 STEP_SECONDS = 0.001  # agents published in one step of a round, about this long
 # A round visits a pair due to go stale this much before its deadline: the visit
 # decides with the same test as a whole pass, whatever the rounding of the deadline.
@@ -178,6 +180,7 @@ class Publisher:
         self._due: DeadlineWheel[Pair] = DeadlineWheel()  # fresh tracks, by when they go stale
         self._revisit: set[Pair] = set()  # pairs whose tracks were forgotten
         self.published: dict[Pair, PairInput] = {}
+        self._rekeyed = 0  # published entries keyed anew since the dict was last rebuilt
         self._checks: ChecksFile | None = None
         self._tracks: dict[Pair, _Track] = {}  # each pair's streaks (its verdict) and state
         # Streaks waiting for their pair's track (the next round takes them): resumed
@@ -294,6 +297,9 @@ class Publisher:
             if time.perf_counter() - started >= STEP_SECONDS:
                 yield
                 started = time.perf_counter()
+        if self._rekeyed > len(self.published) // 2:
+            self.published = rebuilt(self.published)
+            self._rekeyed = 0
         return publication
 
     def _take(self, latest: Mapping[Pair, Latest], checks: ChecksFile, now: float) -> set[str]:
@@ -482,6 +488,7 @@ class Publisher:
             if old is not item:
                 if old is not None and old.success is None and item.success is not None:
                     del published[key]  # heard at last: key it by MeshState's tuple (track.pair)
+                    self._rekeyed += 1
                 published[key] = item
                 if old != item:
                     publication.changed.append(item)
@@ -504,6 +511,17 @@ class Publisher:
             if key not in keys:
                 keys.append(key)
             self._again.add(key[1])
+
+
+def rebuilt(table: dict[K, V]) -> dict[K, V]:
+    """The same entries in a table sized for them.
+
+    A dict never shrinks, and an entry keyed anew (deleted, then set with
+    MeshState's tuple) takes a new slot: agents that connect together have
+    every pair keyed anew once, which doubles the table, about 37 bytes a pair
+    more. A copy of a table that sparse is built to the size its entries need.
+    """
+    return dict(table)
 
 
 def _settled(tracks: Iterable[_Track]) -> bool:

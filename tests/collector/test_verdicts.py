@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.diagnosis import Diagnosis, PathHop
@@ -270,3 +271,17 @@ def test_an_evaluation_reads_back_as_it_was_stored() -> None:
         a: snapshot.agent_state(a) for a in mesh.state.agents
     }
     assert back_diagnoses == diagnoses
+
+
+def test_pairs_heard_at_last_leave_the_input_tables_sized_for_them() -> None:
+    """Every assigned pair is published unheard, then keyed anew by MeshState's tuple
+    once heard: the tables of inputs must not keep twice the size their entries need
+    (a dict copy of a table that sparse is smaller; of a compact one, the same)."""
+    mesh = ScriptedMesh(countries=tuple(f"C{i:04d}" for i in range(3000)))
+    mesh.monitor.evaluate()  # every pair assigned, none heard
+    mesh.round()
+    published, seen = mesh.monitor.publisher.published, mesh.monitor.classifier._seen
+    assert len(published) == len(seen) == 6000
+    assert {p.success for p in seen.values()} == {True}
+    assert sys.getsizeof(published) == sys.getsizeof(dict(published))
+    assert sys.getsizeof(seen) == sys.getsizeof(dict(seen))
