@@ -295,7 +295,7 @@ class MeshExporter(Collector):
         if spec is None:  # check gone, or lingering: counters only, no gauges
             self._drop_latest(pair)
         elif latest is not None and self._rendered.get(pair) is not latest:
-            if self.guard.admit(pair, 2 + len(latest.samples[0])):
+            if self.guard.admit(pair, 2 + len(latest.series)):
                 self._rendered[pair] = latest
             else:
                 self._drop_latest(pair)

@@ -226,7 +226,7 @@ def gauge_pieces(rows: GaugeRows, size: int) -> Iterator[bytes]:
                 refused.append(index)
                 continue
             live.append(index)
-            keys = lat.samples[0]
+            keys = lat.series
             if keys:
                 shape = shapes.get(id(keys))
                 if shape is None:
@@ -254,7 +254,7 @@ def gauge_pieces(rows: GaugeRows, size: int) -> Iterator[bytes]:
             step = max(per // len(lines), 1)
             for start in range(0, len(members), step):
                 yield "".join([
-                    f"{name}{{{bases[i]}{extra}}} {unpack(latest[i].samples[1], offset)[0]!r}\n"
+                    f"{name}{{{bases[i]}{extra}}} {unpack(latest[i].values, offset)[0]!r}\n"
                     for i in members[start : start + step]
                     for offset, extra in lines
                 ]).encode()  # fmt: skip

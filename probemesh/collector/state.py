@@ -22,7 +22,7 @@ from probemesh.agent.safety import policy_rule
 from probemesh.catalog import HTTP_PHASE_ORDER
 from probemesh.collector.clock import ClockEstimate
 from probemesh.collector.evidence import EvidenceBook
-from probemesh.collector.samples import KeptSamples, SampleFilter
+from probemesh.collector.samples import KeptSamples, SampleFilter, SeriesKey
 from probemesh.v1 import mesh_pb2 as pb
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -184,9 +184,17 @@ class Latest:
     timestamp: float  # on the collector's clock
     country: str
     region: str
-    # The result's samples that the catalog admits, as ingest filtered them.
-    samples: KeptSamples
+    # The result's samples that the catalog admits, as ingest filtered them: the
+    # series keys (one tuple shared by results of the same shape) and their
+    # values packed as doubles. Two fields, not the KeptSamples pair: a tuple
+    # per check x agent is 56 bytes more.
+    series: tuple[SeriesKey, ...]
+    values: bytes
     target: str  # the assigned target the result ran against
+
+    @property
+    def samples(self) -> KeptSamples:
+        return self.series, self.values
 
     @property
     def refused(self) -> bool:
@@ -464,7 +472,8 @@ class MeshState:
                 timestamp,
                 agent.country if current is None else current.country,
                 agent.region,
-                samples,
+                samples[0],
+                samples[1],
                 current_target,
             )
 

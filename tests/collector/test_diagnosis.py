@@ -374,10 +374,10 @@ def test_requests_go_to_agents_that_announced_evidence() -> None:
         "de1": AgentInfo("de1", "DE", connected=False, features=("evidence",)),
     }
     latest = {
-        "ug1": Latest(False, "timeout", "", 1.0, 1.0, "UG", "", NO_SAMPLES, ""),
-        "ke2": Latest(True, "", "", 0.1, 1.0, "KE", "", NO_SAMPLES, ""),
-        "ke1": Latest(True, "", "", 0.1, 1.0, "KE", "", NO_SAMPLES, ""),
-        "de1": Latest(True, "", "", 0.1, 1.0, "DE", "", NO_SAMPLES, ""),
+        "ug1": Latest(False, "timeout", "", 1.0, 1.0, "UG", "", *NO_SAMPLES, ""),
+        "ke2": Latest(True, "", "", 0.1, 1.0, "KE", "", *NO_SAMPLES, ""),
+        "ke1": Latest(True, "", "", 0.1, 1.0, "KE", "", *NO_SAMPLES, ""),
+        "de1": Latest(True, "", "", 0.1, 1.0, "DE", "", *NO_SAMPLES, ""),
     }
     diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 10.0)
     assert sorted(asked) == [("ke1", False), ("ug1", True)]
