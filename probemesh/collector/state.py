@@ -123,18 +123,18 @@ class Tally:
     One object per check x agent keeps the per-result work on the ingest hot
     path to a single dict lookup; the exporter and the store see flat keys.
     The collector holds one per check x agent, so everything a tally can share
-    is shared: its (check, agent) key tuple (every dict keyed by the pair uses
-    this one), the histogram tuples of its check and country, and an empty
-    reasons dict until its first failure.
+    is shared, and what it can read from what it shares is not stored again:
+    its (check, agent) key tuple (every dict keyed by the pair uses this one;
+    check and agent are read from it), the histogram set of its check and
+    country, and an empty reasons dict until its first failure.
     """
 
     __slots__ = (
-        "agent", "check", "country", "failure", "hist_keys", "hists", "latest", "pair", "phase_hists", "reasons", "refused", "success",
+        "country", "failure", "histogram_set", "latest", "pair", "reasons", "refused", "success",
     )  # fmt: skip
 
     def __init__(self, pair: tuple[str, str], country: str, state: MeshState) -> None:
         self.pair = pair
-        self.check, self.agent = pair
         self.country = country
         self.success = 0
         self.failure = 0
@@ -142,13 +142,32 @@ class Tally:
         self.reasons = NO_REASONS  # failure reason -> count; replaced by its own dict when written
         self.latest: Latest | None = None  # the same object as MeshState.latest[pair]
         phases = ("phase", pair[0], country, HTTP_PHASE_ORDER[0]) in state.histograms
-        self.hist_keys, self.hists, self.phase_hists = state.histogram_set(pair[0], country, phases)
+        self.histogram_set = state.histogram_set(pair[0], country, phases)
+
+    @property
+    def check(self) -> str:
+        return self.pair[0]
+
+    @property
+    def agent(self) -> str:
+        return self.pair[1]
+
+    @property
+    def hist_keys(self) -> tuple[CounterKey, ...]:
+        """The keys of its duration histogram and, for HTTP, its phase histograms."""
+        return self.histogram_set[0]
+
+    @property
+    def hists(self) -> tuple[Histogram, ...]:
+        return self.histogram_set[1]
+
+    @property
+    def phase_hists(self) -> tuple[Histogram, ...]:
+        return self.histogram_set[2]
 
     def add_phases(self, state: MeshState) -> None:
         """HTTP checks also get one histogram per phase (created on first use)."""
-        self.hist_keys, self.hists, self.phase_hists = state.histogram_set(
-            self.check, self.country, True
-        )
+        self.histogram_set = state.histogram_set(self.check, self.country, True)
 
     def own_reasons(self) -> dict[str, int]:
         """The reasons dict to write to: this tally's own, never the shared empty one."""
