@@ -99,17 +99,22 @@ class AssignmentHistory:
         # The collector hands its database thread: writes then never hold up the
         # event loop, and one thread keeps them in order. Without one they run inline.
         self.writer = writer
-        self.spans: dict[str, dict[str, tuple[Span, ...]]] = {}  # agent -> check -> spans
+        # agent -> check -> spans; read only: a change replaces the agent's map (see _share_map)
+        self.spans: dict[str, dict[str, tuple[Span, ...]]] = {}
         self._shared: dict[tuple[Span, ...], tuple[Span, ...]] = {}  # see _share
+        self._shared_maps: dict[
+            frozenset[tuple[str, tuple[Span, ...]]], dict[str, tuple[Span, ...]]
+        ] = {}
         # Agents whose last span write failed or was cancelled: memory is ahead
         # of the database, so their next record() writes all their spans again.
         self._unsaved: set[str] = set()
         for agent_id, spans in store.load_spans().items():
-            by_check = self.spans.setdefault(agent_id, {})
+            by_check: dict[str, tuple[Span, ...]] = {}
             for span in sorted(spans, key=lambda s: s.first):
                 by_check[span.check] = (*by_check.get(span.check, ()), span)
             for check, history in by_check.items():
                 by_check[check] = self._share(history)
+            self.spans[agent_id] = self._share_map(by_check)
         loaded = store.load_revision()
         self.revision = 0
         self.digest = ""
@@ -157,7 +162,7 @@ class AssignmentHistory:
         revision the history does not know.
         """
         now = time.time() if now is None else now
-        current = self.spans.setdefault(agent_id, {})
+        current = dict(self.spans.get(agent_id, {}))
         wanted = {spec.name: spec for spec in specs}
         changed: list[Span] = []
         for check, spans in list(current.items()):
@@ -179,6 +184,8 @@ class AssignmentHistory:
             span = Span(spec.name, spec.target, spec.module.name, revision, revision)
             current[spec.name] = self._share((*current.get(spec.name, ()), span))
             changed.append(span)
+        if changed:
+            self.spans[agent_id] = self._share_map(current)
         if agent_id in self._unsaved:
             self._unsaved.discard(agent_id)
             changed = [span for spans in current.values() for span in spans]
@@ -195,6 +202,18 @@ class AssignmentHistory:
         if spans[-1].closed_at is not None:
             return spans
         return self._shared.setdefault(spans, spans)
+
+    def _share_map(self, by_check: dict[str, tuple[Span, ...]]) -> dict[str, tuple[Span, ...]]:
+        """The one map of these checks' spans that every agent with them holds.
+
+        Agents sent the same checks at the same revisions have equal maps: one
+        per agent cost about 30 bytes a check x agent. Nothing changes a map in
+        place; an agent whose spans change gets another. A map with a closed
+        span (which carries its agent's own times) is the agent's alone.
+        """
+        if any(len(spans) > 1 or spans[0].closed_at is not None for spans in by_check.values()):
+            return by_check
+        return self._shared_maps.setdefault(frozenset(by_check.items()), by_check)
 
     def _note_unsaved(self, agent_id: str, write: Future[object]) -> None:
         """Remember an agent whose spans did not reach the database (from the writer thread)."""
@@ -231,9 +250,9 @@ class AssignmentHistory:
         """Forget spans closed longer than their agent's queue max age (plus margin) ago."""
         now = time.time() if now is None else now
         removed = 0
-        for agent_id in list(self.spans):
-            by_check = self.spans[agent_id]
-            for check, spans in list(by_check.items()):
+        for agent_id, held_map in list(self.spans.items()):
+            by_check = dict(held_map)
+            for check, spans in held_map.items():
                 kept = tuple(s for s in spans if s.expires_at is None or s.expires_at >= now)
                 if len(kept) == len(spans):
                     continue
@@ -244,11 +263,15 @@ class AssignmentHistory:
                     del by_check[check]
             if not by_check:
                 del self.spans[agent_id]
+            elif by_check != held_map:
+                self.spans[agent_id] = self._share_map(by_check)
         if removed:
             self._write(self.store.prune_spans, now)
             self._oldest = self._compute_oldest()
-        # forget the shared tuples no agent holds any more (those of older revisions)
-        held = {id(t) for by in self.spans.values() for t in by.values()}
+        # forget the shared tuples and maps no agent holds any more (older revisions)
+        maps = {id(by): by for by in self.spans.values()}
+        self._shared_maps = {k: by for k, by in self._shared_maps.items() if id(by) in maps}
+        held = {id(t) for by in maps.values() for t in by.values()}
         self._shared = {t: t for t in self._shared if id(t) in held}
         return removed
 

@@ -190,8 +190,10 @@ def test_agents_sent_the_same_checks_share_spans_yet_change_alone(tmp_path: Path
     for agent in ("vps-1", "vps-2"):
         history.record(agent, 1, V1.for_agent(agent, "DE"), 0.0, now=1000.0)
     assert history.spans["vps-1"]["web"] is history.spans["vps-2"]["web"]
+    assert history.spans["vps-1"] is history.spans["vps-2"], "one map of spans for both"
     history.new_revision(V2.digest)
     history.record("vps-1", 2, V2.for_agent("vps-1", "DE"), 0.0, now=2000.0)
+    assert history.spans["vps-1"] is not history.spans["vps-2"], "a change is vps-1's alone"
     # vps-2 was not sent revision 2: what it was sent at 1 stays open
     assert all(spans[-1].closed_at is None for spans in history.spans["vps-2"].values())
     assert history.target_of("vps-2", "web", 1, "a.example:80", {}) == "a.example:80"
