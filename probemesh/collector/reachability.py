@@ -213,7 +213,6 @@ class Classifier:
         self._checks: ChecksFile | None = None
         self._seen: dict[Pair, PairInput] = {}  # every configured input, as last taken
         self._rekeyed = 0  # entries of _seen keyed anew since it was last rebuilt
-        self._rows: dict[Pair, _Row] = {}
         # (counted, held_since) of the rows a reload dropped, until the next round takes them
         self._carried: dict[Pair, tuple[bool, float | None]] = {}
         self._by_check: dict[str, dict[str, _Row]] = {}
@@ -263,9 +262,13 @@ class Classifier:
         Which failures count (the rows' counted and held_since) is kept for the
         pairs still configured.
         """
-        self._carried.update((key, (r.counted, r.held_since)) for key, r in self._rows.items())
+        self._carried.update(
+            ((r.check, r.agent), (r.counted, r.held_since))
+            for rows in self._by_agent.values()
+            for r in rows.values()
+        )
         self._checks = checks
-        self._seen, self._rows, self._by_check, self._by_agent = {}, {}, {}, {}
+        self._seen, self._by_check, self._by_agent = {}, {}, {}
         self._rekeyed = 0
         self._counts = {name: _CheckCounts() for name in checks.checks}
         self._health, self._holding = {}, set()
@@ -294,7 +297,7 @@ class Classifier:
             count += 1
             self._list(key, previous, item)
             seen[key] = item
-            row = self._rows.get(key)
+            row = self._row(key)
             if item.success is None:
                 if row is not None:
                     self._remove(row)
@@ -306,7 +309,7 @@ class Classifier:
                     seen[key] = item
                     self._rekeyed += 1
                 carried = self._carried.pop(key, None) if self._carried else None
-                row = self._rows[key] = _Row(item, spec.interval, carried)
+                row = _Row(item, spec.interval, carried)
                 self._by_check.setdefault(row.check, {})[row.agent] = row
                 self._by_agent.setdefault(row.agent, {})[row.check] = row
             else:
@@ -315,7 +318,7 @@ class Classifier:
         if count != len(seen):
             for key in [k for k in seen if k not in inputs]:
                 self._list(key, seen.pop(key), None)
-                row = self._rows.get(key)
+                row = self._row(key)
                 if row is not None:
                     self._remove(row)
                     touched.add(row.agent)
@@ -333,8 +336,13 @@ class Classifier:
         if new is not None:
             listed[new.country] += 1
 
+    def _row(self, key: Pair) -> _Row | None:
+        """The pair's row (rows are kept by agent and by check, not by pair as well:
+        a third index over every pair of the mesh cost about 30 bytes a pair)."""
+        rows = self._by_agent.get(key[1])
+        return None if rows is None else rows.get(key[0])
+
     def _remove(self, row: _Row) -> None:
-        del self._rows[(row.check, row.agent)]
         del self._by_check[row.check][row.agent]
         agent_rows = self._by_agent[row.agent]
         del agent_rows[row.check]

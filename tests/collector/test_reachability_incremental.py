@@ -55,7 +55,11 @@ def from_scratch(classifier: Classifier, publisher: Publisher, checks: ChecksFil
 
 def counting(classifier: Classifier) -> dict[tuple[str, str], tuple[bool, float | None]]:
     """Which failures count and since when lone ones wait, by pair."""
-    return {key: (row.counted, row.held_since) for key, row in classifier._rows.items()}
+    return {
+        (row.check, row.agent): (row.counted, row.held_since)
+        for rows in classifier._by_agent.values()
+        for row in rows.values()
+    }
 
 
 def as_sets(publication: Publication) -> tuple[set[PairInput], set[tuple[str, str]]]:
