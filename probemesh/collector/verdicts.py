@@ -25,7 +25,7 @@ what each collector knows of its agents (``agent_doc``, published by
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -182,11 +182,13 @@ class Publisher:
         self.published: dict[Pair, PairInput] = {}
         self._rekeyed = 0  # published entries keyed anew since the dict was last rebuilt
         self._checks: ChecksFile | None = None
-        self._tracks: dict[Pair, _Track] = {}  # each pair's streaks (its verdict) and state
+        self._track_count = 0  # the tracks _by_agent holds
         # Streaks waiting for their pair's track (the next round takes them): resumed
         # from another collector's publication, or kept over a reload.
         self._pending: dict[Pair, AgentVerdict] = {}
         self._stale_after: dict[str, float] = {}  # check -> its tracks' shared stale_after
+        # agent -> check -> its track: each pair's streaks (its verdict) and state,
+        # kept by agent only (a second index by pair cost about 30 bytes a pair)
         self._by_agent: dict[str, dict[str, _Track]] = {}
         self._settled: dict[str, bool] = {}
         self._keys: dict[str, list[Pair]] = {}  # agent -> its keys in published, in order
@@ -199,7 +201,7 @@ class Publisher:
 
     def new_pairs(self, latest: Mapping[Pair, Latest], checks: ChecksFile) -> list[Pair]:
         """Pairs with a result but no streak here yet (resume them with ``resume``)."""
-        tracks, pending, configured = self._tracks, self._pending, checks.checks
+        track, pending, configured = self._track, self._pending, checks.checks
         if self._feed is None or self._scan or checks is not self._checks:
             candidates = list(latest)
         else:  # a pair without a track got a result since the last round, or was forgotten
@@ -208,7 +210,7 @@ class Publisher:
         return [
             key
             for key in candidates
-            if key not in tracks and key not in pending and key[0] in configured
+            if track(key) is None and key not in pending and key[0] in configured
             and (entry := latest.get(key)) is not None and not entry.refused
         ]  # fmt: skip
 
@@ -217,7 +219,7 @@ class Publisher:
         them meanwhile, so they resume from what was published last (``resume``)."""
         for agent in agents & self._by_agent.keys():
             for check in self._by_agent.pop(agent):
-                del self._tracks[(check, agent)]
+                self._track_count -= 1
                 self._revisit.add((check, agent))
             self._again.add(agent)
         for key in [k for k in self._pending if k[1] in agents]:
@@ -228,7 +230,7 @@ class Publisher:
         for item in inputs:
             key = (item.check, item.agent)
             if (
-                key not in self._tracks
+                self._track(key) is None
                 and key not in self._pending
                 and item.fresh
                 and item.success is not None
@@ -266,8 +268,10 @@ class Publisher:
         self._again = set()
         if checks is not self._checks:  # a reload: intervals may differ, start the tracks over
             self._checks = checks
-            self._pending = {**self._tracks, **self._pending}  # the streaks go on
-            self._tracks, self._by_agent, self._settled, self._assigned = {}, {}, {}, {}
+            tracks = {track.pair: track for track in self._all_tracks()}
+            self._pending = {**tracks, **self._pending}  # the streaks go on
+            self._by_agent, self._settled, self._assigned = {}, {}, {}
+            self._track_count = 0
             self._stale_after = {}
             self._scan = True
             touched.update(agent for _, agent in self.published)
@@ -317,7 +321,7 @@ class Publisher:
             touched = self._take_all(latest, checks, now)
             if feed is not None:
                 self._due = DeadlineWheel()
-                for track in self._tracks.values():
+                for track in self._all_tracks():
                     track.due = False
                     self._schedule(track)
         else:
@@ -326,7 +330,7 @@ class Publisher:
             keys |= self._revisit  # resumed streaks are of these pairs (new_pairs)
             self._revisit = set()
             for key in self._due.take(now + _EARLY):
-                popped = self._tracks.get(key)
+                popped = self._track(key)
                 if popped is not None:
                     popped.due = False
                     keys.add(key)
@@ -337,8 +341,7 @@ class Publisher:
 
     def _take_all(self, latest: Mapping[Pair, Latest], checks: ChecksFile, now: float) -> set[str]:
         """_take over every pair of latest."""
-        tracks = self._tracks
-        get = tracks.get
+        get = self._track
         touched: set[str] = set()
         count = 0
         for key, entry in latest.items():
@@ -353,8 +356,10 @@ class Publisher:
             if self._take_new(key, entry, track, checks, now) is not None:
                 touched.add(key[1])
                 count += 1
-        if count != len(tracks):
-            for key in [k for k in tracks if k not in latest or latest[k].refused]:
+        if count != self._track_count:
+            for key in [
+                t.pair for t in self._all_tracks() if (e := latest.get(t.pair)) is None or e.refused
+            ]:
                 self._drop(key)
                 touched.add(key[1])
         return touched
@@ -363,11 +368,10 @@ class Publisher:
         self, keys: set[Pair], latest: Mapping[Pair, Latest], checks: ChecksFile, now: float
     ) -> set[str]:
         """_take over the pairs keys name, the same way as _take_all."""
-        tracks = self._tracks
         touched: set[str] = set()
         for key in keys:
             entry = latest.get(key)
-            track = tracks.get(key)
+            track = self._track(key)
             if entry is None or entry.refused:
                 if track is not None:
                     self._drop(key)
@@ -399,8 +403,9 @@ class Publisher:
             stale_after = self._stale_after.get(key[0])
             if stale_after is None:
                 stale_after = self._stale_after[key[0]] = cfg.stale_after_intervals * spec.interval
-            track = self._tracks[key] = _Track(key, stale_after, self._pending.pop(key, None))
+            track = _Track(key, stale_after, self._pending.pop(key, None))
             self._by_agent.setdefault(key[1], {})[key[0]] = track
+            self._track_count += 1
         if entry.timestamp > track.last_ts:
             track.observe(entry.success, entry.timestamp, cfg.confirm_rounds)
         track.entry = entry
@@ -416,9 +421,17 @@ class Publisher:
             track.due = True
             self._due.add(track.pair, track.entry.timestamp + track.stale_after)
 
+    def _track(self, key: Pair) -> _Track | None:
+        tracks = self._by_agent.get(key[1])
+        return None if tracks is None else tracks.get(key[0])
+
+    def _all_tracks(self) -> Iterator[_Track]:
+        for tracks in self._by_agent.values():
+            yield from tracks.values()
+
     def _drop(self, key: Pair) -> None:
         """Forget the track of a pair no longer heard (result gone or refused)."""
-        del self._tracks[key]
+        self._track_count -= 1
         agent_tracks = self._by_agent[key[1]]
         del agent_tracks[key[0]]
         if not agent_tracks:

@@ -96,7 +96,7 @@ def test_a_pair_due_to_go_stale_is_published_without_a_visit_from_its_feed() -> 
     for publisher in (fed, whole):  # a-de reconnected: its tracks start over
         publisher.forget_agents({"a-de"})
     both()
-    assert ("web", "a-de") in fed._tracks
+    assert fed._track(("web", "a-de")) is not None
     mesh.round(silent=("BR", "DE"))
     mesh.round(silent=("BR", "DE"))
     assert both() == ({"web/a-de", "tcp/a-de"}, [])  # its taken-up track went stale too
