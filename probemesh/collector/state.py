@@ -270,6 +270,9 @@ class MeshState:
         # gauges expire like a gone agent's (see forget_unassigned)
         self.unassigned: set[tuple[str, str]] = set()
         self.lingering_version = 0  # bumped when a check starts or stops lingering
+        # the assignments of the current revision by their hash (see assign)
+        self._assignments: dict[int, list[dict[str, str]]] = {}
+        self._assignments_revision = 0
 
     def feed(self) -> ChangeFeed:
         """A new reader's change feed, starting with every tally as changed."""
@@ -555,10 +558,23 @@ class MeshState:
         self.evidence.forget_checks(set(targets))
 
     def assign(self, agent: AgentInfo, assigned: dict[str, str], revision: int) -> None:
-        """The agent is being sent these checks (name -> target) at revision."""
+        """The agent is being sent these checks (name -> target) at revision.
+
+        Agents sent the same checks share one dict (readers never change it, and
+        a new assignment replaces it): one per agent cost about 25 bytes a check
+        x agent. Only the current revision's dicts are looked up, kept by their
+        hash, so an agent whose checks are its own costs no more than before.
+        """
         for check in agent.assigned.keys() - assigned.keys():
             self.unassigned.add((check, agent.agent_id))
-        agent.assigned, agent.revision = assigned, revision
+        if revision != self._assignments_revision:
+            self._assignments, self._assignments_revision = {}, revision
+        same = self._assignments.setdefault(hash(frozenset(assigned.items())), [])
+        shared = next((known for known in same if known == assigned), None)
+        if shared is None:
+            same.append(assigned)
+            shared = assigned
+        agent.assigned, agent.revision = shared, revision
 
     def forget_unassigned(self, horizon: float) -> None:
         """Drop latest results of checks no longer assigned to their agent, once

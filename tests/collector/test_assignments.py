@@ -204,3 +204,17 @@ def test_agents_sent_the_same_checks_share_spans_yet_change_alone(tmp_path: Path
     reopened = AssignmentHistory(Store(open_database(None, tmp_path)), V2.digest)
     assert reopened.spans == history.spans, "every change is persisted"
     assert reopened.spans["vps-1"]["web"] is reopened.spans["vps-2"]["web"]
+
+
+def test_agents_sent_the_same_checks_share_one_assignment_yet_change_alone() -> None:
+    state = MeshState()
+    one, two = (AgentInfo(agent, "DE") for agent in ("vps-1", "vps-2"))
+    state.assign(one, {"web": "a.example:80", "api": "b.example:80"}, 1)
+    state.assign(two, {"api": "b.example:80", "web": "a.example:80"}, 1)
+    assert one.assigned is two.assigned, "one dict for agents sent the same checks"
+    state.assign(two, {"web": "a.example:80"}, 1)
+    assert one.assigned == {"web": "a.example:80", "api": "b.example:80"}, "vps-1's stays"
+    assert two.assigned == {"web": "a.example:80"}
+    assert state.unassigned == {("api", "vps-2")}
+    state.assign(one, {"web": "a.example:80"}, 2)
+    assert one.assigned == two.assigned and one.revision == 2
