@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from probemesh.checks import ChecksFile, OutageSettings
-from probemesh.collector.verdicts import Pair, PairInput, rebuilt
+from probemesh.collector.verdicts import Pair, PairInput, Rekeys
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Classifier:
         self.local: frozenset[str] = frozenset()
         self._checks: ChecksFile | None = None
         self._seen: dict[Pair, PairInput] = {}  # every configured input, as last taken
-        self._rekeyed = 0  # entries of _seen keyed anew since it was last rebuilt
+        self._rekeys = Rekeys()  # of _seen
         # (counted, held_since) of the rows a reload dropped, until the next round takes them
         self._carried: dict[Pair, tuple[bool, float | None]] = {}
         self._by_check: dict[str, dict[str, _Row]] = {}
@@ -269,7 +269,7 @@ class Classifier:
         )
         self._checks = checks
         self._seen, self._by_check, self._by_agent = {}, {}, {}
-        self._rekeyed = 0
+        self._rekeys = Rekeys()
         self._counts = {name: _CheckCounts() for name in checks.checks}
         self._health, self._holding = {}, set()
 
@@ -307,7 +307,7 @@ class Classifier:
                 if previous is not None:  # listed unheard: key it by the tuple its rows share
                     del seen[key]
                     seen[key] = item
-                    self._rekeyed += 1
+                    self._rekeys.now += 1
                 carried = self._carried.pop(key, None) if self._carried else None
                 row = _Row(item, spec.interval, carried)
                 self._by_check.setdefault(row.check, {})[row.agent] = row
@@ -323,9 +323,8 @@ class Classifier:
                     self._remove(row)
                     touched.add(row.agent)
         self._carried = {}  # of pairs that no longer report
-        if self._rekeyed > len(seen) // 2:
-            self._seen = rebuilt(seen)
-            self._rekeyed = 0
+        if self._rekeys.due(len(seen)):
+            self._seen = dict(seen)  # sized for its entries (Rekeys)
         return changed, touched
 
     def _list(self, key: Pair, old: PairInput | None, new: PairInput | None) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from probemesh.checks import ChecksFile
 from probemesh.collector.deadlines import DeadlineWheel
@@ -38,8 +38,6 @@ from probemesh.collector.work_lane import Steps, run_steps
 from probemesh.timefmt import rfc3339
 
 Pair = tuple[str, str]  # (check, agent)
-K = TypeVar("K")
-V = TypeVar("V")
 STEP_SECONDS = 0.001  # agents published in one step of a round, about this long
 # A round visits a pair due to go stale this much before its deadline: the visit
 # decides with the same test as a whole pass, whatever the rounding of the deadline.
@@ -180,7 +178,7 @@ class Publisher:
         self._due: DeadlineWheel[Pair] = DeadlineWheel()  # fresh tracks, by when they go stale
         self._revisit: set[Pair] = set()  # pairs whose tracks were forgotten
         self.published: dict[Pair, PairInput] = {}
-        self._rekeyed = 0  # published entries keyed anew since the dict was last rebuilt
+        self._rekeys = Rekeys()  # of published
         self._checks: ChecksFile | None = None
         self._track_count = 0  # the tracks _by_agent holds
         # Streaks waiting for their pair's track (the next round takes them): resumed
@@ -301,9 +299,8 @@ class Publisher:
             if time.perf_counter() - started >= STEP_SECONDS:
                 yield
                 started = time.perf_counter()
-        if self._rekeyed > len(self.published) // 2:
-            self.published = rebuilt(self.published)
-            self._rekeyed = 0
+        if self._rekeys.due(len(self.published)):
+            self.published = dict(self.published)  # sized for its entries (Rekeys)
         return publication
 
     def _take(self, latest: Mapping[Pair, Latest], checks: ChecksFile, now: float) -> set[str]:
@@ -501,7 +498,7 @@ class Publisher:
             if old is not item:
                 if old is not None and old.success is None and item.success is not None:
                     del published[key]  # heard at last: key it by MeshState's tuple (track.pair)
-                    self._rekeyed += 1
+                    self._rekeys.now += 1
                 published[key] = item
                 if old != item:
                     publication.changed.append(item)
@@ -526,15 +523,30 @@ class Publisher:
             self._again.add(key[1])
 
 
-def rebuilt(table: dict[K, V]) -> dict[K, V]:
-    """The same entries in a table sized for them.
+class Rekeys:
+    """Counts the entries of a dict keyed anew, and says when to rebuild the dict.
 
     A dict never shrinks, and an entry keyed anew (deleted, then set with
     MeshState's tuple) takes a new slot: agents that connect together have
     every pair keyed anew once, which doubles the table, about 37 bytes a pair
-    more. A copy of a table that sparse is built to the size its entries need.
+    more. A copy of a table that sparse is built to the size its entries need;
+    copied in the middle of such a storm, it would double again, so the copy
+    waits for a round that keys nothing anew.
     """
-    return dict(table)
+
+    __slots__ = ("now", "since")
+
+    def __init__(self) -> None:
+        self.now = 0  # keyed anew in the current round
+        self.since = 0  # keyed anew since the last copy
+
+    def due(self, size: int) -> bool:
+        """At the end of a round: copy the dict now (size: its entries)?"""
+        quiet, self.since, self.now = self.now == 0, self.since + self.now, 0
+        if quiet and self.since > size // 8:
+            self.since = 0
+            return True
+        return False
 
 
 def _settled(tracks: Iterable[_Track]) -> bool:
