@@ -70,7 +70,7 @@ of the list: a stream that always has more to send still frees them."""
 PROBES_KEPT = 4  # clock probes remembered per stream
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """One agent stream: its outbox and why it ended, if it did."""
 

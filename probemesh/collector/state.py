@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 _FILTER = SampleFilter()  # for apply() callers that did not filter (ingest always does)
 
 
-@dataclass
+@dataclass(slots=True)
 class AgentInfo:
     """One agent as the collector knows it."""
 
