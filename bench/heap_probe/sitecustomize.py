@@ -112,11 +112,14 @@ def _object_census(objects: list[Any]) -> dict[str, list[list[Any]]]:
 
 def _footprint(container: Any) -> tuple[int, int]:
     """Bytes of a container's own table plus those of the containers directly in
-    it (a dict of per-agent dicts, say), and how many items they hold in all."""
+    it (a dict of per-agent dicts, say; one shared by several counted once), and
+    how many items they hold in all."""
     size, items = sys.getsizeof(container), len(container)
     values = container.values() if isinstance(container, dict) else container
+    counted: set[int] = set()
     for inner in values:
-        if type(inner) in (dict, list, set, tuple):
+        if type(inner) in (dict, list, set, tuple) and id(inner) not in counted:
+            counted.add(id(inner))
             size += sys.getsizeof(inner)
             items += len(inner)
     return size, items
