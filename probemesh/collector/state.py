@@ -273,6 +273,7 @@ class MeshState:
         # the assignments of the current revision by their hash (see assign)
         self._assignments: dict[int, list[dict[str, str]]] = {}
         self._assignments_revision = 0
+        self._assignments_kept = 0  # dicts in _assignments
 
     def feed(self) -> ChangeFeed:
         """A new reader's change feed, starting with every tally as changed."""
@@ -563,18 +564,31 @@ class MeshState:
         Agents sent the same checks share one dict (readers never change it, and
         a new assignment replaces it): one per agent cost about 25 bytes a check
         x agent. Only the current revision's dicts are looked up, kept by their
-        hash, so an agent whose checks are its own costs no more than before.
+        hash, so an agent whose checks are its own costs no more than before;
+        the lookup is rebuilt from the agents' own dicts when it holds more than
+        twice as many as there are agents (agents that come and go).
         """
         for check in agent.assigned.keys() - assigned.keys():
             self.unassigned.add((check, agent.agent_id))
         if revision != self._assignments_revision:
             self._assignments, self._assignments_revision = {}, revision
+            self._assignments_kept = 0
+        elif self._assignments_kept > 2 * len(self.agents) + 16:
+            held = [a.assigned for a in self.agents.values() if a.revision == revision]
+            self._assignments, self._assignments_kept = {}, 0
+            for known in {id(known): known for known in held}.values():
+                self._share_assignment(known)
+        agent.assigned, agent.revision = self._share_assignment(assigned), revision
+
+    def _share_assignment(self, assigned: dict[str, str]) -> dict[str, str]:
+        """The dict equal to assigned that agents of this revision already hold, or assigned."""
         same = self._assignments.setdefault(hash(frozenset(assigned.items())), [])
-        shared = next((known for known in same if known == assigned), None)
-        if shared is None:
-            same.append(assigned)
-            shared = assigned
-        agent.assigned, agent.revision = shared, revision
+        for known in same:
+            if known == assigned:
+                return known
+        same.append(assigned)
+        self._assignments_kept += 1
+        return assigned
 
     def forget_unassigned(self, horizon: float) -> None:
         """Drop latest results of checks no longer assigned to their agent, once

@@ -218,3 +218,19 @@ def test_agents_sent_the_same_checks_share_one_assignment_yet_change_alone() -> 
     assert state.unassigned == {("api", "vps-2")}
     state.assign(one, {"web": "a.example:80"}, 2)
     assert one.assigned == two.assigned and one.revision == 2
+
+
+def test_agents_that_come_and_go_leave_no_assignment_behind() -> None:
+    """Agents each sent checks of their own, connecting and forgotten in turn: the
+    shared assignments of the revision hold only about what live agents hold."""
+    state = MeshState()
+    for n in range(300):
+        agent = state.agents[f"vps-{n}"] = AgentInfo(f"vps-{n}", "DE")
+        state.assign(agent, {"web": f"host-{n}.example:80"}, 1)
+        if n >= 5:
+            del state.agents[f"vps-{n - 5}"]  # gone, as forget_agent drops it
+    assert state._assignments_kept <= 2 * len(state.agents) + 17
+    again = AgentInfo("vps-again", "DE")
+    state.agents["vps-again"] = again
+    state.assign(again, {"web": "host-299.example:80"}, 1)
+    assert again.assigned is state.agents["vps-299"].assigned, "live agents' dicts still shared"
