@@ -372,7 +372,7 @@ async def test_every_result_is_written_at_the_probe_time(
         interval=3600,
         external_labels={"collector": "c1"},
         journal=Journal(tmp_path / "rw.sqlite3", 1 << 20),
-        stop_timeout=5,
+        stop_timeout=30,
     )
     await writer.start()
     results = [
@@ -427,7 +427,7 @@ async def test_journaled_results_outlive_a_receiver_outage_and_a_restart(
     assert first.stats.dropped_requests["shutdown"] == 3
     second = RemoteWriter(
         registry, receiver.url, interval=3600, journal=Journal(journal_path, 1 << 20),
-        stop_timeout=5, max_samples_per_request=3,
+        stop_timeout=30, max_samples_per_request=3,
     )  # fmt: skip
     assert second.pending_results == 7  # 5 results x 4 series, in requests of 3 samples
     await second.start()
@@ -463,7 +463,7 @@ async def test_small_journal_entries_go_out_merged_into_few_requests(
     registry, _ = sample_registry()
     writer = RemoteWriter(
         registry, receiver.url, interval=3600, journal=Journal(tmp_path / "rw.sqlite3", 1 << 20),
-        stop_timeout=5, max_samples_per_request=100,
+        stop_timeout=30, max_samples_per_request=100,
     )  # fmt: skip
     for i in range(60):  # 60 entries of 4 samples: 240 samples, 3 requests of <= 100
         await writer.write_results(
@@ -501,7 +501,7 @@ async def test_results_never_wait_behind_a_snapshot_request(
     registry, _ = sample_registry()
     metrics = CollectorRegistry()
     writer = RemoteWriter(
-        registry, receiver.url, interval=3600, timeout=60, stop_timeout=5,
+        registry, receiver.url, interval=3600, timeout=60, stop_timeout=30,
         journal=Journal(tmp_path / "rw.sqlite3", 1 << 20), metrics_registry=metrics,
     )  # fmt: skip
     await writer.start()
