@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
 from probemesh.collector.ingest import IngestLimits, _Item
-from probemesh.collector.main import CollectorApp, CollectorOptions
+from probemesh.collector.main import CollectorApp
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD
-from tests.harness import free_port
-from tests.security.conftest import checks_yaml
+from tests.security.conftest import in_process_options
 from tests.security.test_rotation import wait_ready
 
 INTERVAL = 0.1
@@ -58,12 +58,7 @@ async def converse(
 def test_heartbeats_go_out_while_acks_flow_and_a_silent_agent_is_presumed_dead(
     tmp_path: Path,
 ) -> None:
-    checks = tmp_path / "checks.yaml"
-    checks.write_text(checks_yaml(1))
-    options = CollectorOptions(
-        checks, grpc_listen=f"127.0.0.1:{free_port()}", http_listen="127.0.0.1:0",
-        data_dir=tmp_path / "data",
-    )  # fmt: skip
+    options = in_process_options(tmp_path, 1)
 
     async def scenario() -> tuple[list[tuple[str, float]], float, float, str]:
         app = CollectorApp(options)
@@ -120,12 +115,7 @@ def test_a_stream_held_back_by_a_full_ingest_queue_is_not_presumed_dead(
 ) -> None:
     """While the ingest queue is full the collector does not read the stream:
     that silence is the collector's, so the agent is not presumed dead for it."""
-    checks = tmp_path / "checks.yaml"
-    checks.write_text(checks_yaml(1))
-    options = CollectorOptions(
-        checks, grpc_listen=f"127.0.0.1:{free_port()}", http_listen="127.0.0.1:0",
-        data_dir=tmp_path / "data", limits=IngestLimits(queue_batches=1),
-    )  # fmt: skip
+    options = replace(in_process_options(tmp_path, 1), limits=IngestLimits(queue_batches=1))
 
     async def scenario() -> tuple[list[str], str]:
         app = CollectorApp(options)

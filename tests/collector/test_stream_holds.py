@@ -15,12 +15,11 @@ from pathlib import Path
 
 import grpc
 
-from probemesh.collector.main import CollectorApp, CollectorOptions
+from probemesh.collector.main import CollectorApp
 from probemesh.collector.sessions import HEARTBEAT_DUE
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD
-from tests.harness import free_port
-from tests.security.conftest import checks_yaml
+from tests.security.conftest import in_process_options
 from tests.security.test_rotation import wait_ready
 
 
@@ -40,12 +39,7 @@ def encode(**payload: object) -> bytes:
 
 
 def test_a_waiting_stream_holds_no_message(tmp_path: Path) -> None:
-    checks = tmp_path / "checks.yaml"
-    checks.write_text(checks_yaml(3))
-    options = CollectorOptions(
-        checks, grpc_listen=f"127.0.0.1:{free_port()}", http_listen="127.0.0.1:0",
-        data_dir=tmp_path / "data",
-    )  # fmt: skip
+    options = in_process_options(tmp_path, 3)
 
     async def read(call: grpc.aio.StreamStreamCall, kind: str) -> pb.CollectorMessage:
         """The next message of that kind, as bytes parsed here (the caller drops it)."""

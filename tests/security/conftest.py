@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Mesh
+from probemesh.collector.main import CollectorOptions
+from tests.harness import Mesh, free_port
 
 N_CHECKS = 30
 
@@ -21,6 +22,17 @@ def checks_yaml(n: int = N_CHECKS, interval: str = "30s") -> str:
             f"interval: {interval}}}"
         )
     return "\n".join(lines) + "\n"
+
+
+def in_process_options(tmp_path: Path, checks: int) -> CollectorOptions:
+    """Options of a plaintext collector run in the test's process: gRPC on a free
+    loopback port, HTTP on any, its data and a checks file of `checks` checks in tmp_path."""
+    path = tmp_path / "checks.yaml"
+    path.write_text(checks_yaml(checks))
+    return CollectorOptions(
+        path, grpc_listen=f"127.0.0.1:{free_port()}", http_listen="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+    )  # fmt: skip
 
 
 def fuzz_examples(default: int) -> int:

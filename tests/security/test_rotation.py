@@ -16,11 +16,11 @@ import grpc
 import pytest
 
 from probemesh.collector import service as service_module
-from probemesh.collector.main import CollectorApp, CollectorOptions
+from probemesh.collector.main import CollectorApp
 from probemesh.v1 import mesh_pb2 as pb
 from probemesh.wire import SERVICE_METHOD
-from tests.harness import Mesh, free_port, run_cli, total, wait_for
-from tests.security.conftest import checks_yaml
+from tests.harness import Mesh, run_cli, total, wait_for
+from tests.security.conftest import checks_yaml, in_process_options
 
 
 def _connected(mesh: Mesh, agent: str) -> bool:
@@ -83,12 +83,7 @@ def test_token_list_shows_last_activity_written_once_a_minute(
 ) -> None:
     """In-process collector; the touch interval shrunk from 60 s to 0.5 s."""
     monkeypatch.setattr(service_module, "TOKEN_TOUCH_EVERY", 0.5)
-    checks = tmp_path / "checks.yaml"
-    checks.write_text(checks_yaml(1))
-    options = CollectorOptions(
-        checks, grpc_listen=f"127.0.0.1:{free_port()}", http_listen="127.0.0.1:0",
-        data_dir=tmp_path / "data",
-    )  # fmt: skip
+    options = in_process_options(tmp_path, 1)
 
     async def scenario() -> tuple[float, int]:
         app = CollectorApp(options)
