@@ -25,9 +25,6 @@ class DeadlineWheel(Generic[K]):
         self._seconds: dict[int, list[K]] = {}
         self._next: int | None = None  # no key is filed under an earlier second
 
-    def __len__(self) -> int:
-        return sum(len(keys) for keys in self._seconds.values())
-
     def add(self, key: K, deadline: float) -> None:
         """File key under its deadline's second (a finite deadline)."""
         second = math.floor(deadline)
