@@ -72,7 +72,6 @@ from probemesh.collector.verdicts import (
     PairInput,
     Publication,
     Publisher,
-    refusals_of,
 )
 from probemesh.collector.work_lane import Steps, WorkLane, run_steps
 from probemesh.timefmt import rfc3339
@@ -564,7 +563,7 @@ class OutageMonitor:
         snapshot = self.classifier.evaluate(inputs, checks, now)
         self.round_seconds["evaluate"] = time.perf_counter() - started
         yield
-        refusals = refusals_of(inputs, checks)
+        refusals = self.classifier.refusals()
         yield
         diagnoses = self._diagnose(snapshot, checks)
         yield

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from probemesh.checks import ChecksFile, OutageSettings
+from probemesh.collector.runnable import Refusal
 from probemesh.collector.verdicts import Pair, PairInput, Rekeys
 
 log = logging.getLogger(__name__)
@@ -187,10 +188,16 @@ class _CountryCounts:
 
 
 class _CheckCounts:
-    """One check's fresh rows as the lonely flags need them, and its countries; by delta."""
+    """One check's fresh rows as the lonely flags need them, and its countries; by delta.
+
+    Also what a round hands on for the check, kept until it changes: its view
+    (None once a country's counts or the listed countries moved) and the
+    agents refusing it by their own policy. A steady round leaves most checks'
+    counts as they were, so it builds neither again."""
 
     __slots__ = (
-        "confirmed", "confirmed_up", "countries", "fresh", "listed", "lonely", "lonely_now", "up",
+        "confirmed", "confirmed_up", "countries", "fresh", "listed", "lonely", "lonely_now",
+        "refusals", "refused", "up", "view",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -199,6 +206,9 @@ class _CheckCounts:
         self.lonely = False  # most other confirmed agents are confirmed up
         self.countries: dict[str, _CountryCounts] = {}
         self.listed: Counter[str] = Counter()  # countries of every input, reported or not
+        self.view: CheckView | None = None
+        self.refused: dict[str, PairInput] = {}  # agent -> its input saying it refuses
+        self.refusals: list[Refusal] | None = []  # refused as Refusals by agent; None: stale
 
 
 # _share bits: the row's place in its country's view
@@ -251,10 +261,26 @@ class Classifier:
                 self._place(row, verdict)
         if local_moved:
             self.local = frozenset(a for a, h in health.items() if h.local_problem)
-        views = {
-            name: self._check_view(name, spec.interval, cfg) for name, spec in checks.checks.items()
-        }
+        views = {}
+        for name, spec in checks.checks.items():
+            tally = self._counts[name]
+            if tally.view is None:
+                tally.view = self._check_view(name, spec.interval, cfg)
+            views[name] = tally.view
         return Snapshot(now, views, dict(health))
+
+    def refusals(self) -> dict[str, list[Refusal]]:
+        """check -> the agents refusing it by their own policy, as last evaluated."""
+        out = {}
+        for name, tally in self._counts.items():
+            if tally.refusals is None:
+                tally.refusals = [
+                    Refusal(name, agent, item.country, item.reason, item.detail)
+                    for agent, item in sorted(tally.refused.items())
+                ]
+            if tally.refusals:
+                out[name] = tally.refusals
+        return out
 
     def _reset(self, checks: ChecksFile) -> None:
         """A new checks file: intervals and thresholds may differ, so start the rows over.
@@ -328,12 +354,22 @@ class Classifier:
         return changed, touched
 
     def _list(self, key: Pair, old: PairInput | None, new: PairInput | None) -> None:
-        """Keep the countries each check is listed in (assigned there, heard or not)."""
-        listed = self._counts[key[0]].listed
-        if old is not None:
-            listed[old.country] -= 1
-        if new is not None:
-            listed[new.country] += 1
+        """Keep the countries each check is listed in (assigned there, heard or
+        not), and the agents refusing it."""
+        tally = self._counts[key[0]]
+        if old is None or new is None or old.country != new.country:
+            listed = tally.listed
+            if old is not None:
+                listed[old.country] -= 1
+            if new is not None:
+                listed[new.country] += 1
+            tally.view = None
+        if old is not None and old.refused:
+            del tally.refused[key[1]]
+            tally.refusals = None
+        if new is not None and new.refused:
+            tally.refused[key[1]] = new
+            tally.refusals = None
 
     def _row(self, key: Pair) -> _Row | None:
         """The pair's row (rows are kept by agent and by check, not by pair as well:
@@ -347,11 +383,13 @@ class Classifier:
         del agent_rows[row.check]
         if not agent_rows:
             del self._by_agent[row.agent]
-        _count_inputs(self._counts[row.check], row.inputs, -1)
+        tally = self._counts[row.check]
+        _count_inputs(tally, row.inputs, -1)
         place = row.place
         if place is not None:
             place.rows -= 1
             _count_share(place, row.share, row.detail, -1)
+            tally.view = None
 
     def _mark_lonely(self, changed: list[_Row]) -> set[str]:
         """Mark the failures that most other agents of the same check do not share.
@@ -384,21 +422,23 @@ class Classifier:
         """Move the row's share of its country's view to what it is now."""
         place = row.place
         if place is None or place.country != row.country:
-            countries = self._counts[row.check].countries
-            place = countries.get(row.country)
+            tally = self._counts[row.check]
+            place = tally.countries.get(row.country)
             if place is None:
-                place = countries[row.country] = _CountryCounts(row.country)
+                place = tally.countries[row.country] = _CountryCounts(row.country)
             old = row.place
             if old is not None:
                 old.rows -= 1
                 _count_share(old, row.share, row.detail, -1)
             place.rows += 1
             row.place, row.share, row.detail = place, 0, None
+            tally.view = None
         share, detail = _share(row, health)
         if share != row.share or detail != row.detail:
             _count_share(place, row.share, row.detail, -1)
             _count_share(place, share, detail, 1)
             row.share, row.detail = share, detail
+            self._counts[row.check].view = None
 
     def _check_view(self, name: str, interval: float, cfg: OutageSettings) -> CheckView:
         tally = self._counts[name]

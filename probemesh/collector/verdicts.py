@@ -24,14 +24,15 @@ what each collector knows of its agents (``agent_doc``, published by
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from probemesh.checks import ChecksFile
+from probemesh.checks import ChecksFile, OutageSettings
 from probemesh.collector.deadlines import DeadlineWheel
-from probemesh.collector.runnable import Refusal, not_runnable
+from probemesh.collector.runnable import not_runnable
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, ChangeFeed, Latest
 from probemesh.collector.work_lane import Steps, run_steps
@@ -196,6 +197,8 @@ class Publisher:
         self._refusals: dict[Pair, PairInput] = {}
         self._refused_by_agent: dict[str, dict[Pair, PairInput]] = {}
         self._again: set[str] = set()  # agents whose publication failed (retry)
+        # Agents whose set of tracks changed this round: published whole (see observe_steps)
+        self._regrouped: set[str] = set()
 
     def new_pairs(self, latest: Mapping[Pair, Latest], checks: ChecksFile) -> list[Pair]:
         """Pairs with a result but no streak here yet (resume them with ``resume``)."""
@@ -262,7 +265,7 @@ class Publisher:
         an agent's assignment or country, which the next round's
         ``_assignments`` sees and publishes again. The publication is handed
         on only once every step ran."""
-        touched = self._again
+        whole = self._again  # agents published whole; the others only their changed tracks
         self._again = set()
         if checks is not self._checks:  # a reload: intervals may differ, start the tracks over
             self._checks = checks
@@ -272,10 +275,12 @@ class Publisher:
             self._track_count = 0
             self._stale_after = {}
             self._scan = True
-            touched.update(agent for _, agent in self.published)
-            touched.update(agents)
-        touched |= self._take(latest, checks, now)
-        touched |= self._assignments(agents)
+            whole.update(agent for _, agent in self.published)
+            whole.update(agents)
+        touched = self._take(latest, checks, now)
+        whole |= self._regrouped
+        self._regrouped = set()
+        whole |= self._assignments(agents)
         refusals = {
             (check, r.agent): PairInput(
                 check, r.agent, r.country, None, reason=r.rule, detail=r.detail, refused=True
@@ -284,8 +289,8 @@ class Publisher:
             for r in found
         }
         if refusals != self._refusals:
-            touched.update(key[1] for key in refusals.keys() ^ self._refusals.keys())
-            touched.update(
+            whole.update(key[1] for key in refusals.keys() ^ self._refusals.keys())
+            whole.update(
                 key[1] for key, item in refusals.items() if self._refusals.get(key, item) != item
             )
             self._refusals = refusals
@@ -294,8 +299,9 @@ class Publisher:
                 self._refused_by_agent.setdefault(key[1], {})[key] = item
         publication = Publication()
         started = time.perf_counter()
-        for agent in touched:
-            self._publish_agent(agent, agents.get(agent), checks, publication)
+        for agent in touched | whole:
+            if agent in whole or not self._publish_tracks(agent, checks, publication):
+                self._publish_agent(agent, agents.get(agent), checks, publication)
             if time.perf_counter() - started >= STEP_SECONDS:
                 yield
                 started = time.perf_counter()
@@ -403,6 +409,7 @@ class Publisher:
             track = _Track(key, stale_after, self._pending.pop(key, None))
             self._by_agent.setdefault(key[1], {})[key[0]] = track
             self._track_count += 1
+            self._regrouped.add(key[1])
         if entry.timestamp > track.last_ts:
             track.observe(entry.success, entry.timestamp, cfg.confirm_rounds)
         track.entry = entry
@@ -429,6 +436,7 @@ class Publisher:
     def _drop(self, key: Pair) -> None:
         """Forget the track of a pair no longer heard (result gone or refused)."""
         self._track_count -= 1
+        self._regrouped.add(key[1])
         agent_tracks = self._by_agent[key[1]]
         del agent_tracks[key[0]]
         if not agent_tracks:
@@ -468,21 +476,10 @@ class Publisher:
         else:
             self._settled.pop(agent, None)
         inputs: dict[Pair, PairInput] = {}
-        for check, track in tracks.items():
+        for track in tracks.values():
             if track.changed or track.input is None:
-                entry = track.entry
-                assert entry is not None
-                reason, detail = ("", "") if entry.success else failure_detail(entry)
-                streak = min(max(track.ok_streak, track.fail_streak), cfg.confirm_rounds)
-                item = PairInput(
-                    check, agent, entry.country, entry.success, track.confirmed,
-                    track.fresh, settled, reason, detail, streak, last_ts=entry.timestamp,
-                )  # fmt: skip
-                # An equal input stays the one published: the classifier, which judges
-                # these same objects when the collector is alone, tells changes by identity.
-                old = self.published.get(track.pair)
-                track.input = old if old == item else item
-                track.changed = False
+                self._build_input(track, settled, cfg)
+            assert track.input is not None
             inputs[track.pair] = track.input
         if info is not None:  # an assigned check's country is listed even unheard
             for check in info.assigned:
@@ -510,6 +507,48 @@ class Publisher:
             self._keys[agent] = list(inputs)
         else:
             self._keys.pop(agent, None)
+
+    def _publish_tracks(self, agent: str, checks: ChecksFile, publication: Publication) -> bool:
+        """Publish the changed tracks of an agent whose tracks, assignment and
+        refusals are those it was last published with; False (nothing done)
+        when its settled flag moved, which changes every input of the agent.
+
+        Most rounds' agents are here for one new result: building all their
+        inputs anew, as ``_publish_agent`` does, was most of a steady round."""
+        tracks = self._by_agent.get(agent)
+        if not tracks:
+            return False
+        settled = _settled(tracks.values())
+        if settled != self._settled.get(agent, True):
+            return False
+        cfg = checks.outage
+        published = self.published
+        for track in tracks.values():
+            if track.changed:
+                old = published.get(track.pair)
+                item = self._build_input(track, settled, cfg)
+                if item is not old:
+                    published[track.pair] = item
+                    publication.changed.append(item)
+        return True
+
+    def _build_input(self, track: _Track, settled: bool, cfg: OutageSettings) -> PairInput:
+        """The track's input, built anew; an equal input stays the one published:
+        the classifier, which judges these same objects when the collector is
+        alone, tells changes by identity."""
+        entry = track.entry
+        assert entry is not None
+        check, agent = track.pair
+        reason, detail = ("", "") if entry.success else failure_detail(entry)
+        streak = min(max(track.ok_streak, track.fail_streak), cfg.confirm_rounds)
+        item = PairInput(
+            check, agent, entry.country, entry.success, track.confirmed,
+            track.fresh, settled, reason, detail, streak, last_ts=entry.timestamp,
+        )  # fmt: skip
+        old = self.published.get(track.pair)
+        track.input = old if old == item else item
+        track.changed = False
+        return track.input
 
     def retry(self, publication: Publication) -> None:
         """The publication was not stored: publish its changes again next round."""
@@ -551,24 +590,17 @@ class Rekeys:
 
 def _settled(tracks: Iterable[_Track]) -> bool:
     """Has every check of the agent reported since its latest raw change (any check's)?"""
-    probed = [t for t in tracks if t.fresh and t.confirmed is not None]
-    if not probed:
-        return True
-    edge = max(v.since for v in probed)
-    return all(v.last_ts >= edge for v in probed)
-
-
-def refusals_of(inputs: Mapping[Pair, PairInput], checks: ChecksFile) -> dict[str, list[Refusal]]:
-    """check -> the agents refusing it by their own policy, as their collectors published."""
-    out: dict[str, list[Refusal]] = {}
-    for (check, agent), item in inputs.items():
-        if item.refused and check in checks.checks:
-            out.setdefault(check, []).append(
-                Refusal(check, agent, item.country, item.reason, item.detail)
-            )
-    for refusals in out.values():
-        refusals.sort(key=lambda r: r.agent)
-    return out
+    edge, oldest = (
+        -math.inf,
+        math.inf,
+    )  # over the probed tracks: the latest change, the oldest report
+    for t in tracks:
+        if t.fresh and t.confirmed is not None:
+            if t.since > edge:
+                edge = t.since
+            if t.last_ts < oldest:
+                oldest = t.last_ts
+    return oldest >= edge
 
 
 AGENT_STAMP_EVERY = 10.0  # seconds between two publications of an agent whose times alone moved

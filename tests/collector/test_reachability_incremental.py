@@ -21,6 +21,7 @@ import pytest
 
 from probemesh.checks import ChecksFile, parse_checks
 from probemesh.collector.reachability import Classifier
+from probemesh.collector.runnable import Refusal
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.verdicts import InputBook, PairInput, Publication, Publisher
 from probemesh.v1 import mesh_pb2 as pb
@@ -60,6 +61,17 @@ def counting(classifier: Classifier) -> dict[tuple[str, str], tuple[bool, float 
         for rows in classifier._by_agent.values()
         for row in rows.values()
     }
+
+
+def refusals_in(inputs: dict[tuple[str, str], PairInput], checks: ChecksFile) -> dict[str, list]:
+    """The refusals a round hands on, read from every input."""
+    out: dict[str, list[Refusal]] = {}
+    for (check, agent), item in sorted(inputs.items(), key=lambda kv: kv[0][1]):
+        if item.refused and check in checks.checks:
+            out.setdefault(check, []).append(
+                Refusal(check, agent, item.country, item.reason, item.detail)
+            )
+    return out
 
 
 def as_sets(publication: Publication) -> tuple[set[PairInput], set[tuple[str, str]]]:
@@ -105,6 +117,7 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
     reference_publisher, reference_book = Publisher(), InputBook()
     now = 1_800_000_000.0
     seen: set[str] = set()
+    refused = 0
     for step in range(60):
         now += rng.choice((1.0, 2.0, 5.0, 10.0))
         for agent in list(state.agents.values()):
@@ -128,6 +141,12 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
             agent = state.agents["a-08"]
             state.assign(agent, {"web": agent.assigned["web"]}, 2)
             state.forget_unassigned(now + 1)
+        if step in (22, 25):  # the silent agent's assignment narrowed, then widened again:
+            agent = state.agents["a-05"]  # the pairs it gets back are listed unheard
+            narrow = step == 22
+            state.assign(agent, {n: s.target for n, s in checks.checks.items()
+                                 if n == "web" or not narrow}, step)  # fmt: skip
+            state.forget_unassigned(now + 1)
         if step == 45:  # a reload with other intervals
             checks = checks_file(5.0)
         from_scratch(reference, reference_publisher, checks)
@@ -145,6 +164,9 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
         expected = reference.evaluate(reference_book.inputs, checks, now)
         got = incremental.evaluate(book.inputs, checks, now)
         assert got == expected, f"step {step}"
+        refusals = refusals_in(book.inputs, checks)
+        assert incremental.refusals() == reference.refusals() == refusals, f"step {step}"
+        refused += sum(map(len, refusals.values()))
         assert incremental.local == reference.local
         assert counting(incremental) == counting(reference)
         seen.update(view.state for view in got.checks.values())
@@ -153,3 +175,41 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
     # the scenario went through what it is meant to exercise
     assert {"regional_outage", "global_outage", "down", "degraded"} <= seen, seen
     assert {"local_problem", "suspect"} <= seen, seen
+    assert refused
+
+
+def test_views_a_round_keeps_follow_each_kind_of_change() -> None:
+    """A check's view is built again only when its counts moved: here each
+    change alone (a country listed before it is heard, an input that moves
+    country, a failure, an input gone) must show in the next round's view,
+    as a classifier that builds every view afresh sees it."""
+    checks = checks_file(10.0)
+    now = 1_800_000_000.0
+
+    def up(agent: str, country: str) -> PairInput:
+        return PairInput("web", agent, country, True, True, True)
+
+    inputs = {("web", f"a-{i}"): up(f"a-{i}", COUNTRIES[i % 2]) for i in range(6)}
+    classifier = Classifier()
+    classifier.evaluate(inputs, checks, now)
+    changes = [
+        lambda: inputs.update({("web", "a-new"): PairInput("web", "a-new", "PH", None)}),
+        lambda: inputs.update({("web", "a-new"): PairInput("web", "a-new", "LT", None)}),
+        lambda: inputs.update({("web", "a-1"): up("a-1", "KE")}),
+        lambda: inputs.update(
+            {("web", "a-2"): PairInput("web", "a-2", "BR", False, False, True, reason="timeout")}
+        ),  # fmt: skip
+        lambda: inputs.pop(("web", "a-3")),
+        lambda: inputs.pop(("web", "a-new")),
+    ]
+    for step, change in enumerate(changes):
+        change()
+        now += 1
+        got = classifier.evaluate(dict(inputs), checks, now)
+        reference = Classifier()
+        reference._carried = {  # which failures count is the algorithm's own memory
+            (row.check, row.agent): (row.counted, row.held_since)
+            for rows in classifier._by_agent.values()
+            for row in rows.values()
+        }
+        assert got.checks == reference.evaluate(dict(inputs), checks, now).checks, f"step {step}"
