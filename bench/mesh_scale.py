@@ -194,6 +194,7 @@ class AgentRun:
     produced: list[int] = field(default_factory=list)  # results per check
     acked: int = 0
     last_sent: float = 0.0  # when the agent last wrote to its stream
+    echo: tuple[float, float] | None = None  # a clock probe to answer: (its timestamp, arrival)
     pending_traced: list[tuple[str, int]] = field(default_factory=list)
     """(check, timestamp ms) of the tracer results among pending."""
     error: str = ""
@@ -251,7 +252,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 hello=pb.Hello(
                     agent_id=run.spec.agent_id, country=run.spec.country, version="bench",
                     capabilities=["http", "dns", "tcp", "icmp"], allow_private_targets=True,
-                    min_interval_seconds=1.0,
+                    min_interval_seconds=1.0, features=["clock_echo"],
                 )
             )
         )  # fmt: skip
@@ -262,6 +263,8 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             kind = message.WhichOneof("payload")
             if kind == "welcome":
                 run.seq = message.welcome.acked_seq
+                if message.welcome.collector_time:  # the first clock probe
+                    run.echo = (message.welcome.collector_time, time.monotonic())
             elif kind == "checks":
                 run.revision = message.checks.revision
                 run.checks = [c.name for c in message.checks.checks]
@@ -270,6 +273,10 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 break
         run.last_sent = time.monotonic()
         run.call = call
+
+    counting = False  # messages are counted after the warm-up interval, until the stop
+    sent_kinds: collections.Counter[str] = collections.Counter()
+    heard_kinds: collections.Counter[str] = collections.Counter()
 
     async def reader(run: AgentRun) -> None:
         while True:
@@ -281,7 +288,12 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 return
             if message is grpc.aio.EOF:
                 return
-            if message.WhichOneof("payload") == "ack":
+            kind = message.WhichOneof("payload")
+            if counting:
+                heard_kinds[kind] += 1
+            if kind == "heartbeat" and message.heartbeat.timestamp:
+                run.echo = (message.heartbeat.timestamp, time.monotonic())
+            elif kind == "ack":
                 ack = message.ack
                 run.inflight -= 1
                 run.acked = max(run.acked, ack.seq)
@@ -303,6 +315,8 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
 
     async def write(run: AgentRun, message: Any) -> None:
         run.last_sent = time.monotonic()
+        if counting:
+            sent_kinds[_kind(message)] += 1
         try:
             await run.call.write(message)
         except Exception as exc:
@@ -317,11 +331,19 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         return f"{type(exc).__name__}: {exc}"
 
     async def heartbeats(runs: list[AgentRun]) -> None:
-        """As an agent's link does: a Heartbeat after HEARTBEAT s without sending
-        anything (while the others connect, or backpressured), or the collector
-        presumes the agent dead and ends its stream."""
+        """As an agent's link does: answer the collector's clock probes, and send
+        a Heartbeat after HEARTBEAT s without sending anything (while the others
+        connect, or backpressured), or the collector presumes the agent dead and
+        ends its stream."""
         now = time.monotonic()
         for run in runs:
+            if run.echo is not None and run.call is not None and not run.error:
+                probe, arrived = run.echo
+                run.echo = None
+                await write(run, pb.AgentMessage(heartbeat=pb.Heartbeat(
+                    timestamp=time.time(), echo_timestamp=probe,
+                    echo_held_seconds=time.monotonic() - arrived,
+                )))  # fmt: skip
             if run.call is not None and not run.error and now - run.last_sent >= HEARTBEAT:
                 await write(run, pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time())))
 
@@ -363,6 +385,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
 
     tick = int(time.time())
     while time.time() < stop_at:
+        counting = time.time() >= start_at + spec.interval
         due = slots.get(tick % int(spec.interval), ())
         for run, c in due:
             ts = time.time()
@@ -379,6 +402,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         await heartbeats(live)
         tick += 1
         await asyncio.sleep(max(0.0, tick - time.time()))
+    counting = False
     drain_until = time.time() + spec.drain
     while time.time() < drain_until and any(r.pending or r.inflight for r in live if not r.error):
         for run in live:
@@ -406,7 +430,17 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         "connected": len(live),
         "connect_seconds": connected_at - started,
         "traced": traced,
+        "messages_sent": sent_kinds,
+        "messages_heard": heard_kinds,
     }
+
+
+def _kind(message: Any) -> str:
+    """What an agent message written to the stream is (batches go out as bytes)."""
+    if isinstance(message, bytes):
+        return "results"
+    kind = str(message.WhichOneof("payload"))
+    return "echo" if kind == "heartbeat" and message.heartbeat.echo_timestamp else kind
 
 
 def _handshake(spec: LoadSpec, connected: int) -> tuple[float, float]:
@@ -993,6 +1027,19 @@ def main() -> None:
         kinds.update(r["error_kinds"])
     for kind, n in kinds.most_common():
         print(f"  stream error x {n}: {kind}")
+    span = args.seconds - args.interval
+    for way, key in (
+        ("agents -> collectors", "messages_sent"),
+        ("collectors -> agents", "messages_heard"),
+    ):
+        counted: collections.Counter[str] = collections.Counter()
+        for r in reports:
+            counted.update(r[key])
+        print(
+            f"  messages/s {way}: {counted.total() / span:,.1f} ("
+            + ", ".join(f"{k} {n / span:,.1f}" for k, n in sorted(counted.items()))
+            + ")"
+        )
     for name, reasons in disconnects.items():
         for reason, n in reasons.most_common():
             print(f"  collector {name} ended {n} streams during the run: {reason}")
