@@ -43,8 +43,16 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 TOKEN_TOUCH_EVERY = 60.0  # seconds between two writes of a token's last use
-HEARTBEAT_INTERVAL = 10.0
+HEARTBEAT_INTERVAL = 10.0  # the longest a stream stays silent towards its agent
 HEARTBEAT_GRID = 0.1  # seconds: heartbeats due within the same step go out together
+CLOCK_PROBE_EVERY = 60.0
+"""Seconds between two clock probes on a busy stream once the early ones are
+in (an idle stream's heartbeats are probes too). A free-running clock drifts by
+milliseconds a minute, and results are corrected only beyond a 1 s offset."""
+EARLY_CLOCK_PROBES = 3
+"""Clock probes sent one heartbeat_interval apart after Welcome. The Welcome's
+own sample may be taken while a reconnecting fleet queues for set-up, its round
+trip long and its offset off by half of it; these correct it within 30 s."""
 DEAD_AFTER = 30.0
 DEFAULT_CLOCK_THRESHOLD = 1.0
 FEATURES = [CLOCK_ECHO, EVIDENCE_FEATURE]
@@ -83,6 +91,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         self.refusal_log = RefusalLog()
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self.dead_after = DEAD_AFTER
+        self.clock_probe_every = CLOCK_PROBE_EVERY
         self.clock_threshold = DEFAULT_CLOCK_THRESHOLD
         self._protos_of: ChecksFile | None = None
         self._protos: dict[str, tuple[CheckSpec, pb.Check]] = {}
@@ -125,6 +134,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
                                 heartbeat=pb.Heartbeat(timestamp=session.clock_probe())
                             )
                         await context.write(message)
+                        session.last_sent = time.monotonic()
                         del message  # not kept while the stream idles: ~0.8 KB of C heap
             finally:
                 await self._close(context, session)
@@ -180,7 +190,10 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             return False
         slot.release()
         await context.write(checks)
-        # Heartbeats go out on schedule even while acks flow: each is a clock probe.
+        session.last_sent = time.monotonic()
+        if CLOCK_ECHO in session.agent.features:
+            session.early_probes = EARLY_CLOCK_PROBES
+            session.probe_due = session.last_sent + self.heartbeat_interval
         self._heartbeat_later(session)
         return True
 
@@ -200,25 +213,43 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
         )  # fmt: skip
 
     def _heartbeat_later(self, session: Session) -> None:
-        """Arm the session's heartbeat timer, one heartbeat_interval from now,
-        rounded up to the next HEARTBEAT_GRID step.
+        """Arm the session's heartbeat timer for when the stream will have been
+        silent for heartbeat_interval or its clock probe is due, whichever
+        comes first, rounded up to the next HEARTBEAT_GRID step.
 
-        One timer per heartbeat, not one per outgoing message: waiting for the
-        outbox with a timeout cost a task and a timer for every Ack. On the
-        grid, the heartbeats of a thousand streams wake the collector ten
-        times a second, not a hundred: waking an idle process costs more CPU
-        than a heartbeat (docs/benchmarks.md)."""
-        loop = asyncio.get_running_loop()
-        due = math.ceil((loop.time() + self.heartbeat_interval) / HEARTBEAT_GRID) * HEARTBEAT_GRID
-        session.heartbeat_timer = loop.call_at(due, self._heartbeat, session)
+        One timer per stream, re-armed when it fires, not one per outgoing
+        message: waiting for the outbox with a timeout cost a task and a timer
+        for every Ack. It fires at least once a heartbeat_interval, so a silent
+        agent is found as soon as ever. On the grid, the timers of a thousand
+        streams wake the collector ten times a second, not a hundred: waking an
+        idle process costs more CPU than a heartbeat (docs/benchmarks.md)."""
+        due = min(session.last_sent + self.heartbeat_interval, session.probe_due)
+        session.heartbeat_timer = asyncio.get_running_loop().call_at(
+            math.ceil(due / HEARTBEAT_GRID) * HEARTBEAT_GRID, self._heartbeat, session
+        )
 
     def _heartbeat(self, session: Session) -> None:
-        """A heartbeat is due: end the stream of an agent silent for dead_after,
-        else queue the heartbeat and arm the next one."""
-        if not session.held_back and time.monotonic() - session.last_recv > self.dead_after:
+        """End the stream of an agent silent for dead_after; else send a
+        heartbeat if the stream was silent for heartbeat_interval or a clock
+        probe is due, and re-arm.
+
+        A busy stream's Acks already tell the agent the collector is alive, so
+        it gets only the clock probes; every heartbeat is one, as it carries
+        the collector's time."""
+        now = time.monotonic()
+        if not session.held_back and now - session.last_recv > self.dead_after:
             session.end(grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead")
             return
-        session.send(HEARTBEAT_DUE)
+        soon = now + 0.001  # the timer's time, rounded onto the grid, may be a hair early
+        if soon > session.last_sent + self.heartbeat_interval or soon > session.probe_due:
+            session.send(HEARTBEAT_DUE)
+            session.last_sent = now
+            if session.early_probes:
+                session.early_probes -= 1
+            if session.early_probes:
+                session.probe_due = now + self.heartbeat_interval
+            elif session.probe_due < math.inf:
+                session.probe_due = now + self.clock_probe_every
         self._heartbeat_later(session)
 
     async def _stored(self, session: Session, recorded: Future[object] | None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -90,6 +91,12 @@ class Session:
     # Timestamps of the last clock probes sent on this stream and not answered
     # yet (a list: a deque costs 600 bytes however short).
     probes: list[float] = field(default_factory=list)
+    # When the stream last wrote to the agent, and when its next clock probe is
+    # due (inf: the agent does not echo them), on time.monotonic(), the loop's
+    # clock: a heartbeat goes out only for one or the other.
+    last_sent: float = field(default_factory=time.monotonic)
+    probe_due: float = math.inf
+    early_probes: int = 0  # clock probes still to send at the heartbeat interval
     heartbeat_timer: asyncio.TimerHandle | None = None
     reader: asyncio.Task[None] | None = None  # reads the agent's messages into ingest
 
