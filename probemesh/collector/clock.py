@@ -8,6 +8,10 @@ at t4. As in NTP (RFC 5905), the offset of the agent's clock is
 offset is off by at most half the round trip's asymmetry. Of the last few
 samples, the one with the shortest round trip wins (NTP's clock filter): queueing
 delay only ever lengthens a round trip, so the shortest is the least distorted.
+A sample is never further than half its round trip from the true offset, so a
+sample whose bound does not meet the estimate's says the agent's clock moved
+(set by hand, a VM resumed): the older samples are dropped and it is taken at
+once, however far apart the clock probes are.
 
 Results carry the agent's timestamps. When the offset exceeds the threshold
 (default 1 s), ingest corrects every result of that agent onto the collector's
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 CLOCK_ECHO = "clock_echo"  # protocol feature name, in Hello.features and Welcome.features
 SAMPLES = 8
 MAX_HELD_SECONDS = 60.0  # an echo held longer than this says nothing useful
+STEP_SLACK = 0.001  # seconds by which two bounds may miss each other from rounding alone
 
 
 @dataclass
@@ -48,7 +53,14 @@ class ClockEstimate:
         if not all(math.isfinite(t) for t in (t1, t2, t3, t4)) or rtt < -0.001:
             return False
         rtt = max(rtt, 0.0)
-        self.samples.append((((t2 - t1) + (t3 - t4)) / 2, rtt))
+        offset = ((t2 - t1) + (t3 - t4)) / 2
+        if (
+            self.offset is not None
+            and self.rtt is not None
+            and abs(offset - self.offset) > (rtt + self.rtt) / 2 + STEP_SLACK
+        ):
+            self.samples.clear()  # the agent's clock moved
+        self.samples.append((offset, rtt))
         if len(self.samples) > SAMPLES:
             del self.samples[0]
         self.offset, self.rtt = min(self.samples, key=lambda s: s[1])

@@ -39,6 +39,19 @@ def test_asymmetry_errs_by_half_of_it_and_the_shortest_round_trip_wins() -> None
     assert clock.rtt == pytest.approx(0.10)
 
 
+def test_a_clock_that_steps_is_followed_at_the_next_sample() -> None:
+    """The old best sample (a short round trip) would win for SAMPLES more
+    samples; it cannot be right any more once a sample's bound misses it."""
+    clock = ClockEstimate()
+    clock.add(*echo(5.0, 0.01, 0.01), threshold=1.0)
+    for i in range(SAMPLES - 1):
+        clock.add(*echo(5.0, 0.05, 0.03, at=1060.0 * (i + 1)), threshold=1.0)
+    assert clock.offset == pytest.approx(5.0) and clock.rtt == pytest.approx(0.02)
+    clock.add(*echo(0.0, 0.05, 0.05, at=9000.0), threshold=1.0)  # the clock was set right
+    assert clock.offset == pytest.approx(0.0) and clock.rtt == pytest.approx(0.1)
+    assert not clock.skewed and clock.correction == 0.0 and len(clock.samples) == 1
+
+
 def test_within_the_threshold_nothing_is_corrected() -> None:
     clock = ClockEstimate()
     clock.add(*echo(0.4, 0.01, 0.01), threshold=1.0)
