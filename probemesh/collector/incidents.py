@@ -492,6 +492,9 @@ class OutageMonitor:
         self.publisher = Publisher(state.feed())  # this collector's agents' inputs
         self.inputs = InputBook()  # in a mesh, every agent's inputs as the evaluator reads them
         self.classifier = Classifier()
+        # A round that failed may have changed inputs the classifier never took:
+        # the next one has it compare every input, not only those named changed.
+        self._unsure = True
         self.diagnoser = diagnoser
         self.snapshot = Snapshot(0.0)
         # check -> country -> diagnosis of every country that is not up, from the same
@@ -526,11 +529,13 @@ class OutageMonitor:
         otherwise hold ingest, streams and scrapes for tens of milliseconds."""
         checks = self.checks()
         now = self.clock()
-        yield from self._publish_steps(checks, now)
+        unsure, self._unsure = self._unsure, True
+        publication = yield from self._publish_steps(checks, now)
         yield
+        changed = None if unsure else [*publication.removed, *publication.keys]
         # Alone, every input of the mesh is this publisher's: judged as it holds them,
         # not copied into an InputBook (a dict entry and a key tuple a pair).
-        return (yield from self._judge_steps(self.publisher.published, checks, now))
+        return (yield from self._judge_steps(self.publisher.published, checks, now, changed))
 
     def _publish_steps(self, checks: ChecksFile, now: float) -> Steps[Publication]:
         """This collector's part, in steps: its agents' inputs that changed since the last round."""
@@ -554,13 +559,19 @@ class OutageMonitor:
         return run_steps(self._judge_steps(inputs, checks, now))
 
     def _judge_steps(
-        self, inputs: dict[Pair, PairInput], checks: ChecksFile, now: float
+        self,
+        inputs: dict[Pair, PairInput],
+        checks: ChecksFile,
+        now: float,
+        changed: list[Pair] | None = None,
     ) -> Generator[None, None, list[Incident]]:
-        """judge() in steps. Only this monitor's task touches inputs and the
-        classifier; what readers see (snapshot, diagnoses, refusals, incidents)
-        changes in the last step, all of one round at once."""
+        """judge() in steps; changed: the pairs whose input may have changed
+        since the previous round (None: any). Only this monitor's task touches
+        inputs and the classifier; what readers see (snapshot, diagnoses,
+        refusals, incidents) changes in the last step, all of one round at once."""
         started = time.perf_counter()
-        snapshot = self.classifier.evaluate(inputs, checks, now)
+        snapshot = self.classifier.evaluate(inputs, checks, now, changed)
+        self._unsure = False
         self.round_seconds["evaluate"] = time.perf_counter() - started
         yield
         refusals = self.classifier.refusals()
@@ -691,8 +702,12 @@ class OutageMonitor:
             raise
         self.fleet = await self._io(shared.read_fleet)
         if elected:
+            unsure, self._unsure = self._unsure, True
             inputs = await self._io(shared.read, self.inputs)
-            dirty = await self.lane.run(self._judge_steps(inputs, checks, self.clock()))
+            changed = self.inputs.take_changed()
+            dirty = await self.lane.run(
+                self._judge_steps(inputs, checks, self.clock(), None if unsure else changed)
+            )
             await self._save(self.book.save, dirty)
             if dirty:
                 self._book_version += 1
@@ -712,6 +727,7 @@ class OutageMonitor:
         shared.forget_reads()
         self.inputs = InputBook()
         self.classifier = Classifier()
+        self._unsure = True
         if self.notifications is not None:
             self.notifications.resume(self.book)
         log.info("evaluating the mesh; %d incidents open", len(self.book.active))

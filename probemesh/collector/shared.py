@@ -303,7 +303,7 @@ class SharedVerdicts:
                         changed.append(item)
                         keys.append(key)
                         self.owners[key] = collector
-                book.apply(Publication(changed, removed), keys)
+                book.apply(Publication(changed, removed, keys=keys))
                 self.seen[collector] = seq
 
         self._run(work)

@@ -124,6 +124,9 @@ class Publication:
 
     changed: list[PairInput] = field(default_factory=list)
     removed: list[Pair] = field(default_factory=list)
+    # The key of each changed input, as a tuple the publisher's or reader's own
+    # dicts share (one tuple a pair, not one per dict); empty: built from the inputs.
+    keys: list[Pair] = field(default_factory=list)
     agents: list[tuple[str, bool, float, dict[str, Any]]] = field(default_factory=list)
     agents_removed: list[str] = field(default_factory=list)
 
@@ -499,6 +502,7 @@ class Publisher:
                 published[key] = item
                 if old != item:
                     publication.changed.append(item)
+                    publication.keys.append(key)
         for key in self._keys.get(agent, ()):
             if key not in inputs:
                 published.pop(key, None)
@@ -530,6 +534,7 @@ class Publisher:
                 if item is not old:
                     published[track.pair] = item
                     publication.changed.append(item)
+                    publication.keys.append(track.pair)
         return True
 
     def _build_input(self, track: _Track, settled: bool, cfg: OutageSettings) -> PairInput:
@@ -678,14 +683,20 @@ class InputBook:
 
     def __init__(self) -> None:
         self.inputs: dict[Pair, PairInput] = {}
+        self.changed: list[Pair] = []  # pairs applied since the last take_changed
 
-    def apply(self, publication: Publication, keys: Iterable[Pair] | None = None) -> None:
-        """Take a publication; keys: each changed input's pair, as a tuple the caller
-        shares with its own dicts (one tuple a pair, not one per dict)."""
+    def apply(self, publication: Publication) -> None:
+        """Take a publication."""
         inputs = self.inputs
         for key in publication.removed:
             inputs.pop(key, None)
-        if keys is None:
-            keys = ((item.check, item.agent) for item in publication.changed)
+        keys = publication.keys or [(item.check, item.agent) for item in publication.changed]
         for key, item in zip(keys, publication.changed, strict=True):
             inputs[key] = item
+        self.changed += publication.removed
+        self.changed += keys
+
+    def take_changed(self) -> list[Pair]:
+        """The pairs whose input may have changed since the last call (for Classifier.evaluate)."""
+        changed, self.changed = self.changed, []
+        return changed

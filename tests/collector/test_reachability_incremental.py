@@ -16,10 +16,13 @@ narrowed assignments, failed publications and a reloaded checks file.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 
 from probemesh.checks import ChecksFile, parse_checks
+from probemesh.collector.incidents import IncidentBook, OutageMonitor
 from probemesh.collector.reachability import Classifier
 from probemesh.collector.runnable import Refusal
 from probemesh.collector.state import AgentInfo, MeshState
@@ -101,23 +104,17 @@ def outcome(rng: random.Random, agent: AgentInfo, check: str, step: int) -> pb.R
     return pb.Result(check=check, success=True, duration_seconds=0.05)
 
 
-@pytest.mark.parametrize("seed", range(1, 7))
-def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
-    rng = random.Random(seed)
+def scenario(rng: random.Random, state: MeshState) -> Iterator[tuple[int, float, ChecksFile]]:
+    """Drive state through the randomized mesh; yield (step, time, checks) once
+    each step's results and changes are in."""
     checks = checks_file(10.0)
-    state = MeshState()
     for i in range(16):
         agent_id = f"a-{i:02d}"
         state.agents[agent_id] = AgentInfo(
             agent_id, COUNTRIES[i % len(COUNTRIES)], connected=True,
             assigned={name: spec.target for name, spec in checks.checks.items()},
         )  # fmt: skip
-    incremental, reference = Classifier(), Classifier()
-    publisher, book = Publisher(state.feed()), InputBook()  # visits only what changed or is due
-    reference_publisher, reference_book = Publisher(), InputBook()
     now = 1_800_000_000.0
-    seen: set[str] = set()
-    refused = 0
     for step in range(60):
         now += rng.choice((1.0, 2.0, 5.0, 10.0))
         for agent in list(state.agents.values()):
@@ -149,6 +146,19 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
             state.forget_unassigned(now + 1)
         if step == 45:  # a reload with other intervals
             checks = checks_file(5.0)
+        yield step, now, checks
+
+
+@pytest.mark.parametrize("seed", range(1, 7))
+def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
+    rng = random.Random(seed)
+    state = MeshState()
+    incremental, reference = Classifier(), Classifier()
+    publisher, book = Publisher(state.feed()), InputBook()  # visits only what changed or is due
+    reference_publisher, reference_book = Publisher(), InputBook()
+    seen: set[str] = set()
+    refused = 0
+    for step, now, checks in scenario(rng, state):
         from_scratch(reference, reference_publisher, checks)
         published = reference_publisher.observe(state.latest, checks, state.agents, now)
         publication = publisher.observe(state.latest, checks, state.agents, now)
@@ -162,7 +172,8 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
         reference_book.apply(published)
         assert book.inputs == reference_book.inputs
         expected = reference.evaluate(reference_book.inputs, checks, now)
-        got = incremental.evaluate(book.inputs, checks, now)
+        # the book names the pairs it changed: only those are compared
+        got = incremental.evaluate(book.inputs, checks, now, book.take_changed())
         assert got == expected, f"step {step}"
         refusals = refusals_in(book.inputs, checks)
         assert incremental.refusals() == reference.refusals() == refusals, f"step {step}"
@@ -176,6 +187,30 @@ def test_incremental_rounds_equal_rounds_from_scratch(seed: int) -> None:
     assert {"regional_outage", "global_outage", "down", "degraded"} <= seen, seen
     assert {"local_problem", "suspect"} <= seen, seen
     assert refused
+
+
+@pytest.mark.parametrize("seed", range(1, 4))
+def test_a_collector_alone_judges_as_from_scratch(seed: int) -> None:
+    """A collector alone judges its publisher's inputs, naming the pairs each
+    publication changed; a round that fails makes the next compare every input."""
+    rng = random.Random(seed)
+    state = MeshState()
+    checks_now = [checks_file(10.0)]
+    clock = [0.0]
+    monitor = OutageMonitor(state, lambda: checks_now[0], IncidentBook(), clock=lambda: clock[0])
+    reference = Classifier()
+    for step, now, checks in scenario(rng, state):
+        checks_now[0], clock[0] = checks, now
+        if step % 11 == 7:  # the round fails once its inputs are published
+            failing = mock.patch.object(monitor.classifier, "evaluate", side_effect=RuntimeError)
+            with failing, pytest.raises(RuntimeError):
+                monitor.evaluate()
+            continue
+        monitor.evaluate()
+        reference._reset(checks)
+        expected = reference.evaluate(dict(monitor.publisher.published), checks, now)
+        assert monitor.snapshot == expected, f"step {step}"
+        assert monitor.refusals == reference.refusals(), f"step {step}"
 
 
 def test_views_a_round_keeps_follow_each_kind_of_change() -> None:
@@ -198,7 +233,7 @@ def test_views_a_round_keeps_follow_each_kind_of_change() -> None:
         lambda: inputs.update({("web", "a-1"): up("a-1", "KE")}),
         lambda: inputs.update(
             {("web", "a-2"): PairInput("web", "a-2", "BR", False, False, True, reason="timeout")}
-        ),  # fmt: skip
+        ),
         lambda: inputs.pop(("web", "a-3")),
         lambda: inputs.pop(("web", "a-new")),
     ]
