@@ -143,7 +143,7 @@ class _Row:
 
     __slots__ = (
         "counted", "detail", "held_since", "input", "inputs", "interval", "lonely",
-        "lonely_now", "place", "share",
+        "lonely_now", "place", "placed", "share",
     )  # fmt: skip
 
     def __init__(
@@ -159,6 +159,7 @@ class _Row:
         self.lonely_now = False  # latest result failed while most other agents' latest succeeded
         self.inputs = 0  # what it adds to its _CheckCounts (see _inputs)
         self.place: _CountryCounts | None = None  # the counts its share is in
+        self.placed: PairInput | None = None  # the input its share was last placed from
         self.share = 0  # what it adds to them (see _share)
         self.detail: tuple[str, str] | None = None  # its failure detail, when counted failing
 
@@ -263,15 +264,26 @@ class Classifier:
                 self._holding.discard(agent)
                 local_moved = local_moved or (before is not None and before.local_problem)
                 continue
-            verdict = health[agent] = self._judge(list(rows.values()), cfg, now)
+            agent_rows = list(rows.values())
+            counted = [row.counted for row in agent_rows]
+            verdict = health[agent] = self._judge(agent_rows, cfg, now)
             if before is None or before.local_problem != verdict.local_problem:
                 local_moved = True
             if verdict.held:
                 self._holding.add(agent)
             else:
                 self._holding.discard(agent)
-            for row in rows.values():
-                self._place(row, verdict)
+            # A row's share of its country moves with its input, whether its
+            # failure counts, and whether its agent is left out: most of a
+            # touched agent's rows keep theirs.
+            moved = (
+                before is None
+                or before.excluded != verdict.excluded
+                or before.local_problem != verdict.local_problem
+            )
+            for row, was in zip(agent_rows, counted, strict=True):
+                if moved or row.counted != was or row.placed is not row.input:
+                    self._place(row, verdict)
         if local_moved:
             self.local = frozenset(a for a, h in health.items() if h.local_problem)
         views = {}
@@ -445,6 +457,7 @@ class Classifier:
 
     def _place(self, row: _Row, health: AgentHealth) -> None:
         """Move the row's share of its country's view to what it is now."""
+        row.placed = row.input
         place = row.place
         if place is None or place.country != row.country:
             tally = self._counts[row.check]
