@@ -792,7 +792,9 @@ class RemoteWriter:
             entries, body = await asyncio.to_thread(self._take_results, delivered)
             delivered = entries
             if not entries:
-                self._results_idle.set()
+                # Results journaled since the look set ready: not idle, look again.
+                if not self._results_ready.is_set():
+                    self._results_idle.set()
                 await self._results_ready.wait()
                 continue
             await self._send_results(entries, body)

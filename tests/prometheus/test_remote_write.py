@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import math
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from probemesh.collector.remote_results import Applied, Journal, encode_results
+from probemesh.collector.remote_results import Applied, Entry, Journal, encode_results
 from probemesh.collector.remote_write import (
     HEADERS,
     SLICE_SAMPLES,
@@ -404,6 +406,45 @@ async def test_every_result_is_written_at_the_probe_time(
     # The snapshots carry the aggregates only: probe_success came from the results.
     assert len(success) == 4
     assert _decoded_samples(receiver, "probemesh_probe_results_total")
+
+
+async def test_results_journaled_as_the_sender_finds_none_are_delivered_on_stop(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """The sender finds the journal empty; results are journaled before it goes
+    back to sleep. It must not call itself idle then: stop() would return once
+    its last snapshot is delivered and leave the results unsent.
+
+    The sender's reads of the journal are held (in their worker thread) to
+    force that order: the empty one until the results are journaled, the one
+    that finds them until the last snapshot is delivered."""
+    registry, _ = sample_registry()
+    writer = RemoteWriter(
+        registry, receiver.url, interval=3600, journal=Journal(tmp_path / "rw.sqlite3", 1 << 20),
+        stop_timeout=30,
+    )  # fmt: skip
+    looked, journaled = threading.Event(), threading.Event()
+    take = writer._take_results
+
+    def held_take(delivered: Sequence[Entry]) -> tuple[list[Entry], bytes]:
+        found = take(delivered)
+        if not looked.is_set():
+            looked.set()
+            journaled.wait(30)
+        elif found[0]:
+            deadline = time.monotonic() + 30  # the start and the stop snapshots
+            while writer.stats.sent_requests < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return found
+
+    writer._take_results = held_take  # type: ignore[method-assign]
+    await writer.start()
+    assert await asyncio.to_thread(looked.wait, 30)
+    await writer.write_results([applied("de-1", "DE", "", [_result("web", 1000.0, True)], [WEB])])
+    journaled.set()
+    await writer.stop()
+    assert [s[1] for s in _decoded_samples(receiver, "probe_success")] == [1_000_000]
+    assert writer.stats.sent_requests == 3
 
 
 async def test_journaled_results_outlive_a_receiver_outage_and_a_restart(
