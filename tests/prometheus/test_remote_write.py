@@ -37,6 +37,7 @@ from probemesh.collector.samples import SampleFilter
 from probemesh.errors import ConfigError
 from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
+from tests.harness import eventually
 from tests.prometheus.mesh import Mesh, Targets
 from tests.prometheus.promserver import (
     MISSING_REASON,
@@ -551,11 +552,13 @@ async def test_results_never_wait_behind_a_snapshot_request(
         await writer.write_results(
             [applied("de-1", "DE", "", [_result("web", 1000.0, True)], [WEB])]
         )
-        for _ in range(200):
-            if _decoded_samples(receiver, "probe_success"):
-                break
-            await asyncio.sleep(0.01)
-        assert _decoded_samples(receiver, "probe_success"), "results waited for the snapshot"
+        # The receiver holds the results before their answer reaches the writer, and
+        # the writer forgets them after that: wait for both, the snapshot still hanging.
+        await eventually(
+            lambda: _decoded_samples(receiver, "probe_success") and not writer.pending_results,
+            "the results delivered while the snapshot waits",
+            seconds=30,
+        )
         assert writer.pending_snapshot == 0 and writer.pending == 1  # the snapshot, in flight
     finally:
         release.set()
