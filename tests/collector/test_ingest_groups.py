@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from probemesh.collector.ingest import SLICE, Ingest, IngestLimits, _Item
 from probemesh.collector.sessions import Session
 from probemesh.collector.state import AgentInfo, MeshState
 from probemesh.collector.store import Store
-from probemesh.collector.work_lane import WorkLane
+from probemesh.collector.work_lane import Steps, WorkLane
 from probemesh.v1 import mesh_pb2 as pb
 
 
@@ -77,7 +78,12 @@ async def test_a_group_is_applied_in_slices_of_results_whatever_its_batches(
 ) -> None:
     """The lane runs a group a slice of SLICE results at a time: 200 one-result
     batches take as many loop iterations as one batch of 200 results, not one
-    each, and never all at once."""
+    each, and never all at once.
+
+    The results are counted at each loop iteration while the lane runs the
+    group, by a task that spins on sleep(0). Not while the group's commit runs
+    in the ingest thread: the spinning task would hold the GIL the thread needs
+    after each SQLite step, and on a busy host stretch the commit to seconds."""
     store = Store(open_database(None, tmp_path))
     state = MeshState()
     lane = WorkLane(budget=0)  # one step per loop iteration
@@ -96,19 +102,27 @@ async def test_a_group_is_applied_in_slices_of_results_whatever_its_batches(
             _Item(session, pb.ResultBatch(first_seq=1, last_seq=per_batch, results=results))
         )
     applied: list[int] = []
-    done = False
+    run = lane.run
 
-    async def ticker() -> None:  # results counted at each loop iteration
-        while not done:
-            applied.append(sum(t.success for t in state.tallies.values()))
-            await asyncio.sleep(0)
+    async def counted(steps: Steps[Any]) -> Any:
+        done = False
 
-    tick = asyncio.create_task(ticker())
+        async def ticker() -> None:
+            while not done:
+                applied.append(sum(t.success for t in state.tallies.values()))
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        try:
+            return await run(steps)
+        finally:
+            done = True
+            await tick
+
+    lane.run = counted  # type: ignore[method-assign]
     try:
         await ingest._apply_group(items)
     finally:
-        done = True
-        await tick
         store.close()
     total = batches * per_batch
     assert ingest.results_total == total
