@@ -109,7 +109,10 @@ def test_agent_sigterm_flushes_and_keeps_the_rest(
     time.sleep(1.0)
     assert mesh.agents["ag-term"].stop(timeout=15) == 0
     counters = queue_counters(agent.state_dir)
-    assert counters["depth"] == 0 and counters["acked"] == counters["produced"] > 0, counters
+    assert counters["depth"] == 0 and counters["acked"] == counters["produced"] > 0, (
+        counters,
+        mesh.agents["ag-term"].log(30),
+    )
     assert collector_total(mesh) == counters["produced"]
 
     agent = start_agent("ag-term", "DE")
