@@ -111,21 +111,25 @@ def _one_handshake_line(mesh: Mesh, cause: str) -> None:
 
 
 def test_good_ca_connects(tls_mesh: Mesh, pki: Pki) -> None:
+    collector = tls_mesh.collector
+    assert collector is not None
     agent = tls_mesh.start_agent("tls-good", "BR", *_tls_args(pki.ca_path))
     wait_for(lambda: _connected(tls_mesh, "tls-good"), 20, "TLS agent connected")
-    collector_log = tls_mesh.collector.log() if tls_mesh.collector else ""
+    collector_log = collector.log()
     assert "serving gRPC (TLS) on" in collector_log
     assert "agent tls-good (BR) connected from 127.0.0.1:" in collector_log
     assert "over TLS, version" in collector_log
     agent.stop()
-    wait_for(
-        lambda: (
-            "agent tls-good (BR) from 127.0.0.1:"
-            in (tls_mesh.collector.log() if tls_mesh.collector else "")
-        ),
-        10,
-        "the disconnect line",
-    )
+    try:
+        wait_for(
+            lambda: "agent tls-good (BR) from 127.0.0.1:" in collector.log(),
+            10,
+            "the disconnect line",
+        )
+    except AssertionError as exc:  # a rare failure: show what each side logged
+        raise AssertionError(
+            f"{exc}\ncollector:\n{collector.log(20)}\nagent:\n{agent.log(20)}"
+        ) from None
 
 
 def test_wrong_ca_is_refused(tls_mesh: Mesh, pki: Pki) -> None:
