@@ -176,8 +176,8 @@ def test_a_busy_stream_gets_clock_probes_only_an_idle_one_heartbeats_a_silent_ag
         # Idle: a heartbeat every INTERVAL (on the grid) until the agent is presumed dead.
         assert status == "UNAVAILABLE: no message from agent; presumed dead"
         assert ended - agent.silent_from >= DEAD_AFTER
-        idle = agent.heartbeats(agent.silent_from, ended)
-        assert len(idle) >= int(DEAD_AFTER / (INTERVAL + HEARTBEAT_GRID)), (
+        silent = agent.heartbeats(agent.silent_from, ended)
+        assert len(silent) >= int(DEAD_AFTER / (INTERVAL + HEARTBEAT_GRID)), (
             f"heartbeats of the idle stream: {kinds}"
         )
 
