@@ -36,12 +36,15 @@ HOG = "while True: pass"
 
 
 def outcomes(junit: Path) -> dict[str, tuple[str, float]]:
-    """Each test case's outcome (passed, failed, error, skipped) and seconds."""
+    """Each test case's outcome (passed, failed, error, skipped) and seconds;
+    prints the message of each failure."""
     found: dict[str, tuple[str, float]] = {}
     for case in ET.parse(junit).iter("testcase"):
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        kinds = {child.tag for child in case}
+        kinds = {child.tag: child for child in case}
         outcome = next((k for k in ("failure", "error", "skipped") if k in kinds), "passed")
+        if outcome in ("failure", "error"):
+            print(f"    {name}: {(kinds[outcome].get('message') or '')[:500]}")
         found[name] = ({"failure": "failed"}.get(outcome, outcome), float(case.get("time", 0)))
     return found
 
@@ -59,9 +62,6 @@ def run_once(tree: Path, args: list[str], junit: Path) -> tuple[int, float]:
         text=True,
         check=False,
     )
-    failed = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    for line in failed:
-        print(f"    {line[:300]}")
     return done.returncode, time.monotonic() - started
 
 
