@@ -469,19 +469,19 @@ class CollectorLink:
                     pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time()))
                 )
                 last_sent = now
+            # Draining, stop is set for good: waiting on it too would spin the loop
+            # (and a core the collector needs for the Acks) until the deadline.
+            events = (session.acked, session.echo_due, self.new_results, self._report_ready)
             waiters = [
                 asyncio.ensure_future(e.wait())
-                for e in (
-                    session.acked,
-                    session.echo_due,
-                    self.new_results,
-                    self._report_ready,
-                    stop,
-                )
+                for e in (events if drain_deadline is not None else (*events, stop))
             ]
+            timeout = 1.0 if drain_deadline is None else min(1.0, drain_deadline - now)
             try:
                 await asyncio.wait(
-                    [*waiters, reader], timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                    [*waiters, reader],
+                    timeout=max(0.0, timeout),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 for waiter in waiters:
