@@ -12,6 +12,7 @@ expire after --series-ttl without one, as a gone agent's gauges do.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,11 +33,20 @@ from probemesh.collector.limits import SecurityLimits, SeriesGuard
 from probemesh.collector.row_families import Column, Row, RowFamily
 from probemesh.collector.runnable import rule_and_detail
 from probemesh.collector.samples import sample_items
+from probemesh.collector.scrape_groups import AGENTS, ALL, HISTOGRAMS, PROBES
 from probemesh.collector.state import Histogram, Latest, MeshState, Tally
+from probemesh.collector.work_lane import Steps
 
 BASE_LABELS = ["check", "target", "agent", "country", "region"]
 PIECE_BYTES = 1 << 19  # the size of a streamed piece of /metrics
 BULK_TALLIES = 1000  # pairs per counter family in a remote-write snapshot (collect_bulk)
+HISTOGRAMS_READ_HORIZON = 180.0
+"""Seconds after the last scrape that read the histograms during which their
+text is still pre-rendered every second: three of Prometheus's default 1 min
+scrape intervals (twelve of the 15 s the shipped job uses), so a scraper at
+any usual interval that missed a scrape or two keeps it on, and a collector
+scraped only for its health stops rendering them three minutes after its
+last full scrape."""
 _AGENT_FAMILIES = (
     ("probemesh_agent_connected", "1 while the agent has a live stream"),
     ("probemesh_agent_last_seen_timestamp_seconds", "Last time the agent sent anything"),
@@ -82,6 +92,7 @@ class MeshExporter(Collector):
         self.active_streams = active_streams
         self.extra = list(extra)
         self.last_render_seconds = 0.0
+        self.histograms_read = float("-inf")  # time.monotonic() of the last scrape reading them
         self.piece_bytes = PIECE_BYTES
         # Every series of probemesh_ingest_rejected_total has one owner, the
         # module that refuses: the servicer (streams), ingest (results and
@@ -101,6 +112,8 @@ class MeshExporter(Collector):
     def _reset(self) -> None:
         """Forget every rendered line; the next prerender renders the whole state."""
         self.text = exposition.FamilyText((exposition.HIST_DURATION, exposition.HIST_PHASE))
+        # histograms whose text is out of date: rendered by a pre-render that wants them
+        self._due: dict[tuple[str, ...], Histogram] = {}
         self.feed.tallies.update(self.state.tallies.values())
         # pair -> the latest result its gauges show; present = admitted by the guard
         self._rendered: dict[tuple[str, str], Latest] = {}
@@ -112,7 +125,7 @@ class MeshExporter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Every family as Metric objects (remote write, tests)."""
-        self.prerender()
+        self.prerender(histograms=False)
         yield from self._probe_families()
         yield from self._counter_rows(self._exported_tallies())
         yield from self._histogram_rows()
@@ -124,7 +137,7 @@ class MeshExporter(Collector):
         the small ones. Not the per-result probe gauges (journaled result by
         result) nor the bulk ones (collect_bulk): building them every interval
         cost seconds of event loop at tens of thousands of pairs."""
-        self.prerender()
+        self.prerender(histograms=False)
         yield from self._agent_families()
         yield from self.collect_rest()
 
@@ -137,7 +150,7 @@ class MeshExporter(Collector):
         name, BULK_TALLIES pairs each, built as the reader gets to them, so
         a snapshot never holds every pair's rows at once.
         """
-        self.prerender()
+        self.prerender(histograms=False)
         tallies = self._exported_tallies()
         for start in range(0, len(tallies), BULK_TALLIES):
             yield from self._counter_rows(tallies[start : start + BULK_TALLIES])
@@ -149,15 +162,18 @@ class MeshExporter(Collector):
             yield from source()
         yield from self._self_families()
 
-    def render_bulk(self, suffix: bytes = b"") -> bytes:
+    def render_bulk(self, suffix: bytes = b"", groups: frozenset[str] = ALL) -> bytes:
         """Probe gauges, counters, histograms and agent gauges as one exposition body.
 
         For tests and tools; /metrics streams the same text (render_batches).
         """
-        return b"".join(list(self.render_batches(suffix)))
+        return b"".join(list(self.render_batches(suffix, groups=groups)))
 
-    def render_batches(self, suffix: bytes = b"", size: int | None = None) -> Iterator[bytes]:
-        """The body in pieces of about size bytes (piece_bytes by default).
+    def render_batches(
+        self, suffix: bytes = b"", size: int | None = None, groups: frozenset[str] = ALL
+    ) -> Iterator[bytes]:
+        """The body of the families in groups (scrape_groups), in pieces of about
+        size bytes (piece_bytes by default).
 
         Everything is taken at the first step (the cached chunks, a snapshot of
         the counts), so the body is one snapshot however slowly the client
@@ -166,10 +182,12 @@ class MeshExporter(Collector):
         transport's buffer) it would double the collector's memory at every
         scrape. Small parts (a header, a family of a few lines) are sent
         together: each piece costs the handler a turn of the event loop.
-        last_render_seconds is the time spent building pieces.
+        last_render_seconds is the time spent building the pieces of the last
+        body with the probes (a scrape of the collector's health alone would
+        hide what the probes cost).
         """
         size = size or self.piece_bytes
-        parts = self._pieces(suffix, size)
+        parts = self._pieces(suffix, size, groups)
         spent = 0.0
         held: list[bytes] = []
         held_bytes = 0
@@ -187,24 +205,31 @@ class MeshExporter(Collector):
                 yield piece
             if part is None:
                 break
-        self.last_render_seconds = spent
+        if PROBES in groups:
+            self.last_render_seconds = spent
 
-    def _pieces(self, suffix: bytes, size: int) -> Iterator[bytes]:
-        """Whatever changed since the last prerender is admitted first, so the text
-        is current; then the gauges, the cached histograms, the counters, the
-        agents and suffix.
+    def _pieces(self, suffix: bytes, size: int, groups: frozenset[str]) -> Iterator[bytes]:
+        """Whatever changed since the last prerender is admitted (and the
+        histograms rendered) first, so the text is current; then the gauges,
+        the cached histograms, the counters, the agents and suffix, of the
+        groups asked for.
 
         A histogram family's chunks are one histogram each, so its first chunk
         sizes its pieces.
         """
-        self.prerender()
-        rendered = self._rendered
-        targets = {check: exposition.escape(target) for check, target in self._targets.items()}
-        gauges = exposition.GaugeRows(list(rendered), list(rendered.values()), targets)
-        families = self.text.snapshot()
-        rows = exposition.counter_rows(self._exported_tallies())
-        tail = self._agent_text() + suffix
-        yield from exposition.gauge_pieces(gauges, size)
+        if HISTOGRAMS in groups:
+            self.histograms_read = time.monotonic()
+        self.prerender(histograms=HISTOGRAMS in groups)
+        gauges = rows = None
+        if PROBES in groups:
+            rendered = self._rendered
+            targets = {c: exposition.escape(target) for c, target in self._targets.items()}
+            gauges = exposition.GaugeRows(list(rendered), list(rendered.values()), targets)
+            rows = exposition.counter_rows(self._exported_tallies())
+        families = self.text.snapshot() if HISTOGRAMS in groups else []
+        tail = (self._agent_text() if AGENTS in groups else b"") + suffix
+        if gauges is not None:
+            yield from exposition.gauge_pieces(gauges, size)
         while families:
             header, chunks = families.pop(0)
             yield header
@@ -212,18 +237,29 @@ class MeshExporter(Collector):
             for start in range(0, len(chunks), step):
                 yield b"".join(chunks[start : start + step])
             del chunks  # this family's old chunks may go as the cache replaces them
-        yield from exposition.counter_pieces(rows, max(size // 1024, 1))  # a row is ~1 KB
+        if rows is not None:
+            yield from exposition.counter_pieces(rows, max(size // 1024, 1))  # a row is ~1 KB
         yield tail
 
-    def prerender(self, budget: float | None = None) -> int:
-        """Admit the pairs whose result changed since the last call and render
-        their histograms; return how many tallies that was.
+    @property
+    def pre_rendering(self) -> bool:
+        """A scrape read the histograms within HISTOGRAMS_READ_HORIZON: keep their
+        text current every second, so the next such scrape has little left to do."""
+        return time.monotonic() - self.histograms_read < HISTOGRAMS_READ_HORIZON
+
+    def prerender(self, budget: float | None = None, histograms: bool = True) -> int:
+        """Admit the pairs whose result changed since the last call and, with
+        histograms, render the text of every histogram they changed since it was
+        last rendered; return how many tallies and histograms that was.
 
         With a budget (seconds), stop once it is spent and leave the rest for the
         next call, so a burst of changes never stalls the event loop for long.
 
         Run between scrapes (the collector calls it every second), so admission
         follows the data, not the scrapes, and a scrape has little left to do.
+        Admission is never left for later: the cardinality refusals and the
+        counters remote write exports follow it. Histogram text is only read by
+        /metrics; without histograms, what changed waits for a call with them.
         """
         state = self.state
         feed = self.feed
@@ -244,7 +280,7 @@ class MeshExporter(Collector):
         if self.guard.released != self._released and self.guard.refused:
             self._released = self.guard.released
             changed.update(state.tallies[p] for p in self.guard.refused if p in state.tallies)
-        hists: dict[tuple[str, ...], Histogram] = {}
+        due = self._due
         deadline = time.perf_counter() + budget if budget is not None else None
         pending = list(changed)
         done = 0
@@ -252,12 +288,42 @@ class MeshExporter(Collector):
         for tally in pending:
             self._render_tally(tally, specs)
             if tally.check in exported:
-                hists.update(zip(tally.hist_keys, tally.hists, strict=True))
+                due.update(zip(tally.hist_keys, tally.hists, strict=True))
             done += 1
             if deadline is not None and done % 16 == 0 and time.perf_counter() > deadline:
                 feed.tallies.update(pending[done:])  # the next call goes on
+                return done
+        if histograms:
+            done += self._render_due(deadline)
+        return done
+
+    def prerender_steps(self, histograms: bool, until: float | None = None) -> Steps[None]:
+        """prerender in 1 ms slices, for the work lane (ingest and the API keep
+        flowing), until nothing is left or, with until, time.monotonic() passes it."""
+        while True:
+            self.prerender(budget=0.001, histograms=histograms)
+            if not (self.behind or (histograms and self._due)):
+                return
+            if until is not None and time.monotonic() > until:
+                return
+            yield
+
+    def _render_due(self, deadline: float | None) -> int:
+        """Render the due histograms, up to deadline (perf_counter) when given, in
+        the order they fell due (a histogram's first rendering gives it its place
+        in the text)."""
+        due = self._due
+        done = 0
+        for key, hist in due.items():
+            self._render_histogram(key, hist)
+            done += 1
+            if deadline is not None and done % 16 == 0 and time.perf_counter() > deadline:
                 break
-        self._render_histograms(hists)
+        if done == len(due):
+            due.clear()
+        else:
+            for key in list(itertools.islice(due, done)):
+                del due[key]
         return done
 
     def _resync(self, checks: ChecksFile) -> None:
@@ -278,9 +344,7 @@ class MeshExporter(Collector):
         for pair, tally in state.tallies.items():
             if pair[0] in stale:
                 self._render_tally(tally, checks.checks)
-        for key, hist in state.histograms.items():
-            if key[1] in stale:
-                self._render_histograms({key: hist})
+        self._due.update((key, hist) for key, hist in state.histograms.items() if key[1] in stale)
 
     def _retain(self, specs: Mapping[str, CheckSpec]) -> None:
         """Release the guard budget of pairs no longer exported (expired agent or check)."""
@@ -303,15 +367,12 @@ class MeshExporter(Collector):
     def _drop_latest(self, pair: tuple[str, str]) -> None:
         self._rendered.pop(pair, None)
 
-    def _render_histograms(self, hists: Mapping[tuple[str, ...], Histogram]) -> None:
-        checks = self._targets
-        text = self.text
-        for key, hist in hists.items():
-            name = exposition.HIST_DURATION if key[0] == "duration" else exposition.HIST_PHASE
-            if key[1] in checks:
-                text.put(name, key, exposition.histogram_lines(key, hist))
-            else:
-                text.drop(name, key)
+    def _render_histogram(self, key: tuple[str, ...], hist: Histogram) -> None:
+        name = exposition.HIST_DURATION if key[0] == "duration" else exposition.HIST_PHASE
+        if key[1] in self._targets:
+            self.text.put(name, key, exposition.histogram_lines(key, hist))
+        else:
+            self.text.drop(name, key)
 
     def _agent_text(self) -> bytes:
         """The agent gauges; one line each per agent, rendered at every scrape."""
@@ -562,7 +623,7 @@ class RestView(Collector):
         self.exporter = exporter
 
     def collect(self) -> Iterator[Metric]:
-        self.exporter.prerender()  # the rejection counters then match the bulk text
+        self.exporter.prerender(histograms=False)  # the rejection counters then match the text
         return self.exporter.collect_rest()
 
 

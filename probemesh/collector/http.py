@@ -11,9 +11,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from probemesh import __version__
+from probemesh.collector import scrape_groups
 from probemesh.collector.api import add_outage_routes, agents_json
 from probemesh.collector.exporter import MeshExporter
 from probemesh.collector.httpauth import auth_middleware
+from probemesh.collector.work_lane import WorkLane
 from probemesh.httpserver import Handler
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ def build_http_app(app: CollectorApp) -> web.Application:
             {"agents": agents_json(app.state, app.outage.snapshot, app.outage.fleet)}
         )
 
-    http.router.add_get("/metrics", collector_metrics(app.exporter, app.metrics_registry))
+    http.router.add_get("/metrics", collector_metrics(app.exporter, app.metrics_registry, app.lane))
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)
 
@@ -58,24 +60,37 @@ def build_http_app(app: CollectorApp) -> web.Application:
     return http
 
 
-def collector_metrics(exporter: MeshExporter, rest: CollectorRegistry) -> Handler:
+def collector_metrics(
+    exporter: MeshExporter, rest: CollectorRegistry, lane: WorkLane | None = None
+) -> Handler:
     """/metrics: the bulk families from cached text, the rest (rest) through prometheus_client.
+
+    ``collect[]`` / ``exclude[]`` select groups of families (scrape_groups); a
+    parameter or group it does not know is answered 400, naming it.
 
     The body is streamed a piece at a time (chunked transfer encoding), never
     held whole: see MeshExporter.render_batches. The handler yields to the
     event loop after each piece (a write into a socket with room returns
     without yielding), so a scrape of a large mesh never holds ingest for the
     whole body; the pieces come from one snapshot, so what runs meanwhile
-    does not change them.
+    does not change them. Histograms left unrendered while no scrape read
+    them are rendered first, in the lane's slices.
     """
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            groups = scrape_groups.selection(request.query.items())
+        except scrape_groups.SelectionError as exc:
+            return web.Response(status=400, text=f"{exc}\n")
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
         if request.method == "HEAD":  # headers only: a streamed body would be sent anyway
             await response.prepare(request)
             await response.write_eof()
             return response
-        pieces = exporter.render_batches(generate_latest(rest))
+        if lane is not None and scrape_groups.HISTOGRAMS in groups:
+            await lane.run(exporter.prerender_steps(histograms=True))
+        suffix = generate_latest(scrape_groups.selected(rest, groups))
+        pieces = exporter.render_batches(suffix, groups=groups)
         first = next(pieces)  # the snapshot: taken before anything is sent
         await response.prepare(request)
         try:

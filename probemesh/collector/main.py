@@ -47,7 +47,7 @@ from probemesh.collector.state import MeshState
 from probemesh.collector.store import Store
 from probemesh.collector.tokens import TokenStore
 from probemesh.collector.webhooks import WebhookNotifier
-from probemesh.collector.work_lane import Steps, WorkLane
+from probemesh.collector.work_lane import WorkLane
 from probemesh.errors import ConfigError, ProbemeshError
 from probemesh.grpc_options import server_options
 from probemesh.httpserver import parse_listen, start_site
@@ -375,19 +375,15 @@ class CollectorApp:
             self.database.release()
             log.info("collector stopped")
 
-    def _prerender_steps(self, until: float) -> Steps[None]:
-        """The pre-render in 1 ms slices, for the work lane (ingest and the API keep
-        flowing), and until ``until`` at most, so the chores after it still run."""
-        while self.exporter.prerender(budget=0.001) and self.exporter.behind:
-            if time.monotonic() > until:
-                return
-            yield
-
     async def _housekeeping(self) -> None:
-        """Cut revoked tokens' streams, expire gone agents, pre-render changed series."""
+        """Cut revoked tokens' streams, expire gone agents, pre-render changed series
+        (the histograms' text only while scrapes read it: MeshExporter.pre_rendering);
+        the pre-render stops after 0.8 s, so the chores after it still run."""
+        exporter = self.exporter
         while True:
             await asyncio.sleep(1.0)
-            await self.lane.run(self._prerender_steps(time.monotonic() + 0.8))
+            until = time.monotonic() + 0.8
+            await self.lane.run(exporter.prerender_steps(exporter.pre_rendering, until))
             live = {s.token_id for s in self.sessions.by_agent.values()}
             try:
                 revoked = await self.tokens.in_thread(self.tokens.inactive, live)
