@@ -19,7 +19,9 @@ are taken over the rest of the run. Per collector:
   agent) / pairs served, in kB = 1,000 bytes): the steady state (median of the
   readings every 2 s after warm-up), their peak, and the values at the end of
   the warm-up and of the run; --heap-report says where the memory is;
-* /metrics: time of a full GET (median of 3) and body size;
+* /metrics: time of a full GET (median of 3) and body size, and those of the
+  scrape of the collector's own health (``collect[]=collector``), which the
+  periodic readings below use;
 * the outage round (probemesh_outage_round_seconds, the last round's seconds per
   part, read every 15 s): the evaluator's evaluate over every pair of the
   mesh, and each collector's publish of its own agents' inputs;
@@ -94,6 +96,9 @@ MODULES = {
 }
 _TIMESTAMP_TAG = b"\x19"  # Result.timestamp: field 3, wire type 1 (64-bit)
 HEARTBEAT = 10.0  # seconds, an agent's default heartbeat interval
+HEALTH = "?collect%5B%5D=collector"
+"""The query of a scrape of the collector's own families: every reading here is one
+of them, and a full body costs the collectors (and this process) the CPU they need."""
 END_READING = 6.0
 """Seconds before the load stops that the end-of-run RSS and heap are read: the
 agents disconnect as soon as it stops, and what their streams held is freed."""
@@ -565,12 +570,9 @@ def disk_writes(pid: int) -> int:
 
 
 def metrics(collector: Collector, names: tuple[str, ...]) -> Samples:
-    """The samples of the families named (by prefix) on the collector's /metrics.
-
-    Only their lines are parsed: the whole body of a large collector takes the
-    text parser minutes, on the cores the collectors need.
-    """
-    with urllib.request.urlopen(collector.mesh.metrics_url, timeout=300) as response:
+    """The samples of the families named (by prefix) among the collector's own
+    (HEALTH) on its /metrics; only their lines are parsed."""
+    with urllib.request.urlopen(collector.mesh.metrics_url + HEALTH, timeout=300) as response:
         body = response.read()
     prefixes = tuple(name.encode() for name in names)
     wanted = b"\n".join(line for line in body.split(b"\n") if line.startswith(prefixes))
@@ -686,15 +688,25 @@ def pg_stats(url: str | None) -> dict[str, float]:
     return {"commits": float(row[0]), "rows": float(row[1] + row[2] + row[3])}
 
 
-def time_metrics(url: str) -> tuple[float, int, int]:
-    """Median seconds of 3 full GETs, body bytes, probe_success lines."""
+def time_metrics(url: str) -> tuple[float, int, int, float, int]:
+    """Median seconds of 3 full GETs, body bytes, probe_success lines; median
+    seconds of 3 GETs of the collector's health (HEALTH) and their body bytes."""
     times, body = [], b""
     for _ in range(3):
         t0 = time.perf_counter()
         with urllib.request.urlopen(url, timeout=300) as response:
             body = response.read()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(body), body.count(b"\nprobe_success{")
+    health_times, health = [], b""
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(url + HEALTH, timeout=300) as response:
+            health = response.read()
+        health_times.append(time.perf_counter() - t0)
+    return (
+        statistics.median(times), len(body), body.count(b"\nprobe_success{"),
+        statistics.median(health_times), len(health),
+    )  # fmt: skip
 
 
 def stored_counts(victoria_url: str, checks: list[str], seconds: int) -> dict[tuple[str, str], int]:
@@ -949,7 +961,7 @@ def main() -> None:
                     heap_report(c, "warm")
             pg_start = (pg_stats(database_url), time.time())
             rounds: dict[tuple[str, str], list[float]] = {}
-            metrics_figures: dict[str, tuple[float, int, int]] = {}
+            metrics_figures: dict[str, tuple[float, int, int, float, int]] = {}
             timed = False
             next_scrape = 0.0
             rss_end: dict[str, int] = {}
@@ -1048,7 +1060,7 @@ def main() -> None:
         elapsed = end["at"] - start["at"]
         results = end["results"] - start["results"]
         cpu = end["cpu"] - start["cpu"]
-        seconds, body, series = metrics_figures[c.name]
+        seconds, body, series, health_seconds, health = metrics_figures[c.name]
         pairs = len(c.agents) * args.checks
         print(f"collector {c.name}: {len(c.agents):,} agents, {pairs:,} pairs, "
               f"{results / elapsed:,.0f} results/s applied")  # fmt: skip
@@ -1068,7 +1080,8 @@ def main() -> None:
         if c.heaps:
             print_heaps(c, pairs)
         print(f"  /metrics:                {seconds:.2f} s, {body / 2**20:,.0f} MiB, "
-              f"{series:,} probe_success series")  # fmt: skip
+              f"{series:,} probe_success series; health only (collect[]=collector) "
+              f"{health_seconds * 1000:.1f} ms, {health / 1024:,.1f} KiB")  # fmt: skip
         evaluate = round_figure(rounds.get((c.name, "evaluate"), []))
         publish = round_figure(rounds.get((c.name, "publish"), []))
         print(f"  evaluate (all pairs):    {evaluate}")
