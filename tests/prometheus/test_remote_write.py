@@ -13,10 +13,13 @@ import math
 import struct
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -38,10 +41,12 @@ from probemesh.errors import ConfigError
 from probemesh.remotewrite import remote_pb2
 from probemesh.v1 import mesh_pb2 as pb
 from tests.harness import eventually
+from tests.prometheus.mesh import Collector as MeshCollector
 from tests.prometheus.mesh import Mesh, Targets
 from tests.prometheus.promserver import (
     MISSING_REASON,
     PROMETHEUS,
+    ROOT,
     RULE_FILES,
     Prometheus,
     free_port,
@@ -690,31 +695,49 @@ checks:
 """
 
 
+HEALTH_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus-remote-write.yml"
+
+
+def shipped_health_job(targets: list[str]) -> dict[str, Any]:
+    """The collector job of deploy/prometheus/prometheus-remote-write.yml, on targets."""
+    config = yaml.safe_load(HEALTH_CONFIG.read_text())
+    (job,) = config["scrape_configs"]
+    job["scrape_interval"] = job["scrape_timeout"] = "1s"
+    job["static_configs"] = [{"targets": targets}]
+    return dict(job)
+
+
 @pytest.fixture(scope="module")
 def remote_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, Mesh]]:
+    """Two collectors remote-writing into Prometheus, which scrapes them with the
+    shipped job for collectors that remote-write (their health alone)."""
     if PROMETHEUS is None:
         pytest.skip(MISSING_REASON)
     root = tmp_path_factory.mktemp("remote-write")
     # de-2 (source 127.0.0.3, on collector c2) fails "mixed"; everyone else succeeds.
     targets = Targets(root, failing_sources={"127.0.0.3"})
     mesh = Mesh(root)
+    checks = CHECKS.format(http=targets.http_url)
+    collectors = [MeshCollector(root, name, checks) for name in ("c1", "c2")]
+    job = shipped_health_job([c.http_address for c in collectors])
     try:
         with run_prometheus(
-            root / "prometheus", rule_files=RULE_FILES, remote_write_receiver=True
+            root / "prometheus",
+            rule_files=RULE_FILES,
+            remote_write_receiver=True,
+            scrape_configs=[job],
         ) as prom:
             write = f"{prom.url}/api/v1/write"
-            checks = CHECKS.format(http=targets.http_url)
-            for name, agents in (
-                ("c1", [("de-1", "DE", "127.0.0.2"), ("us-1", "US", "127.0.0.4")]),
-                ("c2", [("de-2", "DE", "127.0.0.3"), ("us-2", "US", "127.0.0.5")]),
-            ):
-                collector = mesh.collector(
-                    name,
-                    checks,
+            for collector, agents in zip(collectors, (
+                [("de-1", "DE", "127.0.0.2"), ("us-1", "US", "127.0.0.4")],
+                [("de-2", "DE", "127.0.0.3"), ("us-2", "US", "127.0.0.5")],
+            ), strict=True):  # fmt: skip
+                collector.extra = [
                     "--remote-write-url", write,
                     "--remote-write-interval", "1s",
-                    "--external-label", f"collector={name}",
-                )  # fmt: skip
+                    "--external-label", f"collector={collector.name}",
+                ]  # fmt: skip
+                mesh.collectors.append(collector.start())
                 for agent_id, country, source in agents:
                     mesh.agent(collector, agent_id, country, "--source-address", source)
             try:
@@ -744,6 +767,27 @@ def test_collector_remote_writes_probe_series(remote_mesh: tuple[Prometheus, Mes
     prom.wait_for('probemesh_probe_results_total{check="site-down",result="failure"}', count=4)
     prom.wait_for('probemesh_agent_connected{collector="c2"} == 1', count=2)
     prom.wait_for("probemesh_remote_write_samples_total > 0", count=2)
+
+
+def test_the_shipped_health_job_scrapes_no_probe_series(
+    remote_mesh: tuple[Prometheus, Mesh],
+) -> None:
+    """collect[]=collector: the collectors' health is scraped, none of the probe
+    series they remote-write (nor any other per-pair, per-country or per-agent one)."""
+    prom, mesh = remote_mesh
+    prom.wait_for('probemesh_remote_write_samples_total{job="probemesh-collector"} > 0', count=2)
+    prom.wait_for('probe_success{check="site-up"}', timeout=45)  # written, not scraped
+    full = urllib.request.urlopen(f"http://{mesh.collectors[0].http_address}/metrics", timeout=10)
+    assert b"\nprobe_success{" in full.read(), "the collector has probe series to leave out"
+    scraped = prom.query('count by (__name__) ({job="probemesh-collector"})')
+    names = {s["metric"]["__name__"] for s in scraped}
+    assert {"probemesh_ingest_results_total", "probemesh_outage_round_seconds"} <= names
+    assert "probemesh_event_loop_lag_max_seconds" in names
+    assert not {n for n in names if n.startswith(("probe_", "probemesh_probe_"))}
+    assert not names & {
+        "probemesh_agent_connected", "probemesh_agent_info", "probemesh_agent_local_problem",
+        "probemesh_outage", "probemesh_country_reachability_ratio",
+    }  # fmt: skip
 
 
 def test_two_collectors_give_per_country_verdicts(remote_mesh: tuple[Prometheus, Mesh]) -> None:

@@ -54,6 +54,11 @@ def test_example_config_is_valid() -> None:
     assert "2 rule files found" in done.stdout
 
 
+def test_example_config_of_remote_writing_collectors_is_valid() -> None:
+    done = promtool("check", "config", DEPLOY / "prometheus-remote-write.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_rules_are_valid() -> None:
     done = promtool("check", "rules", *RULE_FILES)
     assert done.returncode == 0, done.stdout + done.stderr
