@@ -8,7 +8,10 @@ Prometheus scraping every 15 s), and the steady-state /metrics response,
 several times (best and median): streamed a piece at a time as the HTTP
 handler does, and (for comparison) joined into one body. Last, it serves
 /metrics through the collector's real aiohttp handler on a loopback port and
-fetches it with curl (gzip accepted, as Prometheus asks).
+fetches it with curl (gzip accepted, as Prometheus asks), whole and with
+``collect[]=collector`` (the collector's own health; a tree without groups
+answers that with the whole body). The pre-render is timed twice: with the
+histograms' text, as while scrapes read them, and without (none did lately).
 
 It prints the process's resident memory per check x agent pair: once the
 state and the rendered text are built (between scrapes), and at its peak
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import json
 import os
 import subprocess
@@ -99,7 +103,7 @@ def timed_scrapes(scrape: Any, repeat: int, idle: int) -> tuple[list[float], int
 
 
 async def http_scrapes(
-    exporter: MeshExporter, rest: CollectorRegistry, repeat: int
+    exporter: MeshExporter, rest: CollectorRegistry, repeat: int, query: str = ""
 ) -> tuple[list[str], float]:
     """/metrics through the collector's aiohttp handler, fetched by curl: curl's figures,
     and the longest the event loop was held meanwhile (a 1 ms ticker's largest gap)."""
@@ -126,7 +130,7 @@ async def http_scrapes(
         for _ in range(repeat):
             curl = await asyncio.create_subprocess_exec(
                 "curl", "-sS", "-o", "/dev/null", "-H", "Accept-Encoding: gzip",
-                "-w", "%{time_total} %{size_download}", f"http://127.0.0.1:{port}/metrics",
+                "-w", "%{time_total} %{size_download}", f"http://127.0.0.1:{port}/metrics{query}",
                 stdout=subprocess.PIPE,
             )  # fmt: skip
             stdout, _ = await curl.communicate()
@@ -172,15 +176,20 @@ def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
         for c in range(0, checks_n, 2):
             result = http_result(f"check-{c:03d}", now + 30)
             state.apply(agent, result, ingest.samples.keep(result.samples))
+    figures: dict[str, Any] = {"tree": str(TREE), "lines": lines, "bytes": size, "cold": cold}
+    if "histograms" in inspect.signature(exporter.prerender).parameters:
+        t0 = time.perf_counter()
+        exporter.prerender(histograms=False)  # admission only: no scrape read the histograms
+        figures["admission"] = time.perf_counter() - t0
+        for agent in agents:  # the same change again, for the pre-render with the text
+            for c in range(0, checks_n, 2):
+                result = http_result(f"check-{c:03d}", now + 31)
+                state.apply(agent, result, ingest.samples.keep(result.samples))
     t0 = time.perf_counter()
     exporter.prerender()
-    prerender = time.perf_counter() - t0
+    figures["prerender"] = time.perf_counter() - t0
     gc.collect()
-    held = rss() - idle
-    figures: dict[str, Any] = {
-        "tree": str(TREE), "lines": lines, "bytes": size, "cold": cold,
-        "prerender": prerender, "held": held,
-    }  # fmt: skip
+    figures["held"] = rss() - idle
     if hasattr(exporter, "render_batches"):  # the handler's way: a piece at a time
 
         def streamed() -> None:
@@ -194,6 +203,9 @@ def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
         http_scrapes(exporter, rest, max(repeat // 2, 1))
     )
     figures["http_peak"] = peak_rss() - idle
+    figures["health"], _ = asyncio.run(
+        http_scrapes(exporter, rest, repeat, query="?collect%5B%5D=collector")
+    )
     # Last: memory freed after a whole body may stay resident and raise later peaks.
     figures["whole"] = timed_scrapes(  # one body, as a handler holding it whole does
         lambda: exporter.render_bulk(generate_latest(rest)), repeat, idle
@@ -209,7 +221,8 @@ def report(label: str, f: dict[str, Any], pairs: int) -> list[str]:
         return f"best {min(values):.3f} s, median {sorted(values)[len(values) // 2]:.3f} s"
 
     out = [f"[{label}] {f['tree']}", f"  cold render (every result new): {f['cold']:.2f} s",
-           f"  half the results changed: background pre-render {f['prerender']:.2f} s",
+           f"  half the results changed: background pre-render {f['prerender']:.2f} s"
+           + (f" (without the histograms' text {f['admission']:.2f} s)" if "admission" in f else ""),
            f"  RSS per pair between scrapes (state and rendered text): {per_pair(f['held'])}"]  # fmt: skip
     if "streamed" in f:
         t, peak = f["streamed"]
@@ -232,6 +245,12 @@ def report(label: str, f: dict[str, Any], pairs: int) -> list[str]:
         f"  /metrics over HTTP (curl, gzip accepted): {times(seconds)}, {int(http[0][1]):,} bytes "
         f"received; server peak RSS per pair {per_pair(f['http_peak'])}; event loop held "
         f"at most {f['loop_held'] * 1000:.0f} ms"
+    )
+    health = [line.split() for line in f["health"]]
+    seconds = [float(s) for s, _ in health]
+    out.append(
+        f"  /metrics?collect[]=collector over HTTP (curl): {times(seconds)}, "
+        f"{int(health[0][1]):,} bytes received"
     )
     return out
 
