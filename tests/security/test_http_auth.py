@@ -72,11 +72,14 @@ def test_api_realm(auth_mesh: Mesh, path: str) -> None:
         assert _get(url, good)[0] == expected, good
 
 
-def test_metrics_realm(auth_mesh: Mesh) -> None:
-    url = auth_mesh.metrics_url
+@pytest.mark.parametrize("query", ["", "?collect[]=collector", "?collect[]=nope"])
+def test_metrics_realm(auth_mesh: Mesh, query: str) -> None:
+    """A scrape of some groups, or of a group that does not exist, is asked for
+    credentials first, like any other."""
+    url = auth_mesh.metrics_url + query
     assert _get(url)[0] == 401
     assert _get(url, f"Bearer {API_TOKEN}")[0] == 401
-    assert _get(url, f"Bearer {METRICS_TOKEN}")[0] == 200
+    assert _get(url, f"Bearer {METRICS_TOKEN}")[0] == (400 if "nope" in query else 200)
 
 
 def test_health_stays_open(auth_mesh: Mesh) -> None:
