@@ -11,7 +11,10 @@ handler does, and (for comparison) joined into one body. Last, it serves
 fetches it with curl (gzip accepted, as Prometheus asks), whole and with
 ``collect[]=collector`` (the collector's own health; a tree without groups
 answers that with the whole body). The pre-render is timed twice: with the
-histograms' text, as while scrapes read them, and without (none did lately).
+histograms' text, as while scrapes read them, and without (none did lately):
+once after half the results changed, and every second of results at a 60 s
+interval (the collector's pre-render runs every second; --countries spreads
+the agents over that many countries, so over as many histograms per check).
 
 It prints the process's resident memory per check x agent pair: once the
 state and the rendered text are built (between scrapes), and at its peak
@@ -32,6 +35,7 @@ import gc
 import inspect
 import json
 import os
+import random
 import subprocess
 import tempfile
 import time
@@ -141,7 +145,30 @@ async def http_scrapes(
     return out, longest
 
 
-def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
+def per_second(
+    exporter: MeshExporter, agents: list[AgentInfo], checks_n: int, now: float
+) -> dict[str, float]:
+    """Seconds of pre-render per second of results at a 60 s interval, with the
+    histograms' text and (where the tree can) without, alternated, 20 seconds in all."""
+    state, ingest = exporter.state, exporter.ingest
+    rng = random.Random(1)
+    lazy = "histograms" in inspect.signature(exporter.prerender).parameters
+    spent: dict[str, list[float]] = {"second_prerender": [], "second_admission": []}
+    for second in range(20):
+        for _ in range(len(agents) * checks_n // 60):
+            result = http_result(f"check-{rng.randrange(checks_n):03d}", now + 60 + second)
+            state.apply(rng.choice(agents), result, ingest.samples.keep(result.samples))
+        text = second % 2 == 0 or not lazy
+        t0 = time.perf_counter()
+        if text:
+            exporter.prerender()
+        else:
+            exporter.prerender(histograms=False)
+        spent["second_prerender" if text else "second_admission"].append(time.perf_counter() - t0)
+    return {k: sum(v) / len(v) for k, v in spent.items() if v}
+
+
+def measure(agents_n: int, checks_n: int, repeat: int, countries: int) -> dict[str, Any]:
     checks = parse_checks(
         {
             "modules": {"http_2xx": {"prober": "http"}},
@@ -160,7 +187,13 @@ def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
     rest.register(RestView(exporter))
     now = time.time()
     agents = [
-        AgentInfo(f"agent-{i:04d}", "DE", region="eu", version="0.1.0") for i in range(agents_n)
+        AgentInfo(
+            f"agent-{i:04d}",
+            f"{chr(65 + i % countries // 26)}{chr(65 + i % countries % 26)}",
+            region="eu",
+            version="0.1.0",
+        )
+        for i in range(agents_n)
     ]
     for agent in agents:
         state.agents[agent.agent_id] = agent
@@ -188,6 +221,7 @@ def measure(agents_n: int, checks_n: int, repeat: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     exporter.prerender()
     figures["prerender"] = time.perf_counter() - t0
+    figures.update(per_second(exporter, agents, checks_n, now))
     gc.collect()
     figures["held"] = rss() - idle
     if hasattr(exporter, "render_batches"):  # the handler's way: a piece at a time
@@ -223,6 +257,9 @@ def report(label: str, f: dict[str, Any], pairs: int) -> list[str]:
     out = [f"[{label}] {f['tree']}", f"  cold render (every result new): {f['cold']:.2f} s",
            f"  half the results changed: background pre-render {f['prerender']:.2f} s"
            + (f" (without the histograms' text {f['admission']:.2f} s)" if "admission" in f else ""),
+           f"  a second of results at a 60 s interval: pre-render {f['second_prerender'] * 1000:.1f} ms"
+           + (f" (without the histograms' text {f['second_admission'] * 1000:.1f} ms)"
+              if "second_admission" in f else ""),
            f"  RSS per pair between scrapes (state and rendered text): {per_pair(f['held'])}"]  # fmt: skip
     if "streamed" in f:
         t, peak = f["streamed"]
@@ -262,14 +299,16 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--checks", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5, help="steady-state scrapes to time")
+    parser.add_argument("--countries", type=int, default=1, help="countries of the agents")
     parser.add_argument("--baseline", type=Path, help="another source tree, measured first")
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)  # child: print JSON
     args = parser.parse_args()
     if args.tree:
-        print(json.dumps(measure(args.agents, args.checks, args.repeat)))
+        print(json.dumps(measure(args.agents, args.checks, args.repeat, args.countries)))
         return
     runs = measure_trees(__file__, args.baseline, [
-        "--agents", str(args.agents), "--checks", str(args.checks), "--repeat", str(args.repeat)
+        "--agents", str(args.agents), "--checks", str(args.checks), "--repeat", str(args.repeat),
+        "--countries", str(args.countries),
     ])  # fmt: skip
     pairs = args.agents * args.checks
     first = runs[0][1]
