@@ -105,7 +105,8 @@ def run(streams: int, interval: float, grid: float, seconds: float, warm: float)
     server = spawn.Process(target=_serve, args=(port, ready), daemon=True)
     server.start()
     ready.wait(30)
-    assert server.pid is not None
+    pid = server.pid
+    assert pid is not None
 
     async def measured() -> tuple[int, float, int]:
         received = [0]
@@ -113,9 +114,9 @@ def run(streams: int, interval: float, grid: float, seconds: float, warm: float)
             _drive(port, streams, interval, grid, warm + seconds + 1, received)
         )
         await asyncio.sleep(warm)
-        cpu0, sw0, got0 = *_threads(server.pid), received[0]
+        cpu0, sw0, got0 = *_threads(pid), received[0]
         await asyncio.sleep(seconds)
-        cpu1, sw1, got1 = *_threads(server.pid), received[0]
+        cpu1, sw1, got1 = *_threads(pid), received[0]
         await driving
         return got1 - got0, cpu1 - cpu0, sw1 - sw0
 
