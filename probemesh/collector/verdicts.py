@@ -481,7 +481,7 @@ class Publisher:
         inputs: dict[Pair, PairInput] = {}
         for track in tracks.values():
             if track.changed or track.input is None:
-                self._build_input(track, settled, cfg)
+                self._build_input(track, settled, cfg, self.published.get(track.pair))
             assert track.input is not None
             inputs[track.pair] = track.input
         if info is not None:  # an assigned check's country is listed even unheard
@@ -530,17 +530,19 @@ class Publisher:
         for track in tracks.values():
             if track.changed:
                 old = published.get(track.pair)
-                item = self._build_input(track, settled, cfg)
+                item = self._build_input(track, settled, cfg, old)
                 if item is not old:
                     published[track.pair] = item
                     publication.changed.append(item)
                     publication.keys.append(track.pair)
         return True
 
-    def _build_input(self, track: _Track, settled: bool, cfg: OutageSettings) -> PairInput:
-        """The track's input, built anew; an equal input stays the one published:
-        the classifier, which judges these same objects when the collector is
-        alone, tells changes by identity."""
+    def _build_input(
+        self, track: _Track, settled: bool, cfg: OutageSettings, old: PairInput | None
+    ) -> PairInput:
+        """The track's input, built anew; an input equal to old (the one published)
+        stays old: the classifier, which judges these same objects when the
+        collector is alone, tells changes by identity."""
         entry = track.entry
         assert entry is not None
         check, agent = track.pair
@@ -550,7 +552,6 @@ class Publisher:
             check, agent, entry.country, entry.success, track.confirmed,
             track.fresh, settled, reason, detail, streak, last_ts=entry.timestamp,
         )  # fmt: skip
-        old = self.published.get(track.pair)
         track.input = old if old == item else item
         track.changed = False
         return track.input
