@@ -7,7 +7,8 @@ created in the collectors' database. The agents run in ``--processes`` load
 processes, many asyncio streams each over a few channels: each agent sends
 Hello, takes the checks the collector pushes, and from then on produces one
 result per check and interval (at a random phase), tagged with the pushed
-revision, in batches as a real agent sends them, honouring Acks. A result is
+revision, in batches as a real agent sends them (on the wall clock's
+``--send-grid``, an agent's flush interval), honouring Acks. A result is
 an HTTP, DNS, TCP or ICMP result with the samples blackbox_exporter's prober
 emits; 1 % of them fail.
 
@@ -52,6 +53,7 @@ import collections
 import contextlib
 import datetime
 import json
+import math
 import os
 import random
 import re
@@ -76,6 +78,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import cpu_seconds
+from probemesh.agent.main import FLUSH_INTERVAL
 from probemesh.checks import parse_checks
 from probemesh.collector.database import open_database
 from probemesh.collector.samples import SampleFilter
@@ -179,6 +182,7 @@ class LoadSpec:
     tracers: list[tuple[str, str]]  # (agent, check) pairs whose sending this process times
     out: str
     seed: int
+    send_grid: float  # results are written on this wall-clock grid; 0: each at its own time
 
 
 @dataclass
@@ -365,10 +369,10 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     live = [r for r in runs if r.call is not None]
     connected_at = time.time()
     # Each check x agent at its own phase within the interval, as an agent's scheduler spreads them.
-    slots: dict[int, list[tuple[AgentRun, int]]] = {}
-    for run in live:
-        for c in range(len(run.checks)):
-            slots.setdefault(rng.randrange(int(spec.interval)), []).append((run, c))
+    phases = sorted(
+        ((rng.uniform(0, spec.interval), run, c) for run in live for c in range(len(run.checks))),
+        key=lambda phase: phase[0],
+    )
     start_at, stop_at = await asyncio.to_thread(_handshake, spec, len(live))
     await asyncio.sleep(max(0.0, start_at - time.time()))
     waiting = False
@@ -388,25 +392,41 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         written = time.time()
         traced.extend((run.spec.agent_id, check, ms, written) for check, ms in tracing)
 
-    tick = int(time.time())
-    while time.time() < stop_at:
+    # Results are probed at their phases and written on the agents' send grid, as
+    # an agent's flush does (at each multiple of the grid on the wall clock).
+    cycle, i = start_at, 0
+    grid = spec.send_grid
+    next_chores = time.time()  # once a second: heartbeats, and batches held back by their window
+    while True:
+        due = cycle + phases[i][0]
+        send_at = math.ceil(due / grid) * grid if grid else due
+        if send_at >= stop_at:
+            break
+        await asyncio.sleep(max(0.0, send_at - time.time()))
         counting = time.time() >= start_at + spec.interval
-        due = slots.get(tick % int(spec.interval), ())
-        for run, c in due:
-            ts = time.time()
+        touched: dict[int, AgentRun] = {}
+        while due <= send_at:
+            _, run, c = phases[i]
             ok, failed = run.templates[c]
             body = failed if rng.random() < FAILURE_RATE else ok
-            run.pending.append(body + _TIMESTAMP_TAG + struct.pack("<d", ts))
+            run.pending.append(body + _TIMESTAMP_TAG + struct.pack("<d", due))
             run.pending_checks.append(c)
             run.produced[c] += 1
             if (run.spec.agent_id, run.checks[c]) in tracer_set:
-                run.pending_traced.append((run.checks[c], int(ts * 1000)))
-        for run in live:
-            if run.pending:
-                await flush(run)
-        await heartbeats(live)
-        tick += 1
-        await asyncio.sleep(max(0.0, tick - time.time()))
+                run.pending_traced.append((run.checks[c], int(due * 1000)))
+            touched[id(run)] = run
+            i += 1
+            if i == len(phases):
+                cycle, i = cycle + spec.interval, 0
+            due = cycle + phases[i][0]
+        for run in touched.values():
+            await flush(run)
+        if time.time() >= next_chores:
+            next_chores += 1.0
+            for run in live:
+                if run.pending:
+                    await flush(run)
+            await heartbeats(live)
     counting = False
     drain_until = time.time() + spec.drain
     while time.time() < drain_until and any(r.pending or r.inflight for r in live if not r.error):
@@ -828,6 +848,9 @@ def main() -> None:
     parser.add_argument(
         "--tracers", type=int, default=40, help="pairs whose remote-write lag is polled"
     )
+    parser.add_argument("--send-grid", type=float, default=FLUSH_INTERVAL,
+                        help="agents write their results on this wall-clock grid, as an "
+                             "agent flushes them (seconds); 0: each result at its own time")  # fmt: skip
     parser.add_argument("--collectors", type=int, default=1, help="more than one needs --postgres")
     parser.add_argument("--postgres", action="store_true",
                         help="collectors share a throwaway PostgreSQL (tests/postgres.py)")  # fmt: skip
@@ -854,6 +877,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the servers on SIGTERM
     if args.collectors > 1 and not args.postgres:
         parser.error("--collectors above 1 share a database: add --postgres")
+    if args.send_grid < 0:
+        parser.error("--send-grid must be 0 (no grid) or a positive number of seconds")
     if args.seconds < 2 * args.interval:
         parser.error("--seconds must cover at least two intervals (the first is warm-up)")
     from tests.prometheus.victoria import run_victoria_metrics
@@ -933,6 +958,7 @@ def main() -> None:
                     "interval": args.interval, "drain": args.drain, "channels": args.channels,
                     "tracers": [t for t in tracers if t[0] in mine],
                     "out": str(root / f"load-{n}.out.json"), "seed": n,
+                    "send_grid": args.send_grid,
                 }))  # fmt: skip
                 workers.append(
                     subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path)])
@@ -950,9 +976,10 @@ def main() -> None:
             for c in collectors:  # every stream up, (almost) no result applied yet
                 if c.heap_prefix:
                     heap_report(c, "conn")
+            how = f"on a {args.send_grid:g} s grid" if args.send_grid else "each at once"
             print(f"connected in {connect_seconds:.0f} s; producing "
-                  f"{args.agents * args.checks / args.interval:,.0f} results/s for {args.seconds:g} s",
-                  flush=True)  # fmt: skip
+                  f"{args.agents * args.checks / args.interval:,.0f} results/s for {args.seconds:g} s, "
+                  f"written {how}", flush=True)  # fmt: skip
             time.sleep(max(0.0, start_at + args.interval - time.time()))  # warm-up: one interval
             for c in collectors:
                 c.marks = read_marks(c)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from probemesh.v1 import mesh_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+FLUSH_INTERVAL = 0.2
+"""Seconds between flushes of new results to disk and the link, on the wall clock's grid."""
+
 
 @dataclass
 class AgentOptions:
@@ -42,7 +46,7 @@ class AgentOptions:
     secrets_dir: Path | None = None
     min_interval: float = 5.0
     max_concurrency: int = 256
-    flush_interval: float = 0.2
+    flush_interval: float = FLUSH_INTERVAL
     queue_max_results: int = DEFAULT_MAX_RESULTS
     queue_max_age: float = DEFAULT_MAX_AGE
     link: LinkSettings = field(default_factory=LinkSettings)
@@ -124,10 +128,19 @@ class Agent:
             self.new_results.set()
 
     async def _flush_loop(self) -> None:
-        """Flush every flush_interval, or at once when a batch's worth is pending."""
+        """Flush at each multiple of flush_interval on the wall clock, or at once
+        when a batch's worth is pending.
+
+        The grid is the wall clock's, not this process's: agents whose clocks are
+        in sync send their results together, and the collector takes their
+        messages a burst at a time. Woken for each message alone, it spends as
+        much on waking as on the message (bench/grpc_wakeups.py).
+        """
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.options.flush_interval)
+                await asyncio.wait_for(
+                    self._flush_now.wait(), until_tick(self.options.flush_interval, time.time())
+                )
             self._flush_now.clear()
             await self.flush()
             self.metrics.connected = self.link.connected.is_set()
@@ -174,6 +187,11 @@ class Agent:
             self.queue.counters.acked,
             self.queue.depth,
         )
+
+
+def until_tick(step: float, now: float) -> float:
+    """Seconds from now to the wall clock's next multiple of step (never 0)."""
+    return step - now % step
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
