@@ -67,7 +67,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,7 @@ class LoadSpec:
     out: str
     seed: int
     send_grid: float  # results are written on this wall-clock grid; 0: each at its own time
+    country_offsets: bool  # each country writes at its own offset within the grid step
 
 
 @dataclass
@@ -392,6 +393,20 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         written = time.time()
         traced.extend((run.spec.agent_id, check, ms, written) for check, ms in tracing)
 
+    # Countries' network latencies spread the arrivals of one grid step at the
+    # collector: with country_offsets, each country writes at its own offset.
+    codes = sorted({run.spec.country for run in live})
+    offsets = {
+        code: i * spec.send_grid / len(codes) if spec.country_offsets else 0.0
+        for i, code in enumerate(codes)
+    }
+
+    def by_offset(runs: Iterable[AgentRun]) -> dict[float, list[AgentRun]]:
+        groups: dict[float, list[AgentRun]] = {}
+        for run in runs:
+            groups.setdefault(offsets[run.spec.country], []).append(run)
+        return groups
+
     # Results are probed at their phases and written on the agents' send grid, as
     # an agent's flush does (at each multiple of the grid on the wall clock).
     cycle, i = start_at, 0
@@ -419,8 +434,10 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             if i == len(phases):
                 cycle, i = cycle + spec.interval, 0
             due = cycle + phases[i][0]
-        for run in touched.values():
-            await flush(run)
+        for offset, country_runs in sorted(by_offset(touched.values()).items()):
+            await asyncio.sleep(max(0.0, send_at + offset - time.time()))
+            for run in country_runs:
+                await flush(run)
         if time.time() >= next_chores:
             next_chores += 1.0
             for run in live:
@@ -851,6 +868,9 @@ def main() -> None:
     parser.add_argument("--send-grid", type=float, default=FLUSH_INTERVAL,
                         help="agents write their results on this wall-clock grid, as an "
                              "agent flushes them (seconds); 0: each result at its own time")  # fmt: skip
+    parser.add_argument("--country-offsets", action="store_true",
+                        help="each country writes at its own offset within the grid step, as "
+                             "countries' network latencies spread their arrivals")  # fmt: skip
     parser.add_argument("--collectors", type=int, default=1, help="more than one needs --postgres")
     parser.add_argument("--postgres", action="store_true",
                         help="collectors share a throwaway PostgreSQL (tests/postgres.py)")  # fmt: skip
@@ -879,6 +899,8 @@ def main() -> None:
         parser.error("--collectors above 1 share a database: add --postgres")
     if args.send_grid < 0:
         parser.error("--send-grid must be 0 (no grid) or a positive number of seconds")
+    if args.country_offsets and not args.send_grid:
+        parser.error("--country-offsets spreads the countries within a grid step: give --send-grid")
     if args.seconds < 2 * args.interval:
         parser.error("--seconds must cover at least two intervals (the first is warm-up)")
     from tests.prometheus.victoria import run_victoria_metrics
@@ -958,7 +980,7 @@ def main() -> None:
                     "interval": args.interval, "drain": args.drain, "channels": args.channels,
                     "tracers": [t for t in tracers if t[0] in mine],
                     "out": str(root / f"load-{n}.out.json"), "seed": n,
-                    "send_grid": args.send_grid,
+                    "send_grid": args.send_grid, "country_offsets": args.country_offsets,
                 }))  # fmt: skip
                 workers.append(
                     subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path)])
@@ -977,6 +999,7 @@ def main() -> None:
                 if c.heap_prefix:
                     heap_report(c, "conn")
             how = f"on a {args.send_grid:g} s grid" if args.send_grid else "each at once"
+            how += ", each country at its own offset" if args.country_offsets else ""
             print(f"connected in {connect_seconds:.0f} s; producing "
                   f"{args.agents * args.checks / args.interval:,.0f} results/s for {args.seconds:g} s, "
                   f"written {how}", flush=True)  # fmt: skip
