@@ -1,8 +1,9 @@
 """Ingest groups: how many queued batches one transaction applies.
 
 Agents mostly send one-result batches, and a group's fixed cost (fence,
-journal, commit) is paid once per group: the applier takes whatever is queued,
-up to group_batches batches or group_results results.
+journal, commit) is paid once per group: the applier waits gather_seconds
+after a group's first batch, then takes whatever is queued, up to
+group_batches batches or group_results results.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +171,87 @@ async def test_stop_accepting_ends_an_idle_applier_at_once_and_a_busy_one_after_
             if task is not None:
                 task.cancel()
         store.close()
+
+
+async def _ingest_of_one_agent(
+    tmp_path: Path, limits: IngestLimits
+) -> tuple[Ingest, Session, Store, list[tuple[float, int]], asyncio.Event]:
+    """An ingest whose groups are recorded as (when applied, batches) in the list
+    returned, and announced by the ingest's `applied` event."""
+    store = Store(open_database(None, tmp_path))
+    state = MeshState()
+    ingest = Ingest(state, store, AssignmentHistory(store, "digest"), limits)
+    agent = state.agents["vps-1"] = AgentInfo("vps-1", "DE")
+    agent.assigned, agent.revision = {"web": "t.example:80"}, 1
+    session = Session(agent, "token", await ingest.take_lease(agent))
+    groups: list[tuple[float, int]] = []
+    apply_group = ingest._apply_group
+
+    async def recording(items: list[_Item]) -> None:
+        groups.append((time.monotonic(), len(items)))
+        await apply_group(items)
+        applied.set()
+
+    applied = asyncio.Event()
+    ingest._apply_group = recording  # type: ignore[method-assign]
+    return ingest, session, store, groups, applied
+
+
+def _batch(seq: int) -> pb.ResultBatch:
+    result = pb.Result(check="web", revision=1, timestamp=1000.0 + seq, success=True)
+    return pb.ResultBatch(first_seq=seq, last_seq=seq, results=[result])
+
+
+GATHER = 0.3
+
+
+@pytest.mark.parametrize("offsets", [(0.0, 0.01, 0.2), (0.0, 0.25), (0.0, 0.05, 0.1, 0.15)])
+async def test_batches_arriving_within_the_gather_window_make_one_group(
+    tmp_path: Path, offsets: tuple[float, ...]
+) -> None:
+    """Agents send one-result batches, each at its own moment: a group waits
+    gather_seconds after its first batch, so those arriving meanwhile share its
+    fixed cost (fence, journal, commit), and none waits longer than that."""
+    ingest, session, store, groups, _ = await _ingest_of_one_agent(
+        tmp_path, IngestLimits(gather_seconds=GATHER)
+    )
+    runner = asyncio.create_task(ingest.run())
+    try:
+        start = time.monotonic()
+        for seq, offset in enumerate(offsets, 1):
+            await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
+            await ingest.submit(session, _batch(seq))
+        await asyncio.sleep(max(0.0, start + GATHER + 0.5 - time.monotonic()))
+        await ingest.submit(session, _batch(len(offsets) + 1))  # after the group: a new one
+        ingest.stop_accepting()
+        await runner
+    finally:
+        runner.cancel()
+        store.close()
+    assert [n for _, n in groups] == [len(offsets), 1]
+    waited = groups[0][0] - start
+    assert GATHER <= waited < GATHER + 0.2, waited
+    acks = [m.ack.last_seq for m in await drain([_Item(session, pb.ResultBatch())])]
+    assert acks == list(range(1, len(offsets) + 2))
+
+
+async def test_a_full_group_does_not_wait(tmp_path: Path) -> None:
+    ingest, session, store, groups, applied = await _ingest_of_one_agent(
+        tmp_path, IngestLimits(group_batches=2, gather_seconds=30.0)
+    )
+    for seq in (1, 2):
+        await ingest.submit(session, _batch(seq))
+    runner = asyncio.create_task(ingest.run())
+    try:
+        start = time.monotonic()
+        await asyncio.wait_for(applied.wait(), 10)
+        ingest.stop_accepting()
+        await asyncio.wait_for(runner, 10)
+    finally:
+        runner.cancel()
+        store.close()
+    assert groups[0][1] == 2
+    assert groups[0][0] - start < 5.0
 
 
 async def drain(items: list[_Item]) -> list[pb.CollectorMessage]:
