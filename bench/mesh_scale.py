@@ -409,15 +409,31 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
 
     # Results are probed at their phases and written on the agents' send grid, as
     # an agent's flush does (at each multiple of the grid on the wall clock).
+    next_chores = time.time()
+
+    async def wait_until(moment: float) -> None:
+        """Sleep until moment, doing the once-a-second chores on the way:
+        heartbeats, clock echoes, and batches held back by their window."""
+        nonlocal next_chores
+        while (now := time.time()) < moment or now >= next_chores:
+            if now >= next_chores:
+                next_chores = now + 1.0
+                for run in live:
+                    if run.pending:
+                        await flush(run)
+                await heartbeats(live)
+            else:
+                await asyncio.sleep(min(moment, next_chores) - now)
+
     cycle, i = start_at, 0
     grid = spec.send_grid
-    next_chores = time.time()  # once a second: heartbeats, and batches held back by their window
-    while True:
+    while phases:
         due = cycle + phases[i][0]
-        send_at = math.ceil(due / grid) * grid if grid else due
+        # max(): due / grid rounds, and a due just past a tick could land just before it.
+        send_at = max(due, math.ceil(due / grid) * grid) if grid else due
         if send_at >= stop_at:
             break
-        await asyncio.sleep(max(0.0, send_at - time.time()))
+        await wait_until(send_at)
         counting = time.time() >= start_at + spec.interval
         touched: dict[int, AgentRun] = {}
         while due <= send_at:
@@ -435,15 +451,10 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 cycle, i = cycle + spec.interval, 0
             due = cycle + phases[i][0]
         for offset, country_runs in sorted(by_offset(touched.values()).items()):
-            await asyncio.sleep(max(0.0, send_at + offset - time.time()))
+            await wait_until(send_at + offset)
             for run in country_runs:
                 await flush(run)
-        if time.time() >= next_chores:
-            next_chores += 1.0
-            for run in live:
-                if run.pending:
-                    await flush(run)
-            await heartbeats(live)
+    await wait_until(stop_at)
     counting = False
     drain_until = time.time() + spec.drain
     while time.time() < drain_until and any(r.pending or r.inflight for r in live if not r.error):

@@ -190,7 +190,7 @@ class Agent:
 
 
 def until_tick(step: float, now: float) -> float:
-    """Seconds from now to the wall clock's next multiple of step (never 0)."""
+    """Seconds from now to the wall clock's next multiple of step (> 0; step > 0)."""
     return step - now % step
 
 

@@ -65,11 +65,14 @@ class IngestLimits:
     # mostly send one-result batches: the groups are as large as the queue.
     group_batches: int = 512
     group_results: int = 20_000
-    # A group that is not full waits this long after its first batch for more.
-    # Agents' batches arrive one at a time, each at its own moment; a group of
-    # one pays the fixed cost per batch, and the collector about twice the CPU
-    # per result. Every batch is acked this much later at most.
+    # A small group waits this long after its first batch for more. Agents'
+    # batches arrive one at a time, each at its own moment; a group of one pays
+    # the fixed cost per batch, and the collector about twice the CPU per result.
     gather_seconds: float = 0.025
+    # A group is small while fewer batches than this are queued and its first
+    # batch has fewer results: a larger one already spreads its fixed cost, and
+    # waiting would only slow a catch-up (an agent's backlog after an outage).
+    gather_below: int = 64
 
 
 @dataclass
@@ -185,7 +188,8 @@ class Ingest:
             finally:
                 self._getter = None
             limits = self.limits
-            if self.accepting and self.queue.qsize() < limits.group_batches - 1:
+            small = max(self.queue.qsize(), len(first.batch.results)) < limits.gather_below
+            if small and self.accepting:
                 await asyncio.sleep(limits.gather_seconds)
             items = [first]
             results = len(first.batch.results)
