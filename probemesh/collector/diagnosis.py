@@ -366,7 +366,8 @@ class Diagnoser:
 
         ``control_agents`` maps the agents in up countries whose latest probe
         succeeded to that probe's time. Only a success that started after the
-        failing country's evidence arrived counts: a country still counted up
+        failing country's failure was first reported counts (evidence refreshed
+        while that failure goes on keeps the time): a country still counted up
         (its verdict waits for a second round) may just not have probed since
         the failure began, and an origin failing everywhere must not look like
         a difference between countries. Until one does, the kind is unknown.
@@ -385,7 +386,7 @@ class Diagnoser:
             if country.local_only or not observed:
                 out[country.country] = self._country(check, country, observed, [], now)
                 continue
-            since = min(o.received for o in observed)
+            since = min(o.since for o in observed)
             fresh = [a for a, at in control_agents.items() if at >= since]
             controls = [
                 book.control[(check, a)].evidence for a in fresh if (check, a) in book.control

@@ -25,6 +25,9 @@ class Observed:
     agent: str
     country: str
     received: float
+    since: float
+    """When the failure this evidence belongs to was first reported: refreshed
+    evidence of a failure that goes on keeps it."""
 
 
 class EvidenceBook:
@@ -42,7 +45,12 @@ class EvidenceBook:
         self, check: str, agent: str, country: str, evidence: pb.Evidence, now: float
     ) -> None:
         key = (check, agent)
-        observed = Observed(evidence, agent, country, now)
+        since = now
+        if not evidence.probe_success:
+            earlier = self.failing.get(key)
+            if earlier is not None and not self.failure_over(key, earlier):
+                since = earlier.since
+        observed = Observed(evidence, agent, country, now, since)
         (self.control if evidence.probe_success else self.failing)[key] = observed
         if evidence.HasField("path"):
             self.paths[key] = observed

@@ -417,3 +417,21 @@ def test_a_recovery_report_retires_failing_evidence() -> None:
     book.recover("web", "gh1", 110.0)
     waiting = diagnoser.diagnose_check("web", failing, {"ke1": 120.0}, 120.0)["GH"]
     assert waiting == Diagnosis("unknown", "waiting for evidence from the failing agents")
+
+
+@pytest.mark.parametrize("refreshed_at", [106.0, 160.0, 299.0])
+def test_evidence_refreshed_during_the_same_failure_keeps_its_kind(refreshed_at: float) -> None:
+    """A failing agent sends fresh evidence every minute while its failure goes
+    on. A control that succeeded after the failure began still counts, so the
+    kind does not turn unknown (and back, each change an incident event) at
+    every refresh while the controls wait for their next probe."""
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    book.observe("web", "ke1", "KE", evidence(success=True), 10.0)
+    book.observe("web", "et1", "ET", evidence(tcp="refused"), 100.0)
+    failing = [CountryInput("ET", False)]
+    controls = {"ke1": 105.0}  # the control's last success started after the failure began
+    assert diagnoser.diagnose_check("web", failing, controls, 106.0)["ET"].kind == "tcp_blocking"
+    book.observe("web", "et1", "ET", evidence(tcp="refused"), refreshed_at)
+    now = refreshed_at + 1.0
+    assert diagnoser.diagnose_check("web", failing, controls, now)["ET"].kind == "tcp_blocking"

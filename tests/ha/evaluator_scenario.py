@@ -215,6 +215,10 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
 
         wait_for(same_fleet, 30, "every collector lists every agent, connected")
         return takeover
+    except AssertionError as exc:  # a rare failure: show what each process logged last
+        logs = [(c.name, c.proc) for c in collectors] + list(zip(AGENTS, agents, strict=False))
+        tails = "\n".join(f"--- {name}:\n{proc.log(15)}" for name, proc in logs if proc)
+        raise AssertionError(f"{exc}\n{tails}") from None
     finally:
         stop_all(agents)
         stop_all(c.proc for c in collectors)
