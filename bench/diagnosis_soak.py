@@ -10,7 +10,8 @@ router drop for NG and GH) in a random order with random gaps, waits for the
 diagnoses, lifts the faults, then makes the origin answer 500 to everyone.
 
 Per repetition it records whether every country reached its kind (and the
-controls KE, DE stayed up with no diagnosis), the time to get there, and every
+controls KE, DE stayed up with no diagnosis) and kept it for --hold seconds
+while the agents refresh their evidence, the time to get there, and every
 wrong kind seen on the way (a kind other than the final one and other than
 `unknown`, which only says "not decided yet"). Prints one line per repetition
 and the counts (and the detail of each wrong kind the first time it shows); exits
@@ -68,6 +69,20 @@ def watch(
     return False, time.monotonic() - start, wrong
 
 
+def hold(sc: Scenario, expected: dict[str, str], seconds: float) -> Counter[str]:
+    """Poll for seconds while the faults stay: every poll where a country has left
+    the kind it reached (refreshed evidence must not undo a diagnosis)."""
+    relapses: Counter[str] = Counter()
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        for cc, c in sc.countries().items():
+            kind = (c["diagnosis"] or {}).get("kind")
+            if cc in expected and kind != expected[cc]:
+                relapses[f"{cc}:{kind}"] += 1
+        time.sleep(0.25)
+    return relapses
+
+
 def wait_all_up(sc: Scenario, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,6 +103,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--hold", type=float, default=12.0,
+        help="seconds the faults stay once every kind is reached, longer than the "
+             "agents' evidence refresh (10 s here)",
+    )  # fmt: skip
     args = parser.parse_args()
     problem = netns_problem()
     if problem:
@@ -100,6 +120,7 @@ def main() -> int:
     results: Counter[str] = Counter()
     times: dict[str, list[float]] = {"blocking+path": [], "origin": []}
     wrong_total: Counter[str] = Counter()
+    relapses_total: Counter[str] = Counter()
     with tempfile.TemporaryDirectory() as tmp:
         sc = Scenario(net, Path(tmp))
         try:
@@ -115,7 +136,11 @@ def main() -> int:
                     sc.inject(fault)
                     time.sleep(rng.uniform(0, 1.0))
                 ok, took, wrong = watch(sc, EXPECTED, 60)
+                relapses = hold(sc, EXPECTED, args.hold) if ok else Counter()
+                relapses_total.update(relapses)
                 results[f"blocking+path {'ok' if ok else 'FAILED'}"] += 1
+                if ok:
+                    results[f"kinds held {'ok' if not relapses else 'FAILED'}"] += 1
                 times["blocking+path"].append(took)
                 wrong_total.update(wrong)
                 sc.lift_all()
@@ -133,7 +158,8 @@ def main() -> int:
                     f"rep {rep:2}: order {','.join(order):27} blocking+path "
                     f"{'ok' if ok else 'FAILED'} {took:5.1f}s, origin "
                     f"{'ok' if ok_origin else 'FAILED'} {took_origin:5.1f}s, "
-                    f"transient wrong kinds {dict(wrong) | dict(wrong_o) or '-'}",
+                    f"transient wrong kinds {dict(wrong) | dict(wrong_o) or '-'}, "
+                    f"relapses {dict(relapses) or '-'}",
                     flush=True,
                 )
         finally:
@@ -149,6 +175,10 @@ def main() -> int:
                 f"max {max(values):.1f}s"
             )
     print(f"transient wrong kinds (polls at 0.25 s): {dict(wrong_total) or 'none'}")
+    print(
+        f"relapses once reached, over {args.hold:g} s with the faults on (polls at 0.25 s): "
+        f"{dict(relapses_total) or 'none'}"
+    )
     return 1 if any("FAILED" in k for k in results) else 0
 
 
