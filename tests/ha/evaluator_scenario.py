@@ -101,11 +101,23 @@ def _incidents(c: Collector) -> list[dict[str, Any]]:
     return list(c.get("/api/v1/incidents")["incidents"])
 
 
-def _same_view(collectors: list[Collector]) -> dict[str, Any] | None:
-    """The status document if every collector serves the same evaluation, else None."""
-    docs = [c.get("/api/v1/status") for c in collectors]
-    if len({d["evaluation"] for d in docs}) != 1:
+def _same_view(
+    collectors: list[Collector], served: dict[str, dict[int, dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """The status document of the newest evaluation every collector has served
+    (recorded in served across calls), once they all have one, else None.
+
+    A follower takes the evaluator's latest evaluation once a round of its own,
+    so at any one moment the two may be an evaluation apart, and stay so for
+    as long as their rounds keep that phase: each must be compared with the
+    other's document of the same evaluation, not with its current one."""
+    for c in collectors:
+        doc = c.get("/api/v1/status")
+        served.setdefault(c.name, {})[doc["evaluation"]] = doc
+    common = set.intersection(*(set(served.get(c.name, {})) for c in collectors))
+    if not common:
         return None
+    docs = [served[c.name][max(common)] for c in collectors]
     views = [(d["checks"], d["incidents"], d["generated_at"]) for d in docs]
     assert all(v == views[0] for v in views), views
     return docs[0]
@@ -205,7 +217,8 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
         [incident] = _incidents(survivors[0])
         events = [e["event"] for e in incident["timeline"]]
         assert events[0] == "opened" and events[-1] == "closed"
-        doc = wait_for(lambda: _same_view(survivors), 10, "the same evaluation everywhere")
+        served: dict[str, dict[int, dict[str, Any]]] = {}
+        doc = wait_for(lambda: _same_view(survivors, served), 10, "the same evaluation everywhere")
         assert doc["checks"][0]["state"] == "ok"
 
         def same_fleet() -> bool:
