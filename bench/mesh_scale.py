@@ -26,6 +26,8 @@ are taken over the rest of the run. Per collector:
 * the outage round (probemesh_outage_round_seconds, the last round's seconds per
   part, read every 15 s): the evaluator's evaluate over every pair of the
   mesh, and each collector's publish of its own agents' inputs;
+* the garbage collector's pauses (probemesh_gc_pause_seconds): their time,
+  as a share of the collector's CPU, and the longest;
 * database writes per second (PostgreSQL: commits and rows written, from
   pg_stat_database, for the whole mesh; SQLite: bytes the collector wrote to disk);
 * remote-write lag: probe time to queryable in VictoriaMetrics, for tracer
@@ -634,10 +636,11 @@ def metrics(collector: Collector, names: tuple[str, ...]) -> Samples:
 _MARKS = (
     "probemesh_ingest_results_total", "probemesh_event_loop_lag_max_seconds",
     "probemesh_ingest_queue_depth", "probemesh_remote_write_pending_requests",
+    "probemesh_gc_pause_seconds",
 )  # fmt: skip
 
 
-def read_marks(collector: Collector) -> dict[str, float]:
+def read_marks(collector: Collector) -> dict[str, Any]:
     assert collector.proc is not None
     samples = metrics(collector, _MARKS)
     pid = collector.proc.pid
@@ -649,7 +652,32 @@ def read_marks(collector: Collector) -> dict[str, float]:
         "lag_max": total(samples, "probemesh_event_loop_lag_max_seconds"),
         "queue": total(samples, "probemesh_ingest_queue_depth"),
         "rw_pending": total(samples, "probemesh_remote_write_pending_requests", stream="results"),
+        "gc_seconds": total(samples, "probemesh_gc_pause_seconds_sum"),
+        "gc_pauses": gc_buckets(samples),
     }
+
+
+def gc_buckets(samples: Samples) -> dict[float, float]:
+    """Garbage-collector pauses so far, every generation: upper bound -> cumulative count."""
+    counts: dict[float, float] = {}
+    for (name, labels), value in samples.items():
+        if name == "probemesh_gc_pause_seconds_bucket":
+            bound = float(dict(labels)["le"])
+            counts[bound] = counts.get(bound, 0.0) + value
+    return counts
+
+
+def gc_figure(start: dict, end: dict, cpu: float) -> str:
+    """The collector's garbage-collector pauses between two marks: their time,
+    as a share of its CPU, how many, and the longest (its histogram bucket)."""
+    seconds = end["gc_seconds"] - start["gc_seconds"]
+    done = {bound: n - start["gc_pauses"].get(bound, 0.0) for bound, n in end["gc_pauses"].items()}
+    if not done:
+        return "not exported"
+    count = done[math.inf]
+    longest = min((bound for bound, n in done.items() if n == count), default=math.inf)
+    return (f"{seconds:.2f} s in {count:,.0f} collections ({seconds / max(cpu, 1e-9):.1%} of its CPU), "
+            f"the longest <= {longest * 1000:g} ms")  # fmt: skip
 
 
 _DISCONNECT = re.compile(
@@ -821,7 +849,9 @@ def print_lag(
     print(f"remote-write lag, probe time -> queryable in VictoriaMetrics ({len(seen)} tracer "
           f"results after the warm-up, {len(keys) - len(seen)} never seen; {load}): "
           f"{figure(lags)}")  # fmt: skip
-    hops = [("produced -> written by the agent", None, "written")]
+    hops: list[tuple[str, str | None, str]] = [
+        ("produced -> written by the agent", None, "written")
+    ]
     if not direct:
         hops += [
             ("written -> posted by its collector (applied, journaled, sent)", "written", "posted"),
@@ -1016,6 +1046,7 @@ def main() -> None:
                   f"written {how}", flush=True)  # fmt: skip
             time.sleep(max(0.0, start_at + args.interval - time.time()))  # warm-up: one interval
             for c in collectors:
+                assert c.proc is not None
                 c.marks = read_marks(c)
                 c.rss_warm = rss_bytes(c.proc.pid)
                 if c.heap_prefix:
@@ -1035,8 +1066,8 @@ def main() -> None:
                 if time.time() >= next_scrape:
                     next_scrape = time.time() + 15
                     for c in collectors:
-                        for part, value in round_parts(c).items():
-                            rounds.setdefault((c.name, part), []).append(value)
+                        for round_part, value in round_parts(c).items():
+                            rounds.setdefault((c.name, round_part), []).append(value)
                 if not timed and time.time() > (start_at + args.interval + stop_at) / 2:
                     for c in collectors:
                         metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
@@ -1149,6 +1180,7 @@ def main() -> None:
         print(f"  publish (its pairs):     {publish}")
         print(f"  event loop:              lag max {end['lag_max'] * 1000:.0f} ms (last minute), "
               f"ingest queue {end['queue']:.0f} batches at the end")  # fmt: skip
+        print(f"  garbage collector:       {gc_figure(start, end, cpu)}")
         queue = rounds.get((c.name, "queue"), [0.0])
         journal = rounds.get((c.name, "journal"), [0.0])
         print(f"  where results wait:      ingest queue median {statistics.median(queue):.0f}, "

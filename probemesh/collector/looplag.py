@@ -19,7 +19,7 @@ import asyncio
 import collections
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
@@ -84,19 +84,19 @@ class LoopLag:
         self._arm(loop)
 
     def metric_families(self) -> Iterator[Metric]:
-        yield _histogram(
+        yield histogram_family(
             "probemesh_event_loop_lag_seconds",
             "How much later than asked the collector's event loop ran a timer "
             "(sampled every 10 ms): the time it was busy with something else",
-            self.counts,
-            self.total,
+            BUCKETS,
+            [([], self.counts, self.total)],
         )
-        yield _histogram(
+        yield histogram_family(
             "probemesh_event_loop_busy_lag_seconds",
             "The part of each event-loop lag that the loop thread spent on a CPU; "
             "the rest it waited for a CPU or for the GIL",
-            self.busy_counts,
-            self.busy_total,
+            BUCKETS,
+            [([], self.busy_counts, self.busy_total)],
         )
         yield GaugeMetricFamily(
             "probemesh_event_loop_lag_max_seconds",
@@ -105,11 +105,21 @@ class LoopLag:
         )
 
 
-def _histogram(name: str, help_text: str, counts: list[int], total: float) -> Metric:
-    histogram = HistogramMetricFamily(name, help_text)
-    cumulative, running = [], 0
-    for bound, count in zip([*(f"{b:g}" for b in BUCKETS), "+Inf"], counts, strict=True):
-        running += count
-        cumulative.append((bound, float(running)))
-    histogram.add_metric([], cumulative, total)
+def histogram_family(
+    name: str,
+    help_text: str,
+    buckets: Sequence[float],
+    series: Iterable[tuple[list[str], list[int], float]],
+    labels: Sequence[str] = (),
+) -> Metric:
+    """A histogram family from per-bucket counts (len(buckets) + 1 each, the
+    last one above every bound) and their sum, one entry of series per label set."""
+    histogram = HistogramMetricFamily(name, help_text, labels=labels)
+    bounds = [*(f"{bound:g}" for bound in buckets), "+Inf"]
+    for values, counts, total in series:
+        cumulative, running = [], 0
+        for bound, count in zip(bounds, counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        histogram.add_metric(values, cumulative, total)
     return histogram

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import socket
@@ -16,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from probemesh import ports
 from probemesh.checks import ChecksFile, load_checks
-from probemesh.collector import heap, runnable
+from probemesh.collector import gc_pauses, heap, runnable
 from probemesh.collector.alertmanager import AlertmanagerNotifier
 from probemesh.collector.asn import AsnLookup, NoAsnDatabase
 from probemesh.collector.assignments import AssignmentHistory
@@ -177,6 +176,7 @@ class CollectorApp:
             lane=self.lane,
         )
         self.loop_lag = LoopLag()
+        self.gc_pauses = gc_pauses.GcPauses()
         self.exporter = MeshExporter(
             self.state,
             self.ingest,
@@ -186,6 +186,7 @@ class CollectorApp:
                 self.outage.metric_families,
                 self.notifications.metric_families,
                 self.loop_lag.metric_families,
+                self.gc_pauses.metric_families,
                 self.leases.metric_families,
                 self.service.admission.metric_families,
                 self.database.metric_families,
@@ -338,6 +339,7 @@ class CollectorApp:
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
         lag = asyncio.create_task(self.loop_lag.run())
+        self.gc_pauses.start()
         trimmer = asyncio.create_task(heap.trim_periodically())
         await self.notifications.start()
         outage = asyncio.create_task(self.outage.run())
@@ -358,6 +360,7 @@ class CollectorApp:
             self.ingest.stop_accepting()
             housekeeping.cancel()
             lag.cancel()
+            self.gc_pauses.stop()
             outage.cancel()
             trimmer.cancel()
             await asyncio.gather(housekeeping, outage, lag, trimmer, return_exceptions=True)
@@ -420,19 +423,7 @@ def _warn_unrunnable(checks: ChecksFile) -> None:
 
 async def run_collector(options: CollectorOptions) -> None:
     app = CollectorApp(options)
-    # A full collection walks every tracked object and holds the event loop
-    # meanwhile (docs/benchmarks.md, event-loop lag). Everything loaded so far
-    # (modules, descriptors, checks, the state read back from disk) lives as
-    # long as the process: take it out of the collector's sight. Ingest
-    # promotes short-lived objects to the oldest generation all the time, so a
-    # full collection waits for 100 collections of the middle one (CPython's
-    # default is 10), about one every few seconds at full ingest rate instead
-    # of several per second; refcounting still frees everything that is not a
-    # cycle at once.
-    gc.collect()
-    gc.freeze()
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 100)
+    gc_pauses.tune()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
