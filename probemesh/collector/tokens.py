@@ -13,7 +13,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -23,6 +23,10 @@ from probemesh.errors import AuthError, ConfigError
 from probemesh.identity import agent_id_problem, country_problem
 
 log = logging.getLogger(__name__)
+TOUCH_EVERY = 5.0
+"""Seconds the last uses of tokens gather before one transaction writes them
+all: a fleet's streams touch their tokens every minute, and a reconnecting
+fleet all at once, which would be a commit each (most of a mesh's commits)."""
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -59,6 +63,8 @@ class TokenStore:
         self.db = db
         self._given = worker
         self._thread: ThreadPoolExecutor | None = None
+        self._touched: dict[str, float] = {}  # token id -> last use, not yet written
+        self._touch_timer: asyncio.TimerHandle | None = None
 
     def _worker(self) -> Executor:
         """One thread for the token queries (the collector hands the thread of
@@ -76,15 +82,28 @@ class TokenStore:
         return await loop.run_in_executor(self._worker(), lambda: fn(*args, **kwargs))
 
     def touch_later(self, token_id: str) -> None:
-        """Record a token's use in the database thread, without waiting for it.
+        """Record a token's use, written with the others of the next TOUCH_EVERY
+        seconds in the database thread, without waiting for it.
 
         last_used is informational: a locked database delays or loses one
-        update (logged), never the agent's connection.
+        write (logged), never the agent's connection.
         """
-        self._worker().submit(self.touch, token_id).add_done_callback(_log_failure)
+        self._touched[token_id] = time.time()
+        if self._touch_timer is None:
+            loop = asyncio.get_running_loop()
+            self._touch_timer = loop.call_later(TOUCH_EVERY, self._write_touched)
+
+    def _write_touched(self) -> None:
+        touched, self._touched, self._touch_timer = self._touched, {}, None
+        if touched:
+            self._worker().submit(self.touch, touched).add_done_callback(_log_failure)
 
     async def close_thread(self) -> None:
-        """Let queued token writes finish (before the database closes)."""
+        """Write the last uses gathered so far and let queued token writes
+        finish (before the database closes)."""
+        if self._touch_timer is not None:
+            self._touch_timer.cancel()
+            self._write_touched()
         if self._thread is not None:
             thread, self._thread = self._thread, None
             await asyncio.to_thread(thread.shutdown)
@@ -130,10 +149,13 @@ class TokenStore:
         )
         return {t for t in token_ids if t not in revoked_at or revoked_at[t] is not None}
 
-    def touch(self, token_id: str) -> None:
-        self.db.execute(
-            "UPDATE tokens SET last_used = ? WHERE token_id = ?", (time.time(), token_id)
-        )
+    def touch(self, used: Mapping[str, float]) -> None:
+        """Set the last use of tokens (token id -> time), in one transaction."""
+        with self.db.transaction() as db:
+            db.executemany(
+                "UPDATE tokens SET last_used = ? WHERE token_id = ?",
+                [(at, token_id) for token_id, at in sorted(used.items())],
+            )
 
     def list(self) -> list[TokenInfo]:
         rows = self.db.execute(
@@ -154,4 +176,4 @@ class TokenStore:
 def _log_failure(future: Future[None]) -> None:
     exc = future.exception()
     if exc is not None:
-        log.warning("could not record a token's last use: %s", exc)
+        log.warning("could not record the last use of tokens: %s", exc)

@@ -6,6 +6,7 @@ kind, migrated; these tests hold the two backends to the same behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from probemesh.collector import tokens as tokens_module
 from probemesh.collector.assignments import Span
 from probemesh.collector.database import KEYS_PER_STATEMENT, Database, DatabaseError, open_database
 from probemesh.collector.incidents import Event, Incident, IncidentBook
@@ -88,6 +90,28 @@ def test_collectors_starting_together_migrate_once(database: Database, tmp_path:
     conn.close()
 
 
+async def test_token_uses_are_written_together_after_a_while(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams touch their tokens one at a time; one transaction writes them
+    TOUCH_EVERY later, and close_thread writes what is still gathered."""
+    monkeypatch.setattr(tokens_module, "TOUCH_EVERY", 0.2)
+    tokens = TokenStore(database.connect())
+    ids = [tokens.verify(tokens.create(f"vps-de-{i}", "DE")).token_id for i in range(3)]
+
+    def used() -> dict[str, float | None]:
+        return {info.token_id: info.last_used for info in tokens.list()}
+
+    tokens.touch_later(ids[0])
+    tokens.touch_later(ids[1])
+    assert set(used().values()) == {None}, "nothing is written before TOUCH_EVERY"
+    await asyncio.sleep(0.5)
+    assert {i for i, at in used().items() if at is not None} == {ids[0], ids[1]}
+    tokens.touch_later(ids[2])
+    await tokens.close_thread()
+    assert None not in used().values()
+
+
 def test_tokens_create_verify_list_revoke(database: Database) -> None:
     tokens = TokenStore(database.connect())
     secret = tokens.create("vps-de-1", "DE")
@@ -96,7 +120,7 @@ def test_tokens_create_verify_list_revoke(database: Database) -> None:
     assert (binding.agent_id, binding.country) == ("vps-de-1", "DE")
     with pytest.raises(AuthError, match="unknown token"):
         tokens.verify(secret[:-1] + ("A" if secret[-1] != "A" else "B"))
-    tokens.touch(binding.token_id)
+    tokens.touch({binding.token_id: time.time()})
     listed = {info.agent_id: info for info in tokens.list()}
     assert set(listed) == {"vps-de-1", "vps-br-1"}
     assert listed["vps-de-1"].last_used is not None
