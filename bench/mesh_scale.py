@@ -22,7 +22,9 @@ are taken over the rest of the run. Per collector:
   the warm-up and of the run; --heap-report says where the memory is;
 * /metrics: time of a full GET (median of 3) and body size, and those of the
   scrape of the collector's own health (``collect[]=collector``), which the
-  periodic readings below use;
+  periodic readings below use; taken once the results are delivered, since a
+  full GET holds the collector's loop for seconds in a large mesh, and taken
+  during the run it delayed the results whose lag is measured;
 * the outage round (probemesh_outage_round_seconds, the last round's seconds per
   part, read every 15 s): the evaluator's evaluate over every pair of the
   mesh, and each collector's publish of its own agents' inputs;
@@ -1054,7 +1056,6 @@ def main() -> None:
             pg_start = (pg_stats(database_url), time.time())
             rounds: dict[tuple[str, str], list[float]] = {}
             metrics_figures: dict[str, tuple[float, int, int, float, int]] = {}
-            timed = False
             next_scrape = 0.0
             rss_end: dict[str, int] = {}
             while True:  # RSS every 2 s; the round gauges every 15 s, as Prometheus would scrape
@@ -1068,19 +1069,12 @@ def main() -> None:
                     for c in collectors:
                         for round_part, value in round_parts(c).items():
                             rounds.setdefault((c.name, round_part), []).append(value)
-                if not timed and time.time() > (start_at + args.interval + stop_at) / 2:
-                    for c in collectors:
-                        metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
-                    timed = True
                 if time.time() >= stop_at:
                     break
                 time.sleep(2)
             rss_end = rss_end or end_readings(collectors)  # slow readings may skip the moment
             ends = {c.name: read_marks(c) for c in collectors}
             pg_window = (pg_stats(database_url), time.time())
-            if not timed:
-                for c in collectors:
-                    metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
             for w in workers:
                 w.wait(300)
             reports = [json.loads((root / f"load-{n}.out.json").read_text())
@@ -1090,6 +1084,8 @@ def main() -> None:
                      "remote-write journals drained")  # fmt: skip
             time.sleep(3)
             observed = observer.finish()
+            for c in collectors:  # after the lag and CPU windows: it holds the loop for seconds
+                metrics_figures[c.name] = time_metrics(c.mesh.metrics_url)
             delays = delay_buckets(collectors)
             with urllib.request.urlopen(f"{vm.url}/internal/force_flush", timeout=30):
                 pass
