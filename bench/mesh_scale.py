@@ -677,9 +677,13 @@ def gc_figure(start: dict, end: dict, cpu: float) -> str:
     if not done:
         return "not exported"
     count = done[math.inf]
-    longest = min((bound for bound, n in done.items() if n == count), default=math.inf)
+    if not count:
+        return "no collections"
+    longest = min(bound for bound, n in done.items() if n == count)
+    below = max((bound for bound in done if bound < longest), default=0.0)
+    how_long = f"<= {longest * 1000:g} ms" if longest < math.inf else f"> {below * 1000:g} ms"
     return (f"{seconds:.2f} s in {count:,.0f} collections ({seconds / max(cpu, 1e-9):.1%} of its CPU), "
-            f"the longest <= {longest * 1000:g} ms")  # fmt: skip
+            f"the longest {how_long}")  # fmt: skip
 
 
 _DISCONNECT = re.compile(

@@ -7,8 +7,8 @@ following them misses the CPU cache. At CPython's thresholds a collector
 applying 650 results a second spent 7-13 % of its CPU collecting, more than a
 thousand times a minute; what ingest allocates dies young, and with a young
 threshold of 50,000 reference counting frees it before any collection has to
-walk it: a collection every few minutes (docs/benchmarks.md, "The garbage
-collector's pauses").
+walk it: at that rate, a collection every few minutes (docs/benchmarks.md,
+"The garbage collector's pauses").
 
 ``tune`` freezes the start-up heap and sets the thresholds; ``GcPauses`` times
 every collection from ``gc.callbacks`` into
@@ -31,7 +31,7 @@ from probemesh.collector.looplag import histogram_family
 
 YOUNG_THRESHOLD = 50_000
 """Allocations less deallocations of tracked objects between two young
-collections (CPython: 700). Cyclic garbage waits that long, a few MB at most."""
+collections (CPython: 700); cyclic garbage waits for that many."""
 MIDDLE_THRESHOLD = 20
 """Young collections between two middle ones (CPython: 10)."""
 OLD_THRESHOLD = 100
@@ -57,7 +57,7 @@ class GcPauses:
     def __init__(self) -> None:
         self.counts = [[0] * (len(BUCKETS) + 1) for _ in range(3)]
         self.totals = [0.0, 0.0, 0.0]
-        self._started = 0.0
+        self._started: float | None = None  # the running collection's start
 
     def start(self) -> None:
         gc.callbacks.append(self._observe)
@@ -70,7 +70,10 @@ class GcPauses:
         if phase == "start":
             self._started = now
             return
-        pause, generation = now - self._started, info["generation"]
+        started, self._started = self._started, None
+        if started is None:  # registered while a collection ran: its start was not seen
+            return
+        pause, generation = now - started, info["generation"]
         self.counts[generation][bisect_left(BUCKETS, pause)] += 1
         self.totals[generation] += pause
 

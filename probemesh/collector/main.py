@@ -339,7 +339,6 @@ class CollectorApp:
         applier = asyncio.create_task(self.ingest.run())
         housekeeping = asyncio.create_task(self._housekeeping())
         lag = asyncio.create_task(self.loop_lag.run())
-        self.gc_pauses.start()
         trimmer = asyncio.create_task(heap.trim_periodically())
         await self.notifications.start()
         outage = asyncio.create_task(self.outage.run())
@@ -353,6 +352,7 @@ class CollectorApp:
             self.options.grpc_listen,
             self.options.http_listen,
         )
+        self.gc_pauses.start()
         try:
             await stop.wait()
         finally:

@@ -13,6 +13,14 @@ from probemesh.collector.gc_pauses import BUCKETS, GcPauses
 
 
 @pytest.fixture
+def no_automatic_collections() -> Iterator[None]:
+    """Only the test's own gc.collect() calls run while it counts them."""
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.fixture
 def restored_gc() -> Iterator[None]:
     thresholds = gc.get_threshold()
     yield
@@ -20,7 +28,7 @@ def restored_gc() -> Iterator[None]:
     gc.unfreeze()
 
 
-def test_each_collection_is_counted_in_its_generation() -> None:
+def test_each_collection_is_counted_in_its_generation(no_automatic_collections: None) -> None:
     pauses = GcPauses()
     pauses.start()
     try:
@@ -32,7 +40,7 @@ def test_each_collection_is_counted_in_its_generation() -> None:
     gc.collect(2)  # after stop: not counted
     (family,) = pauses.metric_families()
     counts = {s.labels["generation"]: s.value for s in family.samples if s.name.endswith("_count")}
-    assert counts["0"] >= 1 and counts["2"] == 2
+    assert counts == {"0": 1, "1": 0, "2": 2}
     infinite = {
         s.labels["generation"]: s.value
         for s in family.samples
@@ -42,7 +50,21 @@ def test_each_collection_is_counted_in_its_generation() -> None:
     assert len([s for s in family.samples if s.name.endswith("_bucket")]) == 3 * (len(BUCKETS) + 1)
 
 
-def test_a_long_pause_lands_in_its_bucket() -> None:
+def test_a_collection_whose_start_was_not_seen_is_not_counted() -> None:
+    """Registered while another thread's collection ran (its finalizer let go of
+    the GIL): only a stop arrives, and it must not count since the clock's epoch."""
+    pauses = GcPauses()
+    pauses._observe("stop", {"generation": 2})
+    pauses._observe("start", {"generation": 0})
+    pauses._observe("stop", {"generation": 0})
+    (family,) = pauses.metric_families()
+    sums = {s.labels["generation"]: s.value for s in family.samples if s.name.endswith("_sum")}
+    counts = {s.labels["generation"]: s.value for s in family.samples if s.name.endswith("_count")}
+    assert counts == {"0": 1, "1": 0, "2": 0}
+    assert sums["2"] == 0 and sums["0"] < 0.1
+
+
+def test_a_long_pause_lands_in_its_bucket(no_automatic_collections: None) -> None:
     """A collection that holds the process 30 ms (a finalizer stands for a slow walk)."""
     pauses = GcPauses()
 

@@ -96,20 +96,33 @@ async def test_token_uses_are_written_together_after_a_while(
     """Streams touch their tokens one at a time; one transaction writes them
     TOUCH_EVERY later, and close_thread writes what is still gathered."""
     monkeypatch.setattr(tokens_module, "TOUCH_EVERY", 0.2)
-    tokens = TokenStore(database.connect())
+    db = database.connect()
+    tokens = TokenStore(db)
     ids = [tokens.verify(tokens.create(f"vps-de-{i}", "DE")).token_id for i in range(3)]
+    transactions = 0
+    transaction = db.transaction
 
-    def used() -> dict[str, float | None]:
-        return {info.token_id: info.last_used for info in tokens.list()}
+    def counting() -> Any:
+        nonlocal transactions
+        transactions += 1
+        return transaction()
+
+    db.transaction = counting  # type: ignore[method-assign]
+
+    async def used() -> dict[str, float | None]:
+        """Read in the store's thread, behind any write queued there."""
+        return {info.token_id: info.last_used for info in await tokens.in_thread(tokens.list)}
 
     tokens.touch_later(ids[0])
     tokens.touch_later(ids[1])
-    assert set(used().values()) == {None}, "nothing is written before TOUCH_EVERY"
-    await asyncio.sleep(0.5)
-    assert {i for i, at in used().items() if at is not None} == {ids[0], ids[1]}
+    assert set((await used()).values()) == {None}, "nothing is written before TOUCH_EVERY"
+    await asyncio.sleep(0.3)
+    assert {i for i, at in (await used()).items() if at is not None} == {ids[0], ids[1]}
+    assert transactions == 1
     tokens.touch_later(ids[2])
     await tokens.close_thread()
-    assert None not in used().values()
+    assert None not in {info.last_used for info in tokens.list()}
+    assert transactions == 2
 
 
 def test_tokens_create_verify_list_revoke(database: Database) -> None:
