@@ -281,9 +281,18 @@ class Mesh:
             "--http-listen", f"127.0.0.1:{self.http_port}",
             "--data-dir", str(self.data_dir), *self.database_args, *self.collector_args, *extra,
         ]  # fmt: skip
-        self.collector = Proc(args, self.root / "collector.log", env=env or {}).start()
-        wait_for(lambda: http_get(self.api("/readyz")), 20, "collector /readyz")
-        return self.collector
+        collector = self.collector = Proc(args, self.root / "collector.log", env=env or {}).start()
+        deadline = time.monotonic() + 20
+        while True:  # ready, or the reason it is not: the log's tail
+            with contextlib.suppress(OSError):
+                if http_get(self.api("/readyz")):
+                    return collector
+            log = (self.root / "collector.log").read_text(errors="replace")[-3000:]
+            if not collector.alive():
+                raise AssertionError(f"the collector exited before it was ready:\n{log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the collector not ready after 20 s:\n{log}")
+            time.sleep(0.1)
 
     def token(self, agent_id: str, country: str) -> str:
         return create_token(agent_id, country, self.data_dir, self.database)
