@@ -655,15 +655,15 @@ def read_marks(collector: Collector) -> dict[str, Any]:
         "queue": total(samples, "probemesh_ingest_queue_depth"),
         "rw_pending": total(samples, "probemesh_remote_write_pending_requests", stream="results"),
         "gc_seconds": total(samples, "probemesh_gc_pause_seconds_sum"),
-        "gc_pauses": gc_buckets(samples),
+        "gc_pauses": histogram_buckets(samples, "probemesh_gc_pause_seconds"),
     }
 
 
-def gc_buckets(samples: Samples) -> dict[float, float]:
-    """Garbage-collector pauses so far, every generation: upper bound -> cumulative count."""
+def histogram_buckets(samples: Samples, family: str) -> dict[float, float]:
+    """A histogram's buckets summed over its label sets: upper bound -> cumulative count."""
     counts: dict[float, float] = {}
     for (name, labels), value in samples.items():
-        if name == "probemesh_gc_pause_seconds_bucket":
+        if name == f"{family}_bucket":
             bound = float(dict(labels)["le"])
             counts[bound] = counts.get(bound, 0.0) + value
     return counts
@@ -725,13 +725,11 @@ def round_parts(collector: Collector) -> dict[str, float]:
 
 def delay_buckets(collectors: list[Collector]) -> list[tuple[float, float]]:
     """The collectors' result-delay histograms added up: (upper bound, cumulative count)."""
-    name = "probemesh_remote_write_result_delay_seconds_bucket"
+    family = "probemesh_remote_write_result_delay_seconds"
     counts: dict[float, float] = {}
     for c in collectors:
-        for (sample, labels), value in metrics(c, (name,)).items():
-            if sample == name:
-                bound = float(dict(labels)["le"])
-                counts[bound] = counts.get(bound, 0.0) + value
+        for bound, n in histogram_buckets(metrics(c, (f"{family}_bucket",)), family).items():
+            counts[bound] = counts.get(bound, 0.0) + n
     return sorted(counts.items())
 
 
