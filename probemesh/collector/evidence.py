@@ -9,6 +9,7 @@ time: agents' clocks may be off.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ class EvidenceBook:
         self.requested: dict[Key, float] = {}  # when the collector last asked
         self.recovered: dict[Key, float] = {}  # when the agent last said the check recovered
         self.reports_total = 0
+        # check -> how many times its evidence changed: a diagnosis worked out
+        # since the last change need not be worked out again at once
+        self.changes: Counter[str] = Counter()
 
     def observe(
         self, check: str, agent: str, country: str, evidence: pb.Evidence, now: float
@@ -55,10 +59,12 @@ class EvidenceBook:
         if evidence.HasField("path"):
             self.paths[key] = observed
         self.reports_total += 1
+        self.changes[check] += 1
 
     def recover(self, check: str, agent: str, now: float) -> None:
         """The agent's check succeeds again: its failing evidence is about a failure that is over."""
         self.recovered[(check, agent)] = now
+        self.changes[check] += 1
 
     def failure_over(self, key: Key, observed: Observed) -> bool:
         """Whether the agent succeeded (recovered, or reported as a control) after this evidence."""
@@ -79,3 +85,4 @@ class EvidenceBook:
         for table in (self.failing, self.control, self.paths, self.requested, self.recovered):
             for key in [k for k in table if gone(k)]:
                 del table[key]
+                self.changes[key[0]] += 1

@@ -85,6 +85,7 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 KEEP_CLOSED = 500  # closed incidents kept in memory (all stay in the database)
+DIAGNOSE_EVERY = 5.0  # seconds: a check's diagnosis with unchanged inputs is worked out again
 SAVE_EVERY = 10.0  # seconds between saves of an open incident's reason counts
 
 
@@ -468,6 +469,15 @@ class IncidentBook:
             self.db.close()
 
 
+@dataclass
+class _Diagnosed:
+    """A check's diagnosis and what it was worked out from."""
+
+    inputs: tuple[tuple[CountryInput, ...], frozenset[str], int]  # failing, up, evidence changes
+    at: float
+    diagnoses: dict[str, Diagnosis] = field(default_factory=dict)
+
+
 class OutageMonitor:
     """Evaluates the mesh periodically and owns the incidents."""
 
@@ -496,6 +506,7 @@ class OutageMonitor:
         # the next one has it compare every input, not only those named changed.
         self._unsure = True
         self.diagnoser = diagnoser
+        self._diagnosed: dict[str, _Diagnosed] = {}  # the last diagnosis of each needy check
         self.snapshot = Snapshot(0.0)
         # check -> country -> diagnosis of every country that is not up, from the same
         # evaluation as ``snapshot``
@@ -587,41 +598,68 @@ class OutageMonitor:
         return dirty
 
     def _diagnose(self, snapshot: Snapshot, checks: ChecksFile) -> dict[str, dict[str, Diagnosis]]:
-        """Diagnose every down or degraded country (and those left only with local problems)."""
+        """Diagnose every down or degraded country (and those left only with local problems).
+
+        A check's diagnosis, and its requests for evidence, are worked out
+        again when its failing or up countries change, when its evidence
+        changes, and otherwise every DIAGNOSE_EVERY seconds (the controls'
+        latest successes, evidence growing old): each time costs a pass over
+        the check's agents, and in a large mesh with many checks failing
+        somewhere, a pass over every pair each round cost more than the rest
+        of the round.
+        """
         diagnoser = self.diagnoser
         if diagnoser is None:
             return {}
         out: dict[str, dict[str, Diagnosis]] = {}
-        needy: dict[str, tuple[list[CountryInput], set[str]]] = {}
+        due: dict[str, _Diagnosed] = {}
+        diagnosed: dict[str, _Diagnosed] = {}
         for name, view in snapshot.checks.items():
-            failing = [
+            failing = tuple(
                 CountryInput(c.country, local_only=c.state == UNKNOWN)
                 for c in view.countries
                 if c.state in (DOWN, DEGRADED)
                 or (c.state == UNKNOWN and c.excluded and not c.agents)
-            ]
+            )
             if not failing:
                 continue
-            needy[name] = (failing, {c.country for c in view.countries if c.state == "up"})
-        if not needy:
-            return out
-        by_check: dict[str, dict[str, Latest]] = {name: {} for name in needy}
-        for (check, agent), entry in self.state.latest.items():
-            if check in by_check:
-                by_check[check][agent] = entry
-        for name, (failing, up) in needy.items():
-            latest = by_check[name]
-            controls = {a: e.timestamp for a, e in latest.items() if e.country in up and e.success}
-            out[name] = diagnoser.diagnose_check(name, failing, controls, snapshot.at)
-            diagnoser.ask(
-                name,
-                latest,
-                self.state.agents,
-                {c.country for c in failing if not c.local_only},
-                up,
-                checks.outage.control_refresh,
-                snapshot.at,
-            )
+            up = frozenset(c.country for c in view.countries if c.state == "up")
+            inputs = (failing, up, diagnoser.book.changes[name])
+            done = self._diagnosed.get(name)
+            if (
+                done is not None
+                and done.inputs == inputs
+                and snapshot.at - done.at < DIAGNOSE_EVERY
+            ):
+                diagnosed[name] = done
+                out[name] = done.diagnoses
+            else:
+                due[name] = _Diagnosed(inputs, snapshot.at)
+        if due:
+            by_check: dict[str, dict[str, Latest]] = {name: {} for name in due}
+            for (check, agent), entry in self.state.latest.items():
+                if check in by_check:
+                    by_check[check][agent] = entry
+            for name, fresh in due.items():
+                failing, up, _ = fresh.inputs
+                latest = by_check[name]
+                controls = {
+                    a: e.timestamp for a, e in latest.items() if e.country in up and e.success
+                }
+                fresh.diagnoses = out[name] = diagnoser.diagnose_check(
+                    name, failing, controls, snapshot.at
+                )
+                diagnoser.ask(
+                    name,
+                    latest,
+                    self.state.agents,
+                    {c.country for c in failing if not c.local_only},
+                    set(up),
+                    checks.outage.control_refresh,
+                    snapshot.at,
+                )
+                diagnosed[name] = fresh
+        self._diagnosed = diagnosed
         return out
 
     def _wake(self) -> None:

@@ -17,9 +17,10 @@ from probemesh.collector.diagnosis import (
     http_matches,
 )
 from probemesh.collector.evidence import EvidenceBook
-from probemesh.collector.incidents import Event, Incident
+from probemesh.collector.incidents import DIAGNOSE_EVERY, Event, Incident
 from probemesh.errors import ConfigError
 from probemesh.v1 import mesh_pb2 as pb
+from tests.collector.mesh_script import ScriptedMesh
 
 ORIGIN = "93.184.215.14"
 ASNS = Ip2AsnTable(
@@ -435,3 +436,48 @@ def test_evidence_refreshed_during_the_same_failure_keeps_its_kind(refreshed_at:
     book.observe("web", "et1", "ET", evidence(tcp="refused"), refreshed_at)
     now = refreshed_at + 1.0
     assert diagnoser.diagnose_check("web", failing, controls, now)["ET"].kind == "tcp_blocking"
+
+
+def test_a_checks_diagnosis_is_worked_out_again_when_its_inputs_change() -> None:
+    """Each round reuses a needy check's diagnosis until its evidence or its
+    countries change, or it is DIAGNOSE_EVERY seconds old: working it out is a
+    pass over the check's agents, every round for every failing check."""
+    mesh = ScriptedMesh()
+    book = EvidenceBook()
+    diagnoser = mesh.monitor.diagnoser = Diagnoser(book, ASNS)
+    worked_out: list[str] = []
+    real = diagnoser.diagnose_check
+
+    def counting(check: str, *args: object) -> dict[str, Diagnosis]:
+        worked_out.append(check)
+        return real(check, *args)  # type: ignore[arg-type]
+
+    diagnoser.diagnose_check = counting  # type: ignore[method-assign]
+    for _ in range(5):
+        mesh.round(web={"UG": "timeout"})
+    assert mesh.country_states()["UG"] == "down"
+    assert worked_out[-1:] == ["web"]
+    assert mesh.monitor.diagnoses["web"]["UG"].kind == "unknown"
+
+    def again(seconds: float) -> list[str]:
+        worked_out.clear()
+        mesh.now += seconds
+        mesh.monitor.evaluate()
+        return list(worked_out)
+
+    assert again(1.0) == []  # nothing changed
+    # evidence arrives (the control's probe started after UG's failure): at once
+    book.observe("web", "a-ug", "UG", evidence(addrs=("151.101.1.7",)), mesh.now - 2)
+    book.observe("web", "a-de", "DE", evidence(success=True), mesh.now - 1)
+    assert again(1.0) == ["web"]
+    assert mesh.monitor.diagnoses["web"]["UG"].kind == "dns"
+    assert again(1.0) == []
+    assert mesh.monitor.diagnoses["web"]["UG"].kind == "dns"  # the same answer, kept
+    assert again(DIAGNOSE_EVERY) == ["web"]  # evidence ages: worked out again in time
+    book.recover("web", "a-ug", mesh.now)
+    assert again(0.5) == ["web"]
+    # UG recovers: no longer failing, nothing to diagnose from the next round on
+    mesh.round()
+    while mesh.country_states().get("UG") != "up":
+        mesh.round()
+    assert "web" not in mesh.monitor.diagnoses
