@@ -538,19 +538,22 @@ class MeshExporter(Collector):
             )
 
     def _agent_families(self) -> Iterator[Metric]:
-        labels = ["agent", "country"]
-        connected, last_seen, info = (
-            GaugeMetricFamily(name, help_text, labels=labels + extra)
-            for (name, help_text), extra in zip(
-                _AGENT_FAMILIES, ([], [], ["region", "version"]), strict=True
-            )
-        )
+        connected: list[Row] = []
+        last_seen: list[Row] = []
+        info: list[Row] = []
         for agent in self.state.agents.values():
-            key = [agent.agent_id, agent.country]
-            connected.add_metric(key, 1.0 if agent.connected else 0.0)
-            last_seen.add_metric(key, agent.last_seen)
-            info.add_metric([*key, agent.region, agent.version], 1.0)
-        yield from (connected, last_seen, info)
+            key = (agent.agent_id, agent.country)
+            connected.append((key, (1.0 if agent.connected else 0.0,)))
+            last_seen.append((key, (agent.last_seen,)))
+            info.append(((*key, agent.region, agent.version), (1.0,)))
+        for (name, help_text), extra, agent_rows in zip(
+            _AGENT_FAMILIES,
+            ((), (), ("region", "version")),
+            (connected, last_seen, info),
+            strict=True,
+        ):
+            labels = ("agent", "country", *extra)
+            yield RowFamily(name, help_text, "gauge", labels, (Column(name),), agent_rows)
         for name, kind, help_text, rows in self._clock_rows():
             if not rows:
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Iterable
 
 import cramjam
 
@@ -57,6 +58,30 @@ def timeseries(labels: bytes, value: float, stamp_bytes: bytes) -> bytes:
 
 
 _SAMPLE_HEADS = [b"\x12" + bytes((9 + n,)) + b"\x09" for n in range(12)]
+
+
+def timeseries_at(series: Iterable[tuple[bytes, float]], stamp_bytes: bytes) -> list[bytes]:
+    """timeseries() of many series of one moment (a snapshot's), with the
+    sample's framing and the length arithmetic worked out once for them all:
+    a snapshot encodes hundreds of thousands, and a call each cost a third of it."""
+    head = _SAMPLE_HEADS[len(stamp_bytes)]
+    extra = len(head) + _DOUBLE.size + len(stamp_bytes)
+    pack, lengths = _DOUBLE.pack, _LENGTHS
+    return [
+        b"\x0a" + lengths[len(labels) + extra] + labels + head + pack(value) + stamp_bytes
+        for labels, value in series
+    ]
+
+
+class _Lengths(dict[int, bytes]):
+    """_length(n) for the few lengths series have, each computed once."""
+
+    def __missing__(self, n: int) -> bytes:
+        self[n] = encoded = _length(n)
+        return encoded
+
+
+_LENGTHS = _Lengths()
 
 
 def request(parts: list[bytes]) -> bytes:

@@ -215,8 +215,8 @@ def series_from_registry(
     """
     series: dict[LabelSet, float] = {}
     metadata: list[remote_pb2.MetricMetadata] = []
-    for encoded, value in _samples(registry, external_labels, exclude, metadata):
-        if encoded is not None and value is not None:
+    for chunk in _samples(registry, external_labels, exclude, metadata):
+        for encoded, value in chunk:
             labels = remote_pb2.TimeSeries.FromString(encoded).labels
             series[tuple((label.name, label.value) for label in labels)] = value
     return series, metadata
@@ -227,11 +227,11 @@ def _samples(
     external_labels: Mapping[str, str] | None,
     exclude: frozenset[str],
     metadata: list[remote_pb2.MetricMetadata],
-) -> Iterator[tuple[bytes, float] | tuple[None, None]]:
-    """Each series of the registry as (its label set incl. __name__, sorted and
-    encoded as a TimeSeries' labels, value), appending each family's metadata
-    as it comes; (None, None) after every SLICE_SAMPLES samples and after each
-    family, where a caller on the event loop can let it run.
+) -> Iterator[list[tuple[bytes, float]]]:
+    """The registry's series in slices of at most SLICE_SAMPLES, each series as
+    (its label set incl. __name__, sorted and encoded as a TimeSeries' labels,
+    value), appending each family's metadata as it comes. A slice never spans
+    two families: between two slices a caller on the event loop can let it run.
 
     The series of a family come in a few shapes (name and label names); each
     shape's sorted order and its constant labels (the name, external labels)
@@ -239,7 +239,6 @@ def _samples(
     """
     extra = dict(external_labels or {})
     shapes: dict[tuple[str, ...], list[tuple[str, bytes]]] = {}
-    done = 0
     described: set[str] = set()
     for family in registry.collect():
         if family.name in exclude:
@@ -248,14 +247,10 @@ def _samples(
             described.add(family.name)
             metadata.append(_metadata(family))
         if isinstance(family, RowFamily):
-            for encoded, value in _row_series(family, extra):
-                yield encoded, value
-                done += 1
-                if not done % SLICE_SAMPLES:
-                    yield None, None
-            yield None, None
+            yield from _row_series(family, extra)
             continue
         created = family.type in _CREATED_TYPES
+        out: list[tuple[bytes, float]] = []
         for sample in family.samples:
             name, labels = sample.name, sample.labels
             if created and name.endswith("_created"):
@@ -264,15 +259,19 @@ def _samples(
             plan = shapes.get(shape)
             if plan is None:
                 plan = shapes[shape] = _plan(name, labels, extra)
-            yield b"".join([c or _label(k, labels[k]) for k, c in plan]), float(sample.value)
-            done += 1
-            if not done % SLICE_SAMPLES:
-                yield None, None
-        yield None, None
+            out.append(
+                (b"".join([c or _label(k, labels[k]) for k, c in plan]), float(sample.value))
+            )
+            if len(out) >= SLICE_SAMPLES:
+                yield out
+                out = []
+        if out:
+            yield out
 
 
-def _row_series(family: RowFamily, extra: Mapping[str, str]) -> Iterator[tuple[bytes, float]]:
-    """A row family's series as _samples gives them, without a Sample each.
+def _row_series(family: RowFamily, extra: Mapping[str, str]) -> Iterator[list[tuple[bytes, float]]]:
+    """A row family's series as _samples gives them (in slices of about
+    SLICE_SAMPLES, whole rows each), without a Sample each.
 
     Columns whose sorted label order is the same (a counter's outcomes, a
     histogram's buckets) share a skeleton: the row's labels before and after
@@ -302,13 +301,38 @@ def _row_series(family: RowFamily, extra: Mapping[str, str]) -> Iterator[tuple[b
             skeleton = skeletons[key] = _Skeleton(parts[:cut], parts[cut:], [])
         skeleton.columns.append((index, _label(column.label, column.value) if own else b""))
     shapes = list(skeletons.values())
+    out: list[tuple[bytes, float]] = []
     for values, numbers in family.rows:
         encoded = [_label(k, v) for k, v in zip(names, values, strict=True)]
         for shape in shapes:
             head = b"".join([encoded[i] if i >= 0 else c for i, c in shape.before])
             tail = b"".join([encoded[i] if i >= 0 else c for i, c in shape.after])
-            for index, own_label in shape.columns:
-                yield head + own_label + tail, float(numbers[index])
+            out += [(head + own + tail, float(numbers[index])) for index, own in shape.columns]
+        if len(out) >= SLICE_SAMPLES:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+def _first_seen(
+    chunk: list[tuple[bytes, float]], seen: set[int]
+) -> tuple[list[tuple[bytes, float]], int]:
+    """The series of chunk not in seen, which they join, and the sum of their
+    hashes. The same series twice: the first one counts (a series is known by
+    the hash of its label set). Without repeats, the usual case, it is a few
+    set operations on the whole slice rather than a few steps per series."""
+    hashes = [hash(labels) for labels, _ in chunk]
+    distinct = set(hashes)
+    if len(distinct) == len(hashes) and seen.isdisjoint(distinct):
+        seen |= distinct
+        return chunk, sum(hashes)
+    fresh = []
+    for series, token in zip(chunk, hashes, strict=True):
+        if token not in seen:
+            seen.add(token)
+            fresh.append(series)
+    return fresh, sum(hash(labels) for labels, _ in fresh)
 
 
 @dataclass
@@ -681,14 +705,17 @@ class RemoteWriter:
         digest = 0
         packer = zlib.compressobj(1)
         packed: list[bytes] = []
-        recorded: list[bytes] = []  # label sets for the next record, since the last slice
         parts: list[bytes] = []
         encoded: list[_Pending] = []
 
-        def add(labels: bytes, value: float) -> None:
-            if len(parts) >= limit:
-                flush()
-            parts.append(remote_wire.timeseries(labels, value, stamp))
+        def add(series: list[bytes]) -> None:
+            at = 0
+            while at < len(series):
+                if len(parts) >= limit:
+                    flush()
+                room = limit - len(parts)
+                parts.extend(series[at : at + room])
+                at += room
 
         def flush(meta: bytes = b"") -> None:
             samples = len(parts)
@@ -699,29 +726,25 @@ class RemoteWriter:
                 encoded.append(_Pending(body, samples, self._clock.monotonic(), index))
             parts.clear()
 
-        for labels, value in _samples(
-            source.registry, self.external_labels, source.exclude, metadata
-        ):
-            if labels is None or value is None:
-                packed.append(packer.compress(b"".join(recorded)))
-                recorded.clear()
-                yield
-                continue
-            token = hash(labels)
-            if token in seen:  # the same series twice: the first one counts
-                continue
-            seen.add(token)
-            digest += token
-            recorded += (_LENGTH.pack(len(labels)), labels)
-            add(labels, value)
+        timeseries_at, pack = remote_wire.timeseries_at, _LENGTH.pack
+        for chunk in _samples(source.registry, self.external_labels, source.exclude, metadata):
+            fresh, hashes = _first_seen(chunk, seen)
+            digest += hashes
+            packed.append(packer.compress(b"".join([pack(len(s)) + s for s, _ in fresh])))
+            add(timeseries_at(fresh, stamp))
+            yield
         previous = source.previous
         if previous.count != len(seen) or previous.digest != digest:
+            gone: list[tuple[bytes, float]] = []
             for done, labels in enumerate(previous.label_sets(), 1):
                 if hash(labels) not in seen:
-                    add(labels, STALE_NAN)
+                    gone.append((labels, STALE_NAN))
                 if not done % SLICE_SAMPLES:
+                    add(timeseries_at(gone, stamp))
+                    gone = []
                     yield
-        packed += (packer.compress(b"".join(recorded)), packer.flush())
+            add(timeseries_at(gone, stamp))
+        packed.append(packer.flush())
         source.previous = SeriesRecord(b"".join(packed), len(seen), digest)
         flush(b"".join(remote_wire.field(3, m.SerializeToString()) for m in metadata))
         return encoded

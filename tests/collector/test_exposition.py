@@ -16,7 +16,12 @@ from pathlib import Path
 import cramjam
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from probemesh.checks import parse_checks
 from probemesh.collector import exporter as exporter_module
@@ -181,6 +186,8 @@ class Reference:
                 yield from self._counters()
             elif family.name == HIST_DURATION:
                 yield from self._histograms()
+            elif family.name == "probemesh_agent_connected":
+                yield from self._agents()
             elif not isinstance(family, RowFamily):
                 yield family
 
@@ -205,6 +212,28 @@ class Reference:
         yield failures
         if refused.samples:
             yield refused
+
+    def _agents(self) -> Iterator[Metric]:
+        labels = ["agent", "country"]
+        connected = GaugeMetricFamily(
+            "probemesh_agent_connected", "1 while the agent has a live stream", labels=labels
+        )
+        last_seen = GaugeMetricFamily(
+            "probemesh_agent_last_seen_timestamp_seconds",
+            "Last time the agent sent anything",
+            labels=labels,
+        )
+        info = GaugeMetricFamily(
+            "probemesh_agent_info",
+            "Agent metadata (always 1)",
+            labels=[*labels, "region", "version"],
+        )
+        for agent in self.exporter.state.agents.values():
+            key = [agent.agent_id, agent.country]
+            connected.add_metric(key, 1.0 if agent.connected else 0.0)
+            last_seen.add_metric(key, agent.last_seen)
+            info.add_metric([*key, agent.region, agent.version], 1.0)
+        yield from (connected, last_seen, info)
 
     def _histograms(self) -> Iterator[Metric]:
         duration = HistogramMetricFamily(
