@@ -71,6 +71,11 @@ CONTROL_AGENTS = 5  # control agents asked per check (distinct countries first)
 _CONNECT_FAILED = frozenset({"refused", "reset", "timeout", "unreachable"})
 
 
+AWAITING_CONTROL_PROBE = "waiting for a control probe that started after the failure"
+"""A diagnosis that the controls' next successful probes settle, not evidence:
+the outage round works it out again every round until they do."""
+
+
 @dataclass(frozen=True)
 class PathHop:
     """One TTL of the last traceroute, as shown on the status page."""
@@ -392,9 +397,7 @@ class Diagnoser:
                 book.control[(check, a)].evidence for a in fresh if (check, a) in book.control
             ]
             if control_agents and not fresh:
-                out[country.country] = Diagnosis(
-                    "unknown", "waiting for a control probe that started after the failure"
-                )
+                out[country.country] = Diagnosis("unknown", AWAITING_CONTROL_PROBE)
             elif fresh and not controls:
                 out[country.country] = Diagnosis("unknown", "waiting for the control's evidence")
             else:

@@ -44,6 +44,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from probemesh.checks import ChecksFile
 from probemesh.collector.database import Connection, Database, DatabaseError
 from probemesh.collector.diagnosis import (
+    AWAITING_CONTROL_PROBE,
     BLOCKING,
     KINDS,
     CountryInput,
@@ -602,9 +603,10 @@ class OutageMonitor:
 
         A check's diagnosis, and its requests for evidence, are worked out
         again when its failing or up countries change, when its evidence
-        changes, and otherwise every DIAGNOSE_EVERY seconds (the controls'
-        latest successes, evidence growing old): each time costs a pass over
-        the check's agents, and in a large mesh with many checks failing
+        changes, while a country waits for a control's probe (the controls'
+        latest results settle that), and otherwise every DIAGNOSE_EVERY
+        seconds (evidence growing old, more controls): each time costs a pass
+        over the check's agents, and in a large mesh with many checks failing
         somewhere, a pass over every pair each round cost more than the rest
         of the round.
         """
@@ -630,6 +632,7 @@ class OutageMonitor:
                 done is not None
                 and done.inputs == inputs
                 and snapshot.at - done.at < DIAGNOSE_EVERY
+                and all(d.detail != AWAITING_CONTROL_PROBE for d in done.diagnoses.values())
             ):
                 diagnosed[name] = done
                 out[name] = done.diagnoses

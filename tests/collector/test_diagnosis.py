@@ -9,6 +9,7 @@ import pytest
 
 from probemesh.collector.asn import Ip2AsnTable, NoAsnDatabase, load_asn_db
 from probemesh.collector.diagnosis import (
+    AWAITING_CONTROL_PROBE,
     CountryInput,
     Diagnoser,
     Diagnosis,
@@ -20,7 +21,7 @@ from probemesh.collector.evidence import EvidenceBook
 from probemesh.collector.incidents import DIAGNOSE_EVERY, Event, Incident
 from probemesh.errors import ConfigError
 from probemesh.v1 import mesh_pb2 as pb
-from tests.collector.mesh_script import ScriptedMesh
+from tests.collector.mesh_script import ScriptedMesh, result
 
 ORIGIN = "93.184.215.14"
 ASNS = Ip2AsnTable(
@@ -466,9 +467,14 @@ def test_a_checks_diagnosis_is_worked_out_again_when_its_inputs_change() -> None
         return list(worked_out)
 
     assert again(1.0) == []  # nothing changed
-    # evidence arrives (the control's probe started after UG's failure): at once
-    book.observe("web", "a-ug", "UG", evidence(addrs=("151.101.1.7",)), mesh.now - 2)
-    book.observe("web", "a-de", "DE", evidence(success=True), mesh.now - 1)
+    # evidence arrives: at once; the controls' latest probes started before
+    # UG's failure was reported, so every round until one probes again
+    book.observe("web", "a-ug", "UG", evidence(addrs=("151.101.1.7",)), mesh.now)
+    book.observe("web", "a-de", "DE", evidence(success=True), mesh.now)
+    assert again(1.0) == ["web"]
+    assert mesh.monitor.diagnoses["web"]["UG"].detail == AWAITING_CONTROL_PROBE
+    assert again(1.0) == ["web"]
+    mesh.state.apply(mesh.state.agents["a-de"], result("web", mesh.now + 0.5, ""))
     assert again(1.0) == ["web"]
     assert mesh.monitor.diagnoses["web"]["UG"].kind == "dns"
     assert again(1.0) == []
