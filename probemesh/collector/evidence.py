@@ -76,6 +76,8 @@ class EvidenceBook:
     def forget_checks(self, keep: set[str]) -> None:
         """Drop evidence of checks that are no longer configured."""
         self._drop(lambda key: key[0] not in keep)
+        for check in self.changes.keys() - keep:
+            del self.changes[check]
 
     def forget_agent(self, agent_id: str) -> None:
         """Drop evidence of an agent gone longer than the series TTL."""

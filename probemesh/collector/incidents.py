@@ -477,6 +477,9 @@ class _Diagnosed:
     inputs: tuple[tuple[CountryInput, ...], frozenset[str], int]  # failing, up, evidence changes
     at: float
     diagnoses: dict[str, Diagnosis] = field(default_factory=dict)
+    # False while the controls' next results may change it: a country waits for a
+    # control's probe, or up countries have no agent whose latest probe succeeded
+    settled: bool = True
 
 
 class OutageMonitor:
@@ -603,11 +606,12 @@ class OutageMonitor:
 
         A check's diagnosis, and its requests for evidence, are worked out
         again when its failing or up countries change, when its evidence
-        changes, while a country waits for a control's probe (the controls'
-        latest results settle that), and otherwise every DIAGNOSE_EVERY
-        seconds (evidence growing old, more controls): each time costs a pass
-        over the check's agents, and in a large mesh with many checks failing
-        somewhere, a pass over every pair each round cost more than the rest
+        changes, in every round while the controls' latest results may change
+        it (a country waits for a control's probe, or no up country has a
+        succeeding agent yet), and otherwise every DIAGNOSE_EVERY seconds
+        (evidence growing old, more controls). Each time is a pass over the
+        check's agents: with many checks failing somewhere in a mesh of tens
+        of thousands of pairs, doing it every round costs more than the rest
         of the round.
         """
         diagnoser = self.diagnoser
@@ -631,8 +635,8 @@ class OutageMonitor:
             if (
                 done is not None
                 and done.inputs == inputs
-                and snapshot.at - done.at < DIAGNOSE_EVERY
-                and all(d.detail != AWAITING_CONTROL_PROBE for d in done.diagnoses.values())
+                and done.settled
+                and 0 <= snapshot.at - done.at < DIAGNOSE_EVERY  # a clock stepped back: now
             ):
                 diagnosed[name] = done
                 out[name] = done.diagnoses
@@ -651,6 +655,9 @@ class OutageMonitor:
                 }
                 fresh.diagnoses = out[name] = diagnoser.diagnose_check(
                     name, failing, controls, snapshot.at
+                )
+                fresh.settled = bool(controls or not up) and all(
+                    d.detail != AWAITING_CONTROL_PROBE for d in fresh.diagnoses.values()
                 )
                 diagnoser.ask(
                     name,
@@ -769,6 +776,7 @@ class OutageMonitor:
         self.inputs = InputBook()
         self.classifier = Classifier()
         self._unsure = True
+        self._diagnosed = {}  # diagnoses from before: worked out again
         if self.notifications is not None:
             self.notifications.resume(self.book)
         log.info("evaluating the mesh; %d incidents open", len(self.book.active))

@@ -63,7 +63,8 @@ _SAMPLE_HEADS = [b"\x12" + bytes((9 + n,)) + b"\x09" for n in range(12)]
 def timeseries_at(series: Iterable[tuple[bytes, float]], stamp_bytes: bytes) -> list[bytes]:
     """timeseries() of many series of one moment (a snapshot's), with the
     sample's framing and the length arithmetic worked out once for them all:
-    a snapshot encodes hundreds of thousands, and a call each cost a third of it."""
+    a snapshot encodes hundreds of thousands, and a call for each one is a
+    third of the snapshot's encoding."""
     head = _SAMPLE_HEADS[len(stamp_bytes)]
     extra = len(head) + _DOUBLE.size + len(stamp_bytes)
     pack, lengths = _DOUBLE.pack, _LENGTHS

@@ -480,6 +480,11 @@ def test_a_checks_diagnosis_is_worked_out_again_when_its_inputs_change() -> None
     assert again(1.0) == []
     assert mesh.monitor.diagnoses["web"]["UG"].kind == "dns"  # the same answer, kept
     assert again(DIAGNOSE_EVERY) == ["web"]  # evidence ages: worked out again in time
+    assert again(-60.0) == ["web"]  # the clock stepped back: not kept until it comes back
+    assert again(1.0) == []
+    book.forget_agent("a-de")  # the control's evidence goes with its agent
+    assert again(1.0) == ["web"]
+    assert mesh.monitor.diagnoses["web"]["UG"].kind == "unknown"
     book.recover("web", "a-ug", mesh.now)
     assert again(0.5) == ["web"]
     # UG recovers: no longer failing, nothing to diagnose from the next round on
