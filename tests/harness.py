@@ -36,12 +36,15 @@ def free_port() -> int:
 
 
 def probemesh_cmd(*args: str) -> list[str]:
+    """The command that runs probemesh; run it in ROOT (``python -m`` looks in
+    the working directory first), so that a benchmark of another source tree
+    runs that tree's collector and agents, not the checkout it was started from."""
     return [sys.executable, "-m", "probemesh", *args]
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        probemesh_cmd(*args), capture_output=True, text=True, check=check, timeout=60
+        probemesh_cmd(*args), capture_output=True, text=True, check=check, timeout=60, cwd=ROOT
     )
 
 
@@ -188,6 +191,7 @@ class Proc:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=ROOT,
         )
         return self
 
