@@ -291,12 +291,16 @@ class Mesh:
             with contextlib.suppress(OSError):
                 if http_get(self.api("/readyz")):
                     return collector
-            log = (self.root / "collector.log").read_text(errors="replace")[-3000:]
             if not collector.alive():
-                raise AssertionError(f"the collector exited before it was ready:\n{log}")
+                raise AssertionError(
+                    f"the collector exited before it was ready:\n{self._log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"the collector not ready after 20 s:\n{log}")
+                raise AssertionError(f"the collector not ready after 20 s:\n{self._log_tail()}")
             time.sleep(0.1)
+
+    def _log_tail(self) -> str:
+        return (self.root / "collector.log").read_text(errors="replace")[-3000:]
 
     def token(self, agent_id: str, country: str) -> str:
         return create_token(agent_id, country, self.data_dir, self.database)

@@ -327,12 +327,13 @@ def _first_seen(
     if len(distinct) == len(hashes) and seen.isdisjoint(distinct):
         seen |= distinct
         return chunk, sum(hashes)
-    fresh = []
+    fresh, total = [], 0
     for series, token in zip(chunk, hashes, strict=True):
         if token not in seen:
             seen.add(token)
             fresh.append(series)
-    return fresh, sum(hash(labels) for labels, _ in fresh)
+            total += token
+    return fresh, total
 
 
 @dataclass
