@@ -44,7 +44,7 @@ from probemesh.collector.sessions import SessionRegistry
 from probemesh.collector.shared import Election, SharedVerdicts
 from probemesh.collector.state import MeshState
 from probemesh.collector.store import Store
-from probemesh.collector.tokens import TokenStore
+from probemesh.collector.tokens import RevocationWatch, TokenStore
 from probemesh.collector.webhooks import WebhookNotifier
 from probemesh.collector.work_lane import WorkLane
 from probemesh.errors import ConfigError, ProbemeshError
@@ -112,6 +112,7 @@ class CollectorApp:
             self.history.revision,
         )
         self.tokens = TokenStore(self.store.db, self.store.worker)
+        self.revocations = RevocationWatch(self.tokens)
         self.state = MeshState()
         self.state.configured = frozenset(self.checks_file.checks)
         self.state.restore(self.store.load_counters(), self.store.load_histograms())
@@ -389,7 +390,9 @@ class CollectorApp:
             await self.lane.run(exporter.prerender_steps(exporter.pre_rendering, until))
             live = {s.token_id for s in self.sessions.by_agent.values()}
             try:
-                revoked = await self.tokens.in_thread(self.tokens.inactive, live)
+                revoked = await self.tokens.in_thread(
+                    self.revocations.inactive, live, time.monotonic()
+                )
             except DatabaseError as exc:  # checked again in a second
                 log.warning("cannot check tokens for revocation: %s", exc)
                 revoked = set()

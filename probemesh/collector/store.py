@@ -45,6 +45,9 @@ class Store:
         # Histogram rows known to exist (they are never deleted): commit_fenced
         # creates the others before it locks them.
         self._histogram_rows: set[str] = set()
+        # On a database one collector owns, the histogram states it committed:
+        # nobody else adds to them, so a commit need not read them back.
+        self._histogram_states: dict[str, list[float]] = {}
         if database.shared:
             self.lease_thread = self.worker
         else:
@@ -164,22 +167,13 @@ class Store:
             fence = db.transaction()
             fence.__enter__()
         try:
-            deltas = dict(histograms)
-            keys = sorted(_key_text(key) for key in deltas)
-            new = [(key,) for key in keys if key not in self._histogram_rows]
-            if new:
-                db.executemany(
-                    "INSERT INTO histograms(key, state) VALUES(?, '[]') "
-                    "ON CONFLICT(key) DO NOTHING",
-                    new,
-                )
-            before = db.rows_by_key(
-                "SELECT key, state FROM histograms WHERE key IN ({})", keys, lock=True
-            )
-            stored = {}
-            for key, delta in deltas.items():
-                was = json.loads(before.get(_key_text(key), "[]"))
-                stored[key] = (
+            deltas = {_key_text(key): (key, delta) for key, delta in histograms}
+            before = self._histograms_before(db, sorted(deltas))
+            stored: dict[tuple[str, ...], list[float]] = {}
+            states: dict[str, list[float]] = {}
+            for text, (key, delta) in deltas.items():
+                was = before.get(text, [])
+                stored[key] = states[text] = (
                     [a + b for a, b in zip(was, delta, strict=True)]
                     if len(was) == len(delta)
                     else delta
@@ -197,14 +191,45 @@ class Store:
             db.executemany(
                 "INSERT INTO histograms(key, state) VALUES(?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET state=excluded.state",
-                [(_key_text(key), json.dumps(state)) for key, state in stored.items()],
+                [(text, json.dumps(state)) for text, state in states.items()],
             )
         except BaseException as exc:
             fence.__exit__(type(exc), exc, exc.__traceback__)
             raise
         fence.__exit__(None, None, None)
-        self._histogram_rows.update(keys)
+        if self.database.shared:
+            self._histogram_rows.update(states)
+        else:
+            self._histogram_states.update(states)
         return stored
+
+    def _histograms_before(self, db: Connection, keys: list[str]) -> dict[str, list[float]]:
+        """The stored states of the histogram rows keys (sorted) name, before a commit adds to them.
+
+        On a shared database the rows are locked first (in key order), and
+        those not stored yet created: see commit_fenced. A database this
+        collector owns has only its own commits in them: those states are
+        remembered, and only a row this process has not written yet is read
+        (one stored by an earlier run).
+        """
+        if not self.database.shared:
+            known = self._histogram_states
+            unread = [key for key in keys if key not in known]
+            found = db.rows_by_key("SELECT key, state FROM histograms WHERE key IN ({})", unread)
+            return {
+                **{key: json.loads(state) for key, state in found.items()},
+                **{key: known[key] for key in keys if key in known},
+            }
+        new = [(key,) for key in keys if key not in self._histogram_rows]
+        if new:
+            db.executemany(
+                "INSERT INTO histograms(key, state) VALUES(?, '[]') ON CONFLICT(key) DO NOTHING",
+                new,
+            )
+        found = db.rows_by_key(
+            "SELECT key, state FROM histograms WHERE key IN ({})", keys, lock=True
+        )
+        return {key: json.loads(state) for key, state in found.items()}
 
     def rollback_fence(self) -> None:
         """End the fenced transaction without writing (a failure mid-apply)."""

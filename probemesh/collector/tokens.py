@@ -28,6 +28,8 @@ TOUCH_EVERY = 5.0
 all: a fleet's streams touch their tokens every minute, and a reconnecting
 fleet all at once, which would be a commit each (a third of a PostgreSQL
 mesh's commits in the mesh benchmark)."""
+FULL_CHECK_EVERY = 60.0
+"""Seconds between two checks of every live stream's token (RevocationWatch)."""
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -150,6 +152,14 @@ class TokenStore:
         )
         return {t for t in token_ids if t not in revoked_at or revoked_at[t] is not None}
 
+    def tally(self) -> tuple[int, int]:
+        """How many tokens there are, and how many of them are revoked: one
+        row, which changes whenever a token is revoked or created."""
+        total, revoked = self.db.execute(
+            "SELECT count(*), count(revoked_at) FROM tokens"
+        ).fetchone()
+        return int(total), int(revoked)
+
     def touch(self, used: Mapping[str, float]) -> None:
         """Set the last use of tokens (token id -> time), in one transaction."""
         with self.db.transaction() as db:
@@ -178,3 +188,34 @@ def _log_failure(future: Future[None]) -> None:
     exc = future.exception()
     if exc is not None:
         log.warning("could not record the last use of tokens: %s", exc)
+
+
+class RevocationWatch:
+    """The live streams whose tokens were revoked or deleted, for a poll every second.
+
+    Asking about every live token every second was a few statements of
+    thousands of ids each, and most of a large mesh's housekeeping. The watch
+    asks about all of them only when the tokens' tally changed (a revocation),
+    or every ``full_every`` seconds (a row deleted by hand while another was
+    created keeps the tally); otherwise only about the tokens of streams that
+    opened since the last poll, whose admission may have read a token revoked
+    just after.
+    """
+
+    def __init__(self, tokens: TokenStore, full_every: float = FULL_CHECK_EVERY) -> None:
+        self.tokens = tokens
+        self.full_every = full_every
+        self._tally: tuple[int, int] | None = None
+        self._checked: set[str] = set()
+        self._next_full = 0.0
+
+    def inactive(self, live: set[str], now: float) -> set[str]:
+        """The token ids among live that are revoked or gone (runs on the tokens' thread)."""
+        tally = self.tokens.tally()
+        if tally != self._tally or now >= self._next_full:
+            asked = live
+            self._next_full = now + self.full_every
+        else:
+            asked = live - self._checked
+        self._tally, self._checked = tally, set(live)
+        return self.tokens.inactive(asked) if asked else set()

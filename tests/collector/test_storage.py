@@ -21,7 +21,7 @@ from probemesh.collector.database import KEYS_PER_STATEMENT, Database, DatabaseE
 from probemesh.collector.incidents import Event, Incident, IncidentBook
 from probemesh.collector.migrations import migrate, steps
 from probemesh.collector.store import Store
-from probemesh.collector.tokens import TokenStore
+from probemesh.collector.tokens import RevocationWatch, TokenStore
 from probemesh.errors import AuthError
 
 # Seconds since the epoch with microseconds: a 4-byte REAL would round it to minutes.
@@ -170,6 +170,31 @@ def test_inactive_asks_in_chunks_not_per_token(database: Database) -> None:
     assert statements == 3
 
 
+def test_the_revocation_watch_names_each_revoked_or_deleted_live_token(database: Database) -> None:
+    """Every live token is asked about when the tally changes or the full check
+    is due; in between only the tokens of streams opened since the last poll,
+    which may have been admitted just before their token was revoked."""
+    tokens = TokenStore(database.connect())
+    ids = {
+        agent: tokens.verify(tokens.create(agent, "DE")).token_id
+        for agent in ("vps-1", "vps-2", "vps-3", "vps-4")
+    }
+    watch = RevocationWatch(tokens, full_every=60)
+    assert watch.inactive({ids["vps-1"]}, now=0) == set()
+    tokens.revoke("vps-2")  # not live yet: a stream admitted just before
+    assert watch.inactive({ids["vps-1"]}, now=1) == set()
+    assert watch.inactive({ids["vps-1"], ids["vps-2"]}, now=2) == {ids["vps-2"]}
+    tokens.revoke("vps-1")
+    assert watch.inactive({ids["vps-1"], ids["vps-3"]}, now=3) == {ids["vps-1"]}
+    # A row deleted while another is created keeps the tally: found by the full check.
+    tokens.create("vps-5", "DE")
+    database.connect().execute("DELETE FROM tokens WHERE token_id = ?", (ids["vps-3"],))
+    live = {ids["vps-3"], ids["vps-4"]}
+    assert watch.inactive(live, now=4) == set()  # the same tally: only vps-4's token is asked
+    assert watch.inactive(live, now=5) == set()
+    assert watch.inactive(live, now=64) == {ids["vps-3"]}
+
+
 def test_a_token_is_seen_by_every_connection(database: Database) -> None:
     """Another collector (another connection) verifies a token the moment it is created."""
     secret = TokenStore(database.connect()).create("vps-de-1", "DE")
@@ -232,6 +257,29 @@ def test_a_failed_commit_writes_nothing(database: Database) -> None:
     commit(store, [("vps-1", 10, [])], [], [])
     assert store.load_marks()["vps-1"][0] == 10
     store.close()
+
+
+def test_histogram_deltas_add_to_an_earlier_runs_rows_and_never_to_a_failed_commit(
+    database: Database,
+) -> None:
+    """A commit adds to what is stored: rows an earlier run committed, and not
+    what a failed commit would have written."""
+    key = ("duration", "web", "DE")
+    earlier = Store(database)
+    commit(earlier, [], [], [(key, [1.0, 0.5])])
+    earlier.close()
+    store = Store(database)
+    assert commit(store, [], [], [(key, [2.0, 0.25])]) == {key: [3.0, 0.75]}
+
+    def counters_then_failure():  # type: ignore[no-untyped-def]
+        yield (("results", "web", "vps-1", "DE", "success"), 1)
+        raise RuntimeError("the process died mid-commit")
+
+    with pytest.raises(RuntimeError):
+        commit(store, [("vps-1", 1, [])], counters_then_failure(), [(key, [5.0, 5.0])])
+    assert commit(store, [], [], [(key, [1.0, 0.25])]) == {key: [4.0, 1.0]}
+    store.close()
+    assert Store(database).load_histograms() == {key: [4.0, 1.0]}
 
 
 def test_commits_adding_the_same_new_histogram_rows_wait_instead_of_deadlocking(
