@@ -8,7 +8,8 @@ processes, many asyncio streams each over a few channels: each agent sends
 Hello, takes the checks the collector pushes, and from then on produces one
 result per check and interval (at a random phase), tagged with the pushed
 revision, in batches as a real agent sends them (on the wall clock's
-``--send-grid``, an agent's flush interval), honouring Acks. A result is
+``--send-grid``, an agent's flush interval), honouring Acks (held back by
+the collector for up to ``--ack-hold`` seconds, as agents allow). A result is
 an HTTP, DNS, TCP or ICMP result with the samples blackbox_exporter's prober
 emits; 1 % of them fail.
 
@@ -82,6 +83,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import cpu_seconds
+from probemesh.agent.link import ACK_HOLD, LinkSettings
 from probemesh.agent.main import FLUSH_INTERVAL
 from probemesh.checks import parse_checks
 from probemesh.collector.database import open_database
@@ -188,6 +190,7 @@ class LoadSpec:
     seed: int
     send_grid: float  # results are written on this wall-clock grid; 0: each at its own time
     country_offsets: bool  # each country writes at its own offset within the grid step
+    ack_hold: float  # Hello.ack_hold_seconds: how long the collector may hold an Ack back
 
 
 @dataclass
@@ -253,7 +256,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     runs = [AgentRun(a) for a in spec.agents]
     tracer_set = set(spec.tracers)
     traced: list[tuple[str, str, int, float]] = []  # (agent, check, timestamp ms, written at)
-    windows = 4
+    windows = LinkSettings.window
 
     async def connect(i: int, run: AgentRun) -> None:
         channel = channels[run.spec.address][i % spec.channels]
@@ -266,7 +269,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 hello=pb.Hello(
                     agent_id=run.spec.agent_id, country=run.spec.country, version="bench",
                     capabilities=["http", "dns", "tcp", "icmp"], allow_private_targets=True,
-                    min_interval_seconds=1.0, features=["clock_echo"],
+                    min_interval_seconds=1.0, features=["clock_echo"], ack_hold_seconds=spec.ack_hold,
                 )
             )
         )  # fmt: skip
@@ -309,7 +312,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 run.echo = (message.heartbeat.timestamp, time.monotonic())
             elif kind == "ack":
                 ack = message.ack
-                run.inflight -= 1
+                run.inflight -= 1 + len(ack.more)
                 run.acked = max(run.acked, ack.seq)
                 while run.sent and run.sent[0][0] <= run.acked:
                     run.sent.popleft()
@@ -916,6 +919,9 @@ def main() -> None:
     parser.add_argument("--country-offsets", action="store_true",
                         help="each country writes at its own offset within the grid step, as "
                              "countries' network latencies spread their arrivals")  # fmt: skip
+    parser.add_argument("--ack-hold", type=float, default=ACK_HOLD,
+                        help="seconds the collector may hold an Ack back, as the agents announce "
+                             "(Hello.ack_hold_seconds); 0: an Ack for each batch at once")  # fmt: skip
     parser.add_argument("--collectors", type=int, default=1, help="more than one needs --postgres")
     parser.add_argument("--postgres", action="store_true",
                         help="collectors share a throwaway PostgreSQL (tests/postgres.py)")  # fmt: skip
@@ -942,6 +948,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up the servers on SIGTERM
     if args.collectors > 1 and not args.postgres:
         parser.error("--collectors above 1 share a database: add --postgres")
+    if not 0 <= args.ack_hold < math.inf:
+        parser.error("--ack-hold must be 0 or a positive number of seconds")
     if args.send_grid < 0:
         parser.error("--send-grid must be 0 (no grid) or a positive number of seconds")
     if args.country_offsets and not args.send_grid:
@@ -1026,6 +1034,7 @@ def main() -> None:
                     "tracers": [t for t in tracers if t[0] in mine],
                     "out": str(root / f"load-{n}.out.json"), "seed": n,
                     "send_grid": args.send_grid, "country_offsets": args.country_offsets,
+                    "ack_hold": args.ack_hold,
                 }))  # fmt: skip
                 workers.append(
                     subprocess.Popen([sys.executable, __file__, "--worker", str(spec_path)])
@@ -1045,6 +1054,9 @@ def main() -> None:
                     heap_report(c, "conn")
             how = f"on a {args.send_grid:g} s grid" if args.send_grid else "each at once"
             how += ", each country at its own offset" if args.country_offsets else ""
+            how += (
+                f"; Acks held up to {args.ack_hold:g} s" if args.ack_hold else "; an Ack per batch"
+            )
             print(f"connected in {connect_seconds:.0f} s; producing "
                   f"{args.agents * args.checks / args.interval:,.0f} results/s for {args.seconds:g} s, "
                   f"written {how}", flush=True)  # fmt: skip

@@ -124,7 +124,7 @@ def main() -> None:
             _, last = queue.append(rows)
             batch = queue.read(after, None, 1000)
             queue.mark_sent(batch[0][0], batch[-1][0])
-            queue.ack(batch[-1][0], batch[0][0], batch[-1][0])
+            queue.ack(batch[-1][0], [(batch[0][0], batch[-1][0])])
             after = last
 
         full_cpu, n_full = run_cycle(args.rate, args.seconds, full)

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 0.5
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024 - 1024
 BACKOFF_CAP = 30.0
+ACK_HOLD = 10.0  # longest the collector may hold an Ack back (LinkSettings.ack_hold)
 # Advanced tunables, environment only (not CLI options): faster dead-peer
 # detection and reconnects for tests and for networks that need them.
 ENV_DEAD_AFTER = "PROBEMESH_LINK_DEAD_AFTER"
@@ -95,6 +96,13 @@ class LinkSettings:
     server_name: str = ""
     # Announced in Hello: the agent reads files named in checks (inside --secrets-dir).
     secrets_dir_configured: bool = False
+
+    @property
+    def ack_hold(self) -> float:
+        """How long the collector may hold an Ack back to answer several batches
+        with one (Hello.ack_hold_seconds): a third of dead_after, so a held Ack
+        never looks like a dead collector; at most ACK_HOLD."""
+        return min(ACK_HOLD, self.dead_after / 3)
 
 
 class ChannelTLS:
@@ -384,6 +392,7 @@ class CollectorLink:
                 min_interval_seconds=self.policy.min_interval,
                 allow_private_targets=self.policy.allow_private_targets,
                 queue_max_age_seconds=self.queue.max_age,
+                ack_hold_seconds=self.settings.ack_hold,
             )
         )
 
@@ -402,8 +411,13 @@ class CollectorLink:
                 session.echo_due.set()
             elif kind == "ack":
                 ack = message.ack
-                await self.queue.in_thread(self.queue.ack, ack.seq, ack.first_seq, ack.last_seq)
-                session.inflight.pop(ack.first_seq, None)
+                batches = [
+                    (ack.first_seq, ack.last_seq),
+                    *((b.first_seq, b.last_seq) for b in ack.more),
+                ]
+                await self.queue.in_thread(self.queue.ack, ack.seq, batches)
+                for first, _ in batches:
+                    session.inflight.pop(first, None)
                 session.last_progress = time.monotonic()
                 session.acked.set()
             elif kind == "evidence_request" and self.on_evidence_request is not None:
@@ -431,7 +445,12 @@ class CollectorLink:
             elif now - session.last_recv > session.idle_dead_after:
                 raise SessionLost(f"no message from collector for {now - session.last_recv:.1f}s")
             if stop.is_set():
-                drain_deadline = drain_deadline or now + self.settings.drain_timeout
+                if drain_deadline is None:
+                    drain_deadline = now + self.settings.drain_timeout
+                    # The collector may hold Acks back: ask for them now.
+                    await session.call.write(
+                        pb.AgentMessage(heartbeat=pb.Heartbeat(timestamp=time.time(), ack_now=True))
+                    )
                 if (queue.depth == 0 and not session.inflight) or now > drain_deadline:
                     return
             if session.echo is not None:

@@ -265,11 +265,12 @@ class DurableQueue:
                 return rows[:i]
         return rows
 
-    def ack(self, upto: int, first: int = 0, last: int = 0) -> int:
-        """Delete seq <= upto and first..last; return how many rows went."""
+    def ack(self, upto: int, batches: Sequence[tuple[int, int]] = ()) -> int:
+        """Delete seq <= upto and each batch's first..last; return how many rows went."""
+        above = [(first, last) for first, last in batches if last >= first > upto]
         with self._transaction():
             gone = self._db.execute("DELETE FROM results WHERE seq <= ?", (upto,)).rowcount
-            if last >= first > upto:
+            for first, last in above:
                 gone += self._db.execute(
                     "DELETE FROM results WHERE seq BETWEEN ? AND ?", (first, last)
                 ).rowcount
@@ -277,15 +278,16 @@ class DurableQueue:
             self._save_counters()
             if self._sent:
                 self._db.execute("DELETE FROM sent WHERE last <= ?", (upto,))
-                if last >= first:
-                    self._db.execute(
-                        "DELETE FROM sent WHERE first >= ? AND last <= ?", (first, last)
-                    )
+                self._db.executemany(
+                    "DELETE FROM sent WHERE first >= ? AND last <= ?",
+                    [(first, last) for first, last in batches if last >= first],
+                )
         self.depth -= gone
         if self._sent:
-            batch = (first, last) if last >= first else (1, 0)
             self._sent = [
-                (a, b) for a, b in self._sent if b > upto and not (a >= batch[0] and b <= batch[1])
+                (a, b)
+                for a, b in self._sent
+                if b > upto and not any(a >= first and b <= last for first, last in batches)
             ]
         self._reload_floor()
         return gone

@@ -355,14 +355,8 @@ class Ingest:
             if self.marks.get(agent_id) is not None and self.marks[agent_id].mark >= mark:
                 self.durable[agent_id] = mark
         for item in live:
-            seqs = self.marks[item.session.agent.agent_id]
-            item.session.send(
-                pb.CollectorMessage(
-                    ack=pb.Ack(
-                        seq=seqs.mark, first_seq=item.batch.first_seq, last_seq=item.batch.last_seq
-                    )
-                )
-            )
+            mark = self.marks[item.session.agent.agent_id].mark
+            item.session.acknowledge(mark, item.batch.first_seq, item.batch.last_seq)
 
     def _apply_items(self, items: list[_Item], applied: list[Applied]) -> Steps[set[str]]:
         """Apply the batches of items in turn, yielding every SLICE results;

@@ -370,6 +370,7 @@ class CollectorApp:
             if self.remote_writer is not None:
                 await self.remote_writer.stop()  # a last snapshot after the drain
             for session in list(self.sessions.by_agent.values()):
+                session.send_held_acks()  # the agent deletes what it need not resend
                 session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
             await server.stop(grace=2)
             await http_runner.cleanup()

@@ -199,7 +199,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
 
     async def _close(self, context: grpc.aio.ServicerContext, session: Session) -> None:
         """Stop the session's heartbeats and reader, unregister it, log why it ended."""
-        session.stop_heartbeats()
+        session.stop_timers()
         if session.reader is not None:
             session.reader.cancel()
             await asyncio.gather(session.reader, return_exceptions=True)
@@ -367,10 +367,11 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             or not valid_region(hello.city)
             or not _VERSION_RE.match(hello.version)
             or not 0 <= hello.queue_max_age_seconds < math.inf  # NaN compares False
+            or not 0 <= hello.ack_hold_seconds < math.inf
         ):
             await self._refuse(
                 context, key, "invalid_hello", grpc.StatusCode.INVALID_ARGUMENT,
-                "Hello: invalid region, city, version or queue_max_age_seconds",
+                "Hello: invalid region, city, version, queue_max_age_seconds or ack_hold_seconds",
             )  # fmt: skip
         self.tokens.touch_later(binding.token_id)
         agent = self.state.agents.get(hello.agent_id)
@@ -384,6 +385,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             hello.queue_max_age_seconds,
         )
         agent.features = tuple(f[:32] for f in hello.features[:16])
+        agent.ack_hold = hello.ack_hold_seconds
         agent.secrets_dir = hello.secrets_dir_configured
         floor = hello.min_interval_seconds
         agent.min_interval = floor if 0 < floor < _MAX_FLOOR else 0.0  # NaN compares False
@@ -622,8 +624,12 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             session.last_recv = time.monotonic()
         elif not await self._within_rate(session, 1):  # heartbeats and empty messages
             return False
-        elif kind == "heartbeat" and message.heartbeat.echo_timestamp:
-            self._clock_sample(session, message.heartbeat)
+        elif kind == "heartbeat":
+            if message.heartbeat.ack_now:
+                session.ack_now = True
+                session.send_held_acks()
+            if message.heartbeat.echo_timestamp:
+                self._clock_sample(session, message.heartbeat)
         elif kind == "hello":
             self.rejected["protocol"] += 1
             session.end(grpc.StatusCode.INVALID_ARGUMENT, "Hello sent twice")

@@ -69,6 +69,13 @@ _COMPACT_AT = 64
 """A send queue drops what it has sent once that is this many messages and half
 of the list: a stream that always has more to send still frees them."""
 PROBES_KEPT = 4  # clock probes remembered per stream
+ACK_HOLD_MAX = 10.0
+"""The longest an Ack is held back, whatever the agent allows (Hello.ack_hold_seconds)."""
+ACK_BATCHES_HELD = 4
+"""A held Ack goes out once it answers this many batches: half of an agent's
+default in-flight window, so a busy agent never waits for the hold."""
+ACK_GRID = 0.1
+"""Held Acks due within the same step of this many seconds go out together."""
 
 
 @dataclass(slots=True)
@@ -99,10 +106,58 @@ class Session:
     early_probes: int = 0  # clock probes still to send at the heartbeat interval
     heartbeat_timer: asyncio.TimerHandle | None = None
     reader: asyncio.Task[None] | None = None  # reads the agent's messages into ingest
+    # Batches applied and not acknowledged yet (first, last), while the agent
+    # allows Acks to be held back; the mark when the last was applied; the
+    # timer that sends them when the hold is over.
+    held: list[tuple[int, int]] = field(default_factory=list)
+    held_mark: int = 0
+    ack_timer: asyncio.TimerHandle | None = None
+    ack_now: bool = False  # the agent shuts down and waits for its Acks (Heartbeat.ack_now)
 
-    def stop_heartbeats(self) -> None:
+    def stop_timers(self) -> None:
         if self.heartbeat_timer is not None:
             self.heartbeat_timer.cancel()
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+
+    def acknowledge(self, mark: int, first: int, last: int) -> None:
+        """Tell the agent that the batch first..last and every result up to
+        mark are durable: at once, or with the batches applied after it.
+
+        An Ack is a message of its own, and writing one costs the collector
+        about as much as reading the batch it answers. An agent that allows it
+        (Hello.ack_hold_seconds) gets one Ack for every few batches: at most
+        ACK_BATCHES_HELD of them, at most its hold (ACK_HOLD_MAX) after the
+        first, when the hold's grid step comes.
+        """
+        hold = 0.0 if self.ack_now else min(self.agent.ack_hold, ACK_HOLD_MAX)
+        if hold <= 0:
+            self.send(pb.CollectorMessage(ack=pb.Ack(seq=mark, first_seq=first, last_seq=last)))
+            return
+        self.held.append((first, last))
+        self.held_mark = mark
+        if len(self.held) >= ACK_BATCHES_HELD:
+            self.send_held_acks()
+        elif self.ack_timer is None:
+            loop = asyncio.get_running_loop()
+            due = math.floor((loop.time() + hold) / ACK_GRID) * ACK_GRID
+            self.ack_timer = loop.call_at(due, self.send_held_acks)
+
+    def send_held_acks(self) -> None:
+        """One Ack for every batch held back, if any."""
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        if not self.held:
+            return
+        (first, last), *more = self.held
+        self.held = []
+        batches = [pb.AckedBatch(first_seq=a, last_seq=b) for a, b in more]
+        self.send(
+            pb.CollectorMessage(
+                ack=pb.Ack(seq=self.held_mark, first_seq=first, last_seq=last, more=batches)
+            )
+        )
 
     def clock_probe(self) -> float:
         """A timestamp for an outgoing clock probe (Welcome, Heartbeat), remembered."""

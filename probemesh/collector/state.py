@@ -55,6 +55,7 @@ class AgentInfo:
     revision: int = 0
     queue_max_age: float = 0.0  # announced in Hello; 0 when the agent does not say
     features: tuple[str, ...] = ()  # protocol features announced in Hello
+    ack_hold: float = 0.0  # seconds its Acks may be held back, announced in Hello
     clock: ClockEstimate = field(default_factory=ClockEstimate)
     # Results whose timestamp ingest moved onto the collector's clock: by the
     # estimated offset ("corrected"), or back to the arrival time because it

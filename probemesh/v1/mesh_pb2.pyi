@@ -57,7 +57,7 @@ class CollectorMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., checks: _Optional[_Union[Checks, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., evidence_request: _Optional[_Union[EvidenceRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "min_interval_seconds", "allow_private_targets", "secrets_dir_configured", "features", "queue_max_age_seconds")
+    __slots__ = ("agent_id", "country", "region", "city", "asn", "version", "capabilities", "last_seq", "min_interval_seconds", "allow_private_targets", "secrets_dir_configured", "features", "queue_max_age_seconds", "ack_hold_seconds")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class Hello(_message.Message):
     SECRETS_DIR_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MAX_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ACK_HOLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     country: str
     region: str
@@ -84,7 +85,8 @@ class Hello(_message.Message):
     secrets_dir_configured: bool
     features: _containers.RepeatedScalarFieldContainer[str]
     queue_max_age_seconds: float
-    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., min_interval_seconds: _Optional[float] = ..., allow_private_targets: _Optional[bool] = ..., secrets_dir_configured: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ..., queue_max_age_seconds: _Optional[float] = ...) -> None: ...
+    ack_hold_seconds: float
+    def __init__(self, agent_id: _Optional[str] = ..., country: _Optional[str] = ..., region: _Optional[str] = ..., city: _Optional[str] = ..., asn: _Optional[int] = ..., version: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., last_seq: _Optional[int] = ..., min_interval_seconds: _Optional[float] = ..., allow_private_targets: _Optional[bool] = ..., secrets_dir_configured: _Optional[bool] = ..., features: _Optional[_Iterable[str]] = ..., queue_max_age_seconds: _Optional[float] = ..., ack_hold_seconds: _Optional[float] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("collector_version", "acked_seq", "heartbeat_interval_seconds", "max_batch_results", "max_message_bytes", "collector_time", "features")
@@ -306,21 +308,33 @@ class Sample(_message.Message):
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("seq", "first_seq", "last_seq")
+    __slots__ = ("seq", "first_seq", "last_seq", "more")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     first_seq: int
     last_seq: int
-    def __init__(self, seq: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[AckedBatch]
+    def __init__(self, seq: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., more: _Optional[_Iterable[_Union[AckedBatch, _Mapping]]] = ...) -> None: ...
+
+class AckedBatch(_message.Message):
+    __slots__ = ("first_seq", "last_seq")
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    first_seq: int
+    last_seq: int
+    def __init__(self, first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("timestamp", "echo_timestamp", "echo_held_seconds")
+    __slots__ = ("timestamp", "echo_timestamp", "echo_held_seconds", "ack_now")
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     ECHO_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     ECHO_HELD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ACK_NOW_FIELD_NUMBER: _ClassVar[int]
     timestamp: float
     echo_timestamp: float
     echo_held_seconds: float
-    def __init__(self, timestamp: _Optional[float] = ..., echo_timestamp: _Optional[float] = ..., echo_held_seconds: _Optional[float] = ...) -> None: ...
+    ack_now: bool
+    def __init__(self, timestamp: _Optional[float] = ..., echo_timestamp: _Optional[float] = ..., echo_held_seconds: _Optional[float] = ..., ack_now: _Optional[bool] = ...) -> None: ...

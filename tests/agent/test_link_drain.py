@@ -1,7 +1,7 @@
 """The link's drain on stop: it waits for Acks, it does not spin for them.
 
-An agent told to stop sends what is queued and waits up to drain_timeout
-for the collector's Acks. That wait shares the host with the collector the
+An agent told to stop asks the collector for the Acks it holds back, sends
+what is queued and waits up to drain_timeout for the collector's Acks. That wait shares the host with the collector the
 Acks come from: a loop that spun until the deadline took a core from it.
 """
 
@@ -57,7 +57,9 @@ async def test_a_drain_without_acks_waits_for_its_deadline_without_spinning(
     finally:
         reader.cancel()
         queue.close()
-    assert len(call.sent) == 3  # the five results, in batches of two, sent before the wait
+    ask, *batches = call.sent
+    assert isinstance(ask, pb.AgentMessage) and ask.heartbeat.ack_now  # the held Acks, now
+    assert len(batches) == 3  # the five results, in batches of two, sent before the wait
     assert sorted(session.inflight) == [1, 3, 5]  # none acked
     # Three turns send, then the loop sleeps until the deadline: a few turns, not
     # one per event-loop iteration for 0.3 s.

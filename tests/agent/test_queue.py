@@ -57,7 +57,7 @@ def test_empty_append_is_noop(path: Path) -> None:
 def test_read_stops_at_gap_and_respects_before(path: Path) -> None:
     q = DurableQueue(path)
     q.append(rows(10))
-    q.ack(0, 4, 5)  # an out-of-order batch acked above the mark: a gap at 4..5
+    q.ack(0, [(4, 5)])  # an out-of-order batch acked above the mark: a gap at 4..5
     assert [s for s, _ in q.read(0, None, 100)] == [1, 2, 3]
     assert [s for s, _ in q.read(3, None, 100)] == [6, 7, 8, 9, 10]
     assert [s for s, _ in q.read(5, 9, 100)] == [6, 7, 8]
@@ -69,11 +69,25 @@ def test_read_stops_at_gap_and_respects_before(path: Path) -> None:
 def test_ack_counts_only_rows_present(path: Path) -> None:
     q = DurableQueue(path)
     q.append(rows(10))
-    assert q.ack(0, 6, 10) == 5
+    assert q.ack(0, [(6, 10)]) == 5
     assert q.ack(8) == 5  # 1..5; 6..8 already gone
     assert q.ack(8) == 0  # a repeated Ack changes nothing
-    assert q.ack(3, 6, 10) == 0
+    assert q.ack(3, [(6, 10)]) == 0
     assert q.depth == 0 and q.counters.acked == 10
+    balanced(q)
+
+
+def test_one_ack_deletes_every_batch_it_answers(path: Path) -> None:
+    """A held Ack answers several batches, above the mark and not contiguous."""
+    q = DurableQueue(path)
+    q.append(rows(10))
+    for first, last in ((1, 2), (4, 5), (8, 9)):
+        q.mark_sent(first, last)
+    assert q.ack(2, [(1, 2), (4, 5), (8, 9)]) == 6
+    assert [s for s, _ in q.read(0, None, 100)] == [3]
+    assert [s for s, _ in q.read(5, None, 100)] == [6, 7]
+    assert q.depth == 4 and q.counters.acked == 6
+    assert q._sent == [] and q._db.execute("SELECT count(*) FROM sent").fetchone()[0] == 0
     balanced(q)
 
 
@@ -98,7 +112,7 @@ def test_overflow_spares_sent_unacked_rows(path: Path) -> None:
     assert [s for s, _ in q.read(0, None, 100)] == list(range(1, 41))
     assert [s for s, _ in q.read(40, None, 100)] == list(range(51, 101))
     assert q.floor_seq == 1
-    q.ack(0, 1, 40)
+    q.ack(0, [(1, 40)])
     assert q.floor_seq == 51
     q.append(rows(50))  # no longer protected: the oldest go first again
     assert [s for s, _ in q.read(0, None, 1)] == [101]

@@ -8,6 +8,7 @@ probemesh_ingest_rejected_total{reason}.
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from tests.harness import Mesh, http_get, run_cli, total, wait_for
 from tests.security import rawstream as raw
@@ -133,14 +134,15 @@ def test_never_assigned_and_invalid_results_are_rejected(limited_mesh: Mesh) -> 
     assert total(mesh.metrics(), "probemesh_ingest_rejected_total", reason="unknown_check") == 0
 
 
-def test_hello_with_an_invalid_queue_max_age_is_refused(limited_mesh: Mesh) -> None:
+@pytest.mark.parametrize("field", ["queue_max_age_seconds", "ack_hold_seconds"])
+def test_hello_with_an_invalid_duration_is_refused(limited_mesh: Mesh, field: str) -> None:
     mesh = limited_mesh
     token = mesh.token("age1", "BR")
-    for age in (float("nan"), float("inf"), -1.0):
-        hello = raw.hello("age1", "BR", queue_max_age_seconds=age)
+    for seconds in (float("nan"), float("inf"), -1.0):
+        hello = raw.hello("age1", "BR", **{field: seconds})
         out = raw.connect(_target(mesh), [hello], token=token)
-        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (age, out)
-        assert "queue_max_age_seconds" in out.details
+        assert out.code == grpc.StatusCode.INVALID_ARGUMENT, (seconds, out)
+        assert field in out.details
 
 
 def test_batch_and_message_size_limits(limited_mesh: Mesh) -> None:

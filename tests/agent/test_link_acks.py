@@ -1,0 +1,49 @@
+"""The link reads an Ack that answers several batches (held back by the collector)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+
+from probemesh.agent.link import ACK_HOLD, CollectorLink, Identity, LinkSettings, _Session
+from probemesh.agent.queue import DurableQueue
+from probemesh.v1 import mesh_pb2 as pb
+
+
+class AnsweringCall:
+    """A stream to a collector that sends the given messages, then ends."""
+
+    def __init__(self, messages: list[pb.CollectorMessage]) -> None:
+        self.messages = messages
+
+    async def read(self) -> pb.CollectorMessage | grpc.aio.EOFType:
+        return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
+
+async def test_one_ack_frees_every_batch_it_answers(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path / "results.sqlite3")
+    queue.append([(time.time(), f"r{i}".encode()) for i in range(6)])
+    link = CollectorLink(
+        ["127.0.0.1:1"], Identity("ag", "DE"), "token", queue, asyncio.Event(), lambda _: None,
+        LinkSettings(),
+    )  # fmt: skip
+    more = [pb.AckedBatch(first_seq=3, last_seq=4), pb.AckedBatch(first_seq=5, last_seq=6)]
+    ack = pb.Ack(seq=6, first_seq=1, last_seq=2, more=more)
+    call = AnsweringCall([pb.CollectorMessage(ack=ack)])
+    session = _Session(call, time.monotonic())  # type: ignore[arg-type]
+    session.inflight = {1: 2, 3: 2, 5: 2}
+    try:
+        await link._read(session)
+        assert session.inflight == {} and session.acked.is_set()
+        assert queue.depth == 0 and queue.counters.acked == 6
+    finally:
+        queue.close()
+
+
+def test_an_agent_allows_a_third_of_its_dead_peer_window_at_most() -> None:
+    """A held Ack never makes a live collector look dead to the agent."""
+    assert LinkSettings(dead_after=30.0).ack_hold == ACK_HOLD == 10.0
+    assert LinkSettings(dead_after=3.0).ack_hold == 1.0

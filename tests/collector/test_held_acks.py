@@ -1,0 +1,86 @@
+"""Acks held back for agents that allow it: one Ack answers several batches.
+
+An agent that announces Hello.ack_hold_seconds gets its Acks at most that
+long (and ACK_HOLD_MAX) after the first batch they answer, or as soon as they
+answer ACK_BATCHES_HELD batches; an agent that does not (an older agent), or
+one that shuts down and asks for them (Heartbeat.ack_now), gets one per batch
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from probemesh.collector.sessions import ACK_BATCHES_HELD, ACK_HOLD_MAX, Session
+from probemesh.collector.state import AgentInfo
+
+
+def session(hold: float) -> Session:
+    return Session(AgentInfo("vps-1", "DE", ack_hold=hold), "token")
+
+
+def sent(s: Session) -> list[tuple[int, list[tuple[int, int]]]]:
+    """The Acks queued so far: (mark, [(first, last) of each batch answered])."""
+    acks = []
+    while len(s.outbox):
+        message = s.outbox._items[s.outbox._head]
+        s.outbox._head += 1
+        assert message is not None and message.WhichOneof("payload") == "ack"
+        ack = message.ack
+        batches = [(ack.first_seq, ack.last_seq), *((b.first_seq, b.last_seq) for b in ack.more)]
+        acks.append((ack.seq, batches))
+    return acks
+
+
+async def test_an_agent_that_does_not_allow_it_gets_an_ack_per_batch_at_once() -> None:
+    s = session(hold=0.0)
+    s.acknowledge(2, 1, 2)
+    s.acknowledge(2, 5, 6)
+    assert sent(s) == [(2, [(1, 2)]), (2, [(5, 6)])]
+    assert s.ack_timer is None
+
+
+async def test_held_acks_go_out_together_once_they_answer_enough_batches() -> None:
+    s = session(hold=5.0)
+    batches = [(n * 10 + 1, n * 10 + 2) for n in range(ACK_BATCHES_HELD)]
+    for mark, (first, last) in enumerate(batches[:-1], 1):
+        s.acknowledge(mark, first, last)
+    assert sent(s) == []
+    s.acknowledge(9, *batches[-1])
+    assert sent(s) == [(9, batches)]  # the latest mark, every batch in the order applied
+    assert s.ack_timer is None  # the hold's timer went with them
+    s.acknowledge(9, 51, 52)  # the next one starts a new hold
+    assert sent(s) == [] and s.ack_timer is not None
+    s.stop_timers()
+
+
+async def test_a_held_ack_goes_out_when_its_hold_is_over() -> None:
+    s = session(hold=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    s.acknowledge(2, 1, 2)
+    s.acknowledge(4, 3, 4)
+    assert sent(s) == []
+    assert s.ack_timer is not None and s.ack_timer.when() <= started + 0.3
+    while not len(s.outbox):
+        assert loop.time() < started + 5, "the held Acks never went out"
+        await asyncio.sleep(0.02)
+    assert sent(s) == [(4, [(1, 2), (3, 4)])]
+
+
+async def test_the_hold_is_capped_whatever_the_agent_allows() -> None:
+    s = session(hold=3600.0)
+    loop = asyncio.get_running_loop()
+    s.acknowledge(2, 1, 2)
+    assert s.ack_timer is not None and s.ack_timer.when() <= loop.time() + ACK_HOLD_MAX
+    s.stop_timers()
+
+
+async def test_an_agent_that_shuts_down_gets_what_is_held_and_every_later_ack_at_once() -> None:
+    s = session(hold=5.0)
+    s.acknowledge(2, 1, 2)
+    s.ack_now = True  # Heartbeat.ack_now, as the stream's reader takes it
+    s.send_held_acks()
+    s.acknowledge(4, 3, 4)
+    assert sent(s) == [(2, [(1, 2)]), (4, [(3, 4)])]
+    assert s.ack_timer is None
