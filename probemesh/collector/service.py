@@ -231,7 +231,7 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
     def _heartbeat(self, session: Session) -> None:
         """End the stream of an agent silent for dead_after; else send a
         heartbeat if the stream was silent for heartbeat_interval or a clock
-        probe is due, and re-arm.
+        probe is due (or, when only silent, the Acks it holds back), and re-arm.
 
         A busy stream's Acks already tell the agent the collector is alive, so
         it gets only the clock probes; every heartbeat is one, as it carries
@@ -241,7 +241,14 @@ class ProbeMeshService(mesh_pb2_grpc.ProbeMeshServicer):
             session.end(grpc.StatusCode.UNAVAILABLE, "no message from agent; presumed dead")
             return
         soon = now + 0.001  # the timer's time, rounded onto the grid, may be a hair early
-        if soon > session.last_sent + self.heartbeat_interval or soon > session.probe_due:
+        silent = soon > session.last_sent + self.heartbeat_interval
+        probe = soon > session.probe_due
+        if silent and not probe and session.held:
+            # Held Acks tell the agent that the collector is alive as well as
+            # a heartbeat, which would also draw the agent's echo.
+            session.send_held_acks()
+            session.last_sent = now
+        elif silent or probe:
             session.send(HEARTBEAT_DUE)
             session.last_sent = now
             if session.early_probes:

@@ -10,9 +10,17 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+from probemesh.collector.main import CollectorApp
 from probemesh.collector.sessions import ACK_BATCHES_HELD, ACK_HOLD_MAX, Session
 from probemesh.collector.state import AgentInfo
+from probemesh.v1 import mesh_pb2 as pb
+from tests.collector.test_heartbeats import converse
+from tests.security.conftest import in_process_options
+from tests.security.test_rotation import wait_ready
 
 
 def session(hold: float) -> Session:
@@ -84,3 +92,49 @@ async def test_an_agent_that_shuts_down_gets_what_is_held_and_every_later_ack_at
     s.acknowledge(4, 3, 4)
     assert sent(s) == [(2, [(1, 2)]), (4, [(3, 4)])]
     assert s.ack_timer is None
+
+
+def test_a_stream_silent_for_the_heartbeat_interval_gets_its_held_acks_instead(
+    tmp_path: Path,
+) -> None:
+    """The heartbeat timer sends what is held rather than a heartbeat: an Ack
+    proves the collector alive as well, and the agent's delete comes sooner."""
+    options = in_process_options(tmp_path, 1)
+
+    async def scenario() -> list[tuple[str, float]]:
+        app = CollectorApp(options)
+        app.service.heartbeat_interval = 0.2
+        token = app.tokens.create("held", "DE")
+        stop = asyncio.Event()
+        server = asyncio.create_task(app.run(stop))
+        await wait_ready(app)
+        heard: list[tuple[str, float]] = []
+        assigned, acked = asyncio.Event(), asyncio.Event()
+
+        async def messages() -> AsyncIterator[pb.AgentMessage]:
+            yield pb.AgentMessage(hello=pb.Hello(agent_id="held", country="DE", ack_hold_seconds=5))
+            await assigned.wait()
+            result = pb.Result(check="c00", revision=app.revision, timestamp=time.time(),
+                               success=True, duration_seconds=0.01)  # fmt: skip
+            heard.append(("batch", time.monotonic()))
+            yield pb.AgentMessage(results=pb.ResultBatch(first_seq=1, last_seq=1, results=[result]))
+            await acked.wait()
+
+        def hear(message: pb.CollectorMessage) -> None:
+            kind = message.WhichOneof("payload")
+            heard.append((kind, time.monotonic()))
+            if kind == "checks":
+                assigned.set()
+            elif kind == "ack":
+                acked.set()
+
+        await converse(options.grpc_listen, token, messages(), hear)
+        stop.set()
+        await server
+        return heard
+
+    heard = asyncio.run(scenario())
+    kinds = [kind for kind, _ in heard]
+    assert kinds[:4] == ["welcome", "checks", "batch", "ack"], kinds
+    (_, sent), (_, ack) = heard[2:4]
+    assert ack - sent < 2.5, "the Ack waited for its hold, not for the stream's silence"
