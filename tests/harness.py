@@ -329,7 +329,9 @@ class Mesh:
         proc = Proc(
             args,
             self.root / f"agent-{agent_id}.log",
-            env={"PROBEMESH_TOKEN": token, **(env or {})},
+            # Acks held back 0.5 s at most, not 10: the tests' waits for an
+            # agent's empty queue would sit out the hold (held Acks are still used).
+            env={"PROBEMESH_TOKEN": token, "PROBEMESH_LINK_ACK_HOLD": "0.5", **(env or {})},
             prefix=prefix or [],
         ).start()
         self.agents[agent_id] = proc

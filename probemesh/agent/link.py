@@ -48,6 +48,7 @@ ACK_HOLD = 10.0  # longest the collector may hold an Ack back (LinkSettings.ack_
 ENV_DEAD_AFTER = "PROBEMESH_LINK_DEAD_AFTER"
 ENV_KEEPALIVE = "PROBEMESH_LINK_KEEPALIVE"
 ENV_BACKOFF_CAP = "PROBEMESH_LINK_BACKOFF_CAP"
+ENV_ACK_HOLD = "PROBEMESH_LINK_ACK_HOLD"
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -96,13 +97,16 @@ class LinkSettings:
     server_name: str = ""
     # Announced in Hello: the agent reads files named in checks (inside --secrets-dir).
     secrets_dir_configured: bool = False
+    # Longest the collector may hold an Ack back; PROBEMESH_LINK_ACK_HOLD overrides.
+    ack_hold_max: float = field(default_factory=lambda: _env_seconds(ENV_ACK_HOLD, ACK_HOLD))
 
     @property
     def ack_hold(self) -> float:
         """How long the collector may hold an Ack back to answer several batches
-        with one (Hello.ack_hold_seconds): a third of dead_after, so a held Ack
-        never looks like a dead collector; at most ACK_HOLD."""
-        return min(ACK_HOLD, self.dead_after / 3)
+        with one (Hello.ack_hold_seconds): a third of dead_after at most, so
+        that a collector that holds an Ack that long after the batch came still
+        leaves two thirds of the dead-peer window for the batch's way there."""
+        return min(self.ack_hold_max, self.dead_after / 3)
 
 
 class ChannelTLS:
@@ -411,9 +415,12 @@ class CollectorLink:
                 session.echo_due.set()
             elif kind == "ack":
                 ack = message.ack
-                batches = [
-                    (ack.first_seq, ack.last_seq),
-                    *((b.first_seq, b.last_seq) for b in ack.more),
+                # Only batches in flight: an Ack cannot make the agent delete
+                # (or work through) ranges it never sent.
+                batches = [(ack.first_seq, ack.last_seq)] + [
+                    (b.first_seq, b.last_seq)
+                    for b in ack.more[: self.settings.window]
+                    if session.inflight.get(b.first_seq) == b.last_seq - b.first_seq + 1
                 ]
                 await self.queue.in_thread(self.queue.ack, ack.seq, batches)
                 for first, _ in batches:

@@ -21,7 +21,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -79,6 +79,9 @@ class IngestLimits:
 class _Item:
     session: Session
     batch: pb.ResultBatch
+    # When the batch came (the loop's clock): an Ack held back for it is due
+    # a hold after that, however long it waited in the queue.
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class Ingest:
@@ -356,7 +359,7 @@ class Ingest:
                 self.durable[agent_id] = mark
         for item in live:
             mark = self.marks[item.session.agent.agent_id].mark
-            item.session.acknowledge(mark, item.batch.first_seq, item.batch.last_seq)
+            item.session.acknowledge(mark, item.batch.first_seq, item.batch.last_seq, item.arrived)
 
     def _apply_items(self, items: list[_Item], applied: list[Applied]) -> Steps[set[str]]:
         """Apply the batches of items in turn, yielding every SLICE results;

@@ -370,7 +370,6 @@ class CollectorApp:
             if self.remote_writer is not None:
                 await self.remote_writer.stop()  # a last snapshot after the drain
             for session in list(self.sessions.by_agent.values()):
-                session.send_held_acks()  # the agent deletes what it need not resend
                 session.end(grpc.StatusCode.UNAVAILABLE, "collector shutting down")
             await server.stop(grace=2)
             await http_runner.cleanup()
@@ -389,7 +388,7 @@ class CollectorApp:
             await asyncio.sleep(1.0)
             until = time.monotonic() + 0.8
             await self.lane.run(exporter.prerender_steps(exporter.pre_rendering, until))
-            live = {s.token_id for s in self.sessions.by_agent.values()}
+            live = [(s.opened, s.token_id) for s in self.sessions.by_agent.values()]
             try:
                 revoked = await self.tokens.in_thread(
                     self.revocations.inactive, live, time.monotonic()

@@ -113,6 +113,7 @@ class Session:
     held_mark: int = 0
     ack_timer: asyncio.TimerHandle | None = None
     ack_now: bool = False  # the agent shuts down and waits for its Acks (Heartbeat.ack_now)
+    ended: bool = False  # the handler writes nothing queued from now on
 
     def stop_timers(self) -> None:
         if self.heartbeat_timer is not None:
@@ -120,27 +121,33 @@ class Session:
         if self.ack_timer is not None:
             self.ack_timer.cancel()
 
-    def acknowledge(self, mark: int, first: int, last: int) -> None:
-        """Tell the agent that the batch first..last and every result up to
-        mark are durable: at once, or with the batches applied after it.
+    def acknowledge(self, mark: int, first: int, last: int, arrived: float) -> None:
+        """Tell the agent that the batch first..last (which came at arrived, on
+        the loop's clock) and every result up to mark are durable: at once,
+        or with the batches applied after it.
 
         An Ack is a message of its own, and writing one costs the collector
         about as much as reading the batch it answers. An agent that allows it
         (Hello.ack_hold_seconds) gets one Ack for every few batches: at most
         ACK_BATCHES_HELD of them, at most its hold (ACK_HOLD_MAX) after the
-        first, when the hold's grid step comes.
+        first of them came, when the hold's grid step comes. The hold counts
+        from the batch's arrival, not from its commit: a batch that waited in
+        a full ingest queue does not wait a whole hold more, and the agent's
+        wait for its Ack stays within the hold it allowed.
         """
+        if self.ended:
+            return
         hold = 0.0 if self.ack_now else min(self.agent.ack_hold, ACK_HOLD_MAX)
         if hold <= 0:
             self.send(pb.CollectorMessage(ack=pb.Ack(seq=mark, first_seq=first, last_seq=last)))
             return
         self.held.append((first, last))
         self.held_mark = mark
-        if len(self.held) >= ACK_BATCHES_HELD:
+        loop = asyncio.get_running_loop()
+        due = math.floor((arrived + hold) / ACK_GRID) * ACK_GRID
+        if len(self.held) >= ACK_BATCHES_HELD or due <= loop.time():
             self.send_held_acks()
         elif self.ack_timer is None:
-            loop = asyncio.get_running_loop()
-            due = math.floor((loop.time() + hold) / ACK_GRID) * ACK_GRID
             self.ack_timer = loop.call_at(due, self.send_held_acks)
 
     def send_held_acks(self) -> None:
@@ -178,7 +185,11 @@ class Session:
         self.outbox.put(message)
 
     def end(self, code: grpc.StatusCode | None, details: str) -> None:
-        """Ask the stream handler to finish (with a status when code is set)."""
+        """Ask the stream handler to finish (with a status when code is set),
+        after the Acks held back: what they answer is durable, whyever the
+        stream ends, and the agent need not send it again."""
+        self.send_held_acks()
+        self.ended = True
         if self.end_code is None:
             self.end_code, self.end_details = code, details
         self.outbox.put(None)

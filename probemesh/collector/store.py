@@ -42,8 +42,8 @@ class Store:
         )
         self._fence: contextlib.AbstractContextManager[Connection] | None = None
         self._fenced: dict[str, LeaseRow] = {}  # the lease rows the open fence checked
-        # Histogram rows known to exist (they are never deleted): commit_fenced
-        # creates the others before it locks them.
+        # On a shared database, the histogram rows known to exist (they are
+        # never deleted): commit_fenced creates the others before it locks them.
         self._histogram_rows: set[str] = set()
         # On a database one collector owns, the histogram states it committed:
         # nobody else adds to them, so a commit need not read them back.

@@ -11,9 +11,10 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -142,10 +143,9 @@ class TokenStore:
     def inactive(self, token_ids: set[str]) -> set[str]:
         """The token ids among token_ids that are revoked or gone.
 
-        The collector asks this every second about every live stream's token:
-        a few statements of many ids each, not one per token, which at
-        thousands of streams kept the database thread (lease takes, token
-        checks of connecting agents) busy all the time.
+        A few statements of many ids each, not one per token: asked about
+        thousands of streams' tokens, a statement each would keep the
+        database thread (lease takes, token checks of connecting agents) busy.
         """
         revoked_at = self.db.rows_by_key(
             "SELECT token_id, revoked_at FROM tokens WHERE token_id IN ({})", sorted(token_ids)
@@ -193,29 +193,31 @@ def _log_failure(future: Future[None]) -> None:
 class RevocationWatch:
     """The live streams whose tokens were revoked or deleted, for a poll every second.
 
-    Asking about every live token every second was a few statements of
-    thousands of ids each, and most of a large mesh's housekeeping. The watch
-    asks about all of them only when the tokens' tally changed (a revocation),
-    or every ``full_every`` seconds (a row deleted by hand while another was
-    created keeps the tally); otherwise only about the tokens of streams that
-    opened since the last poll, whose admission may have read a token revoked
-    just after.
+    A question about every live token is a few statements of thousands of ids
+    each at a large mesh; the watch asks it only when the tokens' tally
+    changed (a revocation), or every ``full_every`` seconds (a row deleted by
+    hand while another was created keeps the tally). Otherwise it asks only
+    about the tokens of streams opened since the last poll: their admission
+    may have read a token revoked just before that poll.
     """
 
     def __init__(self, tokens: TokenStore, full_every: float = FULL_CHECK_EVERY) -> None:
         self.tokens = tokens
         self.full_every = full_every
         self._tally: tuple[int, int] | None = None
-        self._checked: set[str] = set()
-        self._next_full = 0.0
+        self._since = -math.inf  # the last poll's time: streams opened since are new
+        self._next_full = -math.inf
 
-    def inactive(self, live: set[str], now: float) -> set[str]:
-        """The token ids among live that are revoked or gone (runs on the tokens' thread)."""
+    def inactive(self, streams: Iterable[tuple[float, str]], now: float) -> set[str]:
+        """The token ids of streams ((opened, token id), on the clock of now,
+        listed at now) that are revoked or gone; runs on the tokens' thread.
+
+        A poll that fails changes nothing: the next one asks again."""
         tally = self.tokens.tally()
-        if tally != self._tally or now >= self._next_full:
-            asked = live
+        full = tally != self._tally or now >= self._next_full
+        asked = {token for opened, token in streams if full or opened >= self._since}
+        found = self.tokens.inactive(asked) if asked else set()
+        self._tally, self._since = tally, now
+        if full:
             self._next_full = now + self.full_every
-        else:
-            asked = live - self._checked
-        self._tally, self._checked = tally, set(live)
-        return self.tokens.inactive(asked) if asked else set()
+        return found

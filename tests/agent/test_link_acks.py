@@ -47,3 +47,23 @@ def test_an_agent_allows_a_third_of_its_dead_peer_window_at_most() -> None:
     """A held Ack never makes a live collector look dead to the agent."""
     assert LinkSettings(dead_after=30.0).ack_hold == ACK_HOLD == 10.0
     assert LinkSettings(dead_after=3.0).ack_hold == 1.0
+
+
+async def test_an_ack_naming_batches_never_sent_deletes_none_of_them(tmp_path: Path) -> None:
+    """A hostile or confused collector's Ack.more cannot reach rows not in flight."""
+    queue = DurableQueue(tmp_path / "results.sqlite3")
+    queue.append([(time.time(), f"r{i}".encode()) for i in range(6)])
+    link = CollectorLink(
+        ["127.0.0.1:1"], Identity("ag", "DE"), "token", queue, asyncio.Event(), lambda _: None,
+        LinkSettings(),
+    )  # fmt: skip
+    more = [pb.AckedBatch(first_seq=3, last_seq=6)] * 100_000
+    ack = pb.Ack(seq=0, first_seq=1, last_seq=2, more=more)
+    session = _Session(AnsweringCall([pb.CollectorMessage(ack=ack)]), time.monotonic())  # type: ignore[arg-type]
+    session.inflight = {1: 2}
+    try:
+        await link._read(session)
+        assert session.inflight == {}
+        assert queue.depth == 4 and [seq for seq, _ in queue.read(0, None, 10)] == [3, 4, 5, 6]
+    finally:
+        queue.close()

@@ -170,29 +170,43 @@ def test_inactive_asks_in_chunks_not_per_token(database: Database) -> None:
     assert statements == 3
 
 
-def test_the_revocation_watch_names_each_revoked_or_deleted_live_token(database: Database) -> None:
+def test_the_revocation_watch_names_each_revoked_or_deleted_live_token(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every live token is asked about when the tally changes or the full check
     is due; in between only the tokens of streams opened since the last poll,
     which may have been admitted just before their token was revoked."""
     tokens = TokenStore(database.connect())
-    ids = {
-        agent: tokens.verify(tokens.create(agent, "DE")).token_id
+    a, b, c, d = (
+        tokens.verify(tokens.create(agent, "DE")).token_id
         for agent in ("vps-1", "vps-2", "vps-3", "vps-4")
-    }
+    )
     watch = RevocationWatch(tokens, full_every=60)
-    assert watch.inactive({ids["vps-1"]}, now=0) == set()
-    tokens.revoke("vps-2")  # not live yet: a stream admitted just before
-    assert watch.inactive({ids["vps-1"]}, now=1) == set()
-    assert watch.inactive({ids["vps-1"], ids["vps-2"]}, now=2) == {ids["vps-2"]}
+    assert watch.inactive([(0, a)], now=1) == set()
+    tokens.revoke("vps-2")  # its stream, admitted just before, is not live yet
+    assert watch.inactive([(0, a)], now=2) == set()
+    assert watch.inactive([(0, a), (2.5, b)], now=3) == {b}
+    # The same token's new stream replaces a cut one after the poll that cut it.
     tokens.revoke("vps-1")
-    assert watch.inactive({ids["vps-1"], ids["vps-3"]}, now=3) == {ids["vps-1"]}
-    # A row deleted while another is created keeps the tally: found by the full check.
+    assert watch.inactive([(0, a)], now=4) == {a}
+    assert watch.inactive([(4.5, a)], now=5) == {a}
+    # A poll that fails leaves the watch as it was: the next one asks again.
+    tokens.revoke("vps-4")
+
+    def failing(asked: set[str]) -> set[str]:
+        raise DatabaseError("connection lost")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tokens, "inactive", failing)
+        with pytest.raises(DatabaseError):
+            watch.inactive([(0, d)], now=6)
+    assert watch.inactive([(0, d)], now=7) == {d}
+    # A row deleted while another is created keeps the tally: the full check finds it.
     tokens.create("vps-5", "DE")
-    database.connect().execute("DELETE FROM tokens WHERE token_id = ?", (ids["vps-3"],))
-    live = {ids["vps-3"], ids["vps-4"]}
-    assert watch.inactive(live, now=4) == set()  # the same tally: only vps-4's token is asked
-    assert watch.inactive(live, now=5) == set()
-    assert watch.inactive(live, now=64) == {ids["vps-3"]}
+    database.connect().execute("DELETE FROM tokens WHERE token_id = ?", (c,))
+    assert watch.inactive([(0, c)], now=8) == set()
+    assert watch.inactive([(0, c)], now=66) == set()
+    assert watch.inactive([(0, c)], now=67) == {c}
 
 
 def test_a_token_is_seen_by_every_connection(database: Database) -> None:
