@@ -1,8 +1,9 @@
 """The link's drain on stop: it waits for Acks, it does not spin for them.
 
 An agent told to stop asks the collector for the Acks it holds back, sends
-what is queued and waits up to drain_timeout for the collector's Acks. That wait shares the host with the collector the
-Acks come from: a loop that spun until the deadline took a core from it.
+what is queued and waits up to drain_timeout for the collector's Acks. That
+wait shares the host with the collector the Acks come from: a loop that spun
+until the deadline took a core from it.
 """
 
 from __future__ import annotations
