@@ -23,13 +23,19 @@ class AnsweringCall:
         return self.messages.pop(0) if self.messages else grpc.aio.EOF
 
 
-async def test_one_ack_frees_every_batch_it_answers(tmp_path: Path) -> None:
+def six_results(tmp_path: Path) -> tuple[DurableQueue, CollectorLink]:
+    """A queue of six results (seq 1..6) and a link that drains it."""
     queue = DurableQueue(tmp_path / "results.sqlite3")
     queue.append([(time.time(), f"r{i}".encode()) for i in range(6)])
     link = CollectorLink(
         ["127.0.0.1:1"], Identity("ag", "DE"), "token", queue, asyncio.Event(), lambda _: None,
         LinkSettings(),
     )  # fmt: skip
+    return queue, link
+
+
+async def test_one_ack_frees_every_batch_it_answers(tmp_path: Path) -> None:
+    queue, link = six_results(tmp_path)
     more = [pb.AckedBatch(first_seq=3, last_seq=4), pb.AckedBatch(first_seq=5, last_seq=6)]
     ack = pb.Ack(seq=6, first_seq=1, last_seq=2, more=more)
     call = AnsweringCall([pb.CollectorMessage(ack=ack)])
@@ -51,12 +57,7 @@ def test_an_agent_allows_a_third_of_its_dead_peer_window_at_most() -> None:
 
 async def test_an_ack_naming_batches_never_sent_deletes_none_of_them(tmp_path: Path) -> None:
     """A hostile or confused collector's Ack.more cannot reach rows not in flight."""
-    queue = DurableQueue(tmp_path / "results.sqlite3")
-    queue.append([(time.time(), f"r{i}".encode()) for i in range(6)])
-    link = CollectorLink(
-        ["127.0.0.1:1"], Identity("ag", "DE"), "token", queue, asyncio.Event(), lambda _: None,
-        LinkSettings(),
-    )  # fmt: skip
+    queue, link = six_results(tmp_path)
     more = [pb.AckedBatch(first_seq=3, last_seq=6)] * 100_000
     ack = pb.Ack(seq=0, first_seq=1, last_seq=2, more=more)
     session = _Session(AnsweringCall([pb.CollectorMessage(ack=ack)]), time.monotonic())  # type: ignore[arg-type]
