@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 0.5
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024 - 1024
 BACKOFF_CAP = 30.0
-ACK_HOLD = 10.0  # longest the collector may hold an Ack back (LinkSettings.ack_hold)
+ACK_HOLD = 10.0  # longest the collector may hold an Ack back (LinkSettings.ack_hold())
 # Advanced tunables, environment only (not CLI options): faster dead-peer
 # detection and reconnects for tests and for networks that need them.
 ENV_DEAD_AFTER = "PROBEMESH_LINK_DEAD_AFTER"
@@ -100,12 +100,19 @@ class LinkSettings:
     # Longest the collector may hold an Ack back; PROBEMESH_LINK_ACK_HOLD overrides.
     ack_hold_max: float = field(default_factory=lambda: _env_seconds(ENV_ACK_HOLD, ACK_HOLD))
 
-    @property
-    def ack_hold(self) -> float:
+    def ack_hold(self, buffer_results: int) -> float:
         """How long the collector may hold an Ack back to answer several batches
-        with one (Hello.ack_hold_seconds): a third of dead_after at most, so
-        that a collector that holds an Ack that long after the batch came still
-        leaves two thirds of the dead-peer window for the batch's way there."""
+        with one (Hello.ack_hold_seconds), for a buffer bounded at
+        buffer_results: a third of dead_after at most, so that a collector that
+        holds an Ack that long after the batch came still leaves two thirds of
+        the dead-peer window for the batch's way there.
+
+        0 when the buffer cannot hold a whole in-flight window (window x
+        batch_size results): past twice its bound it drops sent results, and
+        it would drop, and count as dropped, results the collector applied
+        and holds the Acks of."""
+        if buffer_results < self.window * self.batch_size:
+            return 0.0
         return min(self.ack_hold_max, self.dead_after / 3)
 
 
@@ -396,7 +403,7 @@ class CollectorLink:
                 min_interval_seconds=self.policy.min_interval,
                 allow_private_targets=self.policy.allow_private_targets,
                 queue_max_age_seconds=self.queue.max_age,
-                ack_hold_seconds=self.settings.ack_hold,
+                ack_hold_seconds=self.settings.ack_hold(self.queue.max_results),
             )
         )
 

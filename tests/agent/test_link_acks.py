@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 
 from probemesh.agent.link import ACK_HOLD, CollectorLink, Identity, LinkSettings, _Session
-from probemesh.agent.queue import DurableQueue
+from probemesh.agent.queue import DEFAULT_MAX_RESULTS, DurableQueue
 from probemesh.v1 import mesh_pb2 as pb
 
 
@@ -51,8 +51,16 @@ async def test_one_ack_frees_every_batch_it_answers(tmp_path: Path) -> None:
 
 def test_an_agent_allows_a_third_of_its_dead_peer_window_at_most() -> None:
     """A held Ack never makes a live collector look dead to the agent."""
-    assert LinkSettings(dead_after=30.0).ack_hold == ACK_HOLD == 10.0
-    assert LinkSettings(dead_after=3.0).ack_hold == 1.0
+    assert LinkSettings(dead_after=30.0).ack_hold(DEFAULT_MAX_RESULTS) == ACK_HOLD == 10.0
+    assert LinkSettings(dead_after=3.0).ack_hold(DEFAULT_MAX_RESULTS) == 1.0
+
+
+def test_an_agent_whose_buffer_cannot_hold_its_window_allows_no_hold() -> None:
+    """Its bound would drop sent results whose Acks the collector holds: results
+    the collector applied, counted again as dropped."""
+    settings = LinkSettings(window=8, batch_size=1000)
+    assert settings.ack_hold(8000) == ACK_HOLD
+    assert settings.ack_hold(7999) == 0.0
 
 
 async def test_an_ack_naming_batches_never_sent_deletes_none_of_them(tmp_path: Path) -> None:
