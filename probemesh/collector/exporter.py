@@ -54,6 +54,24 @@ _AGENT_FAMILIES = (
 )
 
 
+_AGENT_KEY = ("agent", "country")
+_CLOCK_OFFSET = (
+    "probemesh_agent_clock_offset_seconds",
+    "Agent clock minus collector clock, estimated NTP-style from echoed heartbeats",
+)
+_CLOCK_SKEWED = (
+    "probemesh_agent_clock_skewed",
+    "1 when the agent clock offset exceeds --clock-skew-threshold (a fleet problem)",
+)
+_CLOCK_ADJUSTED = (
+    "probemesh_agent_clock_adjusted_results",
+    "Results whose time was moved onto the collector clock: corrected by the offset, "
+    "or clamped to arrival time because it was in the future",
+)
+_ADJUSTED_COLUMNS = tuple(
+    Column(f"{_CLOCK_ADJUSTED[0]}_total", "adjustment", a) for a in ("corrected", "clamped")
+)
+
 _RESULT_COLUMNS = tuple(
     Column("probemesh_probe_results_total", "result", o) for o in exposition.OUTCOMES
 )
@@ -395,49 +413,33 @@ class MeshExporter(Collector):
             if lines:
                 parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
                 parts.extend(lines)
-        for name, kind, help_text, rows in self._clock_rows():
-            if rows:
-                parts.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-                sample = f"{name}_total" if kind == "counter" else name
-                for labels, value in rows:
-                    pairs = ",".join(f'{k}="{escape(v)}"' for k, v in labels)
-                    parts.append(f"{sample}{{{pairs}}} {float(value)!r}\n")
+        for family in self._clock_families():
+            if family.rows:
+                # text format 0.0.4 names a counter family as its samples: with _total
+                name = f"{family.name}_total" if family.type == "counter" else family.name
+                parts.append(f"# HELP {name} {family.documentation}\n# TYPE {name} {family.type}\n")
+                parts.extend(_row_lines(family))
         return "".join(parts).encode()
 
-    def _clock_rows(
-        self,
-    ) -> Iterator[tuple[str, str, str, list[tuple[list[tuple[str, str]], float]]]]:
-        """Clock families as (name, type, help, [(labels, value)]); agents without an estimate
-        (an agent that does not answer clock probes) have no offset series."""
-        offsets, skewed, adjusted = [], [], []
+    def _clock_families(self) -> list[RowFamily]:
+        """The clock families, a row per agent; agents without an estimate (an agent
+        that does not answer clock probes) have no offset series."""
+        offsets: list[Row] = []
+        skewed: list[Row] = []
+        adjusted: list[Row] = []
         for agent in self.state.agents.values():
-            key = [("agent", agent.agent_id), ("country", agent.country)]
+            key = (agent.agent_id, agent.country)
             clock = agent.clock
             if clock.offset is not None:
-                offsets.append((key, clock.offset))
-                skewed.append((key, 1.0 if clock.skewed else 0.0))
+                offsets.append((key, (clock.offset,)))
+                skewed.append((key, (1.0 if clock.skewed else 0.0,)))
             if agent.clock_corrected or agent.clock_clamped:
-                adjusted.append(([*key, ("adjustment", "corrected")], float(agent.clock_corrected)))
-                adjusted.append(([*key, ("adjustment", "clamped")], float(agent.clock_clamped)))
-        yield (
-            "probemesh_agent_clock_offset_seconds",
-            "gauge",
-            "Agent clock minus collector clock, estimated NTP-style from echoed heartbeats",
-            offsets,
-        )
-        yield (
-            "probemesh_agent_clock_skewed",
-            "gauge",
-            "1 when the agent clock offset exceeds --clock-skew-threshold (a fleet problem)",
-            skewed,
-        )
-        yield (
-            "probemesh_agent_clock_adjusted_results",
-            "counter",
-            "Results whose time was moved onto the collector clock: corrected by the offset, "
-            "or clamped to arrival time because it was in the future",
-            adjusted,
-        )
+                adjusted.append((key, (float(agent.clock_corrected), float(agent.clock_clamped))))
+        return [
+            RowFamily(*_CLOCK_OFFSET, "gauge", _AGENT_KEY, (Column(_CLOCK_OFFSET[0]),), offsets),
+            RowFamily(*_CLOCK_SKEWED, "gauge", _AGENT_KEY, (Column(_CLOCK_SKEWED[0]),), skewed),
+            RowFamily(*_CLOCK_ADJUSTED, "counter", _AGENT_KEY, _ADJUSTED_COLUMNS, adjusted),
+        ]
 
     def _admitted(self) -> Iterator[tuple[tuple[str, str], Latest, CheckSpec]]:
         """Latest results the series guard admitted, as rendered by the last prerender."""
@@ -554,18 +556,7 @@ class MeshExporter(Collector):
         ):
             labels = ("agent", "country", *extra)
             yield RowFamily(name, help_text, "gauge", labels, (Column(name),), agent_rows)
-        for name, kind, help_text, rows in self._clock_rows():
-            if not rows:
-                continue
-            names = [k for k, _ in rows[0][0]]
-            family: GaugeMetricFamily | CounterMetricFamily = (
-                CounterMetricFamily(name, help_text, labels=names)
-                if kind == "counter"
-                else GaugeMetricFamily(name, help_text, labels=names)
-            )
-            for pairs, value in rows:
-                family.add_metric([v for _, v in pairs], value)
-            yield family
+        yield from (family for family in self._clock_families() if family.rows)
 
     def rejections(self) -> dict[str, int]:
         """Refusals by reason, read from each owner's counter (their reasons are disjoint)."""
@@ -649,3 +640,13 @@ class BulkView(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return self.exporter.collect_bulk()
+
+
+def _row_lines(family: RowFamily) -> Iterator[str]:
+    """A row family's series as text exposition lines."""
+    escape = exposition.escape
+    for values, numbers in family.rows:
+        base = ",".join(f'{k}="{escape(v)}"' for k, v in zip(family.labels, values, strict=True))
+        for column, number in zip(family.columns, numbers, strict=True):
+            own = f',{column.label}="{escape(column.value)}"' if column.label is not None else ""
+            yield f"{column.sample}{{{base}{own}}} {float(number)!r}\n"

@@ -40,6 +40,8 @@ FAMILIES = {
     "agents": {
         "probemesh_agent_connected", "probemesh_agent_last_seen_timestamp_seconds",
         "probemesh_agent_info", "probemesh_agent_local_problem",
+        "probemesh_agent_clock_offset_seconds", "probemesh_agent_clock_skewed",
+        "probemesh_agent_clock_adjusted_results_total",
     },
     "collector": {
         "probemesh_ingest_results_total", "probemesh_ingest_batches_total",
