@@ -9,7 +9,10 @@ check succeeds (see collector/diagnosis.py).
 Nothing here runs while probes succeed. The gatherer is rate-limited per
 check: a failure gets evidence when none was gathered for the check within
 ``every`` seconds, or when the failure changed (another reason or message);
-a traceroute runs at most once per check per ``path_every`` seconds. Every
+a traceroute runs at most once per check per ``path_every`` seconds, and a
+failure that follows a recovery gets one of its own once ``PATH_FLOOR``
+seconds have passed since the last (the collector does not judge a failure
+by a traceroute from before it). Every
 address goes through the agent's address policy first, so neither evidence
 nor a traceroute reaches a target the SSRF guard refuses.
 """
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_EVERY = 60.0
 PATH_EVERY = 300.0
+PATH_FLOOR = 60.0  # a new failure of a check gets its own traceroute, at most one a minute
 SIGNATURE_FLOOR = 5.0  # a changed failure is looked at again, but not more often than this
 MAX_ADDRESSES = 4
 MAX_BODY = 1 << 20
@@ -117,7 +121,8 @@ class Gatherer:
         self.every = _env_seconds(ENV_EVERY, EVIDENCE_EVERY)
         self.path_every = _env_seconds(ENV_PATH_EVERY, PATH_EVERY)
         self._last: dict[str, tuple[float, str]] = {}  # check -> (when, failure signature)
-        self._last_path: dict[str, float] = {}
+        self._path_due: dict[str, float] = {}  # check -> when its next traceroute may run
+        self.clock = time.monotonic  # of the traceroutes' rate limit
 
     def wants(self, check: str, signature: str, now: float) -> bool:
         """Whether a failure with this signature deserves evidence now (and note it)."""
@@ -129,9 +134,16 @@ class Gatherer:
         self._last[check] = (now, signature)
         return True
 
+    def recovered(self, check: str) -> None:
+        """The check succeeds again: its next failure is another one, traced once
+        PATH_FLOOR seconds have passed since the last traceroute."""
+        due = self._path_due.get(check)
+        if due is not None:
+            self._path_due[check] = due - max(0.0, self.path_every - PATH_FLOOR)
+
     def forget(self, keep: set[str]) -> None:
         """Drop rate-limit state of checks no longer assigned."""
-        for table in (self._last, self._last_path):
+        for table in (self._last, self._path_due):
             for name in [n for n in table if n not in keep]:
                 del table[name]
 
@@ -286,11 +298,10 @@ class Gatherer:
     async def _path(
         self, check: str, port: int, evidence: pb.Evidence, addresses: list[str]
     ) -> None:
-        now = time.monotonic()
-        last = self._last_path.get(check)
-        if last is not None and now - last < self.path_every:
+        now = self.clock()
+        if now < self._path_due.get(check, now):
             return
-        self._last_path[check] = now
+        self._path_due[check] = now + self.path_every
         failed = [t.address for t in evidence.tcp if t.outcome != "established"]
         destination = (failed or addresses)[0]
         try:

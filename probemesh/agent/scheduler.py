@@ -95,8 +95,10 @@ class Scheduler:
                 self._last_success[prepared.name] = result.success
                 result.revision = revision
                 self.sink(result)
-                if result.success and before is False and self.on_report is not None:
-                    self.on_report(pb.EvidenceReport(check=prepared.name, recovered=True))
+                if result.success and before is False:
+                    self.gatherer.recovered(prepared.name)
+                    if self.on_report is not None:
+                        self.on_report(pb.EvidenceReport(check=prepared.name, recovered=True))
                 if (
                     not result.success
                     and self.on_report is not None

@@ -14,7 +14,9 @@ thresholds and their anchors are listed in docs/outages.md. In order:
    handshake valid for the name, or that are bogons): ``dns``.
 4. Every connect refused or reset while the control connects: ``tcp_blocking``;
    every connect timing out or unreachable: ``path`` when the traceroute
-   stops at a hop before the target, else ``tcp_blocking``.
+   stops at a hop before the target, ``tcp_blocking`` when it reaches the
+   target or the agent cannot trace, and ``unknown`` until a traceroute taken
+   since the failure began arrives (one from before says nothing of it).
 5. The handshake fails, or presents another certificate not valid for the
    name, while the control's handshake completes: ``tls_interference``.
 6. A response that does not match the control's (status, then body length
@@ -74,6 +76,9 @@ _CONNECT_FAILED = frozenset({"refused", "reset", "timeout", "unreachable"})
 AWAITING_CONTROL_PROBE = "waiting for a control probe that started after the failure"
 """A diagnosis that the controls' next successful probes settle, not evidence:
 the outage round works it out again every round until they do."""
+AWAITING_PATH = "waiting for a traceroute taken since the failure began"
+"""Connects time out: blocked here, or a path lost further on. The agent's
+next evidence report with a traceroute settles it (an evidence change)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,21 @@ def _lost_path(path: pb.PathEvidence) -> str | None:
     return answered[-1] if answered else None
 
 
+def _path_of(failure: Observed, latest: Observed | None, now: float) -> Observed | None:
+    """The agent's traceroute that speaks of this failure: one taken since it was
+    first reported and younger than PATH_MAX_AGE; or, when the agent cannot
+    trace, its latest one (which says why). A traceroute from before the
+    failure (the agent traces a check at most every few minutes) reached a
+    target that was then reachable, or stopped where the path was then lost."""
+    if latest is None:
+        return None
+    if not latest.evidence.path.available:
+        return latest
+    if latest.received < failure.since or now - latest.received > PATH_MAX_AGE:
+        return None
+    return latest
+
+
 def _path_note(path: Observed | None) -> str:
     """'; path: unavailable (why)' when the agent could not trace, so readers know why no hop."""
     if path is None or path.evidence.path.available:
@@ -207,9 +227,15 @@ class Rules:
         )
 
     def against(
-        self, seen: pb.Evidence, controls: list[pb.Evidence], path: Observed | None
+        self,
+        seen: pb.Evidence,
+        controls: list[pb.Evidence],
+        path: Observed | None,
+        awaiting_path: bool = False,
     ) -> Diagnosis:
-        """Compare one failing agent's evidence with the controls'."""
+        """Compare one failing agent's evidence with the controls'. path: the
+        agent's traceroute of this failure (or the note that it cannot trace);
+        awaiting_path: none yet, and one will come."""
         hops = self.hops(path)
         verdict = self._dns(seen, controls)
         if verdict:
@@ -229,10 +255,12 @@ class Rules:
             if lost is not None:
                 return lost
             code = f" (ICMP code {first.icmp_code})" if first.outcome == "unreachable" else ""
+            failed = f"connect to {first.address}:{first.port} {first.outcome}{code}"
+            if awaiting_path:  # blocking here, or a path lost further on: the traceroute tells
+                return Diagnosis("unknown", f"{failed} while the control connects; {AWAITING_PATH}")
             return Diagnosis(
                 "tcp_blocking",
-                f"connect to {first.address}:{first.port} {first.outcome}{code} "
-                f"while the control connects{_path_note(path)}",
+                f"{failed} while the control connects{_path_note(path)}",
                 path=hops,
             )
         if any(t.outcome == "reset" for t in tried) and control_connects:
@@ -421,11 +449,11 @@ class Diagnoser:
             return Diagnosis("unknown", "waiting for evidence from the failing agents")
         verdicts = []
         for o in observed:
-            path = self.book.paths.get((check, o.agent))
-            if path is not None and now - path.received > PATH_MAX_AGE:
-                path = None
+            latest = self.book.paths.get((check, o.agent))
+            path = _path_of(o, latest, now)
             if controls:
-                verdicts.append(self.rules.against(o.evidence, controls, path))
+                awaiting = path is None  # every failing agent traces, unless it cannot
+                verdicts.append(self.rules.against(o.evidence, controls, path, awaiting))
             else:
                 verdicts.append(self.rules.no_control(o.evidence, path))
         counts = Counter(v.kind for v in verdicts)

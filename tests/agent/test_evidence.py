@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from probemesh.agent.evidence import Gatherer
+from probemesh.agent import evidence as evidence_module
+from probemesh.agent.evidence import PATH_EVERY, PATH_FLOOR, Gatherer
 from probemesh.agent.probes.net import ProbeEnv
 from probemesh.agent.runner import PreparedCheck, prepare
 from probemesh.agent.safety import AddressPolicy
@@ -132,6 +133,40 @@ def test_rate_limit_per_check_and_signature() -> None:
     assert gatherer.wants("web", "refused", 110.0)  # changed failure: look again
     assert gatherer.wants("api", "refused", 110.0)  # per check
     assert gatherer.wants("web", "refused", 171.0)  # the minute passed
+
+
+def test_a_failure_after_a_recovery_gets_its_own_traceroute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once per check per PATH_EVERY; a failure that follows a recovery is traced
+    once PATH_FLOOR has passed since the last traceroute, so the collector need
+    not judge it by one from before it."""
+    traced: list[str] = []
+
+    def fake_trace(destination: str, port: int, source: str | None = None) -> pb.PathEvidence:
+        traced.append(destination)
+        return pb.PathEvidence(available=True, destination=destination, reached=True)
+
+    monkeypatch.setattr(evidence_module, "trace", fake_trace)
+    gatherer = Gatherer(PRIVATE)
+    now = [1000.0]
+    gatherer.clock = lambda: now[0]
+    check = http_check(f"http://127.0.0.1:{free_port()}/")  # refused at once
+
+    def traces_at(seconds: float) -> bool:
+        now[0] = 1000.0 + seconds
+        ev = asyncio.run(gatherer.gather(check, False, True))
+        assert ev is not None
+        return ev.HasField("path")
+
+    assert traces_at(0)
+    assert not traces_at(30)
+    gatherer.recovered(check.name)
+    assert not traces_at(PATH_FLOOR - 1)  # a flapping check: at most one a minute
+    assert traces_at(PATH_FLOOR + 1)
+    assert not traces_at(200)  # the same failure goes on: PATH_EVERY
+    assert traces_at(PATH_FLOOR + 1 + PATH_EVERY)
+    assert len(traced) == 3
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need CAP_NET_RAW (CI runs as root)")

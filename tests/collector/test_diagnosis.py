@@ -10,6 +10,7 @@ import pytest
 from probemesh.collector.asn import Ip2AsnTable, NoAsnDatabase, load_asn_db
 from probemesh.collector.diagnosis import (
     AWAITING_CONTROL_PROBE,
+    AWAITING_PATH,
     CountryInput,
     Diagnoser,
     Diagnosis,
@@ -405,6 +406,60 @@ def test_failing_evidence_from_an_earlier_failure_is_not_used() -> None:
     assert (
         diagnoser.diagnose_check("web", failing, {"ke1": 172.0}, 172.0)["UG"].kind == "tcp_blocking"
     )
+
+
+def traceroute(ev: pb.Evidence, lost_after: str = "", unavailable: str = "") -> pb.Evidence:
+    """ev with a traceroute: lost after that hop, else reaching the target."""
+    if unavailable:
+        ev.path.unavailable_reason = unavailable
+        return ev
+    ev.path.available, ev.path.destination = True, ORIGIN
+    ev.path.hops.add(ttl=1, address="192.0.2.1")
+    if lost_after:
+        ev.path.hops.add(ttl=2, address=lost_after)
+    else:
+        ev.path.reached = True
+        ev.path.hops.add(ttl=2, address=ORIGIN)
+    return ev
+
+
+def test_a_traceroute_from_before_the_failure_does_not_judge_it() -> None:
+    """NG's agent traced the check during an earlier failure (the origin's 500s:
+    the path reached the target), recovered, and now its connects time out. Its
+    agent traces a check at most every few minutes, so the first evidence of
+    the new failure comes without a traceroute: the old one says nothing of
+    this failure. The kind is unknown until one taken since arrives, not
+    tcp_blocking (a block in NG) for a path lost further on."""
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    book.observe("web", "ke1", "KE", evidence(success=True), 10.0)
+    book.observe("web", "ng1", "NG", traceroute(evidence(http=pb.HttpEvidence(status=500))), 100.0)
+    book.recover("web", "ng1", 150.0)
+    book.observe("web", "ng1", "NG", evidence(tcp="timeout"), 200.0)
+    failing = [CountryInput("NG", False)]
+    waiting = diagnoser.diagnose_check("web", failing, {"ke1": 201.0}, 201.0)["NG"]
+    assert waiting.kind == "unknown" and waiting.detail.endswith(AWAITING_PATH), waiting
+    assert "timeout while the control connects" in waiting.detail
+    book.observe("web", "ng1", "NG", traceroute(evidence(tcp="timeout"), "203.0.113.1"), 210.0)
+    lost = diagnoser.diagnose_check("web", failing, {"ke1": 211.0}, 211.0)["NG"]
+    assert (lost.kind, lost.hop) == ("path", "203.0.113.1")
+    # a traceroute of this failure that reaches the target: a block in NG
+    book.observe("web", "ng1", "NG", traceroute(evidence(tcp="timeout")), 220.0)
+    assert diagnoser.diagnose_check("web", failing, {"ke1": 221.0}, 221.0)["NG"].kind == (
+        "tcp_blocking"
+    )
+
+
+def test_an_agent_that_cannot_trace_is_not_waited_for() -> None:
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    book.observe("web", "ke1", "KE", evidence(success=True), 10.0)
+    book.observe("web", "ng1", "NG", traceroute(evidence(), unavailable="needs CAP_NET_RAW"), 100.0)
+    book.recover("web", "ng1", 150.0)
+    book.observe("web", "ng1", "NG", evidence(tcp="timeout"), 200.0)
+    blocked = diagnoser.diagnose_check("web", [CountryInput("NG", False)], {"ke1": 201.0}, 201.0)
+    assert blocked["NG"].kind == "tcp_blocking"
+    assert blocked["NG"].detail.endswith("; path: unavailable (needs CAP_NET_RAW)")
 
 
 def test_a_recovery_report_retires_failing_evidence() -> None:
