@@ -10,9 +10,10 @@ Nothing here runs while probes succeed. The gatherer is rate-limited per
 check: a failure gets evidence when none was gathered for the check within
 ``every`` seconds, or when the failure changed (another reason or message);
 a traceroute runs at most once per check per ``path_every`` seconds, and a
-failure that follows a recovery gets one of its own once ``PATH_FLOOR``
-seconds have passed since the last (the collector does not judge a failure
-by a traceroute from before it). Every
+failure its last traceroute does not speak of (one that follows a recovery,
+or fails another way), or the collector's request, gets one once
+``PATH_FLOOR`` seconds have passed since the last: the collector judges a
+failure only by a traceroute taken during it. Every
 address goes through the agent's address policy first, so neither evidence
 nor a traceroute reaches a target the SSRF guard refuses.
 """
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_EVERY = 60.0
 PATH_EVERY = 300.0
-PATH_FLOOR = 60.0  # a new failure of a check gets its own traceroute, at most one a minute
+PATH_FLOOR = 60.0  # seconds between two traceroutes of a check, whatever asks for them
 SIGNATURE_FLOOR = 5.0  # a changed failure is looked at again, but not more often than this
 MAX_ADDRESSES = 4
 MAX_BODY = 1 << 20
@@ -121,7 +122,8 @@ class Gatherer:
         self.every = _env_seconds(ENV_EVERY, EVIDENCE_EVERY)
         self.path_every = _env_seconds(ENV_PATH_EVERY, PATH_EVERY)
         self._last: dict[str, tuple[float, str]] = {}  # check -> (when, failure signature)
-        self._path_due: dict[str, float] = {}  # check -> when its next traceroute may run
+        self._path_at: dict[str, float] = {}  # check -> when its last traceroute ran
+        self._path_due: dict[str, float] = {}  # check -> when its next one may run
         self.clock = time.monotonic  # of the traceroutes' rate limit
 
     def wants(self, check: str, signature: str, now: float) -> bool:
@@ -131,19 +133,22 @@ class Gatherer:
             at, previous = last
             if now - at < self.every and (signature == previous or now - at < SIGNATURE_FLOOR):
                 return False
+            if signature != previous:
+                self.trace_sooner(check)
         self._last[check] = (now, signature)
         return True
 
-    def recovered(self, check: str) -> None:
-        """The check succeeds again: its next failure is another one, traced once
-        PATH_FLOOR seconds have passed since the last traceroute."""
-        due = self._path_due.get(check)
-        if due is not None:
-            self._path_due[check] = due - max(0.0, self.path_every - PATH_FLOOR)
+    def trace_sooner(self, check: str) -> None:
+        """A failure of the check that its last traceroute does not speak of (it
+        follows a recovery, or fails another way), or the collector asks for one:
+        the next traceroute may run once PATH_FLOOR has passed since the last."""
+        at = self._path_at.get(check)
+        if at is not None:
+            self._path_due[check] = min(self._path_due[check], at + PATH_FLOOR)
 
     def forget(self, keep: set[str]) -> None:
         """Drop rate-limit state of checks no longer assigned."""
-        for table in (self._last, self._path_due):
+        for table in (self._last, self._path_at, self._path_due):
             for name in [n for n in table if n not in keep]:
                 del table[name]
 
@@ -301,7 +306,7 @@ class Gatherer:
         now = self.clock()
         if now < self._path_due.get(check, now):
             return
-        self._path_due[check] = now + self.path_every
+        self._path_at[check], self._path_due[check] = now, now + self.path_every
         failed = [t.address for t in evidence.tcp if t.outcome != "established"]
         destination = (failed or addresses)[0]
         try:

@@ -96,7 +96,7 @@ class Scheduler:
                 result.revision = revision
                 self.sink(result)
                 if result.success and before is False:
-                    self.gatherer.recovered(prepared.name)
+                    self.gatherer.trace_sooner(prepared.name)
                     if self.on_report is not None:
                         self.on_report(pb.EvidenceReport(check=prepared.name, recovered=True))
                 if (
@@ -120,6 +120,8 @@ class Scheduler:
         prepared = self._prepared.get(request.check)
         if prepared is not None and not prepared.refusal:
             success = self._last_success.get(request.check, False)
+            if request.path:
+                self.gatherer.trace_sooner(request.check)
             self._gather(prepared, success, request.path)
 
     def _gather(self, prepared: PreparedCheck, probe_success: bool, want_path: bool) -> None:

@@ -100,6 +100,9 @@ class Diagnosis:
     hop: str | None = None
     asn: int | None = None
     path: tuple[PathHop, ...] = ()
+    # unknown only until what settles it arrives (evidence, a control's probe,
+    # a traceroute): an incident keeps the kind it recorded meanwhile
+    waiting: bool = False
 
     def to_json(self, with_path: bool = False) -> dict[str, object]:
         body: dict[str, object] = {
@@ -162,18 +165,22 @@ def _lost_path(path: pb.PathEvidence) -> str | None:
 
 
 def _path_of(failure: Observed, latest: Observed | None, now: float) -> Observed | None:
-    """The agent's traceroute that speaks of this failure: one taken since it was
-    first reported and younger than PATH_MAX_AGE; or, when the agent cannot
-    trace, its latest one (which says why). A traceroute from before the
-    failure (the agent traces a check at most every few minutes) reached a
-    target that was then reachable, or stopped where the path was then lost."""
-    if latest is None:
+    """The agent's traceroute that speaks of this failure, or None: one that came
+    since the failure was first reported, younger than PATH_MAX_AGE, with
+    evidence whose connects failed as this failure's do. A traceroute from
+    before (an agent traces a check at most every few minutes), or from while
+    the connects still succeeded (the same failure, another way), reached a
+    target that was then reachable, or stopped where the path was then lost.
+    One that says the agent cannot trace counts: it is not waited for again."""
+    if latest is None or latest.received < failure.since or now - latest.received > PATH_MAX_AGE:
         return None
-    if not latest.evidence.path.available:
-        return latest
-    if latest.received < failure.since or now - latest.received > PATH_MAX_AGE:
+    if _connects_failed(latest.evidence) != _connects_failed(failure.evidence):
         return None
     return latest
+
+
+def _connects_failed(seen: pb.Evidence) -> bool:
+    return bool(seen.tcp) and all(t.outcome in _CONNECT_FAILED for t in seen.tcp)
 
 
 def _path_note(path: Observed | None) -> str:
@@ -257,7 +264,9 @@ class Rules:
             code = f" (ICMP code {first.icmp_code})" if first.outcome == "unreachable" else ""
             failed = f"connect to {first.address}:{first.port} {first.outcome}{code}"
             if awaiting_path:  # blocking here, or a path lost further on: the traceroute tells
-                return Diagnosis("unknown", f"{failed} while the control connects; {AWAITING_PATH}")
+                return Diagnosis(
+                    "unknown", f"{failed} while the control connects; {AWAITING_PATH}", waiting=True
+                )
             return Diagnosis(
                 "tcp_blocking",
                 f"{failed} while the control connects{_path_note(path)}",
@@ -425,9 +434,11 @@ class Diagnoser:
                 book.control[(check, a)].evidence for a in fresh if (check, a) in book.control
             ]
             if control_agents and not fresh:
-                out[country.country] = Diagnosis("unknown", AWAITING_CONTROL_PROBE)
+                out[country.country] = Diagnosis("unknown", AWAITING_CONTROL_PROBE, waiting=True)
             elif fresh and not controls:
-                out[country.country] = Diagnosis("unknown", "waiting for the control's evidence")
+                out[country.country] = Diagnosis(
+                    "unknown", "waiting for the control's evidence", waiting=True
+                )
             else:
                 out[country.country] = self._country(check, country, observed, controls, now)
         _note_shared_hops(out)
@@ -446,13 +457,15 @@ class Diagnoser:
                 "local", "every agent here has a local problem (it fails nearly every check)"
             )
         if not observed:
-            return Diagnosis("unknown", "waiting for evidence from the failing agents")
+            return Diagnosis(
+                "unknown", "waiting for evidence from the failing agents", waiting=True
+            )
         verdicts = []
         for o in observed:
             latest = self.book.paths.get((check, o.agent))
             path = _path_of(o, latest, now)
             if controls:
-                awaiting = path is None  # every failing agent traces, unless it cannot
+                awaiting = path is None  # every failing agent traces (or says it cannot)
                 verdicts.append(self.rules.against(o.evidence, controls, path, awaiting))
             else:
                 verdicts.append(self.rules.no_control(o.evidence, path))

@@ -171,8 +171,8 @@ class Incident:
             if d is None:
                 continue
             previous = self.diagnosis.get(country)
-            if previous is None and d.kind == "unknown":
-                continue  # still waiting for evidence: nothing to record yet
+            if d.waiting or (previous is None and d.kind == "unknown"):
+                continue  # nothing to record yet, or the recorded kind stands until settled
             if previous is None or previous["kind"] != d.kind:
                 changed.setdefault(d.kind, []).append(country)
             self.diagnosis[country] = d.to_json()

@@ -135,12 +135,13 @@ def test_rate_limit_per_check_and_signature() -> None:
     assert gatherer.wants("web", "refused", 171.0)  # the minute passed
 
 
-def test_a_failure_after_a_recovery_gets_its_own_traceroute(
+def test_a_failure_its_last_traceroute_does_not_speak_of_is_traced_sooner(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Once per check per PATH_EVERY; a failure that follows a recovery is traced
-    once PATH_FLOOR has passed since the last traceroute, so the collector need
-    not judge it by one from before it."""
+    """Once per check per PATH_EVERY; a failure after a recovery, a failure of
+    another kind, or the collector's request is traced once PATH_FLOOR has
+    passed since the last traceroute (the collector judges a failure only by
+    a traceroute taken during it), and never sooner, however often asked."""
     traced: list[str] = []
 
     def fake_trace(destination: str, port: int, source: str | None = None) -> pb.PathEvidence:
@@ -161,12 +162,19 @@ def test_a_failure_after_a_recovery_gets_its_own_traceroute(
 
     assert traces_at(0)
     assert not traces_at(30)
-    gatherer.recovered(check.name)
-    assert not traces_at(PATH_FLOOR - 1)  # a flapping check: at most one a minute
+    for _ in range(3):  # a flapping check: never more than one a PATH_FLOOR
+        gatherer.trace_sooner(check.name)
+        assert not traces_at(PATH_FLOOR - 1)
     assert traces_at(PATH_FLOOR + 1)
     assert not traces_at(200)  # the same failure goes on: PATH_EVERY
     assert traces_at(PATH_FLOOR + 1 + PATH_EVERY)
-    assert len(traced) == 3
+    # another kind of failure: the evidence it gets is traced once the floor passed
+    last = PATH_FLOOR + 1 + PATH_EVERY
+    gatherer.wants(check.name, "timeout:", last)
+    gatherer.wants(check.name, "refused:", last + 10)
+    assert not traces_at(last + 10)
+    assert traces_at(last + PATH_FLOOR)
+    assert len(traced) == 4
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raw sockets need CAP_NET_RAW (CI runs as root)")

@@ -162,7 +162,7 @@ def test_diagnoser_waits_for_control_marks_local_and_shared_hops() -> None:
     result = diagnoser.diagnose_check(
         "web", [CountryInput("UG", False), CountryInput("ZA", True)], {"ke1": 101.0}, 101.0
     )
-    assert result["UG"] == Diagnosis("unknown", "waiting for the control's evidence")
+    assert result["UG"] == Diagnosis("unknown", "waiting for the control's evidence", waiting=True)
     assert result["ZA"].kind == "local"
     book.observe("web", "ke1", "KE", evidence(success=True), 101.0)
     for agent, cc in (("ng1", "NG"), ("gh1", "GH")):
@@ -272,11 +272,15 @@ def test_control_refresh_is_validated(tmp_path: Path) -> None:
 
 
 def test_waiting_for_evidence_adds_no_event() -> None:
+    """Nothing is recorded before a kind is known, and a recorded kind stands while
+    the diagnosis waits for what settles it (a new evaluator's empty evidence, a
+    traceroute of a new failure): no diagnosed event, no change of cause."""
     incident = Incident(3, "web", 0.0, "regional", "regional", ["UG"], ["UG"])
-    assert not incident.diagnose(
-        {"UG": Diagnosis("unknown", "waiting for the control's evidence")}, 1.0
-    )
+    waiting = Diagnosis("unknown", "waiting for the control's evidence", waiting=True)
+    assert not incident.diagnose({"UG": waiting}, 1.0)
     assert incident.diagnose({"UG": Diagnosis("dns", "lie")}, 2.0)
+    assert not incident.diagnose({"UG": waiting}, 2.5)
+    assert (incident.diagnosis["UG"]["kind"], incident.cause) == ("dns", "blocking")
     assert incident.diagnose({"UG": Diagnosis("unknown", "matches the control")}, 3.0)
     assert [e.kind for e in incident.timeline if e.event == "diagnosed"] == ["dns", "unknown"]
 
@@ -401,7 +405,9 @@ def test_failing_evidence_from_an_earlier_failure_is_not_used() -> None:
     assert diagnoser.diagnose_check("web", failing, {"ke1": 150.0}, 150.0)["UG"].kind == "dns"
     book.observe("web", "ug1", "UG", evidence(success=True), 160.0)  # asked as a control
     result = diagnoser.diagnose_check("web", failing, {"ke1": 170.0}, 170.0)
-    assert result["UG"] == Diagnosis("unknown", "waiting for evidence from the failing agents")
+    assert result["UG"] == Diagnosis(
+        "unknown", "waiting for evidence from the failing agents", waiting=True
+    )
     book.observe("web", "ug1", "UG", evidence(tcp="refused"), 171.0)
     assert (
         diagnoser.diagnose_check("web", failing, {"ke1": 172.0}, 172.0)["UG"].kind == "tcp_blocking"
@@ -450,13 +456,28 @@ def test_a_traceroute_from_before_the_failure_does_not_judge_it() -> None:
     )
 
 
+def test_a_traceroute_from_while_the_connects_succeeded_does_not_judge_timeouts() -> None:
+    """The same failure, another way: NG's agent saw the origin's 500s (its
+    traceroute reached the target), then its connects time out without a
+    success in between. That traceroute says nothing of the timeouts."""
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    book.observe("web", "ke1", "KE", evidence(success=True), 10.0)
+    book.observe("web", "ng1", "NG", traceroute(evidence(http=pb.HttpEvidence(status=500))), 100.0)
+    book.observe("web", "ng1", "NG", evidence(tcp="timeout"), 200.0)
+    failing = [CountryInput("NG", False)]
+    waiting = diagnoser.diagnose_check("web", failing, {"ke1": 201.0}, 201.0)["NG"]
+    assert waiting.waiting and waiting.detail.endswith(AWAITING_PATH), waiting
+    book.observe("web", "ng1", "NG", traceroute(evidence(tcp="timeout"), "203.0.113.1"), 230.0)
+    assert diagnoser.diagnose_check("web", failing, {"ke1": 231.0}, 231.0)["NG"].kind == "path"
+
+
 def test_an_agent_that_cannot_trace_is_not_waited_for() -> None:
     book = EvidenceBook()
     diagnoser = Diagnoser(book, ASNS)
     book.observe("web", "ke1", "KE", evidence(success=True), 10.0)
-    book.observe("web", "ng1", "NG", traceroute(evidence(), unavailable="needs CAP_NET_RAW"), 100.0)
-    book.recover("web", "ng1", 150.0)
-    book.observe("web", "ng1", "NG", evidence(tcp="timeout"), 200.0)
+    cannot = traceroute(evidence(tcp="timeout"), unavailable="needs CAP_NET_RAW")
+    book.observe("web", "ng1", "NG", cannot, 200.0)
     blocked = diagnoser.diagnose_check("web", [CountryInput("NG", False)], {"ke1": 201.0}, 201.0)
     assert blocked["NG"].kind == "tcp_blocking"
     assert blocked["NG"].detail.endswith("; path: unavailable (needs CAP_NET_RAW)")
@@ -473,7 +494,9 @@ def test_a_recovery_report_retires_failing_evidence() -> None:
     assert diagnoser.diagnose_check("web", failing, {"ke1": 101.0}, 101.0)["GH"].kind == "http_diff"
     book.recover("web", "gh1", 110.0)
     waiting = diagnoser.diagnose_check("web", failing, {"ke1": 120.0}, 120.0)["GH"]
-    assert waiting == Diagnosis("unknown", "waiting for evidence from the failing agents")
+    assert waiting == Diagnosis(
+        "unknown", "waiting for evidence from the failing agents", waiting=True
+    )
 
 
 @pytest.mark.parametrize("refreshed_at", [106.0, 160.0, 299.0])

@@ -184,7 +184,7 @@ function checkCard(check) {
   return card;
 }
 
-// Why each failing country fails; for "path", the hops of its last traceroute.
+// Why each failing country fails; for "path", the hops of the traceroute taken during the failure.
 function diagnosisList(countries) {
   const ul = el("ul", "diagnosis");
   for (const c of countries) {
