@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,10 +30,55 @@ from probemesh.collector.tokens import TokenStore
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+class _PortPool:
+    """Loopback ports for the servers a test starts.
+
+    Taken below the kernel's ephemeral range: a port the kernel hands out for
+    ``bind(0)`` is one it may give the next outgoing connection of any process,
+    which then holds it when the server starts ("Address already in use").
+    Each pytest-xdist worker takes its own slice, so two workers never pick
+    the same port, and walks it from a random point, handing a port out once.
+    """
+
+    def __init__(self) -> None:
+        top = min(_ephemeral_start(), 32768)
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+        size = (top - 10000) // max(workers, 1)
+        self.first, self.size = 10000 + worker % max(workers, 1) * size, size
+        self.at = random.randrange(size) if size > 0 else 0
+
+    def take(self) -> int:
+        for _ in range(self.size):
+            port = self.first + self.at
+            self.at = (self.at + 1) % self.size
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+        with socket.socket() as sock:  # no room below the ephemeral range on this host
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+
+_PORTS: _PortPool | None = None
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on, for a server the test starts."""
+    global _PORTS
+    if _PORTS is None:
+        _PORTS = _PortPool()
+    return _PORTS.take()
 
 
 def probemesh_cmd(*args: str) -> list[str]:
