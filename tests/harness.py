@@ -49,10 +49,11 @@ class _PortPool:
 
     def __init__(self) -> None:
         top = min(_ephemeral_start(), 32768)
-        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
-        size = (top - 10000) // max(workers, 1)
-        self.first, self.size = 10000 + worker % max(workers, 1) * size, size
+        workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
+        name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        worker = int(name[2:]) if name[2:].isdigit() else 0  # a replaced worker is gwN, N >= count
+        size = (top - 10000) // workers
+        self.first, self.size = 10000 + worker % workers * size, size
         self.at = random.randrange(size) if size > 0 else 0
 
     def take(self) -> int:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from probemesh.collector.asn import AsnLookup
 from probemesh.collector.evidence import EvidenceBook, Observed
@@ -471,7 +471,10 @@ class Diagnoser:
                 verdicts.append(self.rules.no_control(o.evidence, path))
         counts = Counter(v.kind for v in verdicts)
         kind = min(counts, key=lambda k: (-counts[k], KINDS.index(k)))
-        return next(v for v in verdicts if v.kind == kind)
+        chosen = next(v for v in verdicts if v.kind == kind)
+        # unknown waits only if every agent's unknown does, whatever the agents' order
+        waiting = all(v.waiting for v in verdicts if v.kind == kind)
+        return chosen if chosen.waiting == waiting else replace(chosen, waiting=waiting)
 
     def ask(
         self,

@@ -72,6 +72,7 @@ def from_doc(doc: Mapping[str, Any]) -> tuple[Snapshot, Diagnoses, dict[str, lis
                 d["hop"],
                 d["asn"],
                 tuple(PathHop(**hop) for hop in d["path"]),
+                d.get("waiting", False),
             )
             for country, d in countries.items()
         }

@@ -141,6 +141,9 @@ class Incident:
     # every country that was down and diagnosed during the incident
     diagnosis: dict[str, dict[str, Any]] = field(default_factory=dict)
     cause: str = "unknown"
+    # countries whose recorded diagnosis is of an earlier down period of theirs
+    # (they recovered since): a new diagnosis that waits does not keep it
+    past_kinds: set[str] = field(default_factory=set)
 
     @property
     def active(self) -> bool:
@@ -171,11 +174,15 @@ class Incident:
             if d is None:
                 continue
             previous = self.diagnosis.get(country)
-            if d.waiting or (previous is None and d.kind == "unknown"):
-                continue  # nothing to record yet, or the recorded kind stands until settled
+            if previous is None and d.kind == "unknown":
+                continue  # still waiting for evidence: nothing to record yet
+            if d.waiting and previous is not None and country not in self.past_kinds:
+                continue  # the kind recorded in this down period stands until settled
             if previous is None or previous["kind"] != d.kind:
                 changed.setdefault(d.kind, []).append(country)
             self.diagnosis[country] = d.to_json()
+            if not d.waiting:
+                self.past_kinds.discard(country)
         for kind in sorted(changed, key=KINDS.index):
             self.timeline.append(Event(now, "diagnosed", sorted(changed[kind]), kind))
         if self.countries:
@@ -306,6 +313,7 @@ class Incident:
             ok_since=data.get("ok_since"),
             diagnosis=dict(data.get("diagnosis") or {}),
             cause=data.get("cause") or "unknown",
+            past_kinds=set(data.get("diagnosis") or {}) - set(data["countries"]),
         )
 
 
@@ -430,6 +438,7 @@ class IncidentBook:
         back = sorted(set(incident.countries) - set(down))
         if back:
             incident.timeline.append(Event(now, "recovered", back))
+            incident.past_kinds.update(back)
             changed = True
         if newly:
             incident.timeline.append(Event(now, "down", newly))

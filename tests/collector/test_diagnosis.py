@@ -19,7 +19,7 @@ from probemesh.collector.diagnosis import (
     http_matches,
 )
 from probemesh.collector.evidence import EvidenceBook
-from probemesh.collector.incidents import DIAGNOSE_EVERY, Event, Incident
+from probemesh.collector.incidents import DIAGNOSE_EVERY, Event, Incident, IncidentBook
 from probemesh.errors import ConfigError
 from probemesh.v1 import mesh_pb2 as pb
 from tests.collector.mesh_script import ScriptedMesh, result
@@ -283,6 +283,38 @@ def test_waiting_for_evidence_adds_no_event() -> None:
     assert (incident.diagnosis["UG"]["kind"], incident.cause) == ("dns", "blocking")
     assert incident.diagnose({"UG": Diagnosis("unknown", "matches the control")}, 3.0)
     assert [e.kind for e in incident.timeline if e.event == "diagnosed"] == ["dns", "unknown"]
+
+
+def test_a_kind_from_an_earlier_down_period_is_not_kept_while_waiting() -> None:
+    """UG was blocked (dns), recovered, and is down again in the same incident:
+    while its new diagnosis waits, the old kind is not its current one."""
+    incident = Incident(3, "web", 0.0, "regional", "regional", ["UG"], ["UG"])
+    waiting = Diagnosis("unknown", "waiting for evidence from the failing agents", waiting=True)
+    assert incident.diagnose({"UG": Diagnosis("dns", "lie")}, 1.0)
+    IncidentBook._transition(incident, [], "regional", 1.5)  # UG recovers
+    IncidentBook._transition(incident, ["UG"], "regional", 1.8)  # and is down again
+    assert incident.diagnose({"UG": waiting}, 2.0)
+    assert (incident.diagnosis["UG"]["kind"], incident.cause) == ("unknown", "unknown")
+    assert not incident.diagnose({"UG": waiting}, 3.0)
+    assert incident.diagnose({"UG": Diagnosis("path", "path lost")}, 4.0)
+    assert "UG" not in incident.past_kinds
+    assert not incident.diagnose({"UG": waiting}, 5.0)  # this down period's kind stands
+    assert incident.diagnosis["UG"]["kind"] == "path"
+
+
+@pytest.mark.parametrize("waiting_first", [True, False])
+def test_an_unknown_waits_only_if_every_agents_unknown_waits(waiting_first: bool) -> None:
+    """Two NG agents: one's connects time out (its traceroute pending), the other's
+    evidence matches the control's. The country's unknown is settled, whichever
+    agent's evidence the book holds first."""
+    book = EvidenceBook()
+    diagnoser = Diagnoser(book, ASNS)
+    book.observe("web", "ke1", "KE", evidence(success=True), 10.0)
+    reports = [("ng1", evidence(tcp="timeout")), ("ng2", evidence())]
+    for agent, seen in reports if waiting_first else reports[::-1]:
+        book.observe("web", agent, "NG", seen, 100.0)
+    result = diagnoser.diagnose_check("web", [CountryInput("NG", False)], {"ke1": 101.0}, 101.0)
+    assert result["NG"].kind == "unknown" and not result["NG"].waiting, result["NG"]
 
 
 def _mmdb_value(value: object) -> bytes:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness import Mesh, Samples, scrape, total, wait_for
+from tests.harness import Mesh, Samples, free_port, scrape, total, wait_for
 
 PRODUCED = "probemesh_agent_results_produced_total"
 DROPPED = "probemesh_agent_results_dropped_total"
@@ -86,10 +86,9 @@ def checks_yaml(
 
 
 def closed_port() -> int:
-    """A loopback port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, from the harness's pool (no outgoing
+    connection takes it, and a later server of the test may)."""
+    return free_port()
 
 
 @dataclass
