@@ -77,6 +77,7 @@ AWAITING_CONTROL_PROBE = "waiting for a control probe that started after the fai
 """A diagnosis that the controls' next successful probes settle, not evidence:
 the outage round works it out again every round until they do."""
 AWAITING_PATH = "waiting for a traceroute taken since the failure began"
+CONTROLS_ELSEWHERE = "the agents that reach the target are served by other collectors"
 """Connects time out: blocked here, or a path lost further on. The agent's
 next evidence report with a traceroute settles it (an evidence change)."""
 
@@ -403,6 +404,7 @@ class Diagnoser:
         failing: Iterable[CountryInput],
         control_agents: Mapping[str, float],
         now: float,
+        controls_elsewhere: bool = False,
     ) -> dict[str, Diagnosis]:
         """One Diagnosis per failing country of check.
 
@@ -413,6 +415,9 @@ class Diagnoser:
         (its verdict waits for a second round) may just not have probed since
         the failure began, and an origin failing everywhere must not look like
         a difference between countries. Until one does, the kind is unknown.
+        ``controls_elsewhere``: in a mesh, agents served by other collectors
+        succeed in an up country. Without a control here, the failure is not
+        the origin's: the kind is unknown, not judged without a control.
         """
         book = self.book
         failing_evidence: dict[str, list[Observed]] = {}
@@ -439,6 +444,8 @@ class Diagnoser:
                 out[country.country] = Diagnosis(
                     "unknown", "waiting for the control's evidence", waiting=True
                 )
+            elif controls_elsewhere and not control_agents:
+                out[country.country] = Diagnosis("unknown", CONTROLS_ELSEWHERE, waiting=True)
             else:
                 out[country.country] = self._country(check, country, observed, controls, now)
         _note_shared_hops(out)

@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -600,7 +600,7 @@ class OutageMonitor:
         yield
         refusals = self.classifier.refusals()
         yield
-        diagnoses = self._diagnose(snapshot, checks)
+        diagnoses = self._diagnose(snapshot, checks, inputs)
         yield
         self.snapshot, self.diagnoses, self.refusals = snapshot, diagnoses, refusals
         self.evaluations += 1
@@ -610,7 +610,9 @@ class OutageMonitor:
         self._wake()
         return dirty
 
-    def _diagnose(self, snapshot: Snapshot, checks: ChecksFile) -> dict[str, dict[str, Diagnosis]]:
+    def _diagnose(
+        self, snapshot: Snapshot, checks: ChecksFile, pair_inputs: Mapping[Pair, PairInput]
+    ) -> dict[str, dict[str, Diagnosis]]:
         """Diagnose every down or degraded country (and those left only with local problems).
 
         A check's diagnosis, and its requests for evidence, are worked out
@@ -656,16 +658,23 @@ class OutageMonitor:
             for (check, agent), entry in self.state.latest.items():
                 if check in by_check:
                     by_check[check][agent] = entry
+            elsewhere: dict[str, set[str]] | None = None  # worked out when first needed
             for name, fresh in due.items():
                 failing, up, _ = fresh.inputs
                 latest = by_check[name]
                 controls = {
                     a: e.timestamp for a, e in latest.items() if e.country in up and e.success
                 }
+                remote = False
+                if not controls and up and self.shared is not None:
+                    if elsewhere is None:
+                        elsewhere = self._controls_elsewhere(due, pair_inputs)
+                    remote = bool(elsewhere[name] & up)
                 fresh.diagnoses = out[name] = diagnoser.diagnose_check(
-                    name, failing, controls, snapshot.at
+                    name, failing, controls, snapshot.at, remote
                 )
-                fresh.settled = bool(controls or not up) and all(
+                # controls elsewhere only: looked at again every DIAGNOSE_EVERY, not each round
+                fresh.settled = bool(controls or not up or remote) and all(
                     d.detail != AWAITING_CONTROL_PROBE for d in fresh.diagnoses.values()
                 )
                 diagnoser.ask(
@@ -679,6 +688,18 @@ class OutageMonitor:
                 )
                 diagnosed[name] = fresh
         self._diagnosed = diagnosed
+        return out
+
+    def _controls_elsewhere(
+        self, due: Mapping[str, _Diagnosed], inputs: Mapping[Pair, PairInput]
+    ) -> dict[str, set[str]]:
+        """In a mesh, per due check: the countries where an agent served by another
+        collector last succeeded (a control whose evidence never reaches this one)."""
+        out: dict[str, set[str]] = {name: set() for name in due}
+        latest = self.state.latest
+        for key, item in inputs.items():
+            if item.success and key[0] in out and key not in latest:
+                out[key[0]].add(item.country)
         return out
 
     def _wake(self) -> None:

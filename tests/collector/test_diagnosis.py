@@ -11,6 +11,7 @@ from probemesh.collector.asn import Ip2AsnTable, NoAsnDatabase, load_asn_db
 from probemesh.collector.diagnosis import (
     AWAITING_CONTROL_PROBE,
     AWAITING_PATH,
+    CONTROLS_ELSEWHERE,
     CountryInput,
     Diagnoser,
     Diagnosis,
@@ -315,6 +316,33 @@ def test_an_unknown_waits_only_if_every_agents_unknown_waits(waiting_first: bool
         book.observe("web", agent, "NG", seen, 100.0)
     result = diagnoser.diagnose_check("web", [CountryInput("NG", False)], {"ke1": 101.0}, 101.0)
     assert result["NG"].kind == "unknown" and not result["NG"].waiting, result["NG"]
+
+
+def test_without_a_control_here_a_mesh_evaluator_does_not_blame_the_origin() -> None:
+    """In a mesh, UG's agent (served by the evaluator) is refused while DE's agent,
+    served by another collector, succeeds: no control's evidence reaches the
+    evaluator, but a refusal in one country is not the origin's failure."""
+    mesh = ScriptedMesh(countries=("UG", "DE", "KE"))
+    book = EvidenceBook()
+    mesh.monitor.diagnoser = Diagnoser(book, ASNS)
+    for _ in range(5):
+        mesh.round(web={"UG": "refused"})
+    assert mesh.country_states()["UG"] == "down"
+    book.observe("web", "a-ug", "UG", evidence(tcp="refused"), mesh.now)
+    inputs = dict(mesh.monitor.publisher.published)
+    for agent in ("a-de", "a-ke"):  # served elsewhere: published to the mesh, not held here
+        for check in ("web", "tcp"):
+            del mesh.state.latest[(check, agent)]
+    mesh.monitor.shared = object()  # type: ignore[assignment]  # judged as a mesh's evaluator
+    mesh.now += 1.0
+    mesh.monitor.judge(inputs, mesh.checks, mesh.now)
+    assert mesh.monitor.diagnoses["web"]["UG"] == Diagnosis(
+        "unknown", CONTROLS_ELSEWHERE, waiting=True
+    )
+    mesh.monitor.shared = None  # alone, with no control anywhere: the refusal is the origin's
+    mesh.now += DIAGNOSE_EVERY
+    mesh.monitor.judge({k: v for k, v in inputs.items() if k[1] == "a-ug"}, mesh.checks, mesh.now)
+    assert mesh.monitor.diagnoses["web"]["UG"].kind == "origin"
 
 
 def _mmdb_value(value: object) -> bytes:
