@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from probemesh.collector.asn import AsnLookup
 from probemesh.collector.evidence import EvidenceBook, Observed
@@ -77,9 +77,11 @@ AWAITING_CONTROL_PROBE = "waiting for a control probe that started after the fai
 """A diagnosis that the controls' next successful probes settle, not evidence:
 the outage round works it out again every round until they do."""
 AWAITING_PATH = "waiting for a traceroute taken since the failure began"
-CONTROLS_ELSEWHERE = "the agents that reach the target are served by other collectors"
 """Connects time out: blocked here, or a path lost further on. The agent's
 next evidence report with a traceroute settles it (an evidence change)."""
+CONTROLS_ELSEWHERE = "the agents that reach the target are served by other collectors"
+"""In a mesh: the controls are agents of other collectors, whose evidence does not
+reach this evaluator; a failing country is not judged as if no country succeeded."""
 
 
 @dataclass(frozen=True)
@@ -478,10 +480,9 @@ class Diagnoser:
                 verdicts.append(self.rules.no_control(o.evidence, path))
         counts = Counter(v.kind for v in verdicts)
         kind = min(counts, key=lambda k: (-counts[k], KINDS.index(k)))
-        chosen = next(v for v in verdicts if v.kind == kind)
+        same = [v for v in verdicts if v.kind == kind]
         # unknown waits only if every agent's unknown does, whatever the agents' order
-        waiting = all(v.waiting for v in verdicts if v.kind == kind)
-        return chosen if chosen.waiting == waiting else replace(chosen, waiting=waiting)
+        return next((v for v in same if not v.waiting), same[0])
 
     def ask(
         self,

@@ -292,6 +292,7 @@ class Incident:
             "ok_since": self.ok_since,
             "diagnosis": self.diagnosis,
             "cause": self.cause,
+            "past_kinds": sorted(self.past_kinds),
         }
         return (self.id, self.check, self.started_at, self.ended_at, json.dumps(data))
 
@@ -313,7 +314,11 @@ class Incident:
             ok_since=data.get("ok_since"),
             diagnosis=dict(data.get("diagnosis") or {}),
             cause=data.get("cause") or "unknown",
-            past_kinds=set(data.get("diagnosis") or {}) - set(data["countries"]),
+            past_kinds=set(
+                data["past_kinds"]
+                if "past_kinds" in data
+                else set(data.get("diagnosis") or {}) - set(data["countries"])
+            ),
         )
 
 
@@ -693,13 +698,16 @@ class OutageMonitor:
     def _controls_elsewhere(
         self, due: Mapping[str, _Diagnosed], inputs: Mapping[Pair, PairInput]
     ) -> dict[str, set[str]]:
-        """In a mesh, per due check: the countries where an agent served by another
-        collector last succeeded (a control whose evidence never reaches this one)."""
+        """In a mesh, per due check: the countries where an agent not connected here
+        (served by another collector) last succeeded, as its live collector
+        published: a control whose evidence never reaches this one."""
         out: dict[str, set[str]] = {name: set() for name in due}
-        latest = self.state.latest
-        for key, item in inputs.items():
-            if item.success and key[0] in out and key not in latest:
-                out[key[0]].add(item.country)
+        agents = self.state.agents
+        for (check, agent_id), item in inputs.items():
+            if item.success and item.fresh and check in out:
+                agent = agents.get(agent_id)
+                if agent is None or not agent.connected:
+                    out[check].add(item.country)
         return out
 
     def _wake(self) -> None:

@@ -294,6 +294,7 @@ def test_a_kind_from_an_earlier_down_period_is_not_kept_while_waiting() -> None:
     assert incident.diagnose({"UG": Diagnosis("dns", "lie")}, 1.0)
     IncidentBook._transition(incident, [], "regional", 1.5)  # UG recovers
     IncidentBook._transition(incident, ["UG"], "regional", 1.8)  # and is down again
+    assert Incident.from_row(incident.to_row()).past_kinds == {"UG"}  # kept across a restart
     assert incident.diagnose({"UG": waiting}, 2.0)
     assert (incident.diagnosis["UG"]["kind"], incident.cause) == ("unknown", "unknown")
     assert not incident.diagnose({"UG": waiting}, 3.0)
@@ -330,9 +331,12 @@ def test_without_a_control_here_a_mesh_evaluator_does_not_blame_the_origin() -> 
     assert mesh.country_states()["UG"] == "down"
     book.observe("web", "a-ug", "UG", evidence(tcp="refused"), mesh.now)
     inputs = dict(mesh.monitor.publisher.published)
-    for agent in ("a-de", "a-ke"):  # served elsewhere: published to the mesh, not held here
-        for check in ("web", "tcp"):
-            del mesh.state.latest[(check, agent)]
+    # DE's and KE's agents moved to another collector, which publishes their
+    # successes; what this one kept of them (until the series TTL) is a failure
+    for agent_id in ("a-de", "a-ke"):
+        agent = mesh.state.agents[agent_id]
+        mesh.state.apply(agent, result("web", mesh.now + 0.2, "refused"))
+        agent.connected = False
     mesh.monitor.shared = object()  # type: ignore[assignment]  # judged as a mesh's evaluator
     mesh.now += 1.0
     mesh.monitor.judge(inputs, mesh.checks, mesh.now)
