@@ -73,7 +73,9 @@ async def test_redirect_chain_sums_phases_and_switches_post_to_get() -> None:
     assert seen == [("POST", "/a"), ("GET", "/b"), ("GET", "/c")]
     assert value(result, "probe_http_redirects") == 2
     assert value(result, "probe_http_status_code") == 200
-    assert value(result, "probe_http_duration_seconds", phase="processing") >= 0.05
+    # The second hop's 50 ms wait is processing time. One loop runs both ends, so
+    # the server may start waiting a moment before the probe stamps its request sent.
+    assert value(result, "probe_http_duration_seconds", phase="processing") >= 0.045
 
 
 async def test_no_follow_redirects_counts_the_redirect_and_fails_on_status() -> None:
