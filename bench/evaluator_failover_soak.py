@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import random
-import signal
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.pg_soak import run_soak
 from tests.ha.evaluator_scenario import run_failover
-from tests.postgres import PostgresCluster, unavailable
 
 
 def main() -> int:
@@ -36,35 +33,17 @@ def main() -> int:
     parser.add_argument("--max-delay", type=float, default=3.0, help="seconds [default: 3]")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
-    reason = unavailable()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
-    # SIGTERM unwinds like an error, so every process and the cluster are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     rng = random.Random(args.seed)
-    cluster = PostgresCluster()
-    cluster.start()
-    takeovers: list[float] = []
-    failures: list[str] = []
-    try:
-        for rep in range(args.reps):
-            delay = rng.uniform(0.0, args.max_delay)
-            started = time.monotonic()
-            with tempfile.TemporaryDirectory(prefix="probemesh-evsoak-") as root:
-                try:
-                    takeover = run_failover(Path(root), cluster.create_database(), delay)
-                except AssertionError as exc:
-                    failures.append(f"rep {rep}: {str(exc).splitlines()[0]}")
-                    print(f"rep {rep:2d}: kill +{delay:.2f}s  FAILED  {failures[-1]}")
-                    continue
-            takeovers.append(takeover)
-            print(
-                f"rep {rep:2d}: kill +{delay:.2f}s  takeover {takeover:.2f}s  "
-                f"same id, closed, same view  ({time.monotonic() - started:.0f}s)"
-            )
-    finally:
-        cluster.stop()
+    outcome = run_soak(
+        run_failover,
+        [rng.uniform(0.0, args.max_delay) for _ in range(args.reps)],
+        lambda delay, takeover: (
+            f"kill +{delay:.2f}s  takeover {takeover:.2f}s  same id, closed, same view"
+        ),
+    )
+    if outcome is None:
+        return 2
+    takeovers, failures = outcome
     print(
         f"\n{len(takeovers)} of {args.reps} repetitions kept the incident id; {len(failures)} failed"
     )

@@ -114,7 +114,7 @@ def memory(
         del publication
         base = _traced()
         reader, book = SharedVerdicts(database, "evaluator"), InputBook()
-        inputs = reader.read(book)
+        inputs = reader.read(book)[0]
         read = _traced() - base
         classifier = Classifier()
         classifier.evaluate(inputs, checks, at)

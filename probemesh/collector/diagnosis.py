@@ -79,9 +79,6 @@ the outage round works it out again every round until they do."""
 AWAITING_PATH = "waiting for a traceroute taken since the failure began"
 """Connects time out: blocked here, or a path lost further on. The agent's
 next evidence report with a traceroute settles it (an evidence change)."""
-CONTROLS_ELSEWHERE = "the agents that reach the target are served by other collectors"
-"""In a mesh: the controls are agents of other collectors, whose evidence does not
-reach this evaluator; a failing country is not judged as if no country succeeded."""
 
 
 @dataclass(frozen=True)
@@ -406,7 +403,6 @@ class Diagnoser:
         failing: Iterable[CountryInput],
         control_agents: Mapping[str, float],
         now: float,
-        controls_elsewhere: bool = False,
     ) -> dict[str, Diagnosis]:
         """One Diagnosis per failing country of check.
 
@@ -417,9 +413,6 @@ class Diagnoser:
         (its verdict waits for a second round) may just not have probed since
         the failure began, and an origin failing everywhere must not look like
         a difference between countries. Until one does, the kind is unknown.
-        ``controls_elsewhere``: in a mesh, agents served by other collectors
-        succeed in an up country. Without a control here, the failure is not
-        the origin's: the kind is unknown, not judged without a control.
         """
         book = self.book
         failing_evidence: dict[str, list[Observed]] = {}
@@ -446,8 +439,6 @@ class Diagnoser:
                 out[country.country] = Diagnosis(
                     "unknown", "waiting for the control's evidence", waiting=True
                 )
-            elif controls_elsewhere and not control_agents:
-                out[country.country] = Diagnosis("unknown", CONTROLS_ELSEWHERE, waiting=True)
             else:
                 out[country.country] = self._country(check, country, observed, controls, now)
         _note_shared_hops(out)
@@ -487,27 +478,36 @@ class Diagnoser:
     def ask(
         self,
         check: str,
-        latest: Mapping[str, Latest],
-        agents: Mapping[str, AgentInfo],
+        candidates: Mapping[str, tuple[str, bool]],
         failing_countries: set[str],
         up_countries: set[str],
         control_refresh: float,
         now: float,
     ) -> None:
-        """Ask failing agents without fresh evidence, and a few controls, for evidence."""
+        """Ask failing agents without fresh evidence, and a few controls, for evidence.
+
+        candidates: the agents that can be asked (connected, and answering
+        requests), each with its country and whether its latest probe succeeded.
+        A control is asked again when its evidence is older than
+        ``control_refresh`` or than the failure: its answer is a success since
+        the failure began, which is all a mesh's evaluator knows of an agent
+        another collector serves.
+        """
         if self.request is None:
             return
         book = self.book
         retry = min(control_refresh, 30.0)
+        failures = [
+            o.since
+            for key, o in book.failing.items()
+            if key[0] == check and o.country in failing_countries and not book.failure_over(key, o)
+        ]
+        began = max(failures, default=0.0)
         controls_asked: set[str] = set()
-        candidates = sorted(latest.items(), key=lambda kv: kv[0])
-        for agent_id, entry in candidates:
-            info = agents.get(agent_id)
-            if info is None or not info.connected or EVIDENCE_FEATURE not in info.features:
-                continue  # an older agent would ignore the request
+        for agent_id, (country, success) in sorted(candidates.items()):
             key = (check, agent_id)
             asked = book.requested.get(key)
-            if entry.country in failing_countries and not entry.success:
+            if country in failing_countries and not success:
                 have = book.failing.get(key)
                 if (
                     have is not None
@@ -519,17 +519,34 @@ class Diagnoser:
                     continue
                 if self.request(agent_id, pb.EvidenceRequest(check=check, path=True)):
                     book.requested[key] = now
-            elif entry.country in up_countries and entry.success:
-                if entry.country in controls_asked or len(controls_asked) >= CONTROL_AGENTS:
+            elif country in up_countries and success:
+                if country in controls_asked or len(controls_asked) >= CONTROL_AGENTS:
                     continue
-                controls_asked.add(entry.country)
+                controls_asked.add(country)
                 have = book.control.get(key)
-                if have is not None and now - have.received <= control_refresh:
+                if (
+                    have is not None
+                    and now - have.received <= control_refresh
+                    and have.received >= began
+                ):
                     continue
                 if asked is not None and now - asked < retry:
                     continue
                 if self.request(agent_id, pb.EvidenceRequest(check=check, path=False)):
                     book.requested[key] = now
+
+
+def askable(
+    latest: Mapping[str, Latest], agents: Mapping[str, AgentInfo]
+) -> dict[str, tuple[str, bool]]:
+    """Diagnoser.ask's candidates among the agents connected here: an older agent,
+    without the evidence feature, would ignore a request."""
+    out = {}
+    for agent_id, entry in latest.items():
+        info = agents.get(agent_id)
+        if info is not None and info.connected and EVIDENCE_FEATURE in info.features:
+            out[agent_id] = (entry.country, entry.success)
+    return out
 
 
 def _note_shared_hops(diagnoses: dict[str, Diagnosis]) -> None:

@@ -46,10 +46,12 @@ from probemesh.collector.database import Connection, Database, DatabaseError
 from probemesh.collector.diagnosis import (
     AWAITING_CONTROL_PROBE,
     BLOCKING,
+    EVIDENCE_FEATURE,
     KINDS,
     CountryInput,
     Diagnoser,
     Diagnosis,
+    askable,
     cause_of,
 )
 from probemesh.collector.evaluation_doc import from_doc, to_doc
@@ -76,10 +78,11 @@ from probemesh.collector.verdicts import (
 )
 from probemesh.collector.work_lane import Steps, WorkLane, run_steps
 from probemesh.timefmt import rfc3339
+from probemesh.v1 import mesh_pb2 as pb
 
 if TYPE_CHECKING:
     from probemesh.collector.notify import Notifications
-    from probemesh.collector.shared import Election, SharedVerdicts
+    from probemesh.collector.shared import Election, Relayed, RemoteChange, SharedVerdicts
 
 _T = TypeVar("_T")
 
@@ -510,6 +513,7 @@ class OutageMonitor:
         shared: SharedVerdicts | None = None,
         election: Election | None = None,
         lane: WorkLane | None = None,
+        ask_here: Callable[[str, pb.EvidenceRequest], bool] | None = None,
     ) -> None:
         self.state = state
         self.checks = checks
@@ -548,6 +552,11 @@ class OutageMonitor:
         self.election = election
         self.is_evaluator = shared is None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="verdicts") if shared else None
+        # evidence requests for agents other collectors serve, written with the next publication
+        self._relay: list[Relayed] = []
+        self.ask_here = ask_here  # sends an evidence request to an agent connected here
+        if shared is not None:
+            state.evidence.share()
 
     def evaluate(self) -> list[Incident]:
         """One round of a collector that is its own evaluator: publish, then judge."""
@@ -663,29 +672,25 @@ class OutageMonitor:
             for (check, agent), entry in self.state.latest.items():
                 if check in by_check:
                     by_check[check][agent] = entry
-            elsewhere: dict[str, set[str]] | None = None  # worked out when first needed
+            remote = self._remote(due, pair_inputs)
             for name, fresh in due.items():
                 failing, up, _ = fresh.inputs
                 latest = by_check[name]
                 controls = {
                     a: e.timestamp for a, e in latest.items() if e.country in up and e.success
                 }
-                remote = False
-                if not controls and up and self.shared is not None:
-                    if elsewhere is None:
-                        elsewhere = self._controls_elsewhere(due, pair_inputs)
-                    remote = bool(elsewhere[name] & up)
+                controls.update(self._remote_controls(name, remote[name], up))
                 fresh.diagnoses = out[name] = diagnoser.diagnose_check(
-                    name, failing, controls, snapshot.at, remote
+                    name, failing, controls, snapshot.at
                 )
-                # controls elsewhere only: looked at again every DIAGNOSE_EVERY, not each round
-                fresh.settled = bool(controls or not up or remote) and all(
+                fresh.settled = bool(controls or not up) and all(
                     d.detail != AWAITING_CONTROL_PROBE for d in fresh.diagnoses.values()
                 )
+                candidates = askable(latest, self.state.agents)
+                candidates.update(self._askable_remote(remote[name]))
                 diagnoser.ask(
                     name,
-                    latest,
-                    self.state.agents,
+                    candidates,
                     {c.country for c in failing if not c.local_only},
                     set(up),
                     checks.outage.control_refresh,
@@ -695,20 +700,76 @@ class OutageMonitor:
         self._diagnosed = diagnosed
         return out
 
-    def _controls_elsewhere(
+    def _remote(
         self, due: Mapping[str, _Diagnosed], inputs: Mapping[Pair, PairInput]
-    ) -> dict[str, set[str]]:
-        """In a mesh, per due check: the countries where an agent not connected here
-        (served by another collector) last succeeded, as its live collector
-        published: a control whose evidence never reaches this one."""
-        out: dict[str, set[str]] = {name: set() for name in due}
-        agents = self.state.agents
-        for (check, agent_id), item in inputs.items():
-            if item.success and item.fresh and check in out:
-                agent = agents.get(agent_id)
-                if agent is None or not agent.connected:
-                    out[check].add(item.country)
+    ) -> dict[str, dict[str, PairInput]]:
+        """In a mesh, per due check: the inputs of the agents not connected here, which
+        other collectors serve (looked up by agent: a pass over every pair of the mesh
+        costs more than the rest of a round)."""
+        out: dict[str, dict[str, PairInput]] = {name: {} for name in due}
+        if self.shared is None or not self.fleet:
+            return out
+        here = self.state.agents
+        others = [a for a in self.fleet if not ((info := here.get(a)) and info.connected)]
+        for name, found in out.items():
+            for agent_id in others:
+                item = inputs.get((name, agent_id))
+                if item is not None:
+                    found[agent_id] = item
         return out
+
+    def _remote_controls(
+        self, check: str, remote: Mapping[str, PairInput], up: frozenset[str]
+    ) -> dict[str, float]:
+        """Agents of other collectors whose latest result succeeds in an up country, each
+        with the newest success known here on this clock: its published result, or the
+        control evidence it reported since (a steady input is not published again)."""
+        shared = self.shared
+        if shared is None:
+            return {}
+        control = self.state.evidence.control
+        out = {}
+        for agent_id, item in remote.items():
+            if not (item.success and item.fresh and item.country in up):
+                continue
+            at = item.last_ts + shared.offset(shared.owners.get((check, agent_id)))
+            evidence = control.get((check, agent_id))
+            out[agent_id] = max(at, evidence.received) if evidence is not None else at
+        return out
+
+    def _askable_remote(self, remote: Mapping[str, PairInput]) -> dict[str, tuple[str, bool]]:
+        """Diagnoser.ask's candidates among other collectors' agents: connected to a live
+        collector, and answering evidence requests."""
+        fleet = self.fleet or {}
+        out = {}
+        for agent_id, item in remote.items():
+            doc = fleet.get(agent_id)
+            if doc and doc.get("connected") and EVIDENCE_FEATURE in doc.get("features", ()):
+                out[agent_id] = (item.country, bool(item.success))
+        return out
+
+    def _put_remote(self, changes: list[RemoteChange], forgotten: list[str]) -> None:
+        """Other collectors' evidence into the book: of an agent connected here, only
+        what is newer than its own reports (sent before it moved here)."""
+        book, agents = self.state.evidence, self.state.agents
+        for collector, check, agent_id, slot, change in changes:
+            agent = agents.get(agent_id)
+            if agent is None or not agent.connected or book.newer(check, agent_id, slot, change):
+                book.put(check, agent_id, slot, change, remote=collector)
+        for collector in forgotten:
+            book.forget_remote(collector)
+
+    def relay(self, agent_id: str, request: pb.EvidenceRequest) -> bool:
+        """In a mesh, queue an evidence request for an agent another live collector
+        serves; False when none does."""
+        shared = self.shared
+        if shared is None:
+            return False
+        collector = shared.serving(agent_id)
+        if collector is None or collector == shared.collector_id:
+            return False
+        self._relay.append((collector, request.check, agent_id, request.path))
+        return True
 
     def _wake(self) -> None:
         tick, self._tick = self._tick, asyncio.Event()
@@ -780,16 +841,25 @@ class OutageMonitor:
         publication = await self.lane.run(self._publish_steps(checks, self.clock()))
         described = self.fleet_publisher.observe(self.state.agents, time.monotonic())
         publication.agents, publication.agents_removed = described.agents, described.agents_removed
+        publication.evidence = self.state.evidence.take_outbox()
+        publication.requests, self._relay = self._relay, []
         try:
             await self._io(shared.publish, publication)
         except Exception:
             self.publisher.retry(publication)
             self.fleet_publisher.retry(publication)
+            self.state.evidence.retry(publication.evidence)
+            self._relay[:0] = publication.requests
             raise
         self.fleet = await self._io(shared.read_fleet)
+        if self.ask_here is not None:  # sent here or not at all: only the evaluator relays
+            for check, agent_id, path in await self._io(shared.take_requests):
+                self.ask_here(agent_id, pb.EvidenceRequest(check=check, path=path))
         if elected:
             unsure, self._unsure = self._unsure, True
-            inputs = await self._io(shared.read, self.inputs)
+            read = await self._io(shared.read, self.inputs)
+            inputs = read.inputs
+            self._put_remote(read.evidence, read.forgotten)
             changed = self.inputs.take_changed()
             dirty = await self.lane.run(
                 self._judge_steps(inputs, checks, self.clock(), None if unsure else changed)
@@ -811,6 +881,7 @@ class OutageMonitor:
         if stored is not None:
             self.evaluations = max(self.evaluations, stored[1])
         shared.forget_reads()
+        self.state.evidence.forget_remote()  # read again, as the collectors publish it now
         self.inputs = InputBook()
         self.classifier = Classifier()
         self._unsure = True

@@ -175,6 +175,7 @@ class CollectorApp:
             shared=shared,
             election=election,
             lane=self.lane,
+            ask_here=self._ask_here,
         )
         self.loop_lag = LoopLag()
         self.gc_pauses = gc_pauses.GcPauses()
@@ -216,6 +217,11 @@ class CollectorApp:
         self.http_app = build_http_app(self)
 
     def _ask(self, agent_id: str, request: pb.EvidenceRequest) -> bool:
+        """Send an evidence request to an agent connected here, or in a mesh through the
+        collector serving it; False when neither can."""
+        return self._ask_here(agent_id, request) or self.outage.relay(agent_id, request)
+
+    def _ask_here(self, agent_id: str, request: pb.EvidenceRequest) -> bool:
         """Send an evidence request to an agent connected here; False when it is not."""
         session = self.sessions.by_agent.get(agent_id)
         if session is None:

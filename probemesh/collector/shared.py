@@ -17,6 +17,18 @@ A row moves to another collector only with a newer result (``last_ts``), so a
 collector that lost an agent can neither overwrite nor remove what the
 agent's new collector published.
 
+The same publications carry the evidence its agents reported
+(``verdict_evidence``, evidence.EvidenceBook's slots; gone once forgotten),
+so the evaluator diagnoses a country with every agent's evidence, wherever
+it is connected. Collectors' clocks are not assumed to agree, and the
+database server's is the reference: each transaction that needs it reads
+that clock between two of its own (``_skew``), evidence times are stored on
+the server's clock, and each publication records its collector's skew
+(``verdict_publishers.skew``) for the probe times of its inputs. A row
+moves to another collector only with newer evidence. The evaluator's
+requests for evidence from agents another collector serves go through
+``evidence_requests``, which that collector takes every round.
+
 One collector at a time is the evaluator: it holds the session-level advisory
 lock ``EVALUATOR_LOCK`` on a connection of its own. The others try again every
 ``ELECTION_RETRY`` seconds; PostgreSQL releases the lock when the holder's
@@ -36,10 +48,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
+
+from google.protobuf.message import DecodeError
 
 from probemesh.collector.database import Connection, Database, DatabaseError
+from probemesh.collector.evidence import SLOTS, Change, Observed, Outbox
 from probemesh.collector.verdicts import InputBook, Pair, PairInput, Publication
+from probemesh.v1 import mesh_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +65,26 @@ ELECTION_RETRY = 2.0  # seconds between two attempts to become the evaluator
 STAMP_EVERY = 2.0  # seconds between two liveness beats of a collector with nothing to publish
 PUBLISHER_TIMEOUT = 10.0  # a collector whose beat has not moved for this long is dead
 _IN_CHUNK = 500  # agents per "IN (...)" lookup
+
+FORGET_DEAD_AFTER = 600.0  # seconds dead after which a collector's evidence is deleted
+
+# An evidence request for an agent another collector serves: (that collector, check,
+# agent, with a traceroute).
+Relayed = tuple[str, str, str, bool]
+# Evidence another collector published: (collector, check, agent, slot, change on this clock).
+RemoteChange = tuple[str, str, str, str, Change]
+
+
+class MeshRead(NamedTuple):
+    """What the evaluator read: every input, the evidence other collectors published
+    since its last read, and the collectors whose evidence it deleted (dead for
+    FORGET_DEAD_AFTER): the caller puts the evidence into its EvidenceBook and drops
+    what those collectors published, on the event loop that uses the book."""
+
+    inputs: dict[Pair, PairInput]
+    evidence: list[RemoteChange]
+    forgotten: list[str]
+
 
 _COLUMNS = (
     "check_name, agent_id, country, success, confirmed, fresh, settled, reason, detail, "
@@ -79,6 +115,19 @@ _AGENT_UPSERT = (
 )
 _AGENT_REMOVE = (
     "UPDATE verdict_agents SET gone = TRUE, seq = ? WHERE agent_id = ? AND collector_id = ?"
+)
+_EVIDENCE_UPSERT = (
+    "INSERT INTO verdict_evidence(check_name, agent_id, slot, country, evidence, received, "
+    "since, collector_id, seq, gone) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE) "
+    "ON CONFLICT (check_name, agent_id, slot) DO UPDATE SET country = excluded.country, "
+    "evidence = excluded.evidence, received = excluded.received, since = excluded.since, "
+    "collector_id = excluded.collector_id, seq = excluded.seq, gone = FALSE "
+    "WHERE verdict_evidence.collector_id = excluded.collector_id OR verdict_evidence.gone "
+    "OR excluded.received > verdict_evidence.received"
+)
+_EVIDENCE_REMOVE = (
+    "UPDATE verdict_evidence SET gone = TRUE, seq = ? "
+    "WHERE check_name = ? AND agent_id = ? AND slot = ? AND collector_id = ?"
 )
 _REMOVE = (
     "UPDATE verdict_inputs SET gone = TRUE, seq = ? "
@@ -124,6 +173,61 @@ def _input(row: tuple[Any, ...]) -> PairInput:
         bool(row[10]),
         float(row[11]),
     )
+
+
+def _skew(conn: Connection, clock: Callable[[], float]) -> float:
+    """This clock minus the database server's, read between two of this clock's readings."""
+    before = clock()
+    if conn.dialect == "postgresql":
+        sql = "SELECT EXTRACT(EPOCH FROM clock_timestamp())"
+    else:
+        sql = "SELECT (julianday('now') - 2440587.5) * 86400.0"
+    server = float(conn.execute(sql).fetchone()[0])
+    return (before + clock()) / 2 - server
+
+
+def _evidence_rows(
+    outbox: Outbox, collector: str, seq: int, skew: float
+) -> tuple[list[Any], list[Any]]:
+    """(upserts, removals) of verdict_evidence for one publication's evidence changes,
+    times moved onto the server's clock."""
+    upserts: list[Any] = []
+    removals: list[Any] = []
+    # in key order: two collectors writing an agent's rows as it moves take the locks alike
+    for (check, agent, slot), change in sorted(outbox.items(), key=lambda kv: kv[0]):
+        if change is None:
+            removals.append((seq, check, agent, slot, collector))
+        elif isinstance(change, Observed):
+            upserts.append((
+                check, agent, slot, change.country, change.evidence.SerializeToString(),
+                change.received - skew, change.since - skew, collector, seq,
+            ))  # fmt: skip
+        else:  # a recovery: its time alone
+            at = change - skew
+            upserts.append((check, agent, slot, "", None, at, at, collector, seq))
+    return upserts, removals
+
+
+def _change(collector: str, row: tuple[Any, ...], skew: float) -> RemoteChange | None:
+    """A verdict_evidence row (check, agent, slot, country, evidence, received, since,
+    gone) as EvidenceBook.put takes it, times on this clock; None if unreadable."""
+    check, agent, slot, country, evidence, received, since, gone = row
+    check, agent = sys.intern(check), sys.intern(agent)
+    if slot not in SLOTS:  # a slot of a newer probemesh
+        return None
+    if gone:
+        return collector, check, agent, slot, None
+    if slot == "recovered":
+        return collector, check, agent, slot, float(received) + skew
+    try:
+        message = pb.Evidence.FromString(bytes(evidence))
+    except (DecodeError, TypeError) as exc:
+        log.warning("evidence of %s on %s (%s) unreadable: %s", check, agent, slot, exc)
+        return None
+    observed = Observed(
+        message, agent, sys.intern(country), float(received) + skew, float(since) + skew
+    )
+    return collector, check, agent, slot, observed
 
 
 class Election:
@@ -174,9 +278,12 @@ class Election:
 class SharedVerdicts:
     """The verdict tables of the mesh's database, as one collector uses them."""
 
-    def __init__(self, database: Database, collector_id: str) -> None:
+    def __init__(
+        self, database: Database, collector_id: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self.database = database
         self.collector_id = collector_id
+        self.clock = clock  # this collector's wall clock: its evidence's and inputs' times
         self.conn: Connection | None = None
         self.seq: int | None = None  # this collector's last publication number
         self._beat_at = 0.0
@@ -184,6 +291,9 @@ class SharedVerdicts:
         self.seen: dict[str, int] = {}
         self.beats: dict[str, tuple[int, float]] = {}
         self.owners: dict[Pair, str] = {}  # evaluator: which collector published each input
+        self.skews: dict[str, float] = {}  # evaluator: each publisher's clock minus the server's
+        self.skew = 0.0  # evaluator: this clock minus the server's, at its last read
+        self.forgotten: set[str] = set()  # evaluator: dead collectors whose evidence it deleted
         # every collector: agent -> (its collector, its description); collector -> number read
         self.fleet: dict[str, tuple[str, dict[str, Any]]] = {}
         self.fleet_seen: dict[str, int] = {}
@@ -230,11 +340,28 @@ class SharedVerdicts:
                     _AGENT_REMOVE,
                     [(seq, agent, self.collector_id) for agent in publication.agents_removed],
                 )
+            skew = _skew(conn, self.clock)
+            if publication.evidence:
+                upserts, removals = _evidence_rows(
+                    publication.evidence, self.collector_id, seq, skew
+                )
+                if upserts:
+                    conn.executemany(_EVIDENCE_UPSERT, upserts)
+                if removals:
+                    conn.executemany(_EVIDENCE_REMOVE, removals)
+            if publication.requests:
+                conn.executemany(
+                    "INSERT INTO evidence_requests(collector_id, check_name, agent_id, path) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (collector_id, check_name, agent_id) "
+                    "DO UPDATE SET path = excluded.path OR evidence_requests.path",
+                    sorted(publication.requests),
+                )
             conn.execute(
-                "INSERT INTO verdict_publishers(collector_id, seq, beat) VALUES (?, ?, 0) "
-                "ON CONFLICT (collector_id) DO UPDATE "
-                "SET seq = excluded.seq, beat = verdict_publishers.beat + 1",
-                (self.collector_id, seq),
+                "INSERT INTO verdict_publishers(collector_id, seq, beat, skew) "
+                "VALUES (?, ?, 0, ?) ON CONFLICT (collector_id) DO UPDATE "
+                "SET seq = excluded.seq, beat = verdict_publishers.beat + 1, "
+                "skew = excluded.skew",
+                (self.collector_id, seq, skew),
             )
             self.seq = seq
 
@@ -262,30 +389,67 @@ class SharedVerdicts:
             self._run(work)
         return found
 
+    def take_requests(self) -> list[tuple[str, str, bool]]:
+        """The evaluator's requests for evidence from agents this collector serves:
+        (check, agent, with a traceroute), each taken once."""
+
+        def work(conn: Connection) -> list[tuple[str, str, bool]]:
+            rows = conn.execute(
+                "DELETE FROM evidence_requests WHERE collector_id = ? "
+                "RETURNING check_name, agent_id, path",
+                (self.collector_id,),
+            ).fetchall()
+            return [(str(check), str(agent), bool(path)) for check, agent, path in rows]
+
+        result: list[tuple[str, str, bool]] = self._run(work)
+        return result
+
+    def serving(self, agent_id: str) -> str | None:
+        """The live collector the agent is connected to, as the fleet last read says."""
+        found = self.fleet.get(agent_id)
+        if found is None or not found[1].get("connected"):
+            return None
+        collector = found[0]
+        return None if collector in self._dead(time.monotonic()) else collector
+
     def _publishers(self, conn: Connection, now: float) -> list[tuple[str, int]]:
-        """(collector, last publication number) of every publisher; notes whose beat moved."""
+        """(collector, last publication number) of every publisher; notes whose beat moved
+        and each one's skew."""
         out = []
-        for collector, seq, beat in conn.execute(
-            "SELECT collector_id, seq, beat FROM verdict_publishers"
+        for collector, seq, beat, skew in conn.execute(
+            "SELECT collector_id, seq, beat, skew FROM verdict_publishers"
         ).fetchall():
             previous = self.beats.get(collector)
             if previous is None or previous[0] != beat:
                 self.beats[collector] = (beat, now)
+            self.skews[collector] = float(skew)
             out.append((collector, int(seq)))
         return out
 
-    def _dead(self, now: float) -> set[str]:
-        return {c for c, (_, moved) in self.beats.items() if now - moved > PUBLISHER_TIMEOUT}
+    def offset(self, collector: str | None) -> float:
+        """What to add to a time on this publisher's clock to have it on the evaluator's."""
+        return self.skew - self.skews.get(collector, self.skew) if collector else 0.0
 
-    def read(self, book: InputBook) -> dict[Pair, PairInput]:
-        """Bring the evaluator's copy up to date; inputs of dead collectors are stale."""
+    def _dead(self, now: float, after: float | None = None) -> set[str]:
+        """Collectors whose beat has not moved for after (PUBLISHER_TIMEOUT) seconds."""
+        limit = PUBLISHER_TIMEOUT if after is None else after
+        return {c for c, (_, moved) in self.beats.items() if now - moved > limit}
+
+    def read(self, book: InputBook) -> MeshRead:
+        """Bring the evaluator's copy of every input up to date (inputs of dead collectors
+        are stale), and read the evidence other collectors published since (MeshRead)."""
         now = time.monotonic()
+        evidence: list[RemoteChange] = []
+        forgotten: list[str] = []
 
         def work(conn: Connection) -> None:
+            self.skew = _skew(conn, self.clock)
             for collector, seq in self._publishers(conn, now):
                 seen = self.seen.get(collector, 0)
                 if seq <= seen:
                     continue
+                if collector != self.collector_id:  # this one's evidence is in its book
+                    evidence.extend(self._read_evidence(conn, collector, seen, seq))
                 rows = conn.execute(
                     f"SELECT {_COLUMNS}, gone FROM verdict_inputs "
                     "WHERE collector_id = ? AND seq > ?",
@@ -305,16 +469,40 @@ class SharedVerdicts:
                         self.owners[key] = collector
                 book.apply(Publication(changed, removed, keys=keys))
                 self.seen[collector] = seq
+            long_dead = self._dead(now, FORGET_DEAD_AFTER) - self.forgotten - {self.collector_id}
+            for collector in long_dead:
+                for table in ("verdict_evidence", "evidence_requests"):
+                    conn.execute(f"DELETE FROM {table} WHERE collector_id = ?", (collector,))
+                forgotten.append(collector)
 
         self._run(work)
+        self.forgotten.update(forgotten)
         dead = self._dead(now)
-        if not dead:
-            return book.inputs
-        owners = self.owners
-        return {
-            key: replace(item, fresh=False) if owners.get(key) in dead else item
-            for key, item in book.inputs.items()
-        }
+        inputs = book.inputs
+        if dead:
+            owners = self.owners
+            inputs = {
+                key: replace(item, fresh=False) if owners.get(key) in dead else item
+                for key, item in book.inputs.items()
+            }
+        return MeshRead(inputs, evidence, forgotten)
+
+    def _read_evidence(
+        self, conn: Connection, collector: str, seen: int, seq: int
+    ) -> list[RemoteChange]:
+        """The collector's evidence rows numbered after seen; the tombstones up to seq,
+        read now, are deleted (a new evaluator starts from the live rows)."""
+        rows = conn.execute(
+            "SELECT check_name, agent_id, slot, country, evidence, received, since, gone "
+            "FROM verdict_evidence WHERE collector_id = ? AND seq > ?",
+            (collector, seen),
+        ).fetchall()
+        if any(row[7] for row in rows):
+            conn.execute(
+                "DELETE FROM verdict_evidence WHERE collector_id = ? AND gone AND seq <= ?",
+                (collector, seq),
+            )
+        return [c for row in rows if (c := _change(collector, row, self.skew)) is not None]
 
     def read_fleet(self) -> dict[str, dict[str, Any]]:
         """Every agent of the mesh as its collector described it (agent_doc); those of a

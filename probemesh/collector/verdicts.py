@@ -32,6 +32,7 @@ from typing import Any
 
 from probemesh.checks import ChecksFile, OutageSettings
 from probemesh.collector.deadlines import DeadlineWheel
+from probemesh.collector.evidence import Outbox
 from probemesh.collector.runnable import not_runnable
 from probemesh.collector.samples import sample_items
 from probemesh.collector.state import AgentInfo, ChangeFeed, Latest
@@ -119,8 +120,9 @@ class PairInput:
 @dataclass
 class Publication:
     """One round's changes: inputs that are new or differ, and pairs that are gone; in a
-    mesh also the agents whose description changed (agent, connected, last_seen, doc)
-    and the agents gone from this collector."""
+    mesh also the agents whose description changed (agent, connected, last_seen, doc),
+    the agents gone from this collector, the evidence its agents reported, and the
+    evaluator's requests for evidence that other collectors relay."""
 
     changed: list[PairInput] = field(default_factory=list)
     removed: list[Pair] = field(default_factory=list)
@@ -129,9 +131,19 @@ class Publication:
     keys: list[Pair] = field(default_factory=list)
     agents: list[tuple[str, bool, float, dict[str, Any]]] = field(default_factory=list)
     agents_removed: list[str] = field(default_factory=list)
+    evidence: Outbox = field(default_factory=dict)
+    # the evaluator's evidence requests for other collectors' agents (shared.Relayed)
+    requests: list[tuple[str, str, str, bool]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.changed or self.removed or self.agents or self.agents_removed)
+        return bool(
+            self.changed
+            or self.removed
+            or self.agents
+            or self.agents_removed
+            or self.evidence
+            or self.requests
+        )
 
 
 class _Track(AgentVerdict):

@@ -11,11 +11,11 @@ from probemesh.collector.asn import Ip2AsnTable, NoAsnDatabase, load_asn_db
 from probemesh.collector.diagnosis import (
     AWAITING_CONTROL_PROBE,
     AWAITING_PATH,
-    CONTROLS_ELSEWHERE,
     CountryInput,
     Diagnoser,
     Diagnosis,
     Rules,
+    askable,
     cause_of,
     http_matches,
 )
@@ -319,36 +319,6 @@ def test_an_unknown_waits_only_if_every_agents_unknown_waits(waiting_first: bool
     assert result["NG"].kind == "unknown" and not result["NG"].waiting, result["NG"]
 
 
-def test_without_a_control_here_a_mesh_evaluator_does_not_blame_the_origin() -> None:
-    """In a mesh, UG's agent (served by the evaluator) is refused while DE's agent,
-    served by another collector, succeeds: no control's evidence reaches the
-    evaluator, but a refusal in one country is not the origin's failure."""
-    mesh = ScriptedMesh(countries=("UG", "DE", "KE"))
-    book = EvidenceBook()
-    mesh.monitor.diagnoser = Diagnoser(book, ASNS)
-    for _ in range(5):
-        mesh.round(web={"UG": "refused"})
-    assert mesh.country_states()["UG"] == "down"
-    book.observe("web", "a-ug", "UG", evidence(tcp="refused"), mesh.now)
-    inputs = dict(mesh.monitor.publisher.published)
-    # DE's and KE's agents moved to another collector, which publishes their
-    # successes; what this one kept of them (until the series TTL) is a failure
-    for agent_id in ("a-de", "a-ke"):
-        agent = mesh.state.agents[agent_id]
-        mesh.state.apply(agent, result("web", mesh.now + 0.2, "refused"))
-        agent.connected = False
-    mesh.monitor.shared = object()  # type: ignore[assignment]  # judged as a mesh's evaluator
-    mesh.now += 1.0
-    mesh.monitor.judge(inputs, mesh.checks, mesh.now)
-    assert mesh.monitor.diagnoses["web"]["UG"] == Diagnosis(
-        "unknown", CONTROLS_ELSEWHERE, waiting=True
-    )
-    mesh.monitor.shared = None  # alone, with no control anywhere: the refusal is the origin's
-    mesh.now += DIAGNOSE_EVERY
-    mesh.monitor.judge({k: v for k, v in inputs.items() if k[1] == "a-ug"}, mesh.checks, mesh.now)
-    assert mesh.monitor.diagnoses["web"]["UG"].kind == "origin"
-
-
 def _mmdb_value(value: object) -> bytes:
     """One MaxMind DB data-section value (the few types the test file needs)."""
     if isinstance(value, str):
@@ -450,11 +420,13 @@ def test_requests_go_to_agents_that_announced_evidence() -> None:
         "ke1": Latest(True, "", "", 0.1, 1.0, "KE", "", *NO_SAMPLES, ""),
         "de1": Latest(True, "", "", 0.1, 1.0, "DE", "", *NO_SAMPLES, ""),
     }
-    diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 10.0)
+    candidates = askable(latest, agents)
+    assert candidates == {"ug1": ("UG", False), "ke1": ("KE", True)}
+    diagnoser.ask("web", candidates, {"UG"}, {"KE", "DE"}, 300.0, 10.0)
     assert sorted(asked) == [("ke1", False), ("ug1", True)]
-    diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 20.0)
+    diagnoser.ask("web", candidates, {"UG"}, {"KE", "DE"}, 300.0, 20.0)
     assert len(asked) == 2  # asked 10 s ago, no answer yet: not again before 30 s
-    diagnoser.ask("web", latest, agents, {"UG"}, {"KE", "DE"}, 300.0, 41.0)
+    diagnoser.ask("web", candidates, {"UG"}, {"KE", "DE"}, 300.0, 41.0)
     assert len(asked) == 4
 
 

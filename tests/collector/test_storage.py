@@ -67,8 +67,9 @@ def test_collectors_starting_together_migrate_once(database: Database, tmp_path:
             conn.execute(f"DROP TABLE {table}")
         for table in ("revisions", "assignments", "incidents", "leases"):
             conn.execute(f"DROP TABLE {table}")
-        for table in ("inputs", "agents", "publishers", "evaluation"):
+        for table in ("inputs", "agents", "publishers", "evaluation", "evidence"):
             conn.execute(f"DROP TABLE verdict_{table}")
+        conn.execute("DROP TABLE evidence_requests")
     errors: list[BaseException] = []
     start = threading.Barrier(8)
 

@@ -78,14 +78,16 @@ class Collector:
         self.http_port = free_port()
         self.proc: Proc | None = None
 
-    def start(self, checks: Path, database: str) -> None:
+    def start(self, checks: Path, database: str, prefix: list[str] | None = None) -> None:
+        """prefix wraps the command (e.g. a clock set off by libfaketime)."""
         args = [
             "collector", "--checks", str(checks), "--database", database,
             "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
             "--http-listen", f"127.0.0.1:{self.http_port}",
             "--data-dir", str(self.root / self.name),
         ]  # fmt: skip
-        self.proc = Proc(args, self.root / f"{self.name}.log", env=FAST).start()
+        log = self.root / f"{self.name}.log"
+        self.proc = Proc(args, log, env=FAST, prefix=prefix or []).start()
 
     def get(self, path: str) -> Any:
         return json.loads(http_get(f"http://127.0.0.1:{self.http_port}{path}"))
@@ -95,6 +97,36 @@ class Collector:
 
     def metrics(self) -> Any:
         return scrape(f"http://127.0.0.1:{self.http_port}/metrics")
+
+
+def write_checks(tmp_path: Path, target: CountryTarget) -> Path:
+    """One check of the target, every second."""
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(
+        "modules:\n  http_2xx: {prober: http, timeout: 1s}\n"
+        f'checks:\n  - {{name: web, target: "http://127.0.0.1:{target.port}/", '
+        "module: http_2xx, interval: 1s}\n"
+    )
+    return checks
+
+
+def start_agent(tmp_path: Path, postgres_url: str, agent: str, collectors: list[Collector]) -> Proc:
+    """An agent of AGENTS, probing from its source address, listing these collectors."""
+    country, source = AGENTS[agent]
+    token = create_token(agent, country, tmp_path, postgres_url)
+    addresses = ",".join(f"127.0.0.1:{c.grpc_port}" for c in collectors)
+    args = [
+        "agent", "--collector", addresses, "--agent-id", agent,
+        "--country", country, "--state-dir", str(tmp_path / agent),
+        "--allow-private-targets", "--min-interval", "100ms", "--source-address", source,
+    ]  # fmt: skip
+    return Proc(args, tmp_path / f"{agent}.log", env={"PROBEMESH_TOKEN": token, **FAST}).start()
+
+
+def log_tails(exc: AssertionError, procs: list[tuple[str, Proc | None]]) -> AssertionError:
+    """exc with what each process logged last: a rare failure shows its cause."""
+    tails = "\n".join(f"--- {name}:\n{proc.log(15)}" for name, proc in procs if proc)
+    return AssertionError(f"{exc}\n{tails}")
 
 
 def _incidents(c: Collector) -> list[dict[str, Any]]:
@@ -127,12 +159,7 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
     """Run the scenario (assertions fail it); kill the evaluator kill_delay seconds after
     every collector shows the incident. Returns the seconds until a new evaluator."""
     target = CountryTarget()
-    checks = tmp_path / "checks.yaml"
-    checks.write_text(
-        "modules:\n  http_2xx: {prober: http, timeout: 1s}\n"
-        f'checks:\n  - {{name: web, target: "http://127.0.0.1:{target.port}/", '
-        "module: http_2xx, interval: 1s}\n"
-    )
+    checks = write_checks(tmp_path, target)
     collectors = [Collector(tmp_path, f"c{i}") for i in range(3)]
     agents: list[Proc] = []
     try:
@@ -140,19 +167,9 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
             c.start(checks, postgres_url)
         for c in collectors:
             wait_for(lambda c=c: http_get(f"http://127.0.0.1:{c.http_port}/readyz"), 30, c.name)
-        addresses = [f"127.0.0.1:{c.grpc_port}" for c in collectors]
-        for i, (agent, (country, source)) in enumerate(AGENTS.items()):
-            token = create_token(agent, country, tmp_path, postgres_url)
-            order = addresses[i % 3 :] + addresses[: i % 3]  # spread over the collectors
-            args = [
-                "agent", "--collector", ",".join(order), "--agent-id", agent,
-                "--country", country, "--state-dir", str(tmp_path / agent),
-                "--allow-private-targets", "--min-interval", "100ms", "--source-address", source,
-            ]  # fmt: skip
-            agents.append(
-                Proc(args, tmp_path / f"{agent}.log", env={"PROBEMESH_TOKEN": token, **FAST})
-            )
-            agents[-1].start()
+        for i, agent in enumerate(AGENTS):
+            order = collectors[i % 3 :] + collectors[: i % 3]  # spread over the collectors
+            agents.append(start_agent(tmp_path, postgres_url, agent, order))
 
         def all_up() -> bool:
             for c in collectors:
@@ -228,10 +245,9 @@ def run_failover(tmp_path: Path, postgres_url: str, kill_delay: float = 0.0) -> 
 
         wait_for(same_fleet, 30, "every collector lists every agent, connected")
         return takeover
-    except AssertionError as exc:  # a rare failure: show what each process logged last
+    except AssertionError as exc:
         logs = [(c.name, c.proc) for c in collectors] + list(zip(AGENTS, agents, strict=False))
-        tails = "\n".join(f"--- {name}:\n{proc.log(15)}" for name, proc in logs if proc)
-        raise AssertionError(f"{exc}\n{tails}") from None
+        raise log_tails(exc, logs) from None
     finally:
         stop_all(agents)
         stop_all(c.proc for c in collectors)
