@@ -552,7 +552,7 @@ class OutageMonitor:
         self.election = election
         self.is_evaluator = shared is None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="verdicts") if shared else None
-        # evidence requests for agents other collectors serve, written with the next publication
+        # evidence requests for agents other collectors serve, written after the judge step
         self._relay: list[Relayed] = []
         self.ask_here = ask_here  # sends an evidence request to an agent connected here
         if shared is not None:
@@ -842,14 +842,12 @@ class OutageMonitor:
         described = self.fleet_publisher.observe(self.state.agents, time.monotonic())
         publication.agents, publication.agents_removed = described.agents, described.agents_removed
         publication.evidence = self.state.evidence.take_outbox()
-        publication.requests, self._relay = self._relay, []
         try:
             await self._io(shared.publish, publication)
         except Exception:
             self.publisher.retry(publication)
             self.fleet_publisher.retry(publication)
             self.state.evidence.retry(publication.evidence)
-            self._relay[:0] = publication.requests
             raise
         self.fleet = await self._io(shared.read_fleet)
         if self.ask_here is not None:  # sent here or not at all: only the evaluator relays
@@ -871,6 +869,13 @@ class OutageMonitor:
             # tells the other collectors whether to read the incidents again
             doc["incidents_version"] = f"{shared.collector_id}:{self._book_version}"
             await self._io(shared.save_evaluation, self.evaluations, doc)
+            if self._relay:  # at once: the serving collectors take them at their next round
+                relay, self._relay = self._relay, []
+                try:
+                    await self._io(shared.request, relay)
+                except Exception:
+                    self._relay[:0] = relay
+                    raise
         else:
             await self._follow(shared)
 
@@ -882,6 +887,7 @@ class OutageMonitor:
             self.evaluations = max(self.evaluations, stored[1])
         shared.forget_reads()
         self.state.evidence.forget_remote()  # read again, as the collectors publish it now
+        self._relay.clear()  # asked by an earlier time as the evaluator: asked again if due
         self.inputs = InputBook()
         self.classifier = Classifier()
         self._unsure = True

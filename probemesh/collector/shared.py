@@ -349,13 +349,6 @@ class SharedVerdicts:
                     conn.executemany(_EVIDENCE_UPSERT, upserts)
                 if removals:
                     conn.executemany(_EVIDENCE_REMOVE, removals)
-            if publication.requests:
-                conn.executemany(
-                    "INSERT INTO evidence_requests(collector_id, check_name, agent_id, path) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (collector_id, check_name, agent_id) "
-                    "DO UPDATE SET path = excluded.path OR evidence_requests.path",
-                    sorted(publication.requests),
-                )
             conn.execute(
                 "INSERT INTO verdict_publishers(collector_id, seq, beat, skew) "
                 "VALUES (?, ?, 0, ?) ON CONFLICT (collector_id) DO UPDATE "
@@ -388,6 +381,18 @@ class SharedVerdicts:
         if agents:
             self._run(work)
         return found
+
+    def request(self, requests: list[Relayed]) -> None:
+        """The evaluator's evidence requests for agents other collectors serve, written
+        as soon as it made them (in key order: the serving collector's take locks alike)."""
+        self._run(
+            lambda conn: conn.executemany(
+                "INSERT INTO evidence_requests(collector_id, check_name, agent_id, path) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (collector_id, check_name, agent_id) "
+                "DO UPDATE SET path = excluded.path OR evidence_requests.path",
+                sorted(requests),
+            )
+        )
 
     def take_requests(self) -> list[tuple[str, str, bool]]:
         """The evaluator's requests for evidence from agents this collector serves:

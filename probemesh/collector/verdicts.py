@@ -121,8 +121,7 @@ class PairInput:
 class Publication:
     """One round's changes: inputs that are new or differ, and pairs that are gone; in a
     mesh also the agents whose description changed (agent, connected, last_seen, doc),
-    the agents gone from this collector, the evidence its agents reported, and the
-    evaluator's requests for evidence that other collectors relay."""
+    the agents gone from this collector, and the evidence its agents reported."""
 
     changed: list[PairInput] = field(default_factory=list)
     removed: list[Pair] = field(default_factory=list)
@@ -132,17 +131,10 @@ class Publication:
     agents: list[tuple[str, bool, float, dict[str, Any]]] = field(default_factory=list)
     agents_removed: list[str] = field(default_factory=list)
     evidence: Outbox = field(default_factory=dict)
-    # the evaluator's evidence requests for other collectors' agents (shared.Relayed)
-    requests: list[tuple[str, str, str, bool]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.changed
-            or self.removed
-            or self.agents
-            or self.agents_removed
-            or self.evidence
-            or self.requests
+            self.changed or self.removed or self.agents or self.agents_removed or self.evidence
         )
 
 

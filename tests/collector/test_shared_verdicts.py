@@ -213,9 +213,7 @@ def test_the_evaluator_holds_every_collectors_evidence_on_its_own_clock(
     assert mine.remote[("web", "b-ke", "control")] == "a"
 
     # the evaluator's requests for b's agent: b takes them once, a traceroute if any asked one
-    evaluator.publish(
-        Publication(requests=[("b", "web", "b-ke", False), ("b", "web", "b-ke", True)])
-    )
+    evaluator.request([("b", "web", "b-ke", False), ("b", "web", "b-ke", True)])
     assert a.take_requests() == []
     assert b.take_requests() == [("web", "b-ke", True)]
     assert b.take_requests() == []
@@ -239,7 +237,7 @@ def test_a_long_dead_collectors_evidence_and_requests_are_deleted(
     published.share()
     published.observe("web", "x", "KE", pb.Evidence(probe_success=True), time.time())
     a.publish(Publication(evidence=published.take_outbox()))
-    evaluator.publish(Publication(requests=[("a", "web", "x", True)]))
+    evaluator.request([("a", "web", "x", True)])
     mine = EvidenceBook()
     first = evaluator.read(InputBook())
     for collector, check, agent, slot, change in first.evidence:
@@ -286,7 +284,7 @@ def test_a_mesh_evaluator_diagnoses_with_the_controls_other_collectors_serve(
     assert (waiting.kind, waiting.detail) == ("unknown", AWAITING_CONTROL_PROBE)
     # one control a country, asked through b (its successes predate UG's failure)
     b = SharedVerdicts(pg_database, "b")
-    shared.publish(Publication(requests=monitor._relay))
+    shared.request(monitor._relay)
     monitor._relay.clear()
     assert sorted(b.take_requests()) == [("web", "a-de", False), ("web", "a-ke", False)]
     # b's agents answer; b also publishes what UG's agent reported before it moved here
