@@ -396,6 +396,9 @@ class Diagnoser:
         self.book = book
         self.rules = Rules(asn)
         self.request = request
+        # check -> when the failure of its latest-starting failing country began, as
+        # diagnose_check last worked it out: ask's controls must have reported since
+        self.began: dict[str, float] = {}
 
     def diagnose_check(
         self,
@@ -423,12 +426,14 @@ class Diagnoser:
                 continue
             failing_evidence.setdefault(o.country, []).append(o)
         out: dict[str, Diagnosis] = {}
+        began = 0.0
         for country in failing:
             observed = failing_evidence.get(country.country, [])
             if country.local_only or not observed:
                 out[country.country] = self._country(check, country, observed, [], now)
                 continue
             since = min(o.since for o in observed)
+            began = max(began, since)
             fresh = [a for a, at in control_agents.items() if at >= since]
             controls = [
                 book.control[(check, a)].evidence for a in fresh if (check, a) in book.control
@@ -442,6 +447,7 @@ class Diagnoser:
             else:
                 out[country.country] = self._country(check, country, observed, controls, now)
         _note_shared_hops(out)
+        self.began[check] = began
         return out
 
     def _country(
@@ -489,20 +495,15 @@ class Diagnoser:
         candidates: the agents that can be asked (connected, and answering
         requests), each with its country and whether its latest probe succeeded.
         A control is asked again when its evidence is older than
-        ``control_refresh`` or than the failure: its answer is a success since
-        the failure began, which is all a mesh's evaluator knows of an agent
-        another collector serves.
+        ``control_refresh`` or than the failure (``began``, from this check's
+        diagnose_check): its answer is a success since the failure began, which
+        is all a mesh's evaluator knows of an agent another collector serves.
         """
         if self.request is None:
             return
         book = self.book
         retry = min(control_refresh, 30.0)
-        failures = [
-            o.since
-            for key, o in book.failing.items()
-            if key[0] == check and o.country in failing_countries and not book.failure_over(key, o)
-        ]
-        began = max(failures, default=0.0)
+        began = self.began.get(check, 0.0)
         controls_asked: set[str] = set()
         for agent_id, (country, success) in sorted(candidates.items()):
             key = (check, agent_id)

@@ -887,7 +887,7 @@ class OutageMonitor:
             self.evaluations = max(self.evaluations, stored[1])
         shared.forget_reads()
         self.state.evidence.forget_remote()  # read again, as the collectors publish it now
-        self._relay.clear()  # asked by an earlier time as the evaluator: asked again if due
+        self._relay.clear()  # made in an earlier term as the evaluator: made again if due
         self.inputs = InputBook()
         self.classifier = Classifier()
         self._unsure = True
